@@ -1,0 +1,266 @@
+"""Typed configuration: one dataclass per component, one per job.
+
+Every field carries a one-line `help` (CleanRL style) so `launch.<stage> --help-config` and the
+README's config reference are generated from here and cannot drift. Cross-field checks live in
+each class's `validate()`, which runs before any model loads or Ray resource is taken.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from coati_ray.errors import ConfigError
+
+STRATEGIES = ("naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
+CUDA_ONLY_STRATEGIES = ("colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
+
+
+def opt(default, help: str):
+    """A config field with a default and a one-line description."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def required(help: str):
+    """A config field the user must set."""
+    return field(metadata={"help": help, "required": True})
+
+
+def _fail(key: str, problem: str, fix: str) -> None:
+    raise ConfigError(f"config error: {key}: {problem}; {fix}")
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained checkpoint to start from and how to adapt it."""
+
+    path: str = required("local Hugging Face model directory (config.json + weights + tokenizer)")
+    tokenizer_path: Optional[str] = opt(None, "tokenizer directory; defaults to `path`")
+    lora_rank: int = opt(0, "LoRA rank; 0 trains every weight, >0 trains only peft LoRA adapters")
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA branch")
+    lora_target_modules: str = opt("all-linear", "peft target_modules: 'all-linear' or comma-separated names")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "parameter dtype when loading")
+    trust_remote_code: bool = opt(False, "allow model code shipped inside the checkpoint directory")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+
+    def validate(self, key: str = "model") -> None:
+        _require_model_dir(f"{key}.path", self.path)
+        if self.tokenizer_path is not None:
+            _require_dir(f"{key}.tokenizer_path", self.tokenizer_path)
+        if self.lora_rank < 0:
+            _fail(f"{key}.lora_rank", f"must be >= 0, got {self.lora_rank}",
+                  "use 0 for full fine-tuning or a positive rank such as 8 for LoRA")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            _fail(f"{key}.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}", "e.g. 0.05")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data lives and how to read it."""
+
+    train_path: str = required("local dataset: .jsonl/.json/.parquet/.arrow file or a `save_to_disk` directory")
+    eval_path: Optional[str] = opt(None, "held-out dataset in the same layout; None disables evaluation")
+    format: Literal["auto", "messages", "instruction", "pairs", "hh_rlhf", "rm_static", "prompt"] = opt(
+        "auto", "row layout; 'auto' detects it from the columns of the first row")
+    max_length: int = opt(256, "maximum tokens per sequence (prompt + response)")
+    max_samples: Optional[int] = opt(None, "use at most this many rows (None: all)")
+    on_bad_row: Literal["error", "skip"] = opt("error", "a row missing its fields: stop with an error, or skip and count it")
+
+    def validate(self, key: str = "data") -> None:
+        _require_path(f"{key}.train_path", self.train_path)
+        if self.eval_path is not None:
+            _require_path(f"{key}.eval_path", self.eval_path)
+        if self.max_length < 8:
+            _fail(f"{key}.max_length", f"must be >= 8, got {self.max_length}", "e.g. 256")
+        if self.max_samples is not None and self.max_samples < 1:
+            _fail(f"{key}.max_samples", f"must be >= 1 or null, got {self.max_samples}", "remove it to use all rows")
+
+
+@dataclass
+class StrategyConfig:
+    """How a trainer group is parallelised (a ColossalAI Booster plugin)."""
+
+    name: Literal["naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini"] = opt(
+        "naive", "naive (one process), ddp (TorchDDPPlugin), colossalai_zero2[_cpu] (LowLevelZeroPlugin), colossalai_gemini")
+    precision: Literal["fp32", "bf16", "fp16"] = opt("fp32", "mixed precision for zero2/gemini (fp32 for naive/ddp)")
+    grad_clip: float = opt(1.0, "max global gradient norm; 0 disables clipping")
+    backend: Literal["auto", "gloo", "nccl"] = opt("auto", "torch.distributed backend; auto = nccl with CUDA else gloo")
+    seed: int = opt(42, "seed for torch/numpy/python RNGs on every rank")
+
+    def validate(self, key: str = "strategy", num_ranks: int = 1, cuda_available: Optional[bool] = None) -> None:
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        if self.name in CUDA_ONLY_STRATEGIES and not cuda_available:
+            _fail(f"{key}.name", f"'{self.name}' needs CUDA and no GPU is visible",
+                  "use strategy.name=ddp (or naive) on CPU, or run on a GPU machine")
+        if self.name == "naive" and num_ranks != 1:
+            _fail(f"{key}.name", f"'naive' runs a single process but {num_ranks} ranks were asked",
+                  "set strategy.name=ddp or resources.num_ranks=1")
+        if self.precision != "fp32" and self.name in ("naive", "ddp"):
+            _fail(f"{key}.precision", f"'{self.precision}' is only supported by zero2/gemini strategies",
+                  "use precision=fp32 or load the model in bf16 with model.dtype=bfloat16")
+        if self.backend == "nccl" and not cuda_available:
+            _fail(f"{key}.backend", "nccl needs CUDA and no GPU is visible", "use backend=gloo or auto")
+        if self.grad_clip < 0:
+            _fail(f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = opt(5e-5, "peak learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    scheduler: Literal["constant", "cosine", "linear"] = opt("cosine", "decay after warm-up")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    min_lr_ratio: float = opt(0.0, "final lr as a fraction of lr (cosine/linear)")
+
+    def validate(self, key: str = "optim") -> None:
+        if self.lr <= 0:
+            _fail(f"{key}.lr", f"must be > 0, got {self.lr}", "e.g. 5e-5")
+        if self.warmup_steps < 0:
+            _fail(f"{key}.warmup_steps", f"must be >= 0, got {self.warmup_steps}", "e.g. 0")
+
+
+@dataclass
+class ResourceConfig:
+    """How many Ray actors a trainer group has and what each one takes."""
+
+    num_ranks: int = opt(1, "processes in the trainer group (its torch.distributed world size)")
+    num_cpus_per_rank: float = opt(1.0, "CPUs reserved per rank (fractions allowed)")
+    num_gpus_per_rank: float = opt(0.0, "GPUs reserved per rank (fractions allow colocation)")
+    torch_threads: Optional[int] = opt(None, "torch intra-op threads per rank (None: torch default)")
+
+    def validate(self, key: str = "resources") -> None:
+        if self.num_ranks < 1:
+            _fail(f"{key}.num_ranks", f"must be >= 1, got {self.num_ranks}", "e.g. 1 or 2")
+        if self.num_cpus_per_rank < 0 or self.num_gpus_per_rank < 0:
+            _fail(key, "CPU and GPU requests must be >= 0", "e.g. num_cpus_per_rank=1")
+
+
+@dataclass
+class TrainerConfig:
+    """The update loop shared by the SFT and RM stages."""
+
+    max_epochs: int = opt(1, "passes over the training data")
+    max_steps: Optional[int] = opt(None, "stop after this many optimiser steps (None: run all epochs)")
+    batch_size: int = opt(8, "global batch (sequences or pairs per optimiser step, all ranks together)")
+    micro_batch_size: int = opt(4, "sequences per forward/backward on one rank; the rest is accumulated")
+    log_every: int = opt(1, "print a progress line every N steps (metrics.jsonl gets every step)")
+    eval_every: Optional[int] = opt(None, "evaluate every N steps (None: at the end only)")
+    save_every: Optional[int] = opt(None, "checkpoint every N steps (None: at the end only)")
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep (the final model is always kept)")
+    save_optimizer: bool = opt(True, "save optimiser state with each checkpoint (needed for exact resume)")
+
+    def validate(self, key: str = "trainer", num_ranks: int = 1) -> None:
+        for name in ("max_epochs", "batch_size", "micro_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                _fail(f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}", "use a positive integer")
+        for name in ("max_steps", "eval_every", "save_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                _fail(f"{key}.{name}", f"must be >= 1 or null, got {value}", "use a positive integer or remove it")
+        per_step = self.micro_batch_size * num_ranks
+        if self.batch_size % per_step != 0:
+            _fail(f"{key}.batch_size", f"{self.batch_size} is not divisible by micro_batch_size "
+                  f"({self.micro_batch_size}) x ranks ({num_ranks}) = {per_step}",
+                  f"set trainer.batch_size to a multiple of {per_step}")
+
+
+@dataclass
+class JobConfig:
+    """Fields every job has; subclasses add their components."""
+
+    output_dir: str = opt("runs/job", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
+
+    def validate(self) -> None:
+        _require_writable(self.output_dir)
+
+
+@dataclass
+class SFTConfig(JobConfig):
+    """Stage 1: supervised fine-tuning of a causal LM (loss on assistant tokens only)."""
+
+    output_dir: str = opt("runs/sft", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
+    model: ModelConfig = opt(None, "the causal LM to fine-tune")
+    data: DataConfig = opt(None, "demonstrations: `messages` or `instruction`/`input`/`output` rows")
+    strategy: StrategyConfig = opt(None, "parallel strategy")
+    optim: OptimizerConfig = opt(None, "optimiser")
+    trainer: TrainerConfig = opt(None, "update loop")
+    resources: ResourceConfig = opt(None, "trainer-group size and per-rank resources")
+
+    def validate(self) -> None:
+        super().validate()
+        self.model.validate()
+        self.data.validate()
+        self.resources.validate()
+        self.strategy.validate(num_ranks=self.resources.num_ranks)
+        if self.model.lora_rank > 0 and self.strategy.name == "colossalai_gemini":
+            _fail("model.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
+                  "use strategy.name=colossalai_zero2 or ddp with LoRA, or set model.lora_rank=0")
+        self.optim.validate()
+        self.trainer.validate(num_ranks=self.resources.num_ranks)
+        if self.data.format not in ("auto", "messages", "instruction"):
+            _fail("data.format", f"'{self.data.format}' is not an SFT layout", "use auto, messages or instruction")
+
+
+@dataclass
+class RMConfig(SFTConfig):
+    """Stage 2: a reward model (backbone + scalar head) trained on ranked pairs."""
+
+    output_dir: str = opt("runs/rm", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
+    loss_fn: Literal["log_sig", "log_exp"] = opt("log_sig", "pairwise loss: log_sig (OpenAI) or log_exp (Anthropic)")
+
+    def validate(self) -> None:
+        fmt = self.data.format
+        # Reuse every SFT check except the layout one, which differs.
+        self.data.format = "auto"
+        try:
+            SFTConfig.validate(self)
+        finally:
+            self.data.format = fmt
+        if fmt not in ("auto", "pairs", "hh_rlhf", "rm_static"):
+            _fail("data.format", f"'{fmt}' is not a preference-pair layout", "use auto, pairs, hh_rlhf or rm_static")
+
+
+# ---------------------------------------------------------------- filesystem checks
+
+
+def _require_path(key: str, path: str) -> None:
+    if not os.path.exists(path):
+        _fail(key, f"'{path}' does not exist", "point it at an existing file or directory"
+              + (" (run `make assets` to build the tiny models)" if "assets" in path else ""))
+
+
+def _require_dir(key: str, path: str) -> None:
+    _require_path(key, path)
+    if not os.path.isdir(path):
+        _fail(key, f"'{path}' is a file, not a directory", "point it at a Hugging Face model directory")
+
+
+def _require_model_dir(key: str, path: str) -> None:
+    _require_dir(key, path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        _fail(key, f"'{path}' has no config.json", "point it at a directory written by save_pretrained()")
+
+
+def _require_writable(path: str) -> None:
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        _fail("output_dir", f"'{probe}' is a file", "choose a directory path for --output-dir")
+    if not os.access(probe, os.W_OK):
+        _fail("output_dir", f"'{probe}' is not writable", "choose a writable --output-dir")
