@@ -1,0 +1,86 @@
+"""KL estimators, the per-token reward, and generalised advantage estimation.
+
+Shapes: B = batch, A = number of action (response) tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: KLEstimator = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3).
+
+    log_probs, ref_log_probs: (B, A) -> (B, A). With r = ref_log_probs - log_probs:
+      k1 = -r                 (unbiased, high variance, can be negative)
+      k2 = r^2 / 2            (biased, low variance, >= 0)
+      k3 = exp(r) - 1 - r     (unbiased, low variance, >= 0)
+    """
+    log_ratio = ref_log_probs.float() - log_probs.float()
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    if kind == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator '{kind}'; use k1, k2 or k3")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of `mask` (B, T) -> (B,); works for left or right padding.
+
+    Rows with no 1 at all give index 0.
+    """
+    T = mask.size(1)
+    flipped_first = torch.argmax(mask.flip(dims=[1]).to(torch.int64), dim=1)
+    idx = (T - 1) - flipped_first
+    return torch.where(mask.any(dim=1), idx, torch.zeros_like(idx))
+
+
+def per_token_rewards(score: torch.Tensor, kl: torch.Tensor, action_mask: torch.Tensor, kl_coef: float,
+                      clip_score: float = 0.0) -> torch.Tensor:
+    """Reward at each action token: -kl_coef * KL on every token, plus the RM score on the last one.
+
+    score: (B,) reward-model score of each full sequence; kl, action_mask: (B, A) -> (B, A).
+    `clip_score > 0` clips the RM score to [-clip_score, clip_score] first. Masked tokens get 0.
+    """
+    mask = action_mask.to(kl.dtype)
+    score = score.to(kl.dtype)
+    if clip_score > 0:
+        score = score.clamp(-clip_score, clip_score)
+    rewards = -kl_coef * kl * mask
+    last = last_token_index(action_mask)
+    rewards[torch.arange(rewards.size(0), device=rewards.device), last] += score
+    return rewards * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the action tokens.
+
+    rewards, values, action_mask: (B, A) -> (advantages, returns), each (B, A).
+    delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lam * A_{t+1}, where V and A
+    after the last valid token are 0 (the episode ends there). returns = advantages + values.
+    Masked positions get 0 advantage and 0 return.
+    """
+    mask = action_mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    B, A = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(A)):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv_t = delta + gamma * lam * next_adv
+        advantages[:, t] = adv_t * m
+        # A masked (padding) position must not carry value or advantage backwards.
+        next_value = torch.where(m > 0, values[:, t], next_value)
+        next_adv = torch.where(m > 0, adv_t, next_adv)
+    returns = (advantages + values) * mask
+    return advantages.detach(), returns.detach()
