@@ -1,0 +1,88 @@
+"""Actor: any Hugging Face causal LM, with the three things RLHF asks of it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from coati_ray.algo.functional import action_log_probs
+
+
+class Actor(nn.Module):
+    """A policy over tokens. Wraps `AutoModelForCausalLM` (gpt2, opt, bloom, llama, qwen2, ...)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False) -> "Actor":
+        from coati_ray.models.loading import load_causal_lm
+
+        return cls(load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code))
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids, attention_mask: (B, T) -> logits (B, T, V).
+
+        Position ids follow the attention mask so left-padded prompts see positions 0, 1, ...
+        from their first real token, as they did during generation.
+        """
+        kwargs = {}
+        if attention_mask is not None and _accepts_position_ids(self.model):
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = position_ids
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+
+    def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_actions: int) -> torch.Tensor:
+        """Log-probs of the last `num_actions` tokens: (B, T) -> (B, A)."""
+        return action_log_probs(self(input_ids, attention_mask), input_ids, num_actions)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None, *,
+                 max_new_tokens: int = 32, do_sample: bool = True, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id: Optional[int] = None,
+                 pad_token_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample continuations of left-padded prompts (B, P).
+
+        Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
+        longest response in the batch; tokens after a sequence's EOS are padding with mask 0
+        (the EOS itself is an action and is kept).
+        """
+        if tokenizer is not None:
+            eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+            pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        if pad_token_id is None:
+            pad_token_id = eos_token_id if eos_token_id is not None else 0
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_token_id,
+                      eos_token_id=eos_token_id)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_k=top_k if top_k > 0 else None, top_p=top_p)
+        sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        prompt_len = input_ids.size(1)
+        actions = sequences[:, prompt_len:]
+        action_mask = response_mask(actions, eos_token_id)
+        full_mask = torch.cat([attention_mask.to(action_mask.dtype), action_mask], dim=1)
+        return sequences, full_mask, action_mask
+
+
+def response_mask(actions: torch.Tensor, eos_token_id: Optional[int]) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it. actions: (B, A) -> (B, A) long."""
+    if eos_token_id is None:
+        return torch.ones_like(actions)
+    is_eos = (actions == eos_token_id).long()
+    # Number of EOS strictly before each position; valid while that count is 0.
+    eos_before = is_eos.cumsum(dim=1) - is_eos
+    return (eos_before == 0).long()
+
+
+def _accepts_position_ids(model: nn.Module) -> bool:
+    import inspect
+
+    base = getattr(model, "get_base_model", lambda: model)()
+    return "position_ids" in inspect.signature(base.forward).parameters

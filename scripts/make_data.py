@@ -1,0 +1,82 @@
+"""Write the small synthetic datasets shipped in data/ (deterministic: same seed, same files).
+
+    python scripts/make_data.py [--out data] [--seed 0]
+
+sft/train.jsonl, sft/eval.jsonl    `messages` rows; imperfect demonstrations (~35% flawed answers)
+sft/instruction.jsonl              the same task in `instruction`/`input`/`output` layout
+pref/train.jsonl, pref/eval.jsonl  `prompt`/`chosen`/`rejected`; chosen is correct, rejected flawed
+prompts/train.jsonl, eval.jsonl    `prompt` rows for PPO
+ptx/train.jsonl                    correct demonstrations for the PPO-ptx pretraining loss
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from coati_ray.tasks.sorting import answer_text, corrupt, gold_score, prompt_text, sample_numbers  # noqa: E402
+
+
+def write(path: str, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows):5d} rows to {path}")
+
+
+def sft_rows(rng: random.Random, n: int, flawed: float) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        nums = sample_numbers(rng)
+        answer = corrupt(nums, rng, severity=1) if rng.random() < flawed else answer_text(nums)
+        rows.append({"messages": [{"from": "human", "content": prompt_text(nums)},
+                                  {"from": "assistant", "content": answer}]})
+    return rows
+
+
+def pref_rows(rng: random.Random, n: int) -> list[dict]:
+    rows = []
+    while len(rows) < n:
+        nums = sample_numbers(rng)
+        # Separable by construction: chosen is the sorted list, rejected has 1-3 visible flaws.
+        chosen = answer_text(nums)
+        rejected = corrupt(nums, rng, severity=rng.randint(1, 3))
+        if gold_score(nums, chosen) > gold_score(nums, rejected):
+            rows.append({"prompt": prompt_text(nums), "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    out = os.path.normpath(args.out)
+    write(f"{out}/sft/train.jsonl", sft_rows(rng, 1200, flawed=0.35))
+    write(f"{out}/sft/eval.jsonl", sft_rows(rng, 100, flawed=0.0))
+    inst = []
+    for _ in range(200):
+        nums = sample_numbers(rng)
+        inst.append({"instruction": "Sort these numbers in ascending order.", "input": " ".join(map(str, nums)), "output": answer_text(nums)})
+    write(f"{out}/sft/instruction.jsonl", inst)
+    write(f"{out}/pref/train.jsonl", pref_rows(rng, 1200))
+    write(f"{out}/pref/eval.jsonl", pref_rows(rng, 200))
+    write(f"{out}/prompts/train.jsonl", [{"prompt": prompt_text(sample_numbers(rng))} for _ in range(800)])
+    write(f"{out}/prompts/eval.jsonl", [{"prompt": prompt_text(sample_numbers(rng))} for _ in range(100)])
+    ptx = []
+    for _ in range(400):
+        nums = sample_numbers(rng)
+        ptx.append({"messages": [{"from": "human", "content": prompt_text(nums)},
+                                 {"from": "assistant", "content": answer_text(nums)}]})
+    write(f"{out}/ptx/train.jsonl", ptx)
+
+
+if __name__ == "__main__":
+    main()
