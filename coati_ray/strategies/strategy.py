@@ -1,0 +1,193 @@
+"""One Strategy interface over ColossalAI Booster plugins.
+
+    naive                 one process, plain torch (what Booster() without a plugin amounts to);
+                          colossalai is not even imported, so a single-process run starts fast
+    ddp                   TorchDDPPlugin (gloo on CPU, nccl on GPU)
+    colossalai_zero2      LowLevelZeroPlugin(stage=2): optimizer states + gradients sharded
+    colossalai_zero2_cpu  the same with optimizer states offloaded to CPU
+    colossalai_gemini     GeminiPlugin: chunk-based parameter / gradient / optimizer sharding
+
+The process group comes from an explicit (rank, world_size, master_addr, master_port), so a Ray
+actor can build a Strategy exactly as a torchrun process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from coati_ray.config.schema import StrategyConfig
+
+
+class Strategy:
+    def __init__(self, cfg: StrategyConfig, rank: int = 0, world_size: int = 1,
+                 master_addr: str = "127.0.0.1", master_port: Optional[int] = None, local_rank: int = 0,
+                 grad_accum_steps: int = 1):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.master_addr, self.master_port = master_addr, master_port
+        self.grad_accum_steps = grad_accum_steps
+        self.booster = None
+        self.plugin = None
+
+    # ------------------------------------------------------------------ process group
+
+    @property
+    def uses_booster(self) -> bool:
+        return self.name != "naive"
+
+    @property
+    def backend(self) -> str:
+        if self.cfg.backend != "auto":
+            return self.cfg.backend
+        return "nccl" if torch.cuda.is_available() else "gloo"
+
+    @property
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def setup_distributed(self) -> None:
+        """Join the group's torch.distributed world and build the Booster (no-op for naive)."""
+        seed_everything(self.cfg.seed)
+        if not self.uses_booster:
+            return
+        if not dist.is_initialized():
+            if self.master_port is None:
+                raise RuntimeError("a distributed strategy needs master_port (rank 0's free port)")
+            import colossalai
+
+            colossalai.launch(rank=self.rank, world_size=self.world_size, host=self.master_addr,
+                              port=int(self.master_port), backend=self.backend, local_rank=self.local_rank,
+                              seed=self.cfg.seed, verbose=False)
+        from colossalai.booster import Booster
+
+        self.plugin = self._make_plugin()
+        self.booster = Booster(plugin=self.plugin)
+
+    def _make_plugin(self):
+        from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+
+        precision = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[self.cfg.precision]
+        if self.name == "ddp":
+            return TorchDDPPlugin()
+        if self.name in ("colossalai_zero2", "colossalai_zero2_cpu"):
+            return LowLevelZeroPlugin(stage=2, precision=precision, max_norm=self.cfg.grad_clip,
+                                      cpu_offload=self.name.endswith("_cpu"))
+        if self.name == "colossalai_gemini":
+            return GeminiPlugin(precision=precision, max_norm=self.cfg.grad_clip, placement_policy="static",
+                                enable_gradient_accumulation=self.grad_accum_steps > 1)
+        raise ValueError(f"unknown strategy '{self.name}'")
+
+    def close(self) -> None:
+        if self.uses_booster and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ training
+
+    def prepare(self, model: nn.Module, optimizer=None, lr_scheduler=None) -> tuple[Any, Any, Any]:
+        """Boost model (+ optimiser and scheduler); returns the wrapped objects to train with."""
+        if not self.uses_booster:
+            return model.to(self.device), optimizer, lr_scheduler
+        model, optimizer, _, _, lr_scheduler = self.booster.boost(model, optimizer, lr_scheduler=lr_scheduler)
+        return model, optimizer, lr_scheduler
+
+    def backward(self, loss: torch.Tensor, optimizer) -> None:
+        if self.booster is None:
+            loss.backward()
+        else:
+            self.booster.backward(loss, optimizer)
+
+    def accumulate(self, model, optimizer, last_micro_batch: bool):
+        """Context for one micro-batch's backward: skips the gradient all-reduce except on the last."""
+        if last_micro_batch or self.booster is None or not self.plugin.support_no_sync():
+            return contextlib.nullcontext()
+        return self.booster.no_sync(model, optimizer)
+
+    def optimizer_step(self, model, optimizer) -> float:
+        """Clip (naive/ddp here; zero2/gemini clip inside the plugin), step, zero grads. Returns grad norm or nan."""
+        norm = float("nan")
+        if self.name in ("naive", "ddp"):
+            params = [p for p in self.unwrap(model).parameters() if p.grad is not None]
+            if self.cfg.grad_clip > 0:
+                norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+            elif params:
+                norm = float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    # ------------------------------------------------------------------ state
+
+    def unwrap(self, model) -> nn.Module:
+        while hasattr(model, "unwrap") and callable(model.unwrap):
+            inner = model.unwrap()
+            if inner is model:
+                break
+            model = inner
+        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    def full_state_dict(self, model) -> dict:
+        """Every parameter and buffer, unsharded, on CPU, keyed as the unwrapped module names them."""
+        if self.name == "colossalai_gemini":
+            state = model.state_dict(only_rank_0=False)
+        else:
+            state = self.unwrap(model).state_dict()
+        return {k: v.detach().cpu() for k, v in state.items()}
+
+    def save_optimizer(self, optimizer, path: str) -> None:
+        """Optimiser state into directory `path` (sharded per rank for zero2/gemini)."""
+        os.makedirs(path, exist_ok=True)
+        if self.booster is None:
+            torch.save(optimizer.state_dict(), os.path.join(path, "optimizer.pt"))
+        else:
+            self.booster.save_optimizer(optimizer, path, shard=True)
+
+    def load_optimizer(self, optimizer, path: str) -> None:
+        if self.booster is None:
+            optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu",
+                                                 weights_only=True))
+        else:
+            self.booster.load_optimizer(optimizer, path)
+
+    # ------------------------------------------------------------------ collectives
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if dist.is_initialized() and self.world_size > 1:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum a few floats across ranks (metrics); identity on one rank."""
+        if not (dist.is_initialized() and self.world_size > 1):
+            return list(values)
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_strategy(cfg: StrategyConfig, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                  master_port: Optional[int] = None, grad_accum_steps: int = 1) -> Strategy:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return Strategy(cfg, rank, world_size, master_addr, master_port, local_rank, grad_accum_steps)

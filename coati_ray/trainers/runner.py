@@ -1,0 +1,38 @@
+"""What one rank of a supervised job (SFT, RM) does, from a validated config to a summary.
+
+The same function runs in-process (one rank) or inside each Ray actor of a trainer group.
+Order matters for the user: tokenizer and data are read and checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                   master_port: Optional[int] = None, resume_from: Optional[str] = None) -> dict:
+    from coati_ray.models.loading import check_vocab, load_tokenizer
+    from coati_ray.strategies import make_strategy
+
+    tc = cfg.trainer
+    strategy = make_strategy(cfg.strategy, rank, world_size, master_addr, master_port,
+                             grad_accum_steps=tc.batch_size // world_size // tc.micro_batch_size)
+    strategy.setup_distributed()
+    try:
+        tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, cfg.model.trust_remote_code)
+        d = cfg.data
+        train, report = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
+        evaluation = trainer_cls.build_dataset(d.eval_path, tokenizer, d, None)[0] if d.eval_path else None
+        model = trainer_cls.build_model(cfg.model, os.path.join(resume_from, "model") if resume_from else None)
+        check_vocab(tokenizer, model, cfg.model.path)
+        trainer = trainer_cls(cfg, strategy, model, tokenizer, train, evaluation, trainer_cls.collator(tokenizer),
+                              cfg.output_dir, resume_from=resume_from)
+        trainer.logger.info(f"data: {report.rows} usable rows from {report.path}; {report.skipped_bad} bad rows "
+                            f"skipped, {report.truncated} truncated, {report.dropped_empty} dropped (reply cut off)")
+        summary = trainer.fit()
+        summary["data"] = vars(report)
+        trainer.logger.write_summary(summary)
+        return summary
+    finally:
+        strategy.close()

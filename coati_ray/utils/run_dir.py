@@ -1,0 +1,98 @@
+"""The run directory: metrics.jsonl (one JSON object per step), summary.json, checkpoints/.
+
+Checkpoints are written into `<name>.tmp` and renamed when complete, so a crash mid-save never
+leaves a directory that looks like a finished checkpoint.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from typing import Optional
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+COMPLETE_MARKER = "trainer_state.json"
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLogger:
+    """Appends step metrics to metrics.jsonl and prints a progress line (only where `enabled`)."""
+
+    def __init__(self, run_dir: str, enabled: bool = True, stage: str = "", log_every: int = 1):
+        self.run_dir, self.enabled, self.stage, self.log_every = run_dir, enabled, stage, log_every
+        self.start = time.time()
+        if enabled:
+            os.makedirs(run_dir, exist_ok=True)
+
+    def log(self, step: int, total: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if step % self.log_every == 0 or step == total:
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                              if isinstance(v, (int, float)) and not k.startswith("timing/"))
+            elapsed = time.time() - self.start
+            eta = elapsed / max(step, 1) * (total - step)
+            print(f"[{self.stage}] step {step}/{total}  {shown}  ({elapsed:.0f}s, eta {eta:.0f}s)", flush=True)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{self.stage}] {message}", flush=True)
+
+    def write_summary(self, summary: dict) -> None:
+        if not self.enabled:
+            return
+        path = os.path.join(self.run_dir, "summary.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({k: _jsonable(v) for k, v in summary.items()}, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
+def truncate_metrics(run_dir: str, after_step: int) -> None:
+    """On resume, drop metric lines past the checkpoint so the resumed run does not duplicate them."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+def checkpoint_dir(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    """The newest complete step checkpoint under `run_dir/checkpoints`, or None."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "checkpoints", "step_*")):
+        m = STEP_DIR.match(os.path.basename(path))
+        if m and os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> None:
+    found = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(run_dir, "checkpoints", "step_*"))
+                   if (m := STEP_DIR.match(os.path.basename(p))))
+    for _, path in found[: max(0, len(found) - keep)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
