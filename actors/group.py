@@ -1,0 +1,97 @@
+"""A trainer group: N Ray actors forming their own torch.distributed world.
+
+Rank 0 reports its node IP and a free port; every rank then joins that address. The driver's
+address is never used, so a group works wherever Ray places it. Actors are named
+`<name>-<rank>` in the `coati` namespace so the dashboard reads clearly, and sit in one
+placement group that is removed (with the actors) however the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Optional
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.cluster import NAMESPACE
+
+
+@ray.remote
+class RankWorker:
+    """One rank: holds nothing but a torch thread setting; runs whatever rank function it is given."""
+
+    def __init__(self, torch_threads: Optional[int] = None):
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a port free on it (for rank 0 to host the process group)."""
+        ip = ray.util.get_node_ip_address()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ip, port
+
+    def run(self, fn: Callable, *args, **kwargs) -> Any:
+        return fn(*args, **kwargs)
+
+
+class TrainerGroup:
+    """Creates the actors and placement group; `run(fn, ...)` calls fn(..., rank=, world_size=, master_addr=, master_port=)."""
+
+    def __init__(self, name: str, num_ranks: int, num_cpus_per_rank: float = 1.0, num_gpus_per_rank: float = 0.0,
+                 torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0):
+        self.name, self.num_ranks = name, num_ranks
+        bundle = {"CPU": num_cpus_per_rank} if num_gpus_per_rank == 0 else {"CPU": num_cpus_per_rank,
+                                                                          "GPU": num_gpus_per_rank}
+        self.pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK", name=f"{name}-pg")
+        ready, _ = ray.wait([self.pg.ready()], timeout=pg_timeout_s)
+        if not ready:
+            remove_placement_group(self.pg)
+            raise RuntimeError(f"cluster cannot host {num_ranks} x {bundle} for '{name}' within {pg_timeout_s:.0f}s; "
+                               f"cluster has {ray.cluster_resources()}")
+        threads = torch_threads or max(1, int(num_cpus_per_rank))
+        self.workers = [
+            RankWorker.options(name=f"{name}-{rank}", namespace=NAMESPACE, num_cpus=num_cpus_per_rank,
+                               num_gpus=num_gpus_per_rank,
+                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, rank)).remote(threads)
+            for rank in range(num_ranks)
+        ]
+
+    def run(self, fn: Callable, *args, **kwargs) -> list:
+        addr, port = ray.get(self.workers[0].address.remote())
+        refs = [w.run.remote(fn, *args, rank=rank, world_size=self.num_ranks, master_addr=addr, master_port=port,
+                             **kwargs) for rank, w in enumerate(self.workers)]
+        return get_or_fail_fast(refs)
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        remove_placement_group(self.pg)
+
+    def __enter__(self) -> "TrainerGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def get_or_fail_fast(refs: list) -> list:
+    """ray.get on every ref, but raise as soon as any one fails (its peers may block in a collective)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done[0])  # raises the rank's exception immediately
+    return ray.get(refs)
+
+
+def unwrap_error(err: BaseException) -> BaseException:
+    """The user-facing exception inside a RayTaskError/RayActorError, if there is one."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) else err

@@ -1,0 +1,139 @@
+"""What every launcher shares: arguments, config resolution, the run directory, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import Callable, Optional
+
+from coati_ray.config import describe, load_config, save_config
+from coati_ray.errors import CoatiError
+
+
+def parser_for(stage: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m launch.{stage}", description=description)
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--output-dir", help="run directory (overrides output_dir)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from the latest checkpoint in the output dir, or from the checkpoint dir given")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto, else embedded local Ray)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its type and default")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. trainer.max_steps=10")
+    return p
+
+
+def quiet_libraries() -> None:
+    """Library chatter (colossalai's optional-kernel warnings, HF advisories) is not the user's problem."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
+    from coati_ray.utils.run_dir import COMPLETE_MARKER, latest_checkpoint
+
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            raise CoatiError(f"resume error: no complete checkpoint under '{output_dir}/checkpoints'; "
+                             "run without --resume or pass --resume <checkpoint dir>")
+        return found
+    if not os.path.isfile(os.path.join(resume, COMPLETE_MARKER)):
+        raise CoatiError(f"resume error: '{resume}' is not a complete checkpoint (no {COMPLETE_MARKER}); "
+                         "pass a checkpoints/step_* directory")
+    return resume
+
+
+def load_job(cfg_cls, args) -> object:
+    cfg = load_config(cfg_cls, args.config, args.overrides, output_dir=args.output_dir)
+    cfg.validate()
+    return cfg
+
+
+def fail(err: BaseException) -> int:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, description: str,
+                         argv: Optional[list[str]] = None) -> int:
+    """Parse, validate (config and data) before anything heavy, then train on 1 rank or a Ray group."""
+    args = parser_for(stage, description).parse_args(argv)
+    quiet_libraries()
+    if args.help_config:
+        for key, tp, default, help_ in describe(cfg_cls):
+            print(f"{key:40s} {tp:28s} {default:14s} {help_}")
+        return 0
+    try:
+        cfg = load_job(cfg_cls, args)
+        if args.print_config:
+            import yaml
+
+            from coati_ray.config import to_dict
+
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            return 0
+        resume_from = resolve_resume(args.resume, cfg.output_dir)
+        preflight_data(cfg, trainer_cls)
+    except CoatiError as e:
+        return fail(e)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    try:
+        if cfg.resources.num_ranks == 1:
+            summary = run_fn(cfg, resume_from=resume_from)
+        else:
+            summary = run_on_ray(stage, cfg, run_fn, resume_from, args.ray_address)
+    except CoatiError as e:
+        return fail(e)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+def preflight_data(cfg, trainer_cls) -> None:
+    """Read the tokenizer and every row now, so a bad row stops the run before Ray or a model starts."""
+    from coati_ray.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, cfg.model.trust_remote_code)
+    d = cfg.data
+    items, _ = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
+    if d.eval_path:
+        trainer_cls.build_dataset(d.eval_path, tokenizer, d, None)
+    if len(items) < cfg.trainer.batch_size:
+        raise CoatiError(f"data error: {d.train_path} has {len(items)} usable rows, fewer than one global batch "
+                         f"(trainer.batch_size={cfg.trainer.batch_size}); lower the batch size or add data")
+
+
+def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], address: Optional[str]) -> dict:
+    from actors.cluster import connect
+    from actors.group import TrainerGroup, unwrap_error
+
+    import ray
+
+    started = connect(address, quiet=True)
+    r = cfg.resources
+    try:
+        with TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank, r.num_gpus_per_rank,
+                          r.torch_threads) as group:
+            results = group.run(run_fn, cfg, resume_from=resume_from)
+        return results[0]
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+        inner = unwrap_error(e)
+        if isinstance(inner, CoatiError):
+            raise inner from None
+        raise
+    finally:
+        if started:
+            ray.shutdown()
