@@ -31,14 +31,14 @@ def load_rows(path: str, max_samples: Optional[int] = None):
                                 f"{', '.join(EXTENSIONS)} or a save_to_disk directory")
             if os.path.getsize(path) == 0:
                 raise DataError(f"data error: '{path}' is empty; it needs at least one row")
+            if EXTENSIONS[ext] == "json":
+                check_utf8(path)
             if ext == ".arrow":
                 ds = datasets.Dataset.from_file(path)
             else:
                 ds = datasets.load_dataset(EXTENSIONS[ext], data_files=path, split="train", keep_in_memory=True)
     except DataError:
         raise
-    except UnicodeDecodeError as e:
-        raise DataError(f"data error: '{path}' is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
     except Exception as e:  # datasets wraps parse errors in several exception types
         cause = e
         while cause.__cause__ is not None:
@@ -50,6 +50,29 @@ def load_rows(path: str, max_samples: Optional[int] = None):
     if max_samples is not None and len(ds) > max_samples:
         ds = ds.select(range(max_samples))
     return ds
+
+
+def check_utf8(path: str, chunk_bytes: int = 1 << 20) -> None:
+    """Stream the file through a strict decoder: pyarrow's JSON reader lets invalid UTF-8 through."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    line, offset = 1, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                bad = offset + e.start
+                line += chunk[: e.start].count(b"\n")
+                raise DataError(f"data error: {path} line {line} (byte {bad}) is not valid UTF-8; "
+                                "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"data error: {path} ends inside a multi-byte character; re-encode it as UTF-8") from None
 
 
 def normalize_rows(ds, normalize: Callable[[dict], dict], path: str, on_bad_row: str = "error") -> tuple[list[dict], int]:

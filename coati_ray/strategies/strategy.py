@@ -23,6 +23,8 @@ from torch import nn
 
 from coati_ray.config.schema import StrategyConfig
 
+OPTIMIZER_FILE = "optimizer.pt"
+
 
 class Strategy:
     def __init__(self, cfg: StrategyConfig, rank: int = 0, world_size: int = 1,
@@ -143,17 +145,24 @@ class Strategy:
         return {k: v.detach().cpu() for k, v in state.items()}
 
     def save_optimizer(self, optimizer, path: str) -> None:
-        """Optimiser state into directory `path` (sharded per rank for zero2/gemini)."""
+        """Optimiser state into directory `path`.
+
+        naive/ddp states are replicated, so rank 0 writes one file that every rank reads back with
+        `weights_only=True`. (Booster's own sharded load calls accelerator.synchronize(), which
+        ColossalAI's CPU accelerator refuses, and its unsharded load unpickles with torch.load.)
+        zero2/gemini states are sharded per rank and go through Booster.
+        """
         os.makedirs(path, exist_ok=True)
-        if self.booster is None:
-            torch.save(optimizer.state_dict(), os.path.join(path, "optimizer.pt"))
+        if self.name in ("naive", "ddp"):
+            if self.is_rank0:
+                torch.save(optimizer.state_dict(), os.path.join(path, OPTIMIZER_FILE))
         else:
             self.booster.save_optimizer(optimizer, path, shard=True)
 
     def load_optimizer(self, optimizer, path: str) -> None:
-        if self.booster is None:
-            optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu",
-                                                 weights_only=True))
+        if self.name in ("naive", "ddp"):
+            state = torch.load(os.path.join(path, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(state)
         else:
             self.booster.load_optimizer(optimizer, path)
 

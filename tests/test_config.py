@@ -1,0 +1,150 @@
+"""Every bad-config case is refused with one line that names the key and the fix."""
+
+import os
+
+import pytest
+import yaml
+
+from coati_ray.config import RMConfig, SFTConfig, describe, load_config, save_config, to_dict
+from coati_ray.errors import ConfigError
+from tests.conftest import REPO, data_path
+
+SFT_YAML = os.path.join(REPO, "configs", "sft_tiny.yaml")
+
+
+def sft(tiny_llama, tmp_path, *overrides):
+    cfg = load_config(SFTConfig, SFT_YAML, [f"model.path={tiny_llama}", f"data.train_path={data_path('sft', 'train.jsonl')}",
+                                            f"data.eval_path={data_path('sft', 'eval.jsonl')}", *overrides],
+                      output_dir=str(tmp_path / "run"))
+    cfg.validate()
+    return cfg
+
+
+def error_of(fn) -> str:
+    with pytest.raises(ConfigError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg, "errors are one line"
+    return msg
+
+
+def test_valid_config_round_trips_through_config_yaml(tiny_llama, tmp_path):
+    cfg = sft(tiny_llama, tmp_path, "trainer.batch_size=32", "optim.lr=1e-4")
+    assert cfg.trainer.batch_size == 32 and cfg.optim.lr == pytest.approx(1e-4)
+    path = tmp_path / "config.yaml"
+    save_config(cfg, str(path))
+    again = load_config(SFTConfig, str(path))
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_unknown_key_suggests_the_right_one(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "trainer.batch_sise=8"))
+    assert "trainer.batch_sise" in msg and "did you mean 'trainer.batch_size'" in msg
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": "x", "lora_rnak": 4}}))
+    msg = error_of(lambda: load_config(SFTConfig, str(path)))
+    assert "model.lora_rnak" in msg and "did you mean 'model.lora_rank'" in msg
+
+
+def test_unknown_section(tmp_path):
+    msg = error_of(lambda: load_config(SFTConfig, SFT_YAML, ["traner.max_steps=3"]))
+    assert "did you mean 'trainer'" in msg
+
+
+def test_wrong_type_names_key_and_expected_type(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "trainer.batch_size=many"))
+    assert "trainer.batch_size='many'" in msg and "expected int" in msg
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "model.trust_remote_code=maybe"))
+    assert "model.trust_remote_code" in msg and "expected bool" in msg
+
+
+def test_choice_typo_suggests_valid_choice(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "strategy.name=dpp"))
+    assert "strategy.name='dpp'" in msg and "did you mean 'ddp'" in msg
+
+
+def test_batch_not_divisible_by_micro_batch_times_ranks(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "trainer.batch_size=10", "trainer.micro_batch_size=4"))
+    assert "trainer.batch_size" in msg and "not divisible" in msg and "multiple of 4" in msg
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "strategy.name=ddp", "resources.num_ranks=2",
+                               "trainer.batch_size=12", "trainer.micro_batch_size=4"))
+    assert "x ranks (2) = 8" in msg and "multiple of 8" in msg
+
+
+def test_negative_lora_rank(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "model.lora_rank=-1"))
+    assert "model.lora_rank" in msg and ">= 0" in msg
+
+
+@pytest.mark.parametrize("name", ["colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini"])
+def test_cuda_only_strategy_without_cuda(tiny_llama, tmp_path, monkeypatch, name):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, f"strategy.name={name}"))
+    assert "strategy.name" in msg and "needs CUDA" in msg and "ddp" in msg
+
+
+def test_model_path_that_does_not_exist(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "model.path=/nonexistent/model"))
+    assert "model.path" in msg and "does not exist" in msg
+
+
+def test_model_dir_without_config_json(tiny_llama, tmp_path):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, f"model.path={empty}"))
+    assert "no config.json" in msg
+
+
+def test_naive_with_several_ranks(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "resources.num_ranks=2", "trainer.batch_size=16"))
+    assert "naive" in msg and "strategy.name=ddp" in msg
+
+
+def test_missing_data_file(tiny_llama, tmp_path):
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, "data.train_path=/no/such.jsonl"))
+    assert "data.train_path" in msg and "does not exist" in msg
+
+
+def test_rm_rejects_sft_layout(tiny_llama, tmp_path):
+    cfg = load_config(RMConfig, os.path.join(REPO, "configs", "rm_tiny.yaml"),
+                      [f"model.path={tiny_llama}", f"data.train_path={data_path('pref', 'train.jsonl')}",
+                       f"data.eval_path={data_path('pref', 'eval.jsonl')}", "data.format=messages"])
+    msg = error_of(cfg.validate)
+    assert "data.format" in msg and "preference" in msg
+
+
+def test_override_without_equals_and_bad_yaml(tmp_path):
+    assert "no '='" in error_of(lambda: load_config(SFTConfig, SFT_YAML, ["trainer.max_steps"]))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    assert "not valid YAML" in error_of(lambda: load_config(SFTConfig, str(bad)))
+    assert "does not exist" in error_of(lambda: load_config(SFTConfig, str(tmp_path / "none.yaml")))
+
+
+def test_required_key_missing(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train_path": "x"}}))
+    assert "'model.path' is required" in error_of(lambda: load_config(SFTConfig, str(path)))
+
+
+def test_describe_documents_every_key():
+    rows = {key: help_ for key, _, _, help_ in describe(RMConfig)}
+    assert "trainer.micro_batch_size" in rows and "loss_fn" in rows and "model.lora_rank" in rows
+    assert all(help_ for help_ in rows.values())
+
+
+def test_cli_refuses_bad_config_with_one_line_before_any_run_dir(tiny_llama, tmp_path, capsys):
+    from launch.sft import main
+
+    out_dir = tmp_path / "never_created"
+    code = main(["--config", SFT_YAML, "--output-dir", str(out_dir), f"model.path={tiny_llama}",
+                 "trainer.micro_batch_sise=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: config error:") and "micro_batch_size" in err[0]
+    assert not out_dir.exists()
