@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test test-fast sft rm clean
+.PHONY: setup assets test demo sft rm clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -25,6 +25,13 @@ assets: $(ASSETS)
 
 test: setup
 	$(VPY) -m pytest -q tests
+
+# The main job on the embedded default: stage 1, then stage 2 starting from stage 1's checkpoint
+# (as Coati trains its RM from the SFT model). PPO on Ray joins this chain with launch.pipeline.
+DEMO_DIR ?= runs/demo
+demo: setup
+	$(VPY) -m launch.sft --config configs/sft_tiny.yaml --output-dir $(DEMO_DIR)/sft
+	$(VPY) -m launch.rm --config configs/rm_tiny.yaml --output-dir $(DEMO_DIR)/rm model.path=$(DEMO_DIR)/sft/checkpoints/final
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml

@@ -148,3 +148,11 @@ def test_cli_refuses_bad_config_with_one_line_before_any_run_dir(tiny_llama, tmp
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: config error:") and "micro_batch_size" in err[0]
     assert not out_dir.exists()
+
+
+def test_readme_config_reference_is_current():
+    import subprocess
+    import sys
+
+    code = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "config_reference.py"), "--check"])
+    assert code == 0, "README's config reference is stale: run python scripts/config_reference.py"

@@ -1,0 +1,49 @@
+"""Generate the README's config reference from the config dataclasses, so it cannot drift.
+
+    python scripts/config_reference.py           # rewrite README.md between the markers
+    python scripts/config_reference.py --check   # exit 1 if README.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+from coati_ray.config import RMConfig, SFTConfig, describe  # noqa: E402
+
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def reference() -> str:
+    lines = []
+    for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key, plus", RMConfig)):
+        sft_keys = {row[0] for row in describe(SFTConfig)}
+        rows = [r for r in describe(cls) if cls is SFTConfig or r[0] not in sft_keys or r[0] == "output_dir"]
+        lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    path = os.path.join(ROOT, "README.md")
+    text = open(path, encoding="utf-8").read()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{reference()}\n{END}{tail}"
+    if args.check:
+        return 0 if new == text else 1
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
