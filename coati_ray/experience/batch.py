@@ -1,0 +1,90 @@
+"""The Experience batch: everything a PPO update needs, tagged with the policy version that made it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+
+@dataclass
+class Experience:
+    """B samples of P prompt + A response tokens (T = P + A).
+
+    sequences, attention_mask: (B, T); action_mask, action_log_probs, values, returns,
+    advantages, kl: (B, A); reward (RM score): (B,). `version` is the policy version that
+    generated it; `maker` and `batch_id` name where it came from.
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    action_mask: torch.Tensor
+    action_log_probs: torch.Tensor
+    values: torch.Tensor
+    returns: torch.Tensor
+    advantages: torch.Tensor
+    kl: torch.Tensor
+    reward: torch.Tensor
+    version: int = 0
+    maker: int = 0
+    batch_id: int = 0
+    info: dict = field(default_factory=dict)
+
+    TENSORS = ("sequences", "attention_mask", "action_mask", "action_log_probs", "values", "returns",
+               "advantages", "kl", "reward")
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.sequences.size(0))
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.action_mask.size(1))
+
+    def to(self, device) -> "Experience":
+        return self._replace({k: getattr(self, k).to(device) for k in self.TENSORS})
+
+    def select(self, index) -> "Experience":
+        """Rows `index` (a slice or index tensor) of every tensor."""
+        return self._replace({k: getattr(self, k)[index] for k in self.TENSORS})
+
+    def shard(self, rank: int, world_size: int) -> "Experience":
+        """Rank `rank`'s contiguous 1/world_size of the batch (B must divide evenly)."""
+        B = self.num_samples
+        if B % world_size:
+            raise ValueError(f"{B} samples cannot be split evenly over {world_size} ranks")
+        per = B // world_size
+        return self.select(slice(rank * per, (rank + 1) * per))
+
+    def _replace(self, tensors: dict) -> "Experience":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(tensors)
+        return Experience(**values)
+
+
+def concat(items: list[Experience]) -> Experience:
+    """Stack experiences along the batch; pads (B, T) and (B, A) tensors to the widest batch.
+
+    Sequences are left-padded prompts followed by right-padded responses: the prompt part is
+    padded on the left and the response part on the right, so the last A columns stay the
+    actions; the masks mark all padding as 0.
+    """
+    if len(items) == 1:
+        return items[0]
+    P = max(e.sequences.size(1) - e.num_actions for e in items)  # widest prompt part
+    A = max(e.num_actions for e in items)                        # widest response part
+    out = {}
+    for k in Experience.TENSORS:
+        parts = []
+        for e in items:
+            x = getattr(e, k)
+            if k in ("sequences", "attention_mask"):
+                p = e.sequences.size(1) - e.num_actions
+                x = torch.nn.functional.pad(x, (P - p, A - e.num_actions), value=0)
+            elif x.dim() == 2:
+                x = torch.nn.functional.pad(x, (0, A - e.num_actions), value=0)
+            parts.append(x)
+        out[k] = torch.cat(parts)
+    first = items[0]
+    return Experience(**out, version=min(e.version for e in items), maker=first.maker, batch_id=first.batch_id,
+                      info={"parts": [(e.maker, e.batch_id, e.version) for e in items]})

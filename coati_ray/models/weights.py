@@ -1,0 +1,60 @@
+"""Moving weights between a trainer and a maker: export once, load with strict key and shape checks.
+
+Coati's Ray prototype loaded synced weights with `strict=False`, so a key mismatch silently
+updated nothing. Here any missing, unexpected or mis-shaped tensor is an error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from coati_ray.errors import ModelError
+
+LORA_MARKER = "lora_"
+
+
+def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the LoRA adapter tensors of `module`, under their full parameter names."""
+    return {k: v for k, v in module.state_dict().items() if LORA_MARKER in k}
+
+
+def export_weights(module: nn.Module, lora_only: bool) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights a maker needs: all of them, or the LoRA adapters only."""
+    state = lora_state(module) if lora_only else module.state_dict()
+    if lora_only and not state:
+        raise ModelError("model error: lora-only export of a model without LoRA adapters; set lora_rank > 0")
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def check_compatible(module: nn.Module, state: dict[str, torch.Tensor], lora_only: bool) -> None:
+    """Raise ModelError unless `state` has exactly the expected keys with matching shapes and dtypes."""
+    own = lora_state(module) if lora_only else module.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & state.keys()
+                   if own[k].shape != state[k].shape or own[k].dtype != state[k].dtype)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with wrong shape/dtype (e.g. {k}: {tuple(state[k].shape)} {state[k].dtype} "
+                         f"vs {tuple(own[k].shape)} {own[k].dtype})")
+        raise ModelError("weight sync refused: " + "; ".join(parts) + "; the sender and receiver models differ")
+
+
+@torch.no_grad()
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], lora_only: bool) -> None:
+    """Copy `state` into `module` in place after `check_compatible`."""
+    check_compatible(module, state, lora_only)
+    own = module.state_dict()
+    for k, v in state.items():
+        own[k].copy_(v)
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())

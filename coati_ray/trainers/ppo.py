@@ -1,0 +1,127 @@
+"""The PPO updates the trainer groups run: policy (+ PPO-ptx) for the actor, clipped value loss for the critic.
+
+Each rank receives its shard of a rollout batch; per PPO epoch the shard is shuffled and cut into
+mini-batches of train_batch_size / num_ranks samples, each one optimiser step accumulated over
+micro-batches. Ray-free: an actor in `actors/` builds one of these and calls `train(shard)`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from coati_ray.algo.functional import action_log_probs, masked_mean, masked_whiten
+from coati_ray.algo.losses import policy_loss, ptx_mix, sft_loss, value_loss
+from coati_ray.experience.batch import Experience
+from coati_ray.trainers.schedule import make_scheduler
+
+
+class PPOGroupTrainer:
+    role = "ppo"
+
+    def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int):
+        self.strategy, self.ppo = strategy, ppo_cfg
+        oc = group_cfg.optim
+        params = [p for p in model.parameters() if p.requires_grad]
+        kwargs = dict(lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay)
+        if strategy.name.startswith("colossalai") and torch.cuda.is_available():
+            from colossalai.nn.optimizer import HybridAdam
+
+            optimizer = HybridAdam(params, adamw_mode=True, **kwargs)
+        else:
+            optimizer = torch.optim.AdamW(params, **kwargs)
+        updates = total_steps * ppo_cfg.ppo_epochs * (ppo_cfg.rollout_batch_size // ppo_cfg.train_batch_size)
+        scheduler = make_scheduler(optimizer, updates, oc.warmup_steps, oc.scheduler, oc.min_lr_ratio)
+        self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
+        self.updates = 0
+
+    def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def prepare_shard(self, shard: Experience) -> Experience:
+        return shard
+
+    def train(self, shard: Experience, step: int) -> dict:
+        """PPO epochs over this rank's shard; returns metrics averaged over all ranks of the group."""
+        t0 = time.perf_counter()
+        self.model.train()
+        shard = self.prepare_shard(shard.to(self.strategy.device))
+        n = shard.num_samples
+        per_rank_mb = self.ppo.train_batch_size // self.strategy.world_size
+        micro = self.ppo.micro_batch_size
+        sums: dict[str, float] = {}
+        count = 0
+        g = torch.Generator().manual_seed(self.ppo.seed * 1000003 + step)
+        for _ in range(self.ppo.ppo_epochs):
+            order = torch.randperm(n, generator=g)
+            for start in range(0, n, per_rank_mb):
+                idx = order[start:start + per_rank_mb]
+                chunks = [idx[j:j + micro] for j in range(0, len(idx), micro)]
+                for j, chunk in enumerate(chunks):
+                    with self.strategy.accumulate(self.model, self.optimizer, last_micro_batch=j == len(chunks) - 1):
+                        loss, stats = self.micro_loss(shard.select(chunk))
+                        self.strategy.backward(loss / len(chunks), self.optimizer)
+                    for k, v in {"loss": loss.item(), **stats}.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                grad_norm = self.strategy.optimizer_step(self.model, self.optimizer)
+                self.scheduler.step()
+                self.updates += 1
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * len(chunks)
+        keys = sorted(sums)
+        totals = self.strategy.all_reduce_sum([sums[k] for k in keys] + [count, float(shard.attention_mask.sum())])
+        out = {f"{self.role}/{k}": totals[i] / max(totals[-2], 1) for i, k in enumerate(keys)}
+        elapsed = time.perf_counter() - t0
+        out[f"timing/update_{self.role}"] = elapsed
+        out[f"throughput/{self.role}_tokens_per_s"] = totals[-1] * self.ppo.ppo_epochs / max(elapsed, 1e-9)
+        out[f"{self.role}/lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+
+class PolicyTrainer(PPOGroupTrainer):
+    role = "actor"
+
+    def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int, ptx_items: Optional[list] = None,
+                 ptx_collate=None):
+        super().__init__(model, strategy, group_cfg, ppo_cfg, total_steps)
+        self.ptx_items, self.ptx_collate, self.ptx_pos = ptx_items, ptx_collate, 0
+
+    def prepare_shard(self, shard: Experience) -> Experience:
+        if self.ppo.whiten_advantages:
+            shard = shard._replace({"advantages": masked_whiten(shard.advantages, shard.action_mask)})
+        return shard
+
+    def _next_ptx(self) -> dict:
+        """The next pretraining micro-batch; each rank walks its own stride of the ptx data."""
+        bs, rank, world = self.ppo.ptx_batch_size, self.strategy.rank, self.strategy.world_size
+        items = []
+        for _ in range(bs):
+            items.append(self.ptx_items[(self.ptx_pos * world + rank) % len(self.ptx_items)])
+            self.ptx_pos += 1
+        return {k: v.to(self.strategy.device) for k, v in self.ptx_collate(items).items()}
+
+    def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
+        A = micro.num_actions
+        logits = self.model(micro.sequences, micro.attention_mask)
+        log_probs = action_log_probs(logits, micro.sequences, A)
+        loss, stats = policy_loss(log_probs, micro.action_log_probs, micro.advantages, micro.action_mask,
+                                  self.ppo.clip_eps)
+        stats["policy_loss"] = loss.item()
+        if self.ppo.ptx_coef > 0 and self.ptx_items:
+            ptx = self._next_ptx()
+            ptx_loss = sft_loss(self.model(ptx["input_ids"], ptx["attention_mask"]), ptx["labels"])
+            loss = ptx_mix(loss, ptx_loss, self.ppo.ptx_coef)
+            stats["ptx_loss"] = ptx_loss.item()
+        return loss, stats
+
+
+class ValueTrainer(PPOGroupTrainer):
+    role = "critic"
+
+    def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
+        values = self.model(micro.sequences, micro.attention_mask, micro.num_actions)
+        loss, stats = value_loss(values, micro.values, micro.returns, micro.action_mask, self.ppo.value_clip_eps)
+        stats["value_mean"] = masked_mean(values.detach(), micro.action_mask).item()
+        return loss, stats
