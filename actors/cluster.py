@@ -8,7 +8,7 @@ from typing import Optional
 NAMESPACE = "coati"
 
 
-def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: bool = True) -> bool:
+def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: bool = os.environ.get("COATI_ACTOR_LOGS") != "1") -> bool:
     """ray.init once. Returns True when this call started an embedded local Ray.
 
     `address` (or RAY_ADDRESS, as set by `ray job submit`) names a cluster; with neither, "auto"

@@ -56,6 +56,12 @@ def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
     return resume
 
 
+def print_config_help(cfg_cls) -> int:
+    for key, tp, default, help_ in describe(cfg_cls):
+        print(f"{key:40s} {tp:28s} {default:14s} {help_}")
+    return 0
+
+
 def load_job(cfg_cls, args) -> object:
     cfg = load_config(cfg_cls, args.config, args.overrides, output_dir=args.output_dir)
     cfg.validate()
@@ -73,9 +79,7 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
     args = parser_for(stage, description).parse_args(argv)
     quiet_libraries()
     if args.help_config:
-        for key, tp, default, help_ in describe(cfg_cls):
-            print(f"{key:40s} {tp:28s} {default:14s} {help_}")
-        return 0
+        return print_config_help(cfg_cls)
     try:
         cfg = load_job(cfg_cls, args)
         if args.print_config:

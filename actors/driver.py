@@ -1,0 +1,396 @@
+"""The PPO job: builds the actor groups, runs the steps, syncs weights, checkpoints, cleans up.
+
+    job = PPOJob(cfg)            # validates config and data before touching Ray
+    summary = job.run()          # starts Ray actors, trains, always releases actors and placement groups
+    job.scale_makers(3)          # from a callback or another thread: takes effect at the next step
+
+sync mode: each step's experience is generated with the weights after the previous update.
+async mode: makers keep generating while trainers train; the buffer drops experience that is more
+than ppo.max_staleness versions old when a trainer group first asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from typing import Callable, Optional
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.cluster import NAMESPACE, connect
+from actors.group import get_or_fail_fast, unwrap_error
+from actors.maker import ExperienceMaker
+from actors.ppo_trainer import PPOTrainerRank
+from actors.replay_buffer import ReplayBuffer
+from coati_ray.config import to_dict
+from coati_ray.errors import CoatiError, ConfigError
+from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
+
+ROLES = ("actor", "critic")
+
+
+class PPOJob:
+    def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
+                 log: bool = True):
+        from coati_ray.data.datasets import build_prompt_dataset
+        from coati_ray.experience.prompts import PromptStream
+        from coati_ray.models.loading import load_tokenizer
+
+        self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address
+        self.cfg_dict = to_dict(cfg)
+        d = cfg.data
+        # Everything the user can get wrong in the data is read here, before any Ray resource.
+        tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
+        prompts, self.prompt_report = build_prompt_dataset(d.prompt_path, tokenizer, d.max_prompt_length, d.format,
+                                                           d.max_samples, d.on_bad_row)
+        if d.ptx_path:
+            from coati_ray.data.datasets import build_sft_dataset
+
+            build_sft_dataset(d.ptx_path, tokenizer, d.ptx_max_length, "auto", None, d.on_bad_row)
+        self.step, self.version = 0, 0
+        position = 0
+        if resume_from:
+            with open(os.path.join(resume_from, "driver_state.json")) as f:
+                state = json.load(f)
+            self.step, self.version, position = state["step"], state["version"], state["prompt_position"]
+        self.prompts = PromptStream(prompts, cfg.maker.batch_size, cfg.ppo.seed, position)
+        self.items_per_step = cfg.ppo.rollout_batch_size // cfg.maker.batch_size
+        self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo")
+        self.makers: dict[int, object] = {}
+        self.inflight: dict[int, ray.ObjectRef] = {}
+        self.pending_loads: list = []
+        self.retiring: dict[int, tuple] = {}  # removed makers still finishing their last batch
+        self.next_maker_index = 0
+        self.target_makers = cfg.maker.num_makers
+        self.lock = threading.Lock()
+        self.groups: dict[str, list] = {}
+        self.pgs: list = []
+        self.buffer = None
+        self.weights = None  # (actor_ref, critic_ref, version) of the newest export
+        self.sync_history: list[dict] = []
+        self.started_ray = False
+
+    # ------------------------------------------------------------------ public API
+
+    def scale_makers(self, n: int) -> None:
+        """Ask for `n` makers; applied at the start of the next step without stopping the trainers."""
+        if n < 1:
+            raise ConfigError(f"config error: scale_makers({n}): at least one maker is needed")
+        with self.lock:
+            self.target_makers = n
+
+    @property
+    def num_makers(self) -> int:
+        return len(self.makers)
+
+    def run(self, on_step: Optional[Callable[["PPOJob", int, dict], None]] = None) -> dict:
+        t_start = time.time()
+        try:
+            self.start()
+            history = []
+            while self.step < self.cfg.ppo.max_steps:
+                metrics = self.train_step()
+                history.append(metrics)
+                self.logger.log(self.step, self.cfg.ppo.max_steps, _scalars(metrics))
+                if on_step is not None:
+                    on_step(self, self.step, metrics)
+                every = self.cfg.ppo.save_every
+                if every and self.step % every == 0 and self.step < self.cfg.ppo.max_steps:
+                    self.save_checkpoint()
+            self.save_checkpoint(final=True)
+            accounting = ray.get(self.buffer.close.remote())
+            self._drain()
+            summary = self._summary(history, accounting, time.time() - t_start)
+            self.logger.write_summary(summary)
+            return summary
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+            inner = unwrap_error(e)
+            if isinstance(inner, CoatiError):
+                raise inner from None
+            raise
+        finally:
+            self.shutdown()
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        self.started_ray = connect(self.ray_address)
+        self._check_resources()
+        cfg = self.cfg
+        max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
+        self.buffer = ReplayBuffer.options(name="replay-buffer", namespace=NAMESPACE).remote(
+            cfg.buffer.capacity, {r: self._group_cfg(r).resources.num_ranks for r in ROLES}, max_staleness,
+            cfg.buffer.timeout_s)
+        ray.get(self.buffer.set_version.remote(self.version))
+        for role in ROLES:
+            self._start_group(role)
+        get_or_fail_fast([ref for role in ROLES for ref in self._setup_group(role)])  # both groups at once
+        if self.resume_from:
+            self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
+            truncate_metrics(cfg.output_dir, self.step)
+            self._export_weights()
+        self._apply_scaling()
+        ray.get([m.ready.remote() for m in self.makers.values()] + self._collect_loads())
+        self.logger.info(f"{len(self.makers)} makers, actor group {len(self.groups['actor'])} rank(s) "
+                         f"[{cfg.actor_trainer.strategy.name}], critic group {len(self.groups['critic'])} rank(s) "
+                         f"[{cfg.critic_trainer.strategy.name}], mode={cfg.ppo.mode}, {len(self.prompts.items)} prompts")
+
+    def _group_cfg(self, role: str):
+        return self.cfg.actor_trainer if role == "actor" else self.cfg.critic_trainer
+
+    def _check_resources(self) -> None:
+        cfg = self.cfg
+        need_cpu = cfg.maker.num_makers * cfg.maker.num_cpus
+        need_gpu = cfg.maker.num_makers * cfg.maker.num_gpus
+        for role in ROLES:
+            r = self._group_cfg(role).resources
+            need_cpu += r.num_ranks * r.num_cpus_per_rank
+            need_gpu += r.num_ranks * r.num_gpus_per_rank
+        have = ray.cluster_resources()
+        if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
+            raise ConfigError(f"config error: the job asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the Ray "
+                              f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower "
+                              "maker.num_makers / num_cpus / num_gpus or the group sizes")
+
+    def _start_group(self, role: str) -> None:
+        g = self._group_cfg(role)
+        r = g.resources
+        bundle = {"CPU": r.num_cpus_per_rank, **({"GPU": r.num_gpus_per_rank} if r.num_gpus_per_rank else {})}
+        pg = placement_group([dict(bundle) for _ in range(r.num_ranks)], strategy="PACK", name=f"{role}-trainer-pg")
+        self.pgs.append(pg)
+        ready, _ = ray.wait([pg.ready()], timeout=120)
+        if not ready:
+            raise RuntimeError(f"the cluster could not place {r.num_ranks} x {bundle} for the {role} trainer group")
+        self.groups[role] = [
+            PPOTrainerRank.options(name=f"{role}-trainer-{rank}", namespace=NAMESPACE, num_cpus=r.num_cpus_per_rank,
+                                   num_gpus=r.num_gpus_per_rank,
+                                   scheduling_strategy=PlacementGroupSchedulingStrategy(pg, rank)).remote(
+                role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1)
+            for rank in range(r.num_ranks)]
+
+    def _setup_group(self, role: str) -> list:
+        ranks = self.groups[role]
+        addr, port = ray.get(ranks[0].address.remote())
+        return [rank.setup.remote(addr, port, self.resume_from) for rank in ranks]
+
+    # ------------------------------------------------------------------ makers
+
+    def _apply_scaling(self) -> None:
+        with self.lock:
+            target = self.target_makers
+        m = self.cfg.maker
+        while len(self.makers) < target:
+            index = self.next_maker_index
+            self.next_maker_index += 1
+            maker = ExperienceMaker.options(name=f"maker-{index}", namespace=NAMESPACE, num_cpus=m.num_cpus,
+                                            num_gpus=m.num_gpus, max_restarts=m.max_restarts).remote(
+                index, self.cfg_dict, self.buffer, m.torch_threads)
+            self.makers[index] = maker
+            if self.weights is not None:  # a maker that joins mid-run starts from the current policy
+                actor_ref, critic_ref, version = self.weights
+                self.pending_loads.append(maker.load_weights.remote(actor_ref, critic_ref, version, self._lora_only))
+            self.logger.info(f"maker-{index} added ({len(self.makers)} makers)")
+        while len(self.makers) > target:
+            index = max(self.makers)
+            maker = self.makers.pop(index)
+            if index in self.inflight:
+                # Its batch may be waiting for buffer space that only the coming train step frees:
+                # retire it, and kill it once that batch has landed (nothing in flight is lost).
+                self.retiring[index] = (maker, self.inflight.pop(index))
+            else:
+                ray.kill(maker, no_restart=True)
+            self.logger.info(f"maker-{index} removed ({len(self.makers)} makers)")
+
+    @property
+    def _lora_only(self) -> bool:
+        return self.cfg.actor.lora_rank > 0
+
+    def _submit(self, index: int) -> None:
+        items, batch_id = self.prompts.next_batch()
+        self.inflight[index] = self.makers[index].make.remote(items, batch_id)
+
+    def _record_make(self, stats: dict) -> None:
+        self.step_makes.append(stats)
+
+    def _finished_loads(self) -> list[dict]:
+        if not self.pending_loads:
+            return []
+        done, self.pending_loads = ray.wait(self.pending_loads, num_returns=len(self.pending_loads), timeout=0)
+        return ray.get(done)
+
+    def _collect_loads(self) -> list:
+        loads, self.pending_loads = self.pending_loads, []
+        return loads
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self._apply_scaling()
+        self.step_makes: list[dict] = []
+        if cfg.ppo.mode == "sync":
+            ray.get(self._collect_loads())  # e.g. a maker added this step: on-policy from its first batch
+        step = self.step
+        train_refs = {role: [r.train_step.remote(self.buffer, self.items_per_step, step) for r in ranks]
+                      for role, ranks in self.groups.items()}
+        all_train = [ref for refs in train_refs.values() for ref in refs]
+        t_gen = time.perf_counter()
+        if cfg.ppo.mode == "sync":
+            indices = sorted(self.makers)
+            refs = []
+            for j in range(self.items_per_step):
+                items, batch_id = self.prompts.next_batch()
+                refs.append(self.makers[indices[j % len(indices)]].make.remote(items, batch_id))
+            for stats in get_or_fail_fast(refs):
+                self._record_make(stats)
+            generate_wall = time.perf_counter() - t_gen
+            results = get_or_fail_fast(all_train)
+        else:
+            generate_wall = None
+            for index in self.makers:
+                if index not in self.inflight:
+                    self._submit(index)
+            remaining = set(all_train)
+            while remaining:
+                retiring = {r: i for i, (_, r) in self.retiring.items()}
+                waiting = list(remaining) + list(self.inflight.values()) + list(retiring)
+                done, _ = ray.wait(waiting, num_returns=1)
+                ref = done[0]
+                if ref in remaining:
+                    ray.get(ref)  # raises at once if a trainer rank failed
+                    remaining.discard(ref)
+                    continue
+                if ref in retiring:
+                    maker, _ = self.retiring.pop(retiring[ref])
+                    self._record_make(ray.get(ref))
+                    ray.kill(maker, no_restart=True)
+                    continue
+                index = next(i for i, r in self.inflight.items() if r == ref)
+                self._record_make(ray.get(self.inflight.pop(index)))
+                self._submit(index)  # run ahead: generate the next batch with the weights it has
+            results = ray.get(all_train)
+        t_train_end = time.perf_counter()
+        self.step += 1
+        self.version += 1
+        ray.get(self.buffer.set_version.remote(self.version))
+        sync = self._export_weights()
+        if cfg.ppo.mode == "sync":
+            load_results = ray.get(self._collect_loads())
+        else:
+            # A maker blocked on a full buffer runs its queued load only after its batch lands, so
+            # async mode never waits on loads: it reports the ones that have finished.
+            load_results = self._finished_loads()
+        metrics = self._step_metrics(results, train_refs, sync, load_results, time.perf_counter() - t0,
+                                     t_train_end - t0, generate_wall)
+        return metrics
+
+    def _export_weights(self) -> dict:
+        """Trainer rank 0 of each group puts its weights once; every maker is told to load them."""
+        t = time.perf_counter()
+        actor_out = ray.get([r.export_weights.remote(self._lora_only) for r in self.groups["actor"]])[0]
+        critic_out = ray.get([r.export_weights.remote(False) for r in self.groups["critic"]])[0]
+        self.weights = (actor_out, critic_out, self.version)
+        for maker in self.makers.values():
+            self.pending_loads.append(maker.load_weights.remote(actor_out, critic_out, self.version, self._lora_only))
+        return {"export_seconds": time.perf_counter() - t}
+
+    def _step_metrics(self, results, train_refs, sync, loads, step_s, train_s, generate_wall) -> dict:
+        n_actor = len(train_refs["actor"])
+        actor, critic = results[0], results[n_actor]
+        makes = self.step_makes
+        m = {k: v for k, v in {**actor, **critic}.items() if k != "consumed"}
+        if makes:
+            for key in ("reward", "kl", "response_length", "timing/generate", "timing/ref", "timing/reward",
+                        "timing/values"):
+                m[key] = sum(s[key] for s in makes) / len(makes)
+            tokens = sum(s["generated_tokens"] for s in makes)
+            samples = sum(s["samples"] for s in makes)
+            m["throughput/samples_per_s"] = samples / max(step_s, 1e-9)
+            m["throughput/generated_tokens_per_s"] = tokens / max(step_s, 1e-9)
+            m["experience/batches"] = len(makes)
+        consumed = actor["consumed"]
+        m["experience/max_staleness"] = max(consumed["staleness"]) if consumed["staleness"] else 0
+        m["experience/versions"] = consumed["versions"]
+        m["timing/sync"] = sync["export_seconds"] + (max(x["seconds"] for x in loads) if loads else 0.0)
+        m["sync/bytes"] = loads[0]["bytes"] if loads else 0
+        m["timing/step"] = step_s
+        m["version"] = self.version
+        m["makers"] = len(self.makers)
+        stats = ray.get(self.buffer.stats.remote())
+        m["buffer/held_samples"] = stats["held_samples"]
+        m["buffer/capacity"] = stats["capacity"]
+        m["buffer/dropped"] = stats["dropped"]
+        m["consumed"] = {role: results[0 if role == "actor" else n_actor]["consumed"] for role in ROLES}
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, final: bool = False) -> str:
+        """checkpoints/step_N (or final): actor/ and critic/ (HF model + optimizer), driver_state.json."""
+        root = os.path.join(self.cfg.output_dir, "checkpoints")
+        path = os.path.join(root, "final") if final else checkpoint_dir(self.cfg.output_dir, self.step)
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        get_or_fail_fast([r.save_checkpoint.remote(tmp, final) for ranks in self.groups.values() for r in ranks])
+        with open(os.path.join(tmp, "driver_state.json"), "w") as f:
+            json.dump({"step": self.step, "version": self.version, "prompt_position": self.prompts.position}, f)
+        with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:
+            json.dump({"step": self.step, "stage": "ppo"}, f)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        if not final:
+            prune_checkpoints(self.cfg.output_dir, 2)
+        self.logger.info(f"checkpoint: {path}")
+        return path
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _drain(self) -> None:
+        """Wait for batches still being generated (the closed buffer refuses them) and weight loads."""
+        retiring = [ref for _, ref in self.retiring.values()]
+        for ref in list(self.inflight.values()) + retiring + self._collect_loads():
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:
+                pass
+        self.inflight.clear()
+
+    def shutdown(self) -> None:
+        """Kill every actor and remove every placement group this job created; stop Ray if we started it."""
+        for maker in list(self.makers.values()) + [m for m, _ in self.retiring.values()]:
+            ray.kill(maker, no_restart=True)
+        self.makers.clear()
+        self.retiring.clear()
+        for ranks in self.groups.values():
+            for r in ranks:
+                ray.kill(r, no_restart=True)
+        self.groups.clear()
+        if self.buffer is not None:
+            ray.kill(self.buffer, no_restart=True)
+            self.buffer = None
+        for pg in self.pgs:
+            remove_placement_group(pg)
+        self.pgs.clear()
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+
+    def _summary(self, history: list[dict], accounting: dict, wall: float) -> dict:
+        last = history[-1] if history else {}
+        first = history[0] if history else {}
+        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.makers),
+                "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
+                "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
+                "wall_seconds": wall, "buffer": accounting,
+                "final_checkpoint": os.path.join(self.cfg.output_dir, "checkpoints", "final")}
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

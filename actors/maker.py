@@ -1,0 +1,110 @@
+"""The experience-maker actor: four models, one prompt batch at a time, experience into the buffer.
+
+Weights arrive between batches (Ray runs one method of an actor at a time, so a `load_weights`
+queued behind a `make` runs when that batch is done) and are loaded with strict key and shape
+checks. The experience is `ray.put` once; the buffer only ever sees its ObjectRef.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import ray
+
+
+@ray.remote
+class ExperienceMaker:
+    def __init__(self, index: int, cfg_dict: dict, buffer, torch_threads: Optional[int] = None):
+        import torch
+
+        from coati_ray.config import from_dict
+        from coati_ray.config.ppo import PPOConfig
+        from coati_ray.experience import ExperienceModels
+        from coati_ray.models import Actor, build_actor, build_critic, load_tokenizer
+        from coati_ray.models.factory import build_reward_model
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.index, self.buffer = index, buffer
+        self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
+        self.tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
+        actor = build_actor(cfg.actor)
+        initial = Actor.from_pretrained(cfg.actor.path, cfg.actor.dtype, cfg.actor.trust_remote_code)
+        reward = build_reward_model(cfg.reward, require_head=True)
+        critic = build_critic(cfg.critic)
+        for m in (actor, initial, reward, critic):
+            m.to(self.device).eval().requires_grad_(False)
+        self.models = ExperienceModels(actor=actor, initial=initial, reward=reward, critic=critic)
+        self.version = 0
+        self.batches_made = 0
+
+    def ready(self) -> int:
+        return self.index
+
+    def load_weights(self, actor_ref: list, critic_ref: Optional[list], version: int, lora_only: bool) -> dict:
+        """Load weights exported by the trainers (refs wrapped in lists); strict keys, shapes and dtypes."""
+        from coati_ray.models.weights import load_weights, state_bytes
+
+        t = time.perf_counter()
+        actor_state = ray.get(actor_ref[0])
+        load_weights(self.models.actor, actor_state, lora_only)
+        moved = state_bytes(actor_state)
+        if critic_ref is not None:
+            critic_state = ray.get(critic_ref[0])
+            load_weights(self.models.critic, critic_state, lora_only=False)
+            moved += state_bytes(critic_state)
+        self.version = version
+        return {"seconds": time.perf_counter() - t, "bytes": moved, "version": version}
+
+    def make(self, prompt_items: list[dict], batch_id: int) -> dict:
+        """Generate from `prompt_items`, score, put the Experience in the buffer; returns its statistics."""
+        import torch
+
+        from coati_ray.algo.functional import masked_mean
+        from coati_ray.data.datasets import collate_prompts
+        from coati_ray.experience import make_experience
+
+        t0 = time.perf_counter()
+        batch = collate_prompts(prompt_items, self.tokenizer.pad_token_id)
+        # Sampling depends only on (seed, batch id, weights), not on which maker runs it.
+        torch.manual_seed(self.cfg.ppo.seed * 1000003 + batch_id)
+        exp, timings = make_experience(self.models, self.tokenizer, batch["input_ids"].to(self.device),
+                                       batch["attention_mask"].to(self.device), self.cfg.generation, self.cfg.ppo,
+                                       version=self.version, maker=self.index, batch_id=batch_id)
+        ref = ray.put(exp)
+        t_put = time.perf_counter()
+        ray.get(self.buffer.put.remote([ref], exp.num_samples, exp.version, self.index, batch_id))
+        self.batches_made += 1
+        return {**timings, "timing/buffer_wait": time.perf_counter() - t_put,
+                "timing/make": time.perf_counter() - t0, "reward": float(exp.reward.mean()),
+                "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
+                "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
+                "version": exp.version, "maker": self.index, "batch_id": batch_id}
+
+    def weights(self) -> dict:
+        """The maker's current actor and critic weights (for tests and checks)."""
+        return {"actor": {k: v.clone() for k, v in self.models.actor.state_dict().items()},
+                "critic": {k: v.clone() for k, v in self.models.critic.state_dict().items()},
+                "version": self.version}
+
+    def generate_text(self, prompts: list[str], max_new_tokens: int, greedy: bool = True) -> list[str]:
+        from coati_ray.data.template import DEFAULT_TEMPLATE
+
+        return generate_texts(self.models.actor, self.tokenizer, prompts, max_new_tokens, greedy, DEFAULT_TEMPLATE,
+                              self.device)
+
+
+def generate_texts(actor, tokenizer, prompts, max_new_tokens, greedy, template, device) -> list[str]:
+    from coati_ray.data.datasets import collate_prompts
+
+    items = [{"input_ids": ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
+              + tokenizer(template.render_prompt(p), add_special_tokens=False)["input_ids"]} for p in prompts]
+    batch = collate_prompts(items, tokenizer.pad_token_id)
+    seqs, _, action_mask = actor.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), tokenizer,
+                                          max_new_tokens=max_new_tokens, do_sample=not greedy)
+    P = batch["input_ids"].size(1)
+    return [tokenizer.decode(seqs[i, P:][action_mask[i].bool()], skip_special_tokens=True) for i in range(len(prompts))]

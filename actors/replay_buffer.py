@@ -1,0 +1,176 @@
+"""The replay-buffer actor: bounded, exact, and never touches a tensor.
+
+It holds ObjectRefs to experiences that makers `ray.put` once. Producers wait while the buffer
+is full; consumers wait while it is empty; both give up with a clear error after `timeout_s`.
+Every item is delivered once to each consumer group, as one shard per rank of that group (ranks
+of a group receive the same items in the same order). An item whose policy version is more than
+`max_staleness` behind the current version when a group first asks for it is dropped for all
+groups and counted. The accounting always satisfies, per group:
+
+    produced == delivered[group] + dropped + (items still held that the group has not finished)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import ray
+
+
+@dataclass
+class _Item:
+    item_id: int
+    ref: list               # [ObjectRef]: wrapped so Ray hands the ref around instead of resolving it
+    num_samples: int
+    version: int
+    maker: int
+    batch_id: int
+    assigned: set = field(default_factory=set)                 # groups that have started on it
+    taken: dict = field(default_factory=dict)                  # group -> ranks that fetched their shard
+
+
+class BufferTimeout(RuntimeError):
+    pass
+
+
+@ray.remote(num_cpus=0)
+class ReplayBuffer:
+    def __init__(self, capacity: int, groups: dict[str, int], max_staleness: Optional[int] = None,
+                 timeout_s: float = 600.0):
+        self.capacity, self.groups, self.max_staleness, self.timeout_s = capacity, dict(groups), max_staleness, timeout_s
+        self.items: list[_Item] = []
+        self.sequence: dict[str, list[int]] = {g: [] for g in groups}       # item ids in delivery order
+        self.cursor: dict[tuple[str, int], int] = {(g, r): 0 for g, n in groups.items() for r in range(n)}
+        self.by_id: dict[int, _Item] = {}
+        self.ids = itertools.count()
+        self.version = 0
+        self.held_samples = 0
+        self.produced = 0
+        self.delivered = {g: 0 for g in groups}
+        self.delivered_samples = {g: 0 for g in groups}
+        self.dropped_stale = 0
+        self.dropped_at_close = 0
+        self.max_staleness_delivered = {g: 0 for g in groups}
+        self.peak_samples = 0
+        self.closed = False
+        self.changed = asyncio.Condition()
+
+    # ------------------------------------------------------------------ producers
+
+    async def put(self, ref: list, num_samples: int, version: int, maker: int = 0, batch_id: int = 0,
+                  timeout_s: Optional[float] = None) -> int:
+        """Add one experience (ref wrapped in a list). Waits while it would overflow the capacity."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        async with self.changed:
+            ok = await self._wait(lambda: self.closed or self.held_samples == 0
+                                  or self.held_samples + num_samples <= self.capacity, timeout_s)
+            if self.closed:
+                raise RuntimeError("replay buffer is closed")
+            if not ok:
+                raise BufferTimeout(f"replay buffer full for {timeout_s:.0f}s ({self.held_samples}/{self.capacity} "
+                                    "samples): trainers are not consuming; check the trainer actors' logs")
+            item = _Item(next(self.ids), ref, num_samples, version, maker, batch_id)
+            self.items.append(item)
+            self.by_id[item.item_id] = item
+            self.held_samples += num_samples
+            self.peak_samples = max(self.peak_samples, self.held_samples)
+            self.produced += 1
+            self.changed.notify_all()
+            return item.item_id
+
+    # ------------------------------------------------------------------ consumers
+
+    async def get(self, group: str, rank: int, timeout_s: Optional[float] = None) -> dict:
+        """The next item for `rank` of `group`: {ref: [ObjectRef], rank, world_size, version, ...}."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if group not in self.groups or not 0 <= rank < self.groups[group]:
+            raise ValueError(f"unknown consumer {group}[{rank}]; groups are {self.groups}")
+        async with self.changed:
+            k = self.cursor[(group, rank)]
+            deadline = time.monotonic() + timeout_s
+            while k >= len(self.sequence[group]):
+                item = self._next_unassigned(group)
+                if item is None:
+                    ok = await self._wait(lambda: self.closed or self._next_unassigned(group) is not None,
+                                          max(0.0, deadline - time.monotonic()))
+                    if self.closed and self._next_unassigned(group) is None:
+                        raise RuntimeError("replay buffer is closed")
+                    if not ok:
+                        raise BufferTimeout(f"replay buffer empty for {timeout_s:.0f}s while {group}[{rank}] waited "
+                                            "for experience: makers are not producing; check the maker actors' logs")
+                    continue
+                staleness = self.version - item.version
+                if not item.assigned and self.max_staleness is not None and staleness > self.max_staleness:
+                    self._remove(item)
+                    self.dropped_stale += 1
+                    self.changed.notify_all()
+                    continue
+                item.assigned.add(group)
+                self.sequence[group].append(item.item_id)
+            item = self.by_id[self.sequence[group][k]]
+            self.cursor[(group, rank)] = k + 1
+            ranks = item.taken.setdefault(group, set())
+            ranks.add(rank)
+            if len(ranks) == self.groups[group]:
+                self.delivered[group] += 1
+                self.delivered_samples[group] += item.num_samples
+                self.max_staleness_delivered[group] = max(self.max_staleness_delivered[group],
+                                                          self.version - item.version)
+                if all(len(item.taken.get(g, ())) == n for g, n in self.groups.items()):
+                    self._remove(item)
+                    self.changed.notify_all()
+            return {"ref": item.ref, "rank": rank, "world_size": self.groups[group], "version": item.version,
+                    "staleness": self.version - item.version, "maker": item.maker, "batch_id": item.batch_id,
+                    "item_id": item.item_id}
+
+    # ------------------------------------------------------------------ control and accounting
+
+    async def set_version(self, version: int) -> None:
+        async with self.changed:
+            self.version = version
+            self.changed.notify_all()
+
+    async def close(self) -> dict:
+        """Stop accepting work; items no group has started are dropped (and counted) so the books close."""
+        async with self.changed:
+            for item in list(self.items):
+                if not item.assigned:
+                    self._remove(item)
+                    self.dropped_at_close += 1
+            self.closed = True
+            self.changed.notify_all()
+        return self.stats()
+
+    def stats(self) -> dict:
+        return {"produced": self.produced, "delivered": dict(self.delivered),
+                "delivered_samples": dict(self.delivered_samples), "dropped_stale": self.dropped_stale,
+                "dropped_at_close": self.dropped_at_close, "dropped": self.dropped_stale + self.dropped_at_close,
+                "held_items": len(self.items), "held_samples": self.held_samples, "capacity": self.capacity,
+                "peak_samples": self.peak_samples, "version": self.version,
+                "max_staleness_delivered": dict(self.max_staleness_delivered)}
+
+    # ------------------------------------------------------------------ internals
+
+    def _next_unassigned(self, group: str) -> Optional[_Item]:
+        for item in self.items:
+            if group not in item.assigned:
+                return item
+        return None
+
+    def _remove(self, item: _Item) -> None:
+        # Called when every group has every shard, or for an item no group started: either way
+        # no cursor will point at it again.
+        self.items.remove(item)
+        self.by_id.pop(item.item_id, None)
+        self.held_samples -= item.num_samples
+
+    async def _wait(self, predicate, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout=timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return predicate()

@@ -1,0 +1,41 @@
+"""Stage 3, PPO on Ray: python -m launch.ppo --config configs/ppo_tiny.yaml [overrides] [--output-dir DIR] [--resume]
+
+Connects to a running Ray cluster (RAY_ADDRESS, or `ray start --head` on this machine) or starts an
+embedded local Ray; runs unchanged under `ray job submit --working-dir . -- python -m launch.ppo ...`.
+"""
+
+import json
+import os
+import sys
+
+from coati_ray.config import save_config
+from coati_ray.config.ppo import PPOConfig
+from coati_ray.errors import CoatiError
+from launch.common import fail, load_job, parser_for, print_config_help, quiet_libraries, resolve_resume
+
+
+def main(argv=None) -> int:
+    args = parser_for("ppo", __doc__).parse_args(argv)
+    quiet_libraries()
+    if args.help_config:
+        return print_config_help(PPOConfig)
+    try:
+        cfg = load_job(PPOConfig, args)
+        resume_from = resolve_resume(args.resume, cfg.output_dir)
+        from actors.driver import PPOJob
+
+        job = PPOJob(cfg, resume_from=resume_from, ray_address=args.ray_address)
+    except CoatiError as e:
+        return fail(e)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    try:
+        summary = job.run()
+    except CoatiError as e:
+        return fail(e)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
