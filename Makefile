@@ -26,12 +26,15 @@ assets: $(ASSETS)
 test: setup
 	$(VPY) -m pytest -q tests
 
-# The main job on the embedded default: stage 1, then stage 2 starting from stage 1's checkpoint
-# (as Coati trains its RM from the SFT model). PPO on Ray joins this chain with launch.pipeline.
+# The main job on the embedded default: SFT, then the RM from the SFT model (as Coati does), then
+# PPO on a local Ray with the SFT model as actor and the RM as reward model and critic.
 DEMO_DIR ?= runs/demo
 demo: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml --output-dir $(DEMO_DIR)/sft
 	$(VPY) -m launch.rm --config configs/rm_tiny.yaml --output-dir $(DEMO_DIR)/rm model.path=$(DEMO_DIR)/sft/checkpoints/final
+	$(VPY) -m launch.ppo --config configs/ppo_tiny.yaml --output-dir $(DEMO_DIR)/ppo \
+		actor.path=$(DEMO_DIR)/sft/checkpoints/final critic.path=$(DEMO_DIR)/rm/checkpoints/final \
+		reward.path=$(DEMO_DIR)/rm/checkpoints/final
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml

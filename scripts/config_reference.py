@@ -14,15 +14,17 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 from coati_ray.config import RMConfig, SFTConfig, describe  # noqa: E402
+from coati_ray.config.ppo import PPOConfig  # noqa: E402
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
 def reference() -> str:
     lines = []
-    for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key, plus", RMConfig)):
-        sft_keys = {row[0] for row in describe(SFTConfig)}
-        rows = [r for r in describe(cls) if cls is SFTConfig or r[0] not in sft_keys or r[0] == "output_dir"]
+    sft_keys = {row[0] for row in describe(SFTConfig)}
+    for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key, plus", RMConfig),
+                       ("PPO (`launch.ppo`)", PPOConfig)):
+        rows = [r for r in describe(cls) if cls is not RMConfig or r[0] not in sft_keys or r[0] == "output_dir"]
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in rows]
         lines.append("")

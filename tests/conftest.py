@@ -51,3 +51,16 @@ def tokenizer(tiny_llama):
     from coati_ray.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def reward_dir(tiny_llama, tmp_path_factory) -> str:
+    """A reward model (tiny llama backbone + a seeded random head) laid out as the RM stage saves it."""
+    import torch
+
+    from coati_ray.models import RewardModel
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("rm") / "final")
+    RewardModel.from_pretrained(tiny_llama).save_pretrained(path)
+    return path

@@ -156,3 +156,47 @@ def test_readme_config_reference_is_current():
 
     code = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "config_reference.py"), "--check"])
     assert code == 0, "README's config reference is stale: run python scripts/config_reference.py"
+
+
+def ppo_cfg(tiny_llama, reward_dir, *overrides):
+    from coati_ray.config.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
+                      [f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
+                       f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides])
+    cfg.validate()
+    return cfg
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["maker.num_makers=0"], "maker.num_makers"),
+    (["ppo.rollout_batch_size=6"], "multiple of maker.batch_size"),
+    (["ppo.train_batch_size=3", "ppo.rollout_batch_size=12"], "ppo.train_batch_size"),
+    (["actor_trainer.resources.num_ranks=3"], "ppo.train_batch_size"),
+    (["ppo.ptx_coef=0.5"], "data.ptx_path"),
+    (["ppo.mode=async", "ppo.max_staleness=0"], "ppo.max_staleness"),
+    (["buffer.capacity=2"], "buffer.capacity"),
+    (["reward.lora_rank=4"], "reward.lora_rank"),
+    (["generation.temperature=0"], "generation.temperature"),
+    (["critic_trainer.strategy.name=naive", "critic_trainer.resources.num_ranks=2"], "naive"),
+    (["ppo.kl_estimator=k5"], "use one of: k1, k2, k3"),
+])
+def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
+    msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, *overrides))
+    assert expected in msg
+
+
+def test_ppo_reward_without_value_head(tiny_llama, reward_dir):
+    assert "not a reward model" in error_of(lambda: ppo_cfg(tiny_llama, reward_dir, f"reward.path={tiny_llama}"))
+
+
+def test_ppo_asks_more_than_the_cluster_has_before_any_actor(tiny_llama, reward_dir, tmp_path, capsys):
+    from launch.ppo import main
+
+    ray = pytest.importorskip("ray")
+    code = main(["--config", os.path.join(REPO, "configs", "ppo_tiny.yaml"), "--output-dir", str(tmp_path / "r"),
+                 f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
+                 f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "maker.num_gpus=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "GPUs" in err[0] and "cluster has" in err[0], err
+    assert not ray.is_initialized()

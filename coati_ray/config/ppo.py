@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -15,6 +16,7 @@ from coati_ray.config.schema import (
     _require_path,
     opt,
 )
+from coati_ray.models.value import VALUE_HEAD_FILE
 
 
 @dataclass
@@ -141,6 +143,9 @@ class PPOConfig(JobConfig):
             getattr(self, key).validate(key)
         if self.reward.lora_rank:
             _fail("reward.lora_rank", "the reward model is frozen", "remove reward.lora_rank")
+        if not os.path.isfile(os.path.join(self.reward.path, VALUE_HEAD_FILE)):
+            _fail("reward.path", f"'{self.reward.path}' has no {VALUE_HEAD_FILE}, so it is not a reward model",
+                  "point it at the RM stage's checkpoints/final")
         self.data.validate()
         self.generation.validate()
         self.maker.validate()

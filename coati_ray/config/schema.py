@@ -237,8 +237,12 @@ class RMConfig(SFTConfig):
 
 def _require_path(key: str, path: str) -> None:
     if not os.path.exists(path):
-        _fail(key, f"'{path}' does not exist", "point it at an existing file or directory"
-              + (" (run `make assets` to build the tiny models)" if "assets" in path else ""))
+        hint = ""
+        if "assets" in path:
+            hint = " (run `make assets` to build the tiny models)"
+        elif "rm_tiny" in path or "sft_tiny" in path:
+            hint = " (train it first: `make rm` / `make sft`, or run `make demo`)"
+        _fail(key, f"'{path}' does not exist", "point it at an existing file or directory" + hint)
 
 
 def _require_dir(key: str, path: str) -> None:

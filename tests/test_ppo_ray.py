@@ -1,0 +1,218 @@
+"""Stage 3 end to end on a local Ray: makers, trainer groups, buffer accounting, weight sync, modes,
+scaling, LoRA sync, resume, and clean shutdown. One Ray instance serves the whole module."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from coati_ray.config import load_config
+from coati_ray.config.ppo import PPOConfig
+from tests.conftest import REPO, data_path
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, namespace="coati", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+def ppo_config(tiny_llama, reward_dir, out_dir, *overrides) -> PPOConfig:
+    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
+        f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "generation.max_new_tokens=6",
+        "buffer.timeout_s=120", *overrides], output_dir=str(out_dir))
+    cfg.validate()
+    return cfg
+
+
+def assert_books_balance(acc: dict) -> None:
+    for group, delivered in acc["delivered"].items():
+        assert acc["produced"] == delivered + acc["dropped"], (group, acc)
+    assert acc["held_items"] == 0 and acc["peak_samples"] <= acc["capacity"]
+
+
+def assert_no_leaks() -> None:
+    from ray.util import placement_group_table
+
+    for name in ("maker-0", "maker-1", "actor-trainer-0", "actor-trainer-1", "critic-trainer-0", "replay-buffer"):
+        with pytest.raises(ValueError):
+            ray.get_actor(name, namespace="coati")
+    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
+
+
+def metrics(out_dir) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def sync_run(local_ray, tiny_llama, reward_dir, tmp_path_factory):
+    """2 makers, ddp actor group of 2 ranks, critic group of 1, sync mode, checkpoint every 2 steps."""
+    from actors.driver import PPOJob
+    from coati_ray.errors import ModelError
+
+    out = tmp_path_factory.mktemp("ppo") / "sync"
+    cfg = ppo_config(tiny_llama, reward_dir, out, "ppo.max_steps=4", "ppo.save_every=2")
+    checks = []
+
+    def after_step(job, step, m):
+        makers = [ray.get(mk.weights.remote()) for mk in job.makers.values()]
+        trainer_actor = ray.get(job.groups["actor"][0].weights.remote())
+        trainer_actor_1 = ray.get(job.groups["actor"][1].weights.remote())
+        trainer_critic = ray.get(job.groups["critic"][0].weights.remote())
+        same = all(torch.equal(w["actor"][k], trainer_actor[k]) for w in makers for k in trainer_actor) and \
+            all(torch.equal(w["critic"][k], trainer_critic[k]) for w in makers for k in trainer_critic)
+        ranks_equal = all(torch.equal(trainer_actor[k], trainer_actor_1[k]) for k in trainer_actor)
+        refused = None
+        if step == 1:  # a deliberately mismatched state dict must be refused by a live maker
+            bad = {k: v for k, v in trainer_actor.items()}
+            bad.pop(next(iter(bad)))
+            maker = next(iter(job.makers.values()))
+            try:
+                ray.get(maker.load_weights.remote([ray.put(bad)], None, 99, False))
+                refused = False
+            except ray.exceptions.RayTaskError as e:
+                refused = isinstance(e.cause, ModelError) and ray.get(maker.weights.remote())["version"] == step
+        checks.append({"step": step, "versions": [w["version"] for w in makers], "same": same,
+                       "ranks_equal": ranks_equal, "refused": refused, "consumed": m["consumed"]})
+
+    summary = PPOJob(cfg, log=True).run(on_step=after_step)
+    return {"cfg": cfg, "out": out, "summary": summary, "checks": checks}
+
+
+def test_sync_run_completes_and_books_balance(sync_run):
+    s = sync_run["summary"]
+    assert s["steps"] == 4
+    assert_books_balance(s["buffer"])
+    assert s["buffer"]["produced"] == 4 * 2 and s["buffer"]["dropped"] == 0
+    rows = metrics(sync_run["out"])
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("actor/loss", "critic/loss", "reward", "kl", "timing/generate", "timing/update_actor",
+                "timing/update_critic", "timing/sync", "timing/step", "throughput/samples_per_s"):
+        assert all(key in r for r in rows), key
+    final = sync_run["out"] / "checkpoints" / "final"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(final / "actor" / "model")
+    from coati_ray.models import Critic
+
+    Critic.from_pretrained(str(final / "critic" / "model"), require_head=True)
+    assert_no_leaks()
+
+
+def test_makers_equal_trainers_bit_for_bit_after_every_sync(sync_run):
+    checks = sync_run["checks"]
+    assert [c["step"] for c in checks] == [1, 2, 3, 4]
+    for c in checks:
+        assert c["same"] and c["ranks_equal"] and c["versions"] == [c["step"]] * 2, c
+    assert checks[0]["refused"] is True
+
+
+def test_sync_mode_is_on_policy(sync_run):
+    for c in sync_run["checks"]:
+        for role in ("actor", "critic"):
+            consumed = c["consumed"][role]
+            assert consumed["versions"] == [c["step"] - 1] * 2 and max(consumed["staleness"]) == 0
+
+
+def test_resume_reaches_same_step_and_matches_losses(sync_run, tmp_path):
+    from actors.driver import PPOJob
+
+    out = tmp_path / "resumed"
+    os.makedirs(out / "checkpoints")
+    shutil.copytree(sync_run["out"] / "checkpoints" / "step_000002", out / "checkpoints" / "step_000002")
+    cfg = ppo_config(sync_run["cfg"].actor.path, sync_run["cfg"].reward.path, out, "ppo.max_steps=4",
+                     "ppo.save_every=2")
+    summary = PPOJob(cfg, resume_from=str(out / "checkpoints" / "step_000002")).run()
+    assert summary["steps"] == 4
+    full, resumed = metrics(sync_run["out"]), metrics(out)
+    assert [r["step"] for r in resumed] == [3, 4]
+    for key in ("actor/loss", "critic/loss", "reward"):
+        assert resumed[0][key] == pytest.approx(full[2][key], abs=1e-4, rel=1e-3), key
+    assert_no_leaks()
+
+
+def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "ppo.mode=async", "ppo.max_staleness=1",
+                     "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=8")
+    plan = {1: 3, 3: 1}
+    seen = []
+
+    def after_step(job, step, m):
+        seen.append((step, m["makers"], m["consumed"]))
+        if step in plan:
+            job.scale_makers(plan[step])
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert summary["steps"] == 5
+    assert [n for _, n, _ in seen] == [1, 3, 3, 1, 1]
+    for step, _, consumed in seen:
+        for role in ("actor", "critic"):
+            assert max(consumed[role]["staleness"]) <= 1, (step, consumed)
+            # the version an update trains on is never more than max_staleness behind the trainer's
+            assert all(step - 1 - v <= 1 for v in consumed[role]["versions"]), (step, consumed)
+    acc = summary["buffer"]
+    assert_books_balance(acc)
+    assert max(acc["max_staleness_delivered"].values()) <= 1
+    assert_no_leaks()
+
+
+def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_llama, reward_dir, tmp_path):
+    from actors.driver import PPOJob
+    from coati_ray.models.weights import LORA_MARKER
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "lora", "actor.lora_rank=4", "ppo.max_steps=2",
+                     "maker.num_makers=1")
+    seen = {}
+
+    def after_step(job, step, m):
+        maker_state = ray.get(next(iter(job.makers.values())).weights.remote())["actor"]
+        trainer_state = ray.get(job.groups["actor"][0].weights.remote())
+        seen[step] = {"bytes": m["sync/bytes"], "maker": maker_state, "trainer": trainer_state}
+
+    PPOJob(cfg).run(on_step=after_step)
+    last = seen[2]
+    lora_keys = [k for k in last["trainer"] if LORA_MARKER in k]
+    assert lora_keys and all(torch.equal(last["maker"][k], last["trainer"][k]) for k in last["trainer"])
+    lora_bytes = sum(last["trainer"][k].numel() * 4 for k in lora_keys)
+    critic_bytes = seen[2]["bytes"] - lora_bytes
+    full_actor_bytes = sum(v.numel() * v.element_size() for v in last["trainer"].values())
+    assert critic_bytes > 0 and lora_bytes < full_actor_bytes / 3  # only adapters moved for the actor
+    # merged weights from the maker equal merged weights from the trainer (what a full sync would give)
+    from coati_ray.config import ModelConfig
+    from coati_ray.models import build_actor
+    from coati_ray.models.weights import load_weights
+
+    merged = []
+    for side in ("maker", "trainer"):
+        actor = build_actor(ModelConfig(path=tiny_llama, lora_rank=4))
+        load_weights(actor, {k: v for k, v in last[side].items() if LORA_MARKER in k}, lora_only=True)
+        merged.append(actor.model.merge_and_unload().state_dict())
+    assert all(torch.equal(merged[0][k], merged[1][k]) for k in merged[0])
+    final = tmp_path / "lora" / "checkpoints" / "final" / "actor" / "model"
+    assert not os.path.exists(final / "adapter_config.json")  # the exported model is merged
+    assert_no_leaks()
+
+
+def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_llama, reward_dir, tmp_path):
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "fail", "maker.num_makers=1",
+                     "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
+
+    def explode(job, step, m):
+        raise RuntimeError("user callback failed")
+
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        PPOJob(cfg).run(on_step=explode)
+    assert_no_leaks()
+    assert ray.is_initialized()  # the job did not own this Ray, so it left it running

@@ -1,0 +1,83 @@
+"""The replay-buffer actor on its own: backpressure, timeouts, per-group sharded delivery, staleness, books."""
+
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, namespace="coati-buffer-test", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def make(capacity=8, groups=None, max_staleness=None, timeout_s=30.0):
+    from actors.replay_buffer import ReplayBuffer
+
+    return ReplayBuffer.remote(capacity, groups or {"actor": 2, "critic": 1}, max_staleness, timeout_s)
+
+
+def put(buf, n=4, version=0, batch_id=0, timeout_s=None):
+    return buf.put.remote([ray.put({"batch": batch_id})], n, version, 0, batch_id, timeout_s)
+
+
+def test_each_item_once_per_group_sharded_over_ranks(local_ray):
+    buf = make()
+    for i in range(2):
+        ray.get(put(buf, batch_id=i))
+    got = {(g, r): [ray.get(buf.get.remote(g, r)) for _ in range(2)] for g, n in (("actor", 2), ("critic", 1))
+           for r in range(n)}
+    for (g, r), items in got.items():
+        assert [ray.get(it["ref"][0])["batch"] for it in items] == [0, 1]   # same order on every rank
+        assert all(it["rank"] == r and it["world_size"] == (2 if g == "actor" else 1) for it in items)
+    s = ray.get(buf.stats.remote())
+    assert s["produced"] == 2 and s["delivered"] == {"actor": 2, "critic": 2} and s["held_items"] == 0
+
+
+def test_producer_waits_when_full_and_resumes_when_drained(local_ray):
+    buf = make(capacity=4, groups={"actor": 1})
+    ray.get(put(buf, batch_id=0))
+    blocked = put(buf, batch_id=1)
+    ready, _ = ray.wait([blocked], timeout=1.0)
+    assert not ready  # real backpressure: the second batch does not fit
+    ray.get(buf.get.remote("actor", 0))
+    assert ray.get(blocked, timeout=10) == 1
+    assert ray.get(buf.stats.remote())["peak_samples"] == 4
+
+
+def test_timeouts_raise_clear_errors(local_ray):
+    from actors.replay_buffer import BufferTimeout
+
+    buf = make(capacity=4, groups={"actor": 1}, timeout_s=0.5)
+    t = time.time()
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(buf.get.remote("actor", 0))
+    assert isinstance(e.value.cause, BufferTimeout) and "makers are not producing" in str(e.value.cause)
+    assert time.time() - t < 10
+    ray.get(put(buf))
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(put(buf))
+    assert isinstance(e.value.cause, BufferTimeout) and "trainers are not consuming" in str(e.value.cause)
+
+
+def test_stale_items_dropped_and_counted(local_ray):
+    buf = make(capacity=16, groups={"actor": 1, "critic": 1}, max_staleness=1)
+    for v in (0, 1, 2):  # one at a time: an async actor does not promise call order
+        ray.get(put(buf, version=v, batch_id=v))
+    ray.get(buf.set_version.remote(2))
+    first = ray.get(buf.get.remote("actor", 0))
+    assert first["version"] == 1 and first["staleness"] == 1  # version 0 is 2 behind: dropped
+    assert ray.get(buf.get.remote("critic", 0))["version"] == 1
+    acc = ray.get(buf.close.remote())
+    assert acc["dropped_stale"] == 1 and acc["dropped_at_close"] == 1
+    for group in ("actor", "critic"):
+        assert acc["produced"] == acc["delivered"][group] + acc["dropped"]
+
+
+def test_unknown_consumer_rejected(local_ray):
+    buf = make()
+    with pytest.raises(ray.exceptions.RayTaskError, match="unknown consumer"):
+        ray.get(buf.get.remote("actor", 5))
