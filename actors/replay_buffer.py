@@ -95,8 +95,12 @@ class ReplayBuffer:
             while k >= len(self.sequence[group]):
                 item = self._next_unassigned(group)
                 if item is None:
-                    ok = await self._wait(lambda: self.closed or self._next_unassigned(group) is not None,
+                    # Wake when an item arrives *or* a group-mate assigned the one this rank needs.
+                    ok = await self._wait(lambda: self.closed or k < len(self.sequence[group])
+                                          or self._next_unassigned(group) is not None,
                                           max(0.0, deadline - time.monotonic()))
+                    if k < len(self.sequence[group]):
+                        break
                     if self.closed and self._next_unassigned(group) is None:
                         raise RuntimeError("replay buffer is closed")
                     if not ok:
@@ -111,6 +115,7 @@ class ReplayBuffer:
                     continue
                 item.assigned.add(group)
                 self.sequence[group].append(item.item_id)
+                self.changed.notify_all()  # group-mates waiting for this position can go on
             item = self.by_id[self.sequence[group][k]]
             self.cursor[(group, rank)] = k + 1
             ranks = item.taken.setdefault(group, set())

@@ -81,3 +81,16 @@ def test_unknown_consumer_rejected(local_ray):
     buf = make()
     with pytest.raises(ray.exceptions.RayTaskError, match="unknown consumer"):
         ray.get(buf.get.remote("actor", 5))
+
+
+def test_ranks_waiting_together_all_get_the_item(local_ray):
+    # Regression: rank 0 assigning the item used to leave rank 1 asleep (it waited only for a new,
+    # unassigned item), which deadlocked a ddp group in its first collective.
+    buf = make(capacity=16, groups={"actor": 2, "critic": 1}, timeout_s=20)
+    for _ in range(3):
+        waiting = [buf.get.remote("actor", r) for r in (0, 1)] + [buf.get.remote("critic", 0)]
+        time.sleep(0.3)
+        ray.get(put(buf))
+        got = ray.get(waiting, timeout=10)
+        assert len({g["item_id"] for g in got}) == 1
+    assert ray.get(buf.stats.remote())["delivered"] == {"actor": 3, "critic": 3}
