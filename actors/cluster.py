@@ -27,8 +27,11 @@ def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, qui
     try:
         ray.init(address="auto", namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=not quiet)
         return False
-    except (ConnectionError, RuntimeError, ValueError):
-        pass
+    except ConnectionError as e:
+        # Only "no cluster here" falls back to an embedded Ray; a cluster that refuses us (e.g. a
+        # missing auth token) must not be silently replaced by a private one.
+        if "Could not find any running Ray instance" not in str(e):
+            raise
     ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
              runtime_env=runtime_env, log_to_driver=not quiet)
     return True
