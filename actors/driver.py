@@ -23,12 +23,12 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.cluster import NAMESPACE, connect
-from actors.group import get_or_fail_fast, unwrap_error
+from actors.group import get_or_fail_fast, user_errors
 from actors.maker import ExperienceMaker
 from actors.ppo_trainer import PPOTrainerRank
 from actors.replay_buffer import ReplayBuffer
 from coati_ray.config import to_dict
-from coati_ray.errors import CoatiError, ConfigError
+from coati_ray.errors import ConfigError
 from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
 
 ROLES = ("actor", "critic")
@@ -91,30 +91,29 @@ class PPOJob:
     def run(self, on_step: Optional[Callable[["PPOJob", int, dict], None]] = None) -> dict:
         t_start = time.time()
         try:
-            self.start()
-            history = []
-            while self.step < self.cfg.ppo.max_steps:
-                metrics = self.train_step()
-                history.append(metrics)
-                self.logger.log(self.step, self.cfg.ppo.max_steps, _scalars(metrics))
-                if on_step is not None:
-                    on_step(self, self.step, metrics)
-                every = self.cfg.ppo.save_every
-                if every and self.step % every == 0 and self.step < self.cfg.ppo.max_steps:
-                    self.save_checkpoint()
-            self.save_checkpoint(final=True)
-            accounting = ray.get(self.buffer.close.remote())
-            self._drain()
-            summary = self._summary(history, accounting, time.time() - t_start)
-            self.logger.write_summary(summary)
-            return summary
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-            inner = unwrap_error(e)
-            if isinstance(inner, CoatiError):
-                raise inner from None
-            raise
+            with user_errors():
+                return self._run(on_step, t_start)
         finally:
             self.shutdown()
+
+    def _run(self, on_step, t_start: float) -> dict:
+        self.start()
+        history = []
+        while self.step < self.cfg.ppo.max_steps:
+            metrics = self.train_step()
+            history.append(metrics)
+            self.logger.log(self.step, self.cfg.ppo.max_steps, _scalars(metrics))
+            if on_step is not None:
+                on_step(self, self.step, metrics)
+            every = self.cfg.ppo.save_every
+            if every and self.step % every == 0 and self.step < self.cfg.ppo.max_steps:
+                self.save_checkpoint()
+        self.save_checkpoint(final=True)
+        accounting = ray.get(self.buffer.close.remote())
+        self._drain()
+        summary = self._summary(history, accounting, time.time() - t_start)
+        self.logger.write_summary(summary)
+        return summary
 
     # ------------------------------------------------------------------ start-up
 

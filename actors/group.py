@@ -8,6 +8,7 @@ placement group that is removed (with the actors) however the run ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Any, Callable, Optional
@@ -95,3 +96,17 @@ def unwrap_error(err: BaseException) -> BaseException:
     """The user-facing exception inside a RayTaskError/RayActorError, if there is one."""
     cause = getattr(err, "cause", None)
     return cause if isinstance(cause, BaseException) else err
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Re-raise a CoatiError raised inside an actor as itself, so the launcher prints its one line."""
+    from coati_ray.errors import CoatiError
+
+    try:
+        yield
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+        inner = unwrap_error(e)
+        if isinstance(inner, CoatiError):
+            raise inner from None
+        raise

@@ -121,23 +121,17 @@ def preflight_data(cfg, trainer_cls) -> None:
 
 
 def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], address: Optional[str]) -> dict:
-    from actors.cluster import connect
-    from actors.group import TrainerGroup, unwrap_error
-
     import ray
+
+    from actors.cluster import connect
+    from actors.group import TrainerGroup, user_errors
 
     started = connect(address, quiet=True)
     r = cfg.resources
     try:
-        with TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank, r.num_gpus_per_rank,
-                          r.torch_threads) as group:
-            results = group.run(run_fn, cfg, resume_from=resume_from)
-        return results[0]
-    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-        inner = unwrap_error(e)
-        if isinstance(inner, CoatiError):
-            raise inner from None
-        raise
+        with user_errors(), TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank,
+                                         r.num_gpus_per_rank, r.torch_threads) as group:
+            return group.run(run_fn, cfg, resume_from=resume_from)[0]
     finally:
         if started:
             ray.shutdown()
