@@ -8,7 +8,7 @@ from typing import Optional
 NAMESPACE = "coati"
 
 
-def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: bool = os.environ.get("COATI_ACTOR_LOGS") != "1") -> bool:
+def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: Optional[bool] = None) -> bool:
     """ray.init once. Returns True when this call started an embedded local Ray.
 
     `address` (or RAY_ADDRESS, as set by `ray job submit`) names a cluster; with neither, "auto"
@@ -19,6 +19,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, qui
 
     if ray.is_initialized():
         return False
+    if quiet is None:  # COATI_ACTOR_LOGS=1 streams every actor's output to the driver (debugging)
+        quiet = os.environ.get("COATI_ACTOR_LOGS") != "1"
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

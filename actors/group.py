@@ -44,7 +44,10 @@ class RankWorker:
 
 
 class TrainerGroup:
-    """Creates the actors and placement group; `run(fn, ...)` calls fn(..., rank=, world_size=, master_addr=, master_port=)."""
+    """Creates the actors and placement group.
+
+    `run(fn, ...)` calls fn(..., rank=, world_size=, master_addr=, master_port=) on every rank.
+    """
 
     def __init__(self, name: str, num_ranks: int, num_cpus_per_rank: float = 1.0, num_gpus_per_rank: float = 0.0,
                  torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0):

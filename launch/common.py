@@ -126,7 +126,7 @@ def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], ad
     from actors.cluster import connect
     from actors.group import TrainerGroup, user_errors
 
-    started = connect(address, quiet=True)
+    started = connect(address)
     r = cfg.resources
     try:
         with user_errors(), TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank,

@@ -64,7 +64,8 @@ def main() -> None:
     inst = []
     for _ in range(200):
         nums = sample_numbers(rng)
-        inst.append({"instruction": "Sort these numbers in ascending order.", "input": " ".join(map(str, nums)), "output": answer_text(nums)})
+        inst.append({"instruction": "Sort these numbers in ascending order.", "input": " ".join(map(str, nums)),
+                     "output": answer_text(nums)})
     write(f"{out}/sft/instruction.jsonl", inst)
     write(f"{out}/pref/train.jsonl", pref_rows(rng, 1200))
     write(f"{out}/pref/eval.jsonl", pref_rows(rng, 200))

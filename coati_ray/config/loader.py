@@ -32,7 +32,8 @@ def load_config(cls: type[T], path: Optional[str], overrides: Optional[list[str]
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config error: {path}{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+            problem = getattr(e, "problem", e)
+            raise ConfigError(f"config error: {path}{where} is not valid YAML ({problem}); fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config error: {path} must hold a mapping of sections, got {type(data).__name__}")
     for item in overrides or []:
