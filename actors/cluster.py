@@ -42,8 +42,3 @@ def started_cluster_running() -> bool:
     temp = os.environ.get("RAY_TMPDIR", "/tmp")
     return os.path.isfile(os.path.join(temp, "ray", "ray_current_cluster"))
 
-
-def available_resources() -> dict:
-    import ray
-
-    return ray.cluster_resources()

@@ -72,7 +72,7 @@ class PPOJob:
         self.pgs: list = []
         self.buffer = None
         self.weights = None  # (actor_ref, critic_ref, version) of the newest export
-        self.sync_history: list[dict] = []
+        self.step_makes: list[dict] = []  # maker statistics gathered during the current step
         self.started_ray = False
 
     # ------------------------------------------------------------------ public API
@@ -232,7 +232,7 @@ class PPOJob:
         cfg = self.cfg
         t0 = time.perf_counter()
         self._apply_scaling()
-        self.step_makes: list[dict] = []
+        self.step_makes = []
         if cfg.ppo.mode == "sync":
             ray.get(self._collect_loads())  # e.g. a maker added this step: on-policy from its first batch
         step = self.step

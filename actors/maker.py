@@ -91,20 +91,3 @@ class ExperienceMaker:
                 "critic": {k: v.clone() for k, v in self.models.critic.state_dict().items()},
                 "version": self.version}
 
-    def generate_text(self, prompts: list[str], max_new_tokens: int, greedy: bool = True) -> list[str]:
-        from coati_ray.data.template import DEFAULT_TEMPLATE
-
-        return generate_texts(self.models.actor, self.tokenizer, prompts, max_new_tokens, greedy, DEFAULT_TEMPLATE,
-                              self.device)
-
-
-def generate_texts(actor, tokenizer, prompts, max_new_tokens, greedy, template, device) -> list[str]:
-    from coati_ray.data.datasets import collate_prompts
-
-    items = [{"input_ids": ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
-              + tokenizer(template.render_prompt(p), add_special_tokens=False)["input_ids"]} for p in prompts]
-    batch = collate_prompts(items, tokenizer.pad_token_id)
-    seqs, _, action_mask = actor.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), tokenizer,
-                                          max_new_tokens=max_new_tokens, do_sample=not greedy)
-    P = batch["input_ids"].size(1)
-    return [tokenizer.decode(seqs[i, P:][action_mask[i].bool()], skip_special_tokens=True) for i in range(len(prompts))]
