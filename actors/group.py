@@ -20,6 +20,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.cluster import NAMESPACE
 
 
+def node_address() -> tuple[str, int]:
+    """This node's IP and a port free on it: what rank 0 of a group hosts its process group on."""
+    ip = ray.util.get_node_ip_address()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return ip, s.getsockname()[1]
+
+
 @ray.remote
 class RankWorker:
     """One rank: holds nothing but a torch thread setting; runs whatever rank function it is given."""
@@ -32,12 +40,7 @@ class RankWorker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def address(self) -> tuple[str, int]:
-        """This node's IP and a port free on it (for rank 0 to host the process group)."""
-        ip = ray.util.get_node_ip_address()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ip, port
+        return node_address()
 
     def run(self, fn: Callable, *args, **kwargs) -> Any:
         return fn(*args, **kwargs)

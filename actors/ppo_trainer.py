@@ -7,7 +7,6 @@ once into the object store after every update.
 from __future__ import annotations
 
 import os
-import socket
 from typing import Optional
 
 import ray
@@ -31,10 +30,9 @@ class PPOTrainerRank:
         self.lora = (self.cfg.actor if role == "actor" else self.cfg.critic).lora_rank > 0
 
     def address(self) -> tuple[str, int]:
-        ip = ray.util.get_node_ip_address()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            return ip, s.getsockname()[1]
+        from actors.group import node_address
+
+        return node_address()
 
     def setup(self, master_addr: str, master_port: int, resume_dir: Optional[str] = None) -> int:
         """Join the group's process group and build model, optimiser and (for the actor) PPO-ptx data."""

@@ -209,6 +209,9 @@ class SFTConfig(JobConfig):
                   "use strategy.name=colossalai_zero2 or ddp with LoRA, or set model.lora_rank=0")
         self.optim.validate()
         self.trainer.validate(num_ranks=self.resources.num_ranks)
+        self.check_layout()
+
+    def check_layout(self) -> None:
         if self.data.format not in ("auto", "messages", "instruction"):
             _fail("data.format", f"'{self.data.format}' is not an SFT layout", "use auto, messages or instruction")
 
@@ -220,16 +223,10 @@ class RMConfig(SFTConfig):
     output_dir: str = opt("runs/rm", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
     loss_fn: Literal["log_sig", "log_exp"] = opt("log_sig", "pairwise loss: log_sig (OpenAI) or log_exp (Anthropic)")
 
-    def validate(self) -> None:
-        fmt = self.data.format
-        # Reuse every SFT check except the layout one, which differs.
-        self.data.format = "auto"
-        try:
-            SFTConfig.validate(self)
-        finally:
-            self.data.format = fmt
-        if fmt not in ("auto", "pairs", "hh_rlhf", "rm_static"):
-            _fail("data.format", f"'{fmt}' is not a preference-pair layout", "use auto, pairs, hh_rlhf or rm_static")
+    def check_layout(self) -> None:
+        if self.data.format not in ("auto", "pairs", "hh_rlhf", "rm_static"):
+            _fail("data.format", f"'{self.data.format}' is not a preference-pair layout",
+                  "use auto, pairs, hh_rlhf or rm_static")
 
 
 # ---------------------------------------------------------------- filesystem checks

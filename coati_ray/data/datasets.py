@@ -33,6 +33,10 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
 def _resolve_format(ds, fmt: str, stage: str, path: str) -> str:
     if fmt != "auto":
         return fmt
@@ -49,11 +53,8 @@ def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
     Each turn is tokenised on its own so the boundary between prompt and reply is exact; the
     result is the same token split that generation sees (prompt ends with the assistant prefix).
     """
-    input_ids: list[int] = []
-    labels: list[int] = []
-    if tokenizer.bos_token_id is not None:
-        input_ids.append(tokenizer.bos_token_id)
-        labels.append(IGNORE_INDEX)
+    input_ids: list[int] = _bos(tokenizer)
+    labels: list[int] = [IGNORE_INDEX] * len(input_ids)
     for i, m in enumerate(messages):
         if m["from"] == "human":
             ids = _ids(tokenizer, template.human_turn(m["content"], first=i == 0) + template.assistant_prefix)
@@ -96,7 +97,7 @@ def build_preference_dataset(path: str, tokenizer, max_length: int, fmt: str = "
     for pair in rows:
         # hh-rlhf prompts are already whole dialogues ending in "Assistant:"; ours get the template.
         prompt = pair["prompt"] if fmt == "hh_rlhf" else template.render_prompt(pair["prompt"])
-        prefix = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _ids(tokenizer, prompt)
+        prefix = _bos(tokenizer) + _ids(tokenizer, prompt)
         item = {}
         for side in ("chosen", "rejected"):
             ids = prefix + _ids(tokenizer, pair[side]) + [tokenizer.eos_token_id]
@@ -114,8 +115,7 @@ def build_prompt_dataset(path: str, tokenizer, max_prompt_length: int, fmt: str 
     rows, skipped = normalize_rows(ds, lambda r: prompt_only(r, fmt), path, on_bad_row)
     out, truncated = [], 0
     for row in rows:
-        ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + \
-            _ids(tokenizer, template.render_prompt(row["prompt"]))
+        ids = _bos(tokenizer) + _ids(tokenizer, template.render_prompt(row["prompt"]))
         if len(ids) > max_prompt_length:
             truncated += 1
             ids = ids[-max_prompt_length:]  # keep the end: the assistant prefix must stay

@@ -15,7 +15,7 @@ import torch
 from coati_ray.algo.functional import action_log_probs, masked_mean, masked_whiten
 from coati_ray.algo.losses import policy_loss, ptx_mix, sft_loss, value_loss
 from coati_ray.experience.batch import Experience
-from coati_ray.trainers.schedule import make_scheduler
+from coati_ray.trainers.schedule import make_optimizer, make_scheduler
 
 
 class PPOGroupTrainer:
@@ -24,14 +24,7 @@ class PPOGroupTrainer:
     def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int):
         self.strategy, self.ppo = strategy, ppo_cfg
         oc = group_cfg.optim
-        params = [p for p in model.parameters() if p.requires_grad]
-        kwargs = dict(lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay)
-        if strategy.name.startswith("colossalai") and torch.cuda.is_available():
-            from colossalai.nn.optimizer import HybridAdam
-
-            optimizer = HybridAdam(params, adamw_mode=True, **kwargs)
-        else:
-            optimizer = torch.optim.AdamW(params, **kwargs)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], oc, strategy.name)
         updates = total_steps * ppo_cfg.ppo_epochs * (ppo_cfg.rollout_batch_size // ppo_cfg.train_batch_size)
         scheduler = make_scheduler(optimizer, updates, oc.warmup_steps, oc.scheduler, oc.min_lr_ratio)
         self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)

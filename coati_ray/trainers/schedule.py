@@ -27,6 +27,18 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "c
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+def make_optimizer(params, oc, strategy_name: str):
+    """AdamW from an OptimizerConfig; ColossalAI's HybridAdam (what ZeRO/Gemini are built around) on GPU."""
+    import torch
+
+    kwargs = dict(lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay)
+    if strategy_name.startswith("colossalai") and torch.cuda.is_available():
+        from colossalai.nn.optimizer import HybridAdam
+
+        return HybridAdam(params, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
 def make_scheduler(optimizer, total_steps: int, warmup_steps: int, kind: str, min_ratio: float):
     from torch.optim.lr_scheduler import LambdaLR
 

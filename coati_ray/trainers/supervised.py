@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from coati_ray.models.factory import export_model
-from coati_ray.trainers.schedule import make_scheduler
+from coati_ray.trainers.schedule import make_optimizer, make_scheduler
 from coati_ray.utils.run_dir import (
     COMPLETE_MARKER,
     RunLogger,
@@ -53,21 +53,13 @@ class SupervisedTrainer:
             self.total_steps = min(self.total_steps, tc.max_steps)
         params = [p for p in model.parameters() if p.requires_grad]
         oc = cfg.optim
-        optimizer = self._make_optimizer(params, oc)
+        optimizer = make_optimizer(params, oc, strategy.name)
         scheduler = make_scheduler(optimizer, self.total_steps, oc.warmup_steps, oc.scheduler, oc.min_lr_ratio)
         self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         self.step = 0
         self.logger = RunLogger(run_dir, enabled=strategy.is_rank0, stage=self.stage, log_every=tc.log_every)
         if resume_from is not None:
             self._load_state(resume_from)
-
-    def _make_optimizer(self, params, oc):
-        kwargs = dict(lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay)
-        if self.strategy.name.startswith("colossalai") and torch.cuda.is_available():
-            from colossalai.nn.optimizer import HybridAdam  # the optimiser ZeRO/Gemini are built around
-
-            return HybridAdam(params, adamw_mode=True, **kwargs)
-        return torch.optim.AdamW(params, **kwargs)
 
     # ------------------------------------------------------------------ to implement per stage
 
