@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Tiny tokenizer + tiny models of real families, trained/built from text in the repo (no hub).
+# The demo's model is a 4-layer llama with hidden size 128 (tiny-llama-h128); tests use the 2-layer ones.
 $(ASSETS): $(STAMP) coati_ray/models/tiny.py data/sft/train.jsonl
 	$(VPY) -m coati_ray.models.tiny --out assets
+	$(VPY) -m coati_ray.models.tiny --out assets --families llama --hidden 128 --layers 4 --suffix=-h128
 	touch $(ASSETS)
 
 assets: $(ASSETS)
@@ -26,15 +28,12 @@ assets: $(ASSETS)
 test: setup
 	$(VPY) -m pytest -q tests
 
-# The main job on the embedded default: SFT, then the RM from the SFT model (as Coati does), then
-# PPO on a local Ray with the SFT model as actor and the RM as reward model and critic.
+# The main job on the embedded default: SFT -> RM (from the SFT model, as Coati does) -> PPO, one
+# Ray job, then a report judged by the task's gold score. A rerun starts again (--overwrite).
 DEMO_DIR ?= runs/demo
+SEED ?= 1
 demo: setup
-	$(VPY) -m launch.sft --config configs/sft_tiny.yaml --output-dir $(DEMO_DIR)/sft
-	$(VPY) -m launch.rm --config configs/rm_tiny.yaml --output-dir $(DEMO_DIR)/rm model.path=$(DEMO_DIR)/sft/checkpoints/final
-	$(VPY) -m launch.ppo --config configs/ppo_tiny.yaml --output-dir $(DEMO_DIR)/ppo \
-		actor.path=$(DEMO_DIR)/sft/checkpoints/final critic.path=$(DEMO_DIR)/rm/checkpoints/final \
-		reward.path=$(DEMO_DIR)/rm/checkpoints/final
+	$(VPY) -m launch.pipeline --config configs/demo.yaml --output-dir $(DEMO_DIR) --overwrite seed=$(SEED)
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml

@@ -23,6 +23,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.cluster import NAMESPACE, connect
+from actors.evaluator import PolicyEvaluator
 from actors.group import get_or_fail_fast, user_errors
 from actors.maker import ExperienceMaker
 from actors.ppo_trainer import PPOTrainerRank
@@ -37,21 +38,14 @@ ROLES = ("actor", "critic")
 class PPOJob:
     def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
                  log: bool = True):
-        from coati_ray.data.datasets import build_prompt_dataset
-        from coati_ray.experience.prompts import PromptStream
+        from coati_ray.experience.prompts import PromptStream, read_prompt_data
         from coati_ray.models.loading import load_tokenizer
 
         self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address
         self.cfg_dict = to_dict(cfg)
-        d = cfg.data
         # Everything the user can get wrong in the data is read here, before any Ray resource.
         tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
-        prompts, self.prompt_report = build_prompt_dataset(d.prompt_path, tokenizer, d.max_prompt_length, d.format,
-                                                           d.max_samples, d.on_bad_row)
-        if d.ptx_path:
-            from coati_ray.data.datasets import build_sft_dataset
-
-            build_sft_dataset(d.ptx_path, tokenizer, d.ptx_max_length, "auto", None, d.on_bad_row)
+        prompts, self.prompt_report, eval_items = read_prompt_data(cfg.data, tokenizer)
         self.step, self.version = 0, 0
         position = 0
         if resume_from:
@@ -61,6 +55,8 @@ class PPOJob:
         self.prompts = PromptStream(prompts, cfg.maker.batch_size, cfg.ppo.seed, position)
         self.items_per_step = cfg.ppo.rollout_batch_size // cfg.maker.batch_size
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo")
+        self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
+                                         cfg.ppo.eval_samples_per_prompt, self.logger)
         self.makers: dict[int, object] = {}
         self.inflight: dict[int, ray.ObjectRef] = {}
         self.pending_loads: list = []
@@ -98,7 +94,10 @@ class PPOJob:
 
     def _run(self, on_step, t_start: float) -> dict:
         self.start()
+        if not self.resume_from:
+            self._evaluate(block=True)  # the policy before PPO
         history = []
+        sync = self.cfg.ppo.mode == "sync"
         while self.step < self.cfg.ppo.max_steps:
             metrics = self.train_step()
             history.append(metrics)
@@ -108,9 +107,16 @@ class PPOJob:
             every = self.cfg.ppo.save_every
             if every and self.step % every == 0 and self.step < self.cfg.ppo.max_steps:
                 self.save_checkpoint()
+            every = self.cfg.ppo.eval_every
+            if every and self.step % every == 0 and self.step < self.cfg.ppo.max_steps:
+                self._evaluate(block=sync)
+            self.evaluator.collect(block=False)
         self.save_checkpoint(final=True)
         accounting = ray.get(self.buffer.close.remote())
-        self._drain()
+        self._drain()  # makers now hold the final weights and nothing is in flight
+        self.evaluator.collect(block=True)
+        if self.evaluator.last_version() != self.version:
+            self._evaluate(block=True)
         summary = self._summary(history, accounting, time.time() - t_start)
         self.logger.write_summary(summary)
         return summary
@@ -143,18 +149,7 @@ class PPOJob:
         return self.cfg.actor_trainer if role == "actor" else self.cfg.critic_trainer
 
     def _check_resources(self) -> None:
-        cfg = self.cfg
-        need_cpu = cfg.maker.num_makers * cfg.maker.num_cpus
-        need_gpu = cfg.maker.num_makers * cfg.maker.num_gpus
-        for role in ROLES:
-            r = self._group_cfg(role).resources
-            need_cpu += r.num_ranks * r.num_cpus_per_rank
-            need_gpu += r.num_ranks * r.num_gpus_per_rank
-        have = ray.cluster_resources()
-        if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
-            raise ConfigError(f"config error: the job asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the Ray "
-                              f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower "
-                              "maker.num_makers / num_cpus / num_gpus or the group sizes")
+        check_cluster_fits(self.cfg)
 
     def _start_group(self, role: str) -> None:
         g = self._group_cfg(role)
@@ -289,6 +284,10 @@ class PPOJob:
                                      t_train_end - t0, generate_wall)
         return metrics
 
+    def _evaluate(self, block: bool) -> None:
+        if self.makers:
+            self.evaluator.submit(self.makers[min(self.makers)], block)
+
     def _export_weights(self) -> dict:
         """Trainer rank 0 of each group puts its weights once; every maker is told to load them."""
         t = time.perf_counter()
@@ -387,8 +386,27 @@ class PPOJob:
         return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.makers),
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
-                "wall_seconds": wall, "buffer": accounting,
+                "wall_seconds": wall, "buffer": accounting, **self.evaluator.summary(),
                 "final_checkpoint": os.path.join(self.cfg.output_dir, "checkpoints", "final")}
+
+
+def ppo_resources(cfg) -> tuple[float, float]:
+    """(CPUs, GPUs) a PPO job reserves: its makers and both trainer groups."""
+    cpus, gpus = cfg.maker.num_makers * cfg.maker.num_cpus, cfg.maker.num_makers * cfg.maker.num_gpus
+    for group in (cfg.actor_trainer, cfg.critic_trainer):
+        cpus += group.resources.num_ranks * group.resources.num_cpus_per_rank
+        gpus += group.resources.num_ranks * group.resources.num_gpus_per_rank
+    return cpus, gpus
+
+
+def check_cluster_fits(cfg, extra: str = "") -> None:
+    """Refuse a PPO config the connected cluster cannot host, before any actor starts."""
+    need_cpu, need_gpu = ppo_resources(cfg)
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
+        raise ConfigError(f"config error: the job asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the Ray "
+                          f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower "
+                          f"{extra}maker.num_makers / num_cpus / num_gpus or the group sizes")
 
 
 def _scalars(metrics: dict) -> dict:

@@ -85,6 +85,24 @@ class ExperienceMaker:
                 "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
                 "version": exp.version, "maker": self.index, "batch_id": batch_id}
 
+    def evaluate(self, prompt_items: list[dict], greedy: bool, seed: int, samples_per_prompt: int = 1) -> dict:
+        """Score held-out prompts with the live policy: gold score (if a task is set), RM score, KL."""
+        import dataclasses
+
+        from coati_ray.evaluation import evaluate_policy
+        from coati_ray.tasks import gold_scorer
+
+        t = time.perf_counter()
+        gen = dataclasses.replace(self.cfg.generation, do_sample=not greedy)
+        task = self.cfg.data.gold_task
+        result = evaluate_policy(self.models.actor, self.tokenizer, prompt_items, gen, initial=self.models.initial,
+                                 reward_model=self.models.reward, gold=gold_scorer(task) if task else None,
+                                 batch_size=max(self.cfg.maker.batch_size, 32), seed=seed, device=self.device,
+                                 samples_per_prompt=1 if greedy else samples_per_prompt)
+        out = dataclasses.asdict(result)
+        out.update(version=self.version, seconds=time.perf_counter() - t)
+        return out
+
     def weights(self) -> dict:
         """The maker's current actor and critic weights (for tests and checks)."""
         return {"actor": {k: v.clone() for k, v in self.models.actor.state_dict().items()},

@@ -4,7 +4,7 @@
 
 sft/train.jsonl, sft/eval.jsonl    `messages` rows; imperfect demonstrations (~35% flawed answers)
 sft/instruction.jsonl              the same task in `instruction`/`input`/`output` layout
-pref/train.jsonl, pref/eval.jsonl  `prompt`/`chosen`/`rejected`; chosen is correct, rejected flawed
+pref/train.jsonl, pref/eval.jsonl  `prompt`/`chosen`/`rejected`, ranked by the gold score (the "labeller")
 prompts/train.jsonl, eval.jsonl    `prompt` rows for PPO
 ptx/train.jsonl                    correct demonstrations for the PPO-ptx pretraining loss
 """
@@ -40,15 +40,26 @@ def sft_rows(rng: random.Random, n: int, flawed: float) -> list[dict]:
     return rows
 
 
+MIN_GAP = 0.2
+
+
 def pref_rows(rng: random.Random, n: int) -> list[dict]:
+    """Two candidate answers per prompt, ordered by the gold score as a human labeller would.
+
+    60% of the pairs set the correct answer against a flawed one, the rest two flawed answers of
+    different quality, so the reward model learns a graded score and not only "is it perfect".
+    Near-ties (gold scores within MIN_GAP) are skipped, as a labeller would call them equal.
+    """
     rows = []
     while len(rows) < n:
         nums = sample_numbers(rng)
-        # Separable by construction: chosen is the sorted list, rejected has 1-3 visible flaws.
-        chosen = answer_text(nums)
-        rejected = corrupt(nums, rng, severity=rng.randint(1, 3))
-        if gold_score(nums, chosen) > gold_score(nums, rejected):
-            rows.append({"prompt": prompt_text(nums), "chosen": chosen, "rejected": rejected})
+        first = answer_text(nums) if rng.random() < 0.6 else corrupt(nums, rng, severity=1)
+        second = corrupt(nums, rng, severity=rng.randint(1, 3))
+        a, b = gold_score(nums, first), gold_score(nums, second)
+        if abs(a - b) < MIN_GAP:
+            continue
+        chosen, rejected = (first, second) if a > b else (second, first)
+        rows.append({"prompt": prompt_text(nums), "chosen": chosen, "rejected": rejected})
     return rows
 
 
@@ -67,7 +78,7 @@ def main() -> None:
         inst.append({"instruction": "Sort these numbers in ascending order.", "input": " ".join(map(str, nums)),
                      "output": answer_text(nums)})
     write(f"{out}/sft/instruction.jsonl", inst)
-    write(f"{out}/pref/train.jsonl", pref_rows(rng, 1200))
+    write(f"{out}/pref/train.jsonl", pref_rows(rng, 4000))
     write(f"{out}/pref/eval.jsonl", pref_rows(rng, 200))
     write(f"{out}/prompts/train.jsonl", [{"prompt": prompt_text(sample_numbers(rng))} for _ in range(800)])
     write(f"{out}/prompts/eval.jsonl", [{"prompt": prompt_text(sample_numbers(rng))} for _ in range(100)])

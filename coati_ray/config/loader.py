@@ -20,8 +20,11 @@ T = typing.TypeVar("T")
 
 
 def load_config(cls: type[T], path: Optional[str], overrides: Optional[list[str]] = None,
-                output_dir: Optional[str] = None) -> T:
-    """Read `path` (YAML), apply `a.b=value` overrides and build `cls`; validation is separate."""
+                output_dir: Optional[str] = None, prepare: Optional[typing.Callable[[dict], None]] = None) -> T:
+    """Read `path` (YAML), apply `a.b=value` overrides and build `cls`; validation is separate.
+
+    `prepare` may check or fill the raw mapping before it is typed (e.g. the pipeline's chained paths).
+    """
     data: dict = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -40,6 +43,8 @@ def load_config(cls: type[T], path: Optional[str], overrides: Optional[list[str]
         apply_override(data, item, cls)
     if output_dir is not None:
         data["output_dir"] = output_dir
+    if prepare is not None:
+        prepare(data)
     return from_dict(cls, data)
 
 

@@ -24,7 +24,10 @@ class PromptDataConfig:
     """Prompts for generation, and the optional pretraining data of PPO-ptx."""
 
     prompt_path: str = opt("data/prompts/train.jsonl", "prompts: `prompt`, `instruction` or `messages` rows")
-    eval_prompt_path: Optional[str] = opt(None, "held-out prompts for evaluation generations")
+    eval_prompt_path: Optional[str] = opt(None, "held-out prompts scored every ppo.eval_every steps (eval/* metrics)")
+    eval_max_samples: Optional[int] = opt(None, "use at most this many held-out prompts")
+    gold_task: Optional[str] = opt(None, "programmatic gold scorer that judges held-out answers (e.g. 'sorting'); "
+                                         "never used for training")
     ptx_path: Optional[str] = opt(None, "SFT-layout data for the PPO-ptx loss (needs ppo.ptx_coef > 0)")
     format: Literal["auto", "prompt", "instruction", "messages"] = opt("auto", "prompt row layout")
     max_prompt_length: int = opt(64, "prompt tokens kept (from the right: the assistant prefix must stay)")
@@ -37,6 +40,15 @@ class PromptDataConfig:
         for name in ("eval_prompt_path", "ptx_path"):
             if getattr(self, name) is not None:
                 _require_path(f"{key}.{name}", getattr(self, name))
+        if self.gold_task is not None:
+            from coati_ray.tasks import GOLD_SCORERS
+
+            if self.gold_task not in GOLD_SCORERS:
+                _fail(f"{key}.gold_task", f"unknown task '{self.gold_task}'", f"use one of: {', '.join(GOLD_SCORERS)}")
+            if self.eval_prompt_path is None:
+                _fail(f"{key}.gold_task", "a gold score needs held-out prompts", f"set {key}.eval_prompt_path")
+        if self.eval_max_samples is not None and self.eval_max_samples < 1:
+            _fail(f"{key}.eval_max_samples", f"must be >= 1 or null, got {self.eval_max_samples}", "e.g. 64")
         if self.max_prompt_length < 4:
             _fail(f"{key}.max_prompt_length", f"must be >= 4, got {self.max_prompt_length}", "e.g. 64")
 
@@ -82,7 +94,10 @@ class PPOAlgoConfig:
     ptx_coef: float = opt(0.0, "PPO-ptx: loss = ptx_coef * ptx + (1 - ptx_coef) * policy")
     ptx_batch_size: int = opt(4, "pretraining sequences per micro-batch when ptx_coef > 0")
     save_every: Optional[int] = opt(None, "checkpoint every N steps (None: at the end only)")
-    eval_every: Optional[int] = opt(None, "score held-out prompts every N steps")
+    eval_every: Optional[int] = opt(None, "score data.eval_prompt_path every N steps, before the first and after "
+                                          "the last (None: only before and after when eval prompts are set)")
+    eval_greedy: bool = opt(False, "evaluate with greedy decoding instead of the training sampler")
+    eval_samples_per_prompt: int = opt(1, "sampled answers per held-out prompt (more: a less noisy mean)")
     seed: int = opt(42, "driver seed: prompt order and sampling")
 
 
@@ -137,13 +152,14 @@ class PPOConfig(JobConfig):
     actor_trainer: TrainerGroupConfig = opt(None, "the actor trainer group")
     critic_trainer: TrainerGroupConfig = opt(None, "the critic trainer group")
 
-    def validate(self) -> None:
+    def validate(self, check_reward_head: bool = True) -> None:
+        """`check_reward_head=False` when the reward model is yet to be trained (the pipeline)."""
         super().validate()
         for key in ("actor", "critic", "reward"):
             getattr(self, key).validate(key)
         if self.reward.lora_rank:
             _fail("reward.lora_rank", "the reward model is frozen", "remove reward.lora_rank")
-        if not os.path.isfile(os.path.join(self.reward.path, VALUE_HEAD_FILE)):
+        if check_reward_head and not os.path.isfile(os.path.join(self.reward.path, VALUE_HEAD_FILE)):
             _fail("reward.path", f"'{self.reward.path}' has no {VALUE_HEAD_FILE}, so it is not a reward model",
                   "point it at the RM stage's checkpoints/final")
         self.data.validate()
@@ -176,6 +192,10 @@ class PPOConfig(JobConfig):
             if getattr(self, model_key).lora_rank > 0 and getattr(self, group).strategy.name == "colossalai_gemini":
                 _fail(f"{model_key}.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
                       f"use {group}.strategy.name=colossalai_zero2 or ddp, or {model_key}.lora_rank=0")
+        if p.eval_samples_per_prompt < 1:
+            _fail("ppo.eval_samples_per_prompt", f"must be >= 1, got {p.eval_samples_per_prompt}", "e.g. 4")
+        if p.eval_every is not None and p.eval_every < 1:
+            _fail("ppo.eval_every", f"must be >= 1 or null, got {p.eval_every}", "e.g. 10")
         if p.mode == "async" and p.max_staleness < 1:
             _fail("ppo.max_staleness", "async mode needs max_staleness >= 1", "use mode=sync for on-policy")
         if p.ptx_coef > 0 and self.data.ptx_path is None:

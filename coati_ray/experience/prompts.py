@@ -25,3 +25,21 @@ class PromptStream:
             out.append(self.items[self._order(epoch)[offset]])
         self.position += 1
         return out, batch_id
+
+
+def read_prompt_data(d, tokenizer) -> tuple[list[dict], object, list[dict]]:
+    """Read and check every PPO data file of a PromptDataConfig `d` (a bad row stops here, before Ray).
+
+    Returns (training prompt items, their LoadReport, held-out prompt items or []).
+    """
+    from coati_ray.data.datasets import build_prompt_dataset, build_sft_dataset
+
+    prompts, report = build_prompt_dataset(d.prompt_path, tokenizer, d.max_prompt_length, d.format, d.max_samples,
+                                           d.on_bad_row)
+    if d.ptx_path:
+        build_sft_dataset(d.ptx_path, tokenizer, d.ptx_max_length, "auto", None, d.on_bad_row)
+    eval_items: list[dict] = []
+    if d.eval_prompt_path:
+        eval_items, _ = build_prompt_dataset(d.eval_prompt_path, tokenizer, d.max_prompt_length, d.format,
+                                             d.eval_max_samples, d.on_bad_row)
+    return prompts, report, eval_items

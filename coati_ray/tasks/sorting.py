@@ -50,10 +50,19 @@ def gold_score(numbers: list[int], response: str) -> float:
 
 
 def corrupt(numbers: list[int], rng: random.Random, severity: int = 1) -> str:
-    """A flawed answer: the sorted list with `severity` edits (adjacent swap, drop, or duplicate)."""
+    """A flawed answer: the sorted list with `severity` edits.
+
+    Edits: swap two neighbours, drop one, insert a stray number, or replace one by a number that is
+    not in the prompt while keeping the order (so "looks sorted" is not the same as "correct").
+    """
     out = sorted(numbers)
     for _ in range(severity):
-        kind = rng.choice(["swap", "swap", "drop", "dup"])
+        kind = rng.choice(["swap", "swap", "drop", "dup", "replace", "replace"])
+        if kind == "replace" and out:
+            i = rng.randrange(len(out))
+            out[i] = rng.choice([v for v in range(31) if v not in numbers] or [31])
+            out.sort()
+            continue
         if kind == "swap" and len(out) >= 2:
             i = rng.randrange(len(out) - 1)
             if out[i] == out[i + 1]:

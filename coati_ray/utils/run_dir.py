@@ -38,15 +38,21 @@ class RunLogger:
     def log(self, step: int, total: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        self.record(step, metrics)
         if step % self.log_every == 0 or step == total:
             shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                               if isinstance(v, (int, float)) and not k.startswith("timing/"))
             elapsed = time.time() - self.start
             eta = elapsed / max(step, 1) * (total - step)
             print(f"[{self.stage}] step {step}/{total}  {shown}  ({elapsed:.0f}s, eta {eta:.0f}s)", flush=True)
+
+    def record(self, step: int, metrics: dict) -> None:
+        """A metrics.jsonl record without a progress line (e.g. an evaluation at `step`)."""
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
     def info(self, message: str) -> None:
         if self.enabled:

@@ -1,0 +1,66 @@
+"""Held-out evaluation during PPO, run on a maker's live models without stalling the pipeline.
+
+Sync mode waits for each evaluation (the makers are idle between steps). Async mode submits it
+and collects it at a later step: a maker blocked on a full buffer would otherwise hold the driver,
+which is the one that frees the buffer. Each result is logged as its own metrics.jsonl record at
+the policy version it scored, so the curves are exact even when the record arrives late.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import ray
+
+EVAL_KEYS = ("gold_score", "reward", "kl_to_initial", "response_length")
+
+
+class PolicyEvaluator:
+    def __init__(self, items: list[dict], greedy: bool, seed: int, samples_per_prompt: int, logger):
+        self.items, self.greedy, self.seed, self.logger = items, greedy, seed, logger
+        self.samples_per_prompt = samples_per_prompt
+        self.pending: list = []
+        self.results: list[dict] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.items)
+
+    def submit(self, maker, block: bool) -> None:
+        if not self.enabled:
+            return
+        self.pending.append(maker.evaluate.remote(self.items, self.greedy, self.seed, self.samples_per_prompt))
+        if block:
+            self.collect(block=True)
+
+    def collect(self, block: bool) -> None:
+        if not self.pending:
+            return
+        if block:
+            done, self.pending = self.pending, []
+        else:
+            done, self.pending = ray.wait(self.pending, num_returns=len(self.pending), timeout=0)
+        for result in sorted(ray.get(done), key=lambda r: r["version"]):
+            self._record(result)
+
+    def _record(self, result: dict) -> None:
+        metrics = {f"eval/{k}": result[k] for k in EVAL_KEYS if result.get(k) is not None}
+        metrics["timing/eval"] = result["seconds"]
+        self.results.append({"version": result["version"], "metrics": metrics, "samples": result["samples"]})
+        self.logger.record(result["version"], metrics)
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        self.logger.info(f"eval at version {result['version']}: {shown}")
+
+    def summary(self) -> dict:
+        """First and last evaluation: metrics and sample generations (before/after PPO)."""
+        if not self.results:
+            return {}
+        first, last = self.results[0], self.results[-1]
+        out: dict = {"eval_prompts": len(self.items),
+                     "eval_first": {"version": first["version"], **first["metrics"]},
+                     "eval_last": {"version": last["version"], **last["metrics"]},
+                     "samples_first": first["samples"], "samples_last": last["samples"]}
+        return out
+
+    def last_version(self) -> Optional[int]:
+        return self.results[-1]["version"] if self.results else None

@@ -1,0 +1,76 @@
+"""SFT -> RM -> PPO in one Ray job: each stage runs as Ray actors and hands the next an HF checkpoint.
+
+    summary = run_pipeline(cfg)   # cfg: a linked, validated PipelineConfig
+
+SFT and RM run as trainer groups (one actor per rank) and PPO as its actor groups, all on the
+same Ray (an existing cluster, or an embedded local one this call starts and stops). With
+`resume`, a stage whose final checkpoint and summary exist is reused and an interrupted stage
+continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import ray
+
+from actors.cluster import connect
+from actors.driver import PPOJob, check_cluster_fits
+from actors.group import TrainerGroup, user_errors
+from coati_ray.config import save_config
+from coati_ray.config.pipeline import STAGES
+from coati_ray.utils.run_dir import latest_checkpoint
+
+
+def completed_stage(stage_dir: str) -> Optional[dict]:
+    """The summary of a stage that finished (summary.json and checkpoints/final present), else None."""
+    summary = os.path.join(stage_dir, "summary.json")
+    if os.path.isfile(summary) and os.path.isdir(os.path.join(stage_dir, "checkpoints", "final")):
+        with open(summary, encoding="utf-8") as f:
+            return json.load(f)
+    return None
+
+
+def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
+                 info: Callable[[str], None] = print) -> tuple[dict, dict]:
+    """Run the stages in order; returns ({stage: its summary}, {stage: seconds})."""
+    started = connect(ray_address)
+    summaries, seconds = {}, {}
+    try:
+        with user_errors():
+            check_cluster_fits(cfg.ppo, extra="ppo.")  # before minutes of SFT and RM, not after
+            for stage in STAGES:
+                stage_cfg = getattr(cfg, stage)
+                done = completed_stage(stage_cfg.output_dir) if resume else None
+                if done is not None:
+                    info(f"[pipeline] {stage}: already complete in {stage_cfg.output_dir}, reused")
+                    summaries[stage], seconds[stage] = done, 0.0
+                    continue
+                resume_from = latest_checkpoint(stage_cfg.output_dir) if resume else None
+                info(f"[pipeline] {stage}: starting" + (f" from {resume_from}" if resume_from else ""))
+                os.makedirs(stage_cfg.output_dir, exist_ok=True)
+                save_config(stage_cfg, os.path.join(stage_cfg.output_dir, "config.yaml"))
+                t = time.time()
+                summaries[stage] = _run_stage(stage, stage_cfg, resume_from, ray_address)
+                seconds[stage] = time.time() - t
+                info(f"[pipeline] {stage}: done in {seconds[stage]:.0f}s")
+    finally:
+        if started:
+            ray.shutdown()
+    return summaries, seconds
+
+
+def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: Optional[str]) -> dict:
+    if stage == "ppo":
+        return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address).run()
+    if stage == "sft":
+        from coati_ray.trainers.sft import run_sft as run_fn
+    else:
+        from coati_ray.trainers.rm import run_rm as run_fn
+    r = stage_cfg.resources
+    with TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank, r.num_gpus_per_rank,
+                      r.torch_threads) as group:
+        return group.run(run_fn, stage_cfg, resume_from=resume_from)[0]

@@ -1,0 +1,106 @@
+"""Judging a policy on held-out prompts: gold score, reward-model score and KL to the initial policy.
+
+No Ray here: the pipeline calls it in-process on checkpoints, and the maker actor calls it on its
+live models for `ppo.eval_every`. Sampling is seeded per batch, so two policies are compared on
+the same prompts with the same random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class PolicyEval:
+    """Means over every (prompt, sample); `samples` keeps the first few generations for reading."""
+
+    gold_score: Optional[float]
+    reward: Optional[float]
+    kl_to_initial: Optional[float]
+    response_length: float
+    num_samples: int
+    samples: list[dict] = field(default_factory=list)
+
+    def as_metrics(self, prefix: str) -> dict:
+        out = {f"{prefix}/response_length": self.response_length}
+        for key in ("gold_score", "reward", "kl_to_initial"):
+            value = getattr(self, key)
+            if value is not None:
+                out[f"{prefix}/{key}"] = value
+        return out
+
+
+def sequence_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """KL(policy || initial) of each sampled response, summed over its tokens (k1 estimator).
+
+    log_probs, ref_log_probs, action_mask: (B, A) -> (B,). The mean over samples drawn from the
+    policy is an unbiased estimate of the sequence-level KL.
+    """
+    return ((log_probs - ref_log_probs) * action_mask).sum(dim=1)
+
+
+@torch.no_grad()
+def evaluate_policy(actor, tokenizer, prompt_items: list[dict], gen, *, initial=None, reward_model=None,
+                    gold=None, batch_size: int = 16, samples_per_prompt: int = 1, seed: int = 0,
+                    keep_samples: int = 8, device: Optional[torch.device] = None) -> PolicyEval:
+    """Generate for every prompt item (`input_ids`, `prompt`) and score the responses.
+
+    `gen` is a GenerationConfig (do_sample=False gives greedy decoding); `gold` is a scorer
+    (prompt, response) -> float; `initial` (an Actor) enables the KL, `reward_model` the RM score.
+    """
+    from coati_ray.data.datasets import collate_prompts
+
+    device = device or next(actor.parameters()).device
+    was_training = actor.training
+    actor.eval()
+    gold_scores, rewards, kls, lengths, kept = [], [], [], [], []
+    items = [it for it in prompt_items for _ in range(samples_per_prompt)]
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch = collate_prompts(chunk, tokenizer.pad_token_id)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        torch.manual_seed(seed * 1000003 + start)
+        seqs, full_mask, action_mask = actor.generate(
+            ids, mask, tokenizer, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
+            temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+        A = action_mask.size(1)
+        responses = decode_responses(tokenizer, seqs[:, ids.size(1):], action_mask)
+        lengths.extend(action_mask.sum(1).float().tolist())
+        if initial is not None:
+            kl = sequence_kl(actor.log_probs(seqs, full_mask, A), initial.log_probs(seqs, full_mask, A), action_mask)
+            kls.extend(kl.tolist())
+        if reward_model is not None:
+            rewards.extend(reward_model(seqs, full_mask).float().tolist())
+        for j, (item, response) in enumerate(zip(chunk, responses)):
+            score = gold(item["prompt"], response) if gold is not None else None
+            if score is not None:
+                gold_scores.append(score)
+            if len(kept) < keep_samples:
+                kept.append({"prompt": item["prompt"], "response": response, "gold_score": score,
+                             "reward": rewards[start + j] if reward_model is not None else None})
+    actor.train(was_training)
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else None  # noqa: E731
+    return PolicyEval(gold_score=mean(gold_scores), reward=mean(rewards), kl_to_initial=mean(kls),
+                      response_length=mean(lengths) or 0.0, num_samples=len(items), samples=kept)
+
+
+def decode_responses(tokenizer, actions: torch.Tensor, action_mask: torch.Tensor) -> list[str]:
+    """(B, A) token ids and mask -> response texts without EOS or padding."""
+    out = []
+    for row, m in zip(actions.tolist(), action_mask.tolist()):
+        ids = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
+        out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return out
+
+
+def sample_table(before: list[dict], after: list[dict]) -> str:
+    """Markdown table of the same prompts answered before and after PPO."""
+    lines = ["| prompt | before PPO | gold | after PPO | gold |", "|---|---|---|---|---|"]
+    for b, a in zip(before, after):
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        lines.append(f"| `{b['prompt']}` | `{b['response']}` | {fmt(b['gold_score'])} | "
+                     f"`{a['response']}` | {fmt(a['gold_score'])} |")
+    return "\n".join(lines)
