@@ -33,6 +33,8 @@ from coati_ray.errors import ConfigError
 from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
 
 ROLES = ("actor", "critic")
+PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac", "response_length",
+                 "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
 
 
 class PPOJob:
@@ -54,7 +56,8 @@ class PPOJob:
             self.step, self.version, position = state["step"], state["version"], state["prompt_position"]
         self.prompts = PromptStream(prompts, cfg.maker.batch_size, cfg.ppo.seed, position)
         self.items_per_step = cfg.ppo.rollout_batch_size // cfg.maker.batch_size
-        self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo")
+        self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.ppo.log_every,
+                                show=PROGRESS_KEYS)
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
                                          cfg.ppo.eval_samples_per_prompt, self.logger)
         self.makers: dict[int, object] = {}

@@ -22,7 +22,10 @@ from actors.driver import PPOJob, check_cluster_fits
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
 from coati_ray.config.pipeline import STAGES
+from coati_ray.utils.progress import MetricsTail
 from coati_ray.utils.run_dir import latest_checkpoint
+
+PROGRESS_KEYS = {"sft": ("loss", "lr"), "rm": ("loss", "acc")}
 
 
 def completed_stage(stage_dir: str) -> Optional[dict]:
@@ -72,5 +75,6 @@ def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: O
         from coati_ray.trainers.rm import run_rm as run_fn
     r = stage_cfg.resources
     with TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank, r.num_gpus_per_rank,
-                      r.torch_threads) as group:
+                      r.torch_threads) as group, \
+            MetricsTail(stage_cfg.output_dir, stage, stage_cfg.trainer.max_steps, PROGRESS_KEYS[stage]):
         return group.run(run_fn, stage_cfg, resume_from=resume_from)[0]

@@ -14,6 +14,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 from coati_ray.config import RMConfig, SFTConfig, describe  # noqa: E402
+from coati_ray.config.pipeline import PipelineConfig  # noqa: E402
 from coati_ray.config.ppo import PPOConfig  # noqa: E402
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
@@ -28,6 +29,12 @@ def reference() -> str:
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in rows]
         lines.append("")
+    own = [r for r in describe(PipelineConfig) if "." not in r[0]]
+    lines += ["**Pipeline (`launch.pipeline`)**: `sft.*`, `rm.*` and `ppo.*` take the keys of the tables above; "
+              "the pipeline sets each stage's `output_dir`, `rm.model.path` and `ppo.{actor,critic,reward}.path`, "
+              "and every stage's seed", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in own]
+    lines.append("")
     return "\n".join(lines)
 
 

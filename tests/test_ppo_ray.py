@@ -143,7 +143,9 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     from actors.driver import PPOJob
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "ppo.mode=async", "ppo.max_staleness=1",
-                     "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=8")
+                     "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=8",
+                     f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}", "data.eval_max_samples=4",
+                     "data.gold_task=sorting", "ppo.eval_every=2")
     plan = {1: 3, 3: 1}
     seen = []
 
@@ -163,6 +165,13 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     acc = summary["buffer"]
     assert_books_balance(acc)
     assert max(acc["max_staleness_delivered"].values()) <= 1
+    # Evaluation never blocks an async run on a busy maker; the first scores the initial policy and
+    # the last the final one, each logged at the version it actually scored.
+    assert summary["eval_first"]["version"] == 0 and summary["eval_last"]["version"] == 5
+    evals = [r for r in metrics(cfg.output_dir) if "eval/gold_score" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 5 and len(evals) >= 2
+    assert all(0.0 <= r["eval/gold_score"] <= 1.0 and "eval/kl_to_initial" in r for r in evals)
+    assert len(summary["samples_last"]) == 4
     assert_no_leaks()
 
 

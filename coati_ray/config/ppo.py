@@ -94,6 +94,7 @@ class PPOAlgoConfig:
     ptx_coef: float = opt(0.0, "PPO-ptx: loss = ptx_coef * ptx + (1 - ptx_coef) * policy")
     ptx_batch_size: int = opt(4, "pretraining sequences per micro-batch when ptx_coef > 0")
     save_every: Optional[int] = opt(None, "checkpoint every N steps (None: at the end only)")
+    log_every: int = opt(1, "print a progress line every N steps (metrics.jsonl gets every step)")
     eval_every: Optional[int] = opt(None, "score data.eval_prompt_path every N steps, before the first and after "
                                           "the last (None: only before and after when eval prompts are set)")
     eval_greedy: bool = opt(False, "evaluate with greedy decoding instead of the training sampler")
@@ -166,7 +167,8 @@ class PPOConfig(JobConfig):
         self.generation.validate()
         self.maker.validate()
         p = self.ppo
-        for name in ("max_steps", "rollout_batch_size", "train_batch_size", "micro_batch_size", "ppo_epochs"):
+        for name in ("max_steps", "rollout_batch_size", "train_batch_size", "micro_batch_size", "ppo_epochs",
+                     "log_every"):
             if getattr(p, name) < 1:
                 _fail(f"ppo.{name}", f"must be >= 1, got {getattr(p, name)}", "use a positive integer")
         if p.rollout_batch_size % self.maker.batch_size:

@@ -15,7 +15,8 @@ HEADLINE = ("gold_score_sft", "gold_score_ppo", "gold_gain", "reward_sft", "rewa
 PPO_PANELS = [
     ("held-out gold score (judge only, never a training signal)", ["eval/gold_score"]),
     ("reward-model score", ["reward", "eval/reward"]),
-    ("KL to the initial policy", ["kl", "eval/kl_to_initial"]),
+    ("KL to the initial policy (kl: per token of training batches; eval: per held-out answer)",
+     ["kl", "eval/kl_to_initial"]),
 ]
 SUPERVISED_PANELS = [("loss", ["loss", "eval/loss"]), ("pairwise accuracy", ["acc", "eval/acc"])]
 

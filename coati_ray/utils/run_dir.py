@@ -29,8 +29,11 @@ def _jsonable(value):
 class RunLogger:
     """Appends step metrics to metrics.jsonl and prints a progress line (only where `enabled`)."""
 
-    def __init__(self, run_dir: str, enabled: bool = True, stage: str = "", log_every: int = 1):
+    def __init__(self, run_dir: str, enabled: bool = True, stage: str = "", log_every: int = 1,
+                 show: Optional[tuple[str, ...]] = None):
+        """`show`: the keys of the progress line (None: every scalar except timings)."""
         self.run_dir, self.enabled, self.stage, self.log_every = run_dir, enabled, stage, log_every
+        self.show = show
         self.start = time.time()
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
@@ -40,8 +43,8 @@ class RunLogger:
             return
         self.record(step, metrics)
         if step % self.log_every == 0 or step == total:
-            shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                              if isinstance(v, (int, float)) and not k.startswith("timing/"))
+            keys = self.show if self.show is not None else [k for k in metrics if not k.startswith("timing/")]
+            shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
             elapsed = time.time() - self.start
             eta = elapsed / max(step, 1) * (total - step)
             print(f"[{self.stage}] step {step}/{total}  {shown}  ({elapsed:.0f}s, eta {eta:.0f}s)", flush=True)

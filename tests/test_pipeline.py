@@ -1,0 +1,147 @@
+"""The main job, shortened: SFT -> RM -> PPO in one Ray job, then the gold-score report.
+
+The real demo (configs/demo.yaml) runs minutes; here every stage takes a few steps on the 2-layer
+tiny llama, which is enough to check that the stages feed each other through HF checkpoints and
+that the run directory holds everything the report promises.
+"""
+
+import json
+import os
+
+import pytest
+
+from coati_ray.config import load_config
+from coati_ray.config.pipeline import PipelineConfig, prepare_pipeline_dict
+from coati_ray.errors import ConfigError
+from tests.conftest import REPO
+
+DEMO = os.path.join(REPO, "configs", "demo.yaml")
+REPORT_KEYS = ("gold_score_sft", "gold_score_ppo", "rm_accuracy", "kl_to_initial", "ppo_steps", "wall_seconds")
+
+
+def short_overrides(tiny_llama: str) -> list[str]:
+    return [
+        f"sft.model.path={tiny_llama}", "sft.trainer.max_steps=4", "sft.trainer.save_every=2",
+        "sft.trainer.log_every=2", "sft.resources.num_cpus_per_rank=0.5", "sft.resources.torch_threads=1",
+        "rm.trainer.max_steps=4", "rm.trainer.save_every=null", "rm.trainer.log_every=2",
+        "rm.resources.num_cpus_per_rank=0.5", "rm.resources.torch_threads=1",
+        "ppo.ppo.max_steps=2", "ppo.ppo.eval_every=1", "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1",
+        "ppo.data.eval_max_samples=8", "ppo.generation.max_new_tokens=6", "ppo.buffer.timeout_s=120",
+    ]
+
+
+def load(overrides: list[str], out: str) -> PipelineConfig:
+    cfg = load_config(PipelineConfig, DEMO, overrides, output_dir=out, prepare=prepare_pipeline_dict)
+    cfg.link()
+    return cfg
+
+
+def test_pipeline_links_stages_and_seeds(tiny_llama, tmp_path):
+    cfg = load(short_overrides(tiny_llama) + ["seed=7"], str(tmp_path / "run"))
+    sft_final = str(tmp_path / "run" / "sft" / "checkpoints" / "final")
+    rm_final = str(tmp_path / "run" / "rm" / "checkpoints" / "final")
+    assert cfg.rm.model.path == sft_final and cfg.ppo.actor.path == sft_final
+    assert cfg.ppo.critic.path == rm_final and cfg.ppo.reward.path == rm_final
+    assert cfg.sft.output_dir == str(tmp_path / "run" / "sft")
+    assert {cfg.sft.strategy.seed, cfg.rm.strategy.seed, cfg.ppo.ppo.seed,
+            cfg.ppo.actor_trainer.strategy.seed, cfg.ppo.critic_trainer.strategy.seed} == {7}
+    cfg.validate()  # later stages are checked against the SFT base model before they exist
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("rm.model.path=/somewhere", "rm.model.path is set by the pipeline"),
+    ("ppo.reward.path=/somewhere", "ppo.reward.path is set by the pipeline"),
+    ("sft.output_dir=/somewhere", "sft.output_dir is set by the pipeline"),
+])
+def test_pipeline_refuses_keys_it_sets(tiny_llama, tmp_path, override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load(short_overrides(tiny_llama) + [override], str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("ppo.maker.num_makers=0", "maker.num_makers"),
+    ("ppo.data.gold_task=chess", "gold_task"),
+    ("rm.trainer.batch_size=3", "trainer.batch_size"),
+    ("ppo.ppo.eval_samples_per_prompt=0", "eval_samples_per_prompt"),
+])
+def test_pipeline_validates_every_stage_up_front(tiny_llama, tmp_path, override, needle):
+    cfg = load(short_overrides(tiny_llama) + [override], str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=needle):
+        cfg.validate()
+
+
+def test_bad_ppo_prompt_stops_pipeline_before_sft(tiny_llama, tmp_path, capsys):
+    """A broken PPO prompt file is found before any stage runs (nothing is written)."""
+    from launch.pipeline import main
+
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "sort: 1 2"}\n{"text": "no prompt field"}\n')
+    out = tmp_path / "run"
+    rc = main(["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_llama),
+               f"ppo.data.prompt_path={bad}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "row 2" in err and str(bad) in err, err
+    assert not (out / "sft").exists()
+
+
+def test_short_pipeline_end_to_end(tiny_llama, tmp_path, capsys):
+    import ray
+
+    from launch.pipeline import main
+
+    out = tmp_path / "run"
+    args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_llama)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert not ray.is_initialized()  # the embedded Ray it started is gone
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in REPORT_KEYS:
+        assert summary[key] is not None, key
+        assert key in printed  # the terminal table
+    assert summary["ppo_steps"] == 2
+    assert 0.0 <= summary["gold_score_sft"] <= 1.0 and 0.0 <= summary["gold_score_ppo"] <= 1.0
+    assert 0.0 <= summary["rm_accuracy"] <= 1.0 and summary["kl_to_initial"] > -1.0
+    assert summary["evaluation"]["task"] == "sorting" and summary["evaluation"]["prompts"] == 8
+    assert set(summary["stage_seconds"]) == {"sft", "rm", "ppo"}
+    assert len(summary["samples_before"]) == len(summary["samples_after"]) > 0
+
+    for stage in ("sft", "rm", "ppo"):
+        assert (out / stage / "config.yaml").is_file() and (out / stage / "summary.json").is_file()
+    assert (out / "sft" / "checkpoints" / "final" / "config.json").is_file()
+    assert (out / "rm" / "checkpoints" / "final" / "value_head.safetensors").is_file()
+    assert (out / "ppo" / "checkpoints" / "final" / "actor" / "model" / "model.safetensors").is_file()
+    for name in ("config.yaml", "report.md", "samples.md", "plots/ppo.png", "plots/sft.png", "plots/rm.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "plots" / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evals = [r for r in map(json.loads, (out / "ppo" / "metrics.jsonl").read_text().splitlines())
+             if "eval/gold_score" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]  # before PPO, every step, after the last
+    assert summary["gold_score_sft"] == pytest.approx(evals[0]["eval/gold_score"])
+    assert summary["gold_score_ppo"] == pytest.approx(evals[-1]["eval/gold_score"])
+    report = (out / "report.md").read_text()
+    assert "gold_score_ppo" in report and "plots/ppo.png" in report
+
+    # A second run into the same directory is refused, not mixed in or overwritten...
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    # ...and --resume reuses the finished stages instead of training again.
+    before = (out / "ppo" / "metrics.jsonl").read_text()
+    assert main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already complete") == 3
+    assert (out / "ppo" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "configs", "gpu"))))
+def test_gpu_configs_parse(name):
+    """The README's GPU configs name real keys with the right types (they cannot run here: no CUDA,
+    no 1B-class checkpoints), and their group sizes divide the batches as validate() requires."""
+    from coati_ray.config.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "gpu", name))
+    p = cfg.ppo
+    assert p.rollout_batch_size % cfg.maker.batch_size == 0 and p.rollout_batch_size % p.train_batch_size == 0
+    for group in (cfg.actor_trainer, cfg.critic_trainer):
+        assert p.train_batch_size % (p.micro_batch_size * group.resources.num_ranks) == 0
+        assert group.resources.num_gpus_per_rank > 0
