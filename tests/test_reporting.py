@@ -86,3 +86,29 @@ def test_progress_line_from_last_complete_record(tmp_path):
     assert record == {"step": 2, "loss": 1.5, "lr": 0.001}
     line = MetricsTail(str(tmp_path), "sft", 10, ("loss", "lr")).line(record, elapsed=4.0)
     assert line == "[sft] step 2/10  loss=1.5  lr=0.001  (4s, eta 16s)"
+
+
+def test_report_command_on_a_stage_dir(tmp_path, capsys):
+    from launch.report import main
+
+    run = tmp_path / "ppo"
+    run.mkdir()
+    lines = [{"step": s, "reward": 0.1 * s, "kl": 0.01 * s, "timing/generate": 0.2, "timing/ref": 0.05,
+              "timing/reward": 0.03, "timing/values": 0.03, "timing/update_actor": 0.3,
+              "timing/update_critic": 0.2, "timing/sync": 0.01, "timing/step": 0.6,
+              "throughput/samples_per_s": 50.0} for s in range(1, 6)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (run / "summary.json").write_text(json.dumps({"steps": 5, "buffer": {"produced": 3}}))
+    (run / "config.yaml").write_text("ppo:\n  max_steps: 5\n")
+    assert main([str(run)]) == 0
+    for name in ("report.md", "plots/curves.png", "plots/timing.png", "plots/throughput.png"):
+        assert (run / name).stat().st_size > 0, name
+    report = (run / "report.md").read_text()
+    assert "| `timing/generate` | 0.2000 |" in report and "max_steps: 5" in report and "| `steps` | 5 |" in report
+
+
+def test_report_command_refuses_a_dir_without_metrics(tmp_path, capsys):
+    from launch.report import main
+
+    assert main([str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

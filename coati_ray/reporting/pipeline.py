@@ -12,6 +12,8 @@ from coati_ray.reporting.curves import plot_panels, read_metrics
 HEADLINE = ("gold_score_sft", "gold_score_ppo", "gold_gain", "reward_sft", "reward_ppo", "rm_accuracy",
             "kl_to_initial", "ppo_steps", "wall_seconds")
 
+STAGE_NAMES = ("sft", "rm", "ppo")
+
 PPO_PANELS = [
     ("held-out gold score (judge only, never a training signal)", ["eval/gold_score"]),
     ("reward-model score", ["reward", "eval/reward"]),
