@@ -30,6 +30,7 @@ from actors.ppo_trainer import PPOTrainerRank
 from actors.replay_buffer import ReplayBuffer
 from coati_ray.config import to_dict
 from coati_ray.errors import ConfigError
+from coati_ray.utils.flops import tflops
 from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
 
 ROLES = ("actor", "critic")
@@ -73,6 +74,16 @@ class PPOJob:
         self.weights = None  # (actor_ref, critic_ref, version) of the newest export
         self.step_makes: list[dict] = []  # maker statistics gathered during the current step
         self.started_ray = False
+        self._metrics = None
+
+    @property
+    def metrics(self):
+        """The driver's own `coati_*` series (role=driver); created once Ray is connected."""
+        if self._metrics is None:
+            from actors.metrics import ActorMetrics
+
+            self._metrics = ActorMetrics("driver", 0)
+        return self._metrics
 
     # ------------------------------------------------------------------ public API
 
@@ -305,7 +316,10 @@ class PPOJob:
         n_actor = len(train_refs["actor"])
         actor, critic = results[0], results[n_actor]
         makes = self.step_makes
-        m = {k: v for k, v in {**actor, **critic}.items() if k != "consumed"}
+        m = {k: v for k, v in {**actor, **critic}.items() if k != "consumed" and not k.startswith("flops/")}
+        # Each group's estimated FLOPs over the step's wall time: the three add up to the job's rate.
+        m["tflops/actor_trainer"] = tflops(actor["flops/actor"], step_s)
+        m["tflops/critic_trainer"] = tflops(critic["flops/critic"], step_s)
         if makes:
             for key in ("reward", "kl", "response_length", "timing/generate", "timing/ref", "timing/reward",
                         "timing/values"):
@@ -313,14 +327,23 @@ class PPOJob:
             tokens = sum(s["generated_tokens"] for s in makes)
             samples = sum(s["samples"] for s in makes)
             m["throughput/samples_per_s"] = samples / max(step_s, 1e-9)
+            m["tflops/makers"] = tflops(sum(s["flops"] for s in makes), step_s)
             m["throughput/generated_tokens_per_s"] = tokens / max(step_s, 1e-9)
             m["experience/batches"] = len(makes)
+        else:  # async: no maker batch finished during this step, so nothing was produced in it
+            m.update({"throughput/samples_per_s": 0.0, "throughput/generated_tokens_per_s": 0.0,
+                      "tflops/makers": 0.0, "experience/batches": 0, "timing/generate": 0.0, "timing/ref": 0.0,
+                      "timing/reward": 0.0, "timing/values": 0.0})
         consumed = actor["consumed"]
         m["experience/max_staleness"] = max(consumed["staleness"]) if consumed["staleness"] else 0
         m["experience/versions"] = consumed["versions"]
         m["timing/sync"] = sync["export_seconds"] + (max(x["seconds"] for x in loads) if loads else 0.0)
         m["sync/bytes"] = loads[0]["bytes"] if loads else 0
         m["timing/step"] = step_s
+        m["throughput/trainer_tokens_per_s"] = (m.get("throughput/actor_tokens_per_s", 0.0)
+                                                 + m.get("throughput/critic_tokens_per_s", 0.0))
+        self.metrics.stages({"timing/step": step_s, "timing/sync": m["timing/sync"]})
+        self.metrics.set("weight_sync_bytes", m["sync/bytes"])
         m["version"] = self.version
         m["makers"] = len(self.makers)
         stats = ray.get(self.buffer.stats.remote())

@@ -41,6 +41,11 @@ class ExperienceMaker:
         self.models = ExperienceModels(actor=actor, initial=initial, reward=reward, critic=critic)
         self.version = 0
         self.batches_made = 0
+        from actors.metrics import ActorMetrics
+        from coati_ray.utils.flops import num_params
+
+        self.metrics = ActorMetrics("maker", index)
+        self.n_params = {name: num_params(getattr(self.models, name)) for name in ("actor", "reward", "critic")}
 
     def ready(self) -> int:
         return self.index
@@ -58,7 +63,10 @@ class ExperienceMaker:
             load_weights(self.models.critic, critic_state, lora_only=False)
             moved += state_bytes(critic_state)
         self.version = version
-        return {"seconds": time.perf_counter() - t, "bytes": moved, "version": version}
+        seconds = time.perf_counter() - t
+        self.metrics.set("weight_sync_seconds", seconds)
+        self.metrics.set("weight_sync_bytes", moved)
+        return {"seconds": seconds, "bytes": moved, "version": version}
 
     def make(self, prompt_items: list[dict], batch_id: int) -> dict:
         """Generate from `prompt_items`, score, put the Experience in the buffer; returns its statistics."""
@@ -67,6 +75,7 @@ class ExperienceMaker:
         from coati_ray.algo.functional import masked_mean
         from coati_ray.data.datasets import collate_prompts
         from coati_ray.experience import make_experience
+        from coati_ray.utils.flops import experience_flops
 
         t0 = time.perf_counter()
         batch = collate_prompts(prompt_items, self.tokenizer.pad_token_id)
@@ -77,13 +86,33 @@ class ExperienceMaker:
                                        version=self.version, maker=self.index, batch_id=batch_id)
         ref = ray.put(exp)
         t_put = time.perf_counter()
+        busy = t_put - t0
         ray.get(self.buffer.put.remote([ref], exp.num_samples, exp.version, self.index, batch_id))
         self.batches_made += 1
-        return {**timings, "timing/buffer_wait": time.perf_counter() - t_put,
-                "timing/make": time.perf_counter() - t0, "reward": float(exp.reward.mean()),
-                "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
-                "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
-                "version": exp.version, "maker": self.index, "batch_id": batch_id}
+        stats = {**timings, "timing/buffer_wait": time.perf_counter() - t_put,
+                 "timing/make": time.perf_counter() - t0, "reward": float(exp.reward.mean()),
+                 "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
+                 "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
+                 "version": exp.version, "maker": self.index, "batch_id": batch_id,
+                 "flops": experience_flops(self.n_params["actor"], self.n_params["reward"], self.n_params["critic"],
+                                           float(exp.attention_mask.sum()))}
+        self._publish(stats, busy)
+        return stats
+
+    def _publish(self, stats: dict, busy: float) -> None:
+        from coati_ray.utils.flops import tflops
+
+        m = self.metrics
+        m.set("experiences_per_second", stats["samples"] / max(busy, 1e-9))
+        m.set("generated_tokens_per_second", stats["generated_tokens"] / max(busy, 1e-9))
+        m.inc("experiences_total", stats["samples"])
+        m.inc("generated_tokens_total", stats["generated_tokens"])
+        m.set("reward_mean", stats["reward"])
+        m.set("kl_mean", stats["kl"])
+        m.set("buffer_wait_seconds", stats["timing/buffer_wait"])
+        m.set("tflops", tflops(stats["flops"], busy))
+        m.stages({k: v for k, v in stats.items() if k in ("timing/generate", "timing/ref", "timing/reward",
+                                                           "timing/values")})
 
     def evaluate(self, prompt_items: list[dict], greedy: bool, seed: int, samples_per_prompt: int = 1) -> dict:
         """Score held-out prompts with the live policy: gold score (if a task is set), RM score, KL."""

@@ -29,6 +29,8 @@ class PPOTrainerRank:
         self.trainer = None
         self.lora = (self.cfg.actor if role == "actor" else self.cfg.critic).lora_rank > 0
 
+    metrics = None  # ActorMetrics, created on first use inside the actor process
+
     def address(self) -> tuple[str, int]:
         from actors.group import node_address
 
@@ -83,7 +85,24 @@ class PPOTrainerRank:
             ids.append(got["item_id"])
         metrics = self.trainer.train(concat(shards), step)
         metrics["consumed"] = {"versions": versions, "staleness": staleness, "item_ids": ids}
+        self._publish(metrics, staleness)
         return metrics
+
+    def _publish(self, m: dict, staleness: list) -> None:
+        from coati_ray.utils.flops import tflops
+
+        if self.metrics is None:
+            from actors.metrics import ActorMetrics
+
+            self.metrics = ActorMetrics(f"{self.role}_trainer", self.rank)
+        r = self.role
+        self.metrics.set("policy_loss" if r == "actor" else "value_loss",
+                         m.get("actor/policy_loss") if r == "actor" else m.get("critic/loss"))
+        self.metrics.set("clip_fraction", m.get(f"{r}/clip_frac"))
+        self.metrics.set("trainer_tokens_per_second", m.get(f"throughput/{r}_tokens_per_s"))
+        self.metrics.set("tflops", tflops(m[f"flops/{r}"], m[f"timing/update_{r}"]))
+        self.metrics.set("consumed_staleness", max(staleness) if staleness else 0)
+        self.metrics.stages(m)
 
     def export_weights(self, lora_only: bool) -> Optional[list]:
         """Rank 0 puts its weights in the object store once and returns [ref]; other ranks return None."""

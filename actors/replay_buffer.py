@@ -58,6 +58,11 @@ class ReplayBuffer:
         self.peak_samples = 0
         self.closed = False
         self.changed = asyncio.Condition()
+        from actors.metrics import ActorMetrics
+
+        self.metrics = ActorMetrics("replay_buffer", 0)
+        self.metrics.set("buffer_capacity_samples", capacity)
+        self.metrics.set("buffer_fill_samples", 0)
 
     # ------------------------------------------------------------------ producers
 
@@ -78,6 +83,7 @@ class ReplayBuffer:
             self.by_id[item.item_id] = item
             self.held_samples += num_samples
             self.peak_samples = max(self.peak_samples, self.held_samples)
+            self.metrics.set("buffer_fill_samples", self.held_samples)
             self.produced += 1
             self.changed.notify_all()
             return item.item_id
@@ -111,6 +117,7 @@ class ReplayBuffer:
                 if not item.assigned and self.max_staleness is not None and staleness > self.max_staleness:
                     self._remove(item)
                     self.dropped_stale += 1
+                    self.metrics.inc("buffer_dropped_total", 1)
                     self.changed.notify_all()
                     continue
                 item.assigned.add(group)
@@ -125,6 +132,7 @@ class ReplayBuffer:
                 self.delivered_samples[group] += item.num_samples
                 self.max_staleness_delivered[group] = max(self.max_staleness_delivered[group],
                                                           self.version - item.version)
+                self.metrics.set("consumed_staleness", self.version - item.version)
                 if all(len(item.taken.get(g, ())) == n for g, n in self.groups.items()):
                     self._remove(item)
                     self.changed.notify_all()
@@ -172,6 +180,7 @@ class ReplayBuffer:
         self.items.remove(item)
         self.by_id.pop(item.item_id, None)
         self.held_samples -= item.num_samples
+        self.metrics.set("buffer_fill_samples", self.held_samples)
 
     async def _wait(self, predicate, timeout_s: float) -> bool:
         try:

@@ -82,9 +82,51 @@ def sync_run(local_ray, tiny_llama, reward_dir, tmp_path_factory):
                 refused = isinstance(e.cause, ModelError) and ray.get(maker.weights.remote())["version"] == step
         checks.append({"step": step, "versions": [w["version"] for w in makers], "same": same,
                        "ranks_equal": ranks_equal, "refused": refused, "consumed": m["consumed"]})
+        if step == 4:  # every actor is still alive: read the node's Prometheus export as a scraper would
+            scraped["text"] = scrape_coati_metrics(REQUIRED_SERIES)
 
+    scraped = {}
     summary = PPOJob(cfg, log=True).run(on_step=after_step)
-    return {"cfg": cfg, "out": out, "summary": summary, "checks": checks}
+    return {"cfg": cfg, "out": out, "summary": summary, "checks": checks, "scraped": scraped.get("text", "")}
+
+
+# (series, role) pairs a dashboard user needs, as Ray's Prometheus export names them (`ray_` + name).
+REQUIRED_SERIES = [
+    ("ray_coati_experiences_per_second", "maker"), ("ray_coati_generated_tokens_per_second", "maker"),
+    ("ray_coati_reward_mean", "maker"), ("ray_coati_kl_mean", "maker"), ("ray_coati_weight_sync_seconds", "maker"),
+    ("ray_coati_weight_sync_bytes", "maker"), ("ray_coati_tflops", "maker"),
+    ("ray_coati_buffer_fill_samples", "replay_buffer"), ("ray_coati_buffer_capacity_samples", "replay_buffer"),
+    ("ray_coati_consumed_staleness", "replay_buffer"),
+    ("ray_coati_policy_loss", "actor_trainer"), ("ray_coati_clip_fraction", "actor_trainer"),
+    ("ray_coati_value_loss", "critic_trainer"), ("ray_coati_tflops", "critic_trainer"),
+    ("ray_coati_stage_seconds", "maker"), ("ray_coati_stage_seconds", "actor_trainer"),
+]
+
+
+def scrape_coati_metrics(required, timeout_s: float = 60.0) -> str:
+    """GET /metrics on every node's export port until every (series, role) shows up (Ray exports
+    every few seconds); returns the coati lines seen."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    lines: list[str] = []
+    while time.time() < deadline:
+        lines = []
+        for node in ray.nodes():
+            port = node.get("MetricsExportPort")
+            if not node.get("Alive") or not port:
+                continue
+            try:
+                text = urllib.request.urlopen(f"http://{node['NodeManagerAddress']}:{port}/metrics", timeout=5).read()
+            except OSError:
+                continue
+            lines += [line for line in text.decode().splitlines() if line.startswith("ray_coati_")]
+        if all(any(line.startswith(name + "{") and f'role="{role}"' in line for line in lines)
+               for name, role in required):
+            break
+        time.sleep(2)
+    return "\n".join(lines)
 
 
 def test_sync_run_completes_and_books_balance(sync_run):
@@ -94,9 +136,11 @@ def test_sync_run_completes_and_books_balance(sync_run):
     assert s["buffer"]["produced"] == 4 * 2 and s["buffer"]["dropped"] == 0
     rows = metrics(sync_run["out"])
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    for key in ("actor/loss", "critic/loss", "reward", "kl", "timing/generate", "timing/update_actor",
-                "timing/update_critic", "timing/sync", "timing/step", "throughput/samples_per_s"):
-        assert all(key in r for r in rows), key
+    for key in ("actor/loss", "critic/loss", "reward", "kl") + STEP_KEYS:
+        assert all(isinstance(r.get(key), (int, float)) for r in rows), key
+    assert all(r["tflops/makers"] > 0 and r["tflops/actor_trainer"] > 0 for r in rows)
+    events = list((sync_run["out"] / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0  # TensorBoard gets the same scalars
     final = sync_run["out"] / "checkpoints" / "final"
     from transformers import AutoModelForCausalLM
 
@@ -105,6 +149,34 @@ def test_sync_run_completes_and_books_balance(sync_run):
 
     Critic.from_pretrained(str(final / "critic" / "model"), require_head=True)
     assert_no_leaks()
+
+
+# Stable names every PPO step has in metrics.jsonl (and TensorBoard).
+STEP_KEYS = ("timing/generate", "timing/ref", "timing/reward", "timing/values", "timing/update_actor",
+             "timing/update_critic", "timing/sync", "timing/step", "throughput/samples_per_s",
+             "throughput/generated_tokens_per_s", "throughput/trainer_tokens_per_s", "throughput/actor_tokens_per_s",
+             "throughput/critic_tokens_per_s", "tflops/makers", "tflops/actor_trainer", "tflops/critic_trainer")
+
+
+def test_prometheus_export_has_coati_series_tagged_by_role(sync_run):
+    text = sync_run["scraped"]
+    for name, role in REQUIRED_SERIES:
+        assert any(line.startswith(name + "{") and f'role="{role}"' in line for line in text.splitlines()), \
+            (name, role, text[:2000])
+    # index tags tell the two makers and the two actor-trainer ranks apart
+    assert 'index="1"' in text and 'stage="generate"' in text and 'stage="update_actor"' in text
+
+
+def test_report_command_on_a_real_ppo_run(sync_run, tmp_path):
+    from launch.report import main
+
+    run = tmp_path / "copy"
+    shutil.copytree(sync_run["out"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    assert main([str(run)]) == 0
+    for name in ("report.md", "plots/curves.png", "plots/timing.png", "plots/throughput.png"):
+        assert (run / name).stat().st_size > 0, name
+    report = (run / "report.md").read_text()
+    assert "`timing/update_actor`" in report and "`timing/generate`" in report and "## Config" in report
 
 
 def test_makers_equal_trainers_bit_for_bit_after_every_sync(sync_run):
@@ -172,6 +244,10 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 5 and len(evals) >= 2
     assert all(0.0 <= r["eval/gold_score"] <= 1.0 and "eval/kl_to_initial" in r for r in evals)
     assert len(summary["samples_last"]) == 4
+    train_rows = [r for r in metrics(cfg.output_dir) if "timing/step" in r]
+    assert len(train_rows) == 5
+    for key in STEP_KEYS:  # async steps too, even one in which no maker batch finished
+        assert all(isinstance(r.get(key), (int, float)) for r in train_rows), key
     assert_no_leaks()
 
 

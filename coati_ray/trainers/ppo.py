@@ -16,6 +16,7 @@ from coati_ray.algo.functional import action_log_probs, masked_mean, masked_whit
 from coati_ray.algo.losses import policy_loss, ptx_mix, sft_loss, value_loss
 from coati_ray.experience.batch import Experience
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
+from coati_ray.utils.flops import num_params, training_flops
 
 
 class PPOGroupTrainer:
@@ -24,6 +25,7 @@ class PPOGroupTrainer:
     def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int):
         self.strategy, self.ppo = strategy, ppo_cfg
         oc = group_cfg.optim
+        self.n_params = num_params(model)  # before the strategy shards it
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], oc, strategy.name)
         updates = total_steps * ppo_cfg.ppo_epochs * (ppo_cfg.rollout_batch_size // ppo_cfg.train_batch_size)
         scheduler = make_scheduler(optimizer, updates, oc.warmup_steps, oc.scheduler, oc.min_lr_ratio)
@@ -69,6 +71,7 @@ class PPOGroupTrainer:
         elapsed = time.perf_counter() - t0
         out[f"timing/update_{self.role}"] = elapsed
         out[f"throughput/{self.role}_tokens_per_s"] = totals[-1] * self.ppo.ppo_epochs / max(elapsed, 1e-9)
+        out[f"flops/{self.role}"] = training_flops(self.n_params, totals[-1] * self.ppo.ppo_epochs)  # whole group
         out[f"{self.role}/lr"] = self.scheduler.get_last_lr()[0]
         return out
 

@@ -27,7 +27,9 @@ def _jsonable(value):
 
 
 class RunLogger:
-    """Appends step metrics to metrics.jsonl and prints a progress line (only where `enabled`)."""
+    """Appends step metrics to metrics.jsonl and TensorBoard (`<run_dir>/tensorboard`), and shows
+    progress: a bar (step, ETA, chosen metrics) on a terminal, a line every `log_every` steps in a
+    log file or under `ray job submit`. Does nothing where not `enabled` (ranks other than 0)."""
 
     def __init__(self, run_dir: str, enabled: bool = True, stage: str = "", log_every: int = 1,
                  show: Optional[tuple[str, ...]] = None):
@@ -35,6 +37,8 @@ class RunLogger:
         self.run_dir, self.enabled, self.stage, self.log_every = run_dir, enabled, stage, log_every
         self.show = show
         self.start = time.time()
+        self._tb = None  # SummaryWriter, opened on the first record
+        self._bar = None  # tqdm bar on a terminal
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
 
@@ -42,9 +46,20 @@ class RunLogger:
         if not self.enabled:
             return
         self.record(step, metrics)
-        if step % self.log_every == 0 or step == total:
-            keys = self.show if self.show is not None else [k for k in metrics if not k.startswith("timing/")]
-            shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+        keys = self.show if self.show is not None else [k for k in metrics if not k.startswith("timing/")]
+        values = {k: metrics[k] for k in keys if isinstance(metrics.get(k), (int, float))}
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            if self._bar is None:
+                self._bar = tqdm(total=total, initial=step - 1, desc=self.stage, dynamic_ncols=True)
+            self._bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+            self._bar.update(1)
+            if step >= total:
+                self._bar.close()
+                self._bar = None
+        elif step % self.log_every == 0 or step == total:
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
             elapsed = time.time() - self.start
             eta = elapsed / max(step, 1) * (total - step)
             print(f"[{self.stage}] step {step}/{total}  {shown}  ({elapsed:.0f}s, eta {eta:.0f}s)", flush=True)
@@ -56,14 +71,44 @@ class RunLogger:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._writer()
+        if writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    writer.add_scalar(key, value, step)
+            writer.flush()  # once per step: cheap, and nothing is lost if the run is killed
+
+    def _writer(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+                self._tb = False
+                return None
+            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"), flush_secs=10)
+        return self._tb or None
 
     def info(self, message: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(f"[{self.stage}] {message}")
+        else:
             print(f"[{self.stage}] {message}", flush=True)
+
+    def close(self) -> None:
+        """Flush TensorBoard and end the progress bar (write_summary calls it)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb:
+            self._tb.close()
+            self._tb = None
 
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
             return
+        self.close()
         path = os.path.join(self.run_dir, "summary.json")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump({k: _jsonable(v) for k, v in summary.items()}, f, indent=2)
