@@ -38,7 +38,9 @@ demo: setup
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml
 
+# The RM starts from the SFT model, so `make rm` trains it first when it is missing.
 rm: setup
+	test -f runs/sft_tiny/checkpoints/final/config.json || $(VPY) -m launch.sft --config configs/sft_tiny.yaml
 	$(VPY) -m launch.rm --config configs/rm_tiny.yaml
 
 clean:

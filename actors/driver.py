@@ -28,7 +28,7 @@ from actors.group import get_or_fail_fast, user_errors
 from actors.maker import ExperienceMaker
 from actors.ppo_trainer import PPOTrainerRank
 from actors.replay_buffer import ReplayBuffer
-from coati_ray.config import to_dict
+from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
 from coati_ray.utils.flops import tflops
 from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
@@ -107,6 +107,8 @@ class PPOJob:
             self.shutdown()
 
     def _run(self, on_step, t_start: float) -> dict:
+        if self.logger.enabled:  # `--config <run>/config.yaml` reproduces the run, for scripts too
+            save_config(self.cfg, os.path.join(self.cfg.output_dir, "config.yaml"))
         self.start()
         if not self.resume_from:
             self._evaluate(block=True)  # the policy before PPO

@@ -61,8 +61,7 @@ class ReplayBuffer:
         from actors.metrics import ActorMetrics
 
         self.metrics = ActorMetrics("replay_buffer", 0)
-        self.metrics.set("buffer_capacity_samples", capacity)
-        self.metrics.set("buffer_fill_samples", 0)
+        self._publish_fill()
 
     # ------------------------------------------------------------------ producers
 
@@ -83,7 +82,7 @@ class ReplayBuffer:
             self.by_id[item.item_id] = item
             self.held_samples += num_samples
             self.peak_samples = max(self.peak_samples, self.held_samples)
-            self.metrics.set("buffer_fill_samples", self.held_samples)
+            self._publish_fill()
             self.produced += 1
             self.changed.notify_all()
             return item.item_id
@@ -180,7 +179,12 @@ class ReplayBuffer:
         self.items.remove(item)
         self.by_id.pop(item.item_id, None)
         self.held_samples -= item.num_samples
+        self._publish_fill()
+
+    def _publish_fill(self) -> None:
+        # Ray forgets a gauge that is not set for ~30 s, so capacity is re-sent with every change.
         self.metrics.set("buffer_fill_samples", self.held_samples)
+        self.metrics.set("buffer_capacity_samples", self.capacity)
 
     async def _wait(self, predicate, timeout_s: float) -> bool:
         try:

@@ -5,10 +5,8 @@ embedded local Ray; runs unchanged under `ray job submit --working-dir . -- pyth
 """
 
 import json
-import os
 import sys
 
-from coati_ray.config import save_config
 from coati_ray.config.ppo import PPOConfig
 from coati_ray.errors import CoatiError
 from launch.common import fail, load_job, parser_for, print_config_help, quiet_libraries, resolve_resume
@@ -27,8 +25,6 @@ def main(argv=None) -> int:
         job = PPOJob(cfg, resume_from=resume_from, ray_address=args.ray_address)
     except CoatiError as e:
         return fail(e)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
     try:
         summary = job.run()
     except CoatiError as e:

@@ -162,7 +162,7 @@ def test_prometheus_export_has_coati_series_tagged_by_role(sync_run):
     text = sync_run["scraped"]
     for name, role in REQUIRED_SERIES:
         assert any(line.startswith(name + "{") and f'role="{role}"' in line for line in text.splitlines()), \
-            (name, role, text[:2000])
+            (name, role, sorted({(ln.split("{")[0], ln.split("role=\"")[1].split("\"")[0]) for ln in text.splitlines() if "role=" in ln}))
     # index tags tell the two makers and the two actor-trainer ranks apart
     assert 'index="1"' in text and 'stage="generate"' in text and 'stage="update_actor"' in text
 
