@@ -1,3 +1,5 @@
-from coati_ray.evaluation.policy import PolicyEval, evaluate_policy, sample_table
+"""Judging a policy on held-out prompts (gold score, reward-model score, KL to the initial policy)."""
 
-__all__ = ["PolicyEval", "evaluate_policy", "sample_table"]
+from coati_ray.evaluation.policy import PolicyEval, evaluate_policy
+
+__all__ = ["PolicyEval", "evaluate_policy"]

@@ -24,14 +24,6 @@ class PolicyEval:
     num_samples: int
     samples: list[dict] = field(default_factory=list)
 
-    def as_metrics(self, prefix: str) -> dict:
-        out = {f"{prefix}/response_length": self.response_length}
-        for key in ("gold_score", "reward", "kl_to_initial"):
-            value = getattr(self, key)
-            if value is not None:
-                out[f"{prefix}/{key}"] = value
-        return out
-
 
 def sequence_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
     """KL(policy || initial) of each sampled response, summed over its tokens (k1 estimator).
@@ -94,13 +86,3 @@ def decode_responses(tokenizer, actions: torch.Tensor, action_mask: torch.Tensor
         ids = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
         out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return out
-
-
-def sample_table(before: list[dict], after: list[dict]) -> str:
-    """Markdown table of the same prompts answered before and after PPO."""
-    lines = ["| prompt | before PPO | gold | after PPO | gold |", "|---|---|---|---|---|"]
-    for b, a in zip(before, after):
-        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-        lines.append(f"| `{b['prompt']}` | `{b['response']}` | {fmt(b['gold_score'])} | "
-                     f"`{a['response']}` | {fmt(a['gold_score'])} |")
-    return "\n".join(lines)
