@@ -154,6 +154,7 @@ class PPOJob:
         if self.resume_from:
             self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
             truncate_metrics(cfg.output_dir, self.step)
+            self.evaluator.restore(self.step)
             self._export_weights()
         self._apply_scaling()
         ray.get([m.ready.remote() for m in self.makers.values()] + self._collect_loads())

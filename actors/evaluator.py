@@ -8,10 +8,13 @@ the policy version it scored, so the curves are exact even when the record arriv
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Optional
 
 import ray
 
+SAMPLES_FILE = "eval_samples.jsonl"  # one line per evaluation: {"version", "samples"}
 EVAL_KEYS = ("gold_score", "reward", "kl_to_initial", "response_length")
 
 
@@ -48,8 +51,37 @@ class PolicyEvaluator:
         metrics["timing/eval"] = result["seconds"]
         self.results.append({"version": result["version"], "metrics": metrics, "samples": result["samples"]})
         self.logger.record(result["version"], metrics)
+        if self.logger.enabled:
+            with open(os.path.join(self.logger.run_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"version": result["version"], "samples": result["samples"]}) + "\n")
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         self.logger.info(f"eval at version {result['version']}: {shown}")
+
+    def restore(self, up_to_version: int) -> None:
+        """On resume: the evaluations already logged (metrics.jsonl, eval_samples.jsonl) up to the
+        checkpoint, so the summary's first evaluation is still the policy before PPO."""
+        from coati_ray.reporting.curves import read_metrics
+
+        run_dir = self.logger.run_dir
+        samples = {}
+        path = os.path.join(run_dir, SAMPLES_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    samples[row["version"]] = row["samples"]
+            with open(path, "w", encoding="utf-8") as f:  # drop evaluations past the checkpoint
+                f.writelines(json.dumps({"version": v, "samples": s}) + "\n"
+                             for v, s in sorted(samples.items()) if v <= up_to_version)
+        for record in read_metrics(run_dir):
+            if "eval/response_length" in record and record["step"] <= up_to_version:
+                metrics = {k: v for k, v in record.items() if k.startswith("eval/") or k == "timing/eval"}
+                self.results.append({"version": record["step"], "metrics": metrics,
+                                     "samples": samples.get(record["step"], [])})
+        self.results.sort(key=lambda r: r["version"])
 
     def summary(self) -> dict:
         """First and last evaluation: metrics and sample generations (before/after PPO)."""

@@ -112,3 +112,23 @@ def test_report_command_refuses_a_dir_without_metrics(tmp_path, capsys):
 
     assert main([str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_evaluator_restores_earlier_evaluations_on_resume(tmp_path):
+    """After --resume the report still compares against the policy before PPO (version 0)."""
+    from actors.evaluator import SAMPLES_FILE, PolicyEvaluator
+    from coati_ray.utils.run_dir import RunLogger
+
+    logger = RunLogger(str(tmp_path), stage="ppo")
+    for v in (0, 2, 4):
+        logger.record(v, {"eval/gold_score": 0.5 + 0.1 * v, "eval/response_length": 5.0, "timing/eval": 1.0})
+        logger.record(v + 1, {"reward": 1.0, "timing/step": 0.5})
+    (tmp_path / SAMPLES_FILE).write_text("".join(
+        json.dumps({"version": v, "samples": [{"prompt": "p", "response": str(v), "gold_score": 1.0}]}) + "\n"
+        for v in (0, 2, 4)))
+    ev = PolicyEvaluator([{"prompt": "p"}], greedy=False, seed=0, samples_per_prompt=1, logger=logger)
+    ev.restore(up_to_version=2)
+    assert [r["version"] for r in ev.results] == [0, 2]
+    s = ev.summary()
+    assert s["eval_first"]["eval/gold_score"] == 0.5 and s["samples_first"][0]["response"] == "0"
+    assert [json.loads(x)["version"] for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()] == [0, 2]
