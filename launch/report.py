@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir")
     args = parser.parse_args(argv)
     from coati_ray.reporting.pipeline import STAGE_NAMES, write_pipeline_report
-    from coati_ray.reporting.run_report import _read_json, stage_report
+    from coati_ray.reporting.run_report import read_json, stage_report
 
     run_dir = args.run_dir
     stages = [s for s in STAGE_NAMES if os.path.isfile(os.path.join(run_dir, s, "metrics.jsonl"))]
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     for stage in stages:
         written.append(stage_report(os.path.join(run_dir, stage))["report_md"])
     if stages:
-        summary = _read_json(os.path.join(run_dir, "summary.json"))
+        summary = read_json(os.path.join(run_dir, "summary.json"))
         written.append(write_pipeline_report(run_dir, summary)["report_md"])
     else:
         written.append(stage_report(run_dir)["report_md"])

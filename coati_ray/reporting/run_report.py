@@ -80,7 +80,7 @@ def stage_report(run_dir: str) -> dict[str, Optional[str]]:
     }
     os.makedirs(plots, exist_ok=True)
     paths["timing"] = plot_timing(records, os.path.join(plots, "timing.png"))
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    summary = read_json(os.path.join(run_dir, "summary.json"))
     md = [f"# Run report: `{run_dir}`", "", f"{len(records)} metric records, last step "
           f"{max((r.get('step', 0) for r in records), default=0)}.", ""]
     if summary:
@@ -105,7 +105,7 @@ def stage_report(run_dir: str) -> dict[str, Optional[str]]:
     return paths
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     if not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as f:
