@@ -25,11 +25,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.cluster import NAMESPACE, connect
 from actors.evaluator import PolicyEvaluator
 from actors.group import get_or_fail_fast, user_errors
-from actors.maker import ExperienceMaker
+from actors.maker_pool import MakerPool
 from actors.ppo_trainer import PPOTrainerRank
 from actors.replay_buffer import ReplayBuffer
 from coati_ray.config import save_config, to_dict
-from coati_ray.errors import ConfigError
+from coati_ray.errors import ConfigError, WorkerLost
 from coati_ray.utils.flops import tflops
 from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
 
@@ -42,12 +42,14 @@ class PPOJob:
     def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
                  log: bool = True):
         from coati_ray.experience.prompts import PromptStream, read_prompt_data
-        from coati_ray.models.loading import load_tokenizer
+        from coati_ray.models.loading import check_tokenizer_fits, load_tokenizer
 
         self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address
         self.cfg_dict = to_dict(cfg)
         # Everything the user can get wrong in the data is read here, before any Ray resource.
         tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
+        for key in ("actor", "critic", "reward"):
+            check_tokenizer_fits(tokenizer, getattr(cfg, key).path, f"{key}.path")
         prompts, self.prompt_report, eval_items = read_prompt_data(cfg.data, tokenizer)
         self.step, self.version = 0, 0
         position = 0
@@ -61,17 +63,12 @@ class PPOJob:
                                 show=PROGRESS_KEYS)
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
                                          cfg.ppo.eval_samples_per_prompt, self.logger)
-        self.makers: dict[int, object] = {}
-        self.inflight: dict[int, ray.ObjectRef] = {}
-        self.pending_loads: list = []
-        self.retiring: dict[int, tuple] = {}  # removed makers still finishing their last batch
-        self.next_maker_index = 0
+        self.pool: Optional[MakerPool] = None
         self.target_makers = cfg.maker.num_makers
         self.lock = threading.Lock()
         self.groups: dict[str, list] = {}
         self.pgs: list = []
         self.buffer = None
-        self.weights = None  # (actor_ref, critic_ref, version) of the newest export
         self.step_makes: list[dict] = []  # maker statistics gathered during the current step
         self.started_ray = False
         self._metrics = None
@@ -96,7 +93,12 @@ class PPOJob:
 
     @property
     def num_makers(self) -> int:
-        return len(self.makers)
+        return len(self.pool) if self.pool else 0
+
+    @property
+    def makers(self) -> dict:
+        """Maker actor handles by index (read-only view, for callbacks and tests)."""
+        return dict(self.pool.makers) if self.pool else {}
 
     def run(self, on_step: Optional[Callable[["PPOJob", int, dict], None]] = None) -> dict:
         t_start = time.time()
@@ -148,17 +150,20 @@ class PPOJob:
             cfg.buffer.capacity, {r: self._group_cfg(r).resources.num_ranks for r in ROLES}, max_staleness,
             cfg.buffer.timeout_s)
         ray.get(self.buffer.set_version.remote(self.version))
+        self.pool = MakerPool(cfg, self.cfg_dict, self.buffer, self.prompts.next_batch, self._lora_only,
+                              self.logger.info)
         for role in ROLES:
             self._start_group(role)
-        get_or_fail_fast([ref for role in ROLES for ref in self._setup_group(role)])  # both groups at once
+        self._trainers([ref for role in ROLES for ref in self._setup_group(role)])  # both groups at once
         if self.resume_from:
             self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
             truncate_metrics(cfg.output_dir, self.step)
             self.evaluator.restore(self.step)
             self._export_weights()
         self._apply_scaling()
-        ray.get([m.ready.remote() for m in self.makers.values()] + self._collect_loads())
-        self.logger.info(f"{len(self.makers)} makers, actor group {len(self.groups['actor'])} rank(s) "
+        self.pool.ready()
+        self.pool.wait_loads()
+        self.logger.info(f"{len(self.pool)} makers, actor group {len(self.groups['actor'])} rank(s) "
                          f"[{cfg.actor_trainer.strategy.name}], critic group {len(self.groups['critic'])} rank(s) "
                          f"[{cfg.critic_trainer.strategy.name}], mode={cfg.ppo.mode}, {len(self.prompts.items)} prompts")
 
@@ -194,49 +199,43 @@ class PPOJob:
     def _apply_scaling(self) -> None:
         with self.lock:
             target = self.target_makers
-        m = self.cfg.maker
-        while len(self.makers) < target:
-            index = self.next_maker_index
-            self.next_maker_index += 1
-            maker = ExperienceMaker.options(name=f"maker-{index}", namespace=NAMESPACE, num_cpus=m.num_cpus,
-                                            num_gpus=m.num_gpus, max_restarts=m.max_restarts).remote(
-                index, self.cfg_dict, self.buffer, m.torch_threads)
-            self.makers[index] = maker
-            if self.weights is not None:  # a maker that joins mid-run starts from the current policy
-                actor_ref, critic_ref, version = self.weights
-                self.pending_loads.append(maker.load_weights.remote(actor_ref, critic_ref, version, self._lora_only))
-            self.logger.info(f"maker-{index} added ({len(self.makers)} makers)")
-        while len(self.makers) > target:
-            index = max(self.makers)
-            maker = self.makers.pop(index)
-            if index in self.inflight:
-                # Its batch may be waiting for buffer space that only the coming train step frees:
-                # retire it, and kill it once that batch has landed (nothing in flight is lost).
-                self.retiring[index] = (maker, self.inflight.pop(index))
-            else:
-                ray.kill(maker, no_restart=True)
-            self.logger.info(f"maker-{index} removed ({len(self.makers)} makers)")
+        self.pool.scale_to(target)
 
     @property
     def _lora_only(self) -> bool:
         return self.cfg.actor.lora_rank > 0
 
-    def _submit(self, index: int) -> None:
-        items, batch_id = self.prompts.next_batch()
-        self.inflight[index] = self.makers[index].make.remote(items, batch_id)
+    def _record_make(self, stats: Optional[dict]) -> None:
+        if stats is not None and stats.get("accepted", True):  # a refused copy produced nothing new
+            self.step_makes.append(stats)
 
-    def _record_make(self, stats: dict) -> None:
-        self.step_makes.append(stats)
+    def _trainers(self, refs: list) -> list:
+        """ray.get on trainer refs, failing fast; a dead rank ends the run with one line on how to resume."""
+        try:
+            return get_or_fail_fast(refs)
+        except ray.exceptions.RayActorError as e:
+            raise WorkerLost(self._trainer_lost(e)) from None
+        except ray.exceptions.RayTaskError as e:
+            # A peer of a dead rank may fail first (its collective lost a member): name the dead one.
+            if any(_is_dead(handle) for _, handle in self._trainer_names()):
+                raise WorkerLost(self._trainer_lost(e)) from None
+            raise
 
-    def _finished_loads(self) -> list[dict]:
-        if not self.pending_loads:
-            return []
-        done, self.pending_loads = ray.wait(self.pending_loads, num_returns=len(self.pending_loads), timeout=0)
-        return ray.get(done)
+    def _trainer_lost(self, err: BaseException) -> str:
+        from coati_ray.utils.run_dir import latest_checkpoint
 
-    def _collect_loads(self) -> list:
-        loads, self.pending_loads = self.pending_loads, []
-        return loads
+        dead = [name for name, handle in self._trainer_names()
+                if _is_dead(handle)] or ["a trainer rank"]
+        ckpt = latest_checkpoint(self.cfg.output_dir)
+        how = (f"resume with --resume (latest checkpoint: {ckpt})" if ckpt else
+               "no checkpoint was saved yet (set ppo.save_every), so rerun from the start")
+        return (f"run error: {', '.join(dead)} died at step {self.step + 1} ({type(err).__name__}); a trainer group "
+                f"cannot lose a rank, so the run stops; {how}")
+
+    def _trainer_names(self):
+        for role, ranks in self.groups.items():
+            for rank, handle in enumerate(ranks):
+                yield f"{role}-trainer-{rank}", handle
 
     # ------------------------------------------------------------------ one step
 
@@ -246,73 +245,56 @@ class PPOJob:
         self._apply_scaling()
         self.step_makes = []
         if cfg.ppo.mode == "sync":
-            ray.get(self._collect_loads())  # e.g. a maker added this step: on-policy from its first batch
+            self.pool.wait_loads()  # e.g. a maker added this step: on-policy from its first batch
         step = self.step
         train_refs = {role: [r.train_step.remote(self.buffer, self.items_per_step, step) for r in ranks]
                       for role, ranks in self.groups.items()}
         all_train = [ref for refs in train_refs.values() for ref in refs]
         t_gen = time.perf_counter()
         if cfg.ppo.mode == "sync":
-            indices = sorted(self.makers)
-            refs = []
-            for j in range(self.items_per_step):
-                items, batch_id = self.prompts.next_batch()
-                refs.append(self.makers[indices[j % len(indices)]].make.remote(items, batch_id))
-            for stats in get_or_fail_fast(refs):
+            for stats in self.pool.make_batches(self.items_per_step):
                 self._record_make(stats)
             generate_wall = time.perf_counter() - t_gen
-            results = get_or_fail_fast(all_train)
+            results = self._trainers(all_train)
         else:
             generate_wall = None
-            for index in self.makers:
-                if index not in self.inflight:
-                    self._submit(index)
+            self.pool.fill()
             remaining = set(all_train)
             while remaining:
-                retiring = {r: i for i, (_, r) in self.retiring.items()}
-                waiting = list(remaining) + list(self.inflight.values()) + list(retiring)
-                done, _ = ray.wait(waiting, num_returns=1)
+                makers = self.pool.refs()
+                done, _ = ray.wait(list(remaining) + list(makers), num_returns=1)
                 ref = done[0]
                 if ref in remaining:
-                    ray.get(ref)  # raises at once if a trainer rank failed
+                    self._trainers([ref])  # raises at once if a trainer rank failed
                     remaining.discard(ref)
-                    continue
-                if ref in retiring:
-                    maker, _ = self.retiring.pop(retiring[ref])
-                    self._record_make(ray.get(ref))
-                    ray.kill(maker, no_restart=True)
-                    continue
-                index = next(i for i, r in self.inflight.items() if r == ref)
-                self._record_make(ray.get(self.inflight.pop(index)))
-                self._submit(index)  # run ahead: generate the next batch with the weights it has
-            results = ray.get(all_train)
+                else:
+                    self._record_make(self.pool.landed(ref))  # and the maker goes on with its next batch
+            results = self._trainers(all_train)
         t_train_end = time.perf_counter()
         self.step += 1
         self.version += 1
         ray.get(self.buffer.set_version.remote(self.version))
         sync = self._export_weights()
         if cfg.ppo.mode == "sync":
-            load_results = ray.get(self._collect_loads())
+            load_results = self.pool.wait_loads()
         else:
             # A maker blocked on a full buffer runs its queued load only after its batch lands, so
             # async mode never waits on loads: it reports the ones that have finished.
-            load_results = self._finished_loads()
+            load_results = self.pool.finished_loads()
         metrics = self._step_metrics(results, train_refs, sync, load_results, time.perf_counter() - t0,
                                      t_train_end - t0, generate_wall)
         return metrics
 
     def _evaluate(self, block: bool) -> None:
-        if self.makers:
-            self.evaluator.submit(self.makers[min(self.makers)], block)
+        if self.pool.first() is not None:
+            self.evaluator.submit(self.pool.first(), block)
 
     def _export_weights(self) -> dict:
         """Trainer rank 0 of each group puts its weights once; every maker is told to load them."""
         t = time.perf_counter()
-        actor_out = ray.get([r.export_weights.remote(self._lora_only) for r in self.groups["actor"]])[0]
-        critic_out = ray.get([r.export_weights.remote(False) for r in self.groups["critic"]])[0]
-        self.weights = (actor_out, critic_out, self.version)
-        for maker in self.makers.values():
-            self.pending_loads.append(maker.load_weights.remote(actor_out, critic_out, self.version, self._lora_only))
+        actor_out = self._trainers([r.export_weights.remote(self._lora_only) for r in self.groups["actor"]])[0]
+        critic_out = self._trainers([r.export_weights.remote(False) for r in self.groups["critic"]])[0]
+        self.pool.broadcast((actor_out, critic_out, self.version))
         return {"export_seconds": time.perf_counter() - t}
 
     def _step_metrics(self, results, train_refs, sync, loads, step_s, train_s, generate_wall) -> dict:
@@ -348,7 +330,8 @@ class PPOJob:
         self.metrics.stages({"timing/step": step_s, "timing/sync": m["timing/sync"]})
         self.metrics.set("weight_sync_bytes", m["sync/bytes"])
         m["version"] = self.version
-        m["makers"] = len(self.makers)
+        m["makers"] = len(self.pool)
+        m["maker_restarts"] = self.pool.restarts
         stats = ray.get(self.buffer.stats.remote())
         m["buffer/held_samples"] = stats["held_samples"]
         m["buffer/capacity"] = stats["capacity"]
@@ -365,7 +348,7 @@ class PPOJob:
         tmp = path + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        get_or_fail_fast([r.save_checkpoint.remote(tmp, final) for ranks in self.groups.values() for r in ranks])
+        self._trainers([r.save_checkpoint.remote(tmp, final) for ranks in self.groups.values() for r in ranks])
         with open(os.path.join(tmp, "driver_state.json"), "w") as f:
             json.dump({"step": self.step, "version": self.version, "prompt_position": self.prompts.position}, f)
         with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:
@@ -380,21 +363,12 @@ class PPOJob:
     # ------------------------------------------------------------------ shutdown
 
     def _drain(self) -> None:
-        """Wait for batches still being generated (the closed buffer refuses them) and weight loads."""
-        retiring = [ref for _, ref in self.retiring.values()]
-        for ref in list(self.inflight.values()) + retiring + self._collect_loads():
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayError:
-                pass
-        self.inflight.clear()
+        self.pool.drain()
 
     def shutdown(self) -> None:
         """Kill every actor and remove every placement group this job created; stop Ray if we started it."""
-        for maker in list(self.makers.values()) + [m for m, _ in self.retiring.values()]:
-            ray.kill(maker, no_restart=True)
-        self.makers.clear()
-        self.retiring.clear()
+        if self.pool is not None:
+            self.pool.kill_all()
         for ranks in self.groups.values():
             for r in ranks:
                 ray.kill(r, no_restart=True)
@@ -412,7 +386,8 @@ class PPOJob:
     def _summary(self, history: list[dict], accounting: dict, wall: float) -> dict:
         last = history[-1] if history else {}
         first = history[0] if history else {}
-        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.makers),
+        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.pool),
+                "maker_restarts": self.pool.restarts, "maker_batches_regenerated": self.pool.regenerated,
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
                 "wall_seconds": wall, "buffer": accounting, **self.evaluator.summary(),
@@ -436,6 +411,16 @@ def check_cluster_fits(cfg, extra: str = "") -> None:
         raise ConfigError(f"config error: the job asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the Ray "
                           f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower "
                           f"{extra}maker.num_makers / num_cpus / num_gpus or the group sizes")
+
+
+def _is_dead(handle) -> bool:
+    try:
+        ray.get(handle.__ray_ready__.remote(), timeout=5)
+        return False
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:  # alive but busy (e.g. blocked in a collective)
+        return False
 
 
 def _scalars(metrics: dict) -> dict:

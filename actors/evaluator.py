@@ -43,7 +43,13 @@ class PolicyEvaluator:
             done, self.pending = self.pending, []
         else:
             done, self.pending = ray.wait(self.pending, num_returns=len(self.pending), timeout=0)
-        for result in sorted(ray.get(done), key=lambda r: r["version"]):
+        results = []
+        for ref in done:
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayActorError:  # its maker died; the next evaluation covers it
+                self.logger.info("an evaluation was lost with its maker (it is restarted); skipping it")
+        for result in sorted(results, key=lambda r: r["version"]):
             self._record(result)
 
     def _record(self, result: dict) -> None:

@@ -1,8 +1,9 @@
-"""The experience-maker actor: four models, one prompt batch at a time, experience into the buffer.
+"""The experience-maker actor: four models, one prompt batch at a time.
 
 Weights arrive between batches (Ray runs one method of an actor at a time, so a `load_weights`
 queued behind a `make` runs when that batch is done) and are loaded with strict key and shape
-checks. The experience is `ray.put` once; the buffer only ever sees its ObjectRef.
+checks. A batch's Experience is the task's second return value: it is stored once in the object
+store, owned by the driver, and the buffer only ever sees its ObjectRef.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from typing import Optional
 import ray
 
 
+class MakerBehind(RuntimeError):
+    """A maker asked to generate with a policy version it does not hold (it was restarted and has
+    not reloaded the current weights yet): the driver reloads them and sends the batch again."""
+
+
 @ray.remote
 class ExperienceMaker:
-    def __init__(self, index: int, cfg_dict: dict, buffer, torch_threads: Optional[int] = None):
+    def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None):
         import torch
 
         from coati_ray.config import from_dict
@@ -28,7 +34,7 @@ class ExperienceMaker:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.index, self.buffer = index, buffer
+        self.index = index
         self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
         self.tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
@@ -50,6 +56,10 @@ class ExperienceMaker:
     def ready(self) -> int:
         return self.index
 
+    def pid(self) -> int:
+        """The process id (fault-injection tests kill it with SIGKILL)."""
+        return os.getpid()
+
     def load_weights(self, actor_ref: list, critic_ref: Optional[list], version: int, lora_only: bool) -> dict:
         """Load weights exported by the trainers (refs wrapped in lists); strict keys, shapes and dtypes."""
         from coati_ray.models.weights import load_weights, state_bytes
@@ -68,10 +78,19 @@ class ExperienceMaker:
         self.metrics.set("weight_sync_bytes", moved)
         return {"seconds": seconds, "bytes": moved, "version": version}
 
-    def make(self, prompt_items: list[dict], batch_id: int) -> dict:
-        """Generate from `prompt_items`, score, put the Experience in the buffer; returns its statistics."""
+    @ray.method(num_returns=2)
+    def make(self, prompt_items: list[dict], batch_id: int, expected_version: Optional[int] = None) -> tuple:
+        """Generate from `prompt_items` and score them: returns (statistics, Experience).
+
+        The Experience is a task return, so it is owned by the driver that asked for it, not by this
+        process: experience already made survives this maker. The driver hands its ref to the buffer.
+        `expected_version` is the policy version the driver last sent this maker; a maker holding
+        another one (restarted, its loads lost) refuses rather than generate with stale weights.
+        """
         import torch
 
+        if expected_version is not None and expected_version != self.version:
+            raise MakerBehind(f"maker-{self.index} holds policy version {self.version}, expected {expected_version}")
         from coati_ray.algo.functional import masked_mean
         from coati_ray.data.datasets import collate_prompts
         from coati_ray.experience import make_experience
@@ -84,20 +103,16 @@ class ExperienceMaker:
         exp, timings = make_experience(self.models, self.tokenizer, batch["input_ids"].to(self.device),
                                        batch["attention_mask"].to(self.device), self.cfg.generation, self.cfg.ppo,
                                        version=self.version, maker=self.index, batch_id=batch_id)
-        ref = ray.put(exp)
-        t_put = time.perf_counter()
-        busy = t_put - t0
-        ray.get(self.buffer.put.remote([ref], exp.num_samples, exp.version, self.index, batch_id))
+        busy = time.perf_counter() - t0
         self.batches_made += 1
-        stats = {**timings, "timing/buffer_wait": time.perf_counter() - t_put,
-                 "timing/make": time.perf_counter() - t0, "reward": float(exp.reward.mean()),
+        stats = {**timings, "timing/make": busy, "reward": float(exp.reward.mean()),
                  "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
                  "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
                  "version": exp.version, "maker": self.index, "batch_id": batch_id,
                  "flops": experience_flops(self.n_params["actor"], self.n_params["reward"], self.n_params["critic"],
                                            float(exp.attention_mask.sum()))}
         self._publish(stats, busy)
-        return stats
+        return stats, exp
 
     def _publish(self, stats: dict, busy: float) -> None:
         from coati_ray.utils.flops import tflops
@@ -109,7 +124,6 @@ class ExperienceMaker:
         m.inc("generated_tokens_total", stats["generated_tokens"])
         m.set("reward_mean", stats["reward"])
         m.set("kl_mean", stats["kl"])
-        m.set("buffer_wait_seconds", stats["timing/buffer_wait"])
         m.set("tflops", tflops(stats["flops"], busy))
         m.stages({k: v for k, v in stats.items() if k in ("timing/generate", "timing/ref", "timing/reward",
                                                            "timing/values")})

@@ -21,7 +21,7 @@ SERIES = {
     "generated_tokens_total": ("counter", "response tokens a maker has generated"),
     "reward_mean": ("gauge", "mean reward-model score of the last batch"),
     "kl_mean": ("gauge", "mean per-token KL to the initial policy of the last batch"),
-    "buffer_wait_seconds": ("gauge", "seconds a maker waited for buffer space (full buffer: trainers are the bottleneck)"),
+    "buffer_wait_seconds": ("gauge", "seconds a maker batch waited for buffer space (full buffer: trainers are the bottleneck)"),
     "weight_sync_seconds": ("gauge", "seconds a maker spent loading the newest weights"),
     "weight_sync_bytes": ("gauge", "bytes a maker loaded in its last weight sync"),
     "buffer_fill_samples": ("gauge", "samples held in the replay buffer"),

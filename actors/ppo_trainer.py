@@ -75,7 +75,7 @@ class PPOTrainerRank:
         """Pull this rank's shard of `num_items` buffer items, run the PPO update, report what it used."""
         from coati_ray.experience import concat
 
-        shards, versions, staleness, ids = [], [], [], []
+        shards, versions, staleness, ids, batch_ids = [], [], [], [], []
         for _ in range(num_items):
             got = ray.get(buffer.get.remote(self.role, self.rank))
             exp = ray.get(got["ref"][0])
@@ -83,8 +83,9 @@ class PPOTrainerRank:
             versions.append(got["version"])
             staleness.append(got["staleness"])
             ids.append(got["item_id"])
+            batch_ids.append(got["batch_id"])
         metrics = self.trainer.train(concat(shards), step)
-        metrics["consumed"] = {"versions": versions, "staleness": staleness, "item_ids": ids}
+        metrics["consumed"] = {"versions": versions, "staleness": staleness, "item_ids": ids, "batch_ids": batch_ids}
         self._publish(metrics, staleness)
         return metrics
 

@@ -5,7 +5,9 @@ is full; consumers wait while it is empty; both give up with a clear error after
 Every item is delivered once to each consumer group, as one shard per rank of that group (ranks
 of a group receive the same items in the same order). An item whose policy version is more than
 `max_staleness` behind the current version when a group first asks for it is dropped for all
-groups and counted. The accounting always satisfies, per group:
+groups and counted. A batch id the buffer has already accepted is refused and counted (a maker that
+died after its put and regenerated the batch must not deliver it twice). The accounting always
+satisfies, per group:
 
     produced == delivered[group] + dropped + (items still held that the group has not finished)
 """
@@ -33,6 +35,9 @@ class _Item:
     taken: dict = field(default_factory=dict)                  # group -> ranks that fetched their shard
 
 
+DEDUP_WINDOW = 4096  # batch ids remembered for refusing a regenerated copy
+
+
 class BufferTimeout(RuntimeError):
     pass
 
@@ -54,6 +59,8 @@ class ReplayBuffer:
         self.delivered_samples = {g: 0 for g in groups}
         self.dropped_stale = 0
         self.dropped_at_close = 0
+        self.duplicates_refused = 0
+        self.accepted_batches: set[int] = set()
         self.max_staleness_delivered = {g: 0 for g in groups}
         self.peak_samples = 0
         self.closed = False
@@ -65,19 +72,28 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ producers
 
-    async def put(self, ref: list, num_samples: int, version: int, maker: int = 0, batch_id: int = 0,
+    async def put(self, ref: list, num_samples: int, version: int, maker: int = 0, batch_id: Optional[int] = None,
                   timeout_s: Optional[float] = None) -> int:
-        """Add one experience (ref wrapped in a list). Waits while it would overflow the capacity."""
+        """Add one experience (ref wrapped in a list). Waits while it would overflow the capacity.
+
+        Returns the item id, or -1 when `batch_id` was already accepted (the copy is refused).
+        """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         async with self.changed:
+            if self._is_duplicate(batch_id):
+                return -1
             ok = await self._wait(lambda: self.closed or self.held_samples == 0
                                   or self.held_samples + num_samples <= self.capacity, timeout_s)
             if self.closed:
                 raise RuntimeError("replay buffer is closed")
+            if self._is_duplicate(batch_id):  # the other copy landed while this one waited for space
+                return -1
             if not ok:
                 raise BufferTimeout(f"replay buffer full for {timeout_s:.0f}s ({self.held_samples}/{self.capacity} "
                                     "samples): trainers are not consuming; check the trainer actors' logs")
             item = _Item(next(self.ids), ref, num_samples, version, maker, batch_id)
+            if batch_id is not None:
+                self._remember(batch_id)
             self.items.append(item)
             self.by_id[item.item_id] = item
             self.held_samples += num_samples
@@ -160,12 +176,27 @@ class ReplayBuffer:
     def stats(self) -> dict:
         return {"produced": self.produced, "delivered": dict(self.delivered),
                 "delivered_samples": dict(self.delivered_samples), "dropped_stale": self.dropped_stale,
-                "dropped_at_close": self.dropped_at_close, "dropped": self.dropped_stale + self.dropped_at_close,
+                "dropped_at_close": self.dropped_at_close, "duplicates_refused": self.duplicates_refused,
+                "dropped": self.dropped_stale + self.dropped_at_close,
                 "held_items": len(self.items), "held_samples": self.held_samples, "capacity": self.capacity,
                 "peak_samples": self.peak_samples, "version": self.version,
                 "max_staleness_delivered": dict(self.max_staleness_delivered)}
 
     # ------------------------------------------------------------------ internals
+
+    def _is_duplicate(self, batch_id: Optional[int]) -> bool:
+        if batch_id is None or batch_id not in self.accepted_batches:
+            return False
+        self.duplicates_refused += 1
+        return True
+
+    def _remember(self, batch_id: int) -> None:
+        # A copy can only race the batches in flight (about one per maker), so ids far behind the
+        # newest are forgotten and a days-long run keeps a bounded set.
+        self.accepted_batches.add(batch_id)
+        if len(self.accepted_batches) > 2 * DEDUP_WINDOW:
+            newest = max(self.accepted_batches)
+            self.accepted_batches = {b for b in self.accepted_batches if b > newest - DEDUP_WINDOW}
 
     def _next_unassigned(self, group: str) -> Optional[_Item]:
         for item in self.items:

@@ -2,7 +2,8 @@
 
 
 class CoatiError(Exception):
-    """Base class for errors caused by the user's input (config, data, model directories)."""
+    """Base class for errors the launchers print as one line: bad input (config, data, model
+    directories) and runs that cannot go on (a worker lost for good), each saying how to proceed."""
 
 
 class ConfigError(CoatiError):
@@ -15,3 +16,7 @@ class DataError(CoatiError):
 
 class ModelError(CoatiError):
     """A model directory is missing or unusable, or a state dict does not match a model."""
+
+
+class WorkerLost(CoatiError):
+    """A Ray actor the run cannot do without died (a trainer rank, or a maker past its restarts)."""

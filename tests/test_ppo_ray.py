@@ -1,55 +1,16 @@
 """Stage 3 end to end on a local Ray: makers, trainer groups, buffer accounting, weight sync, modes,
 scaling, LoRA sync, resume, and clean shutdown. One Ray instance serves the whole module."""
 
-import json
 import os
 import shutil
 
 import pytest
 import torch
 
-from coati_ray.config import load_config
-from coati_ray.config.ppo import PPOConfig
-from tests.conftest import REPO, data_path
+from tests.conftest import data_path
+from tests.ppo_helpers import assert_books_balance, assert_no_leaks, local_ray, metrics, ppo_config  # noqa: F401
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="coati", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}})
-    yield
-    ray.shutdown()
-
-
-def ppo_config(tiny_llama, reward_dir, out_dir, *overrides) -> PPOConfig:
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
-        f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "generation.max_new_tokens=6",
-        "buffer.timeout_s=120", *overrides], output_dir=str(out_dir))
-    cfg.validate()
-    return cfg
-
-
-def assert_books_balance(acc: dict) -> None:
-    for group, delivered in acc["delivered"].items():
-        assert acc["produced"] == delivered + acc["dropped"], (group, acc)
-    assert acc["held_items"] == 0 and acc["peak_samples"] <= acc["capacity"]
-
-
-def assert_no_leaks() -> None:
-    from ray.util import placement_group_table
-
-    for name in ("maker-0", "maker-1", "actor-trainer-0", "actor-trainer-1", "critic-trainer-0", "replay-buffer"):
-        with pytest.raises(ValueError):
-            ray.get_actor(name, namespace="coati")
-    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
-
-
-def metrics(out_dir) -> list[dict]:
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")

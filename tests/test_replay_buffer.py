@@ -57,10 +57,23 @@ def test_timeouts_raise_clear_errors(local_ray):
         ray.get(buf.get.remote("actor", 0))
     assert isinstance(e.value.cause, BufferTimeout) and "makers are not producing" in str(e.value.cause)
     assert time.time() - t < 10
-    ray.get(put(buf))
+    ray.get(put(buf, batch_id=0))
     with pytest.raises(ray.exceptions.RayTaskError) as e:
-        ray.get(put(buf))
+        ray.get(put(buf, batch_id=1))
     assert isinstance(e.value.cause, BufferTimeout) and "trainers are not consuming" in str(e.value.cause)
+
+
+def test_a_regenerated_batch_is_refused_not_delivered_twice(local_ray):
+    """A maker that died after its put regenerates the batch: the copy must not reach a trainer."""
+    buf = make(capacity=8, groups={"actor": 1})
+    first = ray.get(put(buf, batch_id=7))
+    assert first >= 0 and ray.get(put(buf, batch_id=7)) == -1
+    ray.get(buf.get.remote("actor", 0))
+    assert ray.get(put(buf, batch_id=7)) == -1  # still refused after the original was consumed
+    assert ray.get(put(buf, batch_id=8)) >= 0
+    stats = ray.get(buf.close.remote())
+    assert stats["produced"] == 2 and stats["duplicates_refused"] == 2
+    assert stats["produced"] == stats["delivered"]["actor"] + stats["dropped"]
 
 
 def test_stale_items_dropped_and_counted(local_ray):
@@ -87,10 +100,10 @@ def test_ranks_waiting_together_all_get_the_item(local_ray):
     # Regression: rank 0 assigning the item used to leave rank 1 asleep (it waited only for a new,
     # unassigned item), which deadlocked a ddp group in its first collective.
     buf = make(capacity=16, groups={"actor": 2, "critic": 1}, timeout_s=20)
-    for _ in range(3):
+    for i in range(3):
         waiting = [buf.get.remote("actor", r) for r in (0, 1)] + [buf.get.remote("critic", 0)]
         time.sleep(0.3)
-        ray.get(put(buf))
+        ray.get(put(buf, batch_id=i))
         got = ray.get(waiting, timeout=10)
         assert len({g["item_id"] for g in got}) == 1
     assert ray.get(buf.stats.remote())["delivered"] == {"actor": 3, "critic": 3}

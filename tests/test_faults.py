@@ -1,0 +1,151 @@
+"""Fault injection on a live PPO job: makers killed (`ray.kill`, SIGKILL) are restarted and the run
+finishes with the books balanced and nothing delivered twice; a dead trainer rank stops the run at
+once with one line, a save it interrupted never looks complete, and `--resume` reaches the end."""
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from tests.ppo_helpers import assert_books_balance, assert_no_leaks, local_ray, metrics, ppo_config  # noqa: F401
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+# one naive rank per group keeps these runs short; the trainer-loss test uses a 2-rank ddp group
+SMALL = ("actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
+
+
+def kill_when_generating(pid: int, kill, timeout_s: float = 60.0):
+    """Start a thread that calls `kill()` as soon as process `pid` runs a `make` (Ray titles an actor's
+    process `ray::ExperienceMaker.make` while it executes one): the kill lands mid-batch, every time."""
+    import threading
+
+    fired = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                title = psutil.Process(pid).cmdline()
+            except psutil.Error:
+                return
+            if title and ".make" in title[0]:
+                kill()
+                fired.set()
+                return
+            time.sleep(0.002)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return fired
+
+
+def consumed_batch_ids(rows: list[dict], role: str) -> list[int]:
+    return [b for m in rows for b in m["consumed"][role]["batch_ids"]]
+
+
+def test_sync_makers_killed_idle_and_mid_batch_recover_on_policy(local_ray, tiny_llama, reward_dir, tmp_path):
+    """ray.kill of an idle maker, then SIGKILL of a maker while it generates: both are restarted,
+    reload the current weights, regenerate their batch, and every step still trains on experience
+    of the current policy."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "sync", *SMALL, "ppo.max_steps=5")
+    seen, rows, fired = [], [], []
+
+    def after_step(job, step, m):
+        rows.append(m)
+        makers = job.makers
+        if step == 1:
+            ray.kill(makers[0], no_restart=False)  # idle: Ray restarts it and it comes back at version 0
+        if step == 2:
+            pid = ray.get(makers[1].pid.remote())
+            fired.append(kill_when_generating(pid, lambda: os.kill(pid, signal.SIGKILL)))
+        if step >= 2:  # after the sync every maker holds exactly the trainers' weights
+            trainer = ray.get(job.groups["actor"][0].weights.remote())
+            states = [ray.get(mk.weights.remote()) for mk in makers.values()]
+            same = all(torch.equal(s["actor"][k], trainer[k]) for s in states for k in trainer)
+            seen.append({"step": step, "same": same, "versions": [s["version"] for s in states]})
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert fired[0].is_set()
+    assert summary["steps"] == 5 and summary["maker_restarts"] == 2 and summary["maker_batches_regenerated"] == 2
+    assert all(s["same"] and s["versions"] == [s["step"]] * 2 for s in seen), seen
+    for role in ("actor", "critic"):
+        # every batch exactly once, and in sync mode always made by the policy of the step before
+        assert sorted(consumed_batch_ids(rows, role)) == list(range(10))
+        for step, m in enumerate(rows, start=1):
+            assert m["consumed"][role]["versions"] == [step - 1] * 2, (step, m["consumed"][role])
+    acc = summary["buffer"]
+    assert_books_balance(acc)
+    assert acc["produced"] == 10 and acc["duplicates_refused"] == 0
+    assert_no_leaks()
+
+
+def test_async_makers_killed_mid_batch_regenerate_without_double_delivery(local_ray, tiny_llama, reward_dir,
+                                                                           tmp_path):
+    """Async mode: each maker is killed while it generates (one by ray.kill, one by SIGKILL); the run
+    finishes, each lost batch is made again, and no batch reaches a trainer twice."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", *SMALL, "ppo.mode=async", "ppo.max_staleness=2",
+                     "ppo.max_steps=6", "buffer.capacity=8")
+    rows, fired = [], []
+
+    def after_step(job, step, m):
+        rows.append(m)
+        if step == 1:
+            handle = job.makers[0]
+            pid = ray.get(handle.pid.remote())  # a maker is never blocked in a call: it answers promptly
+            fired.append(kill_when_generating(pid, lambda: ray.kill(handle, no_restart=False)))
+        if step == 3:
+            pid = ray.get(job.makers[1].pid.remote())
+            fired.append(kill_when_generating(pid, lambda: os.kill(pid, signal.SIGKILL)))
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert all(f.is_set() for f in fired) and len(fired) == 2
+    assert summary["steps"] == 6 and summary["maker_restarts"] == 2 and summary["maker_batches_regenerated"] == 2
+    acc = summary["buffer"]
+    assert_books_balance(acc)
+    for role in ("actor", "critic"):
+        ids = consumed_batch_ids(rows, role)
+        assert len(ids) == len(set(ids)) == 12, ids  # no batch reached a trainer twice
+        assert all(s <= 2 for m in rows for s in m["consumed"][role]["staleness"])
+    assert_no_leaks()
+
+
+def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_resume_finishes(
+        local_ray, tiny_llama, reward_dir, tmp_path, capsys):
+    """Rank 1 of a 2-rank ddp actor group dies right before the step-2 checkpoint: the run stops at
+    once with one line naming the rank and the checkpoint to resume from; the half-written step 2 is
+    never taken for a checkpoint; `--resume` from step 1 reaches step 3."""
+    from actors.driver import PPOJob
+    from coati_ray.errors import WorkerLost
+    from coati_ray.utils.run_dir import latest_checkpoint
+    from launch.common import resolve_resume
+
+    out = tmp_path / "trainer"
+    cfg = ppo_config(tiny_llama, reward_dir, out, "maker.num_makers=1", "ppo.max_steps=3", "ppo.save_every=1")
+
+    def after_step(job, step, m):
+        if step == 2:  # the save of step 2 comes next and needs every rank
+            ray.kill(job.groups["actor"][1], no_restart=True)
+
+    t = time.monotonic()
+    with pytest.raises(WorkerLost) as e:
+        PPOJob(cfg).run(on_step=after_step)
+    elapsed = time.monotonic() - t
+    msg = str(e.value)
+    assert "\n" not in msg and "actor-trainer-1 died" in msg and "--resume" in msg and "step_000001" in msg, msg
+    assert elapsed < 120, f"a dead rank must stop the run, not hang it ({elapsed:.0f}s)"
+    assert_no_leaks()
+    assert not (out / "checkpoints" / "step_000002").exists()
+    assert latest_checkpoint(str(out)) == str(out / "checkpoints" / "step_000001")
+
+    resume_from = resolve_resume("latest", str(out))
+    summary = PPOJob(cfg, resume_from=resume_from).run()
+    assert summary["steps"] == 3
+    assert [r["step"] for r in metrics(out) if "timing/step" in r] == [1, 2, 3]
+    assert_no_leaks()
