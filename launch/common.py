@@ -39,6 +39,14 @@ def quiet_libraries() -> None:
         pass
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """`ray job stop` and schedulers send SIGTERM: raise SystemExit so every `finally` runs and the
+    job releases its actors and placement groups itself rather than leaving it to Ray's reaper."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
     from coati_ray.utils.run_dir import COMPLETE_MARKER, latest_checkpoint
 
@@ -78,6 +86,7 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
     """Parse, validate (config and data) before anything heavy, then train on 1 rank or a Ray group."""
     args = parser_for(stage, description).parse_args(argv)
     quiet_libraries()
+    stop_cleanly_on_sigterm()
     if args.help_config:
         return print_config_help(cfg_cls)
     try:
@@ -108,9 +117,10 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
 
 def preflight_data(cfg, trainer_cls) -> None:
     """Read the tokenizer and every row now, so a bad row stops the run before Ray or a model starts."""
-    from coati_ray.models.loading import load_tokenizer
+    from coati_ray.models.loading import check_tokenizer_fits, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, cfg.model.trust_remote_code)
+    check_tokenizer_fits(tokenizer, cfg.model.path, "model.path")
     d = cfg.data
     items, _ = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
     if d.eval_path:

@@ -14,7 +14,7 @@ import time
 from coati_ray.config import load_config, save_config
 from coati_ray.config.pipeline import STAGES, PipelineConfig, prepare_pipeline_dict
 from coati_ray.errors import CoatiError
-from launch.common import fail, parser_for, print_config_help, quiet_libraries
+from launch.common import fail, parser_for, print_config_help, quiet_libraries, stop_cleanly_on_sigterm
 
 
 def main(argv=None) -> int:
@@ -23,6 +23,7 @@ def main(argv=None) -> int:
                         help="delete the stages' results already in the output dir and start again")
     args = parser.parse_args(argv)
     quiet_libraries()
+    stop_cleanly_on_sigterm()
     if args.help_config:
         return print_config_help(PipelineConfig)
     t0 = time.time()

@@ -9,12 +9,14 @@ import sys
 
 from coati_ray.config.ppo import PPOConfig
 from coati_ray.errors import CoatiError
-from launch.common import fail, load_job, parser_for, print_config_help, quiet_libraries, resolve_resume
+from launch.common import (fail, load_job, parser_for, print_config_help, quiet_libraries, resolve_resume,
+                           stop_cleanly_on_sigterm)
 
 
 def main(argv=None) -> int:
     args = parser_for("ppo", __doc__).parse_args(argv)
     quiet_libraries()
+    stop_cleanly_on_sigterm()
     if args.help_config:
         return print_config_help(PPOConfig)
     try:
