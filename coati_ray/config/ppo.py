@@ -166,6 +166,7 @@ class PPOConfig(JobConfig):
         self.data.validate()
         self.generation.validate()
         self.maker.validate()
+        self._check_models_agree()
         p = self.ppo
         for name in ("max_steps", "rollout_batch_size", "train_batch_size", "micro_batch_size", "ppo_epochs",
                      "log_every"):
@@ -207,3 +208,18 @@ class PPOConfig(JobConfig):
         if self.buffer.capacity < self.maker.batch_size:
             _fail("buffer.capacity", f"{self.buffer.capacity} samples cannot hold one maker batch "
                   f"({self.maker.batch_size})", f"set it to at least {self.maker.batch_size}")
+
+    def _check_models_agree(self) -> None:
+        """Critic and reward model read the actor's tokens, and every model must hold a whole sequence."""
+        from coati_ray.config.schema import model_config, require_fits_context
+
+        length = self.data.max_prompt_length + self.generation.max_new_tokens
+        vocab = model_config("actor.path", self.actor.path).get("vocab_size")
+        for key in ("actor", "critic", "reward"):
+            path = getattr(self, key).path
+            require_fits_context(f"{key}.path", path, length, "data.max_prompt_length + generation.max_new_tokens",
+                                 "lower data.max_prompt_length or generation.max_new_tokens")
+            theirs = model_config(f"{key}.path", path).get("vocab_size")
+            if key != "actor" and vocab and theirs and theirs != vocab:
+                _fail(f"{key}.path", f"'{path}' has a vocabulary of {theirs} but the actor's has {vocab}",
+                      "train the critic and reward model from the actor's base model and tokenizer")

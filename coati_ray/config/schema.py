@@ -210,6 +210,8 @@ class SFTConfig(JobConfig):
         self.optim.validate()
         self.trainer.validate(num_ranks=self.resources.num_ranks)
         self.check_layout()
+        require_fits_context("data.max_length", self.model.path, self.data.max_length, "data.max_length",
+                             "lower data.max_length to the model's context")
 
     def check_layout(self) -> None:
         if self.data.format not in ("auto", "messages", "instruction"):
@@ -248,10 +250,46 @@ def _require_dir(key: str, path: str) -> None:
         _fail(key, f"'{path}' is a file, not a directory", "point it at a Hugging Face model directory")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
 def _require_model_dir(key: str, path: str) -> None:
     _require_dir(key, path)
     if not os.path.isfile(os.path.join(path, "config.json")):
         _fail(key, f"'{path}' has no config.json", "point it at a directory written by save_pretrained()")
+    model_config(key, path)
+    if not any(name.endswith(WEIGHT_SUFFIXES) for name in os.listdir(path)):
+        _fail(key, f"'{path}' has a config.json but no weights (*.safetensors or *.bin)",
+              "point it at a complete save_pretrained() directory (an interrupted copy?)")
+
+
+def model_config(key: str, path: str) -> dict:
+    """The model directory's config.json, read as JSON (no model code, no weights)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            out = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        _fail(key, f"'{path}/config.json' is not valid JSON ({e})", "re-save the model with save_pretrained()")
+    if not isinstance(out, dict):
+        _fail(key, f"'{path}/config.json' is not a JSON object", "re-save the model with save_pretrained()")
+    return out
+
+
+def model_context(key: str, path: str) -> Optional[int]:
+    """Longest sequence the model's position embeddings cover, from config.json (None: not stated)."""
+    cfg = model_config(key, path)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(cfg.get(name), int):
+            return cfg[name]
+    return None
+
+
+def require_fits_context(key: str, path: str, length: int, what: str, fix: str) -> None:
+    context = model_context(key, path)
+    if context is not None and length > context:
+        _fail(key, f"{what} is {length} tokens but '{path}' has a context of {context}", fix)
 
 
 def _require_writable(path: str) -> None:
@@ -263,5 +301,16 @@ def _require_writable(path: str) -> None:
         probe = parent
     if os.path.exists(probe) and not os.path.isdir(probe):
         _fail("output_dir", f"'{probe}' is a file", "choose a directory path for --output-dir")
-    if not os.access(probe, os.W_OK):
+    if not os.access(probe, os.W_OK) or not _can_create_in(probe):
         _fail("output_dir", f"'{probe}' is not writable", "choose a writable --output-dir")
+
+
+def _can_create_in(directory: str) -> bool:
+    """Really try (os.access says yes to root everywhere, even on /proc): make and remove a temp dir."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".coati-write-probe-", dir=directory))
+        return True
+    except OSError:
+        return False

@@ -15,6 +15,8 @@ def load_rows(path: str, max_samples: Optional[int] = None):
     import datasets
 
     datasets.disable_progress_bars()
+    # datasets logs a parse failure itself before raising; the DataError below is the one line we show
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     if not os.path.exists(path):
         raise DataError(f"data error: '{path}' does not exist; check data.train_path / data.eval_path")
     try:

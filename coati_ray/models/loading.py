@@ -61,3 +61,13 @@ def check_vocab(tokenizer, model, where: Optional[str] = None) -> None:
     if len(tokenizer) > emb:
         raise ModelError(f"model error: tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                          f"{emb} rows{' (' + where + ')' if where else ''}; use the tokenizer saved with the model")
+
+
+def check_tokenizer_fits(tokenizer, path: str, key: str) -> None:
+    """Before any model loads: the tokenizer's ids must fit the vocabulary config.json declares."""
+    from coati_ray.config.schema import model_config
+
+    vocab = model_config(key, path).get("vocab_size")
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise ModelError(f"model error: {key}: the tokenizer has {len(tokenizer)} tokens but '{path}' has a "
+                         f"vocabulary of {vocab}; use the tokenizer saved with the model (or set tokenizer_path)")
