@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test demo sft rm clean
+.PHONY: setup assets test demo sft rm bench soak clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -42,6 +42,14 @@ sft: setup
 rm: setup
 	test -f runs/sft_tiny/checkpoints/final/config.json || $(VPY) -m launch.sft --config configs/sft_tiny.yaml
 	$(VPY) -m launch.rm --config configs/rm_tiny.yaml
+
+# Benchmarks (CPU, ~15 min; the first run also builds two pinned TRL venvs under runs/bench):
+# ours vs TRL's PPO, pipeline efficiency, maker scaling, weight sync, soak -> benchmarks/RESULTS.md
+bench: setup
+	$(VPY) -m benchmarks.run_all
+
+soak: setup
+	$(VPY) -m benchmarks.soak --steps 300
 
 clean:
 	rm -rf assets runs .pytest_cache

@@ -6,13 +6,13 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 import torch
 
 from tests.ppo_helpers import assert_books_balance, assert_no_leaks, local_ray, metrics, ppo_config  # noqa: F401
 
 ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
 
 # one naive rank per group keeps these runs short; the trainer-loss test uses a 2-rank ddp group
 SMALL = ("actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")

@@ -1,0 +1,98 @@
+"""Pipeline efficiency and maker scaling, on the workload of benchmarks/common.py.
+
+    python -m benchmarks.bench_pipeline [--steps 8]
+
+1. A maker alone (makers generate K steps' worth of experience into an idle buffer), then the
+   trainer groups alone (they train on that experience with every maker idle): two rates in
+   samples/s. The pipeline bound is the slower of the two.
+2. The full job in sync and async mode: samples trained per second, as a fraction of the bound.
+3. Maker scaling: the async job with 1, 2 and 4 makers (1 torch thread each) and a fixed trainer
+   group: experience produced per second, as speed-up over 1 maker. The buffer is large and the
+   staleness limit loose so the makers are not throttled by the trainers during the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import ray
+
+from benchmarks.common import OUT, ROLLOUT, ppo_config, save, steady
+
+
+def connect() -> None:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
+
+
+def standalone(steps: int) -> dict:
+    """Maker rate and trainer rate, each measured with the other stage idle, on the real actors."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(os.path.join(OUT, "standalone"), f"ppo.max_steps={steps}",
+                     f"buffer.capacity={ROLLOUT * (steps + 1)}")
+    job = PPOJob(cfg, log=False)
+    try:
+        job.start()
+        job.pool.make_batches(job.items_per_step)  # warm-up, consumed below
+        t = time.perf_counter()
+        for _ in range(steps - 1):
+            job.pool.make_batches(job.items_per_step)
+        maker_s = (time.perf_counter() - t) / (steps - 1)
+        times = []
+        for step in range(steps):
+            t = time.perf_counter()
+            ray.get([r.train_step.remote(job.buffer, job.items_per_step, step)
+                     for ranks in job.groups.values() for r in ranks])
+            times.append(time.perf_counter() - t)
+        trainer_s = steady(times, skip=1)
+    finally:
+        job.shutdown()
+    return {"maker_samples_per_s": ROLLOUT / maker_s, "trainer_samples_per_s": ROLLOUT / trainer_s,
+            "maker_step_seconds": maker_s, "trainer_step_seconds": trainer_s}
+
+
+def full_job(mode: str, steps: int, *overrides: str) -> dict:
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(os.path.join(OUT, f"job_{mode}"), f"ppo.mode={mode}", f"ppo.max_steps={steps}",
+                     "ppo.log_every=100", *overrides)
+    rows = []
+    PPOJob(cfg, log=False).run(on_step=lambda job, step, m: rows.append(m))
+    step_s = steady([r["timing/step"] for r in rows])
+    produced = steady([r["throughput/samples_per_s"] for r in rows])
+    return {"mode": mode, "step_seconds": step_s, "trained_samples_per_s": ROLLOUT / step_s,
+            "produced_samples_per_s": produced}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=8)
+    args = p.parse_args(argv)
+    connect()
+    try:
+        alone = standalone(args.steps)
+        bound = min(alone["maker_samples_per_s"], alone["trainer_samples_per_s"])
+        jobs = {mode: full_job(mode, args.steps) for mode in ("sync", "async")}
+        for j in jobs.values():
+            j["fraction_of_bound"] = j["trained_samples_per_s"] / bound
+        scaling = {}
+        for n in (1, 2, 4):
+            r = full_job("async", args.steps, f"maker.num_makers={n}", "maker.num_cpus=0.25", "ppo.max_staleness=1000",
+                         f"buffer.capacity={ROLLOUT * 64}")
+            scaling[n] = {"produced_samples_per_s": r["produced_samples_per_s"]}
+        for n in scaling:
+            scaling[n]["speedup"] = scaling[n]["produced_samples_per_s"] / scaling[1]["produced_samples_per_s"]
+    finally:
+        ray.shutdown()
+    result = {"standalone": alone, "bound_samples_per_s": bound,
+              "bound_stage": "maker" if alone["maker_samples_per_s"] <= alone["trainer_samples_per_s"] else "trainer",
+              "jobs": jobs, "maker_scaling": scaling, "steps": args.steps,
+              "command": "python -m benchmarks.bench_pipeline --steps %d" % args.steps}
+    save("pipeline", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

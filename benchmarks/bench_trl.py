@@ -1,0 +1,116 @@
+"""Ours against TRL's PPO trainer on one workload: same tiny model, tokenizer, prompts, generation
+length, batch sizes and PPO epochs, on this machine, one after the other.
+
+    python -m benchmarks.bench_trl [--steps 10] [--trl 0.19.1 1.12.0]
+
+Each TRL version runs in its own venv made by benchmarks/trl_env.sh (pinned; torch 2.5.1 like
+ours). The reward model is ours converted to AutoModelForSequenceClassification (score = our value
+head; its bias, a constant reward offset, has no place there and is dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks.common import EPOCHS, MICRO, MODEL, NEW_TOKENS, OUT, REPO, ROLLOUT, ppo_config, reward_model_dir, save
+from benchmarks.common import steady
+
+INPUTS = os.path.join(OUT, "trl_inputs")
+MAKER_BATCH, KL, LR = 8, 0.05, 1e-5
+
+
+def prepare() -> None:
+    """The prompts as token ids (our template, so both sides see identical inputs) and the RM as seq-cls."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from coati_ray.config.ppo import PromptDataConfig
+    from coati_ray.experience.prompts import read_prompt_data
+    from coati_ray.models.loading import load_tokenizer
+
+    os.makedirs(INPUTS, exist_ok=True)
+    tok = load_tokenizer(MODEL)
+    items, _, _ = read_prompt_data(PromptDataConfig(prompt_path=os.path.join(REPO, "data", "prompts", "train.jsonl"),
+                                                    max_prompt_length=32), tok)
+    with open(os.path.join(INPUTS, "prompts.jsonl"), "w") as f:
+        f.writelines(json.dumps({"input_ids": it["input_ids"]}) + "\n" for it in items)
+    rm_dir = reward_model_dir()
+    cfg = AutoConfig.from_pretrained(rm_dir, num_labels=1)
+    cfg.pad_token_id = tok.pad_token_id
+    seqcls = AutoModelForSequenceClassification.from_config(cfg)
+    backbone = load_file(os.path.join(rm_dir, "model.safetensors"))
+    missing = seqcls.model.load_state_dict(backbone, strict=False)
+    assert not missing.unexpected_keys, missing
+    head = load_file(os.path.join(rm_dir, "value_head.safetensors"))
+    with torch.no_grad():
+        seqcls.score.weight.copy_(head["weight"])
+    seqcls.save_pretrained(os.path.join(INPUTS, "rm"), safe_serialization=True)
+    with open(os.path.join(INPUTS, "workload.json"), "w") as f:
+        json.dump({"model": MODEL, "rollout": ROLLOUT, "micro": MICRO, "epochs": EPOCHS, "new_tokens": NEW_TOKENS,
+                   "maker_batch": MAKER_BATCH, "kl_coef": KL, "lr": LR}, f)
+
+
+def run_ours(steps: int) -> dict:
+    """Our job in sync mode (TRL is synchronous) with 1 maker and 1-rank naive groups on 2 CPUs."""
+    import ray
+
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(os.path.join(OUT, "vs_trl"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
+                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100")
+    rows = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
+    try:
+        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append(m))
+    finally:
+        ray.shutdown()
+    step_s = steady([r["timing/step"] for r in rows])
+    length = steady([r["response_length"] for r in rows])
+    return {"steps": len(rows), "step_seconds": step_s, "samples_per_s": ROLLOUT / step_s,
+            "generated_tokens_per_s": ROLLOUT * length / step_s, "mean_response_tokens": length}
+
+
+def run_trl(version: str, steps: int) -> dict:
+    subprocess.run(["bash", os.path.join(REPO, "benchmarks", "trl_env.sh"), version], check=True, cwd=REPO)
+    python = os.path.join(OUT, f"venv-trl-{version}", "bin", "python")
+    out = os.path.join(INPUTS, f"trl-{version}.json")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    env.pop("PYTHONPATH", None)
+    subprocess.run([python, os.path.join(REPO, "benchmarks", "trl_ppo.py"), "--inputs", INPUTS, "--steps", str(steps),
+                    "--out", out], check=True, cwd=INPUTS, env=env)
+    with open(out) as f:
+        return json.load(f)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--trl", nargs="*", default=["1.12.0", "0.19.1"])
+    args = p.parse_args(argv)
+    prepare()
+    ours = run_ours(args.steps)
+    rows = {}
+    for version in args.trl:
+        try:
+            rows[version] = run_trl(version, args.steps)
+        except subprocess.CalledProcessError as e:  # recorded, not hidden: RESULTS.md says it failed
+            rows[version] = {"error": f"exit {e.returncode}: {' '.join(map(str, e.cmd))[:300]}"}
+    for r in rows.values():
+        if "samples_per_s" in r:
+            r["ours_over_trl_samples"] = ours["samples_per_s"] / r["samples_per_s"]
+            r["ours_over_trl_tokens"] = ours["generated_tokens_per_s"] / r["generated_tokens_per_s"]
+    result = {"workload": {"model": os.path.relpath(MODEL, REPO), "rollout": ROLLOUT, "micro": MICRO,
+                           "epochs": EPOCHS, "new_tokens": NEW_TOKENS, "maker_batch": MAKER_BATCH,
+                           "steps": args.steps},
+              "ours": ours, "trl": rows, "command": "python -m benchmarks.bench_trl " + " ".join(argv or sys.argv[1:])}
+    save("vs_trl", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

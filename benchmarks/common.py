@@ -1,0 +1,95 @@
+"""What every benchmark shares: the tiny models it runs on, a PPO config, the machine, the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+OUT = os.path.join(REPO, "runs", "bench")
+RESULTS = os.path.join(OUT, "results")
+MODEL = os.path.join(REPO, "assets", "models", "tiny-llama-h128")  # 4 layers x 128, built by `make assets`
+PROMPTS = os.path.join(REPO, "data", "prompts", "train.jsonl")
+
+# The workload every throughput figure uses (ours and TRL's): 16 prompts per step, 16 new tokens,
+# one PPO epoch over one mini-batch of 16 in micro-batches of 4.
+ROLLOUT, NEW_TOKENS, MICRO, EPOCHS = 16, 16, 4, 1
+
+
+def reward_model_dir() -> str:
+    """A reward model laid out as the RM stage saves it: the base model plus a seeded random head."""
+    path = os.path.join(OUT, "models", "rm")
+    if not os.path.isfile(os.path.join(path, "value_head.safetensors")):
+        import torch
+
+        from coati_ray.models import RewardModel
+
+        torch.manual_seed(0)
+        RewardModel.from_pretrained(MODEL).save_pretrained(path)
+    return path
+
+
+def ppo_config(out_dir: str, *overrides: str):
+    from coati_ray.config import load_config
+    from coati_ray.config.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={MODEL}", f"critic.path={MODEL}", f"reward.path={reward_model_dir()}",
+        f"data.prompt_path={PROMPTS}", "data.max_prompt_length=32", f"generation.max_new_tokens={NEW_TOKENS}",
+        f"ppo.rollout_batch_size={ROLLOUT}", f"ppo.train_batch_size={ROLLOUT}", f"ppo.micro_batch_size={MICRO}",
+        f"ppo.ppo_epochs={EPOCHS}", "maker.batch_size=8", "maker.num_makers=1", "maker.num_cpus=0.5",
+        "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive", "buffer.capacity=64",
+        "buffer.timeout_s=600", *overrides], output_dir=out_dir)
+    cfg.validate()
+    return cfg
+
+
+def steady(values: list[float], skip: int = 2) -> float:
+    """Mean after the first `skip` (warm-up) values."""
+    kept = values[skip:] if len(values) > skip else values
+    return sum(kept) / max(len(kept), 1)
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "os": platform.platform()}
+
+
+def versions(*names: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def save(name: str, result: dict) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    result = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"[bench] {name}: " + json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
+    return path
+
+
+def load(name: str):
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,24 @@
+"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 10-15 minutes here
+(the first run also builds the two pinned TRL venvs)."""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks import bench_pipeline, bench_trl, bench_weight_sync, report, soak
+
+
+def main() -> None:
+    t = time.time()
+    for name, run in (("TRL comparison", lambda: bench_trl.main(["--steps", "10"])),
+                      ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
+                      ("weight sync", lambda: bench_weight_sync.main([])),
+                      ("soak", lambda: soak.main(["--steps", "300"]))):
+        print(f"[bench] === {name} ({time.time() - t:.0f}s so far)", flush=True)
+        run()
+    report.write()
+    print(f"[bench] done in {time.time() - t:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
