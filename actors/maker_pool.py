@@ -6,8 +6,10 @@ lets it generate before it has reloaded the current ones: every `make` carries t
 the pool last sent that maker, and a maker that holds another version refuses the batch
 (`MakerBehind`). On either signal, a dead maker or a refusal, the pool waits for the restart,
 reloads the newest weights and submits the *same* batch again (same prompts, same batch id, same
-sampling seed). The replay buffer refuses a batch id it already holds, so a batch whose first
-attempt reached the buffer just before the maker died is never delivered twice.
+sampling seed). A batch's Experience is the `make` task's return value, owned by the driver, and
+the pool puts it in the buffer only once the maker has returned it: a maker's death loses at most
+the batch it was generating, never one already made. The buffer also refuses a batch id it has
+accepted before, so no batch can be delivered twice.
 """
 
 from __future__ import annotations
@@ -163,9 +165,7 @@ class MakerPool:
         try:
             batch.stats = ray.get(batch.stats_ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-            if isinstance(e, ray.exceptions.RayTaskError) and not isinstance(unwrap_error(e), MakerBehind):
-                raise
-            if not recover:
+            if not recover or not _maker_lost(e):
                 raise
             reason = "was behind" if isinstance(unwrap_error(e), MakerBehind) else "died"
             self.info(f"maker-{batch.maker} {reason} during batch {batch.batch_id}; recovering and regenerating it")
@@ -215,7 +215,7 @@ class MakerPool:
             try:
                 result = self._advance(batch, recover=False)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                if isinstance(e, ray.exceptions.RayTaskError) and not isinstance(unwrap_error(e), MakerBehind):
+                if not _maker_lost(e):
                     raise
                 self.orphans.append(batch)  # a member maker makes it instead
                 self.retiring.pop(index)
@@ -285,3 +285,9 @@ class MakerPool:
             ray.kill(maker, no_restart=True)
         self.makers.clear()
         self.retiring.clear()
+
+
+def _maker_lost(err: BaseException) -> bool:
+    """A dead (or restarting) maker, or one that refused for holding other weights: recoverable.
+    Any other error raised inside `make` is a real failure and ends the run."""
+    return isinstance(err, ray.exceptions.RayActorError) or isinstance(unwrap_error(err), MakerBehind)

@@ -1,12 +1,13 @@
 """The replay-buffer actor: bounded, exact, and never touches a tensor.
 
-It holds ObjectRefs to experiences that makers `ray.put` once. Producers wait while the buffer
+It holds ObjectRefs to experiences stored once in the object store (a maker's `make` returns
+them; the driver hands the refs over). Producers wait while the buffer
 is full; consumers wait while it is empty; both give up with a clear error after `timeout_s`.
 Every item is delivered once to each consumer group, as one shard per rank of that group (ranks
 of a group receive the same items in the same order). An item whose policy version is more than
 `max_staleness` behind the current version when a group first asks for it is dropped for all
-groups and counted. A batch id the buffer has already accepted is refused and counted (a maker that
-died after its put and regenerated the batch must not deliver it twice). The accounting always
+groups and counted. A batch id the buffer has already accepted is refused and counted (a batch made
+again after its maker died must never reach a trainer twice). The accounting always
 satisfies, per group:
 
     produced == delivered[group] + dropped + (items still held that the group has not finished)

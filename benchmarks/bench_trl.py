@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import EPOCHS, MICRO, MODEL, NEW_TOKENS, OUT, REPO, ROLLOUT, ppo_config, reward_model_dir, save
-from benchmarks.common import steady
+from benchmarks.common import (EPOCHS, MICRO, MODEL, NEW_TOKENS, OUT, REPO, ROLLOUT, ppo_config, reward_model_dir,
+                               save, steady)
 
 INPUTS = os.path.join(OUT, "trl_inputs")
 MAKER_BATCH, KL, LR = 8, 0.05, 1e-5

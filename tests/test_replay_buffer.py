@@ -64,7 +64,7 @@ def test_timeouts_raise_clear_errors(local_ray):
 
 
 def test_a_regenerated_batch_is_refused_not_delivered_twice(local_ray):
-    """A maker that died after its put regenerates the batch: the copy must not reach a trainer."""
+    """A batch made again after its maker died must not reach a trainer twice."""
     buf = make(capacity=8, groups={"actor": 1})
     first = ray.get(put(buf, batch_id=7))
     assert first >= 0 and ray.get(put(buf, batch_id=7)) == -1
