@@ -84,7 +84,7 @@ def test_cuda_only_strategy_without_cuda(tiny_llama, tmp_path, monkeypatch, name
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    msg = error_of(lambda: sft(tiny_llama, tmp_path, f"strategy.name={name}"))
+    msg = error_of(lambda: sft(tiny_llama, tmp_path, f"strategy.name={name}", "strategy.precision=bf16"))
     assert "strategy.name" in msg and "needs CUDA" in msg and "ddp" in msg
 
 

@@ -138,7 +138,7 @@ def test_empty_missing_malformed_and_non_utf8(tmp_path):
         load_rows(str(tmp_path / "none.jsonl"))
     broken = tmp_path / "b.jsonl"
     broken.write_text('{"prompt": "a"}\n{"prompt": \n')
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="b.jsonl line 2 is not a JSON object .*data.on_bad_row=skip"):
         load_rows(str(broken))
     latin = tmp_path / "l.jsonl"
     latin.write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
@@ -162,3 +162,16 @@ def test_format_not_detectable(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"text": "hello"}])
     with pytest.raises(DataError, match="cannot tell the SFT layout"):
         build_sft_dataset(path, tokenizer, 64)
+
+
+def test_lines_that_are_not_json_are_skipped_and_counted_when_asked(tokenizer, tmp_path):
+    """on_bad_row=skip also covers a line the JSON reader cannot parse (it used to stop the run)."""
+    from coati_ray.data import build_prompt_dataset
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "sort: 3 1"}\n{"prompt": \n["a list"]\n{"prompt": "sort: 2 9"}\n{"question": "x"}\n')
+    items, report = build_prompt_dataset(str(path), tokenizer, 32, on_bad_row="skip")
+    assert [it["prompt"] for it in items] == ["sort: 3 1", "sort: 2 9"]
+    assert report.skipped_bad == 3  # two lines that are not JSON objects, one row without its field
+    with pytest.raises(DataError, match="p.jsonl line 2 is not a JSON object"):
+        build_prompt_dataset(str(path), tokenizer, 32)

@@ -47,6 +47,26 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return whitened * mask.to(x.dtype)
 
 
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """[sum, sum of squares, count] of `x` (B, A) over masked positions, in float64: what ranks
+    all-reduce so that statistics over a batch split across them equal those of the whole batch."""
+    m = mask.to(torch.float64)
+    x = x.to(torch.float64) * m
+    return [float(x.sum()), float((x * x).sum()), float(m.sum())]
+
+
+def whiten_from_moments(x: torch.Tensor, mask: torch.Tensor, moments: list[float], eps: float = 1e-8) -> torch.Tensor:
+    """Normalise `x` (B, A) with the mean and (Bessel-corrected) variance of summed `moments`
+    ([sum, sum of squares, count], possibly over several ranks); masked-out positions become 0."""
+    total, squares, n = moments
+    mean = total / max(n, 1.0)
+    var = max(squares / max(n, 1.0) - mean * mean, 0.0)
+    if n > 1:
+        var = var * n / (n - 1)
+    whitened = (x - mean) * (1.0 / (var + eps) ** 0.5)
+    return whitened * mask.to(x.dtype)
+
+
 def log_probs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(labels) under `logits`. logits: (B, T, V), labels: (B, T) -> (B, T).
 
@@ -57,14 +77,20 @@ def log_probs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def action_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, num_actions: int) -> torch.Tensor:
-    """Log-probs of the last `num_actions` tokens of each sequence.
+def action_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, num_actions: int,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of the last `num_actions` tokens of each sequence under softmax(logits / temperature).
 
     logits: (B, T, V) from a causal LM over input_ids (B, T). Token t is predicted by position
     t-1, so the result (B, A) holds log p(input_ids[:, T-A+i] | prefix) for i in 0..A-1.
+    `temperature` is the sampler's: the behaviour policy that generated the tokens is the tempered
+    one, so its log-probs (and the trainer's, in the ratio) must be too. top-k / top-p are not
+    applied: the log-prob is the tempered full distribution's, as in verl and OpenRLHF.
     """
-    shifted = log_probs_from_logits(logits[:, :-1, :], input_ids[:, 1:])
-    return shifted[:, -num_actions:]
+    logits = logits[:, -num_actions - 1:-1, :]  # only the positions that predict an action
+    if temperature != 1.0:
+        logits = logits.float() / temperature
+    return log_probs_from_logits(logits, input_ids[:, -num_actions:])
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,8 @@ class PPOAlgoConfig:
     """The PPO update and its rewards."""
 
     mode: Literal["sync", "async"] = opt("sync", "sync: on-policy; async: makers run ahead by <= max_staleness versions")
-    max_staleness: int = opt(1, "async: newest policy version minus an experience's version, at most")
+    max_staleness: int = opt(1, "async: trainer's version minus the version that made an experience, at most; "
+                                "batches that would exceed it are not started")
     max_steps: int = opt(10, "PPO steps (each: one rollout batch, ppo_epochs of updates, one weight sync)")
     rollout_batch_size: int = opt(8, "samples per step, over all makers")
     train_batch_size: int = opt(8, "samples per optimiser step (all ranks of a group together)")
@@ -90,7 +91,9 @@ class PPOAlgoConfig:
     clip_eps: float = opt(0.2, "policy ratio clip")
     value_clip_eps: float = opt(0.2, "value clip around the old values (0: off)")
     reward_clip: float = opt(10.0, "clip the RM score to [-c, c] (0: off)")
-    whiten_advantages: bool = opt(True, "normalise advantages over each rank's shard")
+    whiten_advantages: bool = opt(True, "normalise advantages over the group's whole rollout batch (all ranks)")
+    disable_dropout: bool = opt(True, "turn dropout off in every PPO model (as TRL does), so the policy that "
+                                      "sampled is the policy in the ratio; false keeps the checkpoints' dropout")
     ptx_coef: float = opt(0.0, "PPO-ptx: loss = ptx_coef * ptx + (1 - ptx_coef) * policy")
     ptx_batch_size: int = opt(4, "pretraining sequences per micro-batch when ptx_coef > 0")
     save_every: Optional[int] = opt(None, "checkpoint every N steps (None: at the end only)")
@@ -112,6 +115,11 @@ class MakerConfig:
     num_gpus: float = opt(0.0, "GPUs per maker (fractions colocate with trainers)")
     torch_threads: Optional[int] = opt(1, "torch threads per maker")
     max_restarts: int = opt(3, "Ray restarts of a dead maker")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "inference dtype of every maker model; auto: what each trainer group computes in (its "
+                "precision on zero2/gemini, else its model.dtype) and reward.dtype for the reward model")
+    start_timeout_s: float = opt(120.0, "a maker not scheduled and ready within this many seconds ends the run "
+                                        "with one line")
 
     def validate(self, key: str = "maker") -> None:
         if self.num_makers < 1:
@@ -124,7 +132,7 @@ class MakerConfig:
 class BufferConfig:
     """The replay-buffer actor between makers and trainers."""
 
-    capacity: int = opt(64, "samples held at most; producers wait when full")
+    capacity: int = opt(64, "samples held at most (>= one rollout batch); async makers run ahead no further")
     timeout_s: float = opt(600.0, "a producer or consumer waiting longer than this fails with a clear error")
 
 
@@ -182,7 +190,9 @@ class PPOConfig(JobConfig):
             g = getattr(self, group)
             g.resources.validate(f"{group}.resources")
             ranks = g.resources.num_ranks
-            g.strategy.validate(f"{group}.strategy", num_ranks=ranks)
+            model = getattr(self, group.split("_")[0])
+            g.strategy.validate(f"{group}.strategy", num_ranks=ranks, model_key=group.split("_")[0],
+                                model_dtype=model.dtype, lora=model.lora_rank > 0, machine=False)
             g.optim.validate(f"{group}.optim")
             per = p.micro_batch_size * ranks
             if p.train_batch_size % per:
@@ -191,10 +201,9 @@ class PPOConfig(JobConfig):
             if self.maker.batch_size % ranks:
                 _fail("maker.batch_size", f"{self.maker.batch_size} samples cannot be split evenly over the "
                       f"{ranks} ranks of {group}", f"use a multiple of {ranks}")
-        for model_key, group in (("actor", "actor_trainer"), ("critic", "critic_trainer")):
-            if getattr(self, model_key).lora_rank > 0 and getattr(self, group).strategy.name == "colossalai_gemini":
-                _fail(f"{model_key}.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
-                      f"use {group}.strategy.name=colossalai_zero2 or ddp, or {model_key}.lora_rank=0")
+        self._check_maker_dtype()
+        for group in ("actor_trainer", "critic_trainer"):
+            getattr(self, group).strategy.check_machine(f"{group}.strategy")
         if p.eval_samples_per_prompt < 1:
             _fail("ppo.eval_samples_per_prompt", f"must be >= 1, got {p.eval_samples_per_prompt}", "e.g. 4")
         if p.eval_every is not None and p.eval_every < 1:
@@ -205,9 +214,35 @@ class PPOConfig(JobConfig):
             _fail("ppo.ptx_coef", "PPO-ptx needs pretraining data", "set data.ptx_path or ppo.ptx_coef=0")
         if not 0 <= p.ptx_coef <= 1:
             _fail("ppo.ptx_coef", f"must be in [0, 1], got {p.ptx_coef}", "e.g. 0.1")
-        if self.buffer.capacity < self.maker.batch_size:
-            _fail("buffer.capacity", f"{self.buffer.capacity} samples cannot hold one maker batch "
-                  f"({self.maker.batch_size})", f"set it to at least {self.maker.batch_size}")
+        if self.buffer.capacity < p.rollout_batch_size:
+            _fail("buffer.capacity", f"{self.buffer.capacity} samples cannot hold one step's rollout batch "
+                  f"({p.rollout_batch_size})", f"set it to at least {p.rollout_batch_size}")
+        if self.maker.start_timeout_s <= 0:
+            _fail("maker.start_timeout_s", f"must be > 0, got {self.maker.start_timeout_s}", "e.g. 120")
+
+    def maker_dtype(self, model: str) -> str:
+        """The dtype a maker loads `model` ('actor', 'initial', 'critic', 'reward') in.
+
+        Trainers and makers are separate precisions: a trainer keeps its master weights (model.dtype, or
+        fp32 masters under zero2/gemini) and every weight sync casts to this dtype on purpose.
+        """
+        if self.maker.dtype != "auto":
+            return self.maker.dtype
+        if model == "reward":
+            return self.reward.dtype
+        key = "critic" if model == "critic" else "actor"
+        strategy = getattr(self, f"{key}_trainer").strategy
+        if strategy.name.startswith("colossalai") and strategy.precision != "fp32":
+            return {"bf16": "bfloat16", "fp16": "float16"}[strategy.precision]
+        return getattr(self, key).dtype
+
+    def _check_maker_dtype(self) -> None:
+        if self.maker.num_gpus > 0:
+            return
+        for model in ("actor", "critic", "reward"):
+            if self.maker_dtype(model) == "float16":
+                _fail("maker.dtype", f"makers on CPU (maker.num_gpus=0) would run the {model} in float16, which "
+                      "CPU kernels do not cover", "set maker.dtype=bfloat16 or float32, or give makers GPUs")
 
     def _check_models_agree(self) -> None:
         """Critic and reward model read the actor's tokens, and every model must hold a whole sequence."""

@@ -43,7 +43,8 @@ class ModelConfig:
     lora_alpha: float = opt(16.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA branch")
     lora_target_modules: str = opt("all-linear", "peft target_modules: 'all-linear' or comma-separated names")
-    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "parameter dtype when loading")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt(
+        "float32", "parameter dtype the trainer loads (naive/ddp train in it; zero2/gemini keep fp32 masters)")
     trust_remote_code: bool = opt(False, "allow model code shipped inside the checkpoint directory")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
 
@@ -86,12 +87,42 @@ class StrategyConfig:
 
     name: Literal["naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini"] = opt(
         "naive", "naive (one process), ddp (TorchDDPPlugin), colossalai_zero2[_cpu] (LowLevelZeroPlugin), colossalai_gemini")
-    precision: Literal["fp32", "bf16", "fp16"] = opt("fp32", "mixed precision for zero2/gemini (fp32 for naive/ddp)")
+    precision: Literal["fp32", "bf16", "fp16"] = opt(
+        "fp32", "zero2/gemini: compute precision over fp32 master weights (gemini: bf16/fp16 only); naive/ddp: fp32 "
+        "(they train in model.dtype)")
     grad_clip: float = opt(1.0, "max global gradient norm; 0 disables clipping")
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "torch.distributed backend; auto = nccl with CUDA else gloo")
     seed: int = opt(42, "seed for torch/numpy/python RNGs on every rank")
 
-    def validate(self, key: str = "strategy", num_ranks: int = 1, cuda_available: Optional[bool] = None) -> None:
+    def validate(self, key: str = "strategy", num_ranks: int = 1, cuda_available: Optional[bool] = None,
+                 model_key: str = "model", model_dtype: str = "float32", lora: bool = False,
+                 machine: bool = True) -> None:
+        """Every combination ColossalAI cannot run is refused here, before Ray or a model starts; then
+        (`machine`) what this machine lacks for it."""
+        if self.name == "naive" and num_ranks != 1:
+            _fail(f"{key}.name", f"'naive' runs a single process but {num_ranks} ranks were asked",
+                  "set strategy.name=ddp or resources.num_ranks=1")
+        if self.precision != "fp32" and self.name in ("naive", "ddp"):
+            _fail(f"{key}.precision", f"'{self.precision}' mixed precision is only run by the zero2/gemini "
+                  f"strategies ('{self.name}' trains in {model_key}.dtype)",
+                  f"use precision=fp32 (and {model_key}.dtype=bfloat16 for bf16 weights) or a colossalai_* strategy")
+        if self.name == "colossalai_gemini" and self.precision == "fp32":
+            _fail(f"{key}.precision", "ColossalAI's GeminiPlugin trains only in bf16 or fp16 mixed precision",
+                  "set precision=bf16 (fp32 master weights are kept by Gemini) or use colossalai_zero2")
+        if self.name == "colossalai_gemini" and lora:
+            _fail(f"{model_key}.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
+                  f"use strategy.name=colossalai_zero2 or ddp with LoRA, or set {model_key}.lora_rank=0")
+        if model_dtype == "float16" and self.name in ("naive", "ddp"):
+            _fail(f"{model_key}.dtype", f"float16 weights trained by '{self.name}' have no loss scaler and underflow",
+                  f"use {model_key}.dtype=bfloat16, or float32 with a colossalai_* strategy and precision=fp16")
+        if self.grad_clip < 0:
+            _fail(f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")
+        if machine:
+            self.check_machine(key, cuda_available)
+
+    def check_machine(self, key: str = "strategy", cuda_available: Optional[bool] = None) -> None:
+        """What the machine lacks comes after what the config gets wrong: a GPU config drafted on a
+        laptop learns its mistakes first."""
         if cuda_available is None:
             import torch
 
@@ -99,16 +130,8 @@ class StrategyConfig:
         if self.name in CUDA_ONLY_STRATEGIES and not cuda_available:
             _fail(f"{key}.name", f"'{self.name}' needs CUDA and no GPU is visible",
                   "use strategy.name=ddp (or naive) on CPU, or run on a GPU machine")
-        if self.name == "naive" and num_ranks != 1:
-            _fail(f"{key}.name", f"'naive' runs a single process but {num_ranks} ranks were asked",
-                  "set strategy.name=ddp or resources.num_ranks=1")
-        if self.precision != "fp32" and self.name in ("naive", "ddp"):
-            _fail(f"{key}.precision", f"'{self.precision}' is only supported by zero2/gemini strategies",
-                  "use precision=fp32 or load the model in bf16 with model.dtype=bfloat16")
         if self.backend == "nccl" and not cuda_available:
             _fail(f"{key}.backend", "nccl needs CUDA and no GPU is visible", "use backend=gloo or auto")
-        if self.grad_clip < 0:
-            _fail(f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")
 
 
 @dataclass
@@ -203,10 +226,8 @@ class SFTConfig(JobConfig):
         self.model.validate()
         self.data.validate()
         self.resources.validate()
-        self.strategy.validate(num_ranks=self.resources.num_ranks)
-        if self.model.lora_rank > 0 and self.strategy.name == "colossalai_gemini":
-            _fail("model.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
-                  "use strategy.name=colossalai_zero2 or ddp with LoRA, or set model.lora_rank=0")
+        self.strategy.validate(num_ranks=self.resources.num_ranks, model_dtype=self.model.dtype,
+                               lora=self.model.lora_rank > 0)
         self.optim.validate()
         self.trainer.validate(num_ranks=self.resources.num_ranks)
         self.check_layout()

@@ -13,7 +13,7 @@ import torch
 
 from coati_ray.algo.losses import IGNORE_INDEX
 from coati_ray.data.formats import detect_format, preference_pair, prompt_only, sft_messages
-from coati_ray.data.loading import load_rows, normalize_rows
+from coati_ray.data.loading import normalize_rows, read_rows
 from coati_ray.data.template import DEFAULT_TEMPLATE, ChatTemplate
 from coati_ray.errors import DataError
 
@@ -69,7 +69,7 @@ def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
 
 def build_sft_dataset(path: str, tokenizer, max_length: int, fmt: str = "auto", max_samples: Optional[int] = None,
                       on_bad_row: str = "error") -> tuple[list[dict], LoadReport]:
-    ds = load_rows(path, max_samples)
+    ds, malformed = read_rows(path, max_samples, on_bad_row)
     fmt = _resolve_format(ds, fmt, "sft", path)
     rows, skipped = normalize_rows(ds, lambda r: sft_messages(r, fmt), path, on_bad_row)
     out, truncated, empty = [], 0, 0
@@ -84,13 +84,13 @@ def build_sft_dataset(path: str, tokenizer, max_length: int, fmt: str = "auto", 
     if not out:
         raise DataError(f"data error: {path}: every reply was truncated away at max_length={max_length}; "
                         "raise data.max_length")
-    return out, LoadReport(path, len(out), skipped, truncated, empty)
+    return out, LoadReport(path, len(out), skipped + malformed, truncated, empty)
 
 
 def build_preference_dataset(path: str, tokenizer, max_length: int, fmt: str = "auto",
                              max_samples: Optional[int] = None, on_bad_row: str = "error",
                              template: ChatTemplate = DEFAULT_TEMPLATE) -> tuple[list[dict], LoadReport]:
-    ds = load_rows(path, max_samples)
+    ds, malformed = read_rows(path, max_samples, on_bad_row)
     fmt = _resolve_format(ds, fmt, "pairs", path)
     rows, skipped = normalize_rows(ds, lambda r: preference_pair(r, fmt), path, on_bad_row)
     out, truncated = [], 0
@@ -104,13 +104,13 @@ def build_preference_dataset(path: str, tokenizer, max_length: int, fmt: str = "
             truncated += len(ids) > max_length
             item[f"{side}_ids"] = ids[:max_length]
         out.append(item)
-    return out, LoadReport(path, len(out), skipped, truncated, 0)
+    return out, LoadReport(path, len(out), skipped + malformed, truncated, 0)
 
 
 def build_prompt_dataset(path: str, tokenizer, max_prompt_length: int, fmt: str = "auto",
                          max_samples: Optional[int] = None, on_bad_row: str = "error",
                          template: ChatTemplate = DEFAULT_TEMPLATE) -> tuple[list[dict], LoadReport]:
-    ds = load_rows(path, max_samples)
+    ds, malformed = read_rows(path, max_samples, on_bad_row)
     fmt = _resolve_format(ds, fmt, "prompt", path)
     rows, skipped = normalize_rows(ds, lambda r: prompt_only(r, fmt), path, on_bad_row)
     out, truncated = [], 0
@@ -120,7 +120,7 @@ def build_prompt_dataset(path: str, tokenizer, max_prompt_length: int, fmt: str 
             truncated += 1
             ids = ids[-max_prompt_length:]  # keep the end: the assistant prefix must stay
         out.append({"input_ids": ids, "prompt": row["prompt"]})
-    return out, LoadReport(path, len(out), skipped, truncated, 0)
+    return out, LoadReport(path, len(out), skipped + malformed, truncated, 0)
 
 
 def pad_right(seqs: list[list[int]], pad: int) -> torch.Tensor:

@@ -12,6 +12,15 @@ EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow"
 
 def load_rows(path: str, max_samples: Optional[int] = None):
     """A `datasets.Dataset` from a local .jsonl/.json/.parquet/.arrow file or `save_to_disk` directory."""
+    return read_rows(path, max_samples)[0]
+
+
+def read_rows(path: str, max_samples: Optional[int] = None, on_bad_row: str = "error"):
+    """(`datasets.Dataset`, lines skipped as invalid JSON) from a local file or `save_to_disk` directory.
+
+    A .jsonl line that is not valid JSON stops the run naming its file and line, or with
+    `on_bad_row='skip'` is skipped and counted like a row without its fields.
+    """
     import datasets
 
     datasets.disable_progress_bars()
@@ -38,7 +47,13 @@ def load_rows(path: str, max_samples: Optional[int] = None):
             if ext == ".arrow":
                 ds = datasets.Dataset.from_file(path)
             else:
-                ds = datasets.load_dataset(EXTENSIONS[ext], data_files=path, split="train", keep_in_memory=True)
+                try:
+                    ds = datasets.load_dataset(EXTENSIONS[ext], data_files=path, split="train", keep_in_memory=True)
+                except Exception:
+                    if ext != ".jsonl":
+                        raise
+                    ds, malformed = _jsonl_line_by_line(path, on_bad_row)  # which line, and maybe skip it
+                    return _limit(ds, path, max_samples), malformed
     except DataError:
         raise
     except Exception as e:  # datasets wraps parse errors in several exception types
@@ -47,11 +62,48 @@ def load_rows(path: str, max_samples: Optional[int] = None):
             cause = cause.__cause__
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise DataError(f"data error: cannot read '{path}' ({first[:200]}); check that it is well-formed") from None
+    return _limit(ds, path, max_samples), 0
+
+
+def _limit(ds, path: str, max_samples: Optional[int]):
     if len(ds) == 0:
         raise DataError(f"data error: '{path}' has no rows; it needs at least one")
     if max_samples is not None and len(ds) > max_samples:
         ds = ds.select(range(max_samples))
     return ds
+
+
+def _jsonl_line_by_line(path: str, on_bad_row: str):
+    """The rows of a .jsonl file the fast reader refused, parsed one line at a time: a line that is not a
+    JSON object names its file and line, or is skipped and counted."""
+    import json
+
+    import datasets
+
+    rows, malformed = [], 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"a JSON {type(row).__name__}, not an object")
+            except ValueError as e:
+                if on_bad_row == "skip":
+                    malformed += 1
+                    continue
+                reason = str(e).split(":")[0] if isinstance(e, json.JSONDecodeError) else str(e)
+                raise DataError(f"data error: {path} line {number} is not a JSON object ({reason}); fix the line "
+                                "or set data.on_bad_row=skip") from None
+            rows.append(row)
+    if not rows:
+        raise DataError(f"data error: '{path}' has no valid JSON rows; check that it is JSON Lines")
+    try:
+        return datasets.Dataset.from_list(rows), malformed
+    except Exception as e:  # rows whose fields do not share one type across lines
+        raise DataError(f"data error: cannot read '{path}' ({str(e).splitlines()[0][:200]}); give every row's "
+                        "fields the same types") from None
 
 
 def check_utf8(path: str, chunk_bytes: int = 1 << 20) -> None:

@@ -62,7 +62,9 @@ def evaluate_policy(actor, tokenizer, prompt_items: list[dict], gen, *, initial=
         responses = decode_responses(tokenizer, seqs[:, ids.size(1):], action_mask)
         lengths.extend(action_mask.sum(1).float().tolist())
         if initial is not None:
-            kl = sequence_kl(actor.log_probs(seqs, full_mask, A), initial.log_probs(seqs, full_mask, A), action_mask)
+            temperature = gen.temperature if gen.do_sample else 1.0  # the distributions the answers came from
+            kl = sequence_kl(actor.log_probs(seqs, full_mask, A, temperature),
+                             initial.log_probs(seqs, full_mask, A, temperature), action_mask)
             kls.extend(kl.tolist())
         if reward_model is not None:
             rewards.extend(reward_model(seqs, full_mask).float().tolist())

@@ -23,6 +23,26 @@ class ExperienceModels:
     critic: torch.nn.Module     # Critic
 
 
+def build_experience_models(cfg, device=None) -> ExperienceModels:
+    """The four models a maker holds for PPOConfig `cfg`: each in its maker dtype (`cfg.maker_dtype`),
+    frozen, in eval mode, with dropout off unless `ppo.disable_dropout` is false."""
+    import dataclasses
+
+    from coati_ray.models import Actor, build_actor, build_critic
+    from coati_ray.models.dropout import disable_dropout
+    from coati_ray.models.factory import build_reward_model
+
+    actor = build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor")))
+    initial = Actor.from_pretrained(cfg.actor.path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code)
+    reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")), require_head=True)
+    critic = build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")))
+    for m in (actor, initial, reward, critic):
+        m.to(device or "cpu").eval().requires_grad_(False)
+        if cfg.ppo.disable_dropout:
+            disable_dropout(m)
+    return ExperienceModels(actor=actor, initial=initial, reward=reward, critic=critic)
+
+
 @torch.no_grad()
 def make_experience(models: ExperienceModels, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     gen, ppo, version: int = 0, maker: int = 0, batch_id: int = 0) -> tuple[Experience, dict]:
@@ -37,9 +57,12 @@ def make_experience(models: ExperienceModels, tokenizer, input_ids: torch.Tensor
     timings["timing/generate"] = time.perf_counter() - t
     A = action_mask.size(1)
 
+    # The behaviour policy is the tempered one the sampler drew from; the reference is tempered alike
+    # so that the KL compares the same kind of distribution (verl does the same).
+    temperature = gen.temperature if gen.do_sample else 1.0
     t = time.perf_counter()
-    log_probs = models.actor.log_probs(sequences, mask, A)
-    ref_log_probs = models.initial.log_probs(sequences, mask, A)
+    log_probs = models.actor.log_probs(sequences, mask, A, temperature)
+    ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature)
     timings["timing/ref"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -39,26 +39,41 @@ class Actor(nn.Module):
             kwargs["position_ids"] = position_ids
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
 
-    def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_actions: int) -> torch.Tensor:
-        """Log-probs of the last `num_actions` tokens: (B, T) -> (B, A)."""
-        return action_log_probs(self(input_ids, attention_mask), input_ids, num_actions)
+    def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_actions: int,
+                  temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs of the last `num_actions` tokens under the tempered policy: (B, T) -> (B, A)."""
+        return action_log_probs(self(input_ids, attention_mask), input_ids, num_actions, temperature)
+
+    def eos_token_ids(self, tokenizer=None) -> list[int]:
+        """Every id that ends a response: the tokenizer's EOS and all of the generation config's
+        (chat models list several, e.g. llama-3's `<|eot_id|>`, qwen's `<|im_end|>`)."""
+        ids: list[int] = []
+        gen = getattr(self.model, "generation_config", None)
+        for source in (getattr(tokenizer, "eos_token_id", None), getattr(gen, "eos_token_id", None)):
+            for i in source if isinstance(source, (list, tuple)) else [source]:
+                if i is not None and int(i) not in ids:
+                    ids.append(int(i))
+        return ids
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None, *,
                  max_new_tokens: int = 32, do_sample: bool = True, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, eos_token_id: Optional[int] = None,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None,
                  pad_token_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample continuations of left-padded prompts (B, P).
 
         Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
         longest response in the batch; tokens after a sequence's EOS are padding with mask 0
-        (the EOS itself is an action and is kept).
+        (the EOS itself is an action and is kept). `eos_token_id` (an id or a list) defaults to
+        every EOS id of the tokenizer and the generation config.
         """
-        if tokenizer is not None:
-            eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-            pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        if eos_token_id is None:
+            eos_token_id = self.eos_token_ids(tokenizer) or None
+        if tokenizer is not None and pad_token_id is None:
+            pad_token_id = tokenizer.pad_token_id
         if pad_token_id is None:
-            pad_token_id = eos_token_id if eos_token_id is not None else 0
+            first = eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id
+            pad_token_id = first if first is not None else 0
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_token_id,
                       eos_token_id=eos_token_id)
         if do_sample:
@@ -71,11 +86,15 @@ class Actor(nn.Module):
         return sequences, full_mask, action_mask
 
 
-def response_mask(actions: torch.Tensor, eos_token_id: Optional[int]) -> torch.Tensor:
-    """1 up to and including the first EOS of each row, 0 after it. actions: (B, A) -> (B, A) long."""
-    if eos_token_id is None:
+def response_mask(actions: torch.Tensor, eos_token_id) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it. actions: (B, A) -> (B, A) long.
+
+    `eos_token_id`: one id, a list of ids (any of them ends the response) or None (no EOS)."""
+    if eos_token_id is None or eos_token_id == []:
         return torch.ones_like(actions)
-    is_eos = (actions == eos_token_id).long()
+    ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id],
+                          device=actions.device)
+    is_eos = torch.isin(actions, ids).long()
     # Number of EOS strictly before each position; valid while that count is 0.
     eos_before = is_eos.cumsum(dim=1) - is_eos
     return (eos_before == 0).long()

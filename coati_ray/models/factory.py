@@ -71,10 +71,13 @@ def export_model(module: nn.Module, path: str, merge_lora: bool = True, state_di
                  tokenizer=None) -> None:
     """Save an Actor / ValueModel as a Hugging Face directory loadable with `from_pretrained`.
 
-    LoRA models are merged into plain weights when `merge_lora`, else only the adapters are
-    written (peft layout). `state_dict` (keys of `module`) replaces the live weights, for
-    strategies whose parameters are sharded (Gemini gathers them first).
+    LoRA models are merged into plain weights when `merge_lora` (tensor by tensor on the CPU, never
+    a copy of the model), else only the adapters are written (peft layout). `state_dict` (keys of
+    `module`) replaces the live weights, for strategies whose parameters are sharded (Gemini gathers
+    them on rank 0 first).
     """
+    from coati_ray.models.lora import merged_state_dict
+
     os.makedirs(path, exist_ok=True)
     if isinstance(module, Actor):
         hf = module.model
@@ -82,14 +85,15 @@ def export_model(module: nn.Module, path: str, merge_lora: bool = True, state_di
             hf_state = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
             hf.save_pretrained(path, state_dict=hf_state, safe_serialization=True)
         elif is_lora(hf) and merge_lora:
-            _merged(hf).save_pretrained(path, safe_serialization=True)
+            hf.get_base_model().save_pretrained(path, state_dict=merged_state_dict(hf), safe_serialization=True)
         else:
             hf.save_pretrained(path, safe_serialization=True)
     elif isinstance(module, ValueModel):
         if is_lora(module.backbone) and state_dict is None:
             if merge_lora:
-                merged = type(module)(_merged(module.backbone), head=module.value_head)
-                merged.save_pretrained(path)
+                merged = {f"backbone.{k}": v for k, v in merged_state_dict(module.backbone).items()}
+                merged.update({f"value_head.{k}": v for k, v in module.value_head.state_dict().items()})
+                module.save_pretrained(path, state_dict=merged)
             else:
                 from safetensors.torch import save_file
 
@@ -102,10 +106,3 @@ def export_model(module: nn.Module, path: str, merge_lora: bool = True, state_di
         raise TypeError(f"cannot export a {type(module).__name__}")
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
-
-
-def _merged(peft_model: nn.Module) -> nn.Module:
-    """A merged copy; the live peft model keeps training with its adapters."""
-    import copy
-
-    return copy.deepcopy(peft_model).merge_and_unload()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Union
 
+import torch
 from torch import nn
 
 
@@ -47,3 +48,45 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+@torch.no_grad()
+def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's weights with every active LoRA delta added, keyed as the plain HF model names
+    them, built tensor by tensor on the CPU.
+
+    Equal bit for bit to `copy.deepcopy(peft_model).merge_and_unload().state_dict()` (the same
+    `weight += B @ A * scaling` in the base weight's dtype), without the deep copy: on a GPU that copy
+    is a second whole model on the device. Tensors that share storage (tied embeddings) stay shared.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    deltas = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            if any(module.use_dora.values()):
+                raise NotImplementedError("merging DoRA adapters is not supported; use peft's merge_and_unload")
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                    delta = module.get_delta_weight(adapter).to("cpu")
+                    key = f"{name}.weight"
+                    deltas[key] = deltas[key] + delta if key in deltas else delta
+    out: dict[str, torch.Tensor] = {}
+    copies: dict[int, torch.Tensor] = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        plain = key.replace(".base_layer.", ".")
+        if plain in deltas:
+            merged = value.detach().to("cpu", copy=True)
+            merged += deltas.pop(plain)
+            out[plain] = merged
+            continue
+        ptr = value.data_ptr()
+        if ptr not in copies:
+            copies[ptr] = value.detach().to("cpu", copy=True)
+        out[plain] = copies[ptr]
+    if deltas:
+        raise RuntimeError(f"LoRA deltas without a base weight: {sorted(deltas)[:3]}")
+    return out

@@ -89,7 +89,9 @@ class ValueModel(nn.Module):
         state = state_dict if state_dict is not None else self.state_dict()
         backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         head_state = {k[len("value_head."):]: v.contiguous() for k, v in state.items() if k.startswith("value_head.")}
-        self.backbone.save_pretrained(path, state_dict=backbone_state, safe_serialization=True)
+        # A LoRA backbone given merged weights saves through its plain HF model (peft would write adapters).
+        hf = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        hf.save_pretrained(path, state_dict=backbone_state, safe_serialization=True)
         save_file(head_state, os.path.join(path, VALUE_HEAD_FILE))
         with open(os.path.join(path, VALUE_META_FILE), "w") as f:
             json.dump({"kind": type(self).__name__, "hidden_size": self.value_head.in_features}, f)

@@ -1,7 +1,10 @@
 """Moving weights between a trainer and a maker: export once, load with strict key and shape checks.
 
 Coati's Ray prototype loaded synced weights with `strict=False`, so a key mismatch silently
-updated nothing. Here any missing, unexpected or mis-shaped tensor is an error.
+updated nothing. Here any missing, unexpected or mis-shaped tensor is an error. Dtypes may differ on
+purpose: a trainer keeps fp32 master weights (or computes in bf16 under ZeRO/Gemini) while makers
+infer in `maker.dtype`; a floating tensor is cast to the receiver's dtype and counted. A non-floating
+tensor (an index buffer) must match exactly.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ def export_weights(module: nn.Module, lora_only: bool) -> dict[str, torch.Tensor
 
 
 def check_compatible(module: nn.Module, state: dict[str, torch.Tensor], lora_only: bool) -> None:
-    """Raise ModelError unless `state` has exactly the expected keys with matching shapes and dtypes."""
+    """Raise ModelError unless `state` has exactly the expected keys with matching shapes (and dtypes,
+    for non-floating tensors; floating ones are cast on load)."""
     own = lora_state(module) if lora_only else module.state_dict()
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     wrong = sorted(k for k in own.keys() & state.keys()
-                   if own[k].shape != state[k].shape or own[k].dtype != state[k].dtype)
+                   if own[k].shape != state[k].shape or (own[k].dtype != state[k].dtype
+                                                         and not (own[k].is_floating_point()
+                                                                  and state[k].is_floating_point())))
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -48,12 +54,16 @@ def check_compatible(module: nn.Module, state: dict[str, torch.Tensor], lora_onl
 
 
 @torch.no_grad()
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], lora_only: bool) -> None:
-    """Copy `state` into `module` in place after `check_compatible`."""
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], lora_only: bool) -> int:
+    """Copy `state` into `module` in place after `check_compatible`; returns how many tensors were cast
+    to the receiver's dtype (`copy_` casts exactly as `tensor.to(dtype)` does)."""
     check_compatible(module, state, lora_only)
     own = module.state_dict()
+    casts = 0
     for k, v in state.items():
+        casts += own[k].dtype != v.dtype
         own[k].copy_(v)
+    return casts
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:

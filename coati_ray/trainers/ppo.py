@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from coati_ray.algo.functional import action_log_probs, masked_mean, masked_whiten
+from coati_ray.algo.functional import action_log_probs, masked_mean, masked_moments, whiten_from_moments
 from coati_ray.algo.losses import policy_loss, ptx_mix, sft_loss, value_loss
 from coati_ray.experience.batch import Experience
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
@@ -34,6 +34,16 @@ class PPOGroupTrainer:
 
     def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def state(self) -> dict:
+        """What a checkpoint needs beyond model and optimiser to continue exactly (the scheduler is
+        replayed from `updates`)."""
+        return {"updates": self.updates}
+
+    def load_state(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for _ in range(self.updates):
+            self.scheduler.step()
 
     def prepare_shard(self, shard: Experience) -> Experience:
         return shard
@@ -80,14 +90,25 @@ class PolicyTrainer(PPOGroupTrainer):
     role = "actor"
 
     def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int, ptx_items: Optional[list] = None,
-                 ptx_collate=None):
+                 ptx_collate=None, temperature: float = 1.0):
         super().__init__(model, strategy, group_cfg, ppo_cfg, total_steps)
         self.ptx_items, self.ptx_collate, self.ptx_pos = ptx_items, ptx_collate, 0
+        self.temperature = temperature  # the makers' sampling temperature: the behaviour policy is tempered
 
     def prepare_shard(self, shard: Experience) -> Experience:
+        """Whiten advantages over the group's whole rollout batch: every rank all-reduces its sums, so
+        N ranks holding 1/N of the batch each normalise exactly as one rank holding all of it."""
         if self.ppo.whiten_advantages:
-            shard = shard._replace({"advantages": masked_whiten(shard.advantages, shard.action_mask)})
+            moments = self.strategy.all_reduce_sum(masked_moments(shard.advantages, shard.action_mask))
+            shard = shard._replace({"advantages": whiten_from_moments(shard.advantages, shard.action_mask, moments)})
         return shard
+
+    def state(self) -> dict:
+        return {**super().state(), "ptx_position": self.ptx_pos}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.ptx_pos = int(state.get("ptx_position", 0))
 
     def _next_ptx(self) -> dict:
         """The next pretraining micro-batch; each rank walks its own stride of the ptx data."""
@@ -101,7 +122,7 @@ class PolicyTrainer(PPOGroupTrainer):
     def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
         A = micro.num_actions
         logits = self.model(micro.sequences, micro.attention_mask)
-        log_probs = action_log_probs(logits, micro.sequences, A)
+        log_probs = action_log_probs(logits, micro.sequences, A, self.temperature)
         loss, stats = policy_loss(log_probs, micro.action_log_probs, micro.advantages, micro.action_mask,
                                   self.ppo.clip_eps)
         stats["policy_loss"] = loss.item()
@@ -121,3 +142,35 @@ class ValueTrainer(PPOGroupTrainer):
         loss, stats = value_loss(values, micro.values, micro.returns, micro.action_mask, self.ppo.value_clip_eps)
         stats["value_mean"] = masked_mean(values.detach(), micro.action_mask).item()
         return loss, stats
+
+
+def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = None) -> PPOGroupTrainer:
+    """The update of trainer group `role` ('actor' or 'critic') of PPOConfig `cfg` on a Strategy that has
+    joined its world: the model (from `checkpoint` when resuming), dropout off unless
+    `ppo.disable_dropout` is false, the PPO-ptx data, and the sampler's temperature for the ratio."""
+    from coati_ray.models import build_actor, build_critic, load_tokenizer
+    from coati_ray.models.dropout import disable_dropout
+
+    p = cfg.ppo
+    group_cfg = getattr(cfg, f"{role}_trainer")
+    model = (build_actor if role == "actor" else build_critic)(getattr(cfg, role), checkpoint=checkpoint)
+    if p.disable_dropout:
+        disable_dropout(model)
+    if role != "actor":
+        return ValueTrainer(model, strategy, group_cfg, p, p.max_steps)
+    ptx_items, ptx_collate = None, None
+    if p.ptx_coef > 0:
+        from coati_ray.trainers.sft import SFTTrainer
+
+        tok = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path)
+        ptx_items, _ = SFTTrainer.build_dataset(cfg.data.ptx_path, tok, _PtxData(cfg.data), None)
+        ptx_collate = SFTTrainer.collator(tok)
+    temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0
+    return PolicyTrainer(model, strategy, group_cfg, p, p.max_steps, ptx_items, ptx_collate, temperature=temperature)
+
+
+class _PtxData:
+    """DataConfig-shaped view of the PPO data section, for the SFT dataset builder."""
+
+    def __init__(self, data):
+        self.max_length, self.format, self.on_bad_row = data.ptx_max_length, "auto", data.on_bad_row
