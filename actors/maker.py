@@ -27,9 +27,8 @@ class ExperienceMaker:
 
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
-        from coati_ray.experience import ExperienceModels
-        from coati_ray.models import Actor, build_actor, build_critic, load_tokenizer
-        from coati_ray.models.factory import build_reward_model
+        from coati_ray.experience.maker import build_experience_models
+        from coati_ray.models import load_tokenizer
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -38,13 +37,8 @@ class ExperienceMaker:
         self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
         self.tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
-        actor = build_actor(cfg.actor)
-        initial = Actor.from_pretrained(cfg.actor.path, cfg.actor.dtype, cfg.actor.trust_remote_code)
-        reward = build_reward_model(cfg.reward, require_head=True)
-        critic = build_critic(cfg.critic)
-        for m in (actor, initial, reward, critic):
-            m.to(self.device).eval().requires_grad_(False)
-        self.models = ExperienceModels(actor=actor, initial=initial, reward=reward, critic=critic)
+        # Makers infer in their own dtype (maker.dtype); weight syncs cast the trainers' weights to it.
+        self.models = build_experience_models(cfg, self.device)
         self.version = 0
         self.batches_made = 0
         from actors.metrics import ActorMetrics
@@ -61,22 +55,23 @@ class ExperienceMaker:
         return os.getpid()
 
     def load_weights(self, actor_ref: list, critic_ref: Optional[list], version: int, lora_only: bool) -> dict:
-        """Load weights exported by the trainers (refs wrapped in lists); strict keys, shapes and dtypes."""
+        """Load weights exported by the trainers (refs wrapped in lists): strict keys and shapes; floating
+        tensors are cast to this maker's dtype and counted."""
         from coati_ray.models.weights import load_weights, state_bytes
 
         t = time.perf_counter()
         actor_state = ray.get(actor_ref[0])
-        load_weights(self.models.actor, actor_state, lora_only)
+        casts = load_weights(self.models.actor, actor_state, lora_only)
         moved = state_bytes(actor_state)
         if critic_ref is not None:
             critic_state = ray.get(critic_ref[0])
-            load_weights(self.models.critic, critic_state, lora_only=False)
+            casts += load_weights(self.models.critic, critic_state, lora_only=False)
             moved += state_bytes(critic_state)
         self.version = version
         seconds = time.perf_counter() - t
         self.metrics.set("weight_sync_seconds", seconds)
         self.metrics.set("weight_sync_bytes", moved)
-        return {"seconds": seconds, "bytes": moved, "version": version}
+        return {"seconds": seconds, "bytes": moved, "version": version, "cast_tensors": casts, "maker": self.index}
 
     @ray.method(num_returns=2)
     def make(self, prompt_items: list[dict], batch_id: int, expected_version: Optional[int] = None) -> tuple:

@@ -1,15 +1,19 @@
-"""The experience makers of one PPO job: scaling, batches in flight, weight loads, and recovery.
+"""The experience makers of one PPO job: membership, batches in flight, weight loads, recovery.
 
 A maker that dies (`ray.kill`, a killed process, a lost node) is restarted by Ray up to
 `maker.max_restarts` times. A restarted maker comes back with the base weights, so the pool never
 lets it generate before it has reloaded the current ones: every `make` carries the policy version
-the pool last sent that maker, and a maker that holds another version refuses the batch
-(`MakerBehind`). On either signal, a dead maker or a refusal, the pool waits for the restart,
-reloads the newest weights and submits the *same* batch again (same prompts, same batch id, same
-sampling seed). A batch's Experience is the `make` task's return value, owned by the driver, and
-the pool puts it in the buffer only once the maker has returned it: a maker's death loses at most
-the batch it was generating, never one already made. The buffer also refuses a batch id it has
-accepted before, so no batch can be delivered twice.
+the pool sent that maker, and a maker that holds another version refuses the batch (`MakerBehind`).
+On either signal, a dead maker or a refusal, the pool waits for the restart, reloads the newest
+weights and submits the *same* batch again (same prompts, batch id and sampling seed). One death is
+one recovery: each batch remembers the maker's incarnation it was sent to, so the other batches
+queued on the same dead process are simply sent again. A batch's Experience is the `make` task's
+return value, owned by the driver, and the pool puts it in the buffer only once the maker has
+returned it: a maker's death loses at most the batches it had not finished, never one already made.
+
+Weight loads are coalesced: a maker has at most one load outstanding, and a busy maker is sent the
+newest export just before its next batch, so a slow maker skips the versions it could not use and
+the object store releases a superseded export as soon as nothing queued refers to it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import ray
 from actors.cluster import NAMESPACE
 from actors.group import unwrap_error
 from actors.maker import ExperienceMaker, MakerBehind
-from coati_ray.errors import WorkerLost
+from coati_ray.errors import ConfigError, WorkerLost
 
 RESTART_TIMEOUT_S = 300.0
 
@@ -32,9 +36,10 @@ RESTART_TIMEOUT_S = 300.0
 class Batch:
     """One maker batch on its way: generating on a maker, then being put in the buffer by the driver."""
 
-    items: list
     batch_id: int
+    items: list
     maker: int = -1
+    incarnation: int = 0                 # the maker's incarnation it was sent to
     stats_ref: Optional[ray.ObjectRef] = None
     exp_ref: Optional[ray.ObjectRef] = None
     put_ref: Optional[ray.ObjectRef] = None
@@ -47,17 +52,17 @@ class Batch:
 
 
 class MakerPool:
-    def __init__(self, cfg, cfg_dict: dict, buffer, next_batch: Callable[[], tuple[list, int]], lora_only: bool,
-                 info: Callable[[str], None]):
-        self.cfg, self.cfg_dict, self.buffer, self.next_batch = cfg, cfg_dict, buffer, next_batch
-        self.lora_only, self.info = lora_only, info
+    def __init__(self, cfg, cfg_dict: dict, buffer, lora_only: bool, info: Callable[[str], None]):
+        self.cfg, self.cfg_dict, self.buffer, self.lora_only, self.info = cfg, cfg_dict, buffer, lora_only, info
         self.makers: dict[int, object] = {}
-        self.sent_version: dict[int, int] = {}       # version of the last weights sent to each maker
-        self.inflight: dict[int, Batch] = {}         # async mode: the batch each maker is working on
-        self.retiring: dict[int, tuple] = {}         # removed makers still finishing their last batch
-        self.orphans: list[Batch] = []               # batches whose maker left before finishing them
-        self.pending_loads: list[tuple[int, ray.ObjectRef]] = []
+        self.version: dict[int, int] = {}            # version of the newest weights sent to each maker
+        self.incarnation: dict[int, int] = {}        # recoveries so far, per maker
+        self.loads: dict[int, ray.ObjectRef] = {}    # the one outstanding weight load of each maker
         self.weights: Optional[tuple] = None         # (actor_ref, critic_ref, version) of the newest export
+        self.running: dict[ray.ObjectRef, Batch] = {}  # batches not yet in the buffer, by the ref they wait on
+        self.retiring: dict[int, object] = {}        # removed makers finishing their batches
+        self.orphans: list[Batch] = []               # batches whose maker left before finishing them
+        self.finished: list[dict] = []               # load results not yet reported
         self.next_index = 0
         self.restarts = 0
         self.regenerated = 0                         # batches made again after their maker died
@@ -67,175 +72,200 @@ class MakerPool:
 
     # ------------------------------------------------------------------ membership
 
-    def scale_to(self, target: int) -> None:
+    def check_fits(self, target: int) -> None:
+        """Refuse to grow to `target` makers when the cluster has not got the free CPUs/GPUs for them
+        (Ray would otherwise queue the actors forever)."""
+        extra = target - len(self.makers)
+        if extra <= 0:
+            return
         m = self.cfg.maker
+        free = ray.available_resources()
+        need = {"CPU": extra * m.num_cpus, "GPU": extra * m.num_gpus}
+        short = {k: v for k, v in need.items() if v > free.get(k, 0.0) + 1e-9}
+        if short:
+            have = ", ".join(f"{free.get(k, 0.0):g} {k}" for k in short)
+            raise ConfigError(f"config error: scale_makers({target}): {extra} more maker(s) need "
+                              f"{', '.join(f'{v:g} {k}' for k, v in short.items())} but the cluster has {have} free; "
+                              "ask for fewer makers, lower maker.num_cpus / num_gpus, or add nodes")
+
+    def scale_to(self, target: int, wait: bool = True) -> None:
+        """Add or remove makers. Added ones are waited for (`wait`; see wait_ready) and start from the
+        newest weights; a removed one with batches in flight finishes them first."""
+        m = self.cfg.maker
+        added = []
+        if target > len(self.makers):
+            self.check_fits(target)
         while len(self.makers) < target:
             index = self.next_index
             self.next_index += 1
             self.makers[index] = ExperienceMaker.options(
                 name=f"maker-{index}", namespace=NAMESPACE, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
                 max_restarts=m.max_restarts).remote(index, self.cfg_dict, m.torch_threads)
-            self.sent_version[index] = 0
-            if self.weights is not None:  # a maker that joins mid-run starts from the current policy
-                self._send_weights(index)
+            self.version[index], self.incarnation[index] = 0, 0
+            added.append(index)
             self.info(f"maker-{index} added ({len(self.makers)} makers)")
+        if added:
+            if wait:
+                self.wait_ready(added)
+            for index in added:  # a maker that joins mid-run starts from the current policy
+                self._send_newest(index)
         while len(self.makers) > target:
             index = max(self.makers)
             maker = self.makers.pop(index)
-            if index in self.inflight:
-                # Its batch may be waiting for buffer space that only the coming train step frees:
-                # retire it, and kill it once that batch has landed (nothing in flight is lost).
-                self.retiring[index] = (maker, self.inflight.pop(index))
+            self.loads.pop(index, None)
+            if self._batches_on(index):
+                self.retiring[index] = maker  # killed once its batches are made (nothing in flight is lost)
             else:
                 ray.kill(maker, no_restart=True)
             self.info(f"maker-{index} removed ({len(self.makers)} makers)")
 
-    def ready(self) -> None:
-        ray.get([m.ready.remote() for m in self.makers.values()])
+    def wait_ready(self, indices: Optional[list[int]] = None) -> None:
+        """Every maker in `indices` (default all) constructed; a maker Ray cannot place or start within
+        maker.start_timeout_s ends the run with one line naming it and what it waits for."""
+        indices = list(self.makers) if indices is None else indices
+        refs = {self.makers[i].ready.remote(): i for i in indices}
+        timeout = self.cfg.maker.start_timeout_s
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            ray.get(ref)  # a constructor that raised fails here, with its own message
+        if waiting:
+            names = ", ".join(f"maker-{refs[r]}" for r in waiting)
+            m = self.cfg.maker
+            free = ray.available_resources()
+            raise WorkerLost(f"run error: {names} did not start within maker.start_timeout_s={timeout:g}s: each "
+                             f"needs {m.num_cpus:g} CPU / {m.num_gpus:g} GPU and the cluster has "
+                             f"{free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU free; lower maker.num_makers "
+                             "or the per-maker resources, or add nodes")
 
     def first(self):
         """The maker with the lowest index (the one evaluations run on), or None."""
         return self.makers[min(self.makers)] if self.makers else None
 
+    def idle(self) -> list[int]:
+        return [i for i in self.makers if not self._batches_on(i)]
+
+    def queued(self, index: int) -> int:
+        return len(self._batches_on(index))
+
+    def _batches_on(self, index: int) -> list[Batch]:
+        return [b for b in self.running.values() if b.maker == index]
+
     # ------------------------------------------------------------------ weights
 
     def broadcast(self, weights: tuple) -> None:
-        """Remember the newest export and queue it on every maker (loads run between batches)."""
+        """Remember the newest export; idle makers load it now, busy ones just before their next batch."""
         self.weights = weights
-        for index in self.makers:
-            self._send_weights(index)
+        for index in self.idle():
+            self._send_newest(index)
 
-    def _send_weights(self, index: int) -> None:
+    def _send_newest(self, index: int) -> None:
+        """Queue the newest export on maker `index` unless it already has it queued or loaded."""
+        if self.weights is None or self.version[index] >= self.weights[2]:
+            return
         actor_ref, critic_ref, version = self.weights
-        ref = self.makers[index].load_weights.remote(actor_ref, critic_ref, version, self.lora_only)
-        self.sent_version[index] = version
-        self.pending_loads.append((index, ref))
+        previous = self.loads.get(index)
+        if previous is not None:
+            self._collect_load(index, previous, block=False)
+        self.loads[index] = self.makers[index].load_weights.remote(actor_ref, critic_ref, version, self.lora_only)
+        self.version[index] = version
+
+    def _collect_load(self, index: int, ref, block: bool) -> bool:
+        """Move a finished load's result to `finished`; True when it has run (or its maker died)."""
+        if not block and not ray.wait([ref], timeout=0)[0]:
+            return False
+        try:
+            self.finished.append(ray.get(ref))
+        except ray.exceptions.RayActorError:
+            pass  # its maker died: the next batch finds it behind and recovers it
+        return True
 
     def wait_loads(self) -> list[dict]:
-        """Block until every queued load has run; a maker that died meanwhile is recovered (and reloaded)."""
-        loads, self.pending_loads = self.pending_loads, []
-        results = []
-        for index, ref in loads:
+        """Every maker holds the newest export: send it where missing, block until loaded; a maker that
+        died meanwhile is recovered (and reloaded)."""
+        for index in list(self.makers):
+            self._send_newest(index)
+        for index, ref in list(self.loads.items()):
             try:
-                results.append(ray.get(ref))
+                self.finished.append(ray.get(ref))
             except ray.exceptions.RayActorError:
                 if index in self.makers:
-                    results.append(self._recover(index))
-        return [r for r in results if r is not None]
+                    self._recover(index, self.incarnation[index])
+        self.loads.clear()
+        return self.finished_loads()
 
     def finished_loads(self) -> list[dict]:
-        """The loads that have already run, without waiting. A maker that died during one is caught by
-        its next batch (it will hold the wrong version and refuse it)."""
-        if not self.pending_loads:
-            return []
-        refs = [ref for _, ref in self.pending_loads]
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        done = set(done)
-        results = []
-        for ref in done:
-            try:
-                results.append(ray.get(ref))
-            except ray.exceptions.RayActorError:
-                pass
-        self.pending_loads = [(i, r) for i, r in self.pending_loads if r not in done]
-        return results
+        """Load results that have come back since the last call, without waiting."""
+        for index, ref in list(self.loads.items()):
+            if self._collect_load(index, ref, block=False):
+                self.loads.pop(index)
+        out, self.finished = self.finished, []
+        return out
 
     # ------------------------------------------------------------------ batches
 
-    def _take_batch(self) -> Batch:
-        if self.orphans:
-            return self.orphans.pop(0)
-        items, batch_id = self.next_batch()
-        return Batch(items, batch_id)
-
-    def _start(self, index: int, batch: Batch) -> Batch:
-        batch.maker, batch.put_ref, batch.stats = index, None, None
+    def submit(self, index: int, batch: Batch) -> None:
+        """Send `batch` to maker `index` (after the newest weights, which it loads first)."""
+        self._send_newest(index)
+        batch.maker, batch.incarnation, batch.put_ref, batch.stats = index, self.incarnation[index], None, None
         batch.stats_ref, batch.exp_ref = self.makers[index].make.remote(batch.items, batch.batch_id,
-                                                                        self.sent_version[index])
-        return batch
+                                                                        self.version[index])
+        self.running[batch.stats_ref] = batch
 
-    def _advance(self, batch: Batch, recover: bool = True) -> Optional[dict]:
-        """Move `batch` on once what it waits for is ready. Returns its statistics when it has landed
-        in the buffer; None while it is still on its way (now being put, or regenerated)."""
+    def refs(self) -> list:
+        """What the scheduler waits on: each running batch's make or buffer put."""
+        return list(self.running)
+
+    def on_ready(self, ref) -> Optional[dict]:
+        """`ref` (from refs()) is ready: move its batch on. Returns the batch's statistics once it is in
+        the buffer, else None (it is now being put, or made again)."""
+        batch = self.running.pop(ref)
         if batch.put_ref is not None:
             item_id = ray.get(batch.put_ref)  # a full buffer for buffer.timeout_s raises here
             batch.stats["timing/buffer_wait"] = time.perf_counter() - batch.t_made
             batch.stats["accepted"] = item_id >= 0  # -1: a copy of a batch the buffer already holds
+            self._retire_if_done(batch.maker)
             return batch.stats
         try:
             batch.stats = ray.get(batch.stats_ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-            if not recover or not _maker_lost(e):
+            if not _maker_lost(e):
                 raise
-            reason = "was behind" if isinstance(unwrap_error(e), MakerBehind) else "died"
-            self.info(f"maker-{batch.maker} {reason} during batch {batch.batch_id}; recovering and regenerating it")
-            self._recover(batch.maker)
-            self.regenerated += 1
-            self._start(batch.maker, batch)
+            self._remake(batch, e)
             return None
         batch.t_made = time.perf_counter()
         s = batch.stats
         batch.put_ref = self.buffer.put.remote([batch.exp_ref], s["samples"], s["version"], s["maker"],
                                                batch.batch_id)
+        self.running[batch.put_ref] = batch
         return None
 
-    def make_batches(self, count: int) -> list[dict]:
-        """Sync mode: `count` batches spread round-robin over the makers; returns when all have landed."""
-        indices = sorted(self.makers)
-        running = [self._start(indices[j % len(indices)], self._take_batch()) for j in range(count)]
-        stats = []
-        while running:
-            done, _ = ray.wait([b.waiting_on for b in running], num_returns=1)
-            batch = next(b for b in running if b.waiting_on == done[0])
-            result = self._advance(batch)
-            if result is not None:
-                running.remove(batch)
-                stats.append(result)
-        return stats
+    def _remake(self, batch: Batch, err: BaseException) -> None:
+        index = batch.maker
+        reason = "was behind" if isinstance(unwrap_error(err), MakerBehind) else "died"
+        self.regenerated += 1
+        if index in self.retiring:  # a member maker makes it instead
+            if not self._batches_on(index):
+                ray.kill(self.retiring.pop(index), no_restart=True)
+            self.orphans.append(batch)
+            return
+        self.info(f"maker-{index} {reason} during batch {batch.batch_id}; making it again")
+        self._recover(index, batch.incarnation)
+        self.submit(index, batch)
 
-    def fill(self) -> None:
-        """Async mode: give every idle maker its next batch (it generates with the weights it has)."""
-        for index in self.makers:
-            if index not in self.inflight:
-                self.inflight[index] = self._start(index, self._take_batch())
+    def take_orphan(self) -> Optional[Batch]:
+        return self.orphans.pop(0) if self.orphans else None
 
-    def refs(self) -> dict:
-        """Refs the async driver waits on, mapped to ('inflight'|'retiring', maker index)."""
-        out = {b.waiting_on: ("inflight", i) for i, b in self.inflight.items()}
-        out.update({b.waiting_on: ("retiring", i) for i, (_, b) in self.retiring.items()})
-        return out
-
-    def landed(self, ref) -> Optional[dict]:
-        """Async mode: `ref` (from refs()) is ready. Returns the batch's statistics once it is in the
-        buffer, else None; a maker whose batch landed goes on with its next one (runs ahead)."""
-        kind, index = self.refs()[ref]
-        if kind == "retiring":
-            maker, batch = self.retiring[index]
-            generating = batch.put_ref is None
-            try:
-                result = self._advance(batch, recover=False)
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                if not _maker_lost(e):
-                    raise
-                self.orphans.append(batch)  # a member maker makes it instead
-                self.retiring.pop(index)
-                ray.kill(maker, no_restart=True)
-                return None
-            if generating:  # its make returned: the experience is the driver's now, so the maker can go
-                ray.kill(maker, no_restart=True)
-            if result is not None:
-                self.retiring.pop(index)
-            return result
-        batch = self.inflight[index]
-        result = self._advance(batch)
-        if result is not None:
-            self.inflight[index] = self._start(index, self._take_batch())
-        return result
+    def _retire_if_done(self, index: int) -> None:
+        if index in self.retiring and not self._batches_on(index):
+            ray.kill(self.retiring.pop(index), no_restart=True)
 
     # ------------------------------------------------------------------ recovery
 
-    def _recover(self, index: int) -> Optional[dict]:
-        """Wait for Ray to restart maker `index`, then load the newest weights into it."""
+    def _recover(self, index: int, incarnation: int) -> None:
+        """Wait for Ray to restart maker `index` and reload the newest weights into it, once per death:
+        a batch sent before an earlier recovery of this maker finds the work done and only resubmits."""
+        if incarnation < self.incarnation[index]:
+            return
         maker = self.makers[index]
         deadline = time.monotonic() + RESTART_TIMEOUT_S
         while True:
@@ -249,16 +279,13 @@ class MakerPool:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
                 raise self._lost(index, type(e).__name__) from None
         self.restarts += 1
-        result = None
+        self.incarnation[index] += 1
+        self.loads.pop(index, None)  # loads queued before the death went with the old process
+        self.version[index] = 0      # a restarted maker holds the base weights
         if self.weights is not None:
-            actor_ref, critic_ref, version = self.weights
-            result = ray.get(maker.load_weights.remote(actor_ref, critic_ref, version, self.lora_only))
-            self.sent_version[index] = version
-        # Loads queued before the death went with the old process; nothing else to wait for.
-        self.pending_loads = [(i, r) for i, r in self.pending_loads if i != index]
-        self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version "
-                  f"{self.sent_version[index]}")
-        return result
+            self._send_newest(index)
+            self.finished.append(ray.get(self.loads.pop(index)))
+        self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version {self.version[index]}")
 
     def _lost(self, index: int, why: str) -> WorkerLost:
         maker = self.makers[index]
@@ -270,18 +297,19 @@ class MakerPool:
     # ------------------------------------------------------------------ shutdown
 
     def drain(self) -> None:
-        """Wait for batches still being generated (the closed buffer refuses them) and weight loads."""
-        refs = [b.waiting_on for b in self.inflight.values()] + [b.waiting_on for _, b in self.retiring.values()]
-        for ref in refs + [r for _, r in self.pending_loads]:
+        """Wait for batches still being made (the closed buffer refuses them) and weight loads."""
+        for ref in list(self.running) + list(self.loads.values()):
             try:
                 ray.get(ref)
             except ray.exceptions.RayError:
                 pass
-        self.inflight.clear()
-        self.pending_loads = []
+        self.running.clear()
+        self.loads.clear()
+        for index in list(self.retiring):
+            ray.kill(self.retiring.pop(index), no_restart=True)
 
     def kill_all(self) -> None:
-        for maker in list(self.makers.values()) + [m for m, _ in self.retiring.values()]:
+        for maker in list(self.makers.values()) + list(self.retiring.values()):
             ray.kill(maker, no_restart=True)
         self.makers.clear()
         self.retiring.clear()

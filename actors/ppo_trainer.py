@@ -1,15 +1,19 @@
 """A rank of a PPO trainer group (actor or critic): joins its group's world, pulls shards, trains.
 
-Each group is its own torch.distributed world; rank 0 of the actor group exports the weights
-once into the object store after every update.
+Each group is its own torch.distributed world; rank 0 of each group exports the weights once into
+the object store after every update.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Optional
 
 import ray
+
+STATE_FILE = "trainer_state.json"
 
 
 @ray.remote
@@ -25,9 +29,9 @@ class PPOTrainerRank:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.role, self.rank, self.world_size = role, rank, world_size
         self.cfg = from_dict(PPOConfig, cfg_dict)
-        self.group_cfg = self.cfg.actor_trainer if role == "actor" else self.cfg.critic_trainer
+        self.group_cfg = getattr(self.cfg, f"{role}_trainer")
+        self.model_cfg = getattr(self.cfg, role)
         self.trainer = None
-        self.lora = (self.cfg.actor if role == "actor" else self.cfg.critic).lora_rank > 0
 
     metrics = None  # ActorMetrics, created on first use inside the actor process
 
@@ -38,55 +42,59 @@ class PPOTrainerRank:
 
     def setup(self, master_addr: str, master_port: int, resume_dir: Optional[str] = None) -> int:
         """Join the group's process group and build model, optimiser and (for the actor) PPO-ptx data."""
-        from coati_ray.models import build_actor, build_critic, load_tokenizer
         from coati_ray.strategies import make_strategy
-        from coati_ray.trainers.ppo import PolicyTrainer, ValueTrainer
+        from coati_ray.trainers.ppo import make_group_trainer
 
-        cfg, p = self.cfg, self.cfg.ppo
+        p = self.cfg.ppo
         accum = p.train_batch_size // self.world_size // p.micro_batch_size
         self.strategy = make_strategy(self.group_cfg.strategy, self.rank, self.world_size, master_addr, master_port,
                                       grad_accum_steps=accum)
         self.strategy.setup_distributed()
         model_dir = os.path.join(resume_dir, self.role, "model") if resume_dir else None
-        if self.role == "actor":
-            model = build_actor(cfg.actor, checkpoint=model_dir)
-            ptx_items, ptx_collate = None, None
-            if p.ptx_coef > 0:
-                from coati_ray.trainers.sft import SFTTrainer
-
-                tok = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path)
-                ptx_items, _ = SFTTrainer.build_dataset(cfg.data.ptx_path, tok, _PtxData(cfg.data), None)
-                ptx_collate = SFTTrainer.collator(tok)
-            self.trainer = PolicyTrainer(model, self.strategy, self.group_cfg, p, p.max_steps, ptx_items, ptx_collate)
-        else:
-            model = build_critic(cfg.critic, checkpoint=model_dir)
-            self.trainer = ValueTrainer(model, self.strategy, self.group_cfg, p, p.max_steps)
+        self.trainer = make_group_trainer(self.role, self.cfg, self.strategy, model_dir)
         if resume_dir:
-            opt_dir = os.path.join(resume_dir, self.role, "optimizer")
-            if os.path.isdir(opt_dir):
-                self.strategy.load_optimizer(self.trainer.optimizer, opt_dir)
-            updates = int(open(os.path.join(resume_dir, self.role, "updates")).read())
-            for _ in range(updates):
-                self.trainer.scheduler.step()
-            self.trainer.updates = updates
+            self._restore(os.path.join(resume_dir, self.role))
         return self.rank
 
+    def _restore(self, root: str) -> None:
+        """Optimiser, trainer state (updates -> scheduler, PPO-ptx position) and this rank's RNG."""
+        import torch
+
+        opt_dir = os.path.join(root, "optimizer")
+        if os.path.isdir(opt_dir):
+            self.strategy.load_optimizer(self.trainer.optimizer, opt_dir)
+        state_file = os.path.join(root, STATE_FILE)
+        if os.path.isfile(state_file):
+            with open(state_file) as f:
+                self.trainer.load_state(json.load(f))
+        else:  # checkpoints written before trainer_state.json held only the update count
+            with open(os.path.join(root, "updates")) as f:
+                self.trainer.load_state({"updates": int(f.read())})
+        rng = os.path.join(root, "rng", f"rank_{self.rank}.pt")
+        if os.path.isfile(rng):
+            torch.set_rng_state(torch.load(rng, weights_only=True))
+
     def train_step(self, buffer, num_items: int, step: int) -> dict:
-        """Pull this rank's shard of `num_items` buffer items, run the PPO update, report what it used."""
+        """Pull this rank's shard of the step's `num_items` buffer items, run the PPO update, report what it
+        used. The items are ordered by batch id, so the update does not depend on which maker finished
+        first (a resumed run repeats the uninterrupted one)."""
         from coati_ray.experience import concat
 
-        shards, versions, staleness, ids, batch_ids = [], [], [], [], []
+        t0 = time.perf_counter()
+        got = []
         for _ in range(num_items):
-            got = ray.get(buffer.get.remote(self.role, self.rank))
-            exp = ray.get(got["ref"][0])
-            shards.append(exp.shard(self.rank, self.world_size))
-            versions.append(got["version"])
-            staleness.append(got["staleness"])
-            ids.append(got["item_id"])
-            batch_ids.append(got["batch_id"])
+            item = ray.get(buffer.get.remote(self.role, self.rank))
+            got.append((item, ray.get(item["ref"][0])))
+        waited = time.perf_counter() - t0
+        got.sort(key=lambda pair: pair[0]["batch_id"])
+        shards = [exp.shard(self.rank, self.world_size) for _, exp in got]
         metrics = self.trainer.train(concat(shards), step)
-        metrics["consumed"] = {"versions": versions, "staleness": staleness, "item_ids": ids, "batch_ids": batch_ids}
-        self._publish(metrics, staleness)
+        metrics[f"timing/wait_{self.role}"] = waited
+        metrics["consumed"] = {"versions": [g["version"] for g, _ in got],
+                               "staleness": [g["staleness"] for g, _ in got],
+                               "item_ids": [g["item_id"] for g, _ in got],
+                               "batch_ids": [g["batch_id"] for g, _ in got]}
+        self._publish(metrics, metrics["consumed"]["staleness"])
         return metrics
 
     def _publish(self, m: dict, staleness: list) -> None:
@@ -106,30 +114,32 @@ class PPOTrainerRank:
         self.metrics.stages(m)
 
     def export_weights(self, lora_only: bool) -> Optional[list]:
-        """Rank 0 puts its weights in the object store once and returns [ref]; other ranks return None."""
-        from coati_ray.models.weights import export_weights
+        """Rank 0 puts its weights in the object store once and returns [ref]; other ranks return None.
 
-        module = self.strategy.unwrap(self.trainer.model)
+        Gemini gathers in a collective every rank joins; only rank 0 keeps the result."""
+        from coati_ray.models.weights import LORA_MARKER, export_weights
+
+        lora_only = lora_only and self.model_cfg.lora_rank > 0
         if self.group_cfg.strategy.name == "colossalai_gemini":
-            state = self.strategy.full_state_dict(self.trainer.model)  # a collective: every rank gathers
-            if self.rank != 0:
-                return None
-            state = {k: v for k, v in state.items() if not lora_only or "lora_" in k}
-        else:
-            if self.rank != 0:
-                return None
-            state = export_weights(module, lora_only=lora_only and self.lora)
+            state = self.strategy.full_state_dict(self.trainer.model)
+            state = {k: v for k, v in state.items() if not lora_only or LORA_MARKER in k}
+        elif self.rank == 0:
+            state = export_weights(self.strategy.unwrap(self.trainer.model), lora_only=lora_only)
+        if self.rank != 0:
+            return None
         return [ray.put(state)]
 
     def save_checkpoint(self, path: str, final: bool = False) -> None:
-        """<path>/<role>/model (HF; LoRA merged when final, adapters otherwise), optimizer/, updates."""
+        """<path>/<role>/model (HF; LoRA merged when final, adapters otherwise), optimizer/, rng/, trainer_state.json."""
+        import torch
+
         from coati_ray.models import export_model
 
         root = os.path.join(path, self.role)
         state = self.strategy.full_state_dict(self.trainer.model) \
             if self.group_cfg.strategy.name == "colossalai_gemini" else None
         if self.rank == 0:
-            os.makedirs(root, exist_ok=True)
+            os.makedirs(os.path.join(root, "rng"), exist_ok=True)
             tok = None
             if self.role == "actor":
                 from coati_ray.models import load_tokenizer
@@ -137,11 +147,12 @@ class PPOTrainerRank:
                 tok = load_tokenizer(self.cfg.actor.tokenizer_path or self.cfg.actor.path)
             export_model(self.strategy.unwrap(self.trainer.model), os.path.join(root, "model"), merge_lora=final,
                          state_dict=state, tokenizer=tok)
-            with open(os.path.join(root, "updates"), "w") as f:
-                f.write(str(self.trainer.updates))
+            with open(os.path.join(root, STATE_FILE), "w") as f:
+                json.dump(self.trainer.state(), f)
         self.strategy.barrier()
         if not final:
             self.strategy.save_optimizer(self.trainer.optimizer, os.path.join(root, "optimizer"))
+            torch.save(torch.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}.pt"))
         self.strategy.barrier()
 
     def weights(self) -> dict:
@@ -149,10 +160,3 @@ class PPOTrainerRank:
 
     def shutdown(self) -> None:
         self.strategy.close()
-
-
-class _PtxData:
-    """DataConfig-shaped view of the PPO data section, for the SFT dataset builder."""
-
-    def __init__(self, data):
-        self.max_length, self.format, self.on_bad_row = data.ptx_max_length, "auto", data.on_bad_row

@@ -1,14 +1,17 @@
 """The replay-buffer actor: bounded, exact, and never touches a tensor.
 
 It holds ObjectRefs to experiences stored once in the object store (a maker's `make` returns
-them; the driver hands the refs over). Producers wait while the buffer
-is full; consumers wait while it is empty; both give up with a clear error after `timeout_s`.
-Every item is delivered once to each consumer group, as one shard per rank of that group (ranks
-of a group receive the same items in the same order). An item whose policy version is more than
-`max_staleness` behind the current version when a group first asks for it is dropped for all
-groups and counted. A batch id the buffer has already accepted is refused and counted (a batch made
-again after its maker died must never reach a trainer twice). The accounting always
-satisfies, per group:
+them; the driver hands the refs over). Every item is delivered once to each consumer group, as one
+shard per rank of that group (ranks of a group receive the same items in the same order).
+
+Delivery follows the step plan: batch ids are tickets handed out in order, and step `s` trains on
+exactly the tickets `[s * k, (s + 1) * k)` (k = items per step). A group's next item is the first
+arrived item of its current step's window, in arrival order, so a slow maker never holds up a
+window that has its items already, and the driver's admission control (it starts no ticket whose
+maker version would be more than `max_staleness` behind the step that consumes it) bounds staleness
+at the source: nothing has to be made and then thrown away. A batch id the buffer has already
+accepted is refused and counted (a batch made again after its maker died must never reach a trainer
+twice). The accounting always satisfies, per group:
 
     produced == delivered[group] + dropped + (items still held that the group has not finished)
 """
@@ -45,24 +48,26 @@ class BufferTimeout(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class ReplayBuffer:
-    def __init__(self, capacity: int, groups: dict[str, int], max_staleness: Optional[int] = None,
-                 timeout_s: float = 600.0):
-        self.capacity, self.groups, self.max_staleness, self.timeout_s = capacity, dict(groups), max_staleness, timeout_s
+    def __init__(self, capacity: int, groups: dict[str, int], items_per_step: int, first_step: int = 0,
+                 max_staleness: Optional[int] = None, timeout_s: float = 600.0):
+        self.capacity, self.groups, self.k = capacity, dict(groups), items_per_step
+        self.first_step, self.max_staleness, self.timeout_s = first_step, max_staleness, timeout_s
         self.items: list[_Item] = []
         self.sequence: dict[str, list[int]] = {g: [] for g in groups}       # item ids in delivery order
         self.cursor: dict[tuple[str, int], int] = {(g, r): 0 for g, n in groups.items() for r in range(n)}
         self.by_id: dict[int, _Item] = {}
         self.ids = itertools.count()
-        self.version = 0
+        self.version = first_step
         self.held_samples = 0
         self.produced = 0
         self.delivered = {g: 0 for g in groups}
         self.delivered_samples = {g: 0 for g in groups}
-        self.dropped_stale = 0
         self.dropped_at_close = 0
         self.duplicates_refused = 0
+        self.over_staleness = 0  # delivered beyond max_staleness: admission control failed (must stay 0)
         self.accepted_batches: set[int] = set()
         self.max_staleness_delivered = {g: 0 for g in groups}
+        self.staleness_counts: dict[int, int] = {}
         self.peak_samples = 0
         self.closed = False
         self.changed = asyncio.Condition()
@@ -73,9 +78,10 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ producers
 
-    async def put(self, ref: list, num_samples: int, version: int, maker: int = 0, batch_id: Optional[int] = None,
+    async def put(self, ref: list, num_samples: int, version: int, maker: int, batch_id: int,
                   timeout_s: Optional[float] = None) -> int:
-        """Add one experience (ref wrapped in a list). Waits while it would overflow the capacity.
+        """Add one experience (ref wrapped in a list). Waits while it would overflow the capacity, unless
+        a group needs it for the step it is on (admission control keeps the wait from happening at all).
 
         Returns the item id, or -1 when `batch_id` was already accepted (the copy is refused).
         """
@@ -83,7 +89,7 @@ class ReplayBuffer:
         async with self.changed:
             if self._is_duplicate(batch_id):
                 return -1
-            ok = await self._wait(lambda: self.closed or self.held_samples == 0
+            ok = await self._wait(lambda: self.closed or self.held_samples == 0 or self._needed_now(batch_id)
                                   or self.held_samples + num_samples <= self.capacity, timeout_s)
             if self.closed:
                 raise RuntimeError("replay buffer is closed")
@@ -93,8 +99,7 @@ class ReplayBuffer:
                 raise BufferTimeout(f"replay buffer full for {timeout_s:.0f}s ({self.held_samples}/{self.capacity} "
                                     "samples): trainers are not consuming; check the trainer actors' logs")
             item = _Item(next(self.ids), ref, num_samples, version, maker, batch_id)
-            if batch_id is not None:
-                self._remember(batch_id)
+            self._remember(batch_id)
             self.items.append(item)
             self.by_id[item.item_id] = item
             self.held_samples += num_samples
@@ -115,45 +120,37 @@ class ReplayBuffer:
             k = self.cursor[(group, rank)]
             deadline = time.monotonic() + timeout_s
             while k >= len(self.sequence[group]):
-                item = self._next_unassigned(group)
-                if item is None:
-                    # Wake when an item arrives *or* a group-mate assigned the one this rank needs.
-                    ok = await self._wait(lambda: self.closed or k < len(self.sequence[group])
-                                          or self._next_unassigned(group) is not None,
-                                          max(0.0, deadline - time.monotonic()))
-                    if k < len(self.sequence[group]):
-                        break
-                    if self.closed and self._next_unassigned(group) is None:
-                        raise RuntimeError("replay buffer is closed")
-                    if not ok:
-                        raise BufferTimeout(f"replay buffer empty for {timeout_s:.0f}s while {group}[{rank}] waited "
-                                            "for experience: makers are not producing; check the maker actors' logs")
+                item = self._next_in_window(group, k)
+                if item is not None:
+                    item.assigned.add(group)
+                    self.sequence[group].append(item.item_id)
+                    self.changed.notify_all()  # group-mates waiting for this position can go on
+                    break
+                # Wake when an item of this window arrives *or* a group-mate assigned the one this rank needs.
+                ok = await self._wait(lambda: self.closed or k < len(self.sequence[group])
+                                      or self._next_in_window(group, k) is not None,
+                                      max(0.0, deadline - time.monotonic()))
+                if k < len(self.sequence[group]) or self._next_in_window(group, k) is not None:
                     continue
-                staleness = self.version - item.version
-                if not item.assigned and self.max_staleness is not None and staleness > self.max_staleness:
-                    self._remove(item)
-                    self.dropped_stale += 1
-                    self.metrics.inc("buffer_dropped_total", 1)
-                    self.changed.notify_all()
-                    continue
-                item.assigned.add(group)
-                self.sequence[group].append(item.item_id)
-                self.changed.notify_all()  # group-mates waiting for this position can go on
+                if self.closed:
+                    raise RuntimeError("replay buffer is closed")
+                if not ok:
+                    lo, hi = self._window(k)
+                    raise BufferTimeout(f"replay buffer had no batch {lo}-{hi - 1} for {timeout_s:.0f}s while "
+                                        f"{group}[{rank}] waited for experience: makers are not producing; check "
+                                        "the maker actors' logs")
             item = self.by_id[self.sequence[group][k]]
             self.cursor[(group, rank)] = k + 1
+            staleness = self.version - item.version
             ranks = item.taken.setdefault(group, set())
             ranks.add(rank)
             if len(ranks) == self.groups[group]:
-                self.delivered[group] += 1
-                self.delivered_samples[group] += item.num_samples
-                self.max_staleness_delivered[group] = max(self.max_staleness_delivered[group],
-                                                          self.version - item.version)
-                self.metrics.set("consumed_staleness", self.version - item.version)
+                self._delivered(group, item, staleness)
                 if all(len(item.taken.get(g, ())) == n for g, n in self.groups.items()):
                     self._remove(item)
                     self.changed.notify_all()
             return {"ref": item.ref, "rank": rank, "world_size": self.groups[group], "version": item.version,
-                    "staleness": self.version - item.version, "maker": item.maker, "batch_id": item.batch_id,
+                    "staleness": staleness, "maker": item.maker, "batch_id": item.batch_id,
                     "item_id": item.item_id}
 
     # ------------------------------------------------------------------ control and accounting
@@ -176,17 +173,43 @@ class ReplayBuffer:
 
     def stats(self) -> dict:
         return {"produced": self.produced, "delivered": dict(self.delivered),
-                "delivered_samples": dict(self.delivered_samples), "dropped_stale": self.dropped_stale,
+                "delivered_samples": dict(self.delivered_samples), "dropped_stale": 0,
                 "dropped_at_close": self.dropped_at_close, "duplicates_refused": self.duplicates_refused,
-                "dropped": self.dropped_stale + self.dropped_at_close,
+                "dropped": self.dropped_at_close, "over_staleness": self.over_staleness,
                 "held_items": len(self.items), "held_samples": self.held_samples, "capacity": self.capacity,
                 "peak_samples": self.peak_samples, "version": self.version,
-                "max_staleness_delivered": dict(self.max_staleness_delivered)}
+                "max_staleness_delivered": dict(self.max_staleness_delivered),
+                "staleness_counts": {str(s): n for s, n in sorted(self.staleness_counts.items())}}
 
     # ------------------------------------------------------------------ internals
 
-    def _is_duplicate(self, batch_id: Optional[int]) -> bool:
-        if batch_id is None or batch_id not in self.accepted_batches:
+    def _window(self, position: int) -> tuple[int, int]:
+        """Batch ids a group consumes at its `position`-th item: the tickets of that item's step."""
+        step = self.first_step + position // self.k
+        return step * self.k, (step + 1) * self.k
+
+    def _next_in_window(self, group: str, position: int) -> Optional[_Item]:
+        lo, hi = self._window(position)
+        for item in self.items:  # arrival order
+            if group not in item.assigned and lo <= item.batch_id < hi:
+                return item
+        return None
+
+    def _needed_now(self, batch_id: int) -> bool:
+        """A group is consuming the step this batch belongs to: holding it back would stall training."""
+        return any(lo <= batch_id < hi for lo, hi in (self._window(len(self.sequence[g])) for g in self.groups))
+
+    def _delivered(self, group: str, item: _Item, staleness: int) -> None:
+        self.delivered[group] += 1
+        self.delivered_samples[group] += item.num_samples
+        self.max_staleness_delivered[group] = max(self.max_staleness_delivered[group], staleness)
+        self.staleness_counts[staleness] = self.staleness_counts.get(staleness, 0) + 1
+        if self.max_staleness is not None and staleness > self.max_staleness:
+            self.over_staleness += 1
+        self.metrics.set("consumed_staleness", staleness)
+
+    def _is_duplicate(self, batch_id: int) -> bool:
+        if batch_id not in self.accepted_batches:
             return False
         self.duplicates_refused += 1
         return True
@@ -198,12 +221,6 @@ class ReplayBuffer:
         if len(self.accepted_batches) > 2 * DEDUP_WINDOW:
             newest = max(self.accepted_batches)
             self.accepted_batches = {b for b in self.accepted_batches if b > newest - DEDUP_WINDOW}
-
-    def _next_unassigned(self, group: str) -> Optional[_Item]:
-        for item in self.items:
-            if group not in item.assigned:
-                return item
-        return None
 
     def _remove(self, item: _Item) -> None:
         # Called when every group has every shard, or for an item no group started: either way

@@ -149,3 +149,95 @@ def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_
     assert summary["steps"] == 3
     assert [r["step"] for r in metrics(out) if "timing/step" in r] == [1, 2, 3]
     assert_no_leaks()
+
+
+def test_one_death_with_several_queued_batches_is_one_restart_and_every_batch_remade(local_ray, tiny_llama,
+                                                                                    reward_dir, tmp_path):
+    """Sync mode, 4 batches per step over 2 makers (2 queued on each): SIGKILL of maker-1 while it generates
+    loses both of its batches. It is restarted and reloaded once, and both batches are made again."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "queued", *SMALL, "ppo.max_steps=3",
+                     "ppo.rollout_batch_size=16", "ppo.train_batch_size=8", "buffer.capacity=16")
+    rows, fired, lines = [], [], []
+
+    def after_step(job, step, m):
+        rows.append(m)
+        if step == 1:
+            job.pool.info = lambda msg: lines.append(msg)  # the pool's progress lines, to count recoveries
+            pid = ray.get(job.makers[1].pid.remote())
+            fired.append(kill_when_generating(pid, lambda: os.kill(pid, signal.SIGKILL)))
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert fired[0].is_set()
+    assert summary["maker_restarts"] == 1 and summary["maker_batches_regenerated"] == 2, summary
+    assert sum("restarted" in line for line in lines) == 1, lines
+    for role in ("actor", "critic"):
+        assert sorted(consumed_batch_ids(rows, role)) == list(range(12))
+    assert_books_balance(summary["buffer"])
+    assert_no_leaks()
+
+
+def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray, tiny_llama, reward_dir, tmp_path):
+    """Sync mode, 16 batches per step on one maker: the critic's only rank is killed as the maker starts the
+    step's first batch. The run ends with one line naming it well before the step's generation would have
+    finished (it used to wait for every batch, or for buffer.timeout_s when the buffer filled)."""
+    from actors.driver import PPOJob
+    from coati_ray.errors import WorkerLost
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "trainer_dies", *SMALL, "ppo.max_steps=4",
+                     "maker.num_makers=1", "ppo.rollout_batch_size=64", "ppo.train_batch_size=8",
+                     "buffer.capacity=64", "buffer.timeout_s=600", "generation.max_new_tokens=48")
+    fired, generation, killed_at = [], [], []
+
+    def kill(critic):
+        killed_at.append(time.monotonic())
+        ray.kill(critic, no_restart=True)
+
+    def after_step(job, step, m):
+        if step == 1:
+            generation.append(m["timing/generate"] * m["experience/batches"])  # a whole step's generation
+            critic = job.groups["critic"][0]
+            pid = ray.get(job.makers[0].pid.remote())
+            fired.append(kill_when_generating(pid, lambda: kill(critic)))
+
+    with pytest.raises(WorkerLost) as e:
+        PPOJob(cfg).run(on_step=after_step)
+    ended = time.monotonic() - killed_at[0]
+    assert fired[0].is_set()
+    print(f"run ended {ended:.2f}s after the kill; a step generates for {generation[0]:.2f}s")
+    assert ended < generation[0] / 2, (ended, generation[0])
+    assert "critic-trainer-0 died at step 2" in str(e.value) and "\n" not in str(e.value)
+    assert_no_leaks()
+
+
+def test_scaling_past_free_resources_is_refused_and_an_unplaceable_maker_ends_the_run(local_ray, tiny_llama,
+                                                                                     reward_dir, tmp_path,
+                                                                                     monkeypatch):
+    """scale_makers(n) checks the cluster's free CPUs before asking Ray (which would queue the actor
+    forever); a maker Ray still cannot place (resources taken meanwhile, or fragmented over nodes) ends
+    the run after maker.start_timeout_s with one line naming it and what it waits for."""
+    from actors.driver import PPOJob
+    from actors.maker_pool import MakerPool
+    from coati_ray.errors import ConfigError, WorkerLost
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", *SMALL, "ppo.max_steps=3", "maker.num_makers=1",
+                     "maker.num_cpus=0.5", "maker.start_timeout_s=5")
+    refused = []
+
+    def after_step(job, step, m):
+        if step == 1:
+            with pytest.raises(ConfigError) as e:
+                job.scale_makers(20)  # 10 CPUs on a 2-CPU cluster
+            refused.append(str(e.value))
+            monkeypatch.setattr(MakerPool, "check_fits", lambda self, target: None)  # as if CPUs vanished since
+            job.scale_makers(8)
+
+    t = time.monotonic()
+    with pytest.raises(WorkerLost) as e:
+        PPOJob(cfg).run(on_step=after_step)
+    assert "scale_makers(20)" in refused[0] and "free" in refused[0]
+    msg = str(e.value)
+    assert "maker-7" in msg and "did not start within maker.start_timeout_s=5s" in msg and "\n" not in msg, msg
+    assert time.monotonic() - t < 90
+    assert_no_leaks()

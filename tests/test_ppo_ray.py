@@ -155,20 +155,51 @@ def test_sync_mode_is_on_policy(sync_run):
             assert consumed["versions"] == [c["step"] - 1] * 2 and max(consumed["staleness"]) == 0
 
 
-def test_resume_reaches_same_step_and_matches_losses(sync_run, tmp_path):
+@pytest.fixture(scope="module")
+def resume_pair(local_ray, tiny_llama, reward_dir, tmp_path_factory):
+    """An uninterrupted 4-step run and one resumed from its step-2 checkpoint, both with rollout > train batch,
+    2 PPO epochs and PPO-ptx, so the optimiser, the scheduler, the RNG and the ptx position all matter."""
     from actors.driver import PPOJob
 
-    out = tmp_path / "resumed"
-    os.makedirs(out / "checkpoints")
-    shutil.copytree(sync_run["out"] / "checkpoints" / "step_000002", out / "checkpoints" / "step_000002")
-    cfg = ppo_config(sync_run["cfg"].actor.path, sync_run["cfg"].reward.path, out, "ppo.max_steps=4",
-                     "ppo.save_every=2")
-    summary = PPOJob(cfg, resume_from=str(out / "checkpoints" / "step_000002")).run()
-    assert summary["steps"] == 4
-    full, resumed = metrics(sync_run["out"]), metrics(out)
-    assert [r["step"] for r in resumed] == [3, 4]
-    for key in ("actor/loss", "critic/loss", "reward"):
-        assert resumed[0][key] == pytest.approx(full[2][key], abs=1e-4, rel=1e-3), key
+    root = tmp_path_factory.mktemp("resume")
+    overrides = ("ppo.max_steps=4", "ppo.save_every=2", "ppo.rollout_batch_size=16", "ppo.train_batch_size=8",
+                 "ppo.ppo_epochs=2", "ppo.ptx_coef=0.2", "ppo.ptx_batch_size=2",
+                 f"data.ptx_path={data_path('ptx', 'train.jsonl')}", "actor_trainer.optim.scheduler=cosine",
+                 "buffer.capacity=32")
+
+    def recorder(store):
+        def after_step(job, step, m):
+            store[step] = {"metrics": m, "actor": ray.get(job.groups["actor"][0].weights.remote()),
+                           "critic": ray.get(job.groups["critic"][0].weights.remote())}
+        return after_step
+
+    full, resumed = {}, {}
+    cfg = ppo_config(tiny_llama, reward_dir, root / "full", *overrides)
+    PPOJob(cfg, log=True).run(on_step=recorder(full))
+    os.makedirs(root / "resumed" / "checkpoints")
+    shutil.copytree(root / "full" / "checkpoints" / "step_000002", root / "resumed" / "checkpoints" / "step_000002")
+    cfg = ppo_config(tiny_llama, reward_dir, root / "resumed", *overrides)
+    summary = PPOJob(cfg, resume_from=str(root / "resumed" / "checkpoints" / "step_000002")).run(
+        on_step=recorder(resumed))
+    return {"full": full, "resumed": resumed, "summary": summary, "root": root}
+
+
+def test_resume_continues_exactly_the_uninterrupted_run(resume_pair):
+    full, resumed = resume_pair["full"], resume_pair["resumed"]
+    assert resume_pair["summary"]["steps"] == 4 and sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        a, b = full[step], resumed[step]
+        for role in ("actor", "critic"):  # the same batches, made by the same policy versions, none skipped
+            for key in ("batch_ids", "versions"):
+                assert a["metrics"]["consumed"][role][key] == b["metrics"]["consumed"][role][key], (step, role)
+        for key in ("actor/loss", "actor/ptx_loss", "critic/loss", "reward", "kl", "actor/lr"):
+            assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-5, abs=1e-7), (step, key)
+        for role in ("actor", "critic"):
+            worst = max((a[role][k] - b[role][k]).abs().max().item() for k in a[role])
+            assert worst < 1e-6, (step, role, worst)
+    # the steps moved the weights by far more than that tolerance
+    drift = max((full[4]["actor"][k] - full[2]["actor"][k]).abs().max().item() for k in full[4]["actor"])
+    assert drift > 1e-4
     assert_no_leaks()
 
 
@@ -176,7 +207,7 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     from actors.driver import PPOJob
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "ppo.mode=async", "ppo.max_staleness=1",
-                     "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=8",
+                     "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=16",
                      f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}", "data.eval_max_samples=4",
                      "data.gold_task=sorting", "ppo.eval_every=2")
     plan = {1: 3, 3: 1}
@@ -198,6 +229,10 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     acc = summary["buffer"]
     assert_books_balance(acc)
     assert max(acc["max_staleness_delivered"].values()) <= 1
+    # Staleness is bounded where batches start: nothing was made only to be thrown away, and makers
+    # really ran ahead of the trainers (an async run that behaved like sync mode would show only 0).
+    assert acc["dropped"] == 0 and acc["over_staleness"] == 0
+    assert acc["staleness_counts"].get("1", 0) > 0, acc["staleness_counts"]
     # Evaluation never blocks an async run on a busy maker; the first scores the initial policy and
     # the last the final one, each logged at the version it actually scored.
     assert summary["eval_first"]["version"] == 0 and summary["eval_last"]["version"] == 5
@@ -262,3 +297,31 @@ def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_lla
         PPOJob(cfg).run(on_step=explode)
     assert_no_leaks()
     assert ray.is_initialized()  # the job did not own this Ray, so it left it running
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_llama, reward_dir, tmp_path,
+                                                               lora_rank):
+    """The trainers keep fp32 weights and the makers infer in bfloat16 (maker.dtype): every sync casts
+    on purpose, counted in sync/cast_tensors, and the makers hold exactly the cast of the trainers' weights."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "bf16", "maker.dtype=bfloat16", "ppo.max_steps=2",
+                     "maker.num_makers=1", f"actor.lora_rank={lora_rank}")
+    seen = {}
+
+    def after_step(job, step, m):
+        maker = ray.get(next(iter(job.makers.values())).weights.remote())
+        seen[step] = {"cast": m["sync/cast_tensors"], "maker": maker,
+                      "actor": ray.get(job.groups["actor"][0].weights.remote()),
+                      "critic": ray.get(job.groups["critic"][0].weights.remote())}
+
+    PPOJob(cfg).run(on_step=after_step)
+    for step, s in seen.items():
+        for role in ("actor", "critic"):
+            for k, v in s[role].items():
+                theirs = s["maker"][role][k]
+                assert torch.equal(theirs, v.to(theirs.dtype)), (step, role, k)
+        assert any(v.dtype == torch.bfloat16 for v in s["maker"]["actor"].values())
+        assert s["cast"] > 0, s["cast"]
+    assert_no_leaks()

@@ -1,4 +1,5 @@
-"""The replay-buffer actor on its own: backpressure, timeouts, per-group sharded delivery, staleness, books."""
+"""The replay-buffer actor on its own: backpressure, timeouts, per-group sharded delivery by step window,
+staleness accounting, books."""
 
 import time
 
@@ -14,10 +15,11 @@ def local_ray():
     ray.shutdown()
 
 
-def make(capacity=8, groups=None, max_staleness=None, timeout_s=30.0):
+def make(capacity=8, groups=None, max_staleness=None, timeout_s=30.0, per_step=1, first_step=0):
     from actors.replay_buffer import ReplayBuffer
 
-    return ReplayBuffer.remote(capacity, groups or {"actor": 2, "critic": 1}, max_staleness, timeout_s)
+    return ReplayBuffer.remote(capacity, groups or {"actor": 2, "critic": 1}, per_step, first_step, max_staleness,
+                               timeout_s)
 
 
 def put(buf, n=4, version=0, batch_id=0, timeout_s=None):
@@ -38,14 +40,18 @@ def test_each_item_once_per_group_sharded_over_ranks(local_ray):
 
 
 def test_producer_waits_when_full_and_resumes_when_drained(local_ray):
-    buf = make(capacity=4, groups={"actor": 1})
+    buf = make(capacity=4, groups={"actor": 1, "critic": 1})
     ray.get(put(buf, batch_id=0))
-    blocked = put(buf, batch_id=1)
+    ray.get(buf.get.remote("actor", 0))  # the critic has not taken batch 0 yet: it is still held
+    ray.get(put(buf, batch_id=1))  # over capacity, but the actor needs it now: never held back (no deadlock)
+    blocked = put(buf, batch_id=2)  # a later step's batch waits for space
     ready, _ = ray.wait([blocked], timeout=1.0)
-    assert not ready  # real backpressure: the second batch does not fit
-    ray.get(buf.get.remote("actor", 0))
-    assert ray.get(blocked, timeout=10) == 1
-    assert ray.get(buf.stats.remote())["peak_samples"] == 4
+    assert not ready  # real backpressure
+    ray.get(buf.get.remote("critic", 0))  # batch 0 leaves; batch 1 (4 samples) still fills the buffer
+    assert not ray.wait([blocked], timeout=0.5)[0]
+    ray.get(buf.get.remote("actor", 0))  # the actor is on batch 2's step now
+    assert ray.get(blocked, timeout=10) == 2
+    assert ray.get(buf.stats.remote())["peak_samples"] == 8
 
 
 def test_timeouts_raise_clear_errors(local_ray):
@@ -59,13 +65,13 @@ def test_timeouts_raise_clear_errors(local_ray):
     assert time.time() - t < 10
     ray.get(put(buf, batch_id=0))
     with pytest.raises(ray.exceptions.RayTaskError) as e:
-        ray.get(put(buf, batch_id=1))
+        ray.get(put(buf, batch_id=2))  # not needed by the step the trainers are on: waits for space
     assert isinstance(e.value.cause, BufferTimeout) and "trainers are not consuming" in str(e.value.cause)
 
 
 def test_a_regenerated_batch_is_refused_not_delivered_twice(local_ray):
     """A batch made again after its maker died must not reach a trainer twice."""
-    buf = make(capacity=8, groups={"actor": 1})
+    buf = make(capacity=8, groups={"actor": 1}, first_step=7)
     first = ray.get(put(buf, batch_id=7))
     assert first >= 0 and ray.get(put(buf, batch_id=7)) == -1
     ray.get(buf.get.remote("actor", 0))
@@ -76,16 +82,26 @@ def test_a_regenerated_batch_is_refused_not_delivered_twice(local_ray):
     assert stats["produced"] == stats["delivered"]["actor"] + stats["dropped"]
 
 
-def test_stale_items_dropped_and_counted(local_ray):
-    buf = make(capacity=16, groups={"actor": 1, "critic": 1}, max_staleness=1)
-    for v in (0, 1, 2):  # one at a time: an async actor does not promise call order
-        ray.get(put(buf, version=v, batch_id=v))
-    ray.get(buf.set_version.remote(2))
+def test_each_step_gets_exactly_its_tickets_in_arrival_order(local_ray):
+    """Step s trains on batch ids [s*k, (s+1)*k): a batch of the next step that lands first waits, and a
+    slow batch of the current step does not hold up the ones that have landed."""
+    buf = make(capacity=64, groups={"actor": 1, "critic": 1}, per_step=2, max_staleness=1)
+    for batch_id, version in ((2, 0), (1, 0), (3, 1)):  # one at a time: an async actor does not promise call order
+        ray.get(put(buf, version=version, batch_id=batch_id))
     first = ray.get(buf.get.remote("actor", 0))
-    assert first["version"] == 1 and first["staleness"] == 1  # version 0 is 2 behind: dropped
-    assert ray.get(buf.get.remote("critic", 0))["version"] == 1
+    assert first["batch_id"] == 1  # batch 2 landed earlier but belongs to step 1
+    pending = buf.get.remote("actor", 0)
+    assert not ray.wait([pending], timeout=0.5)[0]  # batch 0 is still being made: the step waits for it
+    ray.get(put(buf, version=0, batch_id=0))
+    assert ray.get(pending, timeout=10)["batch_id"] == 0
+    ray.get(buf.set_version.remote(1))
+    step1 = [ray.get(buf.get.remote("actor", 0)) for _ in range(2)]
+    assert [g["batch_id"] for g in step1] == [2, 3] and [g["staleness"] for g in step1] == [1, 0]
+    for _ in range(4):
+        ray.get(buf.get.remote("critic", 0))
     acc = ray.get(buf.close.remote())
-    assert acc["dropped_stale"] == 1 and acc["dropped_at_close"] == 1
+    assert acc["delivered"] == {"actor": 4, "critic": 4} and acc["dropped"] == 0 and acc["over_staleness"] == 0
+    assert acc["max_staleness_delivered"] == {"actor": 1, "critic": 1} and acc["staleness_counts"] == {"0": 4, "1": 4}
     for group in ("actor", "critic"):
         assert acc["produced"] == acc["delivered"][group] + acc["dropped"]
 

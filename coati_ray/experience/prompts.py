@@ -6,25 +6,36 @@ import torch
 
 
 class PromptStream:
-    """Batches of prompt items in a seeded order; batch ids count batches since the run began."""
+    """Batches of prompt items in a seeded order, addressed by batch id: batch `b` holds the items at
+    positions b*batch_size ... of the run's stream, where every epoch is a fresh permutation of all
+    prompts. A batch can be made again from its id alone (a maker died, or a run resumed), and the
+    order of each epoch is computed once."""
 
     def __init__(self, items: list[dict], batch_size: int, seed: int, position: int = 0):
         self.items, self.batch_size, self.seed, self.position = items, batch_size, seed, position
+        self._orders: dict[int, list[int]] = {}
 
     def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        return torch.randperm(len(self.items), generator=g).tolist()
+        if epoch not in self._orders:
+            if len(self._orders) > 2:  # a run moves forward: keep the current epochs only
+                self._orders.pop(min(self._orders))
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._orders[epoch] = torch.randperm(len(self.items), generator=g).tolist()
+        return self._orders[epoch]
 
-    def next_batch(self) -> tuple[list[dict], int]:
-        """(items, batch_id); every item is used once per epoch before any repeats."""
-        batch_id = self.position
+    def batch(self, batch_id: int) -> list[dict]:
+        """The items of batch `batch_id`; every item is used once per epoch before any repeats."""
         out = []
         for j in range(self.batch_size):
-            flat = batch_id * self.batch_size + j
-            epoch, offset = divmod(flat, len(self.items))
+            epoch, offset = divmod(batch_id * self.batch_size + j, len(self.items))
             out.append(self.items[self._order(epoch)[offset]])
+        return out
+
+    def next_batch(self) -> tuple[list[dict], int]:
+        """(items, batch_id) of the next batch id."""
+        batch_id = self.position
         self.position += 1
-        return out, batch_id
+        return self.batch(batch_id), batch_id
 
 
 def read_prompt_data(d, tokenizer) -> tuple[list[dict], object, list[dict]]:

@@ -1,0 +1,90 @@
+"""How the makers are fed during one PPO step: tickets, admission control, and failing fast.
+
+Batch ids are tickets handed out in order; step `s` trains on tickets `[s*k, (s+1)*k)` (k = maker
+batches per step), which the replay buffer enforces. A ticket is only started when the experience
+it will hold cannot be too stale when consumed:
+
+    ticket t is consumed in step t // k, by trainers at version t // k; a maker holding version v
+    makes it with staleness t // k - v, so it may start t only if t < (v + max_staleness + 1) * k
+
+and when the buffer can hold it with everything admitted before it (capacity // maker batch items
+past the current step's first ticket). Sync mode is the same schedule with max_staleness = 0: a
+step's tickets need the weights of the step before, so makers wait while trainers train. Async mode
+lets makers run up to max_staleness steps ahead instead of throwing stale experience away.
+
+While waiting, the scheduler watches the trainer groups' refs too: a rank that dies while makers
+generate ends the run at once with one line, not after a buffer timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+from actors.maker_pool import Batch, MakerPool
+from actors.trainer_groups import TrainerGroups
+
+QUEUE_DEPTH = 2  # batches sent to a maker at once: the next one starts without a driver round trip
+
+
+@dataclass
+class StepResult:
+    results: dict                                   # role -> rank 0's metrics of the update
+    makes: list = field(default_factory=list)       # statistics of the maker batches that landed
+    generate_wall: float = 0.0                      # seconds from the step's start until its last batch landed
+
+
+class StepScheduler:
+    def __init__(self, pool: MakerPool, groups: TrainerGroups, buffer, prompts, items_per_step: int,
+                 max_staleness: int, capacity_items: int, last_ticket: int, first_step: int = 0):
+        self.pool, self.groups, self.buffer, self.prompts = pool, groups, buffer, prompts
+        self.k, self.max_staleness, self.capacity_items = items_per_step, max_staleness, capacity_items
+        self.last_ticket = last_ticket              # tickets of steps past max_steps are never started
+        self.next_ticket = first_step * items_per_step
+
+    def limit(self, step: int, maker_version: int) -> int:
+        """First ticket a maker holding `maker_version` may not start while trainers are on `step`."""
+        staleness_bound = (maker_version + self.max_staleness + 1) * self.k
+        capacity_bound = step * self.k + max(self.capacity_items, self.k)
+        return min(staleness_bound, capacity_bound, self.last_ticket)
+
+    def feed(self, step: int) -> None:
+        """Give the admissible tickets (orphans first) to the makers with the fewest queued batches."""
+        version = self.pool.weights[2] if self.pool.weights is not None else step  # makers get the newest first
+        while self.pool.makers:
+            index = min(self.pool.makers, key=lambda i: (self.pool.queued(i), i))
+            if self.pool.queued(index) >= QUEUE_DEPTH:
+                return
+            batch = self.pool.take_orphan()
+            if batch is None:
+                if self.next_ticket >= self.limit(step, version):
+                    return
+                batch = Batch(self.next_ticket, self.prompts.batch(self.next_ticket))
+                self.next_ticket += 1
+            self.pool.submit(index, batch)
+
+    def run(self, step: int) -> StepResult:
+        """Train step `step`: start every rank's update, keep the makers fed, move landed batches into the
+        buffer, and return when every rank has finished."""
+        t0 = time.perf_counter()
+        train = self.groups.train(self.buffer, self.k, step)
+        pending = {ref for refs in train.values() for ref in refs}
+        out = StepResult(results={})
+        last_landed = t0
+        while pending:
+            self.feed(step)
+            done, _ = ray.wait(list(pending) + self.pool.refs(), num_returns=1)
+            ref = done[0]
+            if ref in pending:
+                self.groups.get([ref])  # raises at once if a trainer rank failed
+                pending.discard(ref)
+                continue
+            stats = self.pool.on_ready(ref)
+            if stats is not None and stats.get("accepted", True):  # a refused copy produced nothing new
+                out.makes.append(stats)
+                last_landed = time.perf_counter()
+        out.results = {role: self.groups.get(refs)[0] for role, refs in train.items()}
+        out.generate_wall = last_landed - t0
+        return out

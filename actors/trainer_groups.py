@@ -1,0 +1,147 @@
+"""The PPO trainer groups of one job: one placement group and one torch.distributed world per role.
+
+    groups = TrainerGroups(cfg, cfg_dict, roles=("actor", "critic"))
+    groups.start(); groups.setup(resume_from)
+    refs = groups.train(buffer, items_per_step, step)   # {role: [ref per rank]}
+    groups.get(all refs)                                 # fails fast, naming a dead rank
+
+A group cannot lose a rank (its peers wait in a collective), so any rank's death ends the run at
+once with one line that names the rank and the checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.cluster import NAMESPACE
+from actors.ppo_trainer import PPOTrainerRank
+from coati_ray.errors import WorkerLost
+
+PLACEMENT_TIMEOUT_S = 120.0
+
+
+class TrainerGroups:
+    def __init__(self, cfg, cfg_dict: dict, roles: tuple[str, ...]):
+        self.cfg, self.cfg_dict, self.roles = cfg, cfg_dict, roles
+        self.ranks: dict[str, list] = {}
+        self.pgs: list = []
+        self.step = 0  # for the error line: the step being trained when a rank died
+        self.owner: dict = {}  # train_step ref -> the rank's name
+
+    def group_cfg(self, role: str):
+        return getattr(self.cfg, f"{role}_trainer")
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        """One placement group per role (ranks packed), then one PPOTrainerRank actor per bundle."""
+        for role in self.roles:
+            r = self.group_cfg(role).resources
+            bundle = {"CPU": r.num_cpus_per_rank, **({"GPU": r.num_gpus_per_rank} if r.num_gpus_per_rank else {})}
+            pg = placement_group([dict(bundle) for _ in range(r.num_ranks)], strategy="PACK",
+                                 name=f"{role}-trainer-pg")
+            self.pgs.append(pg)
+            ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+            if not ready:
+                free = ray.available_resources()
+                raise WorkerLost(f"run error: the {role} trainer group's {r.num_ranks} x {bundle} could not be placed "
+                                 f"within {PLACEMENT_TIMEOUT_S:.0f}s (free: {free.get('CPU', 0):g} CPU, "
+                                 f"{free.get('GPU', 0):g} GPU); lower {role}_trainer.resources or add nodes")
+            self.ranks[role] = [
+                PPOTrainerRank.options(name=f"{role}-trainer-{rank}", namespace=NAMESPACE, num_cpus=r.num_cpus_per_rank,
+                                       num_gpus=r.num_gpus_per_rank,
+                                       scheduling_strategy=PlacementGroupSchedulingStrategy(pg, rank)).remote(
+                    role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1)
+                for rank in range(r.num_ranks)]
+
+    def setup(self, resume_from: Optional[str]) -> None:
+        """Every rank joins its group's world and builds model and optimiser; all groups at once."""
+        refs = []
+        for role in self.roles:
+            ranks = self.ranks[role]
+            addr, port = self.get([ranks[0].address.remote()])[0]
+            refs += [rank.setup.remote(addr, port, resume_from) for rank in ranks]
+        self.get(refs)
+
+    # ------------------------------------------------------------------ work
+
+    def train(self, buffer, items_per_step: int, step: int) -> dict[str, list]:
+        self.step = step
+        refs = {role: [r.train_step.remote(buffer, items_per_step, step) for r in ranks]
+                for role, ranks in self.ranks.items()}
+        self.owner = {ref: f"{role}-trainer-{rank}" for role, role_refs in refs.items()
+                      for rank, ref in enumerate(role_refs)}
+        return refs
+
+    def export(self, lora_only: dict[str, bool]) -> dict[str, Optional[list]]:
+        """Rank 0 of each group puts its weights in the object store once: {role: [ref]} (LoRA: adapters)."""
+        refs = {role: [r.export_weights.remote(lora_only[role]) for r in ranks] for role, ranks in self.ranks.items()}
+        out = self.get([ref for role_refs in refs.values() for ref in role_refs])
+        result, i = {}, 0
+        for role, role_refs in refs.items():
+            result[role] = out[i]
+            i += len(role_refs)
+        return result
+
+    def save(self, path: str, final: bool) -> None:
+        self.get([r.save_checkpoint.remote(path, final) for ranks in self.ranks.values() for r in ranks])
+
+    # ------------------------------------------------------------------ failures
+
+    def get(self, refs: list) -> list:
+        """ray.get on trainer refs, failing fast; a dead rank ends the run with one line on how to resume."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                # The ref of a rank's own call: that rank is the dead one, no need to ask the others.
+                raise WorkerLost(self.lost_message(e, self.owner.get(done[0]))) from None
+            except ray.exceptions.RayTaskError as e:
+                # A peer of a dead rank may fail first (its collective lost a member): name the dead one.
+                if any(_is_dead(handle) for _, handle in self.names()):
+                    raise WorkerLost(self.lost_message(e)) from None
+                raise
+        return ray.get(refs)
+
+    def lost_message(self, err: BaseException, dead_rank: Optional[str] = None) -> str:
+        from coati_ray.utils.run_dir import latest_checkpoint
+
+        dead = [dead_rank] if dead_rank else [name for name, handle in self.names() if _is_dead(handle)]
+        dead = dead or ["a trainer rank"]
+        ckpt = latest_checkpoint(self.cfg.output_dir)
+        how = (f"resume with --resume (latest checkpoint: {ckpt})" if ckpt else
+               "no checkpoint was saved yet (set ppo.save_every), so rerun from the start")
+        return (f"run error: {', '.join(dead)} died at step {self.step + 1} ({type(err).__name__}); a trainer group "
+                f"cannot lose a rank, so the run stops; {how}")
+
+    def names(self) -> Iterator[tuple[str, object]]:
+        for role, ranks in self.ranks.items():
+            for rank, handle in enumerate(ranks):
+                yield f"{role}-trainer-{rank}", handle
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        for ranks in self.ranks.values():
+            for r in ranks:
+                ray.kill(r, no_restart=True)
+        self.ranks.clear()
+        for pg in self.pgs:
+            remove_placement_group(pg)
+        self.pgs.clear()
+
+
+def _is_dead(handle) -> bool:
+    try:
+        ray.get(handle.__ray_ready__.remote(), timeout=5)
+        return False
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:  # alive but busy (e.g. blocked in a collective)
+        return False

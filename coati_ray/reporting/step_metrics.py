@@ -1,0 +1,55 @@
+"""One PPO step's metrics record, from what each part of the system reported (no Ray here).
+
+The names are stable (verl style): `timing/*` seconds of each stage, `throughput/*`, `tflops/*`,
+the trainers' `actor/*` and `critic/*`, `experience/*`, `buffer/*`, `sync/*`.
+"""
+
+from __future__ import annotations
+
+from coati_ray.utils.flops import tflops
+
+MAKER_MEANS = ("reward", "kl", "response_length", "timing/generate", "timing/ref", "timing/reward", "timing/values")
+
+
+def step_metrics(*, updates: dict[str, dict], makes: list[dict], export_seconds: float, loads: list[dict],
+                 step_seconds: float, buffer: dict, version: int, makers: int, maker_restarts: int) -> dict:
+    """Merge one step's reports into the metrics.jsonl record.
+
+    updates: role -> rank 0's update metrics (averaged over its group; `flops/<role>`, `consumed`);
+    makes: statistics of every maker batch that landed during the step (async: possibly none);
+    loads: weight loads reported by makers since the last step; buffer: the buffer's stats().
+    """
+    m = {k: v for role_m in updates.values() for k, v in role_m.items()
+         if k != "consumed" and not k.startswith("flops/")}
+    for role, role_m in updates.items():
+        # Each group's estimated FLOPs over the step's wall time: the groups and makers add up to the job's rate.
+        m[f"tflops/{role}_trainer"] = tflops(role_m[f"flops/{role}"], step_seconds)
+    if makes:
+        for key in MAKER_MEANS:
+            m[key] = sum(s[key] for s in makes) / len(makes)
+        m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
+        m["throughput/generated_tokens_per_s"] = sum(s["generated_tokens"] for s in makes) / max(step_seconds, 1e-9)
+        m["tflops/makers"] = tflops(sum(s["flops"] for s in makes), step_seconds)
+    else:  # async: no maker batch landed during this step, so nothing was produced in it
+        m.update({key: 0.0 for key in MAKER_MEANS if key.startswith("timing/")})
+        m.update({"throughput/samples_per_s": 0.0, "throughput/generated_tokens_per_s": 0.0, "tflops/makers": 0.0})
+    m["experience/batches"] = len(makes)
+    consumed = next(iter(updates.values()))["consumed"]
+    m["experience/max_staleness"] = max(consumed["staleness"]) if consumed["staleness"] else 0
+    m["experience/versions"] = consumed["versions"]
+    m["timing/sync"] = export_seconds + (max(x["seconds"] for x in loads) if loads else 0.0)
+    m["sync/bytes"] = loads[0]["bytes"] if loads else 0
+    m["sync/cast_tensors"] = max((x.get("cast_tensors", 0) for x in loads), default=0)
+    m["timing/step"] = step_seconds
+    waits = [role_m.get(f"timing/wait_{role}", 0.0) for role, role_m in updates.items()]
+    # The share of the step the trainers spent waiting for experience (the slower-fed group's).
+    m["trainer/idle_fraction"] = max(waits) / max(step_seconds, 1e-9) if waits else 0.0
+    m["throughput/trainer_tokens_per_s"] = sum(m.get(f"throughput/{role}_tokens_per_s", 0.0) for role in updates)
+    m["version"] = version
+    m["makers"] = makers
+    m["maker_restarts"] = maker_restarts
+    m["buffer/held_samples"] = buffer["held_samples"]
+    m["buffer/capacity"] = buffer["capacity"]
+    m["buffer/dropped"] = buffer["dropped"]
+    m["consumed"] = {role: role_m["consumed"] for role, role_m in updates.items()}
+    return m
