@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test demo sft rm bench soak clean
+.PHONY: setup assets test demo demo-rlvr sft rm bench soak clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -34,6 +34,11 @@ DEMO_DIR ?= runs/demo
 SEED ?= 1
 demo: setup
 	$(VPY) -m launch.pipeline --config configs/demo.yaml --output-dir $(DEMO_DIR) --overwrite seed=$(SEED)
+
+# RLVR: SFT -> GRPO on the sorting task's verifier (no reward model, no critic), judged by the gold score.
+RLVR_DIR ?= runs/demo_rlvr
+demo-rlvr: setup
+	$(VPY) -m launch.pipeline --config configs/demo_rlvr.yaml --output-dir $(RLVR_DIR) --overwrite seed=$(SEED)
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml

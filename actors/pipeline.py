@@ -21,7 +21,6 @@ from actors.cluster import connect
 from actors.driver import PPOJob, check_cluster_fits
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
-from coati_ray.config.pipeline import STAGES
 from coati_ray.utils.progress import MetricsTail
 from coati_ray.utils.run_dir import latest_checkpoint
 
@@ -45,7 +44,7 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
     try:
         with user_errors():
             check_cluster_fits(cfg.ppo, extra="ppo.")  # before minutes of SFT and RM, not after
-            for stage in STAGES:
+            for stage in cfg.stages:
                 stage_cfg = getattr(cfg, stage)
                 done = completed_stage(stage_cfg.output_dir) if resume else None
                 if done is not None:

@@ -20,3 +20,8 @@ class ModelError(CoatiError):
 
 class WorkerLost(CoatiError):
     """A Ray actor the run cannot do without died (a trainer rank, or a maker past its restarts)."""
+
+
+class RewardError(CoatiError):
+    """A training reward source failed: a reward function raised or answered wrongly, or the reward
+    service could not be reached."""

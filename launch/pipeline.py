@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     except CoatiError as e:
         return fail(e)
     if args.overwrite:
-        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots")]:
+        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots")]:  # rm too: none left
             shutil.rmtree(path, ignore_errors=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
@@ -53,7 +53,8 @@ def main(argv=None) -> int:
                  "samples_per_prompt": 1 if g.ppo.eval_greedy else g.ppo.eval_samples_per_prompt,
                  "decoding": "greedy" if g.ppo.eval_greedy else
                  f"sampled, temperature {g.generation.temperature}, top_k {g.generation.top_k}, "
-                 f"top_p {g.generation.top_p}"}
+                 f"top_p {g.generation.top_p}", "estimator": g.ppo.advantage_estimator,
+                 "training_reward": training_reward(g)}
     summary = pipeline_summary(stages, seconds, time.time() - t0, cfg.seed, eval_info)
     paths = write_pipeline_report(cfg.output_dir, summary)
     summary["files"] = {k: v for k, v in paths.items() if v}
@@ -64,9 +65,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def training_reward(cfg) -> str:
+    """What PPO optimised, for the report: the learned RM, or a verifier that may be the judge itself."""
+    parts = []
+    if cfg.reward is not None:
+        parts.append(f"the reward model (x{cfg.rewards.model_weight:g})")
+    if cfg.rewards.function:
+        parts.append(f"`{cfg.rewards.function}` (x{cfg.rewards.function_weight:g})")
+    if cfg.rewards.http_url:
+        parts.append(f"{cfg.rewards.http_url} (x{cfg.rewards.http_weight:g})")
+    return " + ".join(parts)
+
+
 def check_output_dir(cfg: PipelineConfig, resume: bool, overwrite: bool) -> None:
     """A second run into the same directory must not silently mix with, or destroy, the first."""
-    existing = [s for s in STAGES if os.path.exists(cfg.stage_dir(s))]
+    existing = [s for s in cfg.stages if os.path.exists(cfg.stage_dir(s))]
     if existing and not (resume or overwrite):
         raise CoatiError(f"run error: '{cfg.output_dir}' already holds {', '.join(existing)} results; pass --resume "
                          "to continue that run, --overwrite to start again, or choose another --output-dir")
@@ -78,6 +91,7 @@ def preflight(cfg: PipelineConfig) -> None:
     """Read the tokenizer and every data file of every stage now, so a bad row in the PPO prompts
     stops the job before SFT runs, not ten minutes after."""
     from coati_ray.experience.prompts import read_prompt_data
+    from coati_ray.experience.rewards import check_reward_sources
     from coati_ray.models.loading import load_tokenizer
     from coati_ray.trainers.rm import RMTrainer
     from coati_ray.trainers.sft import SFTTrainer
@@ -85,9 +99,11 @@ def preflight(cfg: PipelineConfig) -> None:
 
     base = cfg.sft.model.path
     preflight_data(cfg.sft, SFTTrainer)
-    preflight_data(cfg.stand_in("rm", base), RMTrainer)
+    if cfg.rm is not None:
+        preflight_data(cfg.stand_in("rm", base), RMTrainer)
     tokenizer = load_tokenizer(cfg.sft.model.tokenizer_path or base, cfg.sft.model.trust_remote_code)
     prompts, _, _ = read_prompt_data(cfg.ppo.data, tokenizer)
+    check_reward_sources(cfg.ppo.rewards)
     if not prompts:
         raise CoatiError(f"data error: {cfg.ppo.data.prompt_path} has no usable prompts; add prompt rows")
 

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import REPO, data_path
 
 PPO_YAML = os.path.join(REPO, "configs", "ppo_tiny.yaml")
+GRPO_YAML = os.path.join(REPO, "configs", "grpo_tiny.yaml")
 SFT_YAML = os.path.join(REPO, "configs", "sft_tiny.yaml")
 RM_YAML = os.path.join(REPO, "configs", "rm_tiny.yaml")
 
@@ -75,6 +76,10 @@ class Ctx:
     def ppo(self, *overrides: str) -> list[str]:
         return ["--config", PPO_YAML, f"actor.path={self.model}", f"critic.path={self.model}",
                 f"reward.path={self.reward}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides]
+
+    def grpo(self, *overrides: str) -> list[str]:
+        return ["--config", GRPO_YAML, f"actor.path={self.model}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
+                *overrides]
 
     def sft(self, *overrides: str) -> list[str]:
         return ["--config", SFT_YAML, f"model.path={self.model}", f"data.train_path={data_path('sft', 'train.jsonl')}",
@@ -137,6 +142,26 @@ CASES = [
      lambda c: c.ppo("critic_trainer.strategy.name=naive", "critic_trainer.resources.num_ranks=2"), "naive"),
     ("unknown gold task", "ppo", lambda c: c.ppo(f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}",
                                                  "data.gold_task=chess"), "data.gold_task"),
+    # ---- algorithms and reward sources
+    ("unknown advantage estimator", "ppo", lambda c: c.ppo("ppo.advantage_estimator=ppo2"), "grpo"),
+    ("critic keys for a critic-free estimator", "ppo",
+     lambda c: c.ppo("ppo.advantage_estimator=grpo", "ppo.n_samples_per_prompt=4"), "trains no critic"),
+    ("critic_trainer keys for a critic-free estimator", "ppo",
+     lambda c: c.grpo("critic_trainer.optim.lr=1e-3"), "critic_trainer"),
+    ("gae without a critic", "ppo", lambda c: c.grpo("ppo.advantage_estimator=gae", "ppo.n_samples_per_prompt=1"),
+     "needs a critic"),
+    ("group size that does not divide the maker batch", "ppo", lambda c: c.grpo("ppo.n_samples_per_prompt=3"),
+     "whole groups"),
+    ("group-relative estimator with one sample per prompt", "ppo", lambda c: c.grpo("ppo.n_samples_per_prompt=1"),
+     "needs at least 2"),
+    ("no training reward at all", "ppo", lambda c: c.grpo("rewards.function=null"), "no training reward"),
+    ("reward function that does not import", "ppo", lambda c: c.grpo("rewards.function=no_such_module_xyz:reward"),
+     "cannot import"),
+    ("reward function with the wrong signature", "ppo",
+     lambda c: c.grpo("rewards.function=coati_ray.tasks.sorting:gold_score"), "function(prompts, responses, rows)"),
+    ("unreachable reward service at start-up", "ppo",
+     lambda c: c.grpo("rewards.http_url=http://127.0.0.1:9/reward", "rewards.http_retries=0",
+                      "rewards.http_timeout_s=2"), "http://127.0.0.1:9/reward"),
     # ---- output and resume
     ("output dir under a file", "ppo", lambda c: c.ppo("--output-dir", c.write("a_file", "x") + "/run"), "is a file"),
     ("output dir not writable", "ppo", lambda c: c.ppo("--output-dir", "/proc/coati_run"), "not writable"),

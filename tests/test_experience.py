@@ -19,14 +19,17 @@ def models(tiny_llama):
                             reward=RewardModel.from_pretrained(tiny_llama), critic=Critic.from_pretrained(tiny_llama))
 
 
-def prompts(tokenizer, n=4):
+def prompt_items(tokenizer, n=4):
     from coati_ray.data.template import DEFAULT_TEMPLATE
 
     texts = [f"sort: {i} {i + 3} 1" for i in range(n)] + ["sort: 9 8 7 6 5 4 3"]
-    items = [{"input_ids": [tokenizer.bos_token_id] + tokenizer(DEFAULT_TEMPLATE.render_prompt(t),
-                                                                add_special_tokens=False)["input_ids"]}
-             for t in texts[:n]]
-    return collate_prompts(items, tokenizer.pad_token_id)
+    return [{"input_ids": [tokenizer.bos_token_id] + tokenizer(DEFAULT_TEMPLATE.render_prompt(t),
+                                                               add_special_tokens=False)["input_ids"], "prompt": t}
+            for t in texts[:n]]
+
+
+def prompts(tokenizer, n=4):
+    return collate_prompts(prompt_items(tokenizer, n), tokenizer.pad_token_id)
 
 
 def test_make_experience_shapes_and_invariants(models, tokenizer):
@@ -34,7 +37,7 @@ def test_make_experience_shapes_and_invariants(models, tokenizer):
     batch = prompts(tokenizer)
     gen = from_dict(GenerationConfig, {"max_new_tokens": 6})
     ppo = from_dict(PPOAlgoConfig, {"kl_coef": 0.1})
-    exp, timings = make_experience(models, tokenizer, batch["input_ids"], batch["attention_mask"], gen, ppo, version=3)
+    exp, timings = make_experience(models, tokenizer, prompt_items(tokenizer), gen, ppo, version=3)
     B, A = 4, exp.num_actions
     assert exp.sequences.shape == (B, batch["input_ids"].size(1) + A) and exp.version == 3
     for name in ("action_log_probs", "values", "returns", "advantages", "kl"):
@@ -113,8 +116,7 @@ def test_policy_trainer_with_ptx_and_value_trainer_update(models, tokenizer, tin
                        "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
                        "ppo.rollout_batch_size=4", "ppo.ppo_epochs=2"])
     torch.manual_seed(0)
-    batch = prompts(tokenizer)
-    exp, _ = make_experience(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg.generation, cfg.ppo)
+    exp, _ = make_experience(models, tokenizer, prompt_items(tokenizer), cfg.generation, cfg.ppo)
     exp.advantages = torch.randn_like(exp.advantages) * exp.action_mask
     ptx, _ = SFTTrainer.build_dataset(data_path("ptx", "train.jsonl"), tokenizer,
                                       type("D", (), {"max_length": 64, "format": "auto", "on_bad_row": "error"}), 16)

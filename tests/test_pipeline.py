@@ -133,6 +133,32 @@ def test_short_pipeline_end_to_end(tiny_llama, tmp_path, capsys):
     assert (out / "ppo" / "metrics.jsonl").read_text() == before
 
 
+def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_llama, tmp_path, capsys):
+    """configs/demo_rlvr.yaml shortened: no rm stage, GRPO on the sorting verifier; nothing is linked to a
+    reward model or critic, and the report says the training reward was the verifier."""
+    from launch.pipeline import main
+
+    rlvr = os.path.join(REPO, "configs", "demo_rlvr.yaml")
+    overrides = [f"sft.model.path={tiny_llama}", "sft.trainer.max_steps=4", "sft.trainer.save_every=null",
+                 "sft.resources.num_cpus_per_rank=0.5", "sft.resources.torch_threads=1", "ppo.ppo.max_steps=2",
+                 "ppo.ppo.eval_every=null", "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1",
+                 "ppo.data.eval_max_samples=8", "ppo.generation.max_new_tokens=6", "ppo.ppo.rollout_batch_size=32",
+                 "ppo.ppo.train_batch_size=32", "ppo.maker.batch_size=16"]
+    cfg = load_config(PipelineConfig, rlvr, overrides, output_dir=str(tmp_path / "cfg"), prepare=prepare_pipeline_dict)
+    cfg.link()
+    cfg.validate()
+    assert cfg.stages == ("sft", "ppo") and cfg.ppo.reward is None and cfg.ppo.critic is None
+    assert cfg.ppo.roles == ("actor",)
+    out = tmp_path / "run"
+    assert main(["--config", rlvr, "--output-dir", str(out), *overrides]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stage_seconds"]) == {"sft", "ppo"} and summary["ppo_steps"] == 2
+    assert summary["rm_accuracy"] is None and 0.0 <= summary["gold_score_ppo"] <= 1.0
+    assert summary["evaluation"]["estimator"] == "grpo"
+    assert "coati_ray.tasks.sorting:reward" in (out / "report.md").read_text()
+    assert not (out / "rm").exists() and not (out / "ppo" / "checkpoints" / "final" / "critic").exists()
+
+
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "configs", "gpu"))))
 def test_gpu_configs_parse(name):
     """The README's GPU configs name real keys with the right types (they cannot run here: no CUDA,

@@ -216,7 +216,6 @@ def test_two_rank_group_whitens_and_updates_as_one_rank_on_the_union(tiny_llama,
 def test_first_on_policy_minibatch_has_ratio_one_with_dropout_and_temperature(assets, gpt2_reward, tmp_path,
                                                                               keep_dropout):
     """tiny-gpt2 has dropout 0.1 (as gpt2 and opt do) and the makers sample at temperature 0.7."""
-    from coati_ray.data.datasets import collate_prompts
     from coati_ray.experience import make_experience
     from coati_ray.experience.maker import build_experience_models
     from coati_ray.experience.prompts import read_prompt_data
@@ -230,10 +229,8 @@ def test_first_on_policy_minibatch_has_ratio_one_with_dropout_and_temperature(as
                   f"ppo.disable_dropout={str(not keep_dropout).lower()}")
     tok = load_tokenizer(gpt2)
     prompts, _, _ = read_prompt_data(cfg.data, tok)
-    batch = collate_prompts(prompts[:8], tok.pad_token_id)
     torch.manual_seed(0)
-    exp, _ = make_experience(build_experience_models(cfg), tok, batch["input_ids"], batch["attention_mask"],
-                             cfg.generation, cfg.ppo)
+    exp, _ = make_experience(build_experience_models(cfg), tok, prompts[:8], cfg.generation, cfg.ppo)
     strategy = make_strategy(cfg.actor_trainer.strategy)
     strategy.setup_distributed()
     trainer = make_group_trainer("actor", cfg, strategy)

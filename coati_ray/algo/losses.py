@@ -71,6 +71,17 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
     return loss, stats
 
 
+def kl_loss(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """GRPO's KL term in the loss: masked token mean of k3 = exp(r) - r - 1, r = ref - log_probs.
+
+    log_probs (current policy, with gradient), ref_log_probs (initial policy), action_mask: (B, A).
+    k3 is unbiased for KL(pi || pi_ref) on samples of pi and never negative; its gradient pulls the
+    policy towards the reference where it has drifted.
+    """
+    r = ref_log_probs.float() - log_probs.float()
+    return masked_mean(torch.expm1(r) - r, action_mask)
+
+
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                action_mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict]:
     """Clipped value loss, masked token mean.

@@ -126,8 +126,10 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         key = prefix + name
         if name in data:
             kwargs[name] = _coerce(tp, data[name], key)
+        elif dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, {}, key + ".")
         elif dataclasses.is_dataclass(_strip_optional(tp)):
-            kwargs[name] = from_dict(_strip_optional(tp), {}, key + ".")
+            kwargs[name] = None  # an optional section the config leaves out (e.g. no critic for GRPO)
         elif f.metadata.get("required"):
             raise ConfigError(f"config error: '{key}' is required and missing; {f.metadata.get('help', '')}")
     return cls(**kwargs)

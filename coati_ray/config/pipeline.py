@@ -1,9 +1,10 @@
 """Configuration of the whole pipeline: SFT -> RM -> PPO in one job, each stage feeding the next.
 
 The pipeline owns the links between stages: the RM starts from the SFT model, PPO's actor is the
-SFT model and its critic and reward model are the RM. Those paths, each stage's output directory
-and its seed are set here from `output_dir` and `seed`; a config that sets them itself is refused
-(two sources of truth for one path is how runs train on the wrong checkpoint).
+SFT model and its reward model (and, for gae, its critic) is the RM. Those paths, each stage's output
+directory and its seed are set here from `output_dir` and `seed`; a config that sets them itself is
+refused (two sources of truth for one path is how runs train on the wrong checkpoint). The RM stage
+is optional: without it (RLVR), PPO takes its reward from a function or service and trains no critic.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from coati_ray.config.ppo import PPOConfig
 from coati_ray.config.schema import JobConfig, RMConfig, SFTConfig, _fail, opt
@@ -23,6 +25,13 @@ CHAINED = {("rm", "model", "path"): "sft", ("ppo", "actor", "path"): "sft",
 PLACEHOLDER = "<set by the pipeline>"
 
 
+def chained(has_rm: bool, needs_critic: bool) -> dict:
+    """The links of a pipeline with or without the RM stage; a critic is linked only when PPO trains one."""
+    return {key: source for key, source in CHAINED.items()
+            if (has_rm or source != "rm") and (key[0] != "rm" or has_rm)
+            and (key != ("ppo", "critic", "path") or needs_critic)}
+
+
 @dataclass
 class PipelineConfig(JobConfig):
     """Stages 1-3 in one job: `sft`, `rm` and `ppo` take the keys of their own stage configs."""
@@ -30,8 +39,13 @@ class PipelineConfig(JobConfig):
     output_dir: str = opt("runs/pipeline", "run directory: sft/, rm/, ppo/, summary.json, report.md, plots/")
     seed: int = opt(1, "seed of every stage (data order, head init, sampling); overrides the stages' own seeds")
     sft: SFTConfig = opt(None, "stage 1 (keys of configs/sft_*.yaml, minus output_dir)")
-    rm: RMConfig = opt(None, "stage 2 (keys of configs/rm_*.yaml, minus output_dir and model.path)")
+    rm: Optional[RMConfig] = opt(None, "stage 2 (keys of configs/rm_*.yaml, minus output_dir and model.path); leave it "
+                                       "out for RLVR (rewards from ppo.rewards.function / http_url)")
     ppo: PPOConfig = opt(None, "stage 3 (keys of configs/ppo_*.yaml, minus output_dir and actor/critic/reward paths)")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(s for s in STAGES if getattr(self, s) is not None)
 
     def stage_dir(self, stage: str) -> str:
         return os.path.join(self.output_dir, stage)
@@ -41,14 +55,16 @@ class PipelineConfig(JobConfig):
 
     def link(self) -> None:
         """Point each stage at its own directory and at the previous stage's output; one seed for all."""
-        for stage in STAGES:
+        for stage in self.stages:
             getattr(self, stage).output_dir = self.stage_dir(stage)
-        self.rm.model.path = self.final_checkpoint("sft")
-        self.ppo.actor.path = self.final_checkpoint("sft")
-        self.ppo.critic.path = self.final_checkpoint("rm")
-        self.ppo.reward.path = self.final_checkpoint("rm")
-        self.sft.strategy.seed = self.rm.strategy.seed = self.seed
-        self.ppo.ppo.seed = self.ppo.actor_trainer.strategy.seed = self.ppo.critic_trainer.strategy.seed = self.seed
+        for (section, *keys), source in chained(self.rm is not None, self.ppo.algorithm.needs_critic).items():
+            setattr(getattr(getattr(self, section), keys[0]), keys[1], self.final_checkpoint(source))
+        self.sft.strategy.seed = self.seed
+        if self.rm is not None:
+            self.rm.strategy.seed = self.seed
+        for role in self.ppo.roles:
+            getattr(self.ppo, f"{role}_trainer").strategy.seed = self.seed
+        self.ppo.ppo.seed = self.seed
 
     def validate(self) -> None:
         """Every stage's checks, now: later stages are checked against the SFT base model, whose
@@ -56,7 +72,8 @@ class PipelineConfig(JobConfig):
         super().validate()
         self.sft.validate()
         base = self.sft.model.path
-        self.stand_in("rm", base).validate()
+        if self.rm is not None:
+            self.stand_in("rm", base).validate()
         self.stand_in("ppo", base).validate(check_reward_head=False)
         if self.ppo.data.gold_task and not self.ppo.data.eval_prompt_path:
             _fail("ppo.data.eval_prompt_path", "the report's gold scores need held-out prompts",
@@ -65,7 +82,7 @@ class PipelineConfig(JobConfig):
     def stand_in(self, stage: str, base: str):
         """A copy of `stage`'s config whose chained inputs point at `base` (for checks before they exist)."""
         cfg = copy.deepcopy(getattr(self, stage))
-        for (section, *keys), _ in CHAINED.items():
+        for (section, *keys), _ in chained(self.rm is not None, self.ppo.algorithm.needs_critic).items():
             if section == stage:
                 setattr(getattr(cfg, keys[0]), keys[1], base)
         return cfg
@@ -78,7 +95,13 @@ def prepare_pipeline_dict(data: dict) -> None:
         if isinstance(section, dict) and "output_dir" in section:
             raise ConfigError(f"config error: {stage}.output_dir is set by the pipeline (<output_dir>/{stage}); "
                               "remove it and set the top-level output_dir or --output-dir")
-    for (stage, *keys), source in CHAINED.items():
+    ppo = data.get("ppo") if isinstance(data.get("ppo"), dict) else {}
+    estimator = (ppo.get("ppo") or {}).get("advantage_estimator", "gae") if isinstance(ppo.get("ppo"), dict) else "gae"
+    from coati_ray.algo.advantages import REGISTRY
+
+    needs_critic = estimator not in REGISTRY or REGISTRY[estimator].needs_critic  # an unknown name fails later
+    links = chained(isinstance(data.get("rm"), dict), needs_critic)
+    for (stage, *keys), source in links.items():
         node = data.setdefault(stage, {})
         if not isinstance(node, dict):
             continue  # from_dict reports the wrong type with its key

@@ -84,14 +84,22 @@ class PPOAlgoConfig:
     train_batch_size: int = opt(8, "samples per optimiser step (all ranks of a group together)")
     micro_batch_size: int = opt(4, "samples per forward/backward on one rank")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
-    kl_coef: float = opt(0.1, "weight of the per-token KL penalty to the initial policy")
-    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward")
+    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = opt(
+        "gae", "gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, reinforce_pp, "
+               "reinforce_pp_baseline (coati_ray/algo/advantages.py)")
+    n_samples_per_prompt: int = opt(1, "samples generated per prompt (a group; group-relative estimators need >= 2)")
+    kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy")
+    kl_penalty: Literal["reward", "loss"] = opt(
+        "reward", "where the KL goes: reward (Coati/PPO: -kl_coef * KL on every token's reward) or loss (GRPO: "
+                  "kl_coef * k3 added to the policy loss)")
+    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward (the loss uses k3)")
     gamma: float = opt(1.0, "discount")
     lam: float = opt(0.95, "GAE lambda")
     clip_eps: float = opt(0.2, "policy ratio clip")
     value_clip_eps: float = opt(0.2, "value clip around the old values (0: off)")
-    reward_clip: float = opt(10.0, "clip the RM score to [-c, c] (0: off)")
-    whiten_advantages: bool = opt(True, "normalise advantages over the group's whole rollout batch (all ranks)")
+    reward_clip: float = opt(10.0, "clip the training reward (all sources, weighted) to [-c, c] (0: off)")
+    whiten_advantages: Optional[bool] = opt(None, "normalise advantages over the group's whole rollout batch (all "
+                                                  "ranks); null: the estimator's default (gae, reinforce_pp: yes)")
     disable_dropout: bool = opt(True, "turn dropout off in every PPO model (as TRL does), so the policy that "
                                       "sampled is the policy in the ratio; false keeps the checkpoints' dropout")
     ptx_coef: float = opt(0.0, "PPO-ptx: loss = ptx_coef * ptx + (1 - ptx_coef) * policy")
@@ -106,11 +114,40 @@ class PPOAlgoConfig:
 
 
 @dataclass
+class RewardSourcesConfig:
+    """Where the training reward comes from: weighted sum of the reward model, a Python function and an
+    HTTP service (any of them). The gold scorer (data.gold_task) only judges and is never one of these."""
+
+    model_weight: float = opt(1.0, "weight of the reward model's score (used when reward.path is set)")
+    function: Optional[str] = opt(None, "'module:function' called as function(prompts, responses, rows) -> list "
+                                        "of floats, e.g. coati_ray.tasks.sorting:reward")
+    function_weight: float = opt(1.0, "weight of the function's rewards")
+    http_url: Optional[str] = opt(None, "POST {prompts, responses, rows} as JSON, answered by {rewards: [...]}")
+    http_weight: float = opt(1.0, "weight of the HTTP service's rewards")
+    http_timeout_s: float = opt(30.0, "seconds one request may take")
+    http_retries: int = opt(2, "retries of a failed request before the run stops")
+
+    def validate(self, has_reward_model: bool, key: str = "rewards") -> None:
+        if not (has_reward_model or self.function or self.http_url):
+            _fail(key, "no training reward: no reward model (reward.path), function or http_url",
+                  f"set reward.path, {key}.function (e.g. coati_ray.tasks.sorting:reward) or {key}.http_url")
+        if self.function:
+            from coati_ray.experience.rewards import check_reward_function
+
+            check_reward_function(self.function, f"{key}.function")
+        if self.http_url and not self.http_url.startswith(("http://", "https://")):
+            _fail(f"{key}.http_url", f"'{self.http_url}' is not an http(s) URL", "e.g. http://127.0.0.1:8000/reward")
+        if self.http_timeout_s <= 0 or self.http_retries < 0:
+            _fail(key, "http_timeout_s must be > 0 and http_retries >= 0", "e.g. http_timeout_s=30 http_retries=2")
+
+
+@dataclass
 class MakerConfig:
     """Experience makers: each holds actor, initial, reward and critic models."""
 
     num_makers: int = opt(2, "experience-maker actors (independent of the trainer groups)")
-    batch_size: int = opt(4, "prompts per maker batch (one buffer item)")
+    batch_size: int = opt(4, "samples per maker batch (one buffer item): batch_size / ppo.n_samples_per_prompt "
+                             "prompts, each sampled n times")
     num_cpus: float = opt(0.5, "CPUs per maker")
     num_gpus: float = opt(0.0, "GPUs per maker (fractions colocate with trainers)")
     torch_threads: Optional[int] = opt(1, "torch threads per maker")
@@ -137,6 +174,26 @@ class BufferConfig:
 
 
 @dataclass
+class SyncConfig:
+    """How the trainers' new weights reach the makers after every update (actors/weight_sync.py)."""
+
+    transport: Literal["auto", "object_store", "collective"] = opt(
+        "auto", "object_store: put once, every maker pulls; collective: a torch.distributed broadcast from each "
+                "trainer group's rank 0 to every maker; auto: collective when the group forms, else object_store")
+    backend: Literal["auto", "gloo", "nccl"] = opt("auto", "collective backend; auto: nccl when the senders and "
+                                                           "every maker have a GPU, else gloo")
+    bucket_mb: float = opt(256.0, "collective: megabytes per broadcast bucket (the extra transport memory per side)")
+    timeout_s: float = opt(120.0, "a collective sync (or its group forming) that does not finish in time ends "
+                                  "the run with one line naming the peer that did not join")
+
+    def validate(self, key: str = "sync") -> None:
+        if self.bucket_mb <= 0:
+            _fail(f"{key}.bucket_mb", f"must be > 0, got {self.bucket_mb}", "e.g. 256")
+        if self.timeout_s <= 0:
+            _fail(f"{key}.timeout_s", f"must be > 0, got {self.timeout_s}", "e.g. 120")
+
+
+@dataclass
 class TrainerGroupConfig:
     """One trainer group (actor or critic): strategy, optimiser and resources."""
 
@@ -151,26 +208,56 @@ class PPOConfig(JobConfig):
 
     output_dir: str = opt("runs/ppo", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
     actor: ModelConfig = opt(None, "the policy to optimise (usually the SFT checkpoint); also the initial policy")
-    critic: ModelConfig = opt(None, "the critic (usually initialised from the reward model)")
-    reward: ModelConfig = opt(None, "the frozen reward model (the RM stage's checkpoint)")
+    critic: Optional[ModelConfig] = opt(None, "the critic (usually initialised from the reward model); only for "
+                                              "ppo.advantage_estimator=gae")
+    reward: Optional[ModelConfig] = opt(None, "the frozen reward model (the RM stage's checkpoint); none when "
+                                              "rewards come from a function or HTTP service only")
+    rewards: RewardSourcesConfig = opt(None, "training reward sources and their weights")
     data: PromptDataConfig = opt(None, "prompts and PPO-ptx data")
     generation: GenerationConfig = opt(None, "sampling")
     ppo: PPOAlgoConfig = opt(None, "algorithm")
     maker: MakerConfig = opt(None, "experience makers")
     buffer: BufferConfig = opt(None, "replay buffer")
+    sync: SyncConfig = opt(None, "weight sync from the trainers to the makers")
     actor_trainer: TrainerGroupConfig = opt(None, "the actor trainer group")
     critic_trainer: TrainerGroupConfig = opt(None, "the critic trainer group")
+
+    @property
+    def algorithm(self):
+        """The AlgorithmSpec of ppo.advantage_estimator: which models and trainer groups the job builds."""
+        from coati_ray.algo.advantages import algorithm
+
+        return algorithm(self.ppo.advantage_estimator)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The trainer groups (and buffer consumer groups) of this job: ('actor', 'critic') or ('actor',)."""
+        return self.algorithm.trainer_roles
+
+    @property
+    def prompts_per_batch(self) -> int:
+        """Prompts in one maker batch: maker.batch_size samples are n_samples_per_prompt per prompt."""
+        return self.maker.batch_size // self.ppo.n_samples_per_prompt
+
+    def whiten(self) -> bool:
+        w = self.ppo.whiten_advantages
+        return self.algorithm.whiten if w is None else w
 
     def validate(self, check_reward_head: bool = True) -> None:
         """`check_reward_head=False` when the reward model is yet to be trained (the pipeline)."""
         super().validate()
+        self._check_algorithm()
         for key in ("actor", "critic", "reward"):
-            getattr(self, key).validate(key)
-        if self.reward.lora_rank:
-            _fail("reward.lora_rank", "the reward model is frozen", "remove reward.lora_rank")
-        if check_reward_head and not os.path.isfile(os.path.join(self.reward.path, VALUE_HEAD_FILE)):
-            _fail("reward.path", f"'{self.reward.path}' has no {VALUE_HEAD_FILE}, so it is not a reward model",
-                  "point it at the RM stage's checkpoints/final")
+            if getattr(self, key) is not None:
+                getattr(self, key).validate(key)
+        if self.reward is not None:
+            if self.reward.lora_rank:
+                _fail("reward.lora_rank", "the reward model is frozen", "remove reward.lora_rank")
+            if check_reward_head and not os.path.isfile(os.path.join(self.reward.path, VALUE_HEAD_FILE)):
+                _fail("reward.path", f"'{self.reward.path}' has no {VALUE_HEAD_FILE}, so it is not a reward model",
+                      "point it at the RM stage's checkpoints/final")
+        self.rewards.validate(has_reward_model=self.reward is not None)
+        self.sync.validate()
         self.data.validate()
         self.generation.validate()
         self.maker.validate()
@@ -186,7 +273,7 @@ class PPOConfig(JobConfig):
         if p.rollout_batch_size % p.train_batch_size:
             _fail("ppo.train_batch_size", f"{p.train_batch_size} does not divide ppo.rollout_batch_size "
                   f"({p.rollout_batch_size})", "choose a divisor of the rollout batch")
-        for group in ("actor_trainer", "critic_trainer"):
+        for group in (f"{role}_trainer" for role in self.roles):
             g = getattr(self, group)
             g.resources.validate(f"{group}.resources")
             ranks = g.resources.num_ranks
@@ -202,8 +289,8 @@ class PPOConfig(JobConfig):
                 _fail("maker.batch_size", f"{self.maker.batch_size} samples cannot be split evenly over the "
                       f"{ranks} ranks of {group}", f"use a multiple of {ranks}")
         self._check_maker_dtype()
-        for group in ("actor_trainer", "critic_trainer"):
-            getattr(self, group).strategy.check_machine(f"{group}.strategy")
+        for role in self.roles:
+            getattr(self, f"{role}_trainer").strategy.check_machine(f"{role}_trainer.strategy")
         if p.eval_samples_per_prompt < 1:
             _fail("ppo.eval_samples_per_prompt", f"must be >= 1, got {p.eval_samples_per_prompt}", "e.g. 4")
         if p.eval_every is not None and p.eval_every < 1:
@@ -236,10 +323,37 @@ class PPOConfig(JobConfig):
             return {"bf16": "bfloat16", "fp16": "float16"}[strategy.precision]
         return getattr(self, key).dtype
 
+    def _check_algorithm(self) -> None:
+        """The estimator's needs against the models and groups the config sets up."""
+        p, spec = self.ppo, self.algorithm
+        name = f"ppo.advantage_estimator={p.advantage_estimator}"
+        if spec.needs_critic and self.critic is None:
+            _fail("critic.path", f"{name} needs a critic", "set critic.path (e.g. the RM stage's checkpoint) or "
+                  "choose a critic-free estimator: grpo, dr_grpo, rloo, reinforce_pp")
+        if not spec.needs_critic:
+            if self.critic is not None:
+                _fail("critic", f"{name} trains no critic, but a critic is configured",
+                      "remove the critic section (and critic_trainer), or use ppo.advantage_estimator=gae")
+            if self.critic_trainer != _default_group():
+                _fail("critic_trainer", f"{name} trains no critic, but critic_trainer keys are set",
+                      "remove the critic_trainer section, or use ppo.advantage_estimator=gae")
+        n = p.n_samples_per_prompt
+        if n < 1:
+            _fail("ppo.n_samples_per_prompt", f"must be >= 1, got {n}", "e.g. 4")
+        if spec.group_relative and n < 2:
+            _fail("ppo.n_samples_per_prompt", f"{name} compares each prompt's samples, so it needs at least 2",
+                  "set ppo.n_samples_per_prompt=4 (or 8)")
+        if self.maker.batch_size % n:
+            _fail("maker.batch_size", f"{self.maker.batch_size} samples cannot hold whole groups of "
+                  f"ppo.n_samples_per_prompt={n} (a prompt's samples stay in one maker batch)",
+                  f"use a multiple of {n}")
+
     def _check_maker_dtype(self) -> None:
         if self.maker.num_gpus > 0:
             return
         for model in ("actor", "critic", "reward"):
+            if getattr(self, model) is None:
+                continue
             if self.maker_dtype(model) == "float16":
                 _fail("maker.dtype", f"makers on CPU (maker.num_gpus=0) would run the {model} in float16, which "
                       "CPU kernels do not cover", "set maker.dtype=bfloat16 or float32, or give makers GPUs")
@@ -251,6 +365,8 @@ class PPOConfig(JobConfig):
         length = self.data.max_prompt_length + self.generation.max_new_tokens
         vocab = model_config("actor.path", self.actor.path).get("vocab_size")
         for key in ("actor", "critic", "reward"):
+            if getattr(self, key) is None:
+                continue
             path = getattr(self, key).path
             require_fits_context(f"{key}.path", path, length, "data.max_prompt_length + generation.max_new_tokens",
                                  "lower data.max_prompt_length or generation.max_new_tokens")
@@ -258,3 +374,9 @@ class PPOConfig(JobConfig):
             if key != "actor" and vocab and theirs and theirs != vocab:
                 _fail(f"{key}.path", f"'{path}' has a vocabulary of {theirs} but the actor's has {vocab}",
                       "train the critic and reward model from the actor's base model and tokenizer")
+
+
+def _default_group() -> TrainerGroupConfig:
+    from coati_ray.config.loader import from_dict
+
+    return from_dict(TrainerGroupConfig, {})

@@ -112,14 +112,15 @@ def build_prompt_dataset(path: str, tokenizer, max_prompt_length: int, fmt: str 
                          template: ChatTemplate = DEFAULT_TEMPLATE) -> tuple[list[dict], LoadReport]:
     ds, malformed = read_rows(path, max_samples, on_bad_row)
     fmt = _resolve_format(ds, fmt, "prompt", path)
-    rows, skipped = normalize_rows(ds, lambda r: prompt_only(r, fmt), path, on_bad_row)
+    # Each item keeps its whole data row: a reward function or service may read more than the prompt.
+    rows, skipped = normalize_rows(ds, lambda r: {**prompt_only(r, fmt), "row": dict(r)}, path, on_bad_row)
     out, truncated = [], 0
     for row in rows:
         ids = _bos(tokenizer) + _ids(tokenizer, template.render_prompt(row["prompt"]))
         if len(ids) > max_prompt_length:
             truncated += 1
             ids = ids[-max_prompt_length:]  # keep the end: the assistant prefix must stay
-        out.append({"input_ids": ids, "prompt": row["prompt"]})
+        out.append({"input_ids": ids, "prompt": row["prompt"], "row": row["row"]})
     return out, LoadReport(path, len(out), skipped + malformed, truncated, 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Optional
 
 import torch
 
@@ -11,27 +12,29 @@ import torch
 class Experience:
     """B samples of P prompt + A response tokens (T = P + A).
 
-    sequences, attention_mask: (B, T); action_mask, action_log_probs, values, returns,
-    advantages, kl: (B, A); reward (RM score): (B,). `version` is the policy version that
-    generated it; `maker` and `batch_id` name where it came from.
+    sequences, attention_mask: (B, T); action_mask, action_log_probs, ref_log_probs, advantages,
+    kl: (B, A); values, returns: (B, A) only when the estimator uses a critic (else None); reward
+    (the training reward, all sources weighted): (B,). `version` is the policy version that generated
+    it; `maker` and `batch_id` name where it came from. A prompt's samples are consecutive rows.
     """
 
     sequences: torch.Tensor
     attention_mask: torch.Tensor
     action_mask: torch.Tensor
     action_log_probs: torch.Tensor
-    values: torch.Tensor
-    returns: torch.Tensor
     advantages: torch.Tensor
     kl: torch.Tensor
     reward: torch.Tensor
+    values: Optional[torch.Tensor] = None
+    returns: Optional[torch.Tensor] = None
+    ref_log_probs: Optional[torch.Tensor] = None
     version: int = 0
     maker: int = 0
     batch_id: int = 0
     info: dict = field(default_factory=dict)
 
     TENSORS = ("sequences", "attention_mask", "action_mask", "action_log_probs", "values", "returns",
-               "advantages", "kl", "reward")
+               "advantages", "kl", "reward", "ref_log_probs")
 
     @property
     def num_samples(self) -> int:
@@ -41,12 +44,16 @@ class Experience:
     def num_actions(self) -> int:
         return int(self.action_mask.size(1))
 
+    def tensors(self) -> dict:
+        """The tensor fields that are set (values/returns/ref_log_probs may be None)."""
+        return {k: getattr(self, k) for k in self.TENSORS if getattr(self, k) is not None}
+
     def to(self, device) -> "Experience":
-        return self._replace({k: getattr(self, k).to(device) for k in self.TENSORS})
+        return self._replace({k: v.to(device) for k, v in self.tensors().items()})
 
     def select(self, index) -> "Experience":
         """Rows `index` (a slice or index tensor) of every tensor."""
-        return self._replace({k: getattr(self, k)[index] for k in self.TENSORS})
+        return self._replace({k: v[index] for k, v in self.tensors().items()})
 
     def shard(self, rank: int, world_size: int) -> "Experience":
         """Rank `rank`'s contiguous 1/world_size of the batch (B must divide evenly)."""
@@ -74,7 +81,7 @@ def concat(items: list[Experience]) -> Experience:
     P = max(e.sequences.size(1) - e.num_actions for e in items)  # widest prompt part
     A = max(e.num_actions for e in items)                        # widest response part
     out = {}
-    for k in Experience.TENSORS:
+    for k in items[0].tensors():
         parts = []
         for e in items:
             x = getattr(e, k)

@@ -1,54 +1,96 @@
-"""Making one Experience from a prompt batch with the four models (no Ray here).
+"""Making one Experience from a prompt batch with the maker's models (no Ray here).
 
-    generate (actor) -> log-probs (actor) -> reference log-probs (initial) -> score (reward model)
-    -> values (critic) -> per-token reward with KL penalty -> GAE advantages and returns
+    generate n samples per prompt (actor) -> log-probs (actor) and reference log-probs (initial)
+    -> training reward (reward model, function, HTTP service: weighted) -> values (critic, gae only)
+    -> per-token KL penalty (when it goes in the reward) -> advantages (the configured estimator)
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from coati_ray.algo.rewards import gae, kl_estimate, per_token_rewards
+from coati_ray.algo.advantages import AdvantageInputs, algorithm
+from coati_ray.algo.rewards import kl_estimate
 from coati_ray.experience.batch import Experience
 
 
 @dataclass
 class ExperienceModels:
-    actor: torch.nn.Module      # Actor (policy being trained)
-    initial: torch.nn.Module    # Actor (frozen reference)
-    reward: torch.nn.Module     # RewardModel (frozen)
-    critic: torch.nn.Module     # Critic
+    actor: torch.nn.Module                      # Actor (policy being trained)
+    initial: torch.nn.Module                    # Actor (frozen reference)
+    reward: Optional[torch.nn.Module] = None    # RewardModel (frozen), when the reward model is a source
+    critic: Optional[torch.nn.Module] = None    # Critic, when the estimator needs one (gae)
+
+    def all(self) -> list:
+        return [m for m in (self.actor, self.initial, self.reward, self.critic) if m is not None]
 
 
 def build_experience_models(cfg, device=None) -> ExperienceModels:
-    """The four models a maker holds for PPOConfig `cfg`: each in its maker dtype (`cfg.maker_dtype`),
-    frozen, in eval mode, with dropout off unless `ppo.disable_dropout` is false."""
+    """The models a maker holds for PPOConfig `cfg`: actor and initial always, the reward model when
+    `reward` is set, the critic when the estimator needs one. Each in its maker dtype
+    (`cfg.maker_dtype`), frozen, in eval mode, with dropout off unless `ppo.disable_dropout` is false."""
     import dataclasses
 
     from coati_ray.models import Actor, build_actor, build_critic
     from coati_ray.models.dropout import disable_dropout
     from coati_ray.models.factory import build_reward_model
 
-    actor = build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor")))
-    initial = Actor.from_pretrained(cfg.actor.path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code)
-    reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")), require_head=True)
-    critic = build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")))
-    for m in (actor, initial, reward, critic):
+    models = ExperienceModels(
+        actor=build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor"))),
+        initial=Actor.from_pretrained(cfg.actor.path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code))
+    if cfg.reward is not None:
+        models.reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),
+                                           require_head=True)
+    if cfg.algorithm.needs_critic:
+        models.critic = build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")))
+    for m in models.all():
         m.to(device or "cpu").eval().requires_grad_(False)
         if cfg.ppo.disable_dropout:
             disable_dropout(m)
-    return ExperienceModels(actor=actor, initial=initial, reward=reward, critic=critic)
+    return models
+
+
+def group_stats(scores: torch.Tensor, n: int) -> dict:
+    """Within-group reward spread of a batch whose n samples per prompt are consecutive: (B,) -> the mean
+    within-group std and the fraction of groups whose rewards are all equal (no learning signal for
+    group-relative estimators)."""
+    if n < 2:
+        return {}
+    g = scores.float().view(-1, n)
+    return {"experience/group_reward_std": float(g.std(dim=1).mean()),
+            "experience/groups_all_equal": float((g.max(dim=1).values - g.min(dim=1).values <= 1e-6).float().mean())}
 
 
 @torch.no_grad()
-def make_experience(models: ExperienceModels, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    gen, ppo, version: int = 0, maker: int = 0, batch_id: int = 0) -> tuple[Experience, dict]:
-    """Prompts (B, P), left-padded -> (Experience, timings in seconds under stable names)."""
+def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen, ppo, rewards=None, *,
+                    version: int = 0, maker: int = 0, batch_id: int = 0,
+                    device: Optional[torch.device] = None) -> tuple[Experience, dict]:
+    """Prompt items (`input_ids`, `prompt`, `row`) -> (Experience, statistics with timings under stable names).
+
+    Each prompt is sampled `ppo.n_samples_per_prompt` times; its samples are consecutive rows, so a
+    group-relative estimator sees whole groups. `rewards` is a RewardSources (default: the reward model).
+    """
+    from coati_ray.data.datasets import collate_prompts
+    from coati_ray.evaluation.policy import decode_responses
+    from coati_ray.experience.rewards import RewardSources
+
+    spec = algorithm(ppo.advantage_estimator)
+    n = ppo.n_samples_per_prompt
+    if rewards is None:
+        from coati_ray.config.ppo import RewardSourcesConfig
+        from coati_ray.config import from_dict
+
+        rewards = RewardSources(from_dict(RewardSourcesConfig, {}), models.reward)
+    device = device or next(models.actor.parameters()).device
+    rows = [it for it in items for _ in range(n)]
+    batch = collate_prompts(rows, tokenizer.pad_token_id)
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     timings = {}
-    for m in (models.actor, models.initial, models.reward, models.critic):
+    for m in models.all():
         m.eval()
     t = time.perf_counter()
     sequences, mask, action_mask = models.actor.generate(
@@ -66,19 +108,30 @@ def make_experience(models: ExperienceModels, tokenizer, input_ids: torch.Tensor
     timings["timing/ref"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    score = models.reward(sequences, mask)
+    texts = {}
+    if rewards.needs_text:
+        texts = {"prompts": [r["prompt"] for r in rows], "rows": [r.get("row", {"prompt": r["prompt"]}) for r in rows],
+                 "responses": decode_responses(tokenizer, sequences[:, input_ids.size(1):], action_mask)}
+    score, parts = rewards(sequences, mask, **texts)
+    if ppo.reward_clip > 0:
+        score = score.clamp(-ppo.reward_clip, ppo.reward_clip)
     timings["timing/reward"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    values = models.critic(sequences, mask, A) * action_mask
+    values = models.critic(sequences, mask, A) * action_mask if models.critic is not None else None
     timings["timing/values"] = time.perf_counter() - t
 
     kl = kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator) * action_mask
-    rewards = per_token_rewards(score, kl, action_mask, ppo.kl_coef, ppo.reward_clip)
-    advantages, returns = gae(rewards, values, action_mask, ppo.gamma, ppo.lam)
+    kl_rewards = -ppo.kl_coef * kl if ppo.kl_penalty == "reward" else torch.zeros_like(kl)
+    advantages, returns = spec.estimate(AdvantageInputs(
+        scores=score.float(), kl_rewards=kl_rewards, action_mask=action_mask, values=values, group_size=n,
+        gamma=ppo.gamma, lam=ppo.lam))
+    cpu = (lambda x: x.cpu() if x is not None else None)
     exp = Experience(sequences=sequences.cpu(), attention_mask=mask.cpu(), action_mask=action_mask.cpu(),
-                     action_log_probs=log_probs.cpu(), values=values.cpu(), returns=returns.cpu(),
-                     advantages=advantages.cpu(), kl=kl.cpu(), reward=score.float().cpu(), version=version,
-                     maker=maker, batch_id=batch_id)
-    timings["generated_tokens"] = float(action_mask.sum())
-    return exp, timings
+                     action_log_probs=log_probs.cpu(), ref_log_probs=ref_log_probs.cpu(), values=cpu(values),
+                     returns=cpu(returns), advantages=advantages.float().cpu(), kl=kl.cpu(),
+                     reward=score.float().cpu(), version=version, maker=maker, batch_id=batch_id)
+    stats = {**timings, "generated_tokens": float(action_mask.sum()), **group_stats(score.cpu(), n)}
+    for name, value in parts.items():
+        stats[f"reward/{name}"] = float(value.mean())
+    return exp, stats

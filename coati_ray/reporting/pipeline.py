@@ -16,7 +16,7 @@ STAGE_NAMES = ("sft", "rm", "ppo")
 
 PPO_PANELS = [
     ("held-out gold score (judge only, never a training signal)", ["eval/gold_score"]),
-    ("reward-model score", ["reward", "eval/reward"]),
+    ("training reward (train batches) and reward-model score (held-out)", ["reward", "eval/reward"]),
     ("KL to the initial policy (kl: per token of training batches; eval: per held-out answer)",
      ["kl", "eval/kl_to_initial"]),
 ]
@@ -91,9 +91,15 @@ def write_pipeline_report(run_dir: str, summary: dict) -> dict[str, Optional[str
     with open(os.path.join(run_dir, "samples.md"), "w", encoding="utf-8") as f:
         f.write("# Held-out prompts before and after PPO\n\n" + samples + "\n")
     ev = summary.get("evaluation", {})
+    trained = ev.get("training_reward") or "the reward model"
+    judge = (f"it judges held-out prompts; the training reward was {trained}" if "reward model" in trained
+             and "tasks." not in trained else
+             f"the training reward was {trained}, a verifier of the same task, so the gold score here measures "
+             "how the policy does on prompts it never trained on")
     md = ["# coati_ray pipeline report", "",
-          f"Seed {summary.get('seed')}. Gold score: `{ev.get('task')}` on {ev.get('prompts')} held-out prompts x "
-          f"{ev.get('samples_per_prompt')} answers ({ev.get('decoding')}); it judges, it never trains.", "",
+          f"Seed {summary.get('seed')}, estimator `{ev.get('estimator', 'gae')}`. Gold score: `{ev.get('task')}` on "
+          f"{ev.get('prompts')} held-out prompts x {ev.get('samples_per_prompt')} answers ({ev.get('decoding')}); "
+          f"{judge}.", "",
           "```", format_table(summary), "```", ""]
     for key, title in (("ppo_png", "PPO"), ("sft_png", "SFT"), ("rm_png", "Reward model")):
         if paths[key]:

@@ -76,3 +76,12 @@ def corrupt(numbers: list[int], rng: random.Random, severity: int = 1) -> str:
     if text == answer_text(numbers):  # an edit can cancel out; force a visible flaw
         text = " ".join(map(str, sorted(numbers, reverse=True))) if len(set(numbers)) > 1 else text + " 0"
     return text
+
+
+def reward(prompts: list[str], responses: list[str], rows: list[dict]) -> list[float]:
+    """The task's verifier as a training reward (RLVR): the gold score of each response, in [0, 1].
+
+    A `rewards.function` (coati_ray.tasks.sorting:reward). When it trains, the same score that judges
+    held-out prompts also shapes the policy, so the report says so; the RLHF demo never uses it.
+    """
+    return [gold_score(parse_prompt(p), r) for p, r in zip(prompts, responses)]

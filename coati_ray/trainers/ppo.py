@@ -1,4 +1,5 @@
-"""The PPO updates the trainer groups run: policy (+ PPO-ptx) for the actor, clipped value loss for the critic.
+"""The updates the trainer groups run: the clipped policy loss (+ KL in the loss, + PPO-ptx) for the actor,
+the clipped value loss for the critic (gae only).
 
 Each rank receives its shard of a rollout batch; per PPO epoch the shard is shuffled and cut into
 mini-batches of train_batch_size / num_ranks samples, each one optimiser step accumulated over
@@ -13,7 +14,7 @@ from typing import Optional
 import torch
 
 from coati_ray.algo.functional import action_log_probs, masked_mean, masked_moments, whiten_from_moments
-from coati_ray.algo.losses import policy_loss, ptx_mix, sft_loss, value_loss
+from coati_ray.algo.losses import kl_loss, policy_loss, ptx_mix, sft_loss, value_loss
 from coati_ray.experience.batch import Experience
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
 from coati_ray.utils.flops import num_params, training_flops
@@ -90,15 +91,16 @@ class PolicyTrainer(PPOGroupTrainer):
     role = "actor"
 
     def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int, ptx_items: Optional[list] = None,
-                 ptx_collate=None, temperature: float = 1.0):
+                 ptx_collate=None, temperature: float = 1.0, whiten: bool = True):
         super().__init__(model, strategy, group_cfg, ppo_cfg, total_steps)
         self.ptx_items, self.ptx_collate, self.ptx_pos = ptx_items, ptx_collate, 0
         self.temperature = temperature  # the makers' sampling temperature: the behaviour policy is tempered
+        self.whiten = whiten
 
     def prepare_shard(self, shard: Experience) -> Experience:
         """Whiten advantages over the group's whole rollout batch: every rank all-reduces its sums, so
         N ranks holding 1/N of the batch each normalise exactly as one rank holding all of it."""
-        if self.ppo.whiten_advantages:
+        if self.whiten:
             moments = self.strategy.all_reduce_sum(masked_moments(shard.advantages, shard.action_mask))
             shard = shard._replace({"advantages": whiten_from_moments(shard.advantages, shard.action_mask, moments)})
         return shard
@@ -126,6 +128,10 @@ class PolicyTrainer(PPOGroupTrainer):
         loss, stats = policy_loss(log_probs, micro.action_log_probs, micro.advantages, micro.action_mask,
                                   self.ppo.clip_eps)
         stats["policy_loss"] = loss.item()
+        if self.ppo.kl_penalty == "loss" and self.ppo.kl_coef > 0:
+            kl = kl_loss(log_probs, micro.ref_log_probs, micro.action_mask)
+            loss = loss + self.ppo.kl_coef * kl
+            stats["kl_loss"] = kl.item()
         if self.ppo.ptx_coef > 0 and self.ptx_items:
             ptx = self._next_ptx()
             ptx_loss = sft_loss(self.model(ptx["input_ids"], ptx["attention_mask"]), ptx["labels"])
@@ -166,7 +172,8 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
         ptx_items, _ = SFTTrainer.build_dataset(cfg.data.ptx_path, tok, _PtxData(cfg.data), None)
         ptx_collate = SFTTrainer.collator(tok)
     temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0
-    return PolicyTrainer(model, strategy, group_cfg, p, p.max_steps, ptx_items, ptx_collate, temperature=temperature)
+    return PolicyTrainer(model, strategy, group_cfg, p, p.max_steps, ptx_items, ptx_collate, temperature=temperature,
+                         whiten=cfg.whiten())
 
 
 class _PtxData:

@@ -1,0 +1,136 @@
+"""Training reward sources: the reward model, a Python function, an HTTP service, and their weighted sum.
+
+    rewards = RewardSources(cfg.rewards, reward_model)             # in a maker
+    scores, parts = rewards(sequences, mask, prompts, responses, rows)
+
+A function is `module:function(prompts, responses, rows) -> list[float]`: prompts and responses are
+texts, rows the prompt data rows (every field of the prompt file, e.g. a reference answer). An HTTP
+service is POSTed `{"prompts": [...], "responses": [...], "rows": [...]}` as JSON and answers
+`{"rewards": [...]}`; it must also answer an empty batch, which is how the job checks it before Ray
+starts. The gold scorer (`data.gold_task`) is not a source: it only judges held-out answers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Optional
+
+import torch
+
+from coati_ray.errors import ConfigError, RewardError
+
+RewardFunction = Callable[[list, list, list], list]
+
+
+def load_reward_function(spec: str, key: str = "rewards.function") -> RewardFunction:
+    """Import `module:function`; a ConfigError (one line) when the path or the signature is wrong."""
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ConfigError(f"config error: {key}='{spec}' is not 'module:function'; e.g. coati_ray.tasks.sorting:reward")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"config error: {key}: cannot import '{module_name}' ({e}); put the module on the "
+                          "Python path (the job's working directory is)") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"config error: {key}: '{module_name}' has no function '{name}'; check the name after ':'")
+    try:
+        inspect.signature(fn).bind(["p"], ["r"], [{}])
+    except TypeError:
+        raise ConfigError(f"config error: {key}: {spec}{inspect.signature(fn)} cannot be called as "
+                          "function(prompts, responses, rows); give it those three parameters") from None
+    return fn
+
+
+def check_reward_function(spec: str, key: str = "rewards.function") -> None:
+    load_reward_function(spec, key)
+
+
+class HttpReward:
+    """A reward service: one POST per batch, with a timeout and retries; one line naming the URL when it fails."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 2):
+        self.url, self.timeout_s, self.retries = url, timeout_s, retries
+
+    def __call__(self, prompts: list, responses: list, rows: list) -> list:
+        body = json.dumps({"prompts": prompts, "responses": responses, "rows": rows}).encode()
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(2.0 ** (attempt - 1), 10.0))
+            try:
+                request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer = json.loads(response.read())
+                rewards = answer.get("rewards") if isinstance(answer, dict) else None
+                if not isinstance(rewards, list):
+                    raise RewardError(f"reward error: {self.url} answered without a 'rewards' list; it must answer "
+                                      "{\"rewards\": [one number per response]}")
+                return rewards
+            except RewardError:
+                raise
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                last = getattr(e, "reason", e)
+        raise RewardError(f"reward error: POST {self.url} failed {self.retries + 1} time(s) ({last}); check that the "
+                          "reward service runs and answers within rewards.http_timeout_s")
+
+    def check(self) -> None:
+        """Before Ray starts: the service answers an empty batch."""
+        try:
+            self([], [], [])
+        except RewardError as e:
+            raise ConfigError(f"config error: rewards.http_url: {str(e).split(': ', 1)[1]}") from None
+
+
+class RewardSources:
+    """The weighted sum of the configured sources; `needs_text` tells the maker to decode responses."""
+
+    def __init__(self, cfg, reward_model=None):
+        self.cfg, self.reward_model = cfg, reward_model
+        self.function = load_reward_function(cfg.function) if cfg.function else None
+        self.http = HttpReward(cfg.http_url, cfg.http_timeout_s, cfg.http_retries) if cfg.http_url else None
+
+    @property
+    def needs_text(self) -> bool:
+        return self.function is not None or self.http is not None
+
+    def __call__(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompts: Optional[list] = None,
+                 responses: Optional[list] = None, rows: Optional[list] = None) -> tuple[torch.Tensor, dict]:
+        """sequences, attention_mask: (B, T) -> (scores (B,) float32, {source: (B,)} before weighting)."""
+        B = sequences.size(0)
+        parts: dict[str, torch.Tensor] = {}
+        if self.reward_model is not None:
+            parts["model"] = self.reward_model(sequences, attention_mask).float().cpu()
+        if self.function is not None:
+            parts["function"] = _as_scores(self.function(prompts, responses, rows), B, self.cfg.function)
+        if self.http is not None:
+            parts["http"] = _as_scores(self.http(prompts, responses, rows), B, self.cfg.http_url)
+        weights = {"model": self.cfg.model_weight, "function": self.cfg.function_weight, "http": self.cfg.http_weight}
+        total = sum(weights[name] * value for name, value in parts.items())
+        return total.to(sequences.device), parts
+
+
+def _as_scores(values, count: int, source: str) -> torch.Tensor:
+    try:
+        out = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise RewardError(f"reward error: {source} returned {type(values).__name__} items that are not numbers; "
+                          "return one float per response") from None
+    if out.numel() != count:
+        raise RewardError(f"reward error: {source} returned {out.numel()} rewards for {count} responses; return one "
+                          "per response")
+    if not torch.isfinite(out).all():
+        raise RewardError(f"reward error: {source} returned a NaN or infinite reward; return finite numbers")
+    return out
+
+
+def check_reward_sources(cfg) -> None:
+    """What can only be checked by trying, before Ray starts: the reward service answers."""
+    if cfg.http_url:
+        HttpReward(cfg.http_url, cfg.http_timeout_s, cfg.http_retries).check()
