@@ -29,12 +29,12 @@ from actors.maker_pool import MakerPool
 from actors.replay_buffer import ReplayBuffer
 from actors.scheduling import StepScheduler
 from actors.trainer_groups import TrainerGroups
+from actors.weight_sync import WeightSync
 from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
 from coati_ray.reporting.step_metrics import step_metrics
 from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
 
-ROLES = ("actor", "critic")
 PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac", "response_length",
                  "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
 
@@ -43,15 +43,18 @@ class PPOJob:
     def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
                  log: bool = True):
         from coati_ray.experience.prompts import PromptStream, read_prompt_data
+        from coati_ray.experience.rewards import check_reward_sources
         from coati_ray.models.loading import check_tokenizer_fits, load_tokenizer
 
         self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address
         self.cfg_dict = to_dict(cfg)
-        self.roles = ROLES
+        self.roles = cfg.roles  # ("actor", "critic") for gae, ("actor",) for a critic-free estimator
         # Everything the user can get wrong in the data is read here, before any Ray resource.
         tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
         for key in ("actor", "critic", "reward"):
-            check_tokenizer_fits(tokenizer, getattr(cfg, key).path, f"{key}.path")
+            if getattr(cfg, key) is not None:
+                check_tokenizer_fits(tokenizer, getattr(cfg, key).path, f"{key}.path")
+        check_reward_sources(cfg.rewards)
         prompts, self.prompt_report, eval_items = read_prompt_data(cfg.data, tokenizer)
         self.step, self.version = 0, 0
         if resume_from:
@@ -61,7 +64,7 @@ class PPOJob:
         self.items_per_step = cfg.ppo.rollout_batch_size // cfg.maker.batch_size
         # Batch b holds stream positions b*batch_size...; step s trains on batches [s*k, (s+1)*k), so a
         # resumed run remakes exactly the batches the interrupted one had not trained on.
-        self.prompts = PromptStream(prompts, cfg.maker.batch_size, cfg.ppo.seed, self.step * self.items_per_step)
+        self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.ppo.seed, self.step * self.items_per_step)
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.ppo.log_every,
                                 show=PROGRESS_KEYS)
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
@@ -69,6 +72,7 @@ class PPOJob:
         self.pool: Optional[MakerPool] = None
         self.trainers: Optional[TrainerGroups] = None
         self.scheduler: Optional[StepScheduler] = None
+        self.sync: Optional[WeightSync] = None
         self.target_makers = cfg.maker.num_makers
         self.lock = threading.Lock()
         self.buffer = None
@@ -160,10 +164,11 @@ class PPOJob:
             cfg.buffer.capacity, {role: self.trainers.group_cfg(role).resources.num_ranks for role in self.roles},
             self.items_per_step, self.step, max_staleness, cfg.buffer.timeout_s)
         ray.get(self.buffer.set_version.remote(self.version))
-        self.pool = MakerPool(cfg, self.cfg_dict, self.buffer, cfg.actor.lora_rank > 0, self.logger.info)
+        self.pool = MakerPool(cfg, self.cfg_dict, self.buffer, self.logger.info)
+        self.sync = WeightSync(cfg, self.trainers, self.pool, self.logger.info)
         self.trainers.start()
         self.pool.scale_to(self.target_makers, wait=False)  # makers load their models while the groups set up
-        self.trainers.setup(self.resume_from)
+        self.trainers.setup(self.resume_from, first_step=self.step)
         self.pool.wait_ready()
         self.scheduler = StepScheduler(self.pool, self.trainers, self.buffer, self.prompts, self.items_per_step,
                                        max_staleness, cfg.buffer.capacity // cfg.maker.batch_size,
@@ -189,24 +194,20 @@ class PPOJob:
         self.step += 1
         self.version += 1
         ray.get(self.buffer.set_version.remote(self.version))
-        export_seconds = self._sync_weights()
+        sync = self._sync_weights()
         loads = self.pool.wait_loads() if self.cfg.ppo.mode == "sync" else self.pool.finished_loads()
         step_s = time.perf_counter() - t0
         self.metrics.stages({"timing/step": step_s})
-        m = step_metrics(updates=result.results, makes=result.makes, export_seconds=export_seconds, loads=loads,
+        m = step_metrics(updates=result.results, makes=result.makes, sync=sync, loads=loads,
                          step_seconds=step_s, buffer=ray.get(self.buffer.stats.remote()), version=self.version,
                          makers=len(self.pool), maker_restarts=self.pool.restarts)
         self.metrics.set("weight_sync_bytes", m["sync/bytes"])
         self.metrics.stages({"timing/sync": m["timing/sync"]})
         return m
 
-    def _sync_weights(self) -> float:
-        """Trainer rank 0 of each group puts its weights once; the makers load them between batches."""
-        t = time.perf_counter()
-        lora = {role: getattr(self.cfg, role).lora_rank > 0 for role in self.roles}
-        out = self.trainers.export(lora)
-        self.pool.broadcast((out["actor"], out.get("critic"), self.version))
-        return time.perf_counter() - t
+    def _sync_weights(self) -> dict:
+        """The new weights on their way to every maker (actors/weight_sync.py: object store or collective)."""
+        return self.sync.publish(self.version)
 
     def _evaluate(self, block: bool) -> None:
         if self.pool.first() is not None:
@@ -237,6 +238,8 @@ class PPOJob:
 
     def shutdown(self) -> None:
         """Kill every actor and remove every placement group this job created; stop Ray if we started it."""
+        if getattr(self, "sync", None) is not None:
+            self.sync.close()
         if self.pool is not None:
             self.pool.kill_all()
         if self.trainers is not None:
@@ -262,9 +265,9 @@ class PPOJob:
 
 
 def ppo_resources(cfg) -> tuple[float, float]:
-    """(CPUs, GPUs) a PPO job reserves: its makers and both trainer groups."""
+    """(CPUs, GPUs) a PPO job reserves: its makers and its trainer groups."""
     cpus, gpus = cfg.maker.num_makers * cfg.maker.num_cpus, cfg.maker.num_makers * cfg.maker.num_gpus
-    for group in (cfg.actor_trainer, cfg.critic_trainer):
+    for group in (getattr(cfg, f"{role}_trainer") for role in cfg.roles):
         cpus += group.resources.num_ranks * group.resources.num_cpus_per_rank
         gpus += group.resources.num_ranks * group.resources.num_gpus_per_rank
     return cpus, gpus

@@ -1,9 +1,11 @@
-"""The experience-maker actor: four models, one prompt batch at a time.
+"""The experience-maker actor: its models, one prompt batch at a time.
 
-Weights arrive between batches (Ray runs one method of an actor at a time, so a `load_weights`
-queued behind a `make` runs when that batch is done) and are loaded with strict key and shape
-checks. A batch's Experience is the task's second return value: it is stored once in the object
-store, owned by the driver, and the buffer only ever sees its ObjectRef.
+Weights arrive through a `WeightReceiver` (actors/weight_endpoints.py) and are swapped in between
+batches, never during one: an object-store handle is loaded by a call queued behind the running
+`make` (Ray runs the default group's methods one at a time); broadcast buckets are received on the
+actor's own `sync` thread while it generates and swapped in before the next batch. A batch's
+Experience is the task's second return value: it is stored once in the object store, owned by the
+driver, and the buffer only ever sees its ObjectRef.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ class MakerBehind(RuntimeError):
     not reloaded the current weights yet): the driver reloads them and sends the batch again."""
 
 
-@ray.remote
+SWAP_WAIT_S = 300.0  # how long a batch waits for a broadcast it was promised to finish arriving
+
+
+@ray.remote(concurrency_groups={"sync": 1})
 class ExperienceMaker:
     def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None):
         import torch
@@ -28,6 +33,7 @@ class ExperienceMaker:
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
         from coati_ray.experience.maker import build_experience_models
+        from coati_ray.experience.rewards import RewardSources
         from coati_ray.models import load_tokenizer
 
         if torch_threads:
@@ -39,13 +45,17 @@ class ExperienceMaker:
         self.tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
         # Makers infer in their own dtype (maker.dtype); weight syncs cast the trainers' weights to it.
         self.models = build_experience_models(cfg, self.device)
-        self.version = 0
+        self.rewards = RewardSources(cfg.rewards, self.models.reward)
         self.batches_made = 0
         from actors.metrics import ActorMetrics
+        from actors.weight_endpoints import WeightReceiver
         from coati_ray.utils.flops import num_params
 
         self.metrics = ActorMetrics("maker", index)
-        self.n_params = {name: num_params(getattr(self.models, name)) for name in ("actor", "reward", "critic")}
+        roles = {"actor": self.models.actor, **({"critic": self.models.critic} if self.models.critic is not None else {})}
+        self.receiver = WeightReceiver(roles, {"actor": cfg.actor.lora_rank > 0, "critic": False}, self.metrics)
+        self.n_params = {name: num_params(getattr(self.models, name)) if getattr(self.models, name) is not None else 0
+                         for name in ("actor", "reward", "critic")}
 
     def ready(self) -> int:
         return self.index
@@ -54,24 +64,33 @@ class ExperienceMaker:
         """The process id (fault-injection tests kill it with SIGKILL)."""
         return os.getpid()
 
-    def load_weights(self, actor_ref: list, critic_ref: Optional[list], version: int, lora_only: bool) -> dict:
-        """Load weights exported by the trainers (refs wrapped in lists): strict keys and shapes; floating
-        tensors are cast to this maker's dtype and counted."""
-        from coati_ray.models.weights import load_weights, state_bytes
+    @property
+    def version(self) -> int:
+        return self.receiver.version
 
-        t = time.perf_counter()
-        actor_state = ray.get(actor_ref[0])
-        casts = load_weights(self.models.actor, actor_state, lora_only)
-        moved = state_bytes(actor_state)
-        if critic_ref is not None:
-            critic_state = ray.get(critic_ref[0])
-            casts += load_weights(self.models.critic, critic_state, lora_only=False)
-            moved += state_bytes(critic_state)
-        self.version = version
-        seconds = time.perf_counter() - t
-        self.metrics.set("weight_sync_seconds", seconds)
-        self.metrics.set("weight_sync_bytes", moved)
-        return {"seconds": seconds, "bytes": moved, "version": version, "cast_tensors": casts, "maker": self.index}
+    def load_weights(self, handle: dict) -> dict:
+        """An object-store handle from the driver's WeightSync: loaded now (this call runs between batches)."""
+        return {**self.receiver.load(handle), "maker": self.index}
+
+    @ray.method(concurrency_group="sync")
+    def join_sync(self, role: str, buckets: list, host: str, port: int, rank: int, size: int, backend: str,
+                  timeout_s: float) -> int:
+        """Join the collective weight-sync group of `role` (on the sync thread: a running batch goes on)."""
+        self.receiver.join(role, buckets, host, port, rank, size, backend, timeout_s)
+        return rank
+
+    @ray.method(concurrency_group="sync")
+    def receive_weights(self, role: str, buckets: list, version: int) -> dict:
+        """Receive one broadcast into staging while generation may go on; swapped in before the next batch."""
+        return {**self.receiver.receive(role, buckets, version), "maker": self.index}
+
+    @ray.method(concurrency_group="sync")
+    def leave_sync(self) -> None:
+        self.receiver.leave()
+
+    def _current(self, expected: Optional[int] = None) -> None:
+        """Between batches: swap in weights that have fully arrived (waiting for `expected` if promised)."""
+        self.receiver.swap(expected, timeout_s=SWAP_WAIT_S if expected is not None else 0.0)
 
     @ray.method(num_returns=2)
     def make(self, prompt_items: list[dict], batch_id: int, expected_version: Optional[int] = None) -> tuple:
@@ -84,28 +103,27 @@ class ExperienceMaker:
         """
         import torch
 
+        self._current(expected_version)
         if expected_version is not None and expected_version != self.version:
             raise MakerBehind(f"maker-{self.index} holds policy version {self.version}, expected {expected_version}")
         from coati_ray.algo.functional import masked_mean
-        from coati_ray.data.datasets import collate_prompts
         from coati_ray.experience import make_experience
         from coati_ray.utils.flops import experience_flops
 
         t0 = time.perf_counter()
-        batch = collate_prompts(prompt_items, self.tokenizer.pad_token_id)
         # Sampling depends only on (seed, batch id, weights), not on which maker runs it.
         torch.manual_seed(self.cfg.ppo.seed * 1000003 + batch_id)
-        exp, timings = make_experience(self.models, self.tokenizer, batch["input_ids"].to(self.device),
-                                       batch["attention_mask"].to(self.device), self.cfg.generation, self.cfg.ppo,
-                                       version=self.version, maker=self.index, batch_id=batch_id)
+        exp, stats = make_experience(self.models, self.tokenizer, prompt_items, self.cfg.generation, self.cfg.ppo,
+                                     self.rewards, version=self.version, maker=self.index, batch_id=batch_id,
+                                     device=self.device)
         busy = time.perf_counter() - t0
         self.batches_made += 1
-        stats = {**timings, "timing/make": busy, "reward": float(exp.reward.mean()),
-                 "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
-                 "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
-                 "version": exp.version, "maker": self.index, "batch_id": batch_id,
-                 "flops": experience_flops(self.n_params["actor"], self.n_params["reward"], self.n_params["critic"],
-                                           float(exp.attention_mask.sum()))}
+        stats.update({"timing/make": busy, "reward": float(exp.reward.mean()),
+                      "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
+                      "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
+                      "version": exp.version, "maker": self.index, "batch_id": batch_id,
+                      "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],
+                                                self.n_params["critic"], float(exp.attention_mask.sum()))})
         self._publish(stats, busy)
         return stats, exp
 
@@ -130,6 +148,7 @@ class ExperienceMaker:
         from coati_ray.evaluation import evaluate_policy
         from coati_ray.tasks import gold_scorer
 
+        self._current()
         t = time.perf_counter()
         gen = dataclasses.replace(self.cfg.generation, do_sample=not greedy)
         task = self.cfg.data.gold_task
@@ -142,8 +161,10 @@ class ExperienceMaker:
         return out
 
     def weights(self) -> dict:
-        """The maker's current actor and critic weights (for tests and checks)."""
-        return {"actor": {k: v.clone() for k, v in self.models.actor.state_dict().items()},
-                "critic": {k: v.clone() for k, v in self.models.critic.state_dict().items()},
-                "version": self.version}
+        """The maker's current actor (and critic) weights (for tests and checks; staged weights first swap in)."""
+        self._current()
+        out = {"actor": {k: v.clone() for k, v in self.models.actor.state_dict().items()}, "version": self.version}
+        if self.models.critic is not None:
+            out["critic"] = {k: v.clone() for k, v in self.models.critic.state_dict().items()}
+        return out
 

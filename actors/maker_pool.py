@@ -52,13 +52,13 @@ class Batch:
 
 
 class MakerPool:
-    def __init__(self, cfg, cfg_dict: dict, buffer, lora_only: bool, info: Callable[[str], None]):
-        self.cfg, self.cfg_dict, self.buffer, self.lora_only, self.info = cfg, cfg_dict, buffer, lora_only, info
+    def __init__(self, cfg, cfg_dict: dict, buffer, info: Callable[[str], None]):
+        self.cfg, self.cfg_dict, self.buffer, self.info = cfg, cfg_dict, buffer, info
         self.makers: dict[int, object] = {}
         self.version: dict[int, int] = {}            # version of the newest weights sent to each maker
         self.incarnation: dict[int, int] = {}        # recoveries so far, per maker
         self.loads: dict[int, ray.ObjectRef] = {}    # the one outstanding weight load of each maker
-        self.weights: Optional[tuple] = None         # (actor_ref, critic_ref, version) of the newest export
+        self.sync = None                             # the job's WeightSync: newest version, object-store handles
         self.running: dict[ray.ObjectRef, Batch] = {}  # batches not yet in the buffer, by the ref they wait on
         self.retiring: dict[int, object] = {}        # removed makers finishing their batches
         self.orphans: list[Batch] = []               # batches whose maker left before finishing them
@@ -152,22 +152,29 @@ class MakerPool:
 
     # ------------------------------------------------------------------ weights
 
-    def broadcast(self, weights: tuple) -> None:
-        """Remember the newest export; idle makers load it now, busy ones just before their next batch."""
-        self.weights = weights
+    @property
+    def newest(self) -> int:
+        return self.sync.version if self.sync is not None else 0
+
+    def published(self, version: int, received: set) -> None:
+        """Version `version` is out: makers in `received` got it by broadcast (they swap it in before their
+        next batch); idle others load it from the object store now, busy ones just before their next batch."""
+        for index in received:
+            if index in self.makers:
+                self.version[index] = version
         for index in self.idle():
             self._send_newest(index)
 
     def _send_newest(self, index: int) -> None:
-        """Queue the newest export on maker `index` unless it already has it queued or loaded."""
-        if self.weights is None or self.version[index] >= self.weights[2]:
+        """Queue the newest weights (an object-store handle) on maker `index` unless it holds or awaits them."""
+        if self.sync is None or self.version[index] >= self.sync.version:
             return
-        actor_ref, critic_ref, version = self.weights
+        handle = self.sync.object_store_handle()
         previous = self.loads.get(index)
         if previous is not None:
             self._collect_load(index, previous, block=False)
-        self.loads[index] = self.makers[index].load_weights.remote(actor_ref, critic_ref, version, self.lora_only)
-        self.version[index] = version
+        self.loads[index] = self.makers[index].load_weights.remote(handle)
+        self.version[index] = handle["version"]
 
     def _collect_load(self, index: int, ref, block: bool) -> bool:
         """Move a finished load's result to `finished`; True when it has run (or its maker died)."""
@@ -282,7 +289,7 @@ class MakerPool:
         self.incarnation[index] += 1
         self.loads.pop(index, None)  # loads queued before the death went with the old process
         self.version[index] = 0      # a restarted maker holds the base weights
-        if self.weights is not None:
+        if self.newest > 0:
             self._send_newest(index)
             self.finished.append(ray.get(self.loads.pop(index)))
         self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version {self.version[index]}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Optional
 
@@ -16,7 +17,7 @@ import ray
 STATE_FILE = "trainer_state.json"
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"sync": 1})
 class PPOTrainerRank:
     def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None):
         import torch
@@ -32,6 +33,10 @@ class PPOTrainerRank:
         self.group_cfg = getattr(self.cfg, f"{role}_trainer")
         self.model_cfg = getattr(self.cfg, role)
         self.trainer = None
+        # An export may run on the sync thread while a step is under way (a maker catching up mid-step):
+        # it waits for the update in progress, so it always reads the weights of a whole number of steps.
+        self.update_lock = threading.Lock()
+        self.steps_done = 0
 
     metrics = None  # ActorMetrics, created on first use inside the actor process
 
@@ -40,7 +45,7 @@ class PPOTrainerRank:
 
         return node_address()
 
-    def setup(self, master_addr: str, master_port: int, resume_dir: Optional[str] = None) -> int:
+    def setup(self, master_addr: str, master_port: int, resume_dir: Optional[str] = None, first_step: int = 0) -> int:
         """Join the group's process group and build model, optimiser and (for the actor) PPO-ptx data."""
         from coati_ray.strategies import make_strategy
         from coati_ray.trainers.ppo import make_group_trainer
@@ -54,6 +59,11 @@ class PPOTrainerRank:
         self.trainer = make_group_trainer(self.role, self.cfg, self.strategy, model_dir)
         if resume_dir:
             self._restore(os.path.join(resume_dir, self.role))
+        from actors.weight_endpoints import WeightSender
+
+        self.sender = WeightSender(self.strategy, self.trainer.model, self.model_cfg.lora_rank > 0,
+                                   gathers=self.group_cfg.strategy.name == "colossalai_gemini")
+        self.steps_done = first_step
         return self.rank
 
     def _restore(self, root: str) -> None:
@@ -88,7 +98,9 @@ class PPOTrainerRank:
         waited = time.perf_counter() - t0
         got.sort(key=lambda pair: pair[0]["batch_id"])
         shards = [exp.shard(self.rank, self.world_size) for _, exp in got]
-        metrics = self.trainer.train(concat(shards), step)
+        with self.update_lock:
+            metrics = self.trainer.train(concat(shards), step)
+            self.steps_done = step + 1
         metrics[f"timing/wait_{self.role}"] = waited
         metrics["consumed"] = {"versions": [g["version"] for g, _ in got],
                                "staleness": [g["staleness"] for g, _ in got],
@@ -113,21 +125,30 @@ class PPOTrainerRank:
         self.metrics.set("consumed_staleness", max(staleness) if staleness else 0)
         self.metrics.stages(m)
 
-    def export_weights(self, lora_only: bool) -> Optional[list]:
-        """Rank 0 puts its weights in the object store once and returns [ref]; other ranks return None.
+    # ---------------------------------------------------------------- weight sync (the sender's end)
 
-        Gemini gathers in a collective every rank joins; only rank 0 keeps the result."""
-        from coati_ray.models.weights import LORA_MARKER, export_weights
+    @ray.method(concurrency_group="sync")
+    def export_weights(self) -> Optional[dict]:
+        """Object store: rank 0 puts its weights once as numpy views ({ref, dtypes, bytes, version}); others
+        None. Under Gemini every rank joins the gather first. Runs on the sync thread, so it also answers
+        mid-step (after the update in progress), labelled with the steps its weights have seen."""
+        with self.update_lock:
+            part = self.sender.export()
+            return None if part is None else {**part, "version": self.steps_done}
 
-        lora_only = lora_only and self.model_cfg.lora_rank > 0
-        if self.group_cfg.strategy.name == "colossalai_gemini":
-            state = self.strategy.full_state_dict(self.trainer.model)
-            state = {k: v for k, v in state.items() if not lora_only or LORA_MARKER in k}
-        elif self.rank == 0:
-            state = export_weights(self.strategy.unwrap(self.trainer.model), lora_only=lora_only)
-        if self.rank != 0:
-            return None
-        return [ray.put(state)]
+    def sync_plan(self, bucket_bytes: int) -> list:
+        return self.sender.plan(bucket_bytes)
+
+    def join_sync(self, host: str, port: int, rank: int, size: int, backend: str, timeout_s: float) -> int:
+        self.sender.join(host, port, rank, size, backend, timeout_s)
+        return rank
+
+    def send_weights(self, buckets: list) -> dict:
+        """Broadcast the current weights to the sync group (rank 0; other ranks only join Gemini's gather)."""
+        return self.sender.send(buckets)
+
+    def leave_sync(self) -> None:
+        self.sender.leave()
 
     def save_checkpoint(self, path: str, final: bool = False) -> None:
         """<path>/<role>/model (HF; LoRA merged when final, adapters otherwise), optimizer/, rng/, trainer_state.json."""

@@ -52,7 +52,7 @@ class StepScheduler:
 
     def feed(self, step: int) -> None:
         """Give the admissible tickets (orphans first) to the makers with the fewest queued batches."""
-        version = self.pool.weights[2] if self.pool.weights is not None else step  # makers get the newest first
+        version = max(self.pool.newest, step)  # makers get the newest weights before their next batch
         while self.pool.makers:
             index = min(self.pool.makers, key=lambda i: (self.pool.queued(i), i))
             if self.pool.queued(index) >= QUEUE_DEPTH:

@@ -58,13 +58,13 @@ class TrainerGroups:
                     role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1)
                 for rank in range(r.num_ranks)]
 
-    def setup(self, resume_from: Optional[str]) -> None:
+    def setup(self, resume_from: Optional[str], first_step: int = 0) -> None:
         """Every rank joins its group's world and builds model and optimiser; all groups at once."""
         refs = []
         for role in self.roles:
             ranks = self.ranks[role]
             addr, port = self.get([ranks[0].address.remote()])[0]
-            refs += [rank.setup.remote(addr, port, resume_from) for rank in ranks]
+            refs += [rank.setup.remote(addr, port, resume_from, first_step) for rank in ranks]
         self.get(refs)
 
     # ------------------------------------------------------------------ work
@@ -76,16 +76,6 @@ class TrainerGroups:
         self.owner = {ref: f"{role}-trainer-{rank}" for role, role_refs in refs.items()
                       for rank, ref in enumerate(role_refs)}
         return refs
-
-    def export(self, lora_only: dict[str, bool]) -> dict[str, Optional[list]]:
-        """Rank 0 of each group puts its weights in the object store once: {role: [ref]} (LoRA: adapters)."""
-        refs = {role: [r.export_weights.remote(lora_only[role]) for r in ranks] for role, ranks in self.ranks.items()}
-        out = self.get([ref for role_refs in refs.values() for ref in role_refs])
-        result, i = {}, 0
-        for role, role_refs in refs.items():
-            result[role] = out[i]
-            i += len(role_refs)
-        return result
 
     def save(self, path: str, final: bool) -> None:
         self.get([r.save_checkpoint.remote(path, final) for ranks in self.ranks.values() for r in ranks])

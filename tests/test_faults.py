@@ -241,3 +241,31 @@ def test_scaling_past_free_resources_is_refused_and_an_unplaceable_maker_ends_th
     assert "maker-7" in msg and "did not start within maker.start_timeout_s=5s" in msg and "\n" not in msg, msg
     assert time.monotonic() - t < 90
     assert_no_leaks()
+
+
+def test_maker_killed_between_syncs_on_the_collective_catches_up_and_the_group_reforms(local_ray, tiny_llama,
+                                                                                      reward_dir, tmp_path):
+    """Collective transport: maker-1 is killed after a sync. Ray restarts it; it reloads the current weights
+    from the object store, remakes its batch, and the next sync re-forms the group with its new process."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "collective", *SMALL, "ppo.max_steps=4",
+                     "sync.transport=collective")
+    seen = []
+
+    def after_step(job, step, m):
+        if step == 1:
+            ray.kill(job.makers[1], no_restart=False)
+        trainer = ray.get(job.groups["actor"][0].weights.remote())
+        if step >= 2:
+            states = [ray.get(mk.weights.remote()) for mk in job.makers.values()]
+            seen.append({"step": step, "collective": m["sync/collective"],
+                         "same": all(torch.equal(st["actor"][k], trainer[k]) for st in states for k in trainer),
+                         "incarnations": dict(job.sync.groups["actor"].members)})
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert summary["steps"] == 4 and summary["maker_restarts"] == 1 and summary["maker_batches_regenerated"] >= 1
+    assert all(s["same"] and s["collective"] for s in seen), seen
+    assert seen[0]["incarnations"] == {0: 0, 1: 1}  # the group re-formed around the restarted maker
+    assert_books_balance(summary["buffer"])
+    assert_no_leaks()

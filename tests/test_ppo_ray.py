@@ -36,8 +36,12 @@ def sync_run(local_ray, tiny_llama, reward_dir, tmp_path_factory):
             bad = {k: v for k, v in trainer_actor.items()}
             bad.pop(next(iter(bad)))
             maker = next(iter(job.makers.values()))
+            from coati_ray.models.weight_layout import to_numpy
+
+            arrays, dtypes = to_numpy(bad)
+            handle = {"version": 99, "roles": {"actor": {"ref": [ray.put(arrays)], "dtypes": dtypes}}}
             try:
-                ray.get(maker.load_weights.remote([ray.put(bad)], None, 99, False))
+                ray.get(maker.load_weights.remote(handle))
                 refused = False
             except ray.exceptions.RayTaskError as e:
                 refused = isinstance(e.cause, ModelError) and ray.get(maker.weights.remote())["version"] == step
@@ -299,29 +303,112 @@ def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_lla
     assert ray.is_initialized()  # the job did not own this Ray, so it left it running
 
 
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_llama, reward_dir, tmp_path,
-                                                               lora_rank):
-    """The trainers keep fp32 weights and the makers infer in bfloat16 (maker.dtype): every sync casts
-    on purpose, counted in sync/cast_tensors, and the makers hold exactly the cast of the trainers' weights."""
+                                                               lora_rank, transport):
+    """Both transports, full weights and LoRA adapters only: the trainers keep fp32 weights and the
+    makers infer in bfloat16 (maker.dtype); every sync casts on purpose, counted in sync/cast_tensors,
+    and the makers hold exactly the cast of the trainers' weights (bit for bit)."""
     from actors.driver import PPOJob
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "bf16", "maker.dtype=bfloat16", "ppo.max_steps=2",
-                     "maker.num_makers=1", f"actor.lora_rank={lora_rank}")
+                     f"actor.lora_rank={lora_rank}", f"sync.transport={transport}", "sync.bucket_mb=0.25")
     seen = {}
 
     def after_step(job, step, m):
-        maker = ray.get(next(iter(job.makers.values())).weights.remote())
-        seen[step] = {"cast": m["sync/cast_tensors"], "maker": maker,
-                      "actor": ray.get(job.groups["actor"][0].weights.remote()),
-                      "critic": ray.get(job.groups["critic"][0].weights.remote())}
+        for maker in job.makers.values():
+            seen[(step, maker)] = {"cast": m["sync/cast_tensors"], "maker": ray.get(maker.weights.remote()),
+                                   "collective": m["sync/collective"], "bytes": m["sync/bytes"],
+                                   "actor": ray.get(job.groups["actor"][0].weights.remote()),
+                                   "critic": ray.get(job.groups["critic"][0].weights.remote())}
 
     PPOJob(cfg).run(on_step=after_step)
-    for step, s in seen.items():
+    assert len(seen) == 4  # 2 steps x 2 makers
+    lora_bytes = sum(v.numel() * 4 for k, v in next(iter(seen.values()))["actor"].items() if "lora_" in k)
+    for (step, _), s in seen.items():
+        assert s["collective"] == (transport == "collective")
+        if lora_rank:  # LoRA: only the adapters of the actor move (the critic is full)
+            critic_bytes = sum(v.numel() * 4 for v in s["critic"].values())
+            assert s["bytes"] == lora_bytes + critic_bytes, (s["bytes"], lora_bytes, critic_bytes)
         for role in ("actor", "critic"):
             for k, v in s[role].items():
                 theirs = s["maker"][role][k]
                 assert torch.equal(theirs, v.to(theirs.dtype)), (step, role, k)
         assert any(v.dtype == torch.bfloat16 for v in s["maker"]["actor"].values())
         assert s["cast"] > 0, s["cast"]
+    assert_no_leaks()
+
+
+def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local_ray, tiny_llama, tmp_path):
+    """GRPO (critic-free): no critic model in the makers and no critic trainer group exist; the training
+    reward is the sorting verifier plus an HTTP service on 127.0.0.1, weighted; groups of 4 stay whole."""
+    from actors.driver import PPOJob
+    from coati_ray.config import load_config
+    from coati_ray.config.ppo import PPOConfig
+    from tests.conftest import REPO
+    from tests.test_algorithms import RewardServer
+
+    server = RewardServer()
+    try:
+        cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+            f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
+            "generation.max_new_tokens=6", "ppo.max_steps=2", f"rewards.http_url={server.url}",
+            "rewards.http_weight=0.5"], output_dir=str(tmp_path / "grpo"))
+        cfg.validate()
+        seen = []
+
+        def after_step(job, step, m):
+            names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if isinstance(a, dict) and a.get("namespace") == "coati"}
+            maker = ray.get(next(iter(job.makers.values())).weights.remote())
+            trainer = ray.get(job.groups["actor"][0].weights.remote())
+            seen.append({"names": names, "metrics": m, "critic_in_maker": "critic" in maker,
+                         "same": all(torch.equal(maker["actor"][k], v) for k, v in trainer.items())})
+
+        summary = PPOJob(cfg).run(on_step=after_step)
+    finally:
+        server.close()
+    assert summary["steps"] == 2
+    for s in seen:
+        assert {"maker-0", "maker-1", "actor-trainer-0", "actor-trainer-1", "replay-buffer"} <= s["names"], s["names"]
+        assert not any("critic" in name for name in s["names"]) and not s["critic_in_maker"] and s["same"]
+        m = s["metrics"]
+        assert "critic/loss" not in m and "timing/update_critic" not in m
+        assert m["actor/kl_loss"] >= 0 and 0 <= m["experience/groups_all_equal"] <= 1
+        assert m["reward"] == pytest.approx(m["reward/function"] + 0.5 * m["reward/http"], abs=1e-5)
+        assert set(m["consumed"]) == {"actor"}
+    # each maker batch (8 samples = 2 prompts x 4) went to the service as one request
+    assert len(server.requests) >= 2 * 2 + 1 and all(len(r["responses"]) == 8 for r in server.requests[1:])
+    assert all(r["rows"][0]["prompt"].startswith("sort:") for r in server.requests[1:])
+    assert_books_balance(summary["buffer"])
+    assert_no_leaks()
+
+
+def test_collective_sync_follows_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
+    """Sync mode on the collective transport: makers added at step 1 catch up from the object store and
+    join the group re-formed at the next sync; after every step every maker equals the trainers."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", "sync.transport=collective", "ppo.max_steps=4",
+                     "maker.num_makers=1", "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
+    plan, seen, formed = {1: 3, 3: 1}, [], []
+
+    def after_step(job, step, m):
+        trainer = ray.get(job.groups["actor"][0].weights.remote())
+        states = [ray.get(mk.weights.remote()) for mk in job.makers.values()]
+        seen.append({"step": step, "makers": len(states), "collective": m["sync/collective"],
+                     "members": {r: sorted(g.members) for r, g in job.sync.groups.items()},
+                     "same": all(torch.equal(st["actor"][k], trainer[k]) for st in states for k in trainer),
+                     "versions": [st["version"] for st in states]})
+        if step in plan:
+            job.scale_makers(plan[step])
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert summary["steps"] == 4
+    assert [s["makers"] for s in seen] == [1, 3, 3, 1]
+    assert all(s["same"] and s["versions"] == [s["step"]] * s["makers"] and s["collective"] for s in seen), seen
+    assert seen[1]["members"] == {"actor": [0, 1, 2], "critic": [0, 1, 2]}  # re-formed with the new makers
+    assert seen[3]["members"] == {"actor": [0], "critic": [0]}
+    assert_books_balance(summary["buffer"])
     assert_no_leaks()

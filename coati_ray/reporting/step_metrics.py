@@ -11,13 +11,14 @@ from coati_ray.utils.flops import tflops
 MAKER_MEANS = ("reward", "kl", "response_length", "timing/generate", "timing/ref", "timing/reward", "timing/values")
 
 
-def step_metrics(*, updates: dict[str, dict], makes: list[dict], export_seconds: float, loads: list[dict],
+def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loads: list[dict],
                  step_seconds: float, buffer: dict, version: int, makers: int, maker_restarts: int) -> dict:
     """Merge one step's reports into the metrics.jsonl record.
 
     updates: role -> rank 0's update metrics (averaged over its group; `flops/<role>`, `consumed`);
     makes: statistics of every maker batch that landed during the step (async: possibly none);
-    loads: weight loads reported by makers since the last step; buffer: the buffer's stats().
+    sync: what WeightSync.publish reported ({export_seconds, bytes, transport});
+    loads: object-store loads reported by makers since the last step; buffer: the buffer's stats().
     """
     m = {k: v for role_m in updates.values() for k, v in role_m.items()
          if k != "consumed" and not k.startswith("flops/")}
@@ -25,7 +26,9 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], export_seconds:
         # Each group's estimated FLOPs over the step's wall time: the groups and makers add up to the job's rate.
         m[f"tflops/{role}_trainer"] = tflops(role_m[f"flops/{role}"], step_seconds)
     if makes:
-        for key in MAKER_MEANS:
+        # The fixed keys, each reward source's mean (reward/<source>) and group spread (experience/group*).
+        keys = list(MAKER_MEANS) + sorted(k for k in makes[0] if k.startswith(("reward/", "experience/group")))
+        for key in keys:
             m[key] = sum(s[key] for s in makes) / len(makes)
         m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
         m["throughput/generated_tokens_per_s"] = sum(s["generated_tokens"] for s in makes) / max(step_seconds, 1e-9)
@@ -37,9 +40,11 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], export_seconds:
     consumed = next(iter(updates.values()))["consumed"]
     m["experience/max_staleness"] = max(consumed["staleness"]) if consumed["staleness"] else 0
     m["experience/versions"] = consumed["versions"]
-    m["timing/sync"] = export_seconds + (max(x["seconds"] for x in loads) if loads else 0.0)
-    m["sync/bytes"] = loads[0]["bytes"] if loads else 0
-    m["sync/cast_tensors"] = max((x.get("cast_tensors", 0) for x in loads), default=0)
+    # publish (export; a broadcast's whole transfer) plus the slowest object-store load that followed
+    m["timing/sync"] = sync["export_seconds"] + (max(x["seconds"] for x in loads) if loads else 0.0)
+    m["sync/bytes"] = sync["bytes"]
+    m["sync/collective"] = int(sync["transport"] == "collective")
+    m["sync/cast_tensors"] = max([sync.get("cast_tensors", 0)] + [x.get("cast_tensors", 0) for x in loads])
     m["timing/step"] = step_seconds
     waits = [role_m.get(f"timing/wait_{role}", 0.0) for role, role_m in updates.items()]
     # The share of the step the trainers spent waiting for experience (the slower-fed group's).

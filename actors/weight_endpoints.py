@@ -1,0 +1,193 @@
+"""Both ends of a weight sync, held inside the actors: a trainer rank 0 sends, every maker receives.
+
+Sender (`WeightSender`, in a PPO trainer rank): the tensors a maker needs (every weight, or the LoRA
+adapters only), read live from the model (Gemini gathers them on rank 0 first). Over the object
+store they are put once as numpy views; over the collective they go one bucket at a time, so the
+sender holds one bucket beyond its model.
+
+Receiver (`WeightReceiver`, in a maker): an object-store handle is loaded between batches (one copy
+into the model); broadcast buckets are received on the maker's `sync` thread while it may be
+generating, one bucket at a time into a staging copy on the host, and swapped into the models
+between batches (`swap`), never during a generation. Keys and shapes are strict; floating tensors
+are cast to the maker's dtype and counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import ray
+import torch
+
+from actors.collective import SyncGroup
+from coati_ray.models.weight_layout import DTYPES, from_numpy, plan_buckets, to_numpy, unflatten, flatten
+
+
+class WeightSender:
+    def __init__(self, strategy, model, lora_only: bool, gathers: bool):
+        self.strategy, self.model, self.lora_only, self.gathers = strategy, model, lora_only, gathers
+        self.group: Optional[SyncGroup] = None
+
+    def state(self) -> dict:
+        """name -> tensor of what makers load, without a copy where the strategy allows (rank 0; {} elsewhere,
+        but every rank must call it under Gemini, whose gather is a collective)."""
+        from coati_ray.models.weights import LORA_MARKER, lora_state
+
+        if self.gathers:
+            state = self.strategy.full_state_dict(self.model)
+            return {k: v for k, v in state.items() if not self.lora_only or LORA_MARKER in k}
+        if not self.strategy.is_rank0:
+            return {}
+        module = self.strategy.unwrap(self.model)
+        return lora_state(module) if self.lora_only else module.state_dict()
+
+    def export(self) -> Optional[dict]:
+        """Object store: every tensor as a numpy view, put once. Returns {ref: [ObjectRef], dtypes} on rank 0."""
+        state = self.state()
+        if not self.strategy.is_rank0:
+            return None
+        arrays, dtypes = to_numpy(state)
+        return {"ref": [ray.put(arrays)], "dtypes": dtypes, "bytes": sum(a.nbytes for a in arrays.values())}
+
+    def plan(self, bucket_bytes: int) -> list:
+        """The bucket layout of this sender's state (rank 0): what receivers allocate and expect."""
+        return plan_buckets(self.state(), bucket_bytes)
+
+    def join(self, host: str, port: int, rank: int, size: int, backend: str, timeout_s: float) -> None:
+        self.leave()
+        self.group = SyncGroup(host, port, rank, size, backend, timeout_s)
+
+    def send(self, buckets: list) -> dict:
+        """Broadcast `buckets` of the current weights from rank 0 of the sync group, one flat bucket at a time."""
+        state = self.state()
+        if not self.strategy.is_rank0:
+            return {}
+        t, sent = time.perf_counter(), 0
+        for bucket in buckets:
+            flat = flatten(state, bucket).to(self.group.device)
+            self.group.broadcast(flat, root=0)
+            sent += flat.numel() * flat.element_size()
+            del flat
+        return {"seconds": time.perf_counter() - t, "bytes": sent}
+
+    def leave(self) -> None:
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+
+
+class WeightReceiver:
+    def __init__(self, modules: dict, lora_only: dict, metrics=None):
+        """`modules`: role -> the maker's model that role's sender updates ('actor', 'critic')."""
+        self.modules, self.lora_only, self.metrics = modules, lora_only, metrics
+        self.version = 0                               # what the models hold now
+        self.groups: dict[str, SyncGroup] = {}
+        self.staging: dict[str, dict] = {}             # role -> name -> host tensor in the model's dtype
+        self.staged: dict[str, int] = {}               # role -> version fully received into staging
+        self.casts: dict[str, int] = {}
+        self.changed = threading.Condition()
+
+    # ---------------------------------------------------------------- object store (between batches)
+
+    def load(self, handle: dict) -> dict:
+        """Load an object-store handle {version, roles: {role: {ref, dtypes}}}: one copy into each model."""
+        from coati_ray.models.weights import load_weights
+
+        t, moved, casts = time.perf_counter(), 0, 0
+        for role, part in handle["roles"].items():
+            arrays = ray.get(part["ref"][0])
+            casts += load_weights(self.modules[role], from_numpy(arrays, part["dtypes"]), self.lora_only[role])
+            moved += sum(a.nbytes for a in arrays.values())
+        with self.changed:
+            self.version = handle["version"]
+            self.changed.notify_all()
+        return self._report(time.perf_counter() - t, moved, casts, "object_store")
+
+    # ---------------------------------------------------------------- collective (on the sync thread)
+
+    def join(self, role: str, buckets: list, host: str, port: int, rank: int, size: int, backend: str,
+             timeout_s: float) -> None:
+        """Check the sender's bucket layout against this maker's model (strict names and shapes), then join."""
+        from coati_ray.models.weights import check_compatible
+
+        module = self.modules[role]
+        layout = {s.name: torch.empty(s.shape, dtype=DTYPES[b.dtype], device="meta")
+                  for b in buckets for s in b.tensors}
+        check_compatible(module, layout, self.lora_only[role])
+        self.leave(role)
+        self.groups[role] = SyncGroup(host, port, rank, size, backend, timeout_s)
+
+    def leave(self, role: Optional[str] = None) -> None:
+        for r in [role] if role else list(self.groups):
+            group = self.groups.pop(r, None)
+            if group is not None:
+                group.close()
+
+    @torch.no_grad()
+    def receive(self, role: str, buckets: list, version: int) -> dict:
+        """Receive one sync of `role` into host staging, bucket by bucket (one bucket of transport memory)."""
+        from coati_ray.models.weights import lora_state
+
+        module = self.modules[role]
+        own = lora_state(module) if self.lora_only[role] else module.state_dict()
+        group = self.groups[role]
+        t, moved, casts = time.perf_counter(), 0, 0
+        with self.changed:
+            self.staged.pop(role, None)  # a swap must not take a half-received state
+        staging = self.staging.get(role)
+        if staging is None:
+            staging = self.staging[role] = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in own.items()}
+        size = max(b.numel for b in buckets)
+        buffers: dict[str, torch.Tensor] = {}
+        for bucket in buckets:
+            dtype = DTYPES[bucket.dtype]
+            if bucket.dtype not in buffers:
+                buffers[bucket.dtype] = torch.empty(size, dtype=dtype, device=group.device)
+            flat = buffers[bucket.dtype][:bucket.numel]
+            group.broadcast(flat, root=0)
+            for name, piece in unflatten(flat, bucket).items():
+                casts += staging[name].dtype != piece.dtype
+                staging[name].copy_(piece)
+            moved += bucket.nbytes
+        with self.changed:
+            self.staged[role] = version
+            self.casts[role] = casts
+            self.changed.notify_all()
+        return {"seconds": time.perf_counter() - t, "bytes": moved, "cast_tensors": casts, "role": role}
+
+    # ---------------------------------------------------------------- between batches
+
+    @torch.no_grad()
+    def swap(self, expected: Optional[int] = None, timeout_s: float = 0.0) -> Optional[dict]:
+        """Between batches: copy fully staged weights into the models. With `expected`, wait up to
+        `timeout_s` for that version to be staged first. Returns the report of a swap, else None."""
+        from coati_ray.models.weights import load_weights
+
+        with self.changed:
+            # Wait only when a broadcast can still bring it: a member of every role's group (a restarted
+            # maker has joined none, and must be told it is behind at once).
+            if expected is not None and expected > self.version and set(self.groups) >= set(self.modules):
+                self.changed.wait_for(lambda: self._staged_version() >= expected or self.version >= expected,
+                                      timeout=timeout_s)
+            version = self._staged_version()
+            if version is None or version <= self.version:
+                return None
+            t, moved = time.perf_counter(), 0
+            for role in self.modules:
+                load_weights(self.modules[role], self.staging[role], self.lora_only[role])
+                moved += sum(v.numel() * v.element_size() for v in self.staging[role].values())
+            self.version = version
+            return self._report(time.perf_counter() - t, moved, sum(self.casts.values()), "collective")
+
+    def _staged_version(self) -> Optional[int]:
+        versions = [self.staged.get(role) for role in self.modules]
+        return None if any(v is None for v in versions) else min(versions)
+
+    def _report(self, seconds: float, moved: int, casts: int, transport: str) -> dict:
+        if self.metrics is not None:
+            self.metrics.set("weight_sync_seconds", seconds)
+            self.metrics.set("weight_sync_bytes", moved)
+        return {"seconds": seconds, "bytes": moved, "version": self.version, "cast_tensors": casts,
+                "transport": transport}

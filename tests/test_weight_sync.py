@@ -1,0 +1,112 @@
+"""Weight sync's layout without Ray (buckets, numpy views), and the collective group's failure line with
+stand-in actors that run the real group code: a peer that never joins is named within sync.timeout_s."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from coati_ray.models.weight_layout import flatten, from_numpy, plan_buckets, to_numpy, unflatten
+
+ray = pytest.importorskip("ray")
+
+
+def state():
+    g = torch.Generator().manual_seed(0)
+    return {"a": torch.randn(4, 3, generator=g), "b": torch.randn(10, generator=g),
+            "c": torch.randn(2, 2, generator=g).to(torch.bfloat16), "d": torch.randn(300, generator=g),
+            "e": torch.arange(3)}
+
+
+def test_buckets_keep_order_group_by_dtype_and_respect_the_size():
+    s = state()
+    buckets = plan_buckets(s, bucket_bytes=100)  # 25 float32 elements
+    names = [[t.name for t in b.tensors] for b in buckets]
+    assert names == [["a", "b"], ["c"], ["d"], ["e"]]  # a+b=88 bytes; d alone is larger than a bucket
+    assert [b.dtype for b in buckets] == ["torch.float32", "torch.bfloat16", "torch.float32", "torch.int64"]
+    for b in buckets:
+        flat = flatten(s, b)
+        assert flat.numel() == b.numel and flat.dtype == s[b.tensors[0].name].dtype
+        for name, view in unflatten(flat, b).items():
+            assert torch.equal(view, s[name]) and view.data_ptr() >= flat.data_ptr()  # views, not copies
+
+
+def test_numpy_views_round_trip_without_copies_bf16_included():
+    s = state()
+    arrays, dtypes = to_numpy(s)
+    assert arrays["c"].dtype == np.int16 and dtypes["c"] == "torch.bfloat16"
+    assert arrays["a"].ctypes.data == s["a"].data_ptr()  # the tensor's own memory
+    back = from_numpy(arrays, dtypes)
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in s.items())
+    assert back["b"].data_ptr() == s["b"].data_ptr()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, namespace="coati-sync-test", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class Joiner:
+    """Runs the real SyncGroup; `hang=True` stands for a peer that never turns up (never calls it)."""
+
+    def __init__(self, hang=False):
+        self.hang = hang
+
+    def address(self):
+        from actors.group import node_address
+
+        return node_address()
+
+    def join_sync(self, *args):
+        if self.hang:
+            time.sleep(3600)
+        from actors.collective import SyncGroup
+
+        host, port, rank, size, backend, timeout = args[-6:]
+        self.group = SyncGroup(host, port, rank, size, backend, timeout)
+        return rank
+
+    def sync_plan(self, bucket_bytes):
+        return plan_buckets({"w": torch.ones(4)}, bucket_bytes)
+
+    def leave_sync(self):
+        pass
+
+
+class StandInTrainers:
+    def __init__(self, sender):
+        self.ranks = {"actor": [sender]}
+
+    def get(self, refs):
+        return ray.get(refs)
+
+
+class StandInPool:
+    def __init__(self, makers):
+        self.makers = dict(enumerate(makers))
+        self.incarnation = {i: 0 for i in self.makers}
+
+    def published(self, version, received):
+        self.received = received
+
+
+def test_a_peer_that_never_joins_ends_in_one_line_naming_it(local_ray):
+    from actors.weight_sync import WeightSync
+    from coati_ray.config.ppo import SyncConfig
+    from coati_ray.errors import WorkerLost
+
+    cfg = type("Cfg", (), {})()
+    cfg.sync = SyncConfig(transport="collective", timeout_s=3)
+    pool = StandInPool([Joiner.remote(), Joiner.remote(hang=True)])
+    sync = WeightSync(cfg, StandInTrainers(Joiner.remote()), pool, info=lambda m: None)
+    sync._backend = lambda: "gloo"
+    t = time.monotonic()
+    with pytest.raises(WorkerLost) as e:
+        sync.publish(1)
+    msg = str(e.value)
+    assert "maker-1 did not join the actor group" in msg and "sync.timeout_s=3s" in msg and "\n" not in msg, msg
+    assert "maker-0" not in msg and time.monotonic() - t < 30
