@@ -91,8 +91,9 @@ class PPOJob:
     # ------------------------------------------------------------------ public API
 
     def scale_makers(self, n: int) -> None:
-        """Ask for `n` makers; applied at the start of the next step without stopping the trainers.
-        Refused at once (ConfigError) when the cluster has not got the free resources for them."""
+        """Ask for `n` makers; applied at the start of the next step (the trainer groups keep their state;
+        the step starts once added makers have loaded). Refused at once (ConfigError) when the cluster has
+        not got the free resources for them."""
         if n < 1:
             raise ConfigError(f"config error: scale_makers({n}): at least one maker is needed")
         if self.pool is not None:
@@ -189,7 +190,12 @@ class PPOJob:
         t0 = time.perf_counter()
         with self.lock:
             target = self.target_makers
-        self.pool.scale_to(target)
+        try:
+            self.pool.scale_to(target)  # added makers load before the step (maker.start_timeout_s at most)
+        except ConfigError as e:  # resources taken since scale_makers() checked them: keep the makers we have
+            self.logger.info(f"{e}; keeping {len(self.pool)} makers")
+            with self.lock:
+                self.target_makers = len(self.pool)
         result = self.scheduler.run(self.step)          # generate and update, overlapped as the mode allows
         self.step += 1
         self.version += 1
@@ -198,8 +204,13 @@ class PPOJob:
         loads = self.pool.wait_loads() if self.cfg.ppo.mode == "sync" else self.pool.finished_loads()
         step_s = time.perf_counter() - t0
         self.metrics.stages({"timing/step": step_s})
+        buffer = ray.get(self.buffer.stats.remote())
+        if buffer["over_staleness"]:  # admission control is what bounds staleness: never let a breach pass quietly
+            raise RuntimeError(f"internal error: {buffer['over_staleness']} batch(es) reached the trainers more than "
+                               f"ppo.max_staleness versions old (staleness counts {buffer['staleness_counts']}); "
+                               "please report this with the run's config.yaml")
         m = step_metrics(updates=result.results, makes=result.makes, sync=sync, loads=loads,
-                         step_seconds=step_s, buffer=ray.get(self.buffer.stats.remote()), version=self.version,
+                         step_seconds=step_s, buffer=buffer, version=self.version,
                          makers=len(self.pool), maker_restarts=self.pool.restarts)
         self.metrics.set("weight_sync_bytes", m["sync/bytes"])
         self.metrics.stages({"timing/sync": m["timing/sync"]})

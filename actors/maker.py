@@ -22,9 +22,6 @@ class MakerBehind(RuntimeError):
     not reloaded the current weights yet): the driver reloads them and sends the batch again."""
 
 
-SWAP_WAIT_S = 300.0  # how long a batch waits for a broadcast it was promised to finish arriving
-
-
 @ray.remote(concurrency_groups={"sync": 1})
 class ExperienceMaker:
     def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None):
@@ -53,7 +50,8 @@ class ExperienceMaker:
 
         self.metrics = ActorMetrics("maker", index)
         roles = {"actor": self.models.actor, **({"critic": self.models.critic} if self.models.critic is not None else {})}
-        self.receiver = WeightReceiver(roles, {"actor": cfg.actor.lora_rank > 0, "critic": False}, self.metrics)
+        lora = {"actor": cfg.actor.lora_rank > 0, "critic": cfg.critic is not None and cfg.critic.lora_rank > 0}
+        self.receiver = WeightReceiver(roles, lora, self.metrics)
         self.n_params = {name: num_params(getattr(self.models, name)) if getattr(self.models, name) is not None else 0
                          for name in ("actor", "reward", "critic")}
 
@@ -90,7 +88,7 @@ class ExperienceMaker:
 
     def _current(self, expected: Optional[int] = None) -> None:
         """Between batches: swap in weights that have fully arrived (waiting for `expected` if promised)."""
-        self.receiver.swap(expected, timeout_s=SWAP_WAIT_S if expected is not None else 0.0)
+        self.receiver.swap(expected, timeout_s=self.cfg.sync.timeout_s if expected is not None else 0.0)
 
     @ray.method(num_returns=2)
     def make(self, prompt_items: list[dict], batch_id: int, expected_version: Optional[int] = None) -> tuple:
@@ -104,7 +102,9 @@ class ExperienceMaker:
         import torch
 
         self._current(expected_version)
-        if expected_version is not None and expected_version != self.version:
+        # A newer version than promised is fine (a broadcast can land between the submit and the batch);
+        # an older one means this process lost weights it was sent (it was restarted).
+        if expected_version is not None and self.version < expected_version:
             raise MakerBehind(f"maker-{self.index} holds policy version {self.version}, expected {expected_version}")
         from coati_ray.algo.functional import masked_mean
         from coati_ray.experience import make_experience

@@ -132,10 +132,11 @@ class MakerPool:
             names = ", ".join(f"maker-{refs[r]}" for r in waiting)
             m = self.cfg.maker
             free = ray.available_resources()
-            raise WorkerLost(f"run error: {names} did not start within maker.start_timeout_s={timeout:g}s: each "
-                             f"needs {m.num_cpus:g} CPU / {m.num_gpus:g} GPU and the cluster has "
-                             f"{free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU free; lower maker.num_makers "
-                             "or the per-maker resources, or add nodes")
+            raise WorkerLost(f"run error: {names} did not start within maker.start_timeout_s={timeout:g}s: not "
+                             f"placed (each needs {m.num_cpus:g} CPU / {m.num_gpus:g} GPU; the cluster has "
+                             f"{free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU free) or still loading its "
+                             "models; lower maker.num_makers or the per-maker resources, add nodes, or raise "
+                             "maker.start_timeout_s for large models")
 
     def first(self):
         """The maker with the lowest index (the one evaluations run on), or None."""
@@ -291,7 +292,10 @@ class MakerPool:
         self.version[index] = 0      # a restarted maker holds the base weights
         if self.newest > 0:
             self._send_newest(index)
-            self.finished.append(ray.get(self.loads.pop(index)))
+            try:
+                self.finished.append(ray.get(self.loads.pop(index)))
+            except ray.exceptions.RayActorError:  # it died again while reloading: the next batch recovers it
+                self.version[index] = 0
         self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version {self.version[index]}")
 
     def _lost(self, index: int, why: str) -> WorkerLost:

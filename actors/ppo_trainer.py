@@ -83,6 +83,9 @@ class PPOTrainerRank:
         rng = os.path.join(root, "rng", f"rank_{self.rank}.pt")
         if os.path.isfile(rng):
             torch.set_rng_state(torch.load(rng, weights_only=True))
+        cuda_rng = os.path.join(root, "rng", f"rank_{self.rank}_cuda.pt")
+        if os.path.isfile(cuda_rng) and torch.cuda.is_available():
+            torch.cuda.set_rng_state(torch.load(cuda_rng, weights_only=True))
 
     def train_step(self, buffer, num_items: int, step: int) -> dict:
         """Pull this rank's shard of the step's `num_items` buffer items, run the PPO update, report what it
@@ -143,9 +146,13 @@ class PPOTrainerRank:
         self.sender.join(host, port, rank, size, backend, timeout_s)
         return rank
 
-    def send_weights(self, buckets: list) -> dict:
-        """Broadcast the current weights to the sync group (rank 0; other ranks only join Gemini's gather)."""
-        return self.sender.send(buckets)
+    def send_weights(self, buckets: list, export: bool = False) -> dict:
+        """Broadcast the current weights to the sync group (rank 0; other ranks only join Gemini's gather);
+        with `export` also put them in the object store for makers that catch up later."""
+        out = self.sender.send(buckets, export)
+        if "export" in out:
+            out["export"]["version"] = self.steps_done
+        return out
 
     def leave_sync(self) -> None:
         self.sender.leave()
@@ -174,6 +181,8 @@ class PPOTrainerRank:
         if not final:
             self.strategy.save_optimizer(self.trainer.optimizer, os.path.join(root, "optimizer"))
             torch.save(torch.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}.pt"))
+            if torch.cuda.is_available():
+                torch.save(torch.cuda.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}_cuda.pt"))
         self.strategy.barrier()
 
     def weights(self) -> dict:

@@ -7,9 +7,9 @@ sender holds one bucket beyond its model.
 
 Receiver (`WeightReceiver`, in a maker): an object-store handle is loaded between batches (one copy
 into the model); broadcast buckets are received on the maker's `sync` thread while it may be
-generating, one bucket at a time into a staging copy on the host, and swapped into the models
-between batches (`swap`), never during a generation. Keys and shapes are strict; floating tensors
-are cast to the maker's dtype and counted.
+generating, one bucket at a time into a staging copy on the host (device memory: one bucket), and
+swapped into the models between batches (`swap`), never during a generation. Keys and shapes are
+strict; floating tensors are cast to the maker's dtype and counted.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import ray
 import torch
 
 from actors.collective import SyncGroup
-from coati_ray.models.weight_layout import DTYPES, from_numpy, plan_buckets, to_numpy, unflatten, flatten
+from coati_ray.models.weight_layout import DTYPES, flatten, from_numpy, plan_buckets, to_numpy, unflatten
 
 
 class WeightSender:
@@ -33,11 +33,11 @@ class WeightSender:
     def state(self) -> dict:
         """name -> tensor of what makers load, without a copy where the strategy allows (rank 0; {} elsewhere,
         but every rank must call it under Gemini, whose gather is a collective)."""
-        from coati_ray.models.weights import LORA_MARKER, lora_state
+        from coati_ray.models.weights import is_lora_synced, lora_state
 
         if self.gathers:
             state = self.strategy.full_state_dict(self.model)
-            return {k: v for k, v in state.items() if not self.lora_only or LORA_MARKER in k}
+            return {k: v for k, v in state.items() if not self.lora_only or is_lora_synced(k)}
         if not self.strategy.is_rank0:
             return {}
         module = self.strategy.unwrap(self.model)
@@ -59,18 +59,25 @@ class WeightSender:
         self.leave()
         self.group = SyncGroup(host, port, rank, size, backend, timeout_s)
 
-    def send(self, buckets: list) -> dict:
-        """Broadcast `buckets` of the current weights from rank 0 of the sync group, one flat bucket at a time."""
+    def send(self, buckets: list, export: bool = False) -> dict:
+        """Broadcast `buckets` of the current weights from rank 0 of the sync group, one flat bucket at a time
+        (built on the group's device: one bucket of memory). With `export`, also put them in the object
+        store, from the same state: a strategy that gathers (Gemini) must not gather again mid-step for a
+        maker that catches up later."""
         state = self.state()
         if not self.strategy.is_rank0:
             return {}
         t, sent = time.perf_counter(), 0
         for bucket in buckets:
-            flat = flatten(state, bucket).to(self.group.device)
+            flat = flatten(state, bucket, device=self.group.device)
             self.group.broadcast(flat, root=0)
             sent += flat.numel() * flat.element_size()
             del flat
-        return {"seconds": time.perf_counter() - t, "bytes": sent}
+        out = {"seconds": time.perf_counter() - t, "bytes": sent}
+        if export:
+            arrays, dtypes = to_numpy(state)
+            out["export"] = {"ref": [ray.put(arrays)], "dtypes": dtypes, "bytes": sum(a.nbytes for a in arrays.values())}
+        return out
 
     def leave(self) -> None:
         if self.group is not None:
@@ -113,8 +120,8 @@ class WeightReceiver:
         from coati_ray.models.weights import check_compatible
 
         module = self.modules[role]
-        layout = {s.name: torch.empty(s.shape, dtype=DTYPES[b.dtype], device="meta")
-                  for b in buckets for s in b.tensors}
+        layout = {name: torch.empty(shape, dtype=DTYPES[b.dtype], device="meta")
+                  for b in buckets for name, shape in b.shapes.items()}
         check_compatible(module, layout, self.lora_only[role])
         self.leave(role)
         self.groups[role] = SyncGroup(host, port, rank, size, backend, timeout_s)
@@ -127,7 +134,8 @@ class WeightReceiver:
 
     @torch.no_grad()
     def receive(self, role: str, buckets: list, version: int) -> dict:
-        """Receive one sync of `role` into host staging, bucket by bucket (one bucket of transport memory)."""
+        """Receive one sync of `role` into staging on the host, bucket by bucket (one bucket of transport
+        memory on the group's device; the staging copy is what lets generation go on meanwhile)."""
         from coati_ray.models.weights import lora_state
 
         module = self.modules[role]
@@ -147,9 +155,10 @@ class WeightReceiver:
                 buffers[bucket.dtype] = torch.empty(size, dtype=dtype, device=group.device)
             flat = buffers[bucket.dtype][:bucket.numel]
             group.broadcast(flat, root=0)
-            for name, piece in unflatten(flat, bucket).items():
-                casts += staging[name].dtype != piece.dtype
-                staging[name].copy_(piece)
+            for piece, view in unflatten(flat, bucket):
+                target = staging[piece.name]
+                casts += piece.start == 0 and target.dtype != view.dtype  # once per tensor
+                target.view(-1)[piece.start:piece.start + piece.numel].copy_(view)
             moved += bucket.nbytes
         with self.changed:
             self.staged[role] = version
@@ -161,16 +170,19 @@ class WeightReceiver:
 
     @torch.no_grad()
     def swap(self, expected: Optional[int] = None, timeout_s: float = 0.0) -> Optional[dict]:
-        """Between batches: copy fully staged weights into the models. With `expected`, wait up to
-        `timeout_s` for that version to be staged first. Returns the report of a swap, else None."""
+        """Between batches: copy fully staged weights into the models. With `expected` (the version a batch
+        was promised), the models keep a version >= `expected` they already hold, so a broadcast of a newer
+        version that lands while older batches are queued waits for them; a version still arriving is
+        waited for up to `timeout_s`. Returns the report of a swap, else None."""
         from coati_ray.models.weights import load_weights
 
         with self.changed:
+            if expected is not None and self.version >= expected:
+                return None
             # Wait only when a broadcast can still bring it: a member of every role's group (a restarted
             # maker has joined none, and must be told it is behind at once).
-            if expected is not None and expected > self.version and set(self.groups) >= set(self.modules):
-                self.changed.wait_for(lambda: self._staged_version() >= expected or self.version >= expected,
-                                      timeout=timeout_s)
+            if expected is not None and set(self.groups) >= set(self.modules):
+                self.changed.wait_for(lambda: (self._staged_version() or -1) >= expected, timeout=timeout_s)
             version = self._staged_version()
             if version is None or version <= self.version:
                 return None

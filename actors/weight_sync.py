@@ -15,6 +15,9 @@ Two transports, chosen by `sync.transport`:
                 object store first. A group that does not form, or a broadcast that does not finish,
                 within sync.timeout_s ends the run with one line naming the peer.
   auto          collective when the group forms, else the object store (said once in the log).
+
+A broadcast that breaks because a member failed (a maker died mid-sync) is not a hang: that version
+goes through the object store and the group re-forms at the next sync, on either setting.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ class _Group:
     backend: str
 
 
+class _CannotForm(RuntimeError):
+    """The collective group did not form: `auto` uses the object store from now on, `collective` stops."""
+
+
+class _Broke(RuntimeError):
+    """A member failed during a broadcast (e.g. a maker died): this version goes through the object
+    store and the group re-forms at the next sync."""
+
+
 class WeightSync:
     def __init__(self, cfg, trainers, pool, info: Callable[[str], None]):
         self.cfg, self.trainers, self.pool, self.info = cfg, trainers, pool, info
@@ -52,6 +64,11 @@ class WeightSync:
     def roles(self) -> tuple[str, ...]:
         return tuple(self.trainers.ranks)
 
+    def gathers(self, role: str) -> bool:
+        """A strategy whose export is a collective of the whole trainer group (Gemini): never run mid-step."""
+        strategy = getattr(getattr(self.cfg, f"{role}_trainer", None), "strategy", None)
+        return getattr(strategy, "name", "") == "colossalai_gemini"
+
     # ---------------------------------------------------------------- the sync
 
     def publish(self, version: int) -> dict:
@@ -59,25 +76,33 @@ class WeightSync:
         t = time.perf_counter()
         self.version, self.handle = version, None
         received, sent, casts = set(), 0, 0
-        if self.transport in ("collective", "auto") and self.pool.makers:
+        collective = self.transport in ("collective", "auto") and bool(self.pool.makers)
+        if collective:
             try:
                 received, sent, casts = self._broadcast(version)
                 self.transport = "collective"
             except _CannotForm as e:
-                if self.transport == "collective":
-                    raise WorkerLost(str(e)) from None
-                self.info(f"weight sync: {e}; using the object store instead (sync.transport=auto)")
-                self.transport = "object_store"
-        if self.transport == "object_store":
+                self.close()
+                if self.cfg.sync.transport == "collective":
+                    raise WorkerLost(f"run error: {e}") from None
+                self.info(f"{e}; using the object store from now on (sync.transport=auto)")
+                self.transport, collective = "object_store", False
+            except _Broke as e:
+                self.close()
+                self.info(f"weight sync: {e}; version {version} goes through the object store and the group "
+                          "re-forms at the next sync")
+                collective = False
+        if not collective:
             sent = self.object_store_handle()["bytes"]
         self.pool.published(version, received)
         return {"export_seconds": time.perf_counter() - t, "bytes": sent, "transport": self.transport,
                 "cast_tensors": casts}
 
     def object_store_handle(self) -> dict:
-        """The newest weights in the object store, put once per version (on demand under the collective: a
-        maker that joined or restarted catches up from it, even mid-step: the trainers export on their
-        sync thread after the update in progress, so the handle may be a version newer than the last sync)."""
+        """The newest weights in the object store, put once per version. Under the collective it is made on
+        demand for a maker that joined or restarted: the trainers export on their sync thread after the
+        update in progress (so it may be a version newer than the last sync); a gathering strategy exported
+        it at the sync already, so it never gathers mid-step."""
         if self.handle is not None and self.handle["version"] >= self.version:
             return self.handle
         deadline = time.monotonic() + self.cfg.sync.timeout_s
@@ -89,67 +114,70 @@ class WeightSync:
             if time.monotonic() > deadline:
                 raise WorkerLost(f"run error: weight sync: the trainer groups stayed at different steps {versions} "
                                  f"for sync.timeout_s={self.cfg.sync.timeout_s:g}s; see the trainer actors' logs")
-            time.sleep(0.05)
-        self.handle = {"version": versions.pop(), "roles": {role: {"ref": p["ref"], "dtypes": p["dtypes"]}
-                                                            for role, p in parts.items()},
-                       "bytes": sum(p["bytes"] for p in parts.values())}
+            time.sleep(0.5)
+        self.handle = _handle(versions.pop(), parts)
         return self.handle
 
     def close(self) -> None:
         """Leave the collective groups (best effort: members may be gone)."""
         for group in self.groups.values():
-            self._leave(group)
+            handles = [self.trainers.ranks[group.role][0]] + [self.pool.makers[i] for i in group.members
+                                                              if i in self.pool.makers]
+            for h in handles:
+                h.leave_sync.remote()  # fire and forget: a dead member needs nothing
         self.groups.clear()
 
     # ---------------------------------------------------------------- collective
 
     def _broadcast(self, version: int) -> tuple[set, int, int]:
         """(makers that received `version`, bytes sent, most tensors a maker cast) of one broadcast per role."""
-        members = self._members()
+        members = {i: self.pool.incarnation[i] for i in sorted(self.pool.makers)}
         if any(g.members != members for g in self.groups.values()) or set(self.groups) != set(self.roles):
             self.close()
-            self.groups = {role: self._form(role, members) for role in self.roles}
-        refs, makers = [], []
+            for role in self.roles:
+                self.groups[role] = self._form(role, members)
+        senders, receivers = {}, {}
+        export = any(self.gathers(role) for role in self.roles)
         for role, group in self.groups.items():
-            refs += [r.send_weights.remote(group.buckets) for r in self.trainers.ranks[role]]
+            for rank, r in enumerate(self.trainers.ranks[role]):
+                senders[r.send_weights.remote(group.buckets, export)] = (role, rank)
             for index in group.members:
-                refs.append(self.pool.makers[index].receive_weights.remote(role, group.buckets, version))
-                makers.append((refs[-1], index, role))
-        done, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.sync.timeout_s)
-        received, failed, casts = set(members), [], {}
-        for ref, index, role in makers:
-            if ref in waiting:
+                receivers[self.pool.makers[index].receive_weights.remote(role, group.buckets, version)] = (role, index)
+        results = _wait_all({**senders, **receivers}, self.cfg.sync.timeout_s)
+        for ref, out in results.items():  # a failure first: its peers' unfinished calls follow from it
+            if not isinstance(out, Exception):
+                continue
+            if ref in senders:
+                role, rank = senders[ref]
+                if isinstance(out, ray.exceptions.RayActorError):
+                    raise WorkerLost(self.trainers.lost_message(out, f"{role}-trainer-{rank}"))
+                raise _Broke(f"the broadcast of version {version} from {role}-trainer-{rank} broke ({_last_line(out)})")
+            role, index = receivers[ref]
+            raise _Broke(f"maker-{index} failed receiving version {version} of the {role} ({_last_line(out)})")
+        timeout = f"within sync.timeout_s={self.cfg.sync.timeout_s:g}s"
+        for ref, (role, rank) in senders.items():  # then what hangs: senders before the receivers they feed
+            if ref not in results:
+                raise WorkerLost(f"run error: weight sync: {role}-trainer-{rank} did not finish broadcasting version "
+                                 f"{version} {timeout}; see its log, or use sync.transport=object_store")
+        for ref, (role, index) in receivers.items():
+            if ref not in results:
                 raise WorkerLost(f"run error: weight sync: maker-{index} did not receive version {version} of the "
-                                 f"{role} within sync.timeout_s={self.cfg.sync.timeout_s:g}s; see its log, raise "
-                                 "sync.timeout_s, or use sync.transport=object_store")
-            try:
-                casts[index] = casts.get(index, 0) + ray.get(ref)["cast_tensors"]
-            except ray.exceptions.RayError:
-                failed.append(index)
-        if waiting:  # a sender did not finish though every maker did
-            raise WorkerLost(f"run error: weight sync: a trainer rank did not finish broadcasting version {version} "
-                             f"within sync.timeout_s={self.cfg.sync.timeout_s:g}s; see the trainer actors' logs")
-        sent = 0
-        for ref in refs:
-            if ref not in {m[0] for m in makers}:
-                try:
-                    sent += (ray.get(ref) or {}).get("bytes", 0)
-                except ray.exceptions.RayActorError:
-                    raise WorkerLost(self.trainers.lost_message(RuntimeError("lost during weight sync"))) from None
-                except ray.exceptions.RayTaskError:
-                    failed.append(-1)  # the broadcast broke (a receiver died): redo it over the object store
-        if failed:
-            self.info(f"weight sync: the broadcast of version {version} broke ({len(failed)} peer(s) failed); the "
-                      "makers load it from the object store and the group re-forms at the next sync")
-            self.close()
-            return set(), 0, 0
-        return received, sent, max(casts.values(), default=0)
-
-    def _members(self) -> dict:
-        return {i: self.pool.incarnation[i] for i in sorted(self.pool.makers)}
+                                 f"{role} {timeout}; see its log, or use sync.transport=object_store")
+        casts: dict[int, int] = {}
+        for ref, (role, index) in receivers.items():
+            casts[index] = casts.get(index, 0) + results[ref]["cast_tensors"]
+        sent, exports = 0, {}
+        for ref, (role, rank) in senders.items():
+            out = results[ref] or {}
+            sent += out.get("bytes", 0)
+            if "export" in out:
+                exports[role] = out["export"]
+        if exports and len(exports) == len(self.roles):
+            self.handle = _handle(version, exports)
+        return set(members), sent, max(casts.values(), default=0)
 
     def _form(self, role: str, members: dict) -> _Group:
-        """Every maker of `members` and the role's rank 0 join one group; timeouts name who did not."""
+        """Every maker of `members` and the role's rank 0 join one group; a timeout names who did not."""
         ranks = self.trainers.ranks[role]
         host, port = ray.get(ranks[0].address.remote())
         bucket_bytes = int(self.cfg.sync.bucket_mb * 2**20)
@@ -157,42 +185,42 @@ class WeightSync:
         buckets, size = plans[0], 1 + len(members)
         backend = self._backend()
         timeout = self.cfg.sync.timeout_s
-        # Members wait longer than the driver, so the store (hosted by rank 0) is still up when the driver
-        # reads who never marked itself joined.
-        member_timeout = 2 * timeout + 30
+        # Members give up a little after the driver, so the store (hosted by rank 0) is still up when the
+        # driver reads who never marked itself joined.
+        member_timeout = timeout + 10
         refs = {ranks[0].join_sync.remote(host, port, 0, size, backend, member_timeout): f"{role}-trainer-0"}
         for rank, index in enumerate(members, start=1):
             refs[self.pool.makers[index].join_sync.remote(role, buckets, host, port, rank, size, backend,
                                                           member_timeout)] = f"maker-{index}"
-        done, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-        names = list(refs.values())
-        if waiting:
+        results = _wait_all(refs, timeout)
+        failed = {ref: out for ref, out in results.items() if isinstance(out, Exception)}
+        for ref, out in failed.items():  # one that failed at once (e.g. a model that does not match) says why
+            raise _CannotForm(f"weight sync: {refs[ref]} could not join the {role} group "
+                              f"({_last_line(out)})")
+        if len(results) < len(refs):
             missing = missing_members(host, port, size)
-            who = ", ".join(names[r] for r in missing) if missing else f"{role}-trainer-0 (the store's host)"
-            raise _CannotForm(f"run error: weight sync: {who} did not join the {role} group ({backend}, "
+            names = list(refs.values())
+            if missing is None:
+                who = f"{role}-trainer-0 (it hosts the group's store at {host}:{port})"
+            elif missing:
+                who = ", ".join(names[r] for r in missing)
+            else:
+                who = "no one is missing, but the rendezvous of " + ", ".join(
+                    refs[r] for r in refs if r not in results) + " did not finish"
+            raise _CannotForm(f"weight sync: {who} did not join the {role} group ({backend}, "
                               f"{host}:{port}) within sync.timeout_s={timeout:g}s; check that every node can reach "
                               f"{host}, or use sync.transport=object_store")
-        for ref in done:
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayError as e:
-                raise _CannotForm(f"run error: weight sync: {refs[ref]} could not join the {role} group "
-                                  f"({str(e).splitlines()[-1][:200]})") from None
         self.info(f"weight sync: {role} group formed ({backend}, {size} members, {len(buckets)} bucket(s))")
         return _Group(role, dict(members), host, port, buckets, backend)
 
     def _backend(self) -> str:
+        """nccl only when every member owns whole GPUs: NCCL refuses two ranks on one device, which is what
+        fractional num_gpus means; gloo otherwise (CPU tensors)."""
         b = self.cfg.sync.backend
         if b != "auto":
             return b
-        senders_gpu = all(getattr(self.cfg, f"{r}_trainer").resources.num_gpus_per_rank > 0 for r in self.roles)
-        return "nccl" if senders_gpu and self.cfg.maker.num_gpus > 0 else "gloo"
-
-    def _leave(self, group: _Group) -> None:
-        handles = [self.trainers.ranks[group.role][0]] + [self.pool.makers[i] for i in group.members
-                                                          if i in self.pool.makers]
-        for h in handles:
-            h.leave_sync.remote()  # fire and forget: a dead member needs nothing
+        senders = all(getattr(self.cfg, f"{r}_trainer").resources.num_gpus_per_rank >= 1 for r in self.roles)
+        return "nccl" if senders and self.cfg.maker.num_gpus >= 1 else "gloo"
 
     # ---------------------------------------------------------------- helpers
 
@@ -207,5 +235,28 @@ class WeightSync:
         return result
 
 
-class _CannotForm(RuntimeError):
-    pass
+def _handle(version: int, parts: dict) -> dict:
+    return {"version": version, "roles": {role: {"ref": p["ref"], "dtypes": p["dtypes"]} for role, p in parts.items()},
+            "bytes": sum(p["bytes"] for p in parts.values())}
+
+
+def _wait_all(refs: dict, timeout_s: float) -> dict:
+    """ref -> result or the exception it raised, for the refs done within `timeout_s`; returns as soon as
+    every ref is done or one has failed (its peers may then never finish)."""
+    deadline = time.monotonic() + timeout_s
+    pending, out = list(refs), {}
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            break
+        try:
+            out[done[0]] = ray.get(done[0])
+        except ray.exceptions.RayError as e:
+            out[done[0]] = e
+            break
+    return out
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:200]

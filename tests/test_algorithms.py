@@ -278,3 +278,32 @@ def test_failing_or_unreachable_reward_service_is_one_line_naming_the_url():
     with pytest.raises(ConfigError) as e:
         check_reward_sources(sources(http_url=server.url, http_retries=0, http_timeout_s=2))
     assert server.url in str(e.value) and str(e.value).startswith("config error: rewards.http_url")
+
+
+def test_a_raising_reward_function_is_one_line():
+    from coati_ray.experience.rewards import RewardSources
+
+    rs = RewardSources(sources(function="tests.reward_fixtures:raises"))
+    with pytest.raises(RewardError) as e:
+        rs(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), ["sort: 1"], ["1"], [{}])
+    assert "tests.reward_fixtures:raises raised ZeroDivisionError" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_trl_benchmark_scores_with_the_same_verifier():
+    """benchmarks/trl_grpo.py carries its own copy of the sorting score (its venv has no coati_ray)."""
+    import importlib.util
+    import os
+    import random
+
+    from coati_ray.tasks import sorting
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("trl_grpo", os.path.join(REPO, "benchmarks", "trl_grpo.py"))
+    trl_grpo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trl_grpo)
+    rng = random.Random(0)
+    for _ in range(200):
+        numbers = sorting.sample_numbers(rng)
+        prompt = "<s>Human: " + sorting.prompt_text(numbers) + "\nAssistant: "
+        response = rng.choice([sorting.answer_text(numbers), sorting.corrupt(numbers, rng, rng.randint(1, 3)), "x 3"])
+        assert trl_grpo.gold_score(prompt, response) == sorting.gold_score(numbers, response)

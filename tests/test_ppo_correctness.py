@@ -231,9 +231,17 @@ def test_first_on_policy_minibatch_has_ratio_one_with_dropout_and_temperature(as
     prompts, _, _ = read_prompt_data(cfg.data, tok)
     torch.manual_seed(0)
     exp, _ = make_experience(build_experience_models(cfg), tok, prompts[:8], cfg.generation, cfg.ppo)
+    # the behaviour log-probs are the tempered policy's (what the sampler drew from) ...
+    from coati_ray.models import Actor
+
+    plain = Actor.from_pretrained(gpt2).eval()
+    with torch.no_grad():
+        tempered = plain.log_probs(exp.sequences, exp.attention_mask, exp.num_actions, temperature=0.7)
+    assert torch.allclose(exp.action_log_probs * exp.action_mask, tempered * exp.action_mask, atol=1e-5)
     strategy = make_strategy(cfg.actor_trainer.strategy)
     strategy.setup_distributed()
     trainer = make_group_trainer("actor", cfg, strategy)
+    assert trainer.temperature == 0.7  # ... and so are the trainer's, in the ratio
     trainer.model.train()  # as in every update
     _, stats = trainer.micro_loss(exp.select(slice(0, 4)))
     if keep_dropout:  # the checkpoint's dropout, kept on request: the first minibatch is already off-policy

@@ -112,8 +112,9 @@ class StrategyConfig:
         if self.name == "colossalai_gemini" and lora:
             _fail(f"{model_key}.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
                   f"use strategy.name=colossalai_zero2 or ddp with LoRA, or set {model_key}.lora_rank=0")
-        if model_dtype == "float16" and self.name in ("naive", "ddp"):
-            _fail(f"{model_key}.dtype", f"float16 weights trained by '{self.name}' have no loss scaler and underflow",
+        if model_dtype == "float16" and (self.name in ("naive", "ddp") or self.precision == "fp32"):
+            _fail(f"{model_key}.dtype", f"float16 weights trained by '{self.name}' with precision={self.precision} "
+                  "have no loss scaler and underflow",
                   f"use {model_key}.dtype=bfloat16, or float32 with a colossalai_* strategy and precision=fp16")
         if self.grad_clip < 0:
             _fail(f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")

@@ -12,6 +12,7 @@ starts. The gold scorer (`data.gold_task`) is not a source: it only judges held-
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import inspect
 import json
@@ -37,14 +38,17 @@ def load_reward_function(spec: str, key: str = "rewards.function") -> RewardFunc
     except ImportError as e:
         raise ConfigError(f"config error: {key}: cannot import '{module_name}' ({e}); put the module on the "
                           "Python path (the job's working directory is)") from None
+    except Exception as e:  # the module itself fails (a syntax error, an exception at import time)
+        raise ConfigError(f"config error: {key}: importing '{module_name}' raised {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}; fix the module") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"config error: {key}: '{module_name}' has no function '{name}'; check the name after ':'")
     try:
         inspect.signature(fn).bind(["p"], ["r"], [{}])
-    except TypeError:
-        raise ConfigError(f"config error: {key}: {spec}{inspect.signature(fn)} cannot be called as "
-                          "function(prompts, responses, rows); give it those three parameters") from None
+    except (TypeError, ValueError):  # ValueError: no signature to read (some builtins)
+        raise ConfigError(f"config error: {key}: {spec} cannot be called as function(prompts, responses, rows); "
+                          "give it those three parameters") from None
     return fn
 
 
@@ -59,7 +63,11 @@ class HttpReward:
         self.url, self.timeout_s, self.retries = url, timeout_s, retries
 
     def __call__(self, prompts: list, responses: list, rows: list) -> list:
-        body = json.dumps({"prompts": prompts, "responses": responses, "rows": rows}).encode()
+        try:
+            body = json.dumps({"prompts": prompts, "responses": responses, "rows": rows}).encode()
+        except (TypeError, ValueError) as e:
+            raise RewardError(f"reward error: the batch for {self.url} is not JSON ({e}); keep prompt rows to "
+                              "JSON types") from None
         last = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -75,15 +83,15 @@ class HttpReward:
                 return rewards
             except RewardError:
                 raise
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                last = getattr(e, "reason", e)
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+                last = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
         raise RewardError(f"reward error: POST {self.url} failed {self.retries + 1} time(s) ({last}); check that the "
                           "reward service runs and answers within rewards.http_timeout_s")
 
     def check(self) -> None:
-        """Before Ray starts: the service answers an empty batch."""
+        """Before Ray starts: the service answers an empty batch (one try, at most 10 seconds)."""
         try:
-            self([], [], [])
+            HttpReward(self.url, min(self.timeout_s, 10.0), retries=0)([], [], [])
         except RewardError as e:
             raise ConfigError(f"config error: rewards.http_url: {str(e).split(': ', 1)[1]}") from None
 
@@ -108,7 +116,13 @@ class RewardSources:
         if self.reward_model is not None:
             parts["model"] = self.reward_model(sequences, attention_mask).float().cpu()
         if self.function is not None:
-            parts["function"] = _as_scores(self.function(prompts, responses, rows), B, self.cfg.function)
+            try:
+                values = self.function(prompts, responses, rows)
+            except Exception as e:  # the user's code: one line that names it, not a traceback through Ray
+                raise RewardError(f"reward error: {self.cfg.function} raised {type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:200]}; fix the function (it is called with "
+                                  "lists of prompts, responses and rows)") from None
+            parts["function"] = _as_scores(values, B, self.cfg.function)
         if self.http is not None:
             parts["http"] = _as_scores(self.http(prompts, responses, rows), B, self.cfg.http_url)
         weights = {"model": self.cfg.model_weight, "function": self.cfg.function_weight, "http": self.cfg.http_weight}

@@ -1,11 +1,11 @@
 """How weights travel, without Ray: buckets for a broadcast, numpy views for the object store.
 
 A broadcast moves flat buffers: `plan_buckets` packs a state dict's tensors, in order and grouped by
-dtype, into buckets of at most `bucket_bytes` (a tensor larger than that gets a bucket of its own),
-so either side holds one bucket beyond its weights. The object store moves numpy arrays zero-copy
-(Ray pickles them out of band): `to_numpy` views each tensor as an array without copying (bfloat16,
-which numpy lacks, as int16 bits) and `from_numpy` turns the arrays a receiver gets back into
-tensors, again without a copy, so the only copy on the receiving side is the one into its model.
+dtype, into buckets of at most `bucket_bytes`, cutting a tensor larger than that into pieces across
+buckets, so either side needs one bucket of transport memory. The object store moves numpy arrays
+zero-copy (Ray pickles them out of band): `to_numpy` views each tensor as an array without copying
+(bfloat16, which numpy lacks, as int16 bits) and `from_numpy` turns the arrays a receiver gets back
+into tensors, again without a copy, so the only copy on the receiving side is the one into its model.
 """
 
 from __future__ import annotations
@@ -22,55 +22,84 @@ NUMPY_CARRIER = {torch.bfloat16: torch.int16}
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class Piece:
+    """Elements [start, start + numel) of tensor `name` (of `shape`), flattened."""
+
     name: str
     shape: tuple[int, ...]
+    start: int
     numel: int
 
 
 @dataclass(frozen=True)
 class Bucket:
-    """Consecutive tensors of one dtype, broadcast as one flat buffer of `numel` elements."""
+    """Pieces of tensors of one dtype, broadcast as one flat buffer of `numel` elements."""
 
     dtype: str
-    tensors: tuple[TensorSpec, ...]
+    pieces: tuple[Piece, ...]
     numel: int
 
     @property
     def nbytes(self) -> int:
         return self.numel * torch.empty(0, dtype=DTYPES[self.dtype]).element_size()
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {p.name: p.shape for p in self.pieces}
+
 
 def plan_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[Bucket]:
-    """The buckets of `state` (name -> tensor), in its order: each holds tensors of one dtype and at most
-    `bucket_bytes`, except a single tensor larger than that."""
+    """The buckets of `state` (name -> tensor), in its order: each holds one dtype and at most
+    `bucket_bytes` (at least one element); a larger tensor is cut into pieces over several buckets."""
     buckets: list[Bucket] = []
-    current: list[TensorSpec] = []
-    dtype, size = None, 0
+    pieces: list[Piece] = []
+    dtype, used = None, 0
+
+    def close():
+        nonlocal pieces, used
+        if pieces:
+            buckets.append(Bucket(dtype, tuple(pieces), sum(p.numel for p in pieces)))
+        pieces, used = [], 0
+
     for name, t in state.items():
-        nbytes = t.numel() * t.element_size()
-        if current and (str(t.dtype) != dtype or size + nbytes > bucket_bytes):
-            buckets.append(Bucket(dtype, tuple(current), sum(s.numel for s in current)))
-            current, size = [], 0
-        dtype = str(t.dtype)
-        current.append(TensorSpec(name, tuple(t.shape), t.numel()))
-        size += nbytes
-    if current:
-        buckets.append(Bucket(dtype, tuple(current), sum(s.numel for s in current)))
+        if str(t.dtype) != dtype:
+            close()
+            dtype = str(t.dtype)
+        capacity = max(1, bucket_bytes // t.element_size())
+        start, total = 0, t.numel()
+        while start < total or (total == 0 and start == 0):
+            room = capacity - used
+            if room <= 0:
+                close()
+                room = capacity
+            take = min(room, total - start)
+            pieces.append(Piece(name, tuple(t.shape), start, take))
+            used += take
+            start += take
+            if total == 0:
+                break
+    close()
     return buckets
 
 
-def flatten(state: dict[str, torch.Tensor], bucket: Bucket) -> torch.Tensor:
-    """The bucket's tensors of `state` as one flat buffer (numel,) on their device (one bucket of memory)."""
-    return torch.cat([state[s.name].detach().reshape(-1) for s in bucket.tensors])
+def flatten(state: dict[str, torch.Tensor], bucket: Bucket, device=None) -> torch.Tensor:
+    """The bucket's pieces of `state` as one flat buffer (numel,) on `device` (default: the tensors'): one
+    bucket of memory, each piece copied once."""
+    first = state[bucket.pieces[0].name]
+    out = torch.empty(bucket.numel, dtype=first.dtype, device=device or first.device)
+    offset = 0
+    for p in bucket.pieces:
+        out[offset:offset + p.numel].copy_(state[p.name].detach().reshape(-1)[p.start:p.start + p.numel])
+        offset += p.numel
+    return out
 
 
-def unflatten(flat: torch.Tensor, bucket: Bucket) -> dict[str, torch.Tensor]:
-    """Views of `flat` (numel,) shaped as the bucket's tensors: no copy."""
-    out, offset = {}, 0
-    for s in bucket.tensors:
-        out[s.name] = flat[offset:offset + s.numel].view(s.shape)
-        offset += s.numel
+def unflatten(flat: torch.Tensor, bucket: Bucket) -> list[tuple[Piece, torch.Tensor]]:
+    """(piece, view of `flat` holding it) for every piece of the bucket: no copy."""
+    out, offset = [], 0
+    for p in bucket.pieces:
+        out.append((p, flat[offset:offset + p.numel]))
+        offset += p.numel
     return out
 
 

@@ -15,11 +15,17 @@ from torch import nn
 from coati_ray.errors import ModelError
 
 LORA_MARKER = "lora_"
+VALUE_HEAD = "value_head."  # a LoRA critic trains its value head in full: it travels with the adapters
+
+
+def is_lora_synced(key: str) -> bool:
+    """What a LoRA model's weight sync moves: the adapters, and a value model's head."""
+    return LORA_MARKER in key or key.startswith(VALUE_HEAD)
 
 
 def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA adapter tensors of `module`, under their full parameter names."""
-    return {k: v for k, v in module.state_dict().items() if LORA_MARKER in k}
+    """The tensors of a LoRA `module` that train (adapters; a critic's value head), under their full names."""
+    return {k: v for k, v in module.state_dict().items() if is_lora_synced(k)}
 
 
 def export_weights(module: nn.Module, lora_only: bool) -> dict[str, torch.Tensor]:

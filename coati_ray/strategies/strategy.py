@@ -201,12 +201,20 @@ class Strategy:
 
 def plugin_grad_norm(optimizer) -> float:
     """The global gradient norm a ZeRO/Gemini optimizer computed in its last step (ColossalAI's
-    `OptimizerWrapper.get_grad_norm`); nan when it reports none (e.g. a skipped fp16 step)."""
+    `OptimizerWrapper.get_grad_norm`), divided by the fp16 loss scale it was computed under (1 for bf16);
+    nan when it reports none (Gemini computes it only when clipping: strategy.grad_clip > 0)."""
     get = getattr(optimizer, "get_grad_norm", None)
     value = get() if callable(get) else None
     if value is None:
         return float("nan")
-    return float(value.item() if torch.is_tensor(value) else value)
+    norm = float(value.item() if torch.is_tensor(value) else value)
+    for holder in (optimizer, getattr(optimizer, "optim", None)):
+        mixin = getattr(holder, "mixed_precision_mixin", None) or getattr(holder, "mix_precision_mixin", None)
+        scale = getattr(mixin, "get_grad_div_scale", None)
+        if callable(scale):
+            div = scale()
+            return norm / float(div.item() if torch.is_tensor(div) else div)
+    return norm
 
 
 def seed_everything(seed: int) -> None:

@@ -128,15 +128,15 @@ class PolicyTrainer(PPOGroupTrainer):
         loss, stats = policy_loss(log_probs, micro.action_log_probs, micro.advantages, micro.action_mask,
                                   self.ppo.clip_eps)
         stats["policy_loss"] = loss.item()
-        if self.ppo.kl_penalty == "loss" and self.ppo.kl_coef > 0:
-            kl = kl_loss(log_probs, micro.ref_log_probs, micro.action_mask)
-            loss = loss + self.ppo.kl_coef * kl
-            stats["kl_loss"] = kl.item()
         if self.ppo.ptx_coef > 0 and self.ptx_items:
             ptx = self._next_ptx()
             ptx_loss = sft_loss(self.model(ptx["input_ids"], ptx["attention_mask"]), ptx["labels"])
             loss = ptx_mix(loss, ptx_loss, self.ppo.ptx_coef)
             stats["ptx_loss"] = ptx_loss.item()
+        if self.ppo.kl_penalty == "loss" and self.ppo.kl_coef > 0:  # kl_coef * k3, whatever the ptx mix
+            kl = kl_loss(log_probs, micro.ref_log_probs, micro.action_mask)
+            loss = loss + self.ppo.kl_coef * kl
+            stats["kl_loss"] = kl.item()
         return loss, stats
 
 
