@@ -91,9 +91,8 @@ class WeightReceiver:
         self.modules, self.lora_only, self.metrics = modules, lora_only, metrics
         self.version = 0                               # what the models hold now
         self.groups: dict[str, SyncGroup] = {}
-        self.staging: dict[str, dict] = {}             # role -> name -> host tensor in the model's dtype
+        self.staging: dict[str, tuple] = {}            # role -> (buckets, one flat host buffer per bucket)
         self.staged: dict[str, int] = {}               # role -> version fully received into staging
-        self.casts: dict[str, int] = {}
         self.changed = threading.Condition()
 
     # ---------------------------------------------------------------- object store (between batches)
@@ -134,37 +133,42 @@ class WeightReceiver:
 
     @torch.no_grad()
     def receive(self, role: str, buckets: list, version: int) -> dict:
-        """Receive one sync of `role` into staging on the host, bucket by bucket (one bucket of transport
-        memory on the group's device; the staging copy is what lets generation go on meanwhile)."""
-        from coati_ray.models.weights import lora_state
-
-        module = self.modules[role]
-        own = lora_state(module) if self.lora_only[role] else module.state_dict()
+        """Receive one sync of `role` into staging in host memory, bucket by bucket: over gloo straight into
+        the staging buffers (no copy), over NCCL through one device bucket. Staging is what lets the maker
+        go on generating meanwhile; `swap` copies it into the models between batches."""
         group = self.groups[role]
-        t, moved, casts = time.perf_counter(), 0, 0
+        t = time.perf_counter()
         with self.changed:
             self.staged.pop(role, None)  # a swap must not take a half-received state
         staging = self.staging.get(role)
-        if staging is None:
-            staging = self.staging[role] = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in own.items()}
-        size = max(b.numel for b in buckets)
-        buffers: dict[str, torch.Tensor] = {}
-        for bucket in buckets:
-            dtype = DTYPES[bucket.dtype]
-            if bucket.dtype not in buffers:
-                buffers[bucket.dtype] = torch.empty(size, dtype=dtype, device=group.device)
-            flat = buffers[bucket.dtype][:bucket.numel]
-            group.broadcast(flat, root=0)
-            for piece, view in unflatten(flat, bucket):
-                target = staging[piece.name]
-                casts += piece.start == 0 and target.dtype != view.dtype  # once per tensor
-                target.view(-1)[piece.start:piece.start + piece.numel].copy_(view)
-            moved += bucket.nbytes
+        if staging is None or [b.numel for b in staging[0]] != [b.numel for b in buckets]:
+            staging = self.staging[role] = (buckets, [torch.empty(b.numel, dtype=DTYPES[b.dtype]) for b in buckets])
+        device_buffer = None
+        for bucket, flat in zip(*staging):
+            if group.device.type == "cpu":
+                group.broadcast(flat, root=0)
+            else:
+                if device_buffer is None or device_buffer.numel() < bucket.numel or device_buffer.dtype != flat.dtype:
+                    device_buffer = torch.empty(max(b.numel for b in buckets), dtype=flat.dtype, device=group.device)
+                view = device_buffer[:bucket.numel]
+                group.broadcast(view, root=0)
+                flat.copy_(view)
         with self.changed:
             self.staged[role] = version
-            self.casts[role] = casts
             self.changed.notify_all()
-        return {"seconds": time.perf_counter() - t, "bytes": moved, "cast_tensors": casts, "role": role}
+        return {"seconds": time.perf_counter() - t, "bytes": sum(b.nbytes for b in buckets), "role": role,
+                "cast_tensors": self._casts(role, buckets)}
+
+    def _casts(self, role: str, buckets: list) -> int:
+        """How many tensors a swap of these buckets casts into the model's dtypes."""
+        own = self._own(role)
+        return len({p.name for b in buckets for p in b.pieces if own[p.name].dtype != DTYPES[b.dtype]})
+
+    def _own(self, role: str) -> dict:
+        from coati_ray.models.weights import lora_state
+
+        module = self.modules[role]
+        return lora_state(module) if self.lora_only[role] else module.state_dict()
 
     # ---------------------------------------------------------------- between batches
 
@@ -174,8 +178,6 @@ class WeightReceiver:
         was promised), the models keep a version >= `expected` they already hold, so a broadcast of a newer
         version that lands while older batches are queued waits for them; a version still arriving is
         waited for up to `timeout_s`. Returns the report of a swap, else None."""
-        from coati_ray.models.weights import load_weights
-
         with self.changed:
             if expected is not None and self.version >= expected:
                 return None
@@ -186,12 +188,17 @@ class WeightReceiver:
             version = self._staged_version()
             if version is None or version <= self.version:
                 return None
-            t, moved = time.perf_counter(), 0
+            t, moved, casts = time.perf_counter(), 0, 0
             for role in self.modules:
-                load_weights(self.modules[role], self.staging[role], self.lora_only[role])
-                moved += sum(v.numel() * v.element_size() for v in self.staging[role].values())
+                buckets, flats = self.staging[role]
+                own = self._own(role)
+                for bucket, flat in zip(buckets, flats):
+                    for piece, view in unflatten(flat, bucket):
+                        own[piece.name].view(-1)[piece.start:piece.start + piece.numel].copy_(view)
+                    moved += bucket.nbytes
+                casts += self._casts(role, buckets)
             self.version = version
-            return self._report(time.perf_counter() - t, moved, sum(self.casts.values()), "collective")
+            return self._report(time.perf_counter() - t, moved, casts, "collective")
 
     def _staged_version(self) -> Optional[int]:
         versions = [self.staged.get(role) for role in self.modules]

@@ -1,12 +1,14 @@
-"""Weight sync: seconds and GB/s to move a trainer's weights into a maker, full and LoRA-only, at a
-few model sizes, next to a raw `ray.put` + `ray.get` of the same number of bytes between two actors.
+"""Weight sync: seconds and GB/s from a trainer's weights to 1 and 3 makers' models, on both transports,
+next to the raw floors of each: one `torch.distributed.broadcast` of a flat buffer of the same bytes,
+and one numpy `ray.put` + `ray.get` of them.
 
-    python -m benchmarks.bench_weight_sync [--repeats 3]
+    python -m benchmarks.bench_weight_sync [--repeats 3] [--sizes ...]
 
-Our path is the one the job runs: `export_weights` (a CPU copy, `ray.put` once) in one actor, then
-`ray.get` + `load_weights` (strict key/shape checks, copy into the live model) in another. The raw
-floor moves one numpy buffer of the same size (Ray's zero-copy case). The two small actors here are
-benchmark scaffolding, not part of the product, which keeps its Ray code in actors/.
+Ours runs the product's code: `WeightSync.publish` (actors/weight_sync.py) driving `WeightSender` in a
+sender actor and `WeightReceiver` in each receiver actor (actors/weight_endpoints.py), timed until every
+receiver holds the new weights in its model (object store: loaded; collective: received into staging
+and swapped in). The actors here are benchmark scaffolding around those classes: a model and nothing
+else, where the job's trainers and makers carry optimisers and four models.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import ray
 
 from benchmarks.common import save
 
-# llama-family shapes: (hidden, layers, intermediate); vocabulary 32000 like llama's
+# llama-family shapes: (hidden, layers, intermediate); vocabulary 32000 like llama's. fp32 weights:
+# ~80 MB, ~670 MB and ~2.1 GB.
 SIZES = {"llama-h256-l4": (256, 4, 688), "llama-h1024-l8": (1024, 8, 2752), "llama-h2048-l8": (2048, 8, 5504)}
-VOCAB, LORA_RANK = 32000, 8
+VOCAB, LORA_RANK, BUCKET_MB = 32000, 8, 256
 
 
 def build(size: str, lora: bool):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from coati_ray.models import Actor
+
     hidden, layers, inter = SIZES[size]
-    torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                       num_attention_heads=max(4, hidden // 64), num_key_value_heads=max(4, hidden // 64),
                       tie_word_embeddings=False)
@@ -39,56 +43,201 @@ def build(size: str, lora: bool):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=LORA_RANK, target_modules="all-linear"))
-    return model
+    return Actor(model)
 
 
-@ray.remote(num_cpus=0.5)
-class Side:
+@ray.remote(num_cpus=0, concurrency_groups={"sync": 1})
+class Sender:
     def __init__(self, size: str, lora: bool):
         import torch
 
+        from actors.weight_endpoints import WeightSender
+        from coati_ray.config.schema import StrategyConfig
+        from coati_ray.strategies import Strategy
+
         torch.set_num_threads(1)
-        self.model = build(size, lora)
-        self.lora = lora
+        self.sender = WeightSender(Strategy(StrategyConfig()), build(size, lora), lora, gathers=False)
 
-    def export(self) -> list:
-        from coati_ray.models.weights import export_weights
+    def address(self):
+        from actors.group import node_address
 
-        return [ray.put(export_weights(self.model, lora_only=self.lora))]
+        return node_address()
 
-    def load(self, ref: list) -> int:
-        from coati_ray.models.weights import load_weights, state_bytes
+    def sync_plan(self, bucket_bytes):
+        return self.sender.plan(bucket_bytes)
 
-        state = ray.get(ref[0])
-        load_weights(self.model, state, lora_only=self.lora)
-        return state_bytes(state)
+    def join_sync(self, *args):
+        self.sender.join(*args)
 
-    def put_raw(self, nbytes: int) -> list:
+    def send_weights(self, buckets, export=False):
+        return self.sender.send(buckets, export)
+
+    @ray.method(concurrency_group="sync")
+    def export_weights(self):
+        return {**self.sender.export(), "version": 1}
+
+    def leave_sync(self):
+        self.sender.leave()
+
+
+
+@ray.remote(num_cpus=0, concurrency_groups={"sync": 1})
+class Receiver:
+    def __init__(self, size: str, lora: bool):
+        import torch
+
+        from actors.weight_endpoints import WeightReceiver
+
+        torch.set_num_threads(1)
+        self.receiver = WeightReceiver({"actor": build(size, lora)}, {"actor": lora})
+
+    @ray.method(concurrency_group="sync")
+    def join_sync(self, role, buckets, *args):
+        self.receiver.join(role, buckets, *args)
+
+    @ray.method(concurrency_group="sync")
+    def receive_weights(self, role, buckets, version):
+        return self.receiver.receive(role, buckets, version)
+
+    @ray.method(concurrency_group="sync")
+    def leave_sync(self):
+        self.receiver.leave()
+
+    def load_weights(self, handle):
+        return self.receiver.load(handle)
+
+    def swap(self):
+        return self.receiver.swap()
+
+
+
+@ray.remote(num_cpus=0)
+class RawPeer:
+    """The floors: the same bytes as one numpy buffer through the object store, or one flat broadcast.
+    A fresh actor without a model, so the floor does not compete with model memory."""
+
+    def address(self):
+        from actors.group import node_address
+
+        return node_address()
+
+    def make(self, nbytes: int) -> None:
         import numpy as np
 
-        return [ray.put(np.ones(nbytes, dtype=np.uint8))]
+        self.array = np.ones(nbytes, dtype=np.uint8)  # allocated before timing: the floor is put + get
 
-    def get_raw(self, ref: list) -> int:
+    def put(self) -> list:
+        return [ray.put(self.array)]
+
+    def get(self, ref) -> int:
         return int(ray.get(ref[0]).nbytes)
 
+    def broadcast(self, host, port, rank, size, nbytes) -> float:
+        import torch
 
-def measure(size: str, lora: bool, repeats: int) -> dict:
-    sender, receiver = Side.remote(size, lora), Side.remote(size, lora)
-    ray.get([sender.__ray_ready__.remote(), receiver.__ray_ready__.remote()])
-    ours, raw, nbytes = [], [], 0
+        from actors.collective import SyncGroup
+
+        group = SyncGroup(host, port, rank, size, "gloo", 600)
+        buf = torch.ones(nbytes // 4, dtype=torch.float32)
+        group.broadcast(buf)  # warm-up: connections
+        t = time.perf_counter()
+        group.broadcast(buf)
+        return time.perf_counter() - t
+
+
+class _Trainers:
+    def __init__(self, sender):
+        self.ranks = {"actor": [sender]}
+
+    def get(self, refs):
+        return ray.get(refs)
+
+    def lost_message(self, err):
+        return str(err)
+
+
+class _Pool:
+    def __init__(self, receivers):
+        self.makers = dict(enumerate(receivers))
+        self.incarnation = {i: 0 for i in self.makers}
+
+    def published(self, version, received):
+        pass
+
+
+def ours(transport: str, sender, receivers, repeats: int) -> dict:
+    """Best of `repeats` syncs: seconds of the publish (object store: the put; collective: the broadcast until
+    every receiver has it in staging), of the makers' part between batches (object store: get and copy
+    into the model; collective: the swap from staging), and of both; and the bytes moved."""
+    from actors.weight_sync import WeightSync
+    from coati_ray.config.ppo import SyncConfig
+
+    cfg = type("Cfg", (), {})()
+    cfg.sync = SyncConfig(transport=transport, bucket_mb=BUCKET_MB, timeout_s=600, backend="gloo")
+    sync = WeightSync(cfg, _Trainers(sender), _Pool(receivers), info=lambda m: None)
+    rows, nbytes = [], 0
+
+    def apply():
+        if transport == "object_store":
+            handle = sync.object_store_handle()
+            return ray.get([r.load_weights.remote(handle) for r in receivers])
+        return ray.get([r.swap.remote() for r in receivers])
+
+    sync.publish(1)  # forms the collective group (its cost is paid once per membership, not per sync)
+    apply()
+    for version in range(2, repeats + 2):
+        t = time.perf_counter()
+        stats = sync.publish(version)
+        t_pub = time.perf_counter()
+        apply()
+        t_end = time.perf_counter()
+        rows.append({"publish_seconds": t_pub - t, "apply_seconds": t_end - t_pub, "seconds": t_end - t})
+        nbytes = stats["bytes"]
+    sync.close()
+    best = min(rows, key=lambda r: r["seconds"])
+    return {**best, "bytes": nbytes}
+
+
+def raw(makers: int, nbytes: int, repeats: int) -> tuple[float, float]:
+    """Best seconds of a numpy put + get to every receiver, and of one flat gloo broadcast to all of them."""
+    sender, receivers = RawPeer.remote(), [RawPeer.remote() for _ in range(makers)]
+    ray.get(sender.make.remote(nbytes))
+    puts = []
     for _ in range(repeats):
         t = time.perf_counter()
-        nbytes = ray.get(receiver.load.remote(sender.export.remote()))
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ray.get(receiver.get_raw.remote(sender.put_raw.remote(nbytes)))
-        raw.append(time.perf_counter() - t)
-    for a in (sender, receiver):
+        ref = sender.put.remote()
+        ray.get([r.get.remote(ref) for r in receivers])
+        puts.append(time.perf_counter() - t)
+        del ref
+    host, port = ray.get(sender.address.remote())
+    size = 1 + makers
+    bcast = ray.get([sender.broadcast.remote(host, port, 0, size, nbytes)] +
+                    [r.broadcast.remote(host, port, i + 1, size, nbytes) for i, r in enumerate(receivers)])[0]
+    for a in [sender, *receivers]:
         ray.kill(a)
-    best_ours, best_raw = min(ours), min(raw)
-    return {"size": size, "mode": "lora" if lora else "full", "bytes": nbytes, "seconds": best_ours,
-            "gb_per_s": nbytes / best_ours / 1e9, "raw_seconds": best_raw, "raw_gb_per_s": nbytes / best_raw / 1e9,
-            "ours_over_raw_time": best_ours / best_raw}
+    return min(puts), bcast
+
+
+def measure(size: str, lora: bool, makers: int, repeats: int) -> dict:
+    sender = Sender.remote(size, lora)
+    receivers = [Receiver.remote(size, lora) for _ in range(makers)]
+    ray.get([a.__ray_ready__.remote() for a in [sender, *receivers]])
+    row = {"size": size, "mode": "lora" if lora else "full", "makers": makers}
+    for transport in ("object_store", "collective"):
+        r = ours(transport, sender, receivers, repeats)
+        row["bytes"] = r.pop("bytes")
+        row[transport] = {**r, "gb_per_s": row["bytes"] / r["seconds"] / 1e9,
+                          "publish_gb_per_s": row["bytes"] / r["publish_seconds"] / 1e9}
+    for a in [sender, *receivers]:
+        ray.kill(a)
+    put_s, bcast_s = raw(makers, row["bytes"], repeats)
+    row["raw_put_get"] = {"seconds": put_s, "gb_per_s": row["bytes"] / put_s / 1e9}
+    row["raw_broadcast"] = {"seconds": bcast_s, "gb_per_s": row["bytes"] / bcast_s / 1e9}
+    # The broadcast is done when every maker holds the weights in staging; the swap into the model happens
+    # on the maker between batches, off the sync's path. Both are reported; the target is on the broadcast.
+    row["collective_over_raw_bandwidth"] = row["collective"]["publish_gb_per_s"] / row["raw_broadcast"]["gb_per_s"]
+    row["object_store_over_raw_time"] = row["object_store"]["seconds"] / put_s
+    return row
 
 
 def main(argv=None) -> dict:
@@ -101,15 +250,24 @@ def main(argv=None) -> dict:
     rows = []
     try:
         for size in args.sizes:
-            for lora in (False, True):
-                rows.append(measure(size, lora, args.repeats))
+            for lora, makers in ((False, 1), (False, 3), (True, 1)):
+                rows.append(measure(size, lora, makers, args.repeats))
                 r = rows[-1]
-                print(f"[bench] sync {size} {r['mode']}: {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.3f}s "
-                      f"({r['gb_per_s']:.2f} GB/s; raw {r['raw_gb_per_s']:.2f} GB/s)")
+                print(f"[bench] sync {size} {r['mode']} x{makers}: {r['bytes'] / 1e6:.1f} MB; object store "
+                      f"{r['object_store']['seconds']:.3f}s ({r['object_store_over_raw_time']:.2f}x raw put+get), "
+                      f"collective {r['collective']['seconds']:.3f}s ({r['collective_over_raw_bandwidth']:.2f} of raw "
+                      f"broadcast bandwidth)", flush=True)
     finally:
         ray.shutdown()
-    return save("weight_sync", {"rows": rows, "lora_rank": LORA_RANK, "repeats": args.repeats,
-                                "command": "python -m benchmarks.bench_weight_sync"}) and {"rows": rows}
+    full = {(r["size"], r["makers"]): r for r in rows if r["mode"] == "full"}
+    scaling = {size: full[(size, 3)]["collective"]["publish_seconds"] / full[(size, 1)]["collective"]["publish_seconds"]
+               for size in args.sizes if (size, 1) in full and (size, 3) in full}
+    summary = {"collective_over_raw_bandwidth_min": min(r["collective_over_raw_bandwidth"] for r in full.values()),
+               "object_store_over_raw_time_max": max(r["object_store_over_raw_time"] for r in full.values()),
+               "collective_3_over_1_makers": scaling}
+    save("weight_sync", {"rows": rows, "lora_rank": LORA_RANK, "repeats": args.repeats, "bucket_mb": BUCKET_MB,
+                         **summary, "command": "python -m benchmarks.bench_weight_sync"})
+    return {"rows": rows, **summary}
 
 
 if __name__ == "__main__":

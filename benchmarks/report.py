@@ -63,23 +63,46 @@ def pipeline_section(r) -> list[str]:
 def sync_section(r) -> list[str]:
     if r is None:
         return ["*Not measured in this run.*"]
-    out = ["| model | sync | bytes | ours (s) | ours GB/s | raw put+get (s) | raw GB/s | ours ÷ raw (time) |",
-           "|---|---|---|---|---|---|---|---|"]
+    if "raw_seconds" in (r.get("rows") or [{}])[0]:
+        return ["*Measured by an older version of this benchmark (object store only); rerun `make bench`.*"]
+    out = [f"Measured {r['measured_at']}, best of {r['repeats']}, buckets of {r['bucket_mb']:g} MB, LoRA rank "
+           f"{r['lora_rank']} on every linear layer. *publish*: the sender's part until every maker has the bytes "
+           "(object store: the put; collective: the broadcast into each maker's staging); *apply*: the makers' "
+           "part between batches (object store: get + copy into the model; collective: the swap from staging). "
+           "The floors move the same bytes as one numpy `ray.put` + `ray.get` and as one flat gloo broadcast, "
+           "with no model at either end.", "",
+           "| model | sync | makers | bytes | object store publish + apply (s) | ÷ raw put+get | collective publish + "
+           "apply (s) | broadcast GB/s | raw broadcast GB/s | ÷ raw bandwidth |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
-        out.append(f"| {x['size']} | {x['mode']} | {x['bytes'] / 1e6:.1f} MB | {f(x['seconds'], 3)} | "
-                   f"{f(x['gb_per_s'])} | {f(x['raw_seconds'], 3)} | {f(x['raw_gb_per_s'])} | "
-                   f"{f(x['ours_over_raw_time'], 1)}× |")
-    out += ["", f"LoRA rank {r['lora_rank']} on every linear layer; best of {r['repeats']}. Command: `{r['command']}`"]
+        o, c = x["object_store"], x["collective"]
+        out.append(f"| {x['size']} | {x['mode']} | {x['makers']} | {x['bytes'] / 1e6:.1f} MB | "
+                   f"{f(o['publish_seconds'], 3)} + {f(o['apply_seconds'], 3)} | {f(x['object_store_over_raw_time'])}× | "
+                   f"{f(c['publish_seconds'], 3)} + {f(c['apply_seconds'], 3)} | {f(c['publish_gb_per_s'])} | "
+                   f"{f(x['raw_broadcast']['gb_per_s'])} | {f(x['collective_over_raw_bandwidth'])} |")
+    scaling = ", ".join(f"{k}: {f(v)}×" for k, v in r.get("collective_3_over_1_makers", {}).items())
+    out += ["", f"Collective broadcast, 3 makers over 1 (time): {scaling}. Targets: broadcast ≥ 0.8 of the raw "
+            f"broadcast's bandwidth (worst: {f(r['collective_over_raw_bandwidth_min'])}), object store ≤ 1.5× the "
+            f"raw put+get (worst: {f(r['object_store_over_raw_time_max'])}×), 3 makers ≤ 1.3× of 1.", "",
+            f"Command: `{r['command']}`"]
     return out
 
 
 def soak_section(r) -> list[str]:
     if r is None:
         return ["*Not measured in this run.*"]
-    out = [f"{r['steps']} async steps in {f(r['wall_seconds'], 0)} s (2 makers, staleness ≤ 2, buffer "
-           f"{r['buffer_capacity']} samples). Resident memory of every actor, from step {r['warmup_steps']} "
-           "(after warm-up) to the end:", "", "| actor (class:pid) | after warm-up (MB) | end (MB) | max (MB) | growth (MB) |",
-           "|---|---|---|---|---|"]
+    staleness = r.get("max_staleness", 2)
+    out = [f"Measured {r['measured_at']}. {r['steps']} async steps in {f(r['wall_seconds'], 0)} s (2 makers, "
+           f"staleness ≤ {staleness}, buffer {r['buffer_capacity']} samples)."]
+    if "dropped_fraction" in r:
+        out += ["", f"**Dropped as stale: {r['dropped']} of {r['produced']} batches produced "
+                f"({100 * r['dropped_fraction']:.1f} %)**; trainers idle {100 * r['trainer_idle_fraction']:.0f} % of "
+                f"each step on average (waiting for experience). Staleness of the batches consumed (versions behind: "
+                f"count): {r['staleness_counts']}; {r['steps_with_stale_experience']} of {r['steps']} steps trained on "
+                f"some experience {staleness} version(s) old, so the makers did run ahead. The driver starts no batch "
+                "that would be too stale when consumed (admission control), so none has to be thrown away."]
+    out += ["", f"Resident memory of every actor, from step {r['warmup_steps']} (after warm-up) to the end:", "",
+            "| actor (class:pid) | after warm-up (MB) | end (MB) | max (MB) | growth (MB) |", "|---|---|---|---|---|"]
     for name, a in r["actors"].items():
         out.append(f"| {name} | {a['rss_mb_after_warmup']} | {a['rss_mb_end']} | {a['rss_mb_max']} | {a['growth_mb']} |")
     out += ["", f"Driver growth: {r['driver_growth_mb']} MB. Buffer: peak {r['buffer_peak_samples']} of "
@@ -93,7 +116,8 @@ def write() -> str:
     m = machine()
     v = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
     lines = ["# Benchmark results", "",
-             f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M')}; every figure below comes from that run.", "",
+             f"Written from [`RESULTS.json`](RESULTS.json) on {time.strftime('%Y-%m-%d %H:%M')}: `make bench` measures "
+             "every section, `make soak` the soak alone; each section says when it was measured.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}. "
              "No GPU: see the GPU section.", "",
              "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), "",

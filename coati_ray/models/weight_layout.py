@@ -48,9 +48,14 @@ class Bucket:
         return {p.name: p.shape for p in self.pieces}
 
 
+OWN_BUCKET_BYTES = 4 * 2**20  # a tensor this large travels in buckets of its own: no copy to pack it
+
+
 def plan_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[Bucket]:
     """The buckets of `state` (name -> tensor), in its order: each holds one dtype and at most
-    `bucket_bytes` (at least one element); a larger tensor is cut into pieces over several buckets."""
+    `bucket_bytes` (at least one element). Small tensors are packed together (one copy each, to save a
+    broadcast call per tensor); a tensor of OWN_BUCKET_BYTES or more gets buckets of its own, cut into
+    pieces when larger than a bucket, and such a piece is sent straight from the tensor's memory."""
     buckets: list[Bucket] = []
     pieces: list[Piece] = []
     dtype, used = None, 0
@@ -62,7 +67,8 @@ def plan_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[Buck
         pieces, used = [], 0
 
     for name, t in state.items():
-        if str(t.dtype) != dtype:
+        own = t.numel() * t.element_size() >= min(OWN_BUCKET_BYTES, bucket_bytes)
+        if str(t.dtype) != dtype or own:
             close()
             dtype = str(t.dtype)
         capacity = max(1, bucket_bytes // t.element_size())
@@ -78,15 +84,22 @@ def plan_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[Buck
             start += take
             if total == 0:
                 break
+        if own:
+            close()
     close()
     return buckets
 
 
 def flatten(state: dict[str, torch.Tensor], bucket: Bucket, device=None) -> torch.Tensor:
-    """The bucket's pieces of `state` as one flat buffer (numel,) on `device` (default: the tensors'): one
-    bucket of memory, each piece copied once."""
+    """The bucket's pieces of `state` as one flat buffer (numel,) on `device` (default: the tensors'): a view
+    of the tensor itself for a one-piece bucket of a contiguous tensor already there, else one bucket of
+    memory with each piece copied once."""
     first = state[bucket.pieces[0].name]
-    out = torch.empty(bucket.numel, dtype=first.dtype, device=device or first.device)
+    device = torch.device(device) if device is not None else first.device
+    if len(bucket.pieces) == 1 and first.is_contiguous() and first.device == device:
+        p = bucket.pieces[0]
+        return first.detach().reshape(-1)[p.start:p.start + p.numel]
+    out = torch.empty(bucket.numel, dtype=first.dtype, device=device)
     offset = 0
     for p in bucket.pieces:
         out[offset:offset + p.numel].copy_(state[p.name].detach().reshape(-1)[p.start:p.start + p.numel])
