@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test demo demo-rlvr sft rm bench soak clean
+.PHONY: setup assets test demo demo-rlvr sft rm bench soak grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -55,6 +55,16 @@ bench: setup
 
 soak: setup
 	$(VPY) -m benchmarks.soak --steps 300
+
+# Prometheus + Grafana with Ray's dashboards and ours (configs/grafana/coati_rlhf.json), for a `ray start`
+# cluster on this machine; says how to install either binary when missing.
+grafana:
+	bash scripts/grafana.sh
+
+# README's Actors-page screenshot: a `ray start` head, the tiny PPO job submitted, the token login in
+# headless Chromium (apt-get install chromium; playwright in its own venv under runs/).
+dashboard-screenshot: setup
+	bash scripts/dashboard_screenshot.sh
 
 clean:
 	rm -rf assets runs .pytest_cache

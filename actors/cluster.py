@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+import socket
+from typing import Callable, Optional
 
 NAMESPACE = "coati"
 
 
-def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: Optional[bool] = None) -> bool:
+def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: Optional[bool] = None,
+            dashboard: bool = False, dashboard_port: int = 8265, info: Optional[Callable[[str], None]] = None) -> bool:
     """ray.init once. Returns True when this call started an embedded local Ray.
 
     `address` (or RAY_ADDRESS, as set by `ray job submit`) names a cluster; with neither, a cluster
-    started by `ray start` on this machine is joined, else a local Ray starts with its dashboard
-    bound to 127.0.0.1 only.
+    started by `ray start` on this machine is joined, else a local Ray starts, bound to 127.0.0.1,
+    with its dashboard on the first free port from `dashboard_port` when `dashboard`. `info` gets the
+    dashboard's address (and how to log in) either way.
     """
     import ray
 
@@ -26,11 +29,38 @@ def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, qui
     if address is None and started_cluster_running():
         address = "auto"
     if address:
-        ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=not quiet)
+        context = ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=not quiet)
+        _announce(context, info)
         return False
-    ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env, log_to_driver=not quiet)
+    port = free_port(dashboard_port) if dashboard else None
+    context = ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=dashboard,
+                       dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
+                       **({"dashboard_port": port} if port else {}))
+    if dashboard:
+        _announce(context, info)
     return True
+
+
+def free_port(first: int, tries: int = 100) -> int:
+    """The first port from `first` nothing listens on at 127.0.0.1."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {first}..{first + tries - 1} for the Ray dashboard")
+
+
+def _announce(context, info: Optional[Callable[[str], None]]) -> None:
+    url = getattr(context, "dashboard_url", None)
+    if not url:
+        return
+    url = url if url.startswith("http") else f"http://{url}"
+    token = " (it asks for the cluster's token: paste the output of `ray get-auth-token`)" \
+        if os.environ.get("RAY_AUTH_MODE", "token") != "disabled" else ""
+    (info or print)(f"Ray dashboard: {url}{token}")
 
 
 def started_cluster_running() -> bool:

@@ -157,7 +157,8 @@ class PPOJob:
 
     def start(self) -> None:
         cfg = self.cfg
-        self.started_ray = connect(self.ray_address)
+        self.started_ray = connect(self.ray_address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port,
+                                   info=self.logger.info)
         check_cluster_fits(cfg)
         max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
         self.trainers = TrainerGroups(cfg, self.cfg_dict, self.roles)

@@ -26,7 +26,7 @@ SERIES = {
     "weight_sync_bytes": ("gauge", "bytes a maker loaded in its last weight sync"),
     "buffer_fill_samples": ("gauge", "samples held in the replay buffer"),
     "buffer_capacity_samples": ("gauge", "replay-buffer capacity in samples"),
-    "buffer_dropped_total": ("counter", "buffer items dropped as too stale (async mode)"),
+    "buffer_dropped_total": ("counter", "buffer items made but never trained on (left when the run closed)"),
     "consumed_staleness": ("gauge", "policy versions between an experience and the trainer that consumed it"),
     "policy_loss": ("gauge", "PPO policy loss of the last update"),
     "value_loss": ("gauge", "critic value loss of the last update"),

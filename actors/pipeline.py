@@ -39,7 +39,7 @@ def completed_stage(stage_dir: str) -> Optional[dict]:
 def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
                  info: Callable[[str], None] = print) -> tuple[dict, dict]:
     """Run the stages in order; returns ({stage: its summary}, {stage: seconds})."""
-    started = connect(ray_address)
+    started = connect(ray_address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port, info=info)
     summaries, seconds = {}, {}
     try:
         with user_errors():

@@ -167,6 +167,7 @@ class ReplayBuffer:
                 if not item.assigned:
                     self._remove(item)
                     self.dropped_at_close += 1
+                    self.metrics.inc("buffer_dropped_total", 1)
             self.closed = True
             self.changed.notify_all()
         return self.stats()

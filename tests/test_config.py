@@ -196,7 +196,7 @@ def test_ppo_asks_more_than_the_cluster_has_before_any_actor(tiny_llama, reward_
     ray = pytest.importorskip("ray")
     code = main(["--config", os.path.join(REPO, "configs", "ppo_tiny.yaml"), "--output-dir", str(tmp_path / "r"),
                  f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
-                 f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "maker.num_gpus=1"])
+                 f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "maker.num_gpus=1", "ray.dashboard=false"])
     ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(ours) == 1 and "GPUs" in ours[0] and "cluster has" in ours[0], ours
     assert not ray.is_initialized()  # the embedded Ray it had to start to count resources is gone again

@@ -14,7 +14,8 @@ def run(stage: str, out_dir, *overrides, resume=None) -> int:
     import importlib
 
     main = importlib.import_module(f"launch.{stage}").main
-    argv = ["--config", os.path.join(REPO, "configs", f"{stage}_tiny.yaml"), "--output-dir", str(out_dir), *overrides]
+    argv = ["--config", os.path.join(REPO, "configs", f"{stage}_tiny.yaml"), "--output-dir", str(out_dir),
+            "ray.dashboard=false", *overrides]
     if resume is not None:
         argv += ["--resume"] + ([resume] if resume != "latest" else [])
     return main(argv)

@@ -201,13 +201,27 @@ class TrainerConfig:
 
 
 @dataclass
+class RayConfig:
+    """The embedded local Ray a job starts when no cluster is running (a cluster keeps its own settings)."""
+
+    dashboard: bool = opt(True, "start the Ray dashboard on 127.0.0.1 and print its address (false: faster start)")
+    dashboard_port: int = opt(8265, "first port to try for the dashboard; the next free one is taken if busy")
+
+    def validate(self, key: str = "ray") -> None:
+        if not 1024 <= self.dashboard_port <= 65000:
+            _fail(f"{key}.dashboard_port", f"must be in 1024..65000, got {self.dashboard_port}", "e.g. 8265")
+
+
+@dataclass
 class JobConfig:
     """Fields every job has; subclasses add their components."""
 
     output_dir: str = opt("runs/job", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
+    ray: RayConfig = opt(None, "the embedded local Ray (when no cluster is running)")
 
     def validate(self) -> None:
         _require_writable(self.output_dir)
+        self.ray.validate()
 
 
 @dataclass
