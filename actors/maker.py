@@ -115,11 +115,13 @@ class ExperienceMaker:
         torch.manual_seed(self.cfg.ppo.seed * 1000003 + batch_id)
         exp, stats = make_experience(self.models, self.tokenizer, prompt_items, self.cfg.generation, self.cfg.ppo,
                                      self.rewards, version=self.version, maker=self.index, batch_id=batch_id,
-                                     device=self.device)
+                                     device=self.device,
+                                     behaviour_log_probs=not self.cfg.trainer_log_probs_are_behaviour)
         busy = time.perf_counter() - t0
         self.batches_made += 1
+        kl = masked_mean(exp.kl, exp.action_mask, dim=1).mean() if exp.kl is not None else None
         stats.update({"timing/make": busy, "reward": float(exp.reward.mean()),
-                      "kl": float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()),
+                      "kl": float(kl) if kl is not None else float("nan"),
                       "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
                       "version": exp.version, "maker": self.index, "batch_id": batch_id,
                       "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],
@@ -136,7 +138,8 @@ class ExperienceMaker:
         m.inc("experiences_total", stats["samples"])
         m.inc("generated_tokens_total", stats["generated_tokens"])
         m.set("reward_mean", stats["reward"])
-        m.set("kl_mean", stats["kl"])
+        if stats["kl"] == stats["kl"]:  # not NaN (makers that skip their log-probs have no KL of their own)
+            m.set("kl_mean", stats["kl"])
         m.set("tflops", tflops(stats["flops"], busy))
         m.stages({k: v for k, v in stats.items() if k in ("timing/generate", "timing/ref", "timing/reward",
                                                            "timing/values")})

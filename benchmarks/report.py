@@ -37,7 +37,39 @@ def trl_section(r) -> list[str]:
                    f"**{f(t['ours_over_trl_samples'])}×** | {f(t['ours_over_trl_tokens'])}× |")
     out += ["", f"Our mean response length was {f(ours['mean_response_tokens'], 1)} tokens (EOS may end a "
             "sample early); TRL, run without a stop token, generates the full length, so its token count "
-            "is samples × new tokens.", "", f"Command: `{r['command']}`"]
+            "is samples × new tokens."]
+    out += grpo_rows(r.get("grpo"))
+    out += ["", f"Command: `{r['command']}`"]
+    return out
+
+
+def grpo_rows(g) -> list[str]:
+    if not g:
+        return []
+    w, ours, ours_async = g["workload"], g["ours"], g.get("ours_async")
+    out = ["", f"**GRPO** (`trl.GRPOTrainer` against ours): {w['rollout'] // w['group']} prompts × {w['group']} samples "
+           f"per step, {w['new_tokens']} new tokens, the {w['reward']} as the reward, KL {w['kl_coef']} in the loss, "
+           f"one update over all {w['rollout']} in micro-batches of {w['micro']}; no critic on either side.", "",
+           "| trainer | step (s) | samples/s | ours ÷ theirs |", "|---|---|---|---|",
+           f"| coati_ray (sync, 2 threads each: maker, then trainer) | {f(ours['step_seconds'], 3)} | "
+           f"{f(ours['samples_per_s'])} | |"]
+    if ours_async:
+        out.append(f"| coati_ray (async, max_staleness 1: maker and trainer at once, 1 thread each) | "
+                   f"{f(ours_async['step_seconds'], 3)} | {f(ours_async['samples_per_s'])} | |")
+    for version, t in g["trl"].items():
+        if "error" in t:
+            out.append(f"| TRL {version} | failed: {t['error']} | | |")
+            continue
+        ratio = f"**{f(t['ours_over_trl_samples'])}×** sync"
+        if "ours_async_over_trl_samples" in t:
+            ratio += f", {f(t['ours_async_over_trl_samples'])}× async"
+        out.append(f"| TRL {version} (`trl.GRPOTrainer`, torch {t['torch']}, {t['threads']} threads) | "
+                   f"{f(t['step_seconds'], 3)} | {f(t['samples_per_s'])} | {ratio} |")
+    tm = ours.get("timing", {})
+    if tm:
+        out += ["", f"Where our sync step goes: generate {f(tm['generate'], 3)} s, reference log-probs "
+                f"{f(tm['ref'], 3)} s (one forward: the behaviour log-probs are the trainer's first forward, as "
+                f"in TRL), update {f(tm['update_actor'], 3)} s; the rest is moving the batch through Ray."]
     return out
 
 

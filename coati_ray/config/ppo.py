@@ -239,6 +239,16 @@ class PPOConfig(JobConfig):
         """Prompts in one maker batch: maker.batch_size samples are n_samples_per_prompt per prompt."""
         return self.maker.batch_size // self.ppo.n_samples_per_prompt
 
+    @property
+    def trainer_log_probs_are_behaviour(self) -> bool:
+        """Sync mode, one update per rollout (one epoch, one minibatch) and no KL in the reward: the policy
+        that sampled is exactly the one the trainer's first forward computes, so makers skip their own
+        log-prob pass and the trainer takes its detached log-probs as the behaviour's (TRL and verl do the
+        same when num_iterations / ppo_epochs is 1). Saves one forward pass per sample."""
+        p = self.ppo
+        return (p.mode == "sync" and p.ppo_epochs == 1 and p.train_batch_size == p.rollout_batch_size
+                and (p.kl_penalty == "loss" or p.kl_coef == 0))
+
     def whiten(self) -> bool:
         w = self.ppo.whiten_advantages
         return self.algorithm.whiten if w is None else w

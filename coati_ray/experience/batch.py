@@ -13,7 +13,9 @@ class Experience:
     """B samples of P prompt + A response tokens (T = P + A).
 
     sequences, attention_mask: (B, T); action_mask, action_log_probs, ref_log_probs, advantages,
-    kl: (B, A); values, returns: (B, A) only when the estimator uses a critic (else None); reward
+    kl: (B, A) (action_log_probs and kl None when the trainer's first forward stands for the behaviour
+    policy: PPOConfig.trainer_log_probs_are_behaviour); values, returns: (B, A) only when the estimator
+    uses a critic (else None); reward
     (the training reward, all sources weighted): (B,). `version` is the policy version that generated
     it; `maker` and `batch_id` name where it came from. A prompt's samples are consecutive rows.
     """
@@ -21,10 +23,10 @@ class Experience:
     sequences: torch.Tensor
     attention_mask: torch.Tensor
     action_mask: torch.Tensor
-    action_log_probs: torch.Tensor
     advantages: torch.Tensor
-    kl: torch.Tensor
     reward: torch.Tensor
+    action_log_probs: Optional[torch.Tensor] = None  # None: the trainer's first forward is the behaviour policy's
+    kl: Optional[torch.Tensor] = None                # None when the maker computed no log-probs
     values: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
     ref_log_probs: Optional[torch.Tensor] = None

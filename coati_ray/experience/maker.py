@@ -67,12 +67,14 @@ def group_stats(scores: torch.Tensor, n: int) -> dict:
 
 @torch.no_grad()
 def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen, ppo, rewards=None, *,
-                    version: int = 0, maker: int = 0, batch_id: int = 0,
-                    device: Optional[torch.device] = None) -> tuple[Experience, dict]:
+                    version: int = 0, maker: int = 0, batch_id: int = 0, device: Optional[torch.device] = None,
+                    behaviour_log_probs: bool = True) -> tuple[Experience, dict]:
     """Prompt items (`input_ids`, `prompt`, `row`) -> (Experience, statistics with timings under stable names).
 
     Each prompt is sampled `ppo.n_samples_per_prompt` times; its samples are consecutive rows, so a
     group-relative estimator sees whole groups. `rewards` is a RewardSources (default: the reward model).
+    `behaviour_log_probs=False` skips the actor's log-prob pass (the trainer's first forward stands for it;
+    only valid when nothing here needs them: no KL in the reward).
     """
     from coati_ray.data.datasets import collate_prompts
     from coati_ray.evaluation.policy import decode_responses
@@ -103,7 +105,7 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
     # so that the KL compares the same kind of distribution (verl does the same).
     temperature = gen.temperature if gen.do_sample else 1.0
     t = time.perf_counter()
-    log_probs = models.actor.log_probs(sequences, mask, A, temperature)
+    log_probs = models.actor.log_probs(sequences, mask, A, temperature) if behaviour_log_probs else None
     ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature)
     timings["timing/ref"] = time.perf_counter() - t
 
@@ -121,15 +123,20 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
     values = models.critic(sequences, mask, A) * action_mask if models.critic is not None else None
     timings["timing/values"] = time.perf_counter() - t
 
-    kl = kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator) * action_mask
-    kl_rewards = -ppo.kl_coef * kl if ppo.kl_penalty == "reward" else torch.zeros_like(kl)
+    kl = kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator) * action_mask if log_probs is not None else None
+    if ppo.kl_penalty == "reward" and ppo.kl_coef != 0:
+        if kl is None:
+            raise ValueError("a KL penalty in the reward needs the behaviour log-probs")
+        kl_rewards = -ppo.kl_coef * kl
+    else:
+        kl_rewards = torch.zeros_like(ref_log_probs)
     advantages, returns = spec.estimate(AdvantageInputs(
         scores=score.float(), kl_rewards=kl_rewards, action_mask=action_mask, values=values, group_size=n,
         gamma=ppo.gamma, lam=ppo.lam))
     cpu = (lambda x: x.cpu() if x is not None else None)
     exp = Experience(sequences=sequences.cpu(), attention_mask=mask.cpu(), action_mask=action_mask.cpu(),
-                     action_log_probs=log_probs.cpu(), ref_log_probs=ref_log_probs.cpu(), values=cpu(values),
-                     returns=cpu(returns), advantages=advantages.float().cpu(), kl=kl.cpu(),
+                     action_log_probs=cpu(log_probs), ref_log_probs=ref_log_probs.cpu(), values=cpu(values),
+                     returns=cpu(returns), advantages=advantages.float().cpu(), kl=cpu(kl),
                      reward=score.float().cpu(), version=version, maker=maker, batch_id=batch_id)
     stats = {**timings, "generated_tokens": float(action_mask.sum()), **group_stats(score.cpu(), n)}
     for name, value in parts.items():

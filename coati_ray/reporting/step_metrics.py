@@ -36,6 +36,8 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
     else:  # async: no maker batch landed during this step, so nothing was produced in it
         m.update({key: 0.0 for key in MAKER_MEANS if key.startswith("timing/")})
         m.update({"throughput/samples_per_s": 0.0, "throughput/generated_tokens_per_s": 0.0, "tflops/makers": 0.0})
+    if m.get("kl") != m.get("kl") and "actor/kl_loss" in m:  # NaN: makers skipped their log-probs
+        m["kl"] = m["actor/kl_loss"]  # the trainer's k3 estimate on the same samples
     m["experience/batches"] = len(makes)
     consumed = next(iter(updates.values()))["consumed"]
     m["experience/max_staleness"] = max(consumed["staleness"]) if consumed["staleness"] else 0

@@ -125,8 +125,9 @@ class PolicyTrainer(PPOGroupTrainer):
         A = micro.num_actions
         logits = self.model(micro.sequences, micro.attention_mask)
         log_probs = action_log_probs(logits, micro.sequences, A, self.temperature)
-        loss, stats = policy_loss(log_probs, micro.action_log_probs, micro.advantages, micro.action_mask,
-                                  self.ppo.clip_eps)
+        # No behaviour log-probs from the maker: this first (and only) forward is the behaviour policy's.
+        old = micro.action_log_probs if micro.action_log_probs is not None else log_probs.detach()
+        loss, stats = policy_loss(log_probs, old, micro.advantages, micro.action_mask, self.ppo.clip_eps)
         stats["policy_loss"] = loss.item()
         if self.ppo.ptx_coef > 0 and self.ptx_items:
             ptx = self._next_ptx()
