@@ -1,0 +1,92 @@
+"""TRL's GRPO trainer on our GRPO workload; runs inside a TRL venv (benchmarks/trl_env.sh), never ours.
+
+    <venv>/bin/python benchmarks/trl_grpo.py --inputs runs/bench/trl_inputs --steps 10 --out result.json
+
+Same model, prompts (our template, as text), group size, generation length, batch and reward function
+(the sorting verifier, copied here so this file imports only torch, transformers, datasets and trl).
+Times every optimiser step (one generation of the whole batch, scoring, one update) with a callback.
+"""
+
+import argparse
+import json
+import os
+import time
+from collections import Counter
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """coati_ray.tasks.sorting.gold_score on the prompt's numbers (tests/test_algorithms.py keeps them equal)."""
+    body = prompt.split("sort:", 1)[-1].split("\n", 1)[0]
+    numbers = [int(t) for t in body.split() if t.lstrip("-").isdigit()]
+    tokens = response.split()
+    ints = [int(t) for t in tokens if t.lstrip("-").isdigit()]
+    if not numbers or not tokens:
+        return 0.0
+    pairs = list(zip(ints, ints[1:]))
+    order = 1.0 if not pairs else sum(a <= b for a, b in pairs) / len(pairs)
+    overlap = sum((Counter(ints) & Counter(numbers)).values())
+    content = overlap / max(len(tokens), len(numbers))
+    return order * content
+
+
+def sorting_reward(prompts, completions, **kwargs):
+    return [gold_score(p, c) for p, c in zip(prompts, completions)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--inputs", required=True, help="dir from benchmarks.bench_trl: prompts.jsonl, grpo.json")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(args.threads)
+    with open(os.path.join(args.inputs, "grpo.json")) as f:
+        w = json.load(f)
+    tok = AutoTokenizer.from_pretrained(w["model"], padding_side="left")
+    with open(os.path.join(args.inputs, "prompts.jsonl")) as f:
+        texts = [json.loads(line)["text"] for line in f]
+    dataset = Dataset.from_dict({"prompt": texts})
+    model = AutoModelForCausalLM.from_pretrained(w["model"])
+    prompts_per_step = w["rollout"] // w["group"]
+    config = GRPOConfig(output_dir=os.path.join(args.inputs, "trl_grpo_out"), per_device_train_batch_size=w["micro"],
+                        gradient_accumulation_steps=w["rollout"] // w["micro"], num_generations=w["group"],
+                        max_completion_length=w["new_tokens"], max_prompt_length=64, beta=w["kl_coef"],
+                        learning_rate=w["lr"], temperature=1.0, max_steps=args.steps, report_to="none",
+                        save_strategy="no", logging_steps=10**6, use_cpu=True, seed=42, num_iterations=1,
+                        remove_unused_columns=False, dataloader_num_workers=0, bf16=False, fp16=False,
+                        gradient_checkpointing=False)
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer = GRPOTrainer(model=model, reward_funcs=sorting_reward, args=config, train_dataset=dataset,
+                          processing_class=tok, callbacks=[Clock()])
+    t = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    kept = steps[2:] if len(steps) > 2 else steps  # the first updates include warm-up
+    step_s = sum(kept) / len(kept)
+    result = {"trl": trl.__version__, "torch": torch.__version__, "steps": len(steps), "step_seconds": step_s,
+              "samples_per_s": w["rollout"] / step_s, "prompts_per_step": prompts_per_step, "wall_seconds": wall,
+              "threads": args.threads}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
