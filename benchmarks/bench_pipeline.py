@@ -26,6 +26,19 @@ def connect() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
 
 
+def make_step(job, step: int) -> None:
+    """Step `step`'s batches made and put in the buffer, with the trainers idle."""
+    from actors.maker_pool import Batch
+
+    k, makers = job.items_per_step, sorted(job.pool.makers)
+    for j, ticket in enumerate(range(step * k, (step + 1) * k)):
+        job.pool.submit(makers[j % len(makers)], Batch(ticket, job.prompts.batch(ticket)))
+    landed = 0
+    while landed < k:
+        done, _ = ray.wait(job.pool.refs(), num_returns=1)
+        landed += job.pool.on_ready(done[0]) is not None
+
+
 def standalone(steps: int) -> dict:
     """Maker rate and trainer rate, each measured with the other stage idle, on the real actors."""
     from actors.driver import PPOJob
@@ -35,10 +48,10 @@ def standalone(steps: int) -> dict:
     job = PPOJob(cfg, log=False)
     try:
         job.start()
-        job.pool.make_batches(job.items_per_step)  # warm-up, consumed below
+        make_step(job, 0)  # warm-up, consumed below
         t = time.perf_counter()
-        for _ in range(steps - 1):
-            job.pool.make_batches(job.items_per_step)
+        for step in range(1, steps):
+            make_step(job, step)
         maker_s = (time.perf_counter() - t) / (steps - 1)
         times = []
         for step in range(steps):

@@ -77,19 +77,36 @@ def versions(*names: str) -> dict:
     return out
 
 
+RESULTS_JSON = os.path.join(REPO, "benchmarks", "RESULTS.json")
+
+
 def save(name: str, result: dict) -> str:
+    """Keep `result` as runs/bench/results/<name>.json and as section `name` of the committed
+    benchmarks/RESULTS.json, which RESULTS.md is written from: a benchmark run alone (`make soak`)
+    replaces its own section and leaves the others as they were measured."""
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
     result = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
+    data = read_results()
+    data[name] = result
+    data["machine"] = machine()
+    data["versions"] = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
+    with open(RESULTS_JSON + ".tmp", "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(RESULTS_JSON + ".tmp", RESULTS_JSON)
     print(f"[bench] {name}: " + json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
     return path
 
 
-def load(name: str):
-    path = os.path.join(RESULTS, f"{name}.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
+def read_results() -> dict:
+    if not os.path.isfile(RESULTS_JSON):
+        return {}
+    with open(RESULTS_JSON) as f:
         return json.load(f)
+
+
+def load(name: str):
+    """Section `name` of benchmarks/RESULTS.json (None when never measured)."""
+    return read_results().get(name)

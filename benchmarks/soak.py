@@ -39,15 +39,17 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=300)
     args = p.parse_args(argv)
-    cfg = ppo_config(os.path.join(OUT, "soak"), "ppo.mode=async", "ppo.max_staleness=2", f"ppo.max_steps={args.steps}",
+    cfg = ppo_config(os.path.join(OUT, "soak"), "ppo.mode=async", "ppo.max_staleness=1", f"ppo.max_steps={args.steps}",
                      "maker.num_makers=2", "buffer.capacity=32", "ppo.log_every=50", "generation.max_new_tokens=8",
                      "ppo.rollout_batch_size=8", "ppo.train_batch_size=8")
-    samples, fills, driver_rss = [], [], []
+    samples, fills, driver_rss, idle, stale = [], [], [], [], []
     import psutil
 
     def on_step(job, step, m):
         samples.append(actor_memory())
         fills.append(m["buffer/held_samples"])
+        idle.append(m["trainer/idle_fraction"])
+        stale.append(m["experience/max_staleness"])
         driver_rss.append(psutil.Process().memory_info().rss / 2**20)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
@@ -71,11 +73,23 @@ def main(argv=None) -> dict:
               "driver_growth_mb": round(driver_rss[-1] - driver_rss[warm], 1),
               "buffer_capacity": acc["capacity"], "buffer_peak_samples": acc["peak_samples"],
               "buffer_max_fill_seen": max(fills), "produced": acc["produced"], "delivered": acc["delivered"],
-              "dropped": acc["dropped"], "books_balance": all(acc["produced"] == d + acc["dropped"]
-                                                               for d in acc["delivered"].values())}
+              "dropped": acc["dropped"], "dropped_fraction": acc["dropped"] / max(acc["produced"], 1),
+              "max_staleness": cfg.ppo.max_staleness, "staleness_counts": acc["staleness_counts"],
+              "over_staleness": acc["over_staleness"], "trainer_idle_fraction": round(sum(idle) / len(idle), 4),
+              "steps_with_stale_experience": sum(s > 0 for s in stale),
+              "books_balance": all(acc["produced"] == d + acc["dropped"] for d in acc["delivered"].values())}
     save("soak", result)
     return result
 
 
+def run_and_report(argv=None) -> dict:
+    """`make soak`: the soak, then RESULTS.md rewritten from RESULTS.json (other sections as they were)."""
+    from benchmarks import report
+
+    result = main(argv)
+    report.write()
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    run_and_report()
