@@ -136,7 +136,7 @@ def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], ad
     from actors.cluster import connect
     from actors.group import TrainerGroup, user_errors
 
-    started = connect(address)
+    started = connect(address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port)
     r = cfg.resources
     try:
         with user_errors(), TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank,
