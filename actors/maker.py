@@ -163,11 +163,14 @@ class ExperienceMaker:
         out.update(version=self.version, seconds=time.perf_counter() - t)
         return out
 
-    def weights(self) -> dict:
-        """The maker's current actor (and critic) weights (for tests and checks; staged weights first swap in)."""
+    def weights(self, merged: bool = False) -> dict:
+        """The maker's current actor (and critic) weights (for tests and checks; staged weights first swap in).
+        `merged`: LoRA folded into the (dequantized) base, as an export would write them."""
+        from coati_ray.models.weights import export_view
+
         self._current()
-        out = {"actor": {k: v.clone() for k, v in self.models.actor.state_dict().items()}, "version": self.version}
+        out = {"actor": export_view(self.models.actor, merged), "version": self.version}
         if self.models.critic is not None:
-            out["critic"] = {k: v.clone() for k, v in self.models.critic.state_dict().items()}
+            out["critic"] = export_view(self.models.critic, merged)
         return out
 

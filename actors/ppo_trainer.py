@@ -185,8 +185,11 @@ class PPOTrainerRank:
                 torch.save(torch.cuda.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}_cuda.pt"))
         self.strategy.barrier()
 
-    def weights(self) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in self.strategy.unwrap(self.trainer.model).state_dict().items()}
+    def weights(self, merged: bool = False) -> dict:
+        """This rank's weights (for tests and checks); `merged`: LoRA folded into the (dequantized) base."""
+        from coati_ray.models.weights import export_view
+
+        return export_view(self.strategy.unwrap(self.trainer.model), merged)
 
     def shutdown(self) -> None:
         self.strategy.close()

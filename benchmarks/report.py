@@ -144,6 +144,31 @@ def soak_section(r) -> list[str]:
     return out
 
 
+def quantize_section(r) -> list[str]:
+    if r is None:
+        return ["*Not measured in this run.*"]
+    w = r["workload"]
+    out = [f"Measured {r['measured_at']}. bitsandbytes layers swapped in on this CPU ({w['threads']} threads); the LM "
+           "head stays full precision, as bitsandbytes' own integration leaves it. Quality: mean log-likelihood "
+           f"per token of {w['rows']} held-out reference answers (`{w['eval']}`), and the mean per-token "
+           "KL(full ‖ quantized) of the next-token distributions there. Speed: greedy generation, "
+           f"{w['batch']} prompts at once, {w['new_tokens']} new tokens.", "",
+           "| model | quantize | weights (MB) | ÷ full | tokens/s | mean log-lik | KL from full |",
+           "|---|---|---|---|---|---|---|"]
+    for m in r["models"]:
+        full = m["none"]["weight_bytes"]
+        for kind in ("none", "int8", "int4"):
+            q = m[kind]
+            out.append(f"| {m['model']}, {m['parameters'] / 1e6:.1f}M params | {kind} | {q['weight_bytes'] / 1e6:.2f} | "
+                       f"{f(full / q['weight_bytes'])} | {f(q['tokens_per_s'], 1)} | {f(q['mean_loglik'], 4)} | "
+                       f"{q['kl_from_full']:.2e} |")
+    out += ["", "On a CPU, bitsandbytes dequantizes each weight for every matmul, so low-bit layers save memory, "
+            "not time; on CUDA its kernels are the fast path. The ~100M llama is randomly initialised (nothing can "
+            "be downloaded; it does not train in a benchmark's time on 2 cores), so its log-likelihoods sit near "
+            "-ln(vocabulary); the KL is its quality figure.", "", f"Command: `{r['command']}`"]
+    return out
+
+
 def write() -> str:
     m = machine()
     v = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
@@ -157,7 +182,8 @@ def write() -> str:
              "## 2. Pipeline efficiency and maker scaling", "", *pipeline_section(load("pipeline")), "",
              "## 3. Weight sync", "", *sync_section(load("weight_sync")), "",
              "## 4. Soak (reliability)", "", *soak_section(load("soak")), "",
-             "## 5. GPU", "",
+             "## 5. Quantized inference (`launch.generate --quantize`)", "", *quantize_section(load("quantize")), "",
+             "## 6. GPU", "",
              "`python -m benchmarks.gpu_ppo` measures PPO iteration time, samples/s/GPU and TFLOP/s per group "
              "for opt-125m/350m/1.3b-shaped models with ddp, zero2 and gemini on one GPU. It has **not been "
              "run**: no GPU was available to this work. Its figures will go here when it is.", ""]

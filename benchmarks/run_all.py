@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks import bench_pipeline, bench_trl, bench_weight_sync, report, soak
+from benchmarks import bench_pipeline, bench_quantize, bench_trl, bench_weight_sync, report, soak
 
 
 def main() -> None:
@@ -13,6 +13,7 @@ def main() -> None:
     for name, run in (("TRL comparison", lambda: bench_trl.main(["--steps", "10"])),
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
                       ("weight sync", lambda: bench_weight_sync.main([])),
+                      ("quantized inference", lambda: bench_quantize.main([])),
                       ("soak", lambda: soak.main(["--steps", "300"]))):
         print(f"[bench] === {name} ({time.time() - t:.0f}s so far)", flush=True)
         run()

@@ -29,6 +29,10 @@ def parser_for(stage: str, description: str) -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Library chatter (colossalai's optional-kernel warnings, HF advisories) is not the user's problem."""
     warnings.filterwarnings("ignore")
+    import logging
+
+    # bitsandbytes logs at import that an optional hub kernel is missing (we never download kernels)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:

@@ -14,6 +14,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 from coati_ray.config import RMConfig, SFTConfig, describe  # noqa: E402
+from coati_ray.config.generate import GenerateConfig  # noqa: E402
 from coati_ray.config.pipeline import PipelineConfig  # noqa: E402
 from coati_ray.config.ppo import PPOConfig  # noqa: E402
 
@@ -34,6 +35,9 @@ def reference() -> str:
               "the pipeline sets each stage's `output_dir`, `rm.model.path` and `ppo.{actor,critic,reward}.path`, "
               "and every stage's seed", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in own]
+    lines += ["", "**Generate (`launch.generate`)**: `--model`, `--lora`, `--quantize`, `--n` and `--reward-model` set "
+              "the keys of the same names", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in describe(GenerateConfig)]
     lines.append("")
     return "\n".join(lines)
 

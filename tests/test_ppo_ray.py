@@ -432,3 +432,36 @@ def test_a_reward_function_that_raises_ends_the_run_in_one_line(local_ray, tiny_
     assert code == 2 and len(err) == 1, err
     assert "tests.reward_fixtures:raises raised ZeroDivisionError" in err[0]
     assert_no_leaks()
+
+
+def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(local_ray, tiny_llama, reward_dir,
+                                                                            tmp_path):
+    """QLoRA in stage 3: the actor's base is 4-bit (nf4) and frozen in the trainers and the makers, only the
+    adapters sync, and after every sync a maker's merged (dequantized base + LoRA) weights equal the
+    trainer's; the final export is a full-precision model."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "qlora", "actor.quantize=int4", "actor.lora_rank=4",
+                     "ppo.max_steps=2", "maker.num_makers=1", "actor_trainer.resources.num_ranks=1",
+                     "actor_trainer.strategy.name=naive")
+    seen = []
+
+    def after_step(job, step, m):
+        maker = ray.get(next(iter(job.makers.values())).weights.remote(merged=True))["actor"]
+        trainer = ray.get(job.groups["actor"][0].weights.remote(merged=True))
+        seen.append((maker, trainer, m["sync/bytes"]))
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert summary["steps"] == 2 and len(seen) == 2
+    for maker, trainer, moved in seen:
+        assert maker.keys() == trainer.keys() and not any("lora_" in k or "absmax" in k for k in maker)
+        assert all(torch.equal(maker[k], trainer[k]) for k in trainer)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    moved_from_base = max((seen[-1][1][k] - base[k]).abs().max().item() for k in base)
+    assert moved_from_base > 0  # 4-bit rounding plus what the adapters learned
+    final, info = AutoModelForCausalLM.from_pretrained(tmp_path / "qlora" / "checkpoints" / "final" / "actor" / "model",
+                                                       output_loading_info=True)
+    assert not any(info.values()) and final.dtype == torch.float32
+    assert_no_leaks()

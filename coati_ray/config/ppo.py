@@ -259,7 +259,7 @@ class PPOConfig(JobConfig):
         self._check_algorithm()
         for key in ("actor", "critic", "reward"):
             if getattr(self, key) is not None:
-                getattr(self, key).validate(key)
+                getattr(self, key).validate(key, trained=key != "reward")
         if self.reward is not None:
             if self.reward.lora_rank:
                 _fail("reward.lora_rank", "the reward model is frozen", "remove reward.lora_rank")
@@ -289,7 +289,8 @@ class PPOConfig(JobConfig):
             ranks = g.resources.num_ranks
             model = getattr(self, group.split("_")[0])
             g.strategy.validate(f"{group}.strategy", num_ranks=ranks, model_key=group.split("_")[0],
-                                model_dtype=model.dtype, lora=model.lora_rank > 0, machine=False)
+                                model_dtype=model.dtype, lora=model.lora_rank > 0, machine=False,
+                                quantize=model.quantize)
             g.optim.validate(f"{group}.optim")
             per = p.micro_batch_size * ranks
             if p.train_batch_size % per:

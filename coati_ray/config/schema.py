@@ -47,8 +47,15 @@ class ModelConfig:
         "float32", "parameter dtype the trainer loads (naive/ddp train in it; zero2/gemini keep fp32 masters)")
     trust_remote_code: bool = opt(False, "allow model code shipped inside the checkpoint directory")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    quantize: Literal["none", "int8", "int4"] = opt(
+        "none", "load the base in 8-bit or 4-bit (nf4) through bitsandbytes, frozen; a trained model needs LoRA "
+                "(QLoRA), and its exported checkpoint is merged back to full precision")
 
-    def validate(self, key: str = "model") -> None:
+    def validate(self, key: str = "model", trained: bool = True) -> None:
+        """`trained=False` for a frozen model (the PPO reward model), which may be quantized without LoRA."""
+        if self.quantize != "none" and trained and self.lora_rank <= 0:
+            _fail(f"{key}.quantize", f"a {self.quantize} base is frozen, so only LoRA adapters can train on it",
+                  f"set {key}.lora_rank (e.g. 8) or {key}.quantize=none")
         _require_model_dir(f"{key}.path", self.path)
         if self.tokenizer_path is not None:
             _require_dir(f"{key}.tokenizer_path", self.tokenizer_path)
@@ -96,7 +103,7 @@ class StrategyConfig:
 
     def validate(self, key: str = "strategy", num_ranks: int = 1, cuda_available: Optional[bool] = None,
                  model_key: str = "model", model_dtype: str = "float32", lora: bool = False,
-                 machine: bool = True) -> None:
+                 machine: bool = True, quantize: str = "none") -> None:
         """Every combination ColossalAI cannot run is refused here, before Ray or a model starts; then
         (`machine`) what this machine lacks for it."""
         if self.name == "naive" and num_ranks != 1:
@@ -112,6 +119,10 @@ class StrategyConfig:
         if self.name == "colossalai_gemini" and lora:
             _fail(f"{model_key}.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
                   f"use strategy.name=colossalai_zero2 or ddp with LoRA, or set {model_key}.lora_rank=0")
+        if quantize != "none" and self.name not in ("naive", "ddp"):
+            _fail(f"{model_key}.quantize", f"a {quantize} base trains with naive or ddp only (ColossalAI's "
+                  f"'{self.name}' casts and shards every parameter, packed bitsandbytes weights included)",
+                  f"use strategy.name=ddp (or naive), or {model_key}.quantize=none")
         if model_dtype == "float16" and (self.name in ("naive", "ddp") or self.precision == "fp32"):
             _fail(f"{model_key}.dtype", f"float16 weights trained by '{self.name}' with precision={self.precision} "
                   "have no loss scaler and underflow",
@@ -242,7 +253,7 @@ class SFTConfig(JobConfig):
         self.data.validate()
         self.resources.validate()
         self.strategy.validate(num_ranks=self.resources.num_ranks, model_dtype=self.model.dtype,
-                               lora=self.model.lora_rank > 0)
+                               lora=self.model.lora_rank > 0, quantize=self.model.quantize)
         self.optim.validate()
         self.trainer.validate(num_ranks=self.resources.num_ranks)
         self.check_layout()

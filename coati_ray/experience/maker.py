@@ -41,7 +41,9 @@ def build_experience_models(cfg, device=None) -> ExperienceModels:
 
     models = ExperienceModels(
         actor=build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor"))),
-        initial=Actor.from_pretrained(cfg.actor.path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code))
+        # the reference is the actor's base as the actor holds it: quantized too under QLoRA
+        initial=Actor.from_pretrained(cfg.actor.path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code,
+                                      quantize=cfg.actor.quantize))
     if cfg.reward is not None:
         models.reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),
                                            require_head=True)

@@ -18,10 +18,11 @@ class Actor(nn.Module):
         self.model = model
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False) -> "Actor":
+    def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                        quantize: str = "none") -> "Actor":
         from coati_ray.models.loading import load_causal_lm
 
-        return cls(load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code))
+        return cls(load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, quantize=quantize))
 
     @property
     def config(self):
@@ -59,7 +60,7 @@ class Actor(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None, *,
                  max_new_tokens: int = 32, do_sample: bool = True, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id=None,
-                 pad_token_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 pad_token_id: Optional[int] = None, streamer=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample continuations of left-padded prompts (B, P).
 
         Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
@@ -78,6 +79,8 @@ class Actor(nn.Module):
                       eos_token_id=eos_token_id)
         if do_sample:
             kwargs.update(temperature=temperature, top_k=top_k if top_k > 0 else None, top_p=top_p)
+        if streamer is not None:  # e.g. transformers.TextStreamer: tokens printed as they come
+            kwargs["streamer"] = streamer
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         prompt_len = input_ids.size(1)
         actions = sequences[:, prompt_len:]

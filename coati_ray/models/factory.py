@@ -25,7 +25,9 @@ def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None) -> Actor:
 
     lora_ckpt = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, ADAPTER_CONFIG))
     source = cfg.path if (checkpoint is None or lora_ckpt) else checkpoint
-    model = load_causal_lm(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    # A quantized base (QLoRA) is only ever the original path's: a full checkpoint is full precision.
+    model = load_causal_lm(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                           quantize=cfg.quantize if source == cfg.path else "none")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if lora_ckpt:
@@ -45,7 +47,7 @@ def build_value_model(cls: type, cfg: ModelConfig, checkpoint: Optional[str] = N
     lora_ckpt = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, ADAPTER_CONFIG))
     source = cfg.path if (checkpoint is None or lora_ckpt) else checkpoint
     model = cls.from_pretrained(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                require_head=require_head)
+                                require_head=require_head, quantize=cfg.quantize if source == cfg.path else "none")
     if cfg.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     if lora_ckpt:

@@ -34,21 +34,38 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none"):
     from transformers import AutoModelForCausalLM
 
-    check_model_dir(path)
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=DTYPES[dtype], local_files_only=True,
-                                                trust_remote_code=trust_remote_code)
+    return _load(AutoModelForCausalLM, path, dtype, trust_remote_code, quantize)
 
 
-def load_backbone(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_backbone(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none"):
     """The transformer without its LM head (for critics and reward models)."""
     from transformers import AutoModel
 
+    return _load(AutoModel, path, dtype, trust_remote_code, quantize)
+
+
+def _load(auto_cls, path: str, dtype: str, trust_remote_code: bool, quantize: str):
+    """`quantize` int8/int4: transformers' bitsandbytes path on CUDA; on a CPU (which transformers 4.51
+    refuses without intel-extension-for-pytorch) the linear layers are swapped for bitsandbytes' own."""
     check_model_dir(path)
-    return AutoModel.from_pretrained(path, torch_dtype=DTYPES[dtype], local_files_only=True,
-                                     trust_remote_code=trust_remote_code)
+    kwargs = dict(torch_dtype=DTYPES[dtype], local_files_only=True, trust_remote_code=trust_remote_code)
+    if quantize != "none" and torch.cuda.is_available():
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=quantize == "int8", load_in_4bit=quantize == "int4", bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=DTYPES[dtype])
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        return auto_cls.from_pretrained(path, **kwargs)
+    model = auto_cls.from_pretrained(path, **kwargs)
+    if quantize != "none":
+        from coati_ray.models.quantize import quantize_linears
+
+        quantize_linears(model, quantize)
+    return model
 
 
 def check_vocab(tokenizer, model, where: Optional[str] = None) -> None:

@@ -57,13 +57,24 @@ def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
 
     Equal bit for bit to `copy.deepcopy(peft_model).merge_and_unload().state_dict()` (the same
     `weight += B @ A * scaling` in the base weight's dtype), without the deep copy: on a GPU that copy
-    is a second whole model on the device. Tensors that share storage (tied embeddings) stay shared.
+    is a second whole model on the device. Tensors that share storage (tied embeddings) stay shared. A
+    base quantized by bitsandbytes (8/4-bit, QLoRA) is dequantized first, so the result is a plain
+    full-precision checkpoint in the model's dtype.
     """
     from peft.tuners.lora import LoraLayer
 
+    from coati_ray.models.quantize import dequantized_weight, is_quantized
+
     base = peft_model.get_base_model()
-    deltas = {}
+    dtype = getattr(base.config, "torch_dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    deltas, quantized = {}, {}
     for name, module in base.named_modules():
+        if name.endswith(".base_layer"):
+            continue  # the layer a LoRA wrapper holds: handled with the wrapper, under the wrapper's name
+        layer = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        if is_quantized(layer):
+            quantized[name] = layer
         if isinstance(module, LoraLayer):
             if any(module.use_dora.values()):
                 raise NotImplementedError("merging DoRA adapters is not supported; use peft's merge_and_unload")
@@ -73,11 +84,24 @@ def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
                     key = f"{name}.weight"
                     deltas[key] = deltas[key] + delta if key in deltas else delta
     out: dict[str, torch.Tensor] = {}
+    for name, layer in quantized.items():  # full precision again: the dequantized weight plus the delta
+        weight = dequantized_weight(layer)
+        key = f"{name}.weight"
+        if key in deltas:
+            weight += deltas.pop(key).float()
+        out[key] = weight.to(dtype)
+        if layer.bias is not None:
+            out[f"{name}.bias"] = layer.bias.detach().to("cpu", dtype=dtype, copy=True)
+    from coati_ray.models.weights import plain_state
+
     copies: dict[int, torch.Tensor] = {}
-    for key, value in base.state_dict().items():
+    # plain_state, not state_dict(): bitsandbytes' 4-bit layers repack themselves (lossily) for a state dict
+    for key, value in plain_state(base).items():
         if "lora_" in key:
             continue
         plain = key.replace(".base_layer.", ".")
+        if any(plain.startswith(f"{name}.") for name in quantized):
+            continue  # written above, without the quantization state's own keys
         if plain in deltas:
             merged = value.detach().to("cpu", copy=True)
             merged += deltas.pop(plain)

@@ -24,8 +24,26 @@ def is_lora_synced(key: str) -> bool:
 
 
 def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA `module` that train (adapters; a critic's value head), under their full names."""
-    return {k: v for k, v in module.state_dict().items() if is_lora_synced(k)}
+    """The tensors of a LoRA `module` that train (adapters; a critic's value head), under their full names.
+
+    Read from the parameters, not `state_dict()`: bitsandbytes' 4-bit layers repack their weights when
+    asked for a state dict, slightly changing them, and a weight sync runs every step."""
+    return {k: v.detach() for k, v in module.named_parameters() if is_lora_synced(k)}
+
+
+def plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()`'s parameters and persistent buffers, read without `state_dict()` (see
+    lora_state): quantized layers appear as their raw packed tensors."""
+    out = {}
+    for name, sub in module.named_modules():
+        prefix = f"{name}." if name else ""
+        for key, p in sub._parameters.items():
+            if p is not None:
+                out[prefix + key] = p.detach()
+        for key, b in sub._buffers.items():
+            if b is not None and key not in sub._non_persistent_buffers_set:
+                out[prefix + key] = b.detach()
+    return out
 
 
 def export_weights(module: nn.Module, lora_only: bool) -> dict[str, torch.Tensor]:
@@ -74,3 +92,18 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], lora_only: b
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def export_view(module: nn.Module, merged: bool = False) -> dict[str, torch.Tensor]:
+    """CPU copies of a model's weights for comparison: as stored (plain_state), or with `merged` the LoRA
+    adapters folded into the (dequantized) base as an export writes them (ValueModel: head kept apart)."""
+    from coati_ray.models.lora import is_lora, merged_state_dict
+
+    if merged:
+        hf = getattr(module, "model", None) or getattr(module, "backbone", None)
+        if hf is not None and is_lora(hf):
+            out = merged_state_dict(hf)
+            if hasattr(module, "value_head"):
+                out.update({f"value_head.{k}": v.detach().cpu().clone() for k, v in module.value_head.state_dict().items()})
+            return out
+    return {k: v.cpu().clone() for k, v in plain_state(module).items()}
