@@ -33,7 +33,8 @@ from actors.weight_sync import WeightSync
 from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
 from coati_ray.reporting.step_metrics import step_metrics
-from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints, truncate_metrics
+from coati_ray.utils.run_dir import (COMPLETE_MARKER, RunLogger, check_run_dir, checkpoint_dir, clear_run_dir,
+                                    prune_checkpoints, truncate_metrics)
 
 PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac", "response_length",
                  "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
@@ -41,12 +42,15 @@ PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac",
 
 class PPOJob:
     def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
-                 log: bool = True):
+                 log: bool = True, overwrite: bool = False):
+        """`overwrite`: replace an earlier run's results in cfg.output_dir (refused otherwise, unless resuming)."""
         from coati_ray.experience.prompts import PromptStream, read_prompt_data
         from coati_ray.experience.rewards import check_reward_sources
         from coati_ray.models.loading import check_tokenizer_fits, load_tokenizer
 
         self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address
+        check_run_dir(cfg.output_dir, resume=resume_from is not None, overwrite=overwrite)
+        self.overwrite = overwrite
         self.cfg_dict = to_dict(cfg)
         self.roles = cfg.roles  # ("actor", "critic") for gae, ("actor",) for a critic-free estimator
         # Everything the user can get wrong in the data is read here, before any Ray resource.
@@ -125,6 +129,8 @@ class PPOJob:
 
     def _run(self, on_step, t_start: float) -> dict:
         p = self.cfg.ppo
+        if self.overwrite and not self.resume_from:
+            clear_run_dir(self.cfg.output_dir)
         if self.logger.enabled:  # `--config <run>/config.yaml` reproduces the run, for scripts too
             save_config(self.cfg, os.path.join(self.cfg.output_dir, "config.yaml"))
         self.start()

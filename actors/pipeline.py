@@ -22,7 +22,7 @@ from actors.driver import PPOJob, check_cluster_fits
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
 from coati_ray.utils.progress import MetricsTail
-from coati_ray.utils.run_dir import latest_checkpoint
+from coati_ray.utils.run_dir import clear_run_dir, latest_checkpoint
 
 PROGRESS_KEYS = {"sft": ("loss", "lr"), "rm": ("loss", "acc")}
 
@@ -52,6 +52,8 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
                     summaries[stage], seconds[stage] = done, 0.0
                     continue
                 resume_from = latest_checkpoint(stage_cfg.output_dir) if resume else None
+                if resume_from is None:  # interrupted before its first checkpoint: that stage starts again
+                    clear_run_dir(stage_cfg.output_dir)
                 info(f"[pipeline] {stage}: starting" + (f" from {resume_from}" if resume_from else ""))
                 os.makedirs(stage_cfg.output_dir, exist_ok=True)
                 save_config(stage_cfg, os.path.join(stage_cfg.output_dir, "config.yaml"))
@@ -67,7 +69,7 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
 
 def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: Optional[str]) -> dict:
     if stage == "ppo":
-        return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address).run()
+        return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address, overwrite=True).run()  # cleared above
     if stage == "sft":
         from coati_ray.trainers.sft import run_sft as run_fn
     else:

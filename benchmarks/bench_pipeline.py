@@ -45,7 +45,7 @@ def standalone(steps: int) -> dict:
 
     cfg = ppo_config(os.path.join(OUT, "standalone"), f"ppo.max_steps={steps}",
                      f"buffer.capacity={ROLLOUT * (steps + 1)}")
-    job = PPOJob(cfg, log=False)
+    job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()
         make_step(job, 0)  # warm-up, consumed below
@@ -72,7 +72,7 @@ def full_job(mode: str, steps: int, *overrides: str) -> dict:
     cfg = ppo_config(os.path.join(OUT, f"job_{mode}"), f"ppo.mode={mode}", f"ppo.max_steps={steps}",
                      "ppo.log_every=100", *overrides)
     rows = []
-    PPOJob(cfg, log=False).run(on_step=lambda job, step, m: rows.append(m))
+    PPOJob(cfg, log=False, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
     step_s = steady([r["timing/step"] for r in rows])
     produced = steady([r["throughput/samples_per_s"] for r in rows])
     return {"mode": mode, "step_seconds": step_s, "trained_samples_per_s": ROLLOUT / step_s,

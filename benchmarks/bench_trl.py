@@ -72,7 +72,7 @@ def run_ours(steps: int) -> dict:
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
-        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append(m))
+        PPOJob(cfg, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
     finally:
         ray.shutdown()
     step_s = steady([r["timing/step"] for r in rows])
@@ -108,7 +108,7 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
-        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append(m))
+        PPOJob(cfg, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
     finally:
         ray.shutdown()
     step_s = steady([r["timing/step"] for r in rows])

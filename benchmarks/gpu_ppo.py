@@ -58,7 +58,7 @@ def run(name: str, strategy: str, steps: int) -> dict:
         output_dir=os.path.join(OUT, "gpu", f"{name}-{strategy}"))
     cfg.validate()
     rows = []
-    PPOJob(cfg, log=False).run(on_step=lambda job, step, m: rows.append(m))
+    PPOJob(cfg, log=False, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
     step_s = steady([r["timing/step"] for r in rows])
     return {"model": name, "strategy": strategy, "step_seconds": step_s, "samples_per_s_per_gpu": 32 / step_s,
             **{k: steady([r[k] for r in rows]) for k in ("tflops/makers", "tflops/actor_trainer",

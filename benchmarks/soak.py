@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     t = time.time()
     try:
-        summary = PPOJob(cfg).run(on_step=on_step)
+        summary = PPOJob(cfg, overwrite=True).run(on_step=on_step)
     finally:
         ray.shutdown()
     warm = max(1, len(samples) // 10)  # after warm-up: allocator pools and caches are full

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from coati_ray.config import describe, load_config, save_config
 from coati_ray.errors import CoatiError
+from coati_ray.utils.run_dir import check_run_dir, clear_run_dir
 
 
 def parser_for(stage: str, description: str) -> argparse.ArgumentParser:
@@ -19,6 +20,8 @@ def parser_for(stage: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (overrides output_dir)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the latest checkpoint in the output dir, or from the checkpoint dir given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in the output dir (its metrics, summary, checkpoints)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto, else embedded local Ray)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--help-config", action="store_true", help="list every config key with its type and default")
@@ -102,10 +105,13 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
 
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return 0
+        check_run_dir(cfg.output_dir, resume=args.resume is not None, overwrite=args.overwrite)
         resume_from = resolve_resume(args.resume, cfg.output_dir)
         preflight_data(cfg, trainer_cls)
     except CoatiError as e:
         return fail(e)
+    if args.overwrite:  # only now that config and data are known good: a refused run deletes nothing
+        clear_run_dir(cfg.output_dir)
     os.makedirs(cfg.output_dir, exist_ok=True)
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
     try:

@@ -18,10 +18,7 @@ from launch.common import fail, parser_for, print_config_help, quiet_libraries, 
 
 
 def main(argv=None) -> int:
-    parser = parser_for("pipeline", __doc__)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete the stages' results already in the output dir and start again")
-    args = parser.parse_args(argv)
+    args = parser_for("pipeline", __doc__).parse_args(argv)
     quiet_libraries()
     stop_cleanly_on_sigterm()
     if args.help_config:

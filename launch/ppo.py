@@ -24,7 +24,7 @@ def main(argv=None) -> int:
         resume_from = resolve_resume(args.resume, cfg.output_dir)
         from actors.driver import PPOJob
 
-        job = PPOJob(cfg, resume_from=resume_from, ray_address=args.ray_address)
+        job = PPOJob(cfg, resume_from=resume_from, ray_address=args.ray_address, overwrite=args.overwrite)
     except CoatiError as e:
         return fail(e)
     try:

@@ -64,6 +64,14 @@ class Ctx:
         (path / "driver_state.json").write_text("{}")
         return str(path)
 
+    def finished_run(self) -> str:
+        """A run directory holding an earlier run's results."""
+        path = self.tmp / "finished"
+        os.makedirs(path / "checkpoints" / "final")
+        (path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+        (path / "summary.json").write_text("{}")
+        return str(path)
+
     def big_tokenizer(self) -> str:
         from coati_ray.models.loading import load_tokenizer
 
@@ -167,6 +175,10 @@ CASES = [
     ("output dir not writable", "ppo", lambda c: c.ppo("--output-dir", "/proc/coati_run"), "not writable"),
     ("resume without a checkpoint", "ppo", lambda c: c.ppo("--output-dir", str(c.tmp / "fresh"), "--resume"),
      "no complete checkpoint"),
+    ("PPO into a directory holding a run", "ppo", lambda c: c.ppo("--output-dir", c.finished_run()), "already holds"),
+    ("SFT into a directory holding a run", "sft", lambda c: c.sft("--output-dir", c.finished_run()), "--overwrite"),
+    ("RM into a directory holding a run", "rm", lambda c: c.rm("--output-dir", c.finished_run()), "--resume"),
+    ("resume and overwrite at once", "sft", lambda c: c.sft("--resume", "--overwrite"), "contradict"),
     ("resume from a half-written checkpoint", "ppo", lambda c: c.ppo("--resume", c.half_written_checkpoint()),
      "not a complete checkpoint"),
     # ---- data files

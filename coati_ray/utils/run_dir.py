@@ -148,5 +148,44 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# What a run writes into its directory; --overwrite removes these and nothing else (a run directory may
+# sit inside a user's own folder, so nothing unknown is ever deleted).
+RUN_ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "config.yaml", "stall")
+
+
+def previous_run(run_dir: str) -> list[str]:
+    """The results of an earlier run in `run_dir` (metrics, summary, checkpoints), [] when there are none.
+    A config.yaml alone (a run that stopped before its first step) is not a result."""
+    found = []
+    for name in ("metrics.jsonl", "summary.json", "checkpoints"):
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path) and os.path.getsize(path) > 0 or os.path.isdir(path) and os.listdir(path):
+            found.append(name)
+    return found
+
+
+def check_run_dir(run_dir: str, resume: bool, overwrite: bool, key: str = "--output-dir") -> None:
+    """Refuse (CoatiError, one line) to start a run in a directory holding another run's results unless
+    it is resumed or explicitly overwritten. Call before anything heavy; `clear_run_dir` does the overwrite."""
+    from coati_ray.errors import CoatiError
+
+    if resume and overwrite:
+        raise CoatiError("run error: --resume and --overwrite contradict each other; pass one of them")
+    found = previous_run(run_dir)
+    if found and not (resume or overwrite):
+        raise CoatiError(f"run error: '{run_dir}' already holds a run ({', '.join(found)}); pass --resume to continue "
+                         f"it, --overwrite to replace it, or choose another {key}")
+
+
+def clear_run_dir(run_dir: str) -> None:
+    """Remove an earlier run's artefacts from `run_dir` (only those: see RUN_ARTEFACTS)."""
+    for name in RUN_ARTEFACTS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
