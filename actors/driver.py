@@ -195,7 +195,8 @@ class PPOJob:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        with self.lock:
+        with self.lock:  # makers dropped past their restarts are not replaced (on_exhausted_restarts=drop)
+            self.target_makers = max(1, self.target_makers - self.pool.take_dropped())
             target = self.target_makers
         try:
             self.pool.scale_to(target)  # added makers load before the step (maker.start_timeout_s at most)
@@ -275,6 +276,7 @@ class PPOJob:
         idle = [m["trainer/idle_fraction"] for m in history]
         return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.pool),
                 "maker_restarts": self.pool.restarts, "maker_batches_regenerated": self.pool.regenerated,
+                "makers_dropped": self.pool.dropped,
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
                 "trainer_idle_fraction": sum(idle) / len(idle) if idle else None,

@@ -66,6 +66,8 @@ class MakerPool:
         self.next_index = 0
         self.restarts = 0
         self.regenerated = 0                         # batches made again after their maker died
+        self.dropped = 0                             # makers taken out past their restarts (on_exhausted_restarts=drop)
+        self._dropped_reported = 0
 
     def __len__(self) -> int:
         return len(self.makers)
@@ -197,7 +199,7 @@ class MakerPool:
                 self.finished.append(ray.get(ref))
             except ray.exceptions.RayActorError:
                 if index in self.makers:
-                    self._recover(index, self.incarnation[index])
+                    self._recover(index, self.incarnation[index])  # a maker gone for good leaves the pool
         self.loads.clear()
         return self.finished_loads()
 
@@ -256,9 +258,14 @@ class MakerPool:
                 ray.kill(self.retiring.pop(index), no_restart=True)
             self.orphans.append(batch)
             return
+        if index not in self.makers:  # dropped from the pool already: another maker makes it
+            self.orphans.append(batch)
+            return
         self.info(f"maker-{index} {reason} during batch {batch.batch_id}; making it again")
-        self._recover(index, batch.incarnation)
-        self.submit(index, batch)
+        if self._recover(index, batch.incarnation):
+            self.submit(index, batch)
+        else:
+            self.orphans.append(batch)
 
     def take_orphan(self) -> Optional[Batch]:
         return self.orphans.pop(0) if self.orphans else None
@@ -269,11 +276,15 @@ class MakerPool:
 
     # ------------------------------------------------------------------ recovery
 
-    def _recover(self, index: int, incarnation: int) -> None:
+    def _recover(self, index: int, incarnation: int) -> bool:
         """Wait for Ray to restart maker `index` and reload the newest weights into it, once per death:
-        a batch sent before an earlier recovery of this maker finds the work done and only resubmits."""
+        a batch sent before an earlier recovery of this maker finds the work done and only resubmits.
+        Returns False when the maker is gone for good and left the pool (maker.on_exhausted_restarts=drop);
+        with `fail`, that ends the run."""
+        if index not in self.makers:
+            return False
         if incarnation < self.incarnation[index]:
-            return
+            return True
         maker = self.makers[index]
         deadline = time.monotonic() + RESTART_TIMEOUT_S
         while True:
@@ -282,10 +293,10 @@ class MakerPool:
                 break
             except ray.exceptions.ActorUnavailableError:  # restarting: not reachable yet
                 if time.monotonic() > deadline:
-                    raise self._lost(index, "it did not come back") from None
+                    return self._give_up(index, "it did not come back")
                 time.sleep(0.5)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                raise self._lost(index, type(e).__name__) from None
+                return self._give_up(index, type(e).__name__)
         self.restarts += 1
         self.incarnation[index] += 1
         self.loads.pop(index, None)  # loads queued before the death went with the old process
@@ -297,13 +308,33 @@ class MakerPool:
             except ray.exceptions.RayActorError:  # it died again while reloading: the next batch recovers it
                 self.version[index] = 0
         self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version {self.version[index]}")
+        return True
+
+    def _give_up(self, index: int, why: str) -> bool:
+        """Maker `index` cannot come back: drop it (its batches go to the others as they fail) or end the run."""
+        if self.cfg.maker.on_exhausted_restarts != "drop":
+            raise self._lost(index, why)
+        if len(self.makers) == 1:
+            raise self._lost(index, f"{why}; it was the last maker, so maker.on_exhausted_restarts=drop cannot go on")
+        self.makers.pop(index)
+        self.loads.pop(index, None)
+        self.dropped += 1
+        self.info(f"maker-{index} is gone for good ({why}, maker.max_restarts={self.cfg.maker.max_restarts}); "
+                  f"it leaves the pool and the run goes on with {len(self.makers)} maker(s) "
+                  "(maker.on_exhausted_restarts=drop)")
+        return False
+
+    def take_dropped(self) -> int:
+        """Makers dropped since the last call (the driver lowers its target by as many)."""
+        new, self._dropped_reported = self.dropped - self._dropped_reported, self.dropped
+        return new
 
     def _lost(self, index: int, why: str) -> WorkerLost:
         maker = self.makers[index]
         return WorkerLost(f"run error: maker-{index} died and Ray could not restart it ({why}; maker.max_restarts="
                           f"{self.cfg.maker.max_restarts}, {self.restarts} restarts so far); see its log with "
-                          f"`ray logs actor --id {maker._actor_id.hex()}`, raise maker.max_restarts, or resume "
-                          "with --resume")
+                          f"`ray logs actor --id {maker._actor_id.hex()}`, raise maker.max_restarts, set "
+                          "maker.on_exhausted_restarts=drop to go on without it, or resume with --resume")
 
     # ------------------------------------------------------------------ shutdown
 

@@ -178,6 +178,42 @@ def test_one_death_with_several_queued_batches_is_one_restart_and_every_batch_re
     assert_no_leaks()
 
 
+@pytest.mark.parametrize("policy", ["drop", "fail"])
+def test_a_maker_past_its_restarts_leaves_the_pool_or_ends_the_run(policy, local_ray, tiny_llama, reward_dir,
+                                                                   tmp_path):
+    """maker.max_restarts=0 and maker-1 SIGKILLed while it generates: with on_exhausted_restarts=drop the run
+    goes on with maker-0, which makes the lost batch; with fail (the default) it ends with one line."""
+    from actors.driver import PPOJob
+    from coati_ray.errors import WorkerLost
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / policy, *SMALL, "ppo.max_steps=4", "maker.max_restarts=0",
+                     f"maker.on_exhausted_restarts={policy}")
+    rows, fired = [], []
+
+    def after_step(job, step, m):
+        rows.append(m)
+        if step == 1:
+            pid = ray.get(job.makers[1].pid.remote())
+            fired.append(kill_when_generating(pid, lambda: os.kill(pid, signal.SIGKILL)))
+
+    if policy == "fail":
+        with pytest.raises(WorkerLost) as e:
+            PPOJob(cfg).run(on_step=after_step)
+        msg = str(e.value)
+        assert "maker-1 died and Ray could not restart it" in msg and "on_exhausted_restarts=drop" in msg
+        assert "\n" not in msg
+    else:
+        summary = PPOJob(cfg).run(on_step=after_step)
+        assert summary["steps"] == 4 and summary["makers_dropped"] == 1 and summary["makers"] == 1, summary
+        assert summary["maker_restarts"] == 0 and summary["maker_batches_regenerated"] >= 1
+        assert [m["makers"] for m in rows] == [2, 1, 1, 1]
+        for role in ("actor", "critic"):
+            assert sorted(consumed_batch_ids(rows, role)) == list(range(8))  # every batch once, none lost
+        assert_books_balance(summary["buffer"])
+    assert fired[0].is_set()
+    assert_no_leaks()
+
+
 def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray, tiny_llama, reward_dir, tmp_path):
     """Sync mode, 16 batches per step on one maker: the critic's only rank is killed as the maker starts the
     step's first batch. The run ends with one line naming it well before the step's generation would have

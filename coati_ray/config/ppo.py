@@ -152,6 +152,9 @@ class MakerConfig:
     num_gpus: float = opt(0.0, "GPUs per maker (fractions colocate with trainers)")
     torch_threads: Optional[int] = opt(1, "torch threads per maker")
     max_restarts: int = opt(3, "Ray restarts of a dead maker")
+    on_exhausted_restarts: Literal["fail", "drop"] = opt(
+        "fail", "a maker dead past max_restarts: fail ends the run; drop takes it out of the pool and the run goes "
+                "on with the others (its batches are made by them)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "inference dtype of every maker model; auto: what each trainer group computes in (its "
                 "precision on zero2/gemini, else its model.dtype) and reward.dtype for the reward model")
