@@ -29,6 +29,7 @@ from actors.maker_pool import MakerPool
 from actors.replay_buffer import ReplayBuffer
 from actors.scheduling import StepScheduler
 from actors.trainer_groups import TrainerGroups
+from actors.watchdog import Watchdog
 from actors.weight_sync import WeightSync
 from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
@@ -77,6 +78,7 @@ class PPOJob:
         self.trainers: Optional[TrainerGroups] = None
         self.scheduler: Optional[StepScheduler] = None
         self.sync: Optional[WeightSync] = None
+        self.watchdog: Optional[Watchdog] = None
         self.target_makers = cfg.maker.num_makers
         self.lock = threading.Lock()
         self.buffer = None
@@ -178,9 +180,14 @@ class PPOJob:
         self.pool.scale_to(self.target_makers, wait=False)  # makers load their models while the groups set up
         self.trainers.setup(self.resume_from, first_step=self.step)
         self.pool.wait_ready()
+        self.watchdog = Watchdog(cfg.watchdog, cfg.output_dir, self.actor_handles, self.activity)
+        self.watchdog.locate()
+        self._located = (self.pool.restarts, tuple(self.pool.makers))
+        self.pool.wait_all = self.watchdog.wait_all
         self.scheduler = StepScheduler(self.pool, self.trainers, self.buffer, self.prompts, self.items_per_step,
                                        max_staleness, cfg.buffer.capacity // cfg.maker.batch_size,
-                                       last_ticket=cfg.ppo.max_steps * self.items_per_step, first_step=self.step)
+                                       last_ticket=cfg.ppo.max_steps * self.items_per_step, first_step=self.step,
+                                       wait=self.watchdog.wait)
         if self.resume_from:
             self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
             truncate_metrics(cfg.output_dir, self.step)
@@ -204,6 +211,7 @@ class PPOJob:
             self.logger.info(f"{e}; keeping {len(self.pool)} makers")
             with self.lock:
                 self.target_makers = len(self.pool)
+        self.watchdog.begin_step(self.step)
         result = self.scheduler.run(self.step)          # generate and update, overlapped as the mode allows
         self.step += 1
         self.version += 1
@@ -211,6 +219,10 @@ class PPOJob:
         sync = self._sync_weights()
         loads = self.pool.wait_loads() if self.cfg.ppo.mode == "sync" else self.pool.finished_loads()
         step_s = time.perf_counter() - t0
+        self.watchdog.end_step(step_s)
+        if (self.pool.restarts, tuple(self.pool.makers)) != self._located:  # new processes: ask their pids
+            self.watchdog.locate()
+            self._located = (self.pool.restarts, tuple(self.pool.makers))
         self.metrics.stages({"timing/step": step_s})
         buffer = ray.get(self.buffer.stats.remote())
         if buffer["over_staleness"]:  # admission control is what bounds staleness: never let a breach pass quietly
@@ -223,6 +235,17 @@ class PPOJob:
         self.metrics.set("weight_sync_bytes", m["sync/bytes"])
         self.metrics.stages({"timing/sync": m["timing/sync"]})
         return m
+
+    def actor_handles(self) -> dict:
+        """{name: handle} of every actor of the job (the watchdog pings them)."""
+        out = {f"maker-{i}": h for i, h in self.pool.makers.items()}
+        out.update(dict(self.trainers.names()))
+        out["replay-buffer"] = self.buffer
+        return out
+
+    def activity(self) -> dict[str, str]:
+        """{name: what the driver has asked that actor to do and not yet seen done}."""
+        return {**self.pool.activity(), **self.trainers.activity()}
 
     def _sync_weights(self) -> dict:
         """The new weights on their way to every maker (actors/weight_sync.py: object store or collective)."""

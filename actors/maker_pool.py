@@ -45,6 +45,7 @@ class Batch:
     put_ref: Optional[ray.ObjectRef] = None
     stats: Optional[dict] = None
     t_made: float = 0.0
+    t_sent: float = 0.0                  # when it was sent to its maker (the watchdog's report)
 
     @property
     def waiting_on(self) -> ray.ObjectRef:
@@ -63,6 +64,7 @@ class MakerPool:
         self.retiring: dict[int, object] = {}        # removed makers finishing their batches
         self.orphans: list[Batch] = []               # batches whose maker left before finishing them
         self.finished: list[dict] = []               # load results not yet reported
+        self.wait_all: Optional[Callable[[list], None]] = None  # the job's watchdog: waits, ends a stalled run
         self.next_index = 0
         self.restarts = 0
         self.regenerated = 0                         # batches made again after their maker died
@@ -194,6 +196,8 @@ class MakerPool:
         died meanwhile is recovered (and reloaded)."""
         for index in list(self.makers):
             self._send_newest(index)
+        if self.wait_all is not None:
+            self.wait_all(list(self.loads.values()))
         for index, ref in list(self.loads.items()):
             try:
                 self.finished.append(ray.get(ref))
@@ -217,9 +221,22 @@ class MakerPool:
         """Send `batch` to maker `index` (after the newest weights, which it loads first)."""
         self._send_newest(index)
         batch.maker, batch.incarnation, batch.put_ref, batch.stats = index, self.incarnation[index], None, None
+        batch.t_sent = time.perf_counter()
         batch.stats_ref, batch.exp_ref = self.makers[index].make.remote(batch.items, batch.batch_id,
                                                                         self.version[index])
         self.running[batch.stats_ref] = batch
+
+    def activity(self) -> dict[str, str]:
+        """{maker name: what the driver has it doing}, for the watchdog's report."""
+        now, out = time.perf_counter(), {}
+        for batch in self.running.values():
+            if batch.put_ref is None:
+                name = f"maker-{batch.maker}"
+                out[name] = out.get(name, "") + ("; " if name in out else "") + \
+                    f"make of batch {batch.batch_id}, sent {now - batch.t_sent:.0f}s ago"
+        for index in self.loads:
+            out.setdefault(f"maker-{index}", "load_weights")
+        return out
 
     def refs(self) -> list:
         """What the scheduler waits on: each running batch's make or buffer put."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import ray
 
@@ -38,8 +39,12 @@ class StepResult:
 
 class StepScheduler:
     def __init__(self, pool: MakerPool, groups: TrainerGroups, buffer, prompts, items_per_step: int,
-                 max_staleness: int, capacity_items: int, last_ticket: int, first_step: int = 0):
+                 max_staleness: int, capacity_items: int, last_ticket: int, first_step: int = 0,
+                 wait: Optional[Callable[[list], list]] = None):
+        """`wait(refs)`: the refs of `refs` that finished, at least one (the job's watchdog, which ends a
+        step that stops making progress); plain ray.wait by default."""
         self.pool, self.groups, self.buffer, self.prompts = pool, groups, buffer, prompts
+        self.wait = wait or (lambda refs: ray.wait(refs, num_returns=1)[0])
         self.k, self.max_staleness, self.capacity_items = items_per_step, max_staleness, capacity_items
         self.last_ticket = last_ticket              # tickets of steps past max_steps are never started
         self.next_ticket = first_step * items_per_step
@@ -75,8 +80,7 @@ class StepScheduler:
         last_landed = t0
         while pending:
             self.feed(step)
-            done, _ = ray.wait(list(pending) + self.pool.refs(), num_returns=1)
-            ref = done[0]
+            ref = self.wait(list(pending) + self.pool.refs())[0]
             if ref in pending:
                 self.groups.get([ref])  # raises at once if a trainer rank failed
                 pending.discard(ref)

@@ -11,6 +11,7 @@ once with one line that names the rank and the checkpoint to resume from.
 
 from __future__ import annotations
 
+import time
 from typing import Iterator, Optional
 
 import ray
@@ -31,6 +32,7 @@ class TrainerGroups:
         self.pgs: list = []
         self.step = 0  # for the error line: the step being trained when a rank died
         self.owner: dict = {}  # train_step ref -> the rank's name
+        self.t_train = 0.0     # when the current train_step calls were sent
 
     def group_cfg(self, role: str):
         return getattr(self.cfg, f"{role}_trainer")
@@ -70,12 +72,18 @@ class TrainerGroups:
     # ------------------------------------------------------------------ work
 
     def train(self, buffer, items_per_step: int, step: int) -> dict[str, list]:
-        self.step = step
+        self.step, self.t_train = step, time.perf_counter()
         refs = {role: [r.train_step.remote(buffer, items_per_step, step) for r in ranks]
                 for role, ranks in self.ranks.items()}
         self.owner = {ref: f"{role}-trainer-{rank}" for role, role_refs in refs.items()
                       for rank, ref in enumerate(role_refs)}
         return refs
+
+    def activity(self) -> dict[str, str]:
+        """{rank name: its unfinished train_step}, for the watchdog's report."""
+        age = time.perf_counter() - self.t_train
+        return {name: f"train_step of step {self.step + 1}, sent {age:.0f}s ago"
+                for ref, name in self.owner.items() if not ray.wait([ref], timeout=0)[0]}
 
     def save(self, path: str, final: bool) -> None:
         self.get([r.save_checkpoint.remote(path, final) for ranks in self.ranks.values() for r in ranks])

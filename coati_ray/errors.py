@@ -25,3 +25,7 @@ class WorkerLost(CoatiError):
 class RewardError(CoatiError):
     """A training reward source failed: a reward function raised or answered wrongly, or the reward
     service could not be reached."""
+
+
+class RunStalled(CoatiError):
+    """A PPO step made no progress for watchdog.stall_s: the line names the actors that do not respond."""

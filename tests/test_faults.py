@@ -305,3 +305,30 @@ def test_maker_killed_between_syncs_on_the_collective_catches_up_and_the_group_r
     assert seen[0]["incarnations"] == {0: 0, 1: 1}  # the group re-formed around the restarted maker
     assert_books_balance(summary["buffer"])
     assert_no_leaks()
+
+
+def test_watchdog_without_the_state_api_names_the_call_from_the_driver_record(local_ray, tmp_path):
+    """This module's Ray has no dashboard, so no state API: the stalled actor is named with what the driver
+    sent it, and the bound is watchdog.stall_s."""
+    from actors.watchdog import Watchdog
+    from coati_ray.config.ppo import WatchdogConfig
+    from coati_ray.errors import RunStalled
+
+    @ray.remote(num_cpus=0)
+    class Sleeper:
+        def nap(self):
+            time.sleep(600)
+
+    sleeper = Sleeper.remote()
+    ray.get(sleeper.__ray_ready__.remote())
+    dog = Watchdog(WatchdogConfig(stall_s=1.5, stacks=False), str(tmp_path), lambda: {"maker-7": sleeper},
+                   lambda: {"maker-7": "make of batch 3, sent 2s ago"})
+    dog.locate()
+    dog.begin_step(4)
+    t = time.monotonic()
+    with pytest.raises(RunStalled) as e:
+        dog.wait([sleeper.nap.remote()])
+    assert time.monotonic() - t < 1.5 + 5  # the bound, then the pings
+    assert "step 5 made no progress for 2s (watchdog.stall_s)" in str(e.value)
+    assert "maker-7 (make of batch 3, sent 2s ago)" in str(e.value)
+    ray.kill(sleeper)

@@ -197,6 +197,26 @@ class SyncConfig:
 
 
 @dataclass
+class WatchdogConfig:
+    """A PPO step that makes no progress (no maker batch lands, no trainer rank or weight load finishes) for
+    this long ends the run with one line naming the actors that do not respond and what they run."""
+
+    stall_s: Optional[float] = opt(None, "seconds without progress that end the run; null: derived, "
+                                         "max(min_stall_s, factor x the slowest of the last 10 steps)")
+    min_stall_s: float = opt(900.0, "the derived bound's floor (and the bound of a run's first step)")
+    factor: float = opt(10.0, "the derived bound in multiples of the slowest recent step")
+    stacks: bool = opt(True, "write the Python stacks of the actors that do not respond to <run>/stall/ "
+                             "(py-spy, which ray[default] installs; actors on the driver's node)")
+
+    def validate(self, key: str = "watchdog") -> None:
+        if self.stall_s is not None and self.stall_s <= 0:
+            _fail(f"{key}.stall_s", f"must be > 0, got {self.stall_s}", "e.g. 600, or null to derive it")
+        if self.min_stall_s <= 0 or self.factor < 1:
+            _fail(f"{key}.min_stall_s", f"min_stall_s must be > 0 and factor >= 1, got {self.min_stall_s} and "
+                  f"{self.factor}", "e.g. min_stall_s=900 factor=10")
+
+
+@dataclass
 class TrainerGroupConfig:
     """One trainer group (actor or critic): strategy, optimiser and resources."""
 
@@ -222,6 +242,7 @@ class PPOConfig(JobConfig):
     maker: MakerConfig = opt(None, "experience makers")
     buffer: BufferConfig = opt(None, "replay buffer")
     sync: SyncConfig = opt(None, "weight sync from the trainers to the makers")
+    watchdog: WatchdogConfig = opt(None, "ending a run whose step stopped making progress")
     actor_trainer: TrainerGroupConfig = opt(None, "the actor trainer group")
     critic_trainer: TrainerGroupConfig = opt(None, "the critic trainer group")
 
@@ -271,6 +292,7 @@ class PPOConfig(JobConfig):
                       "point it at the RM stage's checkpoints/final")
         self.rewards.validate(has_reward_model=self.reward is not None)
         self.sync.validate()
+        self.watchdog.validate()
         self.data.validate()
         self.generation.validate()
         self.maker.validate()
