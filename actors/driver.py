@@ -21,6 +21,7 @@ import time
 from typing import Callable, Optional
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.cluster import NAMESPACE, connect
 from actors.evaluator import PolicyEvaluator
@@ -170,7 +171,9 @@ class PPOJob:
         check_cluster_fits(cfg)
         max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
         self.trainers = TrainerGroups(cfg, self.cfg_dict, self.roles)
-        self.buffer = ReplayBuffer.options(name="replay-buffer", namespace=NAMESPACE).remote(
+        # On the driver's node: it lives exactly as long as the job's driver, whichever node is lost.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.buffer = ReplayBuffer.options(name="replay-buffer", namespace=NAMESPACE, scheduling_strategy=here).remote(
             cfg.buffer.capacity, {role: self.trainers.group_cfg(role).resources.num_ranks for role in self.roles},
             self.items_per_step, self.step, max_staleness, cfg.buffer.timeout_s)
         ray.get(self.buffer.set_version.remote(self.version))
@@ -300,6 +303,7 @@ class PPOJob:
         return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.pool),
                 "maker_restarts": self.pool.restarts, "maker_batches_regenerated": self.pool.regenerated,
                 "makers_dropped": self.pool.dropped,
+                "batches_lost_with_a_node": self.scheduler.remade_lost if self.scheduler else 0,
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
                 "trainer_idle_fraction": sum(idle) / len(idle) if idle else None,
@@ -320,6 +324,12 @@ def check_cluster_fits(cfg, extra: str = "") -> None:
     """Refuse a PPO config the connected cluster cannot host, before any actor starts."""
     need_cpu, need_gpu = ppo_resources(cfg)
     have = ray.cluster_resources()
+    for name, amount in cfg.maker.resources.items():
+        need = cfg.maker.num_makers * amount
+        if need > have.get(name, 0) + 1e-9:
+            raise ConfigError(f"config error: maker.resources: {cfg.maker.num_makers} maker(s) need {need:g} "
+                              f"{name} but the Ray cluster has {have.get(name, 0):g}; start the nodes meant for "
+                              f"makers with --resources='{{\"{name}\": N}}', or lower maker.num_makers")
     if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
         raise ConfigError(f"config error: the job asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the Ray "
                           f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower "

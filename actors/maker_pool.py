@@ -84,7 +84,8 @@ class MakerPool:
             return
         m = self.cfg.maker
         free = ray.available_resources()
-        need = {"CPU": extra * m.num_cpus, "GPU": extra * m.num_gpus}
+        need = {"CPU": extra * m.num_cpus, "GPU": extra * m.num_gpus,
+                **{name: extra * amount for name, amount in m.resources.items()}}
         short = {k: v for k, v in need.items() if v > free.get(k, 0.0) + 1e-9}
         if short:
             have = ", ".join(f"{free.get(k, 0.0):g} {k}" for k in short)
@@ -104,7 +105,7 @@ class MakerPool:
             self.next_index += 1
             self.makers[index] = ExperienceMaker.options(
                 name=f"maker-{index}", namespace=NAMESPACE, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
-                max_restarts=m.max_restarts).remote(index, self.cfg_dict, m.torch_threads)
+                resources=dict(m.resources) or None, max_restarts=m.max_restarts).remote(index, self.cfg_dict, m.torch_threads)
             self.version[index], self.incarnation[index] = 0, 0
             added.append(index)
             self.info(f"maker-{index} added ({len(self.makers)} makers)")
@@ -137,8 +138,9 @@ class MakerPool:
             m = self.cfg.maker
             free = ray.available_resources()
             raise WorkerLost(f"run error: {names} did not start within maker.start_timeout_s={timeout:g}s: not "
-                             f"placed (each needs {m.num_cpus:g} CPU / {m.num_gpus:g} GPU; the cluster has "
-                             f"{free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU free) or still loading its "
+                             f"placed (each needs {m.num_cpus:g} CPU / {m.num_gpus:g} GPU{_custom(m.resources)}; the "
+                             f"cluster has {free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU"
+                             f"{_custom(m.resources, free)} free) or still loading its "
                              "models; lower maker.num_makers or the per-maker resources, add nodes, or raise "
                              "maker.start_timeout_s for large models")
 
@@ -333,7 +335,7 @@ class MakerPool:
             raise self._lost(index, why)
         if len(self.makers) == 1:
             raise self._lost(index, f"{why}; it was the last maker, so maker.on_exhausted_restarts=drop cannot go on")
-        self.makers.pop(index)
+        ray.kill(self.makers.pop(index), no_restart=True)  # dead already; this frees its name at once
         self.loads.pop(index, None)
         self.dropped += 1
         self.info(f"maker-{index} is gone for good ({why}, maker.max_restarts={self.cfg.maker.max_restarts}); "
@@ -372,6 +374,11 @@ class MakerPool:
             ray.kill(maker, no_restart=True)
         self.makers.clear()
         self.retiring.clear()
+
+
+def _custom(resources: dict, free: Optional[dict] = None) -> str:
+    """' / 1 inference' for a maker's custom resources (their free amounts when `free` is given)."""
+    return "".join(f" / {(free.get(k, 0.0) if free is not None else v):g} {k}" for k, v in resources.items())
 
 
 def _maker_lost(err: BaseException) -> bool:

@@ -27,6 +27,7 @@ SERIES = {
     "buffer_fill_samples": ("gauge", "samples held in the replay buffer"),
     "buffer_capacity_samples": ("gauge", "replay-buffer capacity in samples"),
     "buffer_dropped_total": ("counter", "buffer items made but never trained on (left when the run closed)"),
+    "buffer_lost_total": ("counter", "buffer items whose experience was lost with its node (each is made again)"),
     "consumed_staleness": ("gauge", "policy versions between an experience and the trainer that consumed it"),
     "policy_loss": ("gauge", "PPO policy loss of the last update"),
     "value_loss": ("gauge", "critic value loss of the last update"),

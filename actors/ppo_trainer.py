@@ -96,8 +96,13 @@ class PPOTrainerRank:
         t0 = time.perf_counter()
         got = []
         for _ in range(num_items):
-            item = ray.get(buffer.get.remote(self.role, self.rank))
-            got.append((item, ray.get(item["ref"][0])))
+            while True:
+                item = ray.get(buffer.get.remote(self.role, self.rank))
+                try:
+                    got.append((item, ray.get(item["ref"][0])))
+                    break
+                except ray.exceptions.ObjectLostError:  # it went with its maker's node: the batch is made again
+                    ray.get(buffer.lost.remote(self.role, self.rank, item["item_id"]))
         waited = time.perf_counter() - t0
         got.sort(key=lambda pair: pair[0]["batch_id"])
         shards = [exp.shard(self.rank, self.world_size) for _, exp in got]

@@ -11,7 +11,13 @@ window that has its items already, and the driver's admission control (it starts
 maker version would be more than `max_staleness` behind the step that consumes it) bounds staleness
 at the source: nothing has to be made and then thrown away. A batch id the buffer has already
 accepted is refused and counted (a batch made again after its maker died must never reach a trainer
-twice). The accounting always satisfies, per group:
+twice).
+
+An experience lives in the object store of the node whose maker made it. When that node is lost, a rank
+that cannot fetch it reports the item (`lost`); the driver, waiting on `wait_lost`, has the batch made
+again (same prompts, batch id and seed) and its `put` refills the *same* item: ranks that had fetched the
+experience keep it, the others get the remake, so no rank sees the batch twice and the books stay exact.
+The accounting always satisfies, per group:
 
     produced == delivered[group] + dropped + (items still held that the group has not finished)
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,9 +44,12 @@ class _Item:
     batch_id: int
     assigned: set = field(default_factory=set)                 # groups that have started on it
     taken: dict = field(default_factory=dict)                  # group -> ranks that fetched their shard
+    delivered_to: set = field(default_factory=set)             # groups it has been counted as delivered to
+    lost: bool = False                                         # its object is gone with its node: awaiting a remake
 
 
 DEDUP_WINDOW = 4096  # batch ids remembered for refusing a regenerated copy
+GONE_WINDOW = 1024   # finished items remembered (without their refs) in case a rank reports one lost late
 
 
 class BufferTimeout(RuntimeError):
@@ -66,6 +76,11 @@ class ReplayBuffer:
         self.duplicates_refused = 0
         self.over_staleness = 0  # delivered beyond max_staleness: admission control failed (must stay 0)
         self.accepted_batches: set[int] = set()
+        self.gone: OrderedDict[int, _Item] = OrderedDict()  # recently finished items, refs dropped
+        self.awaiting_remake: dict[int, _Item] = {}         # batch id -> the lost item its remake refills
+        self.to_remake: list[int] = []                      # lost batch ids not yet handed to the driver
+        self.lost = 0                                       # items reported lost (node gone)
+        self.remade = 0                                     # lost items refilled by a remake
         self.max_staleness_delivered = {g: 0 for g in groups}
         self.staleness_counts: dict[int, int] = {}
         self.peak_samples = 0
@@ -87,6 +102,12 @@ class ReplayBuffer:
         """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         async with self.changed:
+            lost = self.awaiting_remake.pop(batch_id, None)
+            if lost is not None:  # the remake of an experience lost with its node refills the same item
+                lost.ref, lost.version, lost.maker, lost.lost = ref, version, maker, False
+                self.remade += 1
+                self.changed.notify_all()
+                return lost.item_id
             if self._is_duplicate(batch_id):
                 return -1
             ok = await self._wait(lambda: self.closed or self.held_samples == 0 or self._needed_now(batch_id)
@@ -119,13 +140,27 @@ class ReplayBuffer:
         async with self.changed:
             k = self.cursor[(group, rank)]
             deadline = time.monotonic() + timeout_s
-            while k >= len(self.sequence[group]):
+            while True:
+                if k < len(self.sequence[group]):
+                    if not self.by_id[self.sequence[group][k]].lost:
+                        break
+                    # lost with its node: the remake refills this item (the driver is making it)
+                    ok = await self._wait(lambda: self.closed or not self.by_id[self.sequence[group][k]].lost,
+                                          max(0.0, deadline - time.monotonic()))
+                    if not self.by_id[self.sequence[group][k]].lost:
+                        break
+                    if self.closed:
+                        raise RuntimeError("replay buffer is closed")
+                    if not ok:
+                        raise BufferTimeout(f"replay buffer: batch {self.by_id[self.sequence[group][k]].batch_id} "
+                                            f"was lost with its node and not made again within {timeout_s:.0f}s")
+                    continue
                 item = self._next_in_window(group, k)
                 if item is not None:
                     item.assigned.add(group)
                     self.sequence[group].append(item.item_id)
                     self.changed.notify_all()  # group-mates waiting for this position can go on
-                    break
+                    continue
                 # Wake when an item of this window arrives *or* a group-mate assigned the one this rank needs.
                 ok = await self._wait(lambda: self.closed or k < len(self.sequence[group])
                                       or self._next_in_window(group, k) is not None,
@@ -140,18 +175,49 @@ class ReplayBuffer:
                                         f"{group}[{rank}] waited for experience: makers are not producing; check "
                                         "the maker actors' logs")
             item = self.by_id[self.sequence[group][k]]
+            ref = item.ref  # read before the item may be let go below
             self.cursor[(group, rank)] = k + 1
             staleness = self.version - item.version
             ranks = item.taken.setdefault(group, set())
             ranks.add(rank)
             if len(ranks) == self.groups[group]:
-                self._delivered(group, item, staleness)
+                if group not in item.delivered_to:  # once, even when a rank took it again after a loss
+                    item.delivered_to.add(group)
+                    self._delivered(group, item, staleness)
                 if all(len(item.taken.get(g, ())) == n for g, n in self.groups.items()):
                     self._remove(item)
                     self.changed.notify_all()
-            return {"ref": item.ref, "rank": rank, "world_size": self.groups[group], "version": item.version,
+            return {"ref": ref, "rank": rank, "world_size": self.groups[group], "version": item.version,
                     "staleness": staleness, "maker": item.maker, "batch_id": item.batch_id,
                     "item_id": item.item_id}
+
+    async def lost(self, group: str, rank: int, item_id: int) -> None:
+        """`rank` of `group` could not fetch item `item_id`'s experience: its object went with its node. The
+        rank gets the same item again once the driver's remake refills it (see `wait_lost`)."""
+        async with self.changed:
+            item = self.by_id.get(item_id)
+            if item is None:  # this rank was the last to take it, so it had been let go: hold it again
+                item = self.gone.pop(item_id)
+                self.items.append(item)
+                self.by_id[item_id] = item
+                self.held_samples += item.num_samples
+            item.taken.get(group, set()).discard(rank)
+            self.cursor[(group, rank)] = self.sequence[group].index(item_id)
+            if not item.lost:
+                item.lost, item.ref = True, None
+                self.lost += 1
+                self.awaiting_remake[item.batch_id] = item
+                self.to_remake.append(item.batch_id)
+                self.metrics.inc("buffer_lost_total", 1)
+            self.changed.notify_all()
+
+    async def wait_lost(self) -> list[int]:
+        """The batch ids reported lost since the last call, once there are some (or [] once closed): the
+        driver keeps one call outstanding and has each batch made again."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.closed or self.to_remake)
+            out, self.to_remake = self.to_remake, []
+            return out
 
     # ------------------------------------------------------------------ control and accounting
 
@@ -177,6 +243,7 @@ class ReplayBuffer:
                 "delivered_samples": dict(self.delivered_samples), "dropped_stale": 0,
                 "dropped_at_close": self.dropped_at_close, "duplicates_refused": self.duplicates_refused,
                 "dropped": self.dropped_at_close, "over_staleness": self.over_staleness,
+                "lost": self.lost, "remade": self.remade, "awaiting_remake": len(self.awaiting_remake),
                 "held_items": len(self.items), "held_samples": self.held_samples, "capacity": self.capacity,
                 "peak_samples": self.peak_samples, "version": self.version,
                 "max_staleness_delivered": dict(self.max_staleness_delivered),
@@ -229,6 +296,10 @@ class ReplayBuffer:
         self.items.remove(item)
         self.by_id.pop(item.item_id, None)
         self.held_samples -= item.num_samples
+        item.ref = None  # the object store may free the experience now
+        self.gone[item.item_id] = item
+        if len(self.gone) > GONE_WINDOW:
+            self.gone.popitem(last=False)
         self._publish_fill()
 
     def _publish_fill(self) -> None:

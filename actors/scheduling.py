@@ -45,6 +45,8 @@ class StepScheduler:
         step that stops making progress); plain ray.wait by default."""
         self.pool, self.groups, self.buffer, self.prompts = pool, groups, buffer, prompts
         self.wait = wait or (lambda refs: ray.wait(refs, num_returns=1)[0])
+        self.lost_ref = buffer.wait_lost.remote()  # answers when trainers report experience lost with a node
+        self.remade_lost = 0
         self.k, self.max_staleness, self.capacity_items = items_per_step, max_staleness, capacity_items
         self.last_ticket = last_ticket              # tickets of steps past max_steps are never started
         self.next_ticket = first_step * items_per_step
@@ -70,6 +72,14 @@ class StepScheduler:
                 self.next_ticket += 1
             self.pool.submit(index, batch)
 
+    def remake_lost(self, batch_ids: list[int]) -> None:
+        """Batches whose experience was lost with its node: made again first (same prompts, id and seed)."""
+        for batch_id in batch_ids:
+            self.pool.orphans.append(Batch(batch_id, self.prompts.batch(batch_id)))
+            self.pool.info(f"batch {batch_id} was lost with its node's object store; making it again")
+        self.remade_lost += len(batch_ids)
+        self.lost_ref = self.buffer.wait_lost.remote()
+
     def run(self, step: int) -> StepResult:
         """Train step `step`: start every rank's update, keep the makers fed, move landed batches into the
         buffer, and return when every rank has finished."""
@@ -80,7 +90,10 @@ class StepScheduler:
         last_landed = t0
         while pending:
             self.feed(step)
-            ref = self.wait(list(pending) + self.pool.refs())[0]
+            ref = self.wait(list(pending) + self.pool.refs() + [self.lost_ref])[0]
+            if ref == self.lost_ref:
+                self.remake_lost(ray.get(ref))
+                continue
             if ref in pending:
                 self.groups.get([ref])  # raises at once if a trainer rank failed
                 pending.discard(ref)

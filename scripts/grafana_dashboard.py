@@ -26,9 +26,10 @@ PANELS = [
     ("buffer", "Replay buffer: fill against capacity (samples)", "short", [
         ('ray_coati_buffer_fill_samples{role="replay_buffer"}', "held"),
         ('ray_coati_buffer_capacity_samples{role="replay_buffer"}', "capacity")]),
-    ("staleness", "Staleness consumed (versions behind) and batches dropped", "short", [
+    ("staleness", "Staleness consumed (versions behind), batches dropped and lost with a node", "short", [
         ('max by (role) (ray_coati_consumed_staleness)', "{{role}}"),
-        ('increase(ray_coati_buffer_dropped_total[5m])', "dropped / 5 min")]),
+        ('increase(ray_coati_buffer_dropped_total[5m])', "dropped / 5 min"),
+        ('increase(ray_coati_buffer_lost_total[5m])', "lost with a node / 5 min")]),
     ("reward", "Reward and KL to the initial policy (per maker batch)", "short", [
         ('avg(ray_coati_reward_mean{role="maker"})', "reward"),
         ('avg(ray_coati_kl_mean{role="maker"})', "KL per token")]),

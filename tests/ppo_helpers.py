@@ -35,12 +35,22 @@ def assert_books_balance(acc: dict) -> None:
     assert acc["held_items"] == 0 and acc["peak_samples"] <= acc["capacity"]
 
 
-def assert_no_leaks() -> None:
+def assert_no_leaks(grace_s: float = 10.0) -> None:
+    """No named actor or placement group of the job is left. The GCS releases a killed actor's name
+    asynchronously, so a name still resolvable is looked up again for up to `grace_s`."""
+    import time
+
     from ray.util import placement_group_table
 
+    deadline = time.monotonic() + grace_s
     for name in ("maker-0", "maker-1", "actor-trainer-0", "actor-trainer-1", "critic-trainer-0", "replay-buffer"):
-        with pytest.raises(ValueError):
-            ray.get_actor(name, namespace="coati")
+        while True:
+            try:
+                ray.get_actor(name, namespace="coati")
+            except ValueError:
+                break
+            assert time.monotonic() < deadline, f"actor {name} outlived its job"
+            time.sleep(0.2)
     assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
 
 

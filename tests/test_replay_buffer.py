@@ -123,3 +123,32 @@ def test_ranks_waiting_together_all_get_the_item(local_ray):
         got = ray.get(waiting, timeout=10)
         assert len({g["item_id"] for g in got}) == 1
     assert ray.get(buf.stats.remote())["delivered"] == {"actor": 3, "critic": 3}
+
+
+def test_an_experience_lost_with_its_node_is_refilled_by_its_remake_and_reaches_each_rank_once(local_ray):
+    """Groups actor (2 ranks) and critic (1). Actor rank 0 fetched batch 0 before its node went; actor rank 1
+    and the critic could not and report it lost. The driver learns the batch id, the remake's put refills the
+    same item: rank 1 and the critic get the remake, rank 0 nothing twice, and the books balance."""
+    buf = make(groups={"actor": 2, "critic": 1}, per_step=2)
+    lost_ref = buf.wait_lost.remote()
+    for i in range(2):
+        ray.get(put(buf, batch_id=i))
+    first = {(g, r): ray.get(buf.get.remote(g, r)) for g, r in (("actor", 0), ("actor", 1), ("critic", 0))}
+    assert {it["batch_id"] for it in first.values()} == {0}
+    ray.get(buf.lost.remote("actor", 1, first[("actor", 1)]["item_id"]))
+    ray.get(buf.lost.remote("critic", 0, first[("critic", 0)]["item_id"]))  # the last taker: it was let go
+    assert ray.get(lost_ref, timeout=10) == [0]  # reported once, however many ranks saw it
+    waiting = buf.get.remote("actor", 1)
+    assert not ray.wait([waiting], timeout=0.5)[0]  # nothing to give until the remake lands
+    remade = buf.put.remote([ray.put({"batch": 0, "remade": True})], 4, 1, 1, 0)
+    assert ray.get(remade) == first[("actor", 1)]["item_id"]  # the same item, refilled
+    again = ray.get(waiting, timeout=10)
+    assert ray.get(again["ref"][0]) == {"batch": 0, "remade": True} and again["version"] == 1
+    assert ray.get(ray.get(buf.get.remote("critic", 0))["ref"][0]) == {"batch": 0, "remade": True}
+    rest = [ray.get(buf.get.remote(g, r))["batch_id"] for g, r in (("actor", 0), ("actor", 1), ("critic", 0))]
+    assert rest == [1, 1, 1]  # each rank's next item is batch 1: batch 0 reached nobody twice
+    s = ray.get(buf.stats.remote())
+    assert s["lost"] == 1 and s["remade"] == 1 and s["awaiting_remake"] == 0 and s["duplicates_refused"] == 0
+    assert s["produced"] == 2 and s["delivered"] == {"actor": 2, "critic": 2} and s["held_items"] == 0
+    ray.get(buf.close.remote())
+    assert ray.get(buf.wait_lost.remote(), timeout=10) == []  # a closed buffer lets the driver's wait go

@@ -84,6 +84,8 @@ def _check_known(cls: type, parts: list[str]) -> None:
     """Fail early (with a suggestion) when an override path names a key the schema does not have."""
     current = cls
     for depth, part in enumerate(parts):
+        if get_origin(current) is dict:  # a mapping (e.g. maker.resources) takes any key
+            return
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"config error: '{'.'.join(parts[:depth])}' is a value, not a section")
         hints = typing.get_type_hints(current)
@@ -175,6 +177,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _type_error(key, value, tp)
         return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise _type_error(key, value, tp)
+        return {_coerce(key_type, k, key): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:

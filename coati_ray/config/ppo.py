@@ -150,6 +150,8 @@ class MakerConfig:
                              "prompts, each sampled n times")
     num_cpus: float = opt(0.5, "CPUs per maker")
     num_gpus: float = opt(0.0, "GPUs per maker (fractions colocate with trainers)")
+    resources: dict[str, float] = opt({}, "custom Ray resources per maker, e.g. {inference: 1}, to place makers only on nodes "
+                              "started with `ray start --resources='{\"inference\": 8}'`")
     torch_threads: Optional[int] = opt(1, "torch threads per maker")
     max_restarts: int = opt(3, "Ray restarts of a dead maker")
     on_exhausted_restarts: Literal["fail", "drop"] = opt(
@@ -166,6 +168,11 @@ class MakerConfig:
             _fail(f"{key}.num_makers", f"must be >= 1, got {self.num_makers}", "PPO needs at least one maker")
         if self.batch_size < 1:
             _fail(f"{key}.batch_size", f"must be >= 1, got {self.batch_size}", "e.g. 4")
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
+                _fail(f"{key}.resources", f"{name}: {amount!r} is not a custom resource amount > 0",
+                      "name resources your nodes were started with (--resources), e.g. {inference: 1}; CPUs and "
+                      "GPUs go in maker.num_cpus / maker.num_gpus")
 
 
 @dataclass
