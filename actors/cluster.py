@@ -72,3 +72,27 @@ def started_cluster_running() -> bool:
     temp = os.environ.get("RAY_TMPDIR", "/tmp")
     return os.path.isfile(os.path.join(temp, "ray", "ray_current_cluster"))
 
+
+
+def check_shared_output(handles: dict, output_dir: str, timeout_s: float = 60.0) -> None:
+    """Every actor in `handles` ({name: handle}) writes a probe file into `output_dir` on its own node and the
+    driver reads each back: a node that does not see the driver's directory ends the run here, in one
+    line, before any step is trained (its checkpoints would otherwise never be completed)."""
+    import uuid
+
+    import ray
+
+    from coati_ray.errors import WorkerLost
+    from coati_ray.utils.shared_storage import missing_probes, unshared_message
+
+    output_dir, token = os.path.abspath(output_dir), uuid.uuid4().hex
+    refs = [handle.__ray_call__.remote(_write_probe, output_dir, name, token) for name, handle in handles.items()]
+    missing = missing_probes(ray.get(refs, timeout=timeout_s), token)
+    if missing:
+        raise WorkerLost(unshared_message(output_dir, missing))
+
+
+def _write_probe(_actor, output_dir: str, name: str, token: str) -> dict:
+    from coati_ray.utils.shared_storage import write_probe
+
+    return write_probe(output_dir, name, token)

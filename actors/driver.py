@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.cluster import NAMESPACE, connect
+from actors.cluster import NAMESPACE, check_shared_output, connect
 from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
 from actors.maker_pool import MakerPool
@@ -180,6 +180,7 @@ class PPOJob:
         self.pool = MakerPool(cfg, self.cfg_dict, self.buffer, self.logger.info)
         self.sync = WeightSync(cfg, self.trainers, self.pool, self.logger.info)
         self.trainers.start()
+        check_shared_output(dict(self.trainers.names()), cfg.output_dir)
         self.pool.scale_to(self.target_makers, wait=False)  # makers load their models while the groups set up
         self.trainers.setup(self.resume_from, first_step=self.step)
         self.pool.wait_ready()

@@ -77,6 +77,12 @@ class TrainerGroup:
                              **kwargs) for rank, w in enumerate(self.workers)]
         return get_or_fail_fast(refs)
 
+    def check_shared_output(self, output_dir: str) -> None:
+        """Every rank's node sees `output_dir` (see actors.cluster.check_shared_output)."""
+        from actors.cluster import check_shared_output
+
+        check_shared_output({f"{self.name}-{rank}": w for rank, w in enumerate(self.workers)}, output_dir)
+
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w, no_restart=True)

@@ -151,6 +151,7 @@ def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], ad
     try:
         with user_errors(), TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank,
                                          r.num_gpus_per_rank, r.torch_threads) as group:
+            group.check_shared_output(cfg.output_dir)
             return group.run(run_fn, cfg, resume_from=resume_from)[0]
     finally:
         if started:

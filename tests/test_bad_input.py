@@ -24,8 +24,15 @@ RM_YAML = os.path.join(REPO, "configs", "rm_tiny.yaml")
 class Ctx:
     """What a case may use: the tiny model, a reward model, and a scratch directory."""
 
-    def __init__(self, tiny_llama, reward_dir, tmp_path):
-        self.model, self.reward, self.tmp = tiny_llama, reward_dir, tmp_path
+    def __init__(self, tiny_llama, reward_dir, tmp_path, monkeypatch):
+        self.model, self.reward, self.tmp, self.monkeypatch = tiny_llama, reward_dir, tmp_path, monkeypatch
+
+    def as_ray_job(self, argv: list[str]) -> list[str]:
+        """Run `argv` the way `ray job submit` runs an entrypoint (Ray's job supervisor sets this variable)."""
+        from coati_ray.utils.shared_storage import RAY_JOB_ENV
+
+        self.monkeypatch.setenv(RAY_JOB_ENV, '{"runtime_env": {}, "metadata": {}}')
+        return argv
 
     def write(self, name: str, data) -> str:
         path = self.tmp / name
@@ -213,6 +220,11 @@ CASES = [
     ("SFT sequences longer than the context", "sft", lambda c: c.sft("data.max_length=4096"), "context of 512"),
     ("tokenizer larger than the model's vocabulary", "ppo",
      lambda c: c.ppo(f"actor.tokenizer_path={c.big_tokenizer()}"), "vocabulary of"),
+    # ---- paths under `ray job submit` (the entrypoint runs in a temporary copy of the uploaded directory)
+    ("relative output_dir in a Ray job", "ppo", lambda c: c.as_ray_job(c.ppo("--output-dir", "runs/job_relative")),
+     "deleted with it"),
+    ("relative model path not uploaded with a Ray job", "sft",
+     lambda c: c.as_ray_job(c.sft("model.path=assets/models/not-uploaded")), "uploaded working directory"),
     ("reward model with another vocabulary", "ppo",
      lambda c: c.ppo(f"reward.path={c.reward_copy('rm_vocab', vocab_plus(10))}"), "the actor's has"),
 ]
@@ -240,10 +252,10 @@ def test_catalogue_has_at_least_30_distinct_cases():
 
 @pytest.mark.parametrize("name,launcher,build,needle", CASES, ids=[c[0].replace(" ", "_") for c in CASES])
 def test_refused_with_one_line_before_any_model_or_ray(name, launcher, build, needle, tiny_llama, reward_dir,
-                                                      tmp_path, tripwires, capsys):
+                                                      tmp_path, tripwires, capsys, monkeypatch):
     import importlib
 
-    ctx = Ctx(tiny_llama, reward_dir, tmp_path)
+    ctx = Ctx(tiny_llama, reward_dir, tmp_path, monkeypatch)
     argv = build(ctx)
     run_dir = tmp_path / "run_never_made"
     if "--output-dir" not in argv:

@@ -3,6 +3,7 @@ each its own raylet and object store). The maker on the lost node is restarted o
 experience that lived in the lost object store is made again, and the run finishes with every batch
 trained on once and the books balanced."""
 
+import os
 import time
 
 import pytest
@@ -68,3 +69,32 @@ def test_a_node_lost_with_experience_in_its_object_store_is_made_again_and_train
         assert sorted(ids) == list(range(len(ids))) and len(ids) == 6 * len(rows[0]["consumed"][role]["batch_ids"])
     assert_no_leaks()
 
+
+@ray.remote(num_cpus=0)
+class Rank:
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_every_node_writes_a_probe_the_driver_reads_back_or_the_run_stops_in_one_line(cluster, tmp_path):
+    """One actor on each node of the cluster writes into the run directory; the driver reads every probe back
+    and removes it. A directory a node cannot write stops the run in one line naming the rank and its host."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.cluster import check_shared_output
+    from coati_ray.errors import WorkerLost
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    ranks = {f"rank-{i}": Rank.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+             for i, node in enumerate(nodes)}
+    assert sorted(ray.get([r.node.remote() for r in ranks.values()])) == sorted(nodes) and len(nodes) >= 2
+    check_shared_output(ranks, str(tmp_path / "run"))
+    assert os.listdir(tmp_path / "run" / ".storage-probe") == []  # read back and removed
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(WorkerLost) as e:
+        check_shared_output(ranks, str(tmp_path / "a_file" / "run"))
+    msg = str(e.value)
+    assert "\n" not in msg and "is not shared: rank-0 on" in msg and "NotADirectoryError" in msg
+    assert "storage every node mounts" in msg
+    for r in ranks.values():
+        ray.kill(r)

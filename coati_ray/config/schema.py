@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from coati_ray.errors import ConfigError
+from coati_ray.utils.shared_storage import job_path_problem
 
 STRATEGIES = ("naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
 CUDA_ONLY_STRATEGIES = ("colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
@@ -282,6 +283,9 @@ class RMConfig(SFTConfig):
 
 
 def _require_path(key: str, path: str) -> None:
+    problem = job_path_problem(key, path, is_output=False)
+    if problem:
+        _fail(key, *problem)
     if not os.path.exists(path):
         hint = ""
         if "assets" in path:
@@ -340,6 +344,9 @@ def require_fits_context(key: str, path: str, length: int, what: str, fix: str) 
 
 
 def _require_writable(path: str) -> None:
+    problem = job_path_problem("--output-dir", path, is_output=True)
+    if problem:
+        _fail("output_dir", *problem)
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
