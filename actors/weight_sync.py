@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import ray
 
-from actors.collective import missing_members
+from actors.collective import abandon, missing_members
 from coati_ray.errors import WorkerLost
 
 
@@ -194,11 +194,17 @@ class WeightSync:
                                                           member_timeout)] = f"maker-{index}"
         results = _wait_all(refs, timeout)
         failed = {ref: out for ref, out in results.items() if isinstance(out, Exception)}
-        for ref, out in failed.items():  # one that failed at once (e.g. a model that does not match) says why
-            raise _CannotForm(f"weight sync: {refs[ref]} could not join the {role} group "
-                              f"({_last_line(out)})")
+        if failed or len(results) < len(refs):
+            # members that did join would otherwise wait in the rendezvous (their actor blocked) until timeout
+            missing = missing_members(host, port, size) if not failed else []
+            abandon(host, port)
+        for ref, out in failed.items():
+            if isinstance(out, ray.exceptions.RayActorError) and refs[ref].startswith("maker-"):
+                # it died or is restarting: membership changed, so the next sync forms the group again
+                raise _Broke(f"{refs[ref]} died while joining the {role} group ({_last_line(out)})")
+            # one that failed at once (e.g. a model that does not match) says why
+            raise _CannotForm(f"weight sync: {refs[ref]} could not join the {role} group ({_last_line(out)})")
         if len(results) < len(refs):
-            missing = missing_members(host, port, size)
             names = list(refs.values())
             if missing is None:
                 who = f"{role}-trainer-0 (it hosts the group's store at {host}:{port})"

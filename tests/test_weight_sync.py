@@ -54,10 +54,11 @@ def local_ray():
 
 @ray.remote(num_cpus=0)
 class Joiner:
-    """Runs the real SyncGroup; `hang=True` stands for a peer that never turns up (never calls it)."""
+    """Runs the real SyncGroup; `hang=True` stands for a peer that never turns up (never calls it), `die=True`
+    for a maker whose process dies as it is asked to join, `delay` for one whose join call starts late."""
 
-    def __init__(self, hang=False):
-        self.hang = hang
+    def __init__(self, hang=False, die=False, delay=0.0):
+        self.hang, self.die, self.delay = hang, die, delay
 
     def address(self):
         from actors.group import node_address
@@ -67,6 +68,11 @@ class Joiner:
     def join_sync(self, *args):
         if self.hang:
             time.sleep(3600)
+        if self.die:
+            import os
+
+            os._exit(1)
+        time.sleep(self.delay)
         from actors.collective import SyncGroup
 
         host, port, rank, size, backend, timeout = args[-6:]
@@ -113,3 +119,24 @@ def test_a_peer_that_never_joins_ends_in_one_line_naming_it(local_ray):
     msg = str(e.value)
     assert "maker-1 did not join the actor group" in msg and "sync.timeout_s=3s" in msg and "\n" not in msg, msg
     assert "maker-0" not in msg and time.monotonic() - t < 30
+
+
+def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_re_forms_next_sync(local_ray):
+    """maker-1 dies as the group forms. The driver abandons the group, so the trainer rank that joined and
+    maker-0, whose join starts only after that, leave at once (their actors answer again) instead of
+    blocking for sync.timeout_s, and the failure is a membership change (the group forms again at the
+    next sync), not a reason to give up the collective for the rest of the run."""
+    from actors.weight_sync import WeightSync, _Broke
+    from coati_ray.config.ppo import SyncConfig
+
+    cfg = type("Cfg", (), {})()
+    cfg.sync = SyncConfig(transport="auto", timeout_s=120)
+    sender = Joiner.remote()
+    pool = StandInPool([Joiner.remote(delay=3.0), Joiner.remote(die=True)])
+    sync = WeightSync(cfg, StandInTrainers(sender), pool, info=lambda m: None)
+    sync._backend = lambda: "gloo"
+    t = time.monotonic()
+    with pytest.raises(_Broke, match="maker-1 died while joining the actor group"):
+        sync._form("actor", {0: 0, 1: 0})
+    ray.get([sender.address.remote(), pool.makers[0].address.remote()], timeout=20)  # neither is still joining
+    assert time.monotonic() - t < 30  # far below sync.timeout_s=120
