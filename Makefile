@@ -54,7 +54,7 @@ bench: setup
 	$(VPY) -m benchmarks.run_all
 
 soak: setup
-	$(VPY) -m benchmarks.soak --steps 300
+	$(VPY) -m benchmarks.soak --steps 1000 --kill-every 50 --seed 0
 
 # Prometheus + Grafana with Ray's dashboards and ours (configs/grafana/coati_rlhf.json), for a `ray start`
 # cluster on this machine; says how to install either binary when missing.

@@ -49,7 +49,7 @@ class _Item:
 
 
 DEDUP_WINDOW = 4096  # batch ids remembered for refusing a regenerated copy
-GONE_WINDOW = 1024   # finished items remembered (without their refs) in case a rank reports one lost late
+GONE_WINDOW = 256    # finished items remembered (without their refs): the last taker may report one lost
 
 
 class BufferTimeout(RuntimeError):

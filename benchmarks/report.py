@@ -133,14 +133,37 @@ def soak_section(r) -> list[str]:
                 f"count): {r['staleness_counts']}; {r['steps_with_stale_experience']} of {r['steps']} steps trained on "
                 f"some experience {staleness} version(s) old, so the makers did run ahead. The driver starts no batch "
                 "that would be too stale when consumed (admission control), so none has to be thrown away."]
-    out += ["", f"Resident memory of every actor, from step {r['warmup_steps']} (after warm-up) to the end:", "",
-            "| actor (class:pid) | after warm-up (MB) | end (MB) | max (MB) | growth (MB) |", "|---|---|---|---|---|"]
+    if "kills" in r:
+        by = r["kills_by_how"]
+        out += ["", f"**Makers killed {len(r['kills'])} times** on a seeded schedule (seed {r['seed']}, one per "
+                f"~{r['kill_every']} steps: {by['ray.kill']} by `ray.kill`, {by['SIGKILL']} by SIGKILL): "
+                f"{r['maker_restarts']} restarts, {r['maker_batches_regenerated']} batches made again, "
+                f"{r['duplicates_refused']} duplicate copies refused, {r['makers_dropped']} makers dropped; "
+                f"**books balance: {r['books_balance']}**."]
+    out += ["", f"Resident memory of every actor, from step {r['warmup_steps']} (after warm-up) to the end (a "
+            "restarted maker is a new process, so a new row):", "",
+            "| actor (class:pid) | steps alive | after warm-up (MB) | end (MB) | max (MB) | growth (MB) | "
+            "1st half / 2nd half (MB) | 2nd half MB per 100 steps |", "|---|---|---|---|---|---|---|---|"]
     for name, a in r["actors"].items():
-        out.append(f"| {name} | {a['rss_mb_after_warmup']} | {a['rss_mb_end']} | {a['rss_mb_max']} | {a['growth_mb']} |")
+        halves = f"{a['growth_first_half_mb']} / {a['growth_second_half_mb']}" if "growth_first_half_mb" in a else "–"
+        rate = a.get("second_half_mb_per_100_steps", "–")
+        out.append(f"| {name} | {a.get('steps_alive', '–')} | {a['rss_mb_after_warmup']} | {a['rss_mb_end']} | "
+                   f"{a['rss_mb_max']} | {a['growth_mb']} | {halves} | {rate} |")
+    leaking = [n for n, a in r["actors"].items() if a.get("steady_growth")]
+    if any(n.startswith("ReplayBuffer") for n in leaking):
+        out += ["", "The replay buffer keeps two bounded memories that fill as the run goes: the batch ids it has "
+                "accepted (to refuse a remade copy; pruned to the newest 4,096 once 8,192 are held) and the last 256 "
+                "finished items (a rank may report one lost with its node after taking it). At 2 items a step "
+                "they fill over the first ~4,000 steps; the growth flagged below is theirs and stops there."]
+    if any("steady_growth" in a for a in r["actors"].values()):
+        out += ["", "**Leak check**: " + (f"still growing steadily in the second half: {', '.join(leaking)}." if leaking
+                else "no actor still grows steadily in the second half of the run (more than 2 MB and at least half "
+                     "its first-half growth): what growth there is comes early and levels off.")]
     out += ["", f"Driver growth: {r['driver_growth_mb']} MB. Buffer: peak {r['buffer_peak_samples']} of "
             f"{r['buffer_capacity']} samples (never above capacity); produced {r['produced']}, delivered "
             f"{r['delivered']}, dropped as stale {r['dropped']}; books balance: {r['books_balance']}.", "",
-            "Command: `python -m benchmarks.soak --steps %d`" % r["steps"]]
+            "Command: `python -m benchmarks.soak --steps %d%s`" % (
+                r["steps"], f" --kill-every {r['kill_every']} --seed {r['seed']}" if "kills" in r else "")]
     return out
 
 

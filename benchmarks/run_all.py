@@ -14,7 +14,7 @@ def main() -> None:
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
                       ("weight sync", lambda: bench_weight_sync.main([])),
                       ("quantized inference", lambda: bench_quantize.main([])),
-                      ("soak", lambda: soak.main(["--steps", "300"]))):
+                      ("soak", lambda: soak.main([]))):
         print(f"[bench] === {name} ({time.time() - t:.0f}s so far)", flush=True)
         run()
     report.write()
