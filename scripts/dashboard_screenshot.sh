@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_AUTH_MODE=token
+export PATH="$PWD/.venv/bin:$PATH"  # the job's `python` is the one on the head's PATH: ours, as an activated venv
 py=.venv/bin/python
 ray_cli=.venv/bin/ray
 work=runs/screenshot
@@ -35,8 +36,8 @@ trap cleanup EXIT
 export RAY_ADDRESS="http://127.0.0.1:$dash"
 job=$("$ray_cli" job submit --no-wait --working-dir . -- python -m launch.ppo --config configs/ppo_tiny.yaml \
   actor.path="$PWD/assets/models/tiny-llama" critic.path="$PWD/assets/models/tiny-llama" \
-  reward.path="$PWD/$work/rm" data.prompt_path="$PWD/data/prompts/train.jsonl" ppo.max_steps=400 \
-  --output-dir "$PWD/$work/ppo" 2>&1 | grep -o "raysubmit_[A-Za-z0-9]*" | head -1)
+  reward.path="$PWD/$work/rm" data.prompt_path="$PWD/data/prompts/train.jsonl" ppo.max_steps=3000 \
+  --output-dir "$PWD/$work/ppo" --overwrite 2>&1 | grep -o "raysubmit_[A-Za-z0-9]*" | head -1)
 echo "submitted $job; waiting for its actors"
 for _ in $(seq 1 90); do
   if "$ray_cli" list actors --filter "state=ALIVE" 2>/dev/null | grep -q "replay-buffer"; then break; fi
@@ -44,6 +45,7 @@ for _ in $(seq 1 90); do
 done
 sleep 10  # a few steps, so the Actors page shows work under way
 token=$("$ray_cli" get-auth-token 2>/dev/null | tail -1)
+set +e
 runs/venv-playwright/bin/python - "http://127.0.0.1:$dash" "$token" docs/dashboard_actors.png <<'PY'
 import sys
 from playwright.sync_api import sync_playwright
@@ -53,16 +55,27 @@ with sync_playwright() as p:
         "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"])
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    def log_in():  # Ray's "Authentication Token Required" dialog: paste the token, as a user would
+        dialog = page.get_by_role("dialog")
+        try:
+            dialog.wait_for(timeout=15000)
+        except Exception:
+            return
+        dialog.locator("input").first.fill(token)
+        dialog.get_by_role("button", name="Submit").click()
+        dialog.wait_for(state="hidden", timeout=15000)
+
     page.goto(f"{url}/#/actors")
-    field = page.locator("input[type=password], input[type=text]").first
-    try:  # Ray's "Authentication Token Required" dialog: paste the token, as a user would
-        field.wait_for(timeout=15000)
-        field.fill(token)
-        page.keyboard.press("Enter")
+    log_in()
+    page.goto(f"{url}/#/actors")
+    page.reload()
+    log_in()
+    try:
+        page.get_by_text("replay-buffer").first.wait_for(timeout=60000)
     except Exception:
-        pass
-    page.goto(f"{url}/#/actors")
-    page.get_by_text("replay-buffer").first.wait_for(timeout=60000)
+        page.screenshot(path=out.replace(".png", "_failed.png"), full_page=True)
+        print("the Actors page never showed replay-buffer; it showed:", page.inner_text("body")[:1500])
+        raise
     page.wait_for_timeout(3000)
     page.screenshot(path=out, full_page=True)
     text = page.inner_text("body")
@@ -71,4 +84,9 @@ missing = [n for n in ("maker-0", "actor-trainer-0", "critic-trainer-0", "replay
 print(f"saved {out}" + (f"; not on the page: {missing}" if missing else ""))
 sys.exit(1 if missing else 0)
 PY
+status=$?
+set -e
+if [ "$status" -ne 0 ]; then
+  echo "the job's log:"; "$ray_cli" job logs "$job" 2>&1 | tail -20; exit 1
+fi
 "$ray_cli" job stop "$job" >/dev/null 2>&1 || true
