@@ -11,9 +11,10 @@ queued on the same dead process are simply sent again. A batch's Experience is t
 return value, owned by the driver, and the pool puts it in the buffer only once the maker has
 returned it: a maker's death loses at most the batches it had not finished, never one already made.
 
-Weight loads are coalesced: a maker has at most one load outstanding, and a busy maker is sent the
-newest export just before its next batch, so a slow maker skips the versions it could not use and
-the object store releases a superseded export as soon as nothing queued refers to it.
+Weight loads are coalesced: a maker is never sent a version it holds or already awaits, and a busy
+maker is sent the newest export only just before its next batch, so a slow maker skips the versions
+it could not use; the pool keeps a ref to a load only until its result is collected, so the object
+store releases a superseded export as soon as the load that used it has run.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class MakerPool:
         self.makers: dict[int, object] = {}
         self.version: dict[int, int] = {}            # version of the newest weights sent to each maker
         self.incarnation: dict[int, int] = {}        # recoveries so far, per maker
-        self.loads: dict[int, ray.ObjectRef] = {}    # the one outstanding weight load of each maker
+        self.loads: dict[int, ray.ObjectRef] = {}    # the newest weight load sent to each maker
+        self.superseded: list[ray.ObjectRef] = []    # older loads still queued when a newer one was sent
         self.sync = None                             # the job's WeightSync: newest version, object-store handles
         self.running: dict[ray.ObjectRef, Batch] = {}  # batches not yet in the buffer, by the ref they wait on
         self.retiring: dict[int, object] = {}        # removed makers finishing their batches
@@ -178,12 +180,12 @@ class MakerPool:
             return
         handle = self.sync.object_store_handle()
         previous = self.loads.get(index)
-        if previous is not None:
-            self._collect_load(index, previous, block=False)
+        if previous is not None and not self._collect_load(previous, block=False):
+            self.superseded.append(previous)  # still queued behind a batch: its result is collected later
         self.loads[index] = self.makers[index].load_weights.remote(handle)
         self.version[index] = handle["version"]
 
-    def _collect_load(self, index: int, ref, block: bool) -> bool:
+    def _collect_load(self, ref, block: bool) -> bool:
         """Move a finished load's result to `finished`; True when it has run (or its maker died)."""
         if not block and not ray.wait([ref], timeout=0)[0]:
             return False
@@ -193,13 +195,17 @@ class MakerPool:
             pass  # its maker died: the next batch finds it behind and recovers it
         return True
 
+    def _collect_superseded(self, block: bool) -> None:
+        self.superseded = [ref for ref in self.superseded if not self._collect_load(ref, block)]
+
     def wait_loads(self) -> list[dict]:
         """Every maker holds the newest export: send it where missing, block until loaded; a maker that
         died meanwhile is recovered (and reloaded)."""
         for index in list(self.makers):
             self._send_newest(index)
         if self.wait_all is not None:
-            self.wait_all(list(self.loads.values()))
+            self.wait_all(list(self.loads.values()) + self.superseded)
+        self._collect_superseded(block=True)
         for index, ref in list(self.loads.items()):
             try:
                 self.finished.append(ray.get(ref))
@@ -211,8 +217,9 @@ class MakerPool:
 
     def finished_loads(self) -> list[dict]:
         """Load results that have come back since the last call, without waiting."""
+        self._collect_superseded(block=False)
         for index, ref in list(self.loads.items()):
-            if self._collect_load(index, ref, block=False):
+            if self._collect_load(ref, block=False):
                 self.loads.pop(index)
         out, self.finished = self.finished, []
         return out
@@ -359,13 +366,14 @@ class MakerPool:
 
     def drain(self) -> None:
         """Wait for batches still being made (the closed buffer refuses them) and weight loads."""
-        for ref in list(self.running) + list(self.loads.values()):
+        for ref in list(self.running) + list(self.loads.values()) + self.superseded:
             try:
                 ray.get(ref)
             except ray.exceptions.RayError:
                 pass
         self.running.clear()
         self.loads.clear()
+        self.superseded.clear()
         for index in list(self.retiring):
             ray.kill(self.retiring.pop(index), no_restart=True)
 
