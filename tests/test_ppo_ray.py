@@ -442,6 +442,7 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
     from transformers import AutoModelForCausalLM
 
     from actors.driver import PPOJob
+    from coati_ray.models.weights import LORA_MARKER
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "qlora", "actor.quantize=int4", "actor.lora_rank=4",
                      "ppo.max_steps=2", "maker.num_makers=1", "actor_trainer.resources.num_ranks=1",
@@ -451,13 +452,18 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
     def after_step(job, step, m):
         maker = ray.get(next(iter(job.makers.values())).weights.remote(merged=True))["actor"]
         trainer = ray.get(job.groups["actor"][0].weights.remote(merged=True))
-        seen.append((maker, trainer, m["sync/bytes"]))
+        adapters = ray.get(job.groups["actor"][0].weights.remote())  # as stored: packed base + adapters
+        critic = ray.get(job.groups["critic"][0].weights.remote())
+        synced = sum(v.numel() * v.element_size() for k, v in adapters.items() if LORA_MARKER in k) + \
+            sum(v.numel() * v.element_size() for v in critic.values())
+        seen.append((maker, trainer, m["sync/bytes"], synced))
 
     summary = PPOJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 2 and len(seen) == 2
-    for maker, trainer, moved in seen:
+    for maker, trainer, moved, synced in seen:
         assert maker.keys() == trainer.keys() and not any("lora_" in k or "absmax" in k for k in maker)
         assert all(torch.equal(maker[k], trainer[k]) for k in trainer)
+        assert moved == synced  # the actor's adapters and the (full) critic: never the 4-bit base
     base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
     moved_from_base = max((seen[-1][1][k] - base[k]).abs().max().item() for k in base)
     assert moved_from_base > 0  # 4-bit rounding plus what the adapters learned
