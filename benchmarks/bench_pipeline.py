@@ -6,9 +6,10 @@
    trainer groups alone (they train on that experience with every maker idle): two rates in
    samples/s. The pipeline bound is the slower of the two.
 2. The full job in sync and async mode: samples trained per second, as a fraction of the bound.
-3. Maker scaling: the async job with 1, 2 and 4 makers (1 torch thread each) and a fixed trainer
-   group: experience produced per second, as speed-up over 1 maker. The buffer is large and the
-   staleness limit loose so the makers are not throttled by the trainers during the window.
+3. Maker scaling: 1, 2 and 4 makers (1 torch thread each, trainers idle) make the same batches, all
+   sent at once and spread evenly: experience produced per second, as speed-up over 1 maker. (Not
+   measured inside the async job: there the makers finish the run's few batches within its first
+   steps and the trainers set the pace, so a per-step rate reads 0 in the later steps.)
 """
 
 from __future__ import annotations
@@ -26,17 +27,45 @@ def connect() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
 
 
-def make_step(job, step: int) -> None:
-    """Step `step`'s batches made and put in the buffer, with the trainers idle."""
+def make_tickets(job, tickets: range) -> None:
+    """Batches `tickets` sent at once, round robin over the makers, and waited for until all are in the
+    buffer, with the trainers idle."""
     from actors.maker_pool import Batch
 
-    k, makers = job.items_per_step, sorted(job.pool.makers)
-    for j, ticket in enumerate(range(step * k, (step + 1) * k)):
+    makers = sorted(job.pool.makers)
+    for j, ticket in enumerate(tickets):
         job.pool.submit(makers[j % len(makers)], Batch(ticket, job.prompts.batch(ticket)))
     landed = 0
-    while landed < k:
+    while landed < len(tickets):
         done, _ = ray.wait(job.pool.refs(), num_returns=1)
         landed += job.pool.on_ready(done[0]) is not None
+
+
+def make_step(job, step: int) -> None:
+    """Step `step`'s batches made and put in the buffer, with the trainers idle."""
+    k = job.items_per_step
+    make_tickets(job, range(step * k, (step + 1) * k))
+
+
+def maker_rate(makers: int, steps: int) -> float:
+    """Experience samples/s of `makers` makers (1 torch thread, 0.25 CPU each) making 4 x (steps - 1)
+    batches at once (as many on each maker for 1, 2 and 4), after one warm-up batch each."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(os.path.join(OUT, f"scaling_{makers}"), f"ppo.max_steps={4 * steps}",
+                     f"maker.num_makers={makers}", "maker.num_cpus=0.25",
+                     f"buffer.capacity={ROLLOUT * 4 * steps}")
+    job = PPOJob(cfg, log=False, overwrite=True)
+    try:
+        job.start()
+        make_tickets(job, range(makers))  # each maker's first batch: warm-up
+        timed = range(makers, makers + 4 * (steps - 1))
+        t = time.perf_counter()
+        make_tickets(job, timed)
+        seconds = time.perf_counter() - t
+    finally:
+        job.shutdown()
+    return len(timed) * job.cfg.maker.batch_size / seconds
 
 
 def standalone(steps: int) -> dict:
@@ -92,9 +121,7 @@ def main(argv=None) -> dict:
             j["fraction_of_bound"] = j["trained_samples_per_s"] / bound
         scaling = {}
         for n in (1, 2, 4):
-            r = full_job("async", args.steps, f"maker.num_makers={n}", "maker.num_cpus=0.25", "ppo.max_staleness=1000",
-                         f"buffer.capacity={ROLLOUT * 64}")
-            scaling[n] = {"produced_samples_per_s": r["produced_samples_per_s"]}
+            scaling[n] = {"produced_samples_per_s": maker_rate(n, args.steps)}
         for n in scaling:
             scaling[n]["speedup"] = scaling[n]["produced_samples_per_s"] / scaling[1]["produced_samples_per_s"]
     finally:
