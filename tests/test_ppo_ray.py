@@ -190,6 +190,36 @@ def resume_pair(local_ray, tiny_llama, reward_dir, tmp_path_factory):
     return {"full": full, "resumed": resumed, "summary": summary, "root": root}
 
 
+def test_async_resume_remakes_the_batches_in_flight_none_skipped_none_twice(local_ray, tiny_llama, reward_dir,
+                                                                          tmp_path):
+    """Async mode: batches the makers had started for later steps when the checkpoint was written are made
+    again on resume (from the checkpoint's weights), so the resumed run trains exactly the batches the
+    uninterrupted one trained after the checkpoint."""
+    from actors.driver import PPOJob
+
+    overrides = ("ppo.mode=async", "ppo.max_staleness=1", "ppo.max_steps=4", "ppo.save_every=2")
+    full, resumed = {}, {}
+
+    def recorder(store):
+        return lambda job, step, m: store.__setitem__(step, m["consumed"])
+
+    PPOJob(ppo_config(tiny_llama, reward_dir, tmp_path / "full", *overrides)).run(on_step=recorder(full))
+    assert any(v < 2 for v in full[3]["actor"]["versions"])  # step 3's experience was in flight at step 2
+    os.makedirs(tmp_path / "resumed" / "checkpoints")
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_000002",
+                    tmp_path / "resumed" / "checkpoints" / "step_000002")
+    summary = PPOJob(ppo_config(tiny_llama, reward_dir, tmp_path / "resumed", *overrides),
+                     resume_from=str(tmp_path / "resumed" / "checkpoints" / "step_000002")).run(on_step=recorder(resumed))
+    assert summary["steps"] == 4 and sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        for role in ("actor", "critic"):
+            assert resumed[step][role]["batch_ids"] == full[step][role]["batch_ids"], (step, role)
+    assert min(resumed[3]["actor"]["versions"]) == 2  # remade from the checkpoint's weights
+    trained = [b for store, steps in ((full, (1, 2)), (resumed, (3, 4))) for s in steps for b in store[s]["actor"]["batch_ids"]]
+    assert sorted(trained) == list(range(len(trained)))  # none skipped, none twice
+    assert_no_leaks()
+
+
 def test_resume_continues_exactly_the_uninterrupted_run(resume_pair):
     full, resumed = resume_pair["full"], resume_pair["resumed"]
     assert resume_pair["summary"]["steps"] == 4 and sorted(resumed) == [3, 4]
