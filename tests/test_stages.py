@@ -63,19 +63,20 @@ def test_sft_loss_falls_and_run_dir_is_complete(tiny_llama, tmp_path):
     assert model.config.vocab_size >= len(tok)
 
 
-def test_a_finished_run_is_never_replaced_or_mixed_without_overwrite(tiny_llama, tmp_path, capsys):
-    out = tmp_path / "sft"
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+def test_a_finished_run_is_never_replaced_or_mixed_without_overwrite(stage, tiny_llama, tmp_path, capsys):
+    out = tmp_path / stage
     keep = tmp_path / "mine.txt"  # a user's file beside the run: --overwrite removes run artefacts only
-    assert run("sft", out, *data_overrides("sft", tiny_llama), "trainer.max_steps=6", "trainer.save_every=3") == 0
+    assert run(stage, out, *data_overrides(stage, tiny_llama), "trainer.max_steps=6", "trainer.save_every=3") == 0
     shutil.copy(os.path.join(REPO, "README.md"), out / "notes.md")
     before = (out / "metrics.jsonl").read_bytes()
     capsys.readouterr()
-    assert run("sft", out, *data_overrides("sft", tiny_llama), "trainer.max_steps=4") == 2
+    assert run(stage, out, *data_overrides(stage, tiny_llama), "trainer.max_steps=4") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds a run" in err[0] and "--overwrite" in err[0], err
     assert (out / "metrics.jsonl").read_bytes() == before and (out / "checkpoints" / "step_000003").is_dir()
     keep.write_text("x")
-    assert run("sft", out, *data_overrides("sft", tiny_llama), "trainer.max_steps=4", "trainer.save_every=null",
+    assert run(stage, out, *data_overrides(stage, tiny_llama), "trainer.max_steps=4", "trainer.save_every=null",
                "--overwrite") == 0
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]  # the new run's lines only
     assert not (out / "checkpoints" / "step_000003").exists() and summary(out)["steps"] == 4
