@@ -185,6 +185,8 @@ CASES = [
     ("PPO into a directory holding a run", "ppo", lambda c: c.ppo("--output-dir", c.finished_run()), "already holds"),
     ("SFT into a directory holding a run", "sft", lambda c: c.sft("--output-dir", c.finished_run()), "--overwrite"),
     ("RM into a directory holding a run", "rm", lambda c: c.rm("--output-dir", c.finished_run()), "--resume"),
+    ("NEFTune on a reward model", "rm", lambda c: c.rm("use_neft=true"), "use_neft"),
+    ("NEFTune alpha not positive", "sft", lambda c: c.sft("use_neft=true", "neft_alpha=0"), "neft_alpha"),
     ("resume and overwrite at once", "sft", lambda c: c.sft("--resume", "--overwrite"), "contradict"),
     ("resume from a half-written checkpoint", "ppo", lambda c: c.ppo("--resume", c.half_written_checkpoint()),
      "not a complete checkpoint"),

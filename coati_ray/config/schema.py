@@ -247,9 +247,14 @@ class SFTConfig(JobConfig):
     optim: OptimizerConfig = opt(None, "optimiser")
     trainer: TrainerConfig = opt(None, "update loop")
     resources: ResourceConfig = opt(None, "trainer-group size and per-rank resources")
+    use_neft: bool = opt(False, "NEFTune: uniform noise of scale neft_alpha / sqrt(length x hidden) on the input "
+                                "embeddings, in training only (evaluation and generation are unchanged)")
+    neft_alpha: float = opt(5.0, "NEFTune's noise alpha (5 in the paper and in TRL)")
 
     def validate(self) -> None:
         super().validate()
+        if self.neft_alpha <= 0:
+            _fail("neft_alpha", f"must be > 0, got {self.neft_alpha}", "e.g. 5")
         self.model.validate()
         self.data.validate()
         self.resources.validate()
@@ -274,6 +279,8 @@ class RMConfig(SFTConfig):
     loss_fn: Literal["log_sig", "log_exp"] = opt("log_sig", "pairwise loss: log_sig (OpenAI) or log_exp (Anthropic)")
 
     def check_layout(self) -> None:
+        if self.use_neft:
+            _fail("use_neft", "NEFTune is for SFT (and pretraining), not a reward model", "remove use_neft")
         if self.data.format not in ("auto", "pairs", "hh_rlhf", "rm_static"):
             _fail("data.format", f"'{self.data.format}' is not a preference-pair layout",
                   "use auto, pairs, hh_rlhf or rm_static")

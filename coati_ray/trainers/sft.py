@@ -14,6 +14,13 @@ from coati_ray.trainers.supervised import SupervisedTrainer
 class SFTTrainer(SupervisedTrainer):
     stage = "sft"
 
+    def __init__(self, cfg, strategy, model, *args, **kwargs):
+        if cfg.use_neft:
+            from coati_ray.models.neftune import add_neftune
+
+            add_neftune(model, cfg.neft_alpha)
+        super().__init__(cfg, strategy, model, *args, **kwargs)
+
     @staticmethod
     def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int]):
         from coati_ray.data.datasets import build_sft_dataset
