@@ -60,7 +60,7 @@ class MakerPool:
         self.version: dict[int, int] = {}            # version of the newest weights sent to each maker
         self.incarnation: dict[int, int] = {}        # recoveries so far, per maker
         self.loads: dict[int, ray.ObjectRef] = {}    # the newest weight load sent to each maker
-        self.superseded: list[ray.ObjectRef] = []    # older loads still queued when a newer one was sent
+        self.superseded: list[tuple[int, ray.ObjectRef]] = []  # (maker, load) still queued when a newer one was sent
         self.sync = None                             # the job's WeightSync: newest version, object-store handles
         self.running: dict[ray.ObjectRef, Batch] = {}  # batches not yet in the buffer, by the ref they wait on
         self.retiring: dict[int, object] = {}        # removed makers finishing their batches
@@ -119,7 +119,9 @@ class MakerPool:
         while len(self.makers) > target:
             index = max(self.makers)
             maker = self.makers.pop(index)
-            self.loads.pop(index, None)
+            load = self.loads.pop(index, None)
+            if load is not None and not self._collect_load(load, block=False):
+                self.superseded.append((index, load))  # its result is still reported
             if self._batches_on(index):
                 self.retiring[index] = maker  # killed once its batches are made (nothing in flight is lost)
             else:
@@ -181,7 +183,7 @@ class MakerPool:
         handle = self.sync.object_store_handle()
         previous = self.loads.get(index)
         if previous is not None and not self._collect_load(previous, block=False):
-            self.superseded.append(previous)  # still queued behind a batch: its result is collected later
+            self.superseded.append((index, previous))  # still queued behind a batch: collected later
         self.loads[index] = self.makers[index].load_weights.remote(handle)
         self.version[index] = handle["version"]
 
@@ -191,12 +193,12 @@ class MakerPool:
             return False
         try:
             self.finished.append(ray.get(ref))
-        except ray.exceptions.RayActorError:
-            pass  # its maker died: the next batch finds it behind and recovers it
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+            pass  # its maker (or the export's owner) died: the next batch finds it behind and recovers it
         return True
 
     def _collect_superseded(self, block: bool) -> None:
-        self.superseded = [ref for ref in self.superseded if not self._collect_load(ref, block)]
+        self.superseded = [(i, ref) for i, ref in self.superseded if not self._collect_load(ref, block)]
 
     def wait_loads(self) -> list[dict]:
         """Every maker holds the newest export: send it where missing, block until loaded; a maker that
@@ -204,7 +206,7 @@ class MakerPool:
         for index in list(self.makers):
             self._send_newest(index)
         if self.wait_all is not None:
-            self.wait_all(list(self.loads.values()) + self.superseded)
+            self.wait_all(list(self.loads.values()) + [ref for _, ref in self.superseded])
         self._collect_superseded(block=True)
         for index, ref in list(self.loads.items()):
             try:
@@ -243,7 +245,7 @@ class MakerPool:
                 name = f"maker-{batch.maker}"
                 out[name] = out.get(name, "") + ("; " if name in out else "") + \
                     f"make of batch {batch.batch_id}, sent {now - batch.t_sent:.0f}s ago"
-        for index in self.loads:
+        for index in list(self.loads) + [i for i, _ in self.superseded]:
             out.setdefault(f"maker-{index}", "load_weights")
         return out
 
@@ -366,7 +368,7 @@ class MakerPool:
 
     def drain(self) -> None:
         """Wait for batches still being made (the closed buffer refuses them) and weight loads."""
-        for ref in list(self.running) + list(self.loads.values()) + self.superseded:
+        for ref in list(self.running) + list(self.loads.values()) + [ref for _, ref in self.superseded]:
             try:
                 ray.get(ref)
             except ray.exceptions.RayError:

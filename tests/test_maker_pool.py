@@ -26,6 +26,10 @@ class FakeRay:
         return [r for r in refs if r.done], [r for r in refs if not r.done]
 
     @staticmethod
+    def kill(actor, no_restart=True):
+        pass
+
+    @staticmethod
     def get(ref, timeout=None):
         assert ref.done, "the pool blocked on a load that has not run"
         return {"version": ref.version, "seconds": 0.0}
@@ -79,3 +83,12 @@ def test_waiting_for_loads_collects_superseded_ones_too(pool):
     pool.wait_all = lambda refs: (waited.extend(refs), [setattr(r, "done", True) for r in refs])
     assert sorted(r["version"] for r in pool.wait_loads()) == [1, 2]
     assert sorted(r.version for r in waited) == [1, 2] and pool.superseded == []
+
+
+def test_a_removed_makers_unfinished_load_is_still_collected(pool):
+    pool.cfg = types.SimpleNamespace(maker=types.SimpleNamespace())
+    pool._send_newest(0)
+    pool.scale_to(0)
+    assert pool.makers == {} and [i for i, _ in pool.superseded] == [0]
+    pool.superseded[0][1].done = True
+    assert [r["version"] for r in pool.finished_loads()] == [1] and pool.superseded == []
