@@ -7,7 +7,7 @@ Every `{"piece": ...}` row of the jsonl that the source tokenizer does not alrea
 becomes one new token, with the next free id (existing ids are unchanged; repeats are skipped). The model
 written to OUT (Hugging Face format, with its tokenizer) gets one new input-embedding and LM-head row per
 new token, each the mean of the old vocabulary's rows (tied embeddings: one matrix). OUT must not exist:
-nothing is overwritten; it is written to OUT.tmp and renamed once complete.
+nothing is overwritten; it is written to a new temporary sibling and renamed once complete.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
-from coati_ray.errors import CoatiError, ConfigError
+from coati_ray.errors import CoatiError, ConfigError, ModelError
 from launch.common import fail, quiet_libraries
 
 
@@ -30,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--expand_tokens_file", "--pieces", dest="pieces", required=True,
                    help='jsonl of {"piece": ...} rows')
     p.add_argument("--target_model_path", "--output", dest="output", required=True,
-                   help="new directory for the expanded model and tokenizer")
+                   help="new directory for the expanded model and tokenizer (written to a temporary sibling, then renamed)")
     return p
 
 
@@ -56,10 +57,10 @@ def main(argv=None) -> int:
 
         check(args)
         pieces = read_pieces(args.pieces)
-        from coati_ray.models.loading import load_causal_lm, load_tokenizer
+        from coati_ray.models.loading import load_causal_lm
         from coati_ray.models.vocab import expand_model, expand_tokenizer
 
-        tokenizer = load_tokenizer(args.source)
+        tokenizer = _source_tokenizer(args.source)
         model = load_causal_lm(args.source, dtype=_stored_dtype(args.source))
         expansion = expand_tokenizer(tokenizer, pieces)
         expand_model(model, expansion)
@@ -69,17 +70,32 @@ def main(argv=None) -> int:
               "old_vocab": expansion.first_id, "new_vocab": len(tokenizer), "added": len(expansion.added),
               "already_present": len(expansion.already_present), "repeated": expansion.repeated,
               "first_new_id": expansion.first_id}
-    tmp = args.output.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "expand_vocab.json"), "w") as f:
-        json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present},
-                  f, indent=1, ensure_ascii=False)
-    os.rename(tmp, args.output)
+    out = os.path.abspath(args.output)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))  # never an existing dir
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "expand_vocab.json"), "w") as f:
+            json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present},
+                      f, indent=1, ensure_ascii=False)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"expanded {report['old_vocab']} -> {report['new_vocab']} tokens: {report['added']} added, "
           f"{report['already_present']} already one token, {report['repeated']} repeated; written to {args.output}")
     return 0
+
+
+def _source_tokenizer(path: str):
+    """The source tokenizer exactly as saved (no pad token added: the output keeps its special tokens)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model error: cannot load a tokenizer from '{path}' ({str(e).splitlines()[0]}); "
+                         "--source_model_and_tokenizer_path must hold the tokenizer files too") from None
 
 
 def _stored_dtype(path: str) -> str:

@@ -64,7 +64,7 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
     assert main(["--source", source, "--pieces", str(bad), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}:2" in err[0] and "piece" in err[0], err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]  # nothing written
 
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -76,3 +76,30 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
 
     assert main(["--source", str(tmp_path), "--pieces", good, "--output", str(tmp_path / "o2")]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_spare_rows_are_kept_and_missing_old_rows_start_at_the_mean():
+    """A model with more rows than its tokenizer (padded vocabularies) keeps its spare rows beyond the new
+    ids; one with fewer gets the old tokens it lacked set to the mean too."""
+    from transformers import AutoModelForCausalLM
+
+    from coati_ray.models.vocab import Expansion, expand_model
+    from tests.conftest import REPO
+
+    source = f"{REPO}/assets/models/tiny-llama"
+    expansion = Expansion(first_id=353, added=["a", "b", "c"])
+    padded = AutoModelForCausalLM.from_pretrained(source)
+    padded.resize_token_embeddings(360, mean_resizing=False)
+    before = padded.get_input_embeddings().weight.detach().clone()
+    expand_model(padded, expansion)
+    after = padded.get_input_embeddings().weight
+    assert after.shape[0] == 360 and torch.equal(after[356:], before[356:]) and torch.equal(after[:353], before[:353])
+    assert torch.equal(after[353], before[:353].mean(dim=0))
+
+    short = AutoModelForCausalLM.from_pretrained(source)
+    short.resize_token_embeddings(350, mean_resizing=False)
+    before = short.get_output_embeddings().weight.detach().clone()
+    expand_model(short, expansion)
+    after = short.get_output_embeddings().weight
+    assert after.shape[0] == 356 and torch.equal(after[:350], before)
+    assert all(torch.equal(after[i], before.mean(dim=0)) for i in range(350, 356))

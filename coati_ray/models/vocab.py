@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from coati_ray.errors import DataError
+from coati_ray.errors import DataError, ModelError
 
 
 @dataclass
@@ -24,6 +24,10 @@ class Expansion:
     added: list[str] = field(default_factory=list)
     already_present: list[str] = field(default_factory=list)   # already one token of the source tokenizer
     repeated: int = 0                                           # later copies of a piece in the file
+
+    @property
+    def new_ids(self) -> range:
+        return range(self.first_id, self.first_id + len(self.added))
 
 
 def read_pieces(path: str) -> list[str]:
@@ -55,26 +59,33 @@ def read_pieces(path: str) -> list[str]:
 
 def expand_tokenizer(tokenizer, pieces: list[str]) -> Expansion:
     """Add each new piece to `tokenizer` (in place) as one token with the next free id; existing ids are
-    unchanged. A piece the tokenizer already encodes as one token, and a piece's repeats, are skipped."""
+    unchanged. A piece already in the vocabulary or already encoded as one token (byte-level BPE and
+    SentencePiece spell a word differently), and a piece's repeats, are skipped."""
     out = Expansion(first_id=len(tokenizer))
-    seen = set()
+    vocab, seen = tokenizer.get_vocab(), set()
     for piece in pieces:
         if piece in seen:
             out.repeated += 1
             continue
         seen.add(piece)
-        if len(tokenizer.encode(piece, add_special_tokens=False)) == 1:
+        if piece in vocab or len(tokenizer.encode(piece, add_special_tokens=False)) == 1:
             out.already_present.append(piece)
         else:
             out.added.append(piece)
     tokenizer.add_tokens(out.added)
+    ids = tokenizer.convert_tokens_to_ids(out.added)
+    if ids != list(out.new_ids) or len(tokenizer) != out.new_ids.stop:
+        raise ModelError(f"model error: the tokenizer did not give the {len(out.added)} new pieces the ids "
+                         f"{out.first_id}..{out.new_ids.stop - 1} (got {ids[:5]}...); it may hold added tokens "
+                         "outside its vocabulary: remove them or expand from its base tokenizer")
     return out
 
 
 def mean_init_rows(weight: torch.Tensor, old_rows: int, new_rows: range) -> None:
     """Set `weight[new_rows]` to the mean of `weight[:old_rows]` (computed in float32), in place.
 
-    weight: (vocab, hidden); old_rows: rows of the old vocabulary; new_rows: ids of the added tokens.
+    weight: (vocab, hidden) or (vocab,) for a bias; old_rows: rows of the old vocabulary; new_rows: the
+    rows to set.
     """
     with torch.no_grad():
         mean = weight[:old_rows].float().mean(dim=0)
@@ -83,17 +94,20 @@ def mean_init_rows(weight: torch.Tensor, old_rows: int, new_rows: range) -> None
 
 def expand_model(model: nn.Module, expansion: Expansion) -> None:
     """Grow `model` (an HF causal LM, in place) to hold the expansion's tokens: its input embeddings and
-    its LM head (one matrix when they are tied) get the new rows, each the mean of the old vocabulary's
-    rows. Rows of old ids, and spare rows the model had beyond the new ids, are left bit-equal."""
-    old_rows, new_ids = expansion.first_id, range(expansion.first_id, expansion.first_id + len(expansion.added))
+    its LM head (one matrix when they are tied; a head bias too) get the new rows, each the mean of the
+    old vocabulary's rows. Rows of old ids, and spare rows the model had beyond the new ids, are left
+    bit-equal. A model smaller than its old tokenizer gets the missing old rows set to the mean as well."""
     size = model.get_input_embeddings().weight.shape[0]
-    if new_ids.stop > size:
-        model.resize_token_embeddings(new_ids.stop, mean_resizing=False)
+    old_rows = min(expansion.first_id, size)
+    fill = range(old_rows, expansion.new_ids.stop)
+    if fill.stop > size:
+        model.resize_token_embeddings(fill.stop, mean_resizing=False)
     inputs = model.get_input_embeddings().weight
-    mean_init_rows(inputs, old_rows, new_ids)
+    mean_init_rows(inputs, old_rows, fill)
     head = model.get_output_embeddings()
-    if head is not None and head.weight.data_ptr() != inputs.data_ptr():
-        mean_init_rows(head.weight, old_rows, new_ids)
-        if getattr(head, "bias", None) is not None:  # a biased head: new logits start at the mean bias
-            with torch.no_grad():
-                head.bias[new_ids.start:new_ids.stop] = head.bias[:old_rows].float().mean().to(head.bias.dtype)
+    if head is None:
+        return
+    if head.weight.data_ptr() != inputs.data_ptr():
+        mean_init_rows(head.weight, old_rows, fill)
+    if getattr(head, "bias", None) is not None:  # a biased head: new logits start at the mean bias
+        mean_init_rows(head.bias, old_rows, fill)
