@@ -24,7 +24,7 @@ START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 def reference() -> str:
     lines = []
     sft_keys = {row[0] for row in describe(SFTConfig)}
-    for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key, plus", RMConfig),
+    for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key (but `use_neft`, refused), plus", RMConfig),
                        ("PPO (`launch.ppo`)", PPOConfig)):
         rows = [r for r in describe(cls) if cls is not RMConfig or r[0] not in sft_keys or r[0] == "output_dir"]
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]

@@ -249,11 +249,11 @@ class SFTConfig(JobConfig):
     resources: ResourceConfig = opt(None, "trainer-group size and per-rank resources")
     use_neft: bool = opt(False, "NEFTune: uniform noise of scale neft_alpha / sqrt(length x hidden) on the input "
                                 "embeddings, in training only (evaluation and generation are unchanged)")
-    neft_alpha: float = opt(5.0, "NEFTune's noise alpha (5 in the paper and in TRL)")
+    neft_alpha: float = opt(5.0, "NEFTune's noise alpha (the NEFTune paper uses 5 to 15)")
 
     def validate(self) -> None:
         super().validate()
-        if self.neft_alpha <= 0:
+        if self.use_neft and self.neft_alpha <= 0:
             _fail("neft_alpha", f"must be > 0, got {self.neft_alpha}", "e.g. 5")
         self.model.validate()
         self.data.validate()
