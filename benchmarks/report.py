@@ -130,6 +130,7 @@ def sync_misses(rows: list[dict]) -> list[str]:
     applies = ", ".join(f"{x['size']}: {f(x['object_store']['apply_seconds'], 3)} s against {f(x['raw_put_get']['seconds'], 3)} s"
                         for x in full if x["makers"] == 1)
     copy = [x["object_store"]["apply_seconds"] / x["raw_put_get"]["seconds"] for x in full if x["makers"] == 1]
+    publishes = ", ".join(f"{x['size']} × {x['makers']}: publish {f(x['object_store']['publish_seconds'], 3)} s" for x in full)
     worst = min(full, key=lambda x: x["collective_over_raw_bandwidth"])
     return [f"*Why the targets are missed here.* 3 makers over 1: the raw gloo broadcast, with no model at either "
             f"end, slows down about as much ({raw_scaling}): the sender and three receivers share this machine's 2 "
@@ -139,7 +140,9 @@ def sync_misses(rows: list[dict]) -> list[str]:
             "while a maker must write every byte into its model's parameters once (a strict, counted copy, cast "
             f"where dtypes differ); that copy alone (1 maker, apply against the whole raw put+get: {applies}) takes "
             f"{f(min(copy))}–{f(max(copy))}× the floor, and below 100 MB a Ray task's round trip per maker "
-            "(milliseconds) weighs as much as the bytes. The collective's worst bandwidth row is "
+            "(milliseconds) weighs as much as the bytes; where a row's ratio is far above its copy's, its publish "
+            f"(the `ray.put` of numpy views) was slow in that repeat ({publishes}). The targets are read on "
+            "full-model syncs: LoRA rows move 10 MB or less, where a call's fixed cost dominates both transports. The collective's worst bandwidth row is "
             f"{worst['size']} with {worst['makers']} maker(s) ({f(worst['collective_over_raw_bandwidth'])} of the raw "
             "broadcast), where the broadcast takes tens of milliseconds and 2-core scheduling noise moves the ratio "
             "from run to run; `sync.transport=auto` uses the collective whenever the group forms."]
