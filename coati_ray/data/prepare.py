@@ -1,0 +1,141 @@
+"""Colossal-LLaMA's data preparation: jsonl directories -> tokenized samples in bins per category.
+
+Pretraining rows are `{"source", "target", "category"}` (the loss is on `target` only); the samples of
+one category are spliced together up to `max_length` tokens, so a step wastes no padding. SFT rows are
+`{"messages": [{"from", "content"}, ...]}` (loss on assistant turns; `category` optional) and are not
+spliced. Each category's samples are shuffled with the seed and cut into `num_bins` contiguous bins;
+bucket b of training is bin b of every category (see coati_ray/trainers/pretrain.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from typing import Iterator
+
+from coati_ray.algo.losses import IGNORE_INDEX
+from coati_ray.data.datasets import _bos, _ids, tokenize_conversation
+from coati_ray.data.formats import sft_messages
+from coati_ray.errors import DataError
+
+MODES = ("pretrain", "sft")
+
+
+def jsonl_files(dirs: list[str]) -> list[str]:
+    """Every *.jsonl file of the input directories, in a stable order; a missing or empty directory is
+    one line."""
+    files = []
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise DataError(f"data error: --data_input_dirs: '{d}' is not a directory; give directories of .jsonl files")
+        found = sorted(glob.glob(os.path.join(d, "*.jsonl")))
+        if not found:
+            raise DataError(f"data error: --data_input_dirs: '{d}' holds no .jsonl file")
+        files += found
+    return files
+
+
+def read_rows(files: list[str]) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every non-blank line; `where` is 'file:line'. A line that is not a JSON object
+    stops with one line naming it."""
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            try:
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}:{line_no}"
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise DataError(f"data error: {where} is not valid JSON; each line must be one object") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"data error: {where} is not a JSON object")
+                    yield where, row
+            except UnicodeDecodeError:
+                raise DataError(f"data error: {path} is not UTF-8 text; re-encode it as UTF-8") from None
+
+
+def pretrain_sample(row: dict, where: str, tokenizer, max_length: int) -> dict:
+    """input_ids = BOS + source + target + EOS, labels = IGNORE over BOS + source; cut at max_length."""
+    for key in ("source", "target", "category"):
+        if not isinstance(row.get(key), str):
+            raise DataError(f"data error: {where}: field '{key}' must be a string (rows are "
+                            "{\"source\": ..., \"target\": ..., \"category\": ...}; source may be \"\")")
+    if not row["target"]:
+        raise DataError(f"data error: {where}: 'target' is empty, so there is nothing to learn from")
+    prompt = _bos(tokenizer) + (_ids(tokenizer, row["source"]) if row["source"] else [])
+    target = _ids(tokenizer, row["target"]) + [tokenizer.eos_token_id]
+    ids, labels = prompt + target, [IGNORE_INDEX] * len(prompt) + target
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "category": row["category"] or "unknown",
+            "truncated": len(ids) > max_length}
+
+
+def sft_sample(row: dict, where: str, tokenizer, max_length: int) -> dict:
+    """Our chat template over `messages`; labels only on assistant turns; cut at max_length."""
+    try:
+        messages = sft_messages(row, "messages")["messages"]
+    except ValueError as e:
+        raise DataError(f"data error: {where}: {e}") from None
+    full, _ = tokenize_conversation(messages, tokenizer, max_length=10**9)
+    ids, labels = tokenize_conversation(messages, tokenizer, max_length)
+    category = row.get("category") if isinstance(row.get("category"), str) and row.get("category") else "unknown"
+    return {"input_ids": ids, "labels": labels, "category": category, "truncated": len(full) > max_length}
+
+
+def splice(samples: list[dict], max_length: int) -> list[dict]:
+    """Concatenate consecutive samples (each: input_ids (L_i,), labels (L_i,)) while the total stays
+    within max_length; each output holds whole samples only. Returns [{input_ids, labels}] of length
+    <= max_length each, covering every sample once, in order."""
+    out, ids, labels = [], [], []
+    for s in samples:
+        if ids and len(ids) + len(s["input_ids"]) > max_length:
+            out.append({"input_ids": ids, "labels": labels})
+            ids, labels = [], []
+        ids, labels = ids + s["input_ids"], labels + s["labels"]
+    if ids:
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def contiguous_bins(items: list, num_bins: int) -> list[list]:
+    """`items` cut into `num_bins` contiguous runs whose sizes differ by at most one (empty runs when
+    there are fewer items than bins)."""
+    size, extra = divmod(len(items), num_bins)
+    bins, start = [], 0
+    for b in range(num_bins):
+        end = start + size + (b < extra)
+        bins.append(items[start:end])
+        start = end
+    return bins
+
+
+def prepare(mode: str, files: list[str], tokenizer, max_length: int, num_bins: int, seed: int) -> tuple[list[dict], dict]:
+    """Parts [{category, bin, rows: [{input_ids, labels}]}] ordered by (category, bin), and counts."""
+    make = pretrain_sample if mode == "pretrain" else sft_sample
+    by_category: dict[str, list[dict]] = {}
+    rows = truncated = 0
+    for where, row in read_rows(files):
+        s = make(row, where, tokenizer, max_length)
+        if all(label == IGNORE_INDEX for label in s["labels"]):
+            raise DataError(f"data error: {where}: every target token is cut off at max_length={max_length}; "
+                            "raise --max_length or shorten the source")
+        rows += 1
+        truncated += s.pop("truncated")
+        by_category.setdefault(s.pop("category"), []).append(s)
+    if not rows:
+        raise DataError("data error: the input directories hold no rows")
+    parts = []
+    for category in sorted(by_category):
+        samples = by_category[category]
+        random.Random(f"{seed}:{category}").shuffle(samples)
+        if mode == "pretrain":
+            samples = splice(samples, max_length)
+        for b, items in enumerate(contiguous_bins(samples, num_bins)):
+            if items:
+                parts.append({"category": category, "bin": b, "rows": items})
+    counts = {"rows": rows, "truncated": truncated, "categories": len(by_category),
+              "samples": sum(len(p["rows"]) for p in parts)}
+    return parts, counts
