@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test demo demo-rlvr sft rm bench soak grafana dashboard-screenshot clean
+.PHONY: setup assets test demo demo-rlvr sft rm pretrain bench soak grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -42,6 +42,12 @@ demo-rlvr: setup
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml
+
+# Colossal-LLaMA's continual pretraining on the tiny model: prepare data/pretrain, then train on it.
+pretrain: setup
+	$(VPY) -m launch.prepare_data --mode pretrain --data_input_dirs data/pretrain --tokenizer_dir assets/models/tiny-llama \
+		--data_output_dirs runs/prepared_pretrain --max_length 64 --num_spliced_dataset_bins 4
+	$(VPY) -m launch.pretrain --config configs/pretrain_tiny.yaml --overwrite
 
 # The RM starts from the SFT model, so `make rm` trains it first when it is missing.
 rm: setup

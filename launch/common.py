@@ -89,7 +89,8 @@ def fail(err: BaseException) -> int:
 
 
 def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, description: str,
-                         argv: Optional[list[str]] = None) -> int:
+                         argv: Optional[list[str]] = None,
+                         starting_point: Optional[Callable[[object, Optional[str]], Optional[str]]] = None) -> int:
     """Parse, validate (config and data) before anything heavy, then train on 1 rank or a Ray group."""
     args = parser_for(stage, description).parse_args(argv)
     quiet_libraries()
@@ -107,6 +108,8 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
             return 0
         check_run_dir(cfg.output_dir, resume=args.resume is not None, overwrite=args.overwrite)
         resume_from = resolve_resume(args.resume, cfg.output_dir)
+        if starting_point is not None:  # a stage's own way to name where it starts (pretrain: load_checkpoint)
+            resume_from = starting_point(cfg, resume_from)
         preflight_data(cfg, trainer_cls)
     except CoatiError as e:
         return fail(e)

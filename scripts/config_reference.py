@@ -15,6 +15,7 @@ sys.path.insert(0, ROOT)
 
 from coati_ray.config import RMConfig, SFTConfig, describe  # noqa: E402
 from coati_ray.config.generate import GenerateConfig  # noqa: E402
+from coati_ray.config.pretrain import PretrainConfig  # noqa: E402
 from coati_ray.config.pipeline import PipelineConfig  # noqa: E402
 from coati_ray.config.ppo import PPOConfig  # noqa: E402
 
@@ -23,10 +24,12 @@ START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 def reference() -> str:
     lines = []
-    sft_keys = {row[0] for row in describe(SFTConfig)}
+    sft_rows = {row[0]: row for row in describe(SFTConfig)}
     for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key (but `use_neft`, refused), plus", RMConfig),
+                       ("Pretrain (`launch.pretrain`): every SFT key, plus these (and their own defaults)", PretrainConfig),
                        ("PPO (`launch.ppo`)", PPOConfig)):
-        rows = [r for r in describe(cls) if cls is not RMConfig or r[0] not in sft_keys or r[0] == "output_dir"]
+        extends_sft = cls in (RMConfig, PretrainConfig)
+        rows = [r for r in describe(cls) if not extends_sft or sft_rows.get(r[0]) != r or r[0] == "output_dir"]
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in rows]
         lines.append("")

@@ -7,6 +7,7 @@ sft/instruction.jsonl              the same task in `instruction`/`input`/`outpu
 pref/train.jsonl, pref/eval.jsonl  `prompt`/`chosen`/`rejected`, ranked by the gold score (the "labeller")
 prompts/train.jsonl, eval.jsonl    `prompt` rows for PPO
 ptx/train.jsonl                    correct demonstrations for the PPO-ptx pretraining loss
+pretrain/*.jsonl                   `source`/`target`/`category` rows for launch.prepare_data --mode pretrain
 """
 
 from __future__ import annotations
@@ -88,6 +89,23 @@ def main() -> None:
         ptx.append({"messages": [{"from": "human", "content": prompt_text(nums)},
                                  {"from": "assistant", "content": answer_text(nums)}]})
     write(f"{out}/ptx/train.jsonl", ptx)
+    pretrain_rows(random.Random(args.seed + 1), out)
+
+
+def pretrain_rows(rng: random.Random, out: str) -> None:
+    """Colossal-LLaMA's pretraining layout (`source`, `target`, `category`), two categories, for
+    launch.prepare_data --mode pretrain (its own generator, so the files above do not change)."""
+    sorting = []
+    for _ in range(400):
+        nums = sample_numbers(rng)
+        sorting.append({"source": prompt_text(nums) + " ->", "target": " " + answer_text(nums), "category": "sorting"})
+    write(f"{out}/pretrain/sorting.jsonl", sorting)
+    counting = []
+    for _ in range(200):
+        start, n = rng.randint(1, 20), rng.randint(3, 8)
+        counting.append({"source": "", "target": "count: " + " ".join(str(start + i) for i in range(n)),
+                         "category": "counting"})
+    write(f"{out}/pretrain/counting.jsonl", counting)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from coati_ray.models.value import VALUE_HEAD_FILE, Critic, RewardModel, ValueMo
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None) -> Actor:
+def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None, attn_implementation: Optional[str] = None) -> Actor:
     """The causal LM from `cfg.path` (or a full checkpoint), with LoRA when `cfg.lora_rank > 0`.
 
     A LoRA checkpoint holds only adapters: the base comes from `cfg.path` and the adapters from
@@ -27,7 +27,7 @@ def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None) -> Actor:
     source = cfg.path if (checkpoint is None or lora_ckpt) else checkpoint
     # A quantized base (QLoRA) is only ever the original path's: a full checkpoint is full precision.
     model = load_causal_lm(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                           quantize=cfg.quantize if source == cfg.path else "none")
+                           quantize=cfg.quantize if source == cfg.path else "none", attn_implementation=attn_implementation)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if lora_ckpt:

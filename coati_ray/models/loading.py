@@ -34,10 +34,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none"):
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none",
+                   attn_implementation: Optional[str] = None):
     from transformers import AutoModelForCausalLM
 
-    return _load(AutoModelForCausalLM, path, dtype, trust_remote_code, quantize)
+    return _load(AutoModelForCausalLM, path, dtype, trust_remote_code, quantize, attn_implementation)
 
 
 def load_backbone(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none"):
@@ -47,11 +48,14 @@ def load_backbone(path: str, dtype: str = "float32", trust_remote_code: bool = F
     return _load(AutoModel, path, dtype, trust_remote_code, quantize)
 
 
-def _load(auto_cls, path: str, dtype: str, trust_remote_code: bool, quantize: str):
+def _load(auto_cls, path: str, dtype: str, trust_remote_code: bool, quantize: str,
+          attn_implementation: Optional[str] = None):
     """`quantize` int8/int4: transformers' bitsandbytes path on CUDA; on a CPU (which transformers 4.51
     refuses without intel-extension-for-pytorch) the linear layers are swapped for bitsandbytes' own."""
     check_model_dir(path)
     kwargs = dict(torch_dtype=DTYPES[dtype], local_files_only=True, trust_remote_code=trust_remote_code)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if quantize != "none" and torch.cuda.is_available():
         from transformers import BitsAndBytesConfig
 

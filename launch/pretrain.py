@@ -1,0 +1,36 @@
+"""Continual pretraining (Colossal-LLaMA): python -m launch.pretrain --config configs/pretrain_tiny.yaml [overrides].
+
+Trains a causal LM on `launch.prepare_data` output (data.train_path: prepared folders, comma-separated),
+loss on target tokens, batches in bucket order. `load_checkpoint` takes a step checkpoint (resumes
+everything) or a model folder (weights only, for the next stage).
+"""
+
+import os
+import sys
+from typing import Optional
+
+from coati_ray.config.pretrain import PretrainConfig
+from coati_ray.errors import ConfigError
+from coati_ray.trainers.pretrain import PretrainTrainer, run_pretrain
+from launch.common import run_supervised_stage
+
+
+def starting_point(cfg, resume_from: Optional[str]) -> Optional[str]:
+    """load_checkpoint: a complete step checkpoint is resumed; a model folder replaces model.path's weights."""
+    if cfg.load_checkpoint is None:
+        return resume_from
+    if os.path.isfile(os.path.join(cfg.load_checkpoint, "trainer_state.json")):
+        if resume_from is not None:
+            raise ConfigError("config error: load_checkpoint and --resume both name a checkpoint; keep one")
+        return cfg.load_checkpoint
+    cfg.model.path = cfg.load_checkpoint  # weights only ("modelling"); the run starts at step 0
+    return resume_from
+
+
+def main(argv=None) -> int:
+    return run_supervised_stage("pretrain", PretrainConfig, run_pretrain, PretrainTrainer, __doc__, argv,
+                                starting_point=starting_point)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
