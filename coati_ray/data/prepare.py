@@ -10,9 +10,11 @@ bucket b of training is bin b of every category (see coati_ray/trainers/pretrain
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import random
+import shutil
 from typing import Iterator
 
 from coati_ray.algo.losses import IGNORE_INDEX
@@ -21,6 +23,7 @@ from coati_ray.data.formats import sft_messages
 from coati_ray.errors import DataError
 
 MODES = ("pretrain", "sft")
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens")
 
 
 def jsonl_files(dirs: list[str]) -> list[str]:
@@ -139,3 +142,99 @@ def prepare(mode: str, files: list[str], tokenizer, max_length: int, num_bins: i
     counts = {"rows": rows, "truncated": truncated, "categories": len(by_category),
               "samples": sum(len(p["rows"]) for p in parts)}
     return parts, counts
+
+
+def cache_key(mode: str, files: list[str], tokenizer_dir: str, max_length: int, num_bins: int, seed: int) -> str:
+    """What the output depends on: mode, settings, the tokenizer's files and every input file's bytes."""
+    h = hashlib.sha256(json.dumps([mode, max_length, num_bins, seed]).encode())
+    tokenizer_files = sorted(f for f in os.listdir(tokenizer_dir) if f.startswith(TOKENIZER_FILES))
+    for path in [os.path.join(tokenizer_dir, f) for f in tokenizer_files] + files:
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def save_parts(parts: list[dict], root: str, jsonl_too: bool) -> None:
+    """Each part as `root/arrow/part-NNNNN` (save_to_disk) and, with jsonl_too, `root/jsonl/part-NNNNN.jsonl`."""
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()
+    for i, part in enumerate(parts):
+        columns = {"input_ids": [r["input_ids"] for r in part["rows"]], "labels": [r["labels"] for r in part["rows"]],
+                   "category": [part["category"]] * len(part["rows"]), "bin": [part["bin"]] * len(part["rows"])}
+        Dataset.from_dict(columns).save_to_disk(os.path.join(root, "arrow", f"part-{i:05d}"))
+        if jsonl_too:
+            os.makedirs(os.path.join(root, "jsonl"), exist_ok=True)
+            with open(os.path.join(root, "jsonl", f"part-{i:05d}.jsonl"), "w") as f:
+                for j in range(len(part["rows"])):
+                    f.write(json.dumps({k: v[j] for k, v in columns.items()}) + "\n")
+
+
+def load_parts(root: str, manifest: dict) -> list[dict]:
+    from datasets import load_from_disk
+
+    parts = []
+    for i, p in enumerate(manifest["parts"]):
+        ds = load_from_disk(os.path.join(root, "arrow", f"part-{i:05d}"))
+        parts.append({"category": p["category"], "bin": p["bin"],
+                      "rows": [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in ds]})
+    return parts
+
+
+def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: str, max_length: int, num_bins: int,
+                    seed: int, info=print) -> dict:
+    """`out`/cache/<key>/, jsonl/, arrow/ and prepared.json (written last); returns the manifest. An `out`
+    already prepared from the same inputs and settings is left as it is; one prepared from anything else,
+    or holding jsonl/ or arrow/ folders this function did not write, is refused."""
+    from coati_ray.errors import ConfigError
+
+    files = jsonl_files(input_dirs)
+    key = cache_key(mode, files, tokenizer_dir, max_length, num_bins, seed)
+    marker = os.path.join(out, "prepared.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            manifest = json.load(f)
+        if manifest["key"] == key:
+            info(f"{out} is already prepared from these inputs and settings (key {key}): nothing to do")
+            return manifest
+        raise ConfigError(f"config error: '{out}' holds data prepared from other inputs or settings; choose a new "
+                          "output directory (nothing is overwritten)")
+    partial = os.path.join(out, "prepared.partial")  # written before our jsonl/ and arrow/, removed after
+    if any(os.path.exists(os.path.join(out, sub)) for sub in ("jsonl", "arrow")) and not os.path.exists(partial):
+        raise ConfigError(f"config error: '{out}' already has jsonl/ or arrow/ folders that this command did not "
+                          "write; choose a new output directory (nothing is overwritten)")
+    cache = os.path.join(out, "cache", key)
+    if os.path.exists(os.path.join(cache, "prepared.json")):
+        with open(os.path.join(cache, "prepared.json")) as f:
+            manifest = json.load(f)
+        parts = load_parts(cache, manifest)
+        info(f"reusing the tokenized cache {cache}")
+    else:
+        from coati_ray.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_dir)
+        parts, counts = prepare(mode, files, tokenizer, max_length, num_bins, seed)
+        manifest = {"key": key, "mode": mode, "inputs": [os.path.abspath(f) for f in files],
+                    "tokenizer_dir": os.path.abspath(tokenizer_dir), "max_length": max_length,
+                    "num_spliced_dataset_bins": num_bins, "seed": seed, **counts,
+                    "parts": [{"name": f"part-{i:05d}", "category": p["category"], "bin": p["bin"],
+                               "samples": len(p["rows"]), "tokens": sum(len(r["input_ids"]) for r in p["rows"])}
+                              for i, p in enumerate(parts)]}
+        shutil.rmtree(cache, ignore_errors=True)  # an interrupted cache of this key (no prepared.json)
+        save_parts(parts, cache, jsonl_too=False)
+        with open(os.path.join(cache, "prepared.json"), "w") as f:
+            json.dump(manifest, f, indent=1, ensure_ascii=False)
+    os.makedirs(out, exist_ok=True)
+    with open(partial, "w") as f:
+        f.write(key)
+    for sub in ("jsonl", "arrow"):  # leftovers of our own interrupted run
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    save_parts(parts, out, jsonl_too=True)
+    with open(marker, "w") as f:
+        json.dump(manifest, f, indent=1, ensure_ascii=False)
+    os.remove(partial)
+    info(f"prepared {manifest['rows']} rows ({manifest['truncated']} truncated) of {manifest['categories']} "
+         f"categories into {manifest['samples']} samples in {len(manifest['parts'])} parts: {out}/arrow/part-*")
+    return manifest

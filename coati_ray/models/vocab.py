@@ -8,6 +8,9 @@ and gives each new token the "average" meaning until training moves it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -111,3 +114,52 @@ def expand_model(model: nn.Module, expansion: Expansion) -> None:
         mean_init_rows(head.weight, old_rows, fill)
     if getattr(head, "bias", None) is not None:  # a biased head: new logits start at the mean bias
         mean_init_rows(head.bias, old_rows, fill)
+
+
+def source_tokenizer(path: str):
+    """The source tokenizer exactly as saved (no pad token added: the output keeps its special tokens)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model error: cannot load a tokenizer from '{path}' ({str(e).splitlines()[0]}); "
+                         "the source directory must hold the tokenizer files too") from None
+
+
+def stored_dtype(path: str) -> str:
+    """The dtype the checkpoint was saved in (so a bf16 model stays bf16 and old rows stay bit-equal)."""
+    with open(os.path.join(path, "config.json")) as f:
+        dtype = json.load(f).get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def expand_checkpoint(source: str, pieces_path: str, output: str) -> dict:
+    """Expand the model + tokenizer in `source` with the pieces of `pieces_path` into the new directory
+    `output` (written to a fresh temporary sibling, then renamed); returns the report also saved there
+    as expand_vocab.json."""
+    from coati_ray.models.loading import load_causal_lm
+
+    pieces = read_pieces(pieces_path)
+    tokenizer = source_tokenizer(source)
+    model = load_causal_lm(source, dtype=stored_dtype(source))
+    expansion = expand_tokenizer(tokenizer, pieces)
+    expand_model(model, expansion)
+    report = {"source": os.path.abspath(source), "pieces_file": os.path.abspath(pieces_path),
+              "old_vocab": expansion.first_id, "new_vocab": len(tokenizer), "added": len(expansion.added),
+              "already_present": len(expansion.already_present), "repeated": expansion.repeated,
+              "first_new_id": expansion.first_id}
+    out = os.path.abspath(output)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))  # never an existing dir
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "expand_vocab.json"), "w") as f:
+            json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present},
+                      f, indent=1, ensure_ascii=False)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
