@@ -1,4 +1,4 @@
-"""SFT -> RM -> PPO in one Ray job: each stage runs as Ray actors and hands the next an HF checkpoint.
+"""[expand_vocab ->] [pretrain ->] SFT -> RM -> PPO in one Ray job: each stage hands the next an HF checkpoint.
 
     summary = run_pipeline(cfg)   # cfg: a linked, validated PipelineConfig
 
@@ -24,7 +24,7 @@ from coati_ray.config import save_config
 from coati_ray.utils.progress import MetricsTail
 from coati_ray.utils.run_dir import clear_run_dir, latest_checkpoint
 
-PROGRESS_KEYS = {"sft": ("loss", "lr"), "rm": ("loss", "acc")}
+PROGRESS_KEYS = {"pretrain": ("loss", "lr"), "sft": ("loss", "lr"), "rm": ("loss", "acc")}
 
 
 def completed_stage(stage_dir: str) -> Optional[dict]:
@@ -58,6 +58,8 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
                 os.makedirs(stage_cfg.output_dir, exist_ok=True)
                 save_config(stage_cfg, os.path.join(stage_cfg.output_dir, "config.yaml"))
                 t = time.time()
+                if stage == "pretrain":  # its data, tokenized with the tokenizer it trains with (a rerun reuses it)
+                    _prepare_pretrain_data(cfg, info)
                 summaries[stage] = _run_stage(stage, stage_cfg, resume_from, ray_address)
                 seconds[stage] = time.time() - t
                 info(f"[pipeline] {stage}: done in {seconds[stage]:.0f}s")
@@ -67,10 +69,35 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
     return summaries, seconds
 
 
+def _prepare_pretrain_data(cfg, info: Callable[[str], None]) -> None:
+    from coati_ray.data.prepare import prepare_to_disk
+
+    p, model = cfg.prepare, cfg.pretrain.model
+    prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.tokenizer_path or model.path,
+                    cfg.prepared_dir, cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed,
+                    info=lambda line: info(f"[pipeline] prepare: {line}"))
+
+
+def _expand_vocab(stage_cfg) -> dict:
+    """In the driver: one model load and save, no training."""
+    from coati_ray.models.vocab import expand_checkpoint
+
+    final = os.path.join(stage_cfg.output_dir, "checkpoints", "final")
+    summary = {"stage": "expand_vocab", **expand_checkpoint(stage_cfg.source, stage_cfg.pieces, final),
+               "final_checkpoint": final}
+    with open(os.path.join(stage_cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
 def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: Optional[str]) -> dict:
     if stage == "ppo":
         return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address, overwrite=True).run()  # cleared above
-    if stage == "sft":
+    if stage == "expand_vocab":
+        return _expand_vocab(stage_cfg)
+    if stage == "pretrain":
+        from coati_ray.trainers.pretrain import run_pretrain as run_fn
+    elif stage == "sft":
         from coati_ray.trainers.sft import run_sft as run_fn
     else:
         from coati_ray.trainers.rm import run_rm as run_fn

@@ -1,4 +1,5 @@
-"""SFT -> RM -> PPO in one job: python -m launch.pipeline --config configs/demo.yaml [--output-dir DIR] [overrides]
+"""[expand_vocab ->] [pretrain ->] SFT -> RM -> PPO in one job:
+python -m launch.pipeline --config configs/demo.yaml [--output-dir DIR] [overrides]
 
 Each stage runs on Ray (an existing cluster, or an embedded local one) and hands the next stage a
 Hugging Face checkpoint on disk. At the end a report compares the SFT and PPO policies on held-out
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     except CoatiError as e:
         return fail(e)
     if args.overwrite:
-        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots")]:  # rm too: none left
+        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots"), cfg.prepared_dir]:
             shutil.rmtree(path, ignore_errors=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
@@ -94,8 +95,14 @@ def preflight(cfg: PipelineConfig) -> None:
     from coati_ray.trainers.sft import SFTTrainer
     from launch.common import preflight_data
 
-    base = cfg.sft.model.path
-    preflight_data(cfg.sft, SFTTrainer)
+    base = cfg.base_model()
+    if cfg.pretrain is not None:  # every raw row read and tokenized (with the base tokenizer) before any stage
+        from coati_ray.data.prepare import jsonl_files, prepare
+
+        p = cfg.prepare
+        prepare("pretrain", jsonl_files([d for d in p.data_input_dirs.split(",") if d]), load_tokenizer(base),
+                cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed)
+    preflight_data(cfg.stand_in("sft", base), SFTTrainer)
     if cfg.rm is not None:
         preflight_data(cfg.stand_in("rm", base), RMTrainer)
     tokenizer = load_tokenizer(cfg.sft.model.tokenizer_path or base, cfg.sft.model.trust_remote_code)

@@ -33,10 +33,12 @@ def reference() -> str:
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in rows]
         lines.append("")
-    own = [r for r in describe(PipelineConfig) if "." not in r[0]]
-    lines += ["**Pipeline (`launch.pipeline`)**: `sft.*`, `rm.*` and `ppo.*` take the keys of the tables above; "
-              "the pipeline sets each stage's `output_dir`, `rm.model.path` and `ppo.{actor,critic,reward}.path`, "
-              "and every stage's seed", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    own = [r for r in describe(PipelineConfig) if "." not in r[0] or r[0].split(".")[0] in ("expand_vocab", "prepare")]
+    lines += ["**Pipeline (`launch.pipeline`)**: `pretrain.*`, `sft.*`, `rm.*` and `ppo.*` take the keys of the tables "
+              "above; the pipeline sets each stage's `output_dir`, `pretrain.model.path` (after expand_vocab), "
+              "`pretrain.data.train_path` (`<output_dir>/prepared`), `sft.model.path` (after expand_vocab or pretrain), "
+              "`rm.model.path` and `ppo.{actor,critic,reward}.path`, and every stage's seed", "",
+              "| key | type | default | meaning |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in own]
     lines += ["", "**Generate (`launch.generate`)**: `--model`, `--lora`, `--quantize`, `--n` and `--reward-model` set "
               "the keys of the same names", "", "| key | type | default | meaning |", "|---|---|---|---|"]

@@ -172,3 +172,44 @@ def test_gpu_configs_parse(name):
     for group in (cfg.actor_trainer, cfg.critic_trainer):
         assert p.train_batch_size % (p.micro_batch_size * group.resources.num_ranks) == 0
         assert group.resources.num_gpus_per_rank > 0
+
+
+def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_checkpoint(tiny_llama, tmp_path):
+    """Colossal-LLaMA's order in one job: expand the vocabulary, pretrain on data the pipeline tokenizes with
+    the expanded tokenizer, then SFT and GRPO on top (configs/demo_rlvr.yaml shortened)."""
+    from transformers import AutoTokenizer
+
+    from launch.pipeline import main
+
+    rlvr = os.path.join(REPO, "configs", "colossal_llama_tiny.yaml")
+    overrides = [f"expand_vocab.source={tiny_llama}", f"expand_vocab.pieces={REPO}/data/vocab/pieces.jsonl",
+                 f"prepare.data_input_dirs={os.path.join(REPO, 'data', 'pretrain')}", "prepare.num_spliced_dataset_bins=2",
+                 "pretrain.trainer.max_steps=3", "pretrain.trainer.batch_size=8",
+                 "pretrain.trainer.micro_batch_size=8", "pretrain.resources.num_cpus_per_rank=0.5",
+                 "pretrain.resources.torch_threads=1",
+                 "sft.trainer.max_steps=3", "sft.trainer.save_every=null", "sft.resources.num_cpus_per_rank=0.5",
+                 "sft.resources.torch_threads=1", "ppo.ppo.max_steps=1", "ppo.ppo.eval_every=null",
+                 "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1", "ppo.data.eval_max_samples=8",
+                 "ppo.generation.max_new_tokens=6", "ppo.ppo.rollout_batch_size=32", "ppo.ppo.train_batch_size=32",
+                 "ppo.maker.batch_size=16", "ray.dashboard=false"]
+    with pytest.raises(ConfigError, match="sft.model.path is set by the pipeline"):
+        load_config(PipelineConfig, rlvr, overrides + [f"sft.model.path={tiny_llama}"], output_dir=str(tmp_path / "c"),
+                    prepare=prepare_pipeline_dict)
+    cfg = load_config(PipelineConfig, rlvr, overrides, output_dir=str(tmp_path / "cfg"), prepare=prepare_pipeline_dict)
+    cfg.link()
+    cfg.validate()
+    assert cfg.stages == ("expand_vocab", "pretrain", "sft", "ppo")
+    assert cfg.pretrain.model.path == cfg.final_checkpoint("expand_vocab")
+    assert cfg.sft.model.path == cfg.final_checkpoint("pretrain") and cfg.ppo.actor.path == cfg.final_checkpoint("sft")
+
+    out = tmp_path / "run"
+    assert main(["--config", rlvr, "--output-dir", str(out), *overrides]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stage_seconds"]) == ["expand_vocab", "pretrain", "sft", "ppo"]
+    expanded = json.loads((out / "expand_vocab" / "checkpoints" / "final" / "expand_vocab.json").read_text())
+    assert expanded["added"] >= 2  # quokka and " ->" at least (sort: may already be one token)
+    prepared = json.loads((out / "prepared" / "prepared.json").read_text())
+    assert prepared["tokenizer_dir"] == str(out / "expand_vocab" / "checkpoints" / "final")
+    tok = AutoTokenizer.from_pretrained(out / "sft" / "checkpoints" / "final")  # the expanded vocabulary reached SFT
+    assert len(tok) == expanded["new_vocab"] and len(tok.encode("quokka", add_special_tokens=False)) == 1
+    assert json.loads((out / "pretrain" / "summary.json").read_text())["steps"] == 3

@@ -1,10 +1,13 @@
-"""Configuration of the whole pipeline: SFT -> RM -> PPO in one job, each stage feeding the next.
+"""Configuration of the whole pipeline: [expand_vocab ->] [pretrain ->] SFT -> RM -> PPO in one job.
 
 The pipeline owns the links between stages: the RM starts from the SFT model, PPO's actor is the
 SFT model and its reward model (and, for gae, its critic) is the RM. Those paths, each stage's output
 directory and its seed are set here from `output_dir` and `seed`; a config that sets them itself is
 refused (two sources of truth for one path is how runs train on the wrong checkpoint). The RM stage
 is optional: without it (RLVR), PPO takes its reward from a function or service and trains no critic.
+Colossal-LLaMA's stages may come first: `expand_vocab` (its model feeds the next stage) and `pretrain`
+(on `prepare.data_input_dirs`, tokenized by the pipeline with the tokenizer pretraining uses; its model
+feeds SFT).
 """
 
 from __future__ import annotations
@@ -15,21 +18,59 @@ from dataclasses import dataclass
 from typing import Optional
 
 from coati_ray.config.ppo import PPOConfig
-from coati_ray.config.schema import JobConfig, RMConfig, SFTConfig, _fail, opt
+from coati_ray.config.pretrain import PretrainConfig
+from coati_ray.config.schema import JobConfig, RMConfig, SFTConfig, _fail, _require_model_dir, opt, required
 from coati_ray.errors import ConfigError
 
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("expand_vocab", "pretrain", "sft", "rm", "ppo")
 # (section, key path) -> which stage's final checkpoint it is set to
 CHAINED = {("rm", "model", "path"): "sft", ("ppo", "actor", "path"): "sft",
            ("ppo", "critic", "path"): "rm", ("ppo", "reward", "path"): "rm"}
 PLACEHOLDER = "<set by the pipeline>"
 
 
-def chained(has_rm: bool, needs_critic: bool) -> dict:
-    """The links of a pipeline with or without the RM stage; a critic is linked only when PPO trains one."""
-    return {key: source for key, source in CHAINED.items()
-            if (has_rm or source != "rm") and (key[0] != "rm" or has_rm)
-            and (key != ("ppo", "critic", "path") or needs_critic)}
+def chained(has_rm: bool, needs_critic: bool, has_expand: bool = False, has_pretrain: bool = False) -> dict:
+    """The links of a pipeline with or without the RM stage; a critic is linked only when PPO trains one;
+    with expand_vocab and/or pretrain first, SFT (and pretrain) start from the stage before them."""
+    links = {key: source for key, source in CHAINED.items()
+             if (has_rm or source != "rm") and (key[0] != "rm" or has_rm)
+             and (key != ("ppo", "critic", "path") or needs_critic)}
+    if has_expand and has_pretrain:
+        links[("pretrain", "model", "path")] = "expand_vocab"
+    if has_expand or has_pretrain:
+        links[("sft", "model", "path")] = "pretrain" if has_pretrain else "expand_vocab"
+    return links
+
+
+@dataclass
+class ExpandVocabStageConfig:
+    """launch.expand_vocab as the pipeline's first stage."""
+
+    source: str = required("model + tokenizer directory to expand (the pipeline's base model)")
+    pieces: str = required("jsonl of {\"piece\": ...} rows (Colossal-LLaMA's expand_tokens_file)")
+    output_dir: str = opt(PLACEHOLDER, "set by the pipeline (<output_dir>/expand_vocab)")
+
+    def validate(self) -> None:
+        from coati_ray.models.vocab import read_pieces
+
+        _require_model_dir("expand_vocab.source", self.source)
+        read_pieces(self.pieces)
+
+
+@dataclass
+class PrepareConfig:
+    """launch.prepare_data --mode pretrain, run by the pipeline for its pretrain stage."""
+
+    data_input_dirs: str = required("directories of {source, target, category} jsonl files, comma-separated")
+    num_spliced_dataset_bins: int = opt(10, "bins per category (pretraining buckets)")
+    seed: int = opt(42, "shuffle of each category before binning")
+
+    def validate(self) -> None:
+        from coati_ray.data.prepare import jsonl_files
+
+        if self.num_spliced_dataset_bins < 1:
+            _fail("prepare.num_spliced_dataset_bins", f"must be >= 1, got {self.num_spliced_dataset_bins}", "e.g. 10")
+        jsonl_files([d for d in self.data_input_dirs.split(",") if d])
 
 
 @dataclass
@@ -38,6 +79,12 @@ class PipelineConfig(JobConfig):
 
     output_dir: str = opt("runs/pipeline", "run directory: sft/, rm/, ppo/, summary.json, report.md, plots/")
     seed: int = opt(1, "seed of every stage (data order, head init, sampling); overrides the stages' own seeds")
+    expand_vocab: Optional[ExpandVocabStageConfig] = opt(None, "optional first stage: expand the base model's "
+                                                              "vocabulary (keys source, pieces)")
+    pretrain: Optional[PretrainConfig] = opt(None, "optional stage before SFT: continual pretraining (keys of "
+                                                   "configs/pretrain_*.yaml, minus output_dir and data.train_path)")
+    prepare: Optional[PrepareConfig] = opt(None, "the pretrain stage's raw data, tokenized by the pipeline into "
+                                                 "<output_dir>/prepared")
     sft: SFTConfig = opt(None, "stage 1 (keys of configs/sft_*.yaml, minus output_dir)")
     rm: Optional[RMConfig] = opt(None, "stage 2 (keys of configs/rm_*.yaml, minus output_dir and model.path); leave it "
                                        "out for RLVR (rewards from ppo.rewards.function / http_url)")
@@ -53,12 +100,29 @@ class PipelineConfig(JobConfig):
     def final_checkpoint(self, stage: str) -> str:
         return os.path.join(self.stage_dir(stage), "checkpoints", "final")
 
+    @property
+    def prepared_dir(self) -> str:
+        return os.path.join(self.output_dir, "prepared")
+
+    def links(self) -> dict:
+        return chained(self.rm is not None, self.ppo.algorithm.needs_critic, self.expand_vocab is not None,
+                       self.pretrain is not None)
+
+    def base_model(self) -> str:
+        """The model the first stage starts from (what later stages' inputs are checked against)."""
+        if self.expand_vocab is not None:
+            return self.expand_vocab.source
+        return self.pretrain.model.path if self.pretrain is not None else self.sft.model.path
+
     def link(self) -> None:
         """Point each stage at its own directory and at the previous stage's output; one seed for all."""
         for stage in self.stages:
             getattr(self, stage).output_dir = self.stage_dir(stage)
-        for (section, *keys), source in chained(self.rm is not None, self.ppo.algorithm.needs_critic).items():
+        for (section, *keys), source in self.links().items():
             setattr(getattr(getattr(self, section), keys[0]), keys[1], self.final_checkpoint(source))
+        if self.pretrain is not None:
+            self.pretrain.data.train_path = self.prepared_dir
+            self.pretrain.strategy.seed = self.seed
         self.sft.strategy.seed = self.seed
         if self.rm is not None:
             self.rm.strategy.seed = self.seed
@@ -70,8 +134,17 @@ class PipelineConfig(JobConfig):
         """Every stage's checks, now: later stages are checked against the SFT base model, whose
         architecture and tokenizer their inputs will have (their real inputs do not exist yet)."""
         super().validate()
-        self.sft.validate()
-        base = self.sft.model.path
+        base = self.base_model()
+        if self.expand_vocab is not None:
+            self.expand_vocab.validate()
+        if self.pretrain is not None:
+            if self.prepare is None:
+                _fail("prepare", "the pretrain stage needs its data", "add prepare.data_input_dirs (jsonl directories)")
+            self.prepare.validate()
+            self.stand_in("pretrain", base).validate()
+        elif self.prepare is not None:
+            _fail("prepare", "only the pretrain stage uses it", "add a pretrain section or remove prepare")
+        self.stand_in("sft", base).validate()
         if self.rm is not None:
             self.stand_in("rm", base).validate()
         self.stand_in("ppo", base).validate(check_reward_head=False)
@@ -82,9 +155,11 @@ class PipelineConfig(JobConfig):
     def stand_in(self, stage: str, base: str):
         """A copy of `stage`'s config whose chained inputs point at `base` (for checks before they exist)."""
         cfg = copy.deepcopy(getattr(self, stage))
-        for (section, *keys), _ in chained(self.rm is not None, self.ppo.algorithm.needs_critic).items():
+        for (section, *keys), _ in self.links().items():
             if section == stage:
                 setattr(getattr(cfg, keys[0]), keys[1], base)
+        if stage == "pretrain":  # its prepared data does not exist yet: the rows are checked by preflight
+            cfg.data.train_path, cfg.data.benchmark = "", True
         return cfg
 
 
@@ -100,7 +175,12 @@ def prepare_pipeline_dict(data: dict) -> None:
     from coati_ray.algo.advantages import REGISTRY
 
     needs_critic = estimator not in REGISTRY or REGISTRY[estimator].needs_critic  # an unknown name fails later
-    links = chained(isinstance(data.get("rm"), dict), needs_critic)
+    links = chained(isinstance(data.get("rm"), dict), needs_critic, isinstance(data.get("expand_vocab"), dict),
+                    isinstance(data.get("pretrain"), dict))
+    pretrain = data.get("pretrain")
+    if isinstance(pretrain, dict) and isinstance(pretrain.get("data"), dict) and "train_path" in pretrain["data"]:
+        raise ConfigError("config error: pretrain.data.train_path is set by the pipeline (<output_dir>/prepared, "
+                          "tokenized from prepare.data_input_dirs); remove it, or run launch.pretrain on its own")
     for (stage, *keys), source in links.items():
         node = data.setdefault(stage, {})
         if not isinstance(node, dict):
