@@ -96,7 +96,7 @@ def test_ddp_two_ranks_identical_and_equal_to_single_process(tiny_llama, tmp_pat
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal path")
-@pytest.mark.parametrize("name", ["colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini"])
+@pytest.mark.parametrize("name", ["colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d"])
 def test_cuda_strategies_are_refused_on_cpu(tiny_llama, tmp_path, name):
     from coati_ray.errors import ConfigError
 
@@ -106,11 +106,35 @@ def test_cuda_strategies_are_refused_on_cpu(tiny_llama, tmp_path, name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="ZeRO-2 and Gemini (LowLevelZeroPlugin, GeminiPlugin) assert CUDA; no GPU on this machine")
-@pytest.mark.parametrize("name", ["colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini"])
+                    reason="ZeRO-2, Gemini and 3d (LowLevelZeroPlugin, GeminiPlugin, HybridParallelPlugin) assert "
+                           "CUDA; no GPU on this machine")
+@pytest.mark.parametrize("name", ["colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d"])
 def test_cuda_strategies_train_on_gpu(tiny_llama, tmp_path, name):
     cfg = sft_config(tiny_llama, tmp_path, f"strategy.name={name}", "strategy.precision=bf16")
     cfg.validate()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     result = train_steps(cfg, 0, 1, free_port())
     assert result["losses"][-1] < result["losses"][0]
+
+
+def test_3d_keys_reach_hybrid_parallel_plugin_under_its_own_argument_names(monkeypatch):
+    """The 3d strategy cannot run here (CUDA); what can be checked is that every key lands on the argument
+    of ColossalAI 0.5.0's HybridParallelPlugin that means it."""
+    import inspect
+
+    import colossalai.booster.plugin as plugins
+
+    from coati_ray.config.schema import StrategyConfig
+    from coati_ray.strategies.strategy import hybrid_plugin
+
+    real = inspect.signature(plugins.HybridParallelPlugin.__init__).parameters
+    seen = {}
+    monkeypatch.setattr(plugins, "HybridParallelPlugin", lambda **kw: seen.update(kw))
+    cfg = StrategyConfig(name="3d", precision="bf16", tp=2, sp=2, zero=2, enable_sequence_parallelism=True,
+                         sp_mode="all_to_all", zero_cpu_offload=True, grad_clip=0.5)
+    cfg.validate(num_ranks=8, machine=False)
+    hybrid_plugin(cfg)
+    assert set(seen) <= set(real)
+    assert seen == {"tp_size": 2, "pp_size": 1, "sp_size": 2, "zero_stage": 2, "precision": "bf16", "max_norm": 0.5,
+                    "enable_sequence_parallelism": True, "sequence_parallelism_mode": "all_to_all",
+                    "microbatch_size": None, "cpu_offload": True}

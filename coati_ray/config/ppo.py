@@ -320,6 +320,10 @@ class PPOConfig(JobConfig):
             g.resources.validate(f"{group}.resources")
             ranks = g.resources.num_ranks
             model = getattr(self, group.split("_")[0])
+            if g.strategy.name == "3d":
+                _fail(f"{group}.strategy.name", "the 3d strategy is for the supervised stages (SFT, RM, pretrain): "
+                      "a PPO group's weight export does not gather tensor-parallel shards yet",
+                      "use colossalai_zero2 or colossalai_gemini for PPO trainer groups")
             g.strategy.validate(f"{group}.strategy", num_ranks=ranks, model_key=group.split("_")[0],
                                 model_dtype=model.dtype, lora=model.lora_rank > 0, machine=False,
                                 quantize=model.quantize)

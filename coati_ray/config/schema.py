@@ -15,7 +15,7 @@ from coati_ray.errors import ConfigError
 from coati_ray.utils.shared_storage import job_path_problem
 
 STRATEGIES = ("naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
-CUDA_ONLY_STRATEGIES = ("colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
+CUDA_ONLY_STRATEGIES = ("colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d")
 
 
 def opt(default, help: str):
@@ -93,14 +93,24 @@ class DataConfig:
 class StrategyConfig:
     """How a trainer group is parallelised (a ColossalAI Booster plugin)."""
 
-    name: Literal["naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini"] = opt(
-        "naive", "naive (one process), ddp (TorchDDPPlugin), colossalai_zero2[_cpu] (LowLevelZeroPlugin), colossalai_gemini")
+    name: Literal["naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d"] = opt(
+        "naive", "naive (one process), ddp (TorchDDPPlugin), colossalai_zero2[_cpu] (LowLevelZeroPlugin), "
+                 "colossalai_gemini, 3d (HybridParallelPlugin: tp x pp x sp x data parallel with ZeRO)")
     precision: Literal["fp32", "bf16", "fp16"] = opt(
         "fp32", "zero2/gemini: compute precision over fp32 master weights (gemini: bf16/fp16 only); naive/ddp: fp32 "
         "(they train in model.dtype)")
     grad_clip: float = opt(1.0, "max global gradient norm; 0 disables clipping")
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "torch.distributed backend; auto = nccl with CUDA else gloo")
     seed: int = opt(42, "seed for torch/numpy/python RNGs on every rank")
+    tp: int = opt(1, "3d: tensor-parallel size")
+    pp: int = opt(1, "3d: pipeline-parallel size (pp > 1 is refused: the trainers run no pipeline schedule yet)")
+    sp: int = opt(1, "3d: sequence-parallel size (all_to_all / ring_attn modes; with enable_sequence_parallelism)")
+    zero: int = opt(1, "3d: ZeRO stage of the data-parallel part (0, 1 or 2; > 0 needs bf16/fp16)")
+    enable_sequence_parallelism: bool = opt(False, "3d: split sequences over ranks (sp_mode)")
+    sp_mode: Literal["split_gather", "ring", "all_to_all", "ring_attn"] = opt(
+        "all_to_all", "3d: sequence parallelism mode (split_gather and ring ride on tp > 1)")
+    microbatch_size: int = opt(1, "3d: micro-batch size of the pipeline schedule (pp > 1)")
+    zero_cpu_offload: bool = opt(False, "3d: offload ZeRO's optimizer states to CPU")
 
     def validate(self, key: str = "strategy", num_ranks: int = 1, cuda_available: Optional[bool] = None,
                  model_key: str = "model", model_dtype: str = "float32", lora: bool = False,
@@ -130,8 +140,35 @@ class StrategyConfig:
                   f"use {model_key}.dtype=bfloat16, or float32 with a colossalai_* strategy and precision=fp16")
         if self.grad_clip < 0:
             _fail(f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")
+        if self.name == "3d":
+            self.check_3d(key, num_ranks, model_key, lora)
         if machine:
             self.check_machine(key, cuda_available)
+
+    def check_3d(self, key: str, num_ranks: int, model_key: str, lora: bool) -> None:
+        """What ColossalAI's HybridParallelPlugin asserts (and what our trainers do not run), in one line each."""
+        for name in ("tp", "pp", "sp", "microbatch_size"):
+            if getattr(self, name) < 1:
+                _fail(f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}", "e.g. 1")
+        if self.zero not in (0, 1, 2):
+            _fail(f"{key}.zero", f"must be 0, 1 or 2, got {self.zero}", "e.g. 1")
+        if self.pp > 1:
+            _fail(f"{key}.pp", "pipeline parallelism needs a pipeline-schedule training loop "
+                  "(booster.execute_pipeline), which coati_ray's trainers do not run yet", "use pp=1 (tp, sp and zero work)")
+        if self.sp > 1 and not self.enable_sequence_parallelism:
+            _fail(f"{key}.sp", f"sp={self.sp} needs enable_sequence_parallelism=true", "set it, or sp=1")
+        if self.enable_sequence_parallelism and self.sp_mode in ("split_gather", "ring") and self.tp <= 1:
+            _fail(f"{key}.sp_mode", f"'{self.sp_mode}' sequence parallelism rides on tensor parallelism (tp > 1)",
+                  "set tp > 1, or sp_mode=all_to_all with sp > 1")
+        sp = self.sp if self.enable_sequence_parallelism and self.sp_mode in ("all_to_all", "ring_attn") else 1
+        if num_ranks % (self.tp * self.pp * sp) != 0:
+            _fail(f"{key}.tp", f"{num_ranks} ranks are not divisible by tp x pp x sp = {self.tp * self.pp * sp}",
+                  "make resources.num_ranks a multiple of it")
+        if self.zero > 0 and self.precision == "fp32":
+            _fail(f"{key}.precision", "HybridParallelPlugin runs ZeRO only in bf16 or fp16 mixed precision",
+                  "set precision=bf16, or zero=0")
+        if lora:
+            _fail(f"{model_key}.lora_rank", "LoRA is not wired into the 3d strategy", "use colossalai_zero2 or ddp with LoRA")
 
     def check_machine(self, key: str = "strategy", cuda_available: Optional[bool] = None) -> None:
         """What the machine lacks comes after what the config gets wrong: a GPU config drafted on a

@@ -6,6 +6,8 @@
     colossalai_zero2      LowLevelZeroPlugin(stage=2): optimizer states + gradients sharded
     colossalai_zero2_cpu  the same with optimizer states offloaded to CPU
     colossalai_gemini     GeminiPlugin: chunk-based parameter / gradient / optimizer sharding
+    3d                    HybridParallelPlugin: tensor x sequence x data parallel (ZeRO 0-2), for the
+                          supervised stages (SFT, RM, pretrain); needs CUDA, not yet run on a GPU
 
 The process group comes from an explicit (rank, world_size, master_addr, master_port), so a Ray
 actor can build a Strategy exactly as a torchrun process would.
@@ -86,6 +88,8 @@ class Strategy:
         if self.name == "colossalai_gemini":
             return GeminiPlugin(precision=precision, max_norm=self.cfg.grad_clip, placement_policy="static",
                                 enable_gradient_accumulation=self.grad_accum_steps > 1)
+        if self.name == "3d":
+            return hybrid_plugin(self.cfg)
         raise ValueError(f"unknown strategy '{self.name}'")
 
     def close(self) -> None:
@@ -197,6 +201,19 @@ class Strategy:
         t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
+
+
+def hybrid_plugin(cfg: StrategyConfig):
+    """ColossalAI's HybridParallelPlugin from the 3d keys (Colossal-LLaMA's --tp --pp --sp --zero --sp_mode
+    --microbatch_size --zero_cpu_offload)."""
+    from colossalai.booster.plugin import HybridParallelPlugin
+
+    sp_on = cfg.enable_sequence_parallelism
+    return HybridParallelPlugin(tp_size=cfg.tp, pp_size=cfg.pp, sp_size=cfg.sp if sp_on else None,
+                                zero_stage=cfg.zero, precision=cfg.precision, max_norm=cfg.grad_clip,
+                                enable_sequence_parallelism=sp_on, sequence_parallelism_mode=cfg.sp_mode if sp_on else None,
+                                microbatch_size=cfg.microbatch_size if cfg.pp > 1 else None,
+                                cpu_offload=cfg.zero_cpu_offload)
 
 
 def plugin_grad_norm(optimizer) -> float:
