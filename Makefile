@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test demo demo-rlvr sft rm pretrain bench soak grafana dashboard-screenshot clean
+.PHONY: setup assets test demo demo-rlvr sft rm pretrain colossal-llama bench soak grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -48,6 +48,11 @@ pretrain: setup
 	$(VPY) -m launch.prepare_data --mode pretrain --data_input_dirs data/pretrain --tokenizer_dir assets/models/tiny-llama \
 		--data_output_dirs runs/prepared_pretrain --max_length 64 --num_spliced_dataset_bins 4
 	$(VPY) -m launch.pretrain --config configs/pretrain_tiny.yaml --overwrite
+
+# Colossal-LLaMA's order in one job: expand the vocabulary -> prepare + pretrain -> SFT -> GRPO (configs/colossal_llama_tiny.yaml).
+LLAMA_DIR ?= runs/colossal_llama_tiny
+colossal-llama: setup
+	$(VPY) -m launch.pipeline --config configs/colossal_llama_tiny.yaml --output-dir $(LLAMA_DIR) --overwrite seed=$(SEED)
 
 # The RM starts from the SFT model, so `make rm` trains it first when it is missing.
 rm: setup

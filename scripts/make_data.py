@@ -7,7 +7,9 @@ sft/instruction.jsonl              the same task in `instruction`/`input`/`outpu
 pref/train.jsonl, pref/eval.jsonl  `prompt`/`chosen`/`rejected`, ranked by the gold score (the "labeller")
 prompts/train.jsonl, eval.jsonl    `prompt` rows for PPO
 ptx/train.jsonl                    correct demonstrations for the PPO-ptx pretraining loss
-pretrain/*.jsonl                   `source`/`target`/`category` rows for launch.prepare_data --mode pretrain
+pretrain/*.jsonl                   `source`/`target`/`category` rows (English and Chinese) for launch.prepare_data --mode pretrain
+sft_bilingual/train.jsonl          `messages` rows in English and Chinese with a `category`, for --mode sft
+vocab/pieces.jsonl                 `piece` rows (English and Chinese) for launch.expand_vocab
 """
 
 from __future__ import annotations
@@ -106,6 +108,21 @@ def pretrain_rows(rng: random.Random, out: str) -> None:
         counting.append({"source": "", "target": "count: " + " ".join(str(start + i) for i in range(n)),
                          "category": "counting"})
     write(f"{out}/pretrain/counting.jsonl", counting)
+    zh = []  # the same tasks in Chinese: a bilingual corpus, as Colossal-LLaMA's
+    for _ in range(200):
+        nums = sample_numbers(rng)
+        zh.append({"source": "排序: " + " ".join(map(str, nums)) + " ->", "target": " " + answer_text(nums),
+                   "category": "sorting_zh"})
+    write(f"{out}/pretrain/sorting_zh.jsonl", zh)
+    sft = []
+    for i in range(200):
+        nums = sample_numbers(rng)
+        human = ("请把这些数字从小到大排序: " if i % 2 else "Sort these numbers: ") + " ".join(map(str, nums))
+        sft.append({"messages": [{"from": "human", "content": human}, {"from": "assistant", "content": answer_text(nums)}],
+                    "category": "zh" if i % 2 else "en"})
+    write(f"{out}/sft_bilingual/train.jsonl", sft)
+    pieces = ["sort:", " ->", "count:", "排序", "数字", "请把这些数字从小到大排序", "排序"]  # the repeat is skipped
+    write(f"{out}/vocab/pieces.jsonl", [{"piece": p} for p in pieces])
 
 
 if __name__ == "__main__":

@@ -123,3 +123,17 @@ def test_an_output_with_foreign_folders_is_refused(inputs, tiny_llama, tmp_path,
     (tmp_path / "out" / "arrow" / "mine").write_text("x")
     assert main(args(inputs, tiny_llama, tmp_path / "out")) == 2
     assert "did not write" in capsys.readouterr().err and (tmp_path / "out" / "arrow" / "mine").read_text() == "x"
+
+
+def test_the_bilingual_samples_prepare_in_both_layouts(tiny_llama, tmp_path):
+    """data/ ships Colossal-LLaMA's layouts in English and Chinese: pretrain rows per category, SFT messages."""
+    from tests.conftest import REPO
+
+    for mode, source, categories in (("pretrain", "pretrain", {"counting", "sorting", "sorting_zh"}),
+                                     ("sft", "sft_bilingual", {"en", "zh"})):
+        out = tmp_path / mode
+        assert main(["--mode", mode, "--data_input_dirs", os.path.join(REPO, "data", source), "--tokenizer_dir",
+                     tiny_llama, "--data_output_dirs", str(out), "--max_length", "64",
+                     "--num_spliced_dataset_bins", "2"]) == 0
+        manifest = json.loads((out / "prepared.json").read_text())
+        assert {p["category"] for p in manifest["parts"]} == categories and manifest["truncated"] == 0
