@@ -17,11 +17,13 @@ from launch.common import run_supervised_stage
 
 def starting_point(cfg, resume_from: Optional[str]) -> Optional[str]:
     """load_checkpoint: a complete step checkpoint is resumed; a model folder replaces model.path's weights."""
-    if cfg.load_checkpoint is None:
+    if cfg.load_checkpoint is None or resume_from is not None:  # --resume: the run's own checkpoint goes on
         return resume_from
+    inside = os.path.abspath(cfg.load_checkpoint).startswith(os.path.abspath(cfg.output_dir) + os.sep)
+    if inside:
+        raise ConfigError(f"config error: load_checkpoint '{cfg.load_checkpoint}' lies inside this run's output_dir, "
+                          "which a new run clears; use --resume to continue this run, or another --output-dir")
     if os.path.isfile(os.path.join(cfg.load_checkpoint, "trainer_state.json")):
-        if resume_from is not None:
-            raise ConfigError("config error: load_checkpoint and --resume both name a checkpoint; keep one")
         return cfg.load_checkpoint
     cfg.model.path = cfg.load_checkpoint  # weights only ("modelling"); the run starts at step 0
     return resume_from

@@ -192,9 +192,12 @@ def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_chec
                  "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1", "ppo.data.eval_max_samples=8",
                  "ppo.generation.max_new_tokens=6", "ppo.ppo.rollout_batch_size=32", "ppo.ppo.train_batch_size=32",
                  "ppo.maker.batch_size=16", "ray.dashboard=false"]
-    with pytest.raises(ConfigError, match="sft.model.path is set by the pipeline"):
-        load_config(PipelineConfig, rlvr, overrides + [f"sft.model.path={tiny_llama}"], output_dir=str(tmp_path / "c"),
-                    prepare=prepare_pipeline_dict)
+    for extra, needle in ((f"sft.model.path={tiny_llama}", "sft.model.path is set by the pipeline"),
+                          (f"pretrain.load_checkpoint={tiny_llama}", "pretrain.load_checkpoint is not used"),
+                          ("pretrain.data.train_path=/x", "pretrain.data.train_path is set by the pipeline")):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(PipelineConfig, rlvr, overrides + [extra], output_dir=str(tmp_path / "c"),
+                        prepare=prepare_pipeline_dict)
     cfg = load_config(PipelineConfig, rlvr, overrides, output_dir=str(tmp_path / "cfg"), prepare=prepare_pipeline_dict)
     cfg.link()
     cfg.validate()

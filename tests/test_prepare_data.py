@@ -118,6 +118,16 @@ def test_a_bad_row_names_its_file_and_line(line, expected, tiny_llama, tmp_path,
     assert len(err) == 1 and f"{path}:3" in err[0] and expected in err[0], err
 
 
+def test_a_file_that_is_not_utf8_names_its_line(tiny_llama, tmp_path, capsys):
+    path = tmp_path / "in" / "rows.jsonl"
+    write_jsonl(path, pretrain_rows("math", 2))
+    with open(path, "ab") as f:
+        f.write(b'{"source": "", "target": "caf\xe9", "category": "x"}\n')
+    assert main(args(str(tmp_path / "in"), tiny_llama, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 3" in err[0] and "UTF-8" in err[0], err
+
+
 def test_an_output_with_foreign_folders_is_refused(inputs, tiny_llama, tmp_path, capsys):
     (tmp_path / "out" / "arrow").mkdir(parents=True)
     (tmp_path / "out" / "arrow" / "mine").write_text("x")

@@ -106,3 +106,30 @@ def test_use_neft_also_noises_pretraining(prepared, tiny_llama, tmp_path):
     assert pretrain(tmp_path / "n", *base, "use_neft=true") == 0
     plain, again, neft = (rows(tmp_path / d)[0]["loss"] for d in "abn")
     assert plain == again and neft != plain
+
+
+def test_half_written_or_wrongly_tokenized_data_and_a_checkpoint_inside_the_run_are_refused(prepared, tiny_llama,
+                                                                                             tmp_path, capsys):
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(prepared, half)
+    (half / "prepared.json").unlink()
+    assert pretrain(tmp_path / "a", f"data.train_path={half}", f"model.path={tiny_llama}") == 2
+    assert "half-written" in capsys.readouterr().err
+
+    big = tmp_path / "big"  # data tokenized with a larger (expanded) vocabulary than model.path's
+    from datasets import Dataset
+
+    Dataset.from_dict({"input_ids": [[5, 400, 7]] * 20, "labels": [[5, 400, 7]] * 20}).save_to_disk(str(big / "part-00000"))
+    assert pretrain(tmp_path / "b", f"data.train_path={big}", f"model.path={tiny_llama}") == 2
+    err = capsys.readouterr().err
+    assert "token id 400" in err and "expanded" in err
+
+    run = tmp_path / "run"
+    assert pretrain(run, f"data.train_path={prepared}", f"model.path={tiny_llama}", "trainer.max_steps=2",
+                    "trainer.save_every=1") == 0
+    assert pretrain(run, f"data.train_path={prepared}", f"model.path={tiny_llama}",
+                    f"load_checkpoint={run / 'checkpoints' / 'step_000001'}", "--overwrite") == 2
+    assert "lies inside this run's output_dir" in capsys.readouterr().err
+    assert (run / "checkpoints" / "step_000001").is_dir()  # nothing was cleared

@@ -132,8 +132,7 @@ def test_3d_keys_reach_hybrid_parallel_plugin_under_its_own_argument_names(monke
     monkeypatch.setattr(plugins, "HybridParallelPlugin", lambda **kw: seen.update(kw))
     cfg = StrategyConfig(name="3d", precision="bf16", tp=2, sp=2, zero=2, enable_sequence_parallelism=True,
                          sp_mode="all_to_all", zero_cpu_offload=True, grad_clip=0.5)
-    cfg.validate(num_ranks=8, machine=False)
-    hybrid_plugin(cfg)
+    hybrid_plugin(cfg)  # (tp, sp > 1 are refused by validate today; the mapping is checked for every key)
     assert set(seen) <= set(real)
     assert seen == {"tp_size": 2, "pp_size": 1, "sp_size": 2, "zero_stage": 2, "precision": "bf16", "max_norm": 0.5,
                     "enable_sequence_parallelism": True, "sequence_parallelism_mode": "all_to_all",

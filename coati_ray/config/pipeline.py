@@ -178,6 +178,10 @@ def prepare_pipeline_dict(data: dict) -> None:
     links = chained(isinstance(data.get("rm"), dict), needs_critic, isinstance(data.get("expand_vocab"), dict),
                     isinstance(data.get("pretrain"), dict))
     pretrain = data.get("pretrain")
+    if isinstance(pretrain, dict) and "load_checkpoint" in pretrain:
+        raise ConfigError("config error: pretrain.load_checkpoint is not used in a pipeline (pretrain starts from "
+                          "expand_vocab's model or pretrain.model.path; --resume continues it); remove it, or run "
+                          "launch.pretrain on its own")
     if isinstance(pretrain, dict) and isinstance(pretrain.get("data"), dict) and "train_path" in pretrain["data"]:
         raise ConfigError("config error: pretrain.data.train_path is set by the pipeline (<output_dir>/prepared, "
                           "tokenized from prepare.data_input_dirs); remove it, or run launch.pretrain on its own")

@@ -152,14 +152,19 @@ class StrategyConfig:
                 _fail(f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}", "e.g. 1")
         if self.zero not in (0, 1, 2):
             _fail(f"{key}.zero", f"must be 0, 1 or 2, got {self.zero}", "e.g. 1")
-        if self.pp > 1:
-            _fail(f"{key}.pp", "pipeline parallelism needs a pipeline-schedule training loop "
-                  "(booster.execute_pipeline), which coati_ray's trainers do not run yet", "use pp=1 (tp, sp and zero work)")
         if self.sp > 1 and not self.enable_sequence_parallelism:
             _fail(f"{key}.sp", f"sp={self.sp} needs enable_sequence_parallelism=true", "set it, or sp=1")
+        if self.pp > 1:
+            _fail(f"{key}.pp", "pipeline parallelism needs a pipeline-schedule training loop "
+                  "(booster.execute_pipeline), which coati_ray's trainers do not run yet", "use pp=1")
+        for name, what in (("tp", "tensor"), ("sp", "sequence")):
+            if getattr(self, name) > 1:
+                _fail(f"{key}.{name}", f"{what} parallelism needs every rank of a {name} group to get the same batch "
+                      "and a checkpoint export that gathers the shards; coati_ray's trainers split batches by global "
+                      "rank and export rank 0's weights", f"use {name}=1 (3d then runs data parallel with ZeRO)")
         if self.enable_sequence_parallelism and self.sp_mode in ("split_gather", "ring") and self.tp <= 1:
             _fail(f"{key}.sp_mode", f"'{self.sp_mode}' sequence parallelism rides on tensor parallelism (tp > 1)",
-                  "set tp > 1, or sp_mode=all_to_all with sp > 1")
+                  "set enable_sequence_parallelism=false (tp > 1 is not run by coati_ray's trainers yet)")
         sp = self.sp if self.enable_sequence_parallelism and self.sp_mode in ("all_to_all", "ring_attn") else 1
         if num_ranks % (self.tp * self.pp * sp) != 0:
             _fail(f"{key}.tp", f"{num_ranks} ranks are not divisible by tp x pp x sp = {self.tp * self.pp * sp}",
@@ -169,6 +174,12 @@ class StrategyConfig:
                   "set precision=bf16, or zero=0")
         if lora:
             _fail(f"{model_key}.lora_rank", "LoRA is not wired into the 3d strategy", "use colossalai_zero2 or ddp with LoRA")
+
+    def check_3d_accumulation(self, key: str, accumulation_steps: int) -> None:
+        """HybridParallelPlugin's no_sync (gradient accumulation) asserts ZeRO stage < 2."""
+        if self.name == "3d" and self.zero == 2 and accumulation_steps > 1:
+            _fail(f"{key}.zero", f"ZeRO-2 in the 3d strategy cannot accumulate gradients ({accumulation_steps} "
+                  "micro-batches per step)", "use zero=1, or micro_batch_size = batch_size / num_ranks")
 
     def check_machine(self, key: str = "strategy", cuda_available: Optional[bool] = None) -> None:
         """What the machine lacks comes after what the config gets wrong: a GPU config drafted on a
@@ -296,9 +307,12 @@ class SFTConfig(JobConfig):
         self.data.validate()
         self.resources.validate()
         self.strategy.validate(num_ranks=self.resources.num_ranks, model_dtype=self.model.dtype,
-                               lora=self.model.lora_rank > 0, quantize=self.model.quantize)
+                               lora=self.model.lora_rank > 0, quantize=self.model.quantize, machine=False)
         self.optim.validate()
         self.trainer.validate(num_ranks=self.resources.num_ranks)
+        tc = self.trainer
+        self.strategy.check_3d_accumulation("strategy", tc.batch_size // self.resources.num_ranks // tc.micro_batch_size)
+        self.strategy.check_machine()  # what this machine lacks comes after what the config gets wrong
         self.check_layout()
         require_fits_context("data.max_length", self.model.path, self.data.max_length, "data.max_length",
                              "lower data.max_length to the model's context")

@@ -23,7 +23,9 @@ from coati_ray.data.formats import sft_messages
 from coati_ray.errors import DataError
 
 MODES = ("pretrain", "sft")
-TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens")
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "spiece", "sentencepiece",
+                   "tokenization_")
+PREPARE_VERSION = 1  # part of the cache key: a change to how samples are built invalidates old caches
 
 
 def jsonl_files(dirs: list[str]) -> list[str]:
@@ -43,7 +45,10 @@ def jsonl_files(dirs: list[str]) -> list[str]:
 def read_rows(files: list[str]) -> Iterator[tuple[str, dict]]:
     """(where, row) for every non-blank line; `where` is 'file:line'. A line that is not a JSON object
     stops with one line naming it."""
+    from coati_ray.data.loading import check_utf8
+
     for path in files:
+        check_utf8(path)  # a bad byte is named by its line
         with open(path, encoding="utf-8") as f:
             try:
                 for line_no, line in enumerate(f, 1):
@@ -146,7 +151,7 @@ def prepare(mode: str, files: list[str], tokenizer, max_length: int, num_bins: i
 
 def cache_key(mode: str, files: list[str], tokenizer_dir: str, max_length: int, num_bins: int, seed: int) -> str:
     """What the output depends on: mode, settings, the tokenizer's files and every input file's bytes."""
-    h = hashlib.sha256(json.dumps([mode, max_length, num_bins, seed]).encode())
+    h = hashlib.sha256(json.dumps([PREPARE_VERSION, mode, max_length, num_bins, seed]).encode())
     tokenizer_files = sorted(f for f in os.listdir(tokenizer_dir) if f.startswith(TOKENIZER_FILES))
     for path in [os.path.join(tokenizer_dir, f) for f in tokenizer_files] + files:
         h.update(os.path.basename(path).encode())
@@ -194,9 +199,9 @@ def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: s
     key = cache_key(mode, files, tokenizer_dir, max_length, num_bins, seed)
     marker = os.path.join(out, "prepared.json")
     if os.path.exists(marker):
-        with open(marker) as f:
+        with open(marker, encoding="utf-8") as f:
             manifest = json.load(f)
-        if manifest["key"] == key:
+        if manifest.get("key") == key:
             info(f"{out} is already prepared from these inputs and settings (key {key}): nothing to do")
             return manifest
         raise ConfigError(f"config error: '{out}' holds data prepared from other inputs or settings; choose a new "
@@ -207,7 +212,7 @@ def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: s
                           "write; choose a new output directory (nothing is overwritten)")
     cache = os.path.join(out, "cache", key)
     if os.path.exists(os.path.join(cache, "prepared.json")):
-        with open(os.path.join(cache, "prepared.json")) as f:
+        with open(os.path.join(cache, "prepared.json"), encoding="utf-8") as f:
             manifest = json.load(f)
         parts = load_parts(cache, manifest)
         info(f"reusing the tokenized cache {cache}")
@@ -224,7 +229,7 @@ def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: s
                               for i, p in enumerate(parts)]}
         shutil.rmtree(cache, ignore_errors=True)  # an interrupted cache of this key (no prepared.json)
         save_parts(parts, cache, jsonl_too=False)
-        with open(os.path.join(cache, "prepared.json"), "w") as f:
+        with open(os.path.join(cache, "prepared.json"), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1, ensure_ascii=False)
     os.makedirs(out, exist_ok=True)
     with open(partial, "w") as f:
@@ -232,7 +237,7 @@ def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: s
     for sub in ("jsonl", "arrow"):  # leftovers of our own interrupted run
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     save_parts(parts, out, jsonl_too=True)
-    with open(marker, "w") as f:
+    with open(marker, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)
     os.remove(partial)
     info(f"prepared {manifest['rows']} rows ({manifest['truncated']} truncated) of {manifest['categories']} "

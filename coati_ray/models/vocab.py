@@ -35,7 +35,11 @@ class Expansion:
 
 def read_pieces(path: str) -> list[str]:
     """The `piece` of every row of a jsonl file (`{"piece": "你好"}`); a bad row names its file and line."""
+    from coati_ray.data.loading import check_utf8
+
     pieces = []
+    if os.path.isfile(path):
+        check_utf8(path)  # names the line of a bad byte
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
@@ -155,7 +159,7 @@ def expand_checkpoint(source: str, pieces_path: str, output: str) -> dict:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        with open(os.path.join(tmp, "expand_vocab.json"), "w") as f:
+        with open(os.path.join(tmp, "expand_vocab.json"), "w", encoding="utf-8") as f:
             json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present},
                       f, indent=1, ensure_ascii=False)
         os.rename(tmp, out)

@@ -22,6 +22,9 @@ from coati_ray.trainers.sft import SFTTrainer
 def prepared_folders(path: str) -> list[str]:
     """The save_to_disk folders behind one entry of data.train_path: a prepare_data output directory, its
     arrow/ directory, or one part folder."""
+    if os.path.exists(os.path.join(path, "prepared.partial")) or (
+            os.path.isdir(os.path.join(path, "arrow")) and not os.path.isfile(os.path.join(path, "prepared.json"))):
+        raise DataError(f"data error: '{path}' is half-written (no prepared.json); run launch.prepare_data into it again")
     for root in (os.path.join(path, "arrow"), path):
         parts = sorted(glob.glob(os.path.join(root, "part-*")))
         if parts:
@@ -91,6 +94,10 @@ class PretrainTrainer(SFTTrainer):
         items, truncated = load_prepared(split_paths(path), data_cfg.max_length, max_samples)
         if not items:
             raise DataError(f"data error: {path} holds no samples")
+        top = max(max(item["input_ids"]) for item in items)
+        if top >= len(tokenizer):
+            raise DataError(f"data error: {path} holds token id {top} but the model's tokenizer has {len(tokenizer)} "
+                            "tokens; prepare the data with the tokenizer of model.path (e.g. the expanded one)")
         return items, LoadReport(path, len(items), 0, truncated, 0)
 
     @staticmethod
