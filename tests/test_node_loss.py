@@ -44,8 +44,11 @@ def test_a_node_lost_with_experience_in_its_object_store_is_made_again_and_train
     cannot fetch that experience; the driver has it made again by the maker Ray restarts on the spare node."""
     from actors.driver import PPOJob
 
+    # 3 PPO epochs make a step's update outlast a batch's generation, so the maker is ahead (staleness 1) and
+    # the buffer holds its next batches when a step ends, however loaded the machine is
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "run", *SMALL, "ppo.mode=async", "ppo.max_staleness=1",
-                     "ppo.max_steps=6", "maker.num_makers=1", "maker.num_cpus=1", "maker.resources={inference: 1}")
+                     "ppo.ppo_epochs=3", "ppo.max_steps=8", "maker.num_makers=1", "maker.num_cpus=1",
+                     "maker.resources={inference: 1}")
     rows, removed = [], []
 
     def on_step(job, step, m):
@@ -59,14 +62,14 @@ def test_a_node_lost_with_experience_in_its_object_store_is_made_again_and_train
 
     summary = PPOJob(cfg).run(on_step=on_step)
     assert removed, "the buffer never held unfetched experience between steps: nothing was lost"
-    assert summary["steps"] == 6
+    assert summary["steps"] == 8
     assert summary["batches_lost_with_a_node"] >= 1 and summary["maker_restarts"] == 1, summary
     acc = summary["buffer"]
     assert acc["lost"] == acc["remade"] == summary["batches_lost_with_a_node"] and acc["awaiting_remake"] == 0
     assert_books_balance(acc)
     for role in ("actor", "critic"):
         ids = consumed_batch_ids(rows, role)
-        assert sorted(ids) == list(range(len(ids))) and len(ids) == 6 * len(rows[0]["consumed"][role]["batch_ids"])
+        assert sorted(ids) == list(range(len(ids))) and len(ids) == 8 * len(rows[0]["consumed"][role]["batch_ids"])
     assert_no_leaks()
 
 

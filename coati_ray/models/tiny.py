@@ -22,11 +22,18 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+# The sorting task's datasets. Colossal-LLaMA's samples (data/pretrain, sft_bilingual, vocab) stay out: their
+# pieces must be new to the tokenizer for vocabulary expansion to add them, and the demos' tokenizer (so
+# their figures) must not change when a sample is added.
+TOKENIZER_CORPUS = ("pref", "prompts", "ptx", "sft")
+
+
 def repo_texts(root: str = REPO_ROOT) -> Iterable[str]:
-    """Every string value in the repo's data/*.jsonl files, rendered as the chat template renders them."""
+    """Every string value in the sorting task's data/*/*.jsonl files, rendered as the chat template renders them."""
     from coati_ray.data.template import DEFAULT_TEMPLATE
 
-    for path in sorted(glob.glob(os.path.join(root, "data", "**", "*.jsonl"), recursive=True)):
+    paths = [p for d in TOKENIZER_CORPUS for p in glob.glob(os.path.join(root, "data", d, "**", "*.jsonl"), recursive=True)]
+    for path in sorted(paths):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
