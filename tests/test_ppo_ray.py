@@ -1,5 +1,6 @@
 """Stage 3 end to end on a local Ray: makers, trainer groups, buffer accounting, weight sync, modes,
-scaling, LoRA sync, resume, and clean shutdown. One Ray instance serves the whole module."""
+scaling, algorithms and rewards, metrics, and clean shutdown (weight sync through a job: test_ppo_weight_sync.py;
+resume: test_resume.py). One Ray instance serves the whole module."""
 
 import os
 import shutil
@@ -56,6 +57,8 @@ def sync_run(local_ray, tiny_llama, reward_dir, tmp_path_factory):
 
 
 # (series, role) pairs a dashboard user needs, as Ray's Prometheus export names them (`ray_` + name).
+
+
 REQUIRED_SERIES = [
     ("ray_coati_experiences_per_second", "maker"), ("ray_coati_generated_tokens_per_second", "maker"),
     ("ray_coati_reward_mean", "maker"), ("ray_coati_kl_mean", "maker"), ("ray_coati_weight_sync_seconds", "maker"),
@@ -117,6 +120,8 @@ def test_sync_run_completes_and_books_balance(sync_run):
 
 
 # Stable names every PPO step has in metrics.jsonl (and TensorBoard).
+
+
 STEP_KEYS = ("timing/generate", "timing/ref", "timing/reward", "timing/values", "timing/update_actor",
              "timing/update_critic", "timing/sync", "timing/step", "throughput/samples_per_s",
              "throughput/generated_tokens_per_s", "throughput/trainer_tokens_per_s", "throughput/actor_tokens_per_s",
@@ -157,86 +162,6 @@ def test_sync_mode_is_on_policy(sync_run):
         for role in ("actor", "critic"):
             consumed = c["consumed"][role]
             assert consumed["versions"] == [c["step"] - 1] * 2 and max(consumed["staleness"]) == 0
-
-
-@pytest.fixture(scope="module")
-def resume_pair(local_ray, tiny_llama, reward_dir, tmp_path_factory):
-    """An uninterrupted 4-step run and one resumed from its step-2 checkpoint, both with rollout > train batch,
-    2 PPO epochs and PPO-ptx, so the optimiser, the scheduler, the RNG and the ptx position all matter."""
-    from actors.driver import PPOJob
-
-    root = tmp_path_factory.mktemp("resume")
-    # LoRA dropout (kept by ppo.disable_dropout) draws from each rank's RNG, so the RNG restore matters too
-    overrides = ("ppo.max_steps=4", "ppo.save_every=2", "ppo.rollout_batch_size=16", "ppo.train_batch_size=8",
-                 "ppo.ppo_epochs=2", "ppo.ptx_coef=0.2", "ppo.ptx_batch_size=2", "actor.lora_rank=4",
-                 "actor.lora_dropout=0.1",
-                 f"data.ptx_path={data_path('ptx', 'train.jsonl')}", "actor_trainer.optim.scheduler=cosine",
-                 "buffer.capacity=32")
-
-    def recorder(store):
-        def after_step(job, step, m):
-            store[step] = {"metrics": m, "actor": ray.get(job.groups["actor"][0].weights.remote()),
-                           "critic": ray.get(job.groups["critic"][0].weights.remote())}
-        return after_step
-
-    full, resumed = {}, {}
-    cfg = ppo_config(tiny_llama, reward_dir, root / "full", *overrides)
-    PPOJob(cfg, log=True).run(on_step=recorder(full))
-    os.makedirs(root / "resumed" / "checkpoints")
-    shutil.copytree(root / "full" / "checkpoints" / "step_000002", root / "resumed" / "checkpoints" / "step_000002")
-    cfg = ppo_config(tiny_llama, reward_dir, root / "resumed", *overrides)
-    summary = PPOJob(cfg, resume_from=str(root / "resumed" / "checkpoints" / "step_000002")).run(
-        on_step=recorder(resumed))
-    return {"full": full, "resumed": resumed, "summary": summary, "root": root}
-
-
-def test_async_resume_remakes_the_batches_in_flight_none_skipped_none_twice(local_ray, tiny_llama, reward_dir,
-                                                                          tmp_path):
-    """Async mode: batches the makers had started for later steps when the checkpoint was written are made
-    again on resume (from the checkpoint's weights), so the resumed run trains exactly the batches the
-    uninterrupted one trained after the checkpoint."""
-    from actors.driver import PPOJob
-
-    overrides = ("ppo.mode=async", "ppo.max_staleness=1", "ppo.max_steps=4", "ppo.save_every=2")
-    full, resumed = {}, {}
-
-    def recorder(store):
-        return lambda job, step, m: store.__setitem__(step, m["consumed"])
-
-    PPOJob(ppo_config(tiny_llama, reward_dir, tmp_path / "full", *overrides)).run(on_step=recorder(full))
-    assert any(v < 2 for v in full[3]["actor"]["versions"])  # step 3's experience was in flight at step 2
-    os.makedirs(tmp_path / "resumed" / "checkpoints")
-    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_000002",
-                    tmp_path / "resumed" / "checkpoints" / "step_000002")
-    summary = PPOJob(ppo_config(tiny_llama, reward_dir, tmp_path / "resumed", *overrides),
-                     resume_from=str(tmp_path / "resumed" / "checkpoints" / "step_000002")).run(on_step=recorder(resumed))
-    assert summary["steps"] == 4 and sorted(resumed) == [3, 4]
-    for step in (3, 4):
-        for role in ("actor", "critic"):
-            assert resumed[step][role]["batch_ids"] == full[step][role]["batch_ids"], (step, role)
-    assert min(resumed[3]["actor"]["versions"]) == 2  # remade from the checkpoint's weights
-    trained = [b for store, steps in ((full, (1, 2)), (resumed, (3, 4))) for s in steps for b in store[s]["actor"]["batch_ids"]]
-    assert sorted(trained) == list(range(len(trained)))  # none skipped, none twice
-    assert_no_leaks()
-
-
-def test_resume_continues_exactly_the_uninterrupted_run(resume_pair):
-    full, resumed = resume_pair["full"], resume_pair["resumed"]
-    assert resume_pair["summary"]["steps"] == 4 and sorted(resumed) == [3, 4]
-    for step in (3, 4):
-        a, b = full[step], resumed[step]
-        for role in ("actor", "critic"):  # the same batches, made by the same policy versions, none skipped
-            for key in ("batch_ids", "versions"):
-                assert a["metrics"]["consumed"][role][key] == b["metrics"]["consumed"][role][key], (step, role)
-        for key in ("actor/loss", "actor/ptx_loss", "critic/loss", "reward", "kl", "actor/lr"):
-            assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-5, abs=1e-7), (step, key)
-        for role in ("actor", "critic"):
-            worst = max((a[role][k] - b[role][k]).abs().max().item() for k in a[role])
-            assert worst < 1e-6, (step, role, worst)
-    # the steps moved the weights by far more than that tolerance
-    drift = max((full[4]["actor"][k] - full[2]["actor"][k]).abs().max().item() for k in full[4]["actor"])
-    assert drift > 1e-4
-    assert_no_leaks()
 
 
 def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
@@ -285,43 +210,6 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     assert_no_leaks()
 
 
-def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_llama, reward_dir, tmp_path):
-    from actors.driver import PPOJob
-    from coati_ray.models.weights import LORA_MARKER
-
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "lora", "actor.lora_rank=4", "ppo.max_steps=2",
-                     "maker.num_makers=1")
-    seen = {}
-
-    def after_step(job, step, m):
-        maker_state = ray.get(next(iter(job.makers.values())).weights.remote())["actor"]
-        trainer_state = ray.get(job.groups["actor"][0].weights.remote())
-        seen[step] = {"bytes": m["sync/bytes"], "maker": maker_state, "trainer": trainer_state}
-
-    PPOJob(cfg).run(on_step=after_step)
-    last = seen[2]
-    lora_keys = [k for k in last["trainer"] if LORA_MARKER in k]
-    assert lora_keys and all(torch.equal(last["maker"][k], last["trainer"][k]) for k in last["trainer"])
-    lora_bytes = sum(last["trainer"][k].numel() * 4 for k in lora_keys)
-    critic_bytes = seen[2]["bytes"] - lora_bytes
-    full_actor_bytes = sum(v.numel() * v.element_size() for v in last["trainer"].values())
-    assert critic_bytes > 0 and lora_bytes < full_actor_bytes / 3  # only adapters moved for the actor
-    # merged weights from the maker equal merged weights from the trainer (what a full sync would give)
-    from coati_ray.config import ModelConfig
-    from coati_ray.models import build_actor
-    from coati_ray.models.weights import load_weights
-
-    merged = []
-    for side in ("maker", "trainer"):
-        actor = build_actor(ModelConfig(path=tiny_llama, lora_rank=4))
-        load_weights(actor, {k: v for k, v in last[side].items() if LORA_MARKER in k}, lora_only=True)
-        merged.append(actor.model.merge_and_unload().state_dict())
-    assert all(torch.equal(merged[0][k], merged[1][k]) for k in merged[0])
-    final = tmp_path / "lora" / "checkpoints" / "final" / "actor" / "model"
-    assert not os.path.exists(final / "adapter_config.json")  # the exported model is merged
-    assert_no_leaks()
-
-
 def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_llama, reward_dir, tmp_path):
     from actors.driver import PPOJob
 
@@ -335,46 +223,6 @@ def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_lla
         PPOJob(cfg).run(on_step=explode)
     assert_no_leaks()
     assert ray.is_initialized()  # the job did not own this Ray, so it left it running
-
-
-@pytest.mark.parametrize("transport", ["object_store", "collective"])
-@pytest.mark.parametrize("lora_rank", [0, 4])
-def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_llama, reward_dir, tmp_path,
-                                                               lora_rank, transport):
-    """Both transports, full weights and LoRA adapters only: the trainers keep fp32 weights and the
-    makers infer in bfloat16 (maker.dtype); every sync casts on purpose, counted in sync/cast_tensors,
-    and the makers hold exactly the cast of the trainers' weights (bit for bit)."""
-    from actors.driver import PPOJob
-
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "bf16", "maker.dtype=bfloat16", "ppo.max_steps=2",
-                     f"actor.lora_rank={lora_rank}", f"critic.lora_rank={lora_rank}", f"sync.transport={transport}",
-                     "sync.bucket_mb=0.25")
-    seen = {}
-
-    def after_step(job, step, m):
-        for maker in job.makers.values():
-            seen[(step, maker)] = {"cast": m["sync/cast_tensors"], "maker": ray.get(maker.weights.remote()),
-                                   "collective": m["sync/collective"], "bytes": m["sync/bytes"],
-                                   "actor": ray.get(job.groups["actor"][0].weights.remote()),
-                                   "critic": ray.get(job.groups["critic"][0].weights.remote())}
-
-    PPOJob(cfg).run(on_step=after_step)
-    from coati_ray.models.weights import is_lora_synced
-
-    assert len(seen) == 4  # 2 steps x 2 makers
-    for (step, _), s in seen.items():
-        assert s["collective"] == (transport == "collective")
-        if lora_rank:  # LoRA: only what trains moves (the adapters, and the critic's value head)
-            moved = sum(v.numel() * 4 for role in ("actor", "critic") for k, v in s[role].items() if is_lora_synced(k))
-            full = sum(v.numel() * 4 for role in ("actor", "critic") for v in s[role].values())
-            assert s["bytes"] == moved and moved < full / 3, (s["bytes"], moved, full)
-        for role in ("actor", "critic"):
-            for k, v in s[role].items():
-                theirs = s["maker"][role][k]
-                assert torch.equal(theirs, v.to(theirs.dtype)), (step, role, k)
-        assert any(v.dtype == torch.bfloat16 for v in s["maker"]["actor"].values())
-        assert s["cast"] > 0, s["cast"]
-    assert_no_leaks()
 
 
 def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local_ray, tiny_llama, tmp_path):
@@ -422,35 +270,6 @@ def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local
     assert_no_leaks()
 
 
-def test_collective_sync_follows_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
-    """Sync mode on the collective transport: makers added at step 1 catch up from the object store and
-    join the group re-formed at the next sync; after every step every maker equals the trainers."""
-    from actors.driver import PPOJob
-
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", "sync.transport=collective", "ppo.max_steps=4",
-                     "maker.num_makers=1", "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
-    plan, seen, formed = {1: 3, 3: 1}, [], []
-
-    def after_step(job, step, m):
-        trainer = ray.get(job.groups["actor"][0].weights.remote())
-        states = [ray.get(mk.weights.remote()) for mk in job.makers.values()]
-        seen.append({"step": step, "makers": len(states), "collective": m["sync/collective"],
-                     "members": {r: sorted(g.members) for r, g in job.sync.groups.items()},
-                     "same": all(torch.equal(st["actor"][k], trainer[k]) for st in states for k in trainer),
-                     "versions": [st["version"] for st in states]})
-        if step in plan:
-            job.scale_makers(plan[step])
-
-    summary = PPOJob(cfg).run(on_step=after_step)
-    assert summary["steps"] == 4
-    assert [s["makers"] for s in seen] == [1, 3, 3, 1]
-    assert all(s["same"] and s["versions"] == [s["step"]] * s["makers"] and s["collective"] for s in seen), seen
-    assert seen[1]["members"] == {"actor": [0, 1, 2], "critic": [0, 1, 2]}  # re-formed with the new makers
-    assert seen[3]["members"] == {"actor": [0], "critic": [0]}
-    assert_books_balance(summary["buffer"])
-    assert_no_leaks()
-
-
 def test_a_reward_function_that_raises_ends_the_run_in_one_line(local_ray, tiny_llama, tmp_path, capsys):
     from launch.ppo import main
     from tests.conftest import REPO
@@ -461,43 +280,4 @@ def test_a_reward_function_that_raises_ends_the_run_in_one_line(local_ray, tiny_
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(err) == 1, err
     assert "tests.reward_fixtures:raises raised ZeroDivisionError" in err[0]
-    assert_no_leaks()
-
-
-def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(local_ray, tiny_llama, reward_dir,
-                                                                            tmp_path):
-    """QLoRA in stage 3: the actor's base is 4-bit (nf4) and frozen in the trainers and the makers, only the
-    adapters sync, and after every sync a maker's merged (dequantized base + LoRA) weights equal the
-    trainer's; the final export is a full-precision model."""
-    from transformers import AutoModelForCausalLM
-
-    from actors.driver import PPOJob
-    from coati_ray.models.weights import LORA_MARKER
-
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "qlora", "actor.quantize=int4", "actor.lora_rank=4",
-                     "ppo.max_steps=2", "maker.num_makers=1", "actor_trainer.resources.num_ranks=1",
-                     "actor_trainer.strategy.name=naive")
-    seen = []
-
-    def after_step(job, step, m):
-        maker = ray.get(next(iter(job.makers.values())).weights.remote(merged=True))["actor"]
-        trainer = ray.get(job.groups["actor"][0].weights.remote(merged=True))
-        adapters = ray.get(job.groups["actor"][0].weights.remote())  # as stored: packed base + adapters
-        critic = ray.get(job.groups["critic"][0].weights.remote())
-        synced = sum(v.numel() * v.element_size() for k, v in adapters.items() if LORA_MARKER in k) + \
-            sum(v.numel() * v.element_size() for v in critic.values())
-        seen.append((maker, trainer, m["sync/bytes"], synced))
-
-    summary = PPOJob(cfg).run(on_step=after_step)
-    assert summary["steps"] == 2 and len(seen) == 2
-    for maker, trainer, moved, synced in seen:
-        assert maker.keys() == trainer.keys() and not any("lora_" in k or "absmax" in k for k in maker)
-        assert all(torch.equal(maker[k], trainer[k]) for k in trainer)
-        assert moved == synced  # the actor's adapters and the (full) critic: never the 4-bit base
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
-    moved_from_base = max((seen[-1][1][k] - base[k]).abs().max().item() for k in base)
-    assert moved_from_base > 0  # 4-bit rounding plus what the adapters learned
-    final, info = AutoModelForCausalLM.from_pretrained(tmp_path / "qlora" / "checkpoints" / "final" / "actor" / "model",
-                                                       output_loading_info=True)
-    assert not any(info.values()) and final.dtype == torch.float32
     assert_no_leaks()
