@@ -35,7 +35,7 @@ class Actor(nn.Module):
         from their first real token, as they did during generation.
         """
         kwargs = {}
-        if attention_mask is not None and _accepts_position_ids(self.model):
+        if attention_mask is not None and "position_ids" in forward_parameters(self.model):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             kwargs["position_ids"] = position_ids
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
@@ -103,8 +103,12 @@ def response_mask(actions: torch.Tensor, eos_token_id) -> torch.Tensor:
     return (eos_before == 0).long()
 
 
-def _accepts_position_ids(model: nn.Module) -> bool:
+def forward_parameters(model: nn.Module) -> set:
+    """The argument names of a Hugging Face model's forward, seen through a peft wrapper or a ColossalAI
+    one (the 3d strategy boosts the transformer itself, whose wrapper's forward takes *args, **kwargs)."""
     import inspect
 
+    while hasattr(model, "unwrap") and callable(model.unwrap) and model.unwrap() is not model:
+        model = model.unwrap()
     base = getattr(model, "get_base_model", lambda: model)()
-    return "position_ids" in inspect.signature(base.forward).parameters
+    return set(inspect.signature(base.forward).parameters)

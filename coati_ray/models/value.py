@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from coati_ray.algo.rewards import last_token_index
+from coati_ray.models.actor import forward_parameters
 from coati_ray.errors import ModelError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -50,7 +51,7 @@ class ValueModel(nn.Module):
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Value of every position: (B, T) -> (B, T), computed in float32."""
         kwargs = {}
-        if "position_ids" in _forward_params(self.backbone):
+        if "position_ids" in forward_parameters(self.backbone):
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         hidden = out.last_hidden_state
@@ -120,9 +121,3 @@ class RewardModel(ValueModel):
         last = last_token_index(attention_mask)
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
-
-def _forward_params(module: nn.Module) -> set:
-    import inspect
-
-    base = getattr(module, "get_base_model", lambda: module)()
-    return set(inspect.signature(base.forward).parameters)

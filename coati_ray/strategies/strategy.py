@@ -102,6 +102,33 @@ class Strategy:
         """Boost model (+ optimiser and scheduler); returns the wrapped objects to train with."""
         if not self.uses_booster:
             return model.to(self.device), optimizer, lr_scheduler
+        computed = float32_buffers(model) if self.name != "ddp" and self.cfg.precision != "fp32" else {}
+        model, optimizer, lr_scheduler = self._boost(model, optimizer, lr_scheduler)
+        # ZeRO-2, Gemini and 3d cast the whole module, RoPE's inv_freq too; from_pretrained in bf16 (what the
+        # makers and every export's reader load) keeps it in float32, so the trainer would score tokens with
+        # coarser rotary frequencies than the model it exports (seen on an H100: logits off by 1 bf16 ulp).
+        restore_buffers(self.unwrap(model), computed)
+        return model, optimizer, lr_scheduler
+
+    def _boost(self, model: nn.Module, optimizer, lr_scheduler) -> tuple[Any, Any, Any]:
+        if self.name == "3d":
+            # ShardFormer shards only the Hugging Face classes it has a policy for, so the 3d plugin boosts
+            # the wrapped transformer; our Actor / ValueModel keep calling it as before (their heads
+            # stay plain modules whose parameters the hybrid optimizer still steps).
+            attr = hf_attribute(model)
+            config = getattr(model, attr).config
+            if config.model_type == "opt" and config._attn_implementation == "sdpa":
+                config._attn_implementation = "eager"  # ColossalAI 0.5.0's OPT policy: eager or flash_attention_2
+            if self.cfg.precision != "fp32":  # a head next to the transformer computes in its precision too
+                dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+                for name, child in model.named_children():
+                    if name != attr:
+                        child.to(dtype)
+            inner, optimizer, _, _, lr_scheduler = self.booster.boost(getattr(model, attr), optimizer,
+                                                                     lr_scheduler=lr_scheduler)
+            setattr(model, attr, inner)
+            model.to(self.device)
+            return model, optimizer, lr_scheduler
         model, optimizer, _, _, lr_scheduler = self.booster.boost(model, optimizer, lr_scheduler=lr_scheduler)
         return model, optimizer, lr_scheduler
 
@@ -115,7 +142,7 @@ class Strategy:
         """Context for one micro-batch's backward: skips the gradient all-reduce except on the last."""
         if last_micro_batch or self.booster is None or not self.plugin.support_no_sync():
             return contextlib.nullcontext()
-        return self.booster.no_sync(model, optimizer)
+        return self.booster.no_sync(getattr(model, hf_attribute(model)) if self.name == "3d" else model, optimizer)
 
     def optimizer_step(self, model, optimizer) -> float:
         """Clip (naive/ddp here; zero2/gemini clip inside the plugin), step, zero grads. Returns the global
@@ -141,7 +168,10 @@ class Strategy:
             if inner is model:
                 break
             model = inner
-        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        if self.name == "3d":
+            return with_unwrapped_hf(model)
+        return model
 
     def full_state_dict(self, model) -> dict:
         """Every parameter and buffer, unsharded, on CPU, keyed as the unwrapped module names them; on
@@ -153,6 +183,8 @@ class Strategy:
         """
         if self.name == "colossalai_gemini":
             state = model.state_dict(only_rank_0=True)
+        elif self.name == "3d" and self.is_rank0:
+            state = unpadded_state_dict(self.unwrap(model))
         elif self.is_rank0:
             state = self.unwrap(model).state_dict()
         else:
@@ -201,6 +233,63 @@ class Strategy:
         t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
+
+
+def hf_attribute(model: nn.Module) -> str:
+    """The attribute of an Actor ('model') or ValueModel ('backbone') holding its Hugging Face model."""
+    for attr in ("model", "backbone"):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            return attr
+    raise TypeError(f"the 3d strategy boosts a model's Hugging Face transformer; {type(model).__name__} has none")
+
+
+def with_unwrapped_hf(model: nn.Module) -> nn.Module:
+    """`model` as its own class, sharing every parameter, with the 3d plugin's wrapper around its Hugging
+    Face transformer taken off (so state_dict keys and save_pretrained are the plain model's)."""
+    attr = hf_attribute(model)
+    inner = getattr(model, attr)
+    if not (hasattr(inner, "unwrap") and callable(inner.unwrap)):
+        return model
+    import copy
+
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view._modules[attr] = inner.unwrap()
+    return view
+
+
+def unpadded_state_dict(module: nn.Module) -> dict:
+    """`module.state_dict()` of a 3d-boosted model without ShardFormer's vocabulary padding. (ShardFormer's own
+    `_save_to_state_dict` unpads each parameter in place and fails on the second name of a tied embedding.)"""
+    from colossalai.tensor.padded_tensor import is_padded_tensor
+
+    out = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        t = param.detach()
+        out[name] = t.narrow(param._padding_dim, 0, param._origin_length) if is_padded_tensor(param) else t
+    for mod_name, mod in module.named_modules():
+        for name, buf in mod._buffers.items():
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                out[f"{mod_name}.{name}" if mod_name else name] = buf.detach()
+    return out
+
+
+def float32_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the float32 buffers a model computes rather than loads (non-persistent: RoPE's inv_freq)."""
+    out = {}
+    for mod_name, mod in module.named_modules():
+        for name, buf in mod._buffers.items():
+            if buf is not None and name in mod._non_persistent_buffers_set and buf.dtype == torch.float32:
+                out[f"{mod_name}.{name}" if mod_name else name] = buf.detach().clone()
+    return out
+
+
+def restore_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put `saved` (float32_buffers of the same module) back, on the device each buffer is on now."""
+    for full_name, value in saved.items():
+        mod_name, _, name = full_name.rpartition(".")
+        mod = module.get_submodule(mod_name) if mod_name else module
+        mod._buffers[name] = value.to(mod._buffers[name].device)
 
 
 def hybrid_plugin(cfg: StrategyConfig):

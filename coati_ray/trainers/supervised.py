@@ -175,7 +175,8 @@ class SupervisedTrainer:
 
     def export(self, path: str, merge_lora: bool) -> None:
         """HF-format model (+ tokenizer) at `path`, written by rank 0."""
-        state = self.strategy.full_state_dict(self.model) if self.strategy.name == "colossalai_gemini" else None
+        # Gemini's parameters live in chunks and 3d's embeddings are padded: both export a gathered state_dict
+        state = self.strategy.full_state_dict(self.model) if self.strategy.name in ("colossalai_gemini", "3d") else None
         if self.strategy.is_rank0:
             tmp = path + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
