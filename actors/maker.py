@@ -108,6 +108,7 @@ class ExperienceMaker:
             raise MakerBehind(f"maker-{self.index} holds policy version {self.version}, expected {expected_version}")
         from coati_ray.algo.functional import masked_mean
         from coati_ray.experience import make_experience
+        from coati_ray.trainers.ppo import peak_device_memory_gb
         from coati_ray.utils.flops import experience_flops
 
         t0 = time.perf_counter()
@@ -124,6 +125,7 @@ class ExperienceMaker:
                       "kl": float(kl) if kl is not None else float("nan"),
                       "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
                       "version": exp.version, "maker": self.index, "batch_id": batch_id,
+                      "memory/peak_gb": peak_device_memory_gb(),
                       "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],
                                                 self.n_params["critic"], float(exp.attention_mask.sum()))})
         self._publish(stats, busy)

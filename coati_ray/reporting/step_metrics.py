@@ -33,6 +33,7 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
         m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
         m["throughput/generated_tokens_per_s"] = sum(s["generated_tokens"] for s in makes) / max(step_seconds, 1e-9)
         m["tflops/makers"] = tflops(sum(s["flops"] for s in makes), step_seconds)
+        m["memory/makers_peak_gb"] = max(s.get("memory/peak_gb", 0.0) for s in makes)
     else:  # async: no maker batch landed during this step, so nothing was produced in it
         m.update({key: 0.0 for key in MAKER_MEANS if key.startswith("timing/")})
         m.update({"throughput/samples_per_s": 0.0, "throughput/generated_tokens_per_s": 0.0, "tflops/makers": 0.0})

@@ -84,6 +84,7 @@ class PPOGroupTrainer:
         out[f"throughput/{self.role}_tokens_per_s"] = totals[-1] * self.ppo.ppo_epochs / max(elapsed, 1e-9)
         out[f"flops/{self.role}"] = training_flops(self.n_params, totals[-1] * self.ppo.ppo_epochs)  # whole group
         out[f"{self.role}/lr"] = self.scheduler.get_last_lr()[0]
+        out[f"memory/{self.role}_peak_gb"] = peak_device_memory_gb()
         return out
 
 
@@ -182,3 +183,8 @@ class _PtxData:
 
     def __init__(self, data):
         self.max_length, self.format, self.on_bad_row = data.ptx_max_length, "auto", data.on_bad_row
+
+
+def peak_device_memory_gb() -> float:
+    """The most GPU memory this process has held in tensors so far (GiB); 0 on CPU."""
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
