@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test demo demo-rlvr sft rm pretrain colossal-llama bench soak grafana dashboard-screenshot clean
+.PHONY: setup assets test demo demo-rlvr sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -63,6 +63,16 @@ rm: setup
 # ours vs TRL's PPO, pipeline efficiency, maker scaling, weight sync, soak -> benchmarks/RESULTS.md
 bench: setup
 	$(VPY) -m benchmarks.run_all
+
+# GPU check (README "GPU"): here, `make gpu-stage` packs ray/colossalai/our pins for the GPU machine's
+# Python 3.12 into .devsite/; there (carry .devsite and assets), `make gpu-check` runs tests/gpu + the GPU bench
+# over its own torch. GPU_PHASES picks phases (versions kernels tests bench).
+gpu-stage: assets
+	bash scripts/gpu/stage.sh
+
+GPU_PHASES ?= versions kernels tests bench
+gpu-check:
+	bash scripts/gpu/check.sh $(GPU_PHASES)
 
 soak: setup
 	$(VPY) -m benchmarks.soak --steps 1000 --kill-every 50 --seed 0

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make gpu-check`, on a GPU machine from the repository root, with .devsite/ (scripts/gpu/stage.sh) and
+# assets/ (make assets) beside it: unpack the staged stack over the machine's torch, build ColossalAI's CUDA
+# kernels, then run what is asked (default: all):
+#   versions  the stack that runs, and the NCCL probe (two ranks on one GPU)
+#   kernels   JIT-build HybridAdam's CUDA/C++ kernels (returned as $OUT/kernels.tar.gz to carry next time)
+#   tests     pytest tests/gpu (GPU_TEST_ARGS overrides its arguments)
+#   bench     python -m benchmarks.gpu_ppo (GPU_BENCH_ARGS overrides its arguments)
+# Logs and JSON go to $OUT (the device tool's folder) or runs/gpu_check.
+set -uo pipefail
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+phases=${*:-versions kernels tests bench}
+if [ ! -f /tmp/site/.unpacked ]; then
+  t=$(date +%s)
+  tar -xJf .devsite/site.tar.xz -C /tmp && touch /tmp/site/.unpacked
+  echo "[gpu-check] unpacked the staged stack in $(( $(date +%s) - t )) s"
+fi
+export PYTHONPATH=/tmp/site:$PWD
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+# CUDA 13 builds no code for the pre-Turing targets ColossalAI's kernel build lists by default: build for this GPU.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+export MAX_JOBS=${MAX_JOBS:-16}
+# kernels JIT-built by an earlier call, carried back in .devsite/kernels.tar.gz
+if [ -f .devsite/kernels.tar.gz ] && [ ! -d ~/.cache/colossalai ]; then mkdir -p ~/.cache && tar -xzf .devsite/kernels.tar.gz -C ~/.cache; fi
+for phase in $phases; do
+  t=$(date +%s)
+  case "$phase" in
+    versions)
+      python3 scripts/gpu/versions.py 2>&1 | tee "$OUT/versions.txt"
+      timeout 120 python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt" ;;
+    kernels)
+      timeout 900 python3 -c "
+from colossalai.nn.optimizer import HybridAdam
+import torch
+HybridAdam([torch.nn.Parameter(torch.zeros(4, device='cuda'))])
+print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
+      tar -czf "$OUT/kernels.tar.gz" -C ~/.cache colossalai ;;
+    tests)
+      # shellcheck disable=SC2086
+      timeout 1500 python3 -m pytest -q -rs -p no:cacheprovider ${GPU_TEST_ARGS:-tests/gpu} --junitxml="$OUT/junit.xml" -s 2>&1 \
+        | grep -v "^\s*warnings.warn\|UserWarning\|FutureWarning\|DeprecationWarning" | tee "$OUT/tests.log" | tail -60 ;;
+    bench)
+      # shellcheck disable=SC2086
+      timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl} --out "$OUT/gpu.json" 2>&1 \
+        | grep -v "warn" | tee "$OUT/bench.log" | tail -40 ;;
+    *) echo "[gpu-check] unknown phase '$phase' (versions, kernels, tests, bench)"; exit 2 ;;
+  esac
+  echo "[gpu-check] $phase took $(( $(date +%s) - t )) s"
+done
