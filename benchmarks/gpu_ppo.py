@@ -1,21 +1,29 @@
-"""PPO on one GPU: iteration time, samples/s/GPU and TFLOP/s per group, for opt-125m/350m/1.3b-shaped
-models under ddp, zero2 and gemini. Not run yet: no GPU was available (see RESULTS.md).
+"""PPO on one GPU: step time, samples/s per GPU, generated tokens/s, TFLOP/s and peak memory per group, and
+weight-sync seconds / GB/s per transport, for opt-125m/350m/1.3b-shaped models under ddp, zero2 and gemini;
+TRL's PPO trainer on the same GPU and workload as the side-by-side (when trl is importable).
 
     python -m benchmarks.gpu_ppo [--sizes opt-125m opt-350m opt-1.3b] [--strategies ddp colossalai_zero2 colossalai_gemini]
+                                 [--transports object_store collective] [--trl] [--out gpu.json]
 
-Models are built locally from OPT configs of those shapes (random weights, the repo's tokenizer:
-throughput does not depend on the values) and saved in Hugging Face format. One GPU is shared by
-fractions: the maker 0.3, the actor group 0.3, the critic group 0.3.
+Models are built locally from OPT configs of those shapes (random weights, the repo's tokenizer: throughput
+does not depend on the values) and saved in Hugging Face format. One GPU is shared by fractions: the maker
+0.3, the actor group 0.3, the critic group 0.3. Workload: 32 prompts per step, up to 64 new tokens (random weights rarely
+emit EOS; TRL generates all 64), one PPO epoch in micro-batches of 8.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import time
 
 from benchmarks.common import OUT, REPO, save, steady
 
 SHAPES = {"opt-125m": (768, 12, 12), "opt-350m": (1024, 24, 16), "opt-1.3b": (2048, 24, 32)}
+ROLLOUT, NEW_TOKENS, MICRO = 32, 64, 8
 
 
 def build(name: str) -> tuple[str, str]:
@@ -39,30 +47,73 @@ def build(name: str) -> tuple[str, str]:
     return path, rm
 
 
-def run(name: str, strategy: str, steps: int) -> dict:
+def run(name: str, strategy: str, steps: int, transport: str) -> dict:
     from actors.driver import PPOJob
     from coati_ray.config import load_config
     from coati_ray.config.ppo import PPOConfig
 
     path, rm = build(name)
+    precision = "fp32" if strategy == "ddp" else "bf16"
     dtype = "float32" if strategy == "ddp" else "bfloat16"
     cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={path}", f"critic.path={path}", f"reward.path={rm}", f"actor.dtype={dtype}",
-        f"critic.dtype={dtype}", f"reward.dtype={dtype}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
-        "generation.max_new_tokens=64", "ppo.rollout_batch_size=32", "ppo.train_batch_size=32", "ppo.micro_batch_size=8",
-        f"ppo.max_steps={steps}", "maker.num_makers=1", "maker.batch_size=32", "maker.num_gpus=0.3", "maker.num_cpus=1",
-        "maker.torch_threads=4", "buffer.capacity=128"] + [
+        f"actor.path={path}", f"critic.path={path}", f"reward.path={rm}", f"maker.dtype={dtype}",
+        f"reward.dtype={dtype}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
+        f"generation.max_new_tokens={NEW_TOKENS}",
+        f"ppo.rollout_batch_size={ROLLOUT}", f"ppo.train_batch_size={ROLLOUT}", f"ppo.micro_batch_size={MICRO}",
+        f"ppo.max_steps={steps}", "maker.num_makers=1", f"maker.batch_size={ROLLOUT}", "maker.num_gpus=0.3",
+        "maker.num_cpus=1", "maker.torch_threads=4", "buffer.capacity=128", f"sync.transport={transport}"] + [
         f"{g}.{k}" for g in ("actor_trainer", "critic_trainer") for k in (
-            f"strategy.name={strategy}", "resources.num_ranks=1", "resources.num_gpus_per_rank=0.3",
-            "resources.num_cpus_per_rank=1", "resources.torch_threads=4")],
-        output_dir=os.path.join(OUT, "gpu", f"{name}-{strategy}"))
+            f"strategy.name={strategy}", f"strategy.precision={precision}", "resources.num_ranks=1",
+            "resources.num_gpus_per_rank=0.3", "resources.num_cpus_per_rank=1", "resources.torch_threads=4")],
+        output_dir=os.path.join(OUT, "gpu", f"{name}-{strategy}-{transport}"))
     cfg.validate()
     rows = []
+    t0 = time.perf_counter()
     PPOJob(cfg, log=False, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
     step_s = steady([r["timing/step"] for r in rows])
-    return {"model": name, "strategy": strategy, "step_seconds": step_s, "samples_per_s_per_gpu": 32 / step_s,
-            **{k: steady([r[k] for r in rows]) for k in ("tflops/makers", "tflops/actor_trainer",
-                                                         "tflops/critic_trainer")}}
+    sync_s = steady([r["timing/sync"] for r in rows])
+    sync_bytes = rows[-1]["sync/bytes"]
+    return {"model": name, "strategy": strategy, "transport": transport, "steps": len(rows),
+            "wall_seconds": time.perf_counter() - t0, "step_seconds": step_s,
+            "samples_per_s_per_gpu": ROLLOUT / step_s,
+            "generated_tokens_per_s": steady([r["throughput/generated_tokens_per_s"] for r in rows]),
+            "generate_seconds": steady([r["timing/generate"] for r in rows]),
+            "sync_seconds": sync_s, "sync_bytes": sync_bytes, "sync_gb_per_s": sync_bytes / max(sync_s, 1e-9) / 1e9,
+            **{f"tflops_{g}": steady([r[f"tflops/{g}"] for r in rows]) for g in (
+                "makers", "actor_trainer", "critic_trainer")},
+            **{f"peak_gb_{g}": max(r.get(f"memory/{g}_peak_gb", 0.0) for r in rows) for g in (
+                "makers", "actor", "critic")}}
+
+
+def run_trl(name: str, steps: int) -> dict:
+    """TRL's PPOTrainer (benchmarks/trl_ppo.py, in a subprocess) on the same model, prompts and workload, fp32
+    as our ddp row (TRL's PPO keeps policy, reference, reward and value models on one device)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from coati_ray.config.ppo import PromptDataConfig
+    from coati_ray.experience.prompts import read_prompt_data
+    from coati_ray.models.loading import load_tokenizer
+
+    path, _ = build(name)
+    inputs = os.path.join(OUT, "gpu_trl", name)
+    os.makedirs(inputs, exist_ok=True)
+    tok = load_tokenizer(path)
+    items, _, _ = read_prompt_data(PromptDataConfig(prompt_path=os.path.join(REPO, "data", "prompts", "train.jsonl"),
+                                                    max_prompt_length=32), tok)
+    with open(os.path.join(inputs, "prompts.jsonl"), "w") as f:
+        f.writelines(json.dumps({"input_ids": it["input_ids"]}) + "\n" for it in items)
+    cfg = AutoConfig.from_pretrained(path, num_labels=1)
+    cfg.pad_token_id = tok.pad_token_id
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(os.path.join(inputs, "rm"))
+    with open(os.path.join(inputs, "workload.json"), "w") as f:
+        json.dump({"model": path, "rollout": ROLLOUT, "micro": MICRO, "epochs": 1, "new_tokens": NEW_TOKENS,
+                   "maker_batch": ROLLOUT, "kl_coef": 0.05, "lr": 1e-6}, f)
+    out = os.path.join(inputs, "result.json")
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "trl_ppo.py"), "--inputs", inputs, "--steps", str(steps),
+           "--threads", "4", "--gpu", "--out", out]
+    subprocess.run(cmd, check=True, timeout=900)
+    with open(out) as f:
+        return {"model": name, "strategy": "trl", **json.load(f)}
 
 
 def main(argv=None) -> None:
@@ -71,21 +122,42 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", nargs="*", default=list(SHAPES))
     p.add_argument("--strategies", nargs="*", default=["ddp", "colossalai_zero2", "colossalai_gemini"])
+    p.add_argument("--transports", nargs="*", default=["object_store"])
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--trl", action="store_true", help="also TRL's PPO on each size")
+    p.add_argument("--out", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    ray.init(include_dashboard=False, log_to_driver=False, namespace="coati")
     rows = []
+
+    def keep(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"rows": rows}, f, indent=2)
+
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
         for name in args.sizes:
             for strategy in args.strategies:
-                try:
-                    rows.append(run(name, strategy, args.steps))
-                except Exception as e:  # one failing combination is a result, not the end of the sweep
-                    rows.append({"model": name, "strategy": strategy, "error": f"{type(e).__name__}: {e}"[:300]})
-                print(rows[-1], flush=True)
+                for transport in args.transports:
+                    try:
+                        keep(run(name, strategy, args.steps, transport))
+                    except Exception as e:  # one failing combination is a result, not the end of the sweep
+                        keep({"model": name, "strategy": strategy, "transport": transport,
+                              "error": f"{type(e).__name__}: {e}"[:600]})
     finally:
         ray.shutdown()
-    save("gpu", {"rows": rows, "command": "python -m benchmarks.gpu_ppo"})
+    if args.trl:
+        for name in args.sizes:
+            try:
+                keep(run_trl(name, args.steps))
+            except Exception as e:
+                keep({"model": name, "strategy": "trl", "error": f"{type(e).__name__}: {e}"[:600]})
+    import torch
+
+    save("gpu", {"rows": rows, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                 "command": "python -m benchmarks.gpu_ppo " + " ".join(argv or sys.argv[1:])})
 
 
 if __name__ == "__main__":

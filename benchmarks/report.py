@@ -220,6 +220,39 @@ def quantize_section(r) -> list[str]:
     return out
 
 
+def gpu_section(r) -> list[str]:
+    if r is None:
+        return ["*Not measured: `make gpu-check` runs on a GPU machine (README, GPU).*"]
+    v = r["versions"]
+    out = [f"Measured {r['measured_at']} on {r['device']} by `make gpu-check` ({r['command']}). Stack: "
+           + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", "",
+           f"Workload: {r['workload']}.", "",
+           "| model | strategy | step (s) | samples/s/GPU | generated tok/s | TFLOP/s maker / actor / critic | "
+           "peak GiB maker / actor / critic | sync (s) | sync GB/s | vs TRL samples/s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    trl = {x["model"]: x for x in r["rows"] if x["strategy"] == "trl" and "error" not in x}
+    for x in r["rows"]:
+        if x["strategy"] == "trl":
+            continue
+        if "error" in x:
+            out.append(f"| {x['model']} | {x['strategy']} | {x['error'][:90]} |||||||")
+            continue
+        t = trl.get(x["model"])
+        ratio = f"{x['samples_per_s_per_gpu'] / t['samples_per_s']:.2f}×" if t else "—"
+        out.append(f"| {x['model']} | {x['strategy']} | {f(x['step_seconds'])} | {f(x['samples_per_s_per_gpu'], 1)} | "
+                   f"{f(x['generated_tokens_per_s'], 0)} | {f(x['tflops_makers'])} / {f(x['tflops_actor_trainer'])} / "
+                   f"{f(x['tflops_critic_trainer'])} | {f(x['peak_gb_makers'])} / {f(x['peak_gb_actor'])} / "
+                   f"{f(x['peak_gb_critic'])} | {f(x['sync_seconds'])} | {f(x['sync_gb_per_s'])} | {ratio} |")
+    for m, t in trl.items():
+        out.append(f"| {m} | TRL {t['trl']} PPOTrainer (fp32) | {f(t['step_seconds'])} | {f(t['samples_per_s'], 1)} | "
+                   f"{f(t['generated_tokens_per_s'], 0)} | | | | | 1.00× |")
+    out += ["", f"tests/gpu: {r['tests_summary']}. NCCL with two ranks on one GPU: {r['nccl_two_ranks_one_gpu']}.",
+            "", "Incompatibilities met:", *[f"- {x}" for x in r["incompatibilities"]],
+            "", "Bugs found on the GPU and fixed:", *[f"- {x}" for x in r["bugs_fixed"]],
+            "", "Open:", *[f"- {x}" for x in r["open"]]]
+    return out
+
+
 def write() -> str:
     m = machine()
     v = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
@@ -227,17 +260,14 @@ def write() -> str:
              f"Written from [`RESULTS.json`](RESULTS.json) on {time.strftime('%Y-%m-%d %H:%M')}: `make bench` measures "
              "every section, `make soak` the soak alone; each section says when it was measured.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}. "
-             "No GPU: see the GPU section.", "",
+             "The GPU figures (section 6) come from a GPU machine, named there.", "",
              "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
              "## 1. Against TRL's PPO trainer", "", *trl_section(load("vs_trl")), "",
              "## 2. Pipeline efficiency and maker scaling", "", *pipeline_section(load("pipeline")), "",
              "## 3. Weight sync", "", *sync_section(load("weight_sync")), "",
              "## 4. Soak (reliability)", "", *soak_section(load("soak")), "",
              "## 5. Quantized inference (`launch.generate --quantize`)", "", *quantize_section(load("quantize")), "",
-             "## 6. GPU", "",
-             "`python -m benchmarks.gpu_ppo` measures PPO iteration time, samples/s/GPU and TFLOP/s per group "
-             "for opt-125m/350m/1.3b-shaped models with ddp, zero2 and gemini on one GPU. It has **not been "
-             "run**: no GPU was available to this work. Its figures will go here when it is.", ""]
+             "## 6. GPU", "", *gpu_section(load("gpu")), ""]
     with open(PATH, "w") as fh:
         fh.write("\n".join(lines))
     print(f"[bench] wrote {PATH}")

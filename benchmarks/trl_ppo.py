@@ -17,6 +17,7 @@ def main() -> None:
     p.add_argument("--inputs", required=True, help="dir from benchmarks.bench_trl: prompts.jsonl, rm/, workload.json")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gpu", action="store_true", help="train on the GPU (benchmarks.gpu_ppo's side-by-side)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -50,7 +51,7 @@ def main() -> None:
                        local_rollout_forward_batch_size=w["maker_batch"], response_length=w["new_tokens"],
                        total_episodes=w["rollout"] * args.steps, kl_coef=w["kl_coef"], temperature=1.0,
                        learning_rate=w["lr"], report_to="none", save_strategy="no", num_sample_generations=0,
-                       logging_steps=10**6, use_cpu=True, seed=42, stop_token=None, missing_eos_penalty=None)
+                       logging_steps=10**6, use_cpu=not args.gpu, seed=42, stop_token=None, missing_eos_penalty=None)
 
     stamps = []
 
