@@ -1,11 +1,16 @@
 """Pipeline efficiency and maker scaling, on the workload of benchmarks/common.py.
 
-    python -m benchmarks.bench_pipeline [--steps 8]
+    python -m benchmarks.bench_pipeline [--steps 8] [--workload tiny|medium]
 
 1. A maker alone (makers generate K steps' worth of experience into an idle buffer), then the
    trainer groups alone (they train on that experience with every maker idle): two rates in
-   samples/s. The pipeline bound is the slower of the two.
-2. The full job in sync and async mode: samples trained per second, as a fraction of the bound.
+   samples/s, and the CPU time each stage's processes spent per sample (core-seconds, read from
+   /proc for the actors' pids). The bound is physics: cores / (generation + training core-seconds
+   per sample), what the machine could train if every core did useful work all the time and
+   nothing else (Ray calls, sync, the buffer, idle waits) cost anything. The slower stage's
+   standalone rate is kept beside it: it is the bound only if the stages had cores to themselves.
+2. The full job in sync and async mode: samples trained per second as a fraction of the bound, and
+   where each step's wall time went (the `timing/*` keys).
 3. Maker scaling: 1, 2 and 4 makers (1 torch thread each, trainers idle) make the same batches, all
    sent at once and spread evenly: experience produced per second, as speed-up over 1 maker. (Not
    measured inside the async job: there the makers finish the run's few batches within its first
@@ -16,15 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import ray
 
-from benchmarks.common import OUT, ROLLOUT, ppo_config, save, steady
+from benchmarks.common import OUT, ROLLOUT, WORKLOADS, ppo_config, save, steady, workload_model
+
+
+CORES = os.cpu_count() or 2  # what Ray is given here, and what the bound divides
 
 
 def connect() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
+    ray.init(num_cpus=CORES, include_dashboard=False, log_to_driver=False, namespace="coati")
 
 
 def make_tickets(job, tickets: range) -> None:
@@ -47,14 +56,14 @@ def make_step(job, step: int) -> None:
     make_tickets(job, range(step * k, (step + 1) * k))
 
 
-def maker_rate(makers: int, steps: int) -> float:
+def maker_rate(makers: int, steps: int, workload: str = "tiny") -> float:
     """Experience samples/s of `makers` makers (1 torch thread, 0.25 CPU each) making 4 x (steps - 1)
     batches at once (as many on each maker for 1, 2 and 4), after one warm-up batch each."""
     from actors.driver import PPOJob
 
     cfg = ppo_config(os.path.join(OUT, f"scaling_{makers}"), f"ppo.max_steps={4 * steps}",
                      f"maker.num_makers={makers}", "maker.num_cpus=0.25",
-                     f"buffer.capacity={ROLLOUT * 4 * steps}")
+                     f"buffer.capacity={ROLLOUT * 4 * steps}", workload=workload)
     job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()
@@ -68,69 +77,99 @@ def maker_rate(makers: int, steps: int) -> float:
     return len(timed) * job.cfg.maker.batch_size / seconds
 
 
-def standalone(steps: int) -> dict:
-    """Maker rate and trainer rate, each measured with the other stage idle, on the real actors."""
+def actor_pids(actors) -> list[int]:
+    return ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes (all their threads) have used so far."""
+    import psutil
+
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def standalone(steps: int, workload: str = "tiny") -> dict:
+    """Maker rate and trainer rate, each measured with the other stage idle, on the real actors, with the
+    core-seconds per sample each stage's processes used."""
     from actors.driver import PPOJob
 
     cfg = ppo_config(os.path.join(OUT, "standalone"), f"ppo.max_steps={steps}",
-                     f"buffer.capacity={ROLLOUT * (steps + 1)}")
+                     f"buffer.capacity={ROLLOUT * (steps + 1)}", workload=workload)
     job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()
+        makers = actor_pids(list(job.pool.makers.values()))
+        trainers = actor_pids([r for ranks in job.groups.values() for r in ranks])
         make_step(job, 0)  # warm-up, consumed below
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds(makers)
         for step in range(1, steps):
             make_step(job, step)
         maker_s = (time.perf_counter() - t) / (steps - 1)
-        times = []
+        maker_cs = (cpu_seconds(makers) - c) / ((steps - 1) * ROLLOUT)
+        times, cores = [], []
         for step in range(steps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds(trainers)
             ray.get([r.train_step.remote(job.buffer, job.items_per_step, step)
                      for ranks in job.groups.values() for r in ranks])
             times.append(time.perf_counter() - t)
+            cores.append((cpu_seconds(trainers) - c) / ROLLOUT)
         trainer_s = steady(times, skip=1)
     finally:
         job.shutdown()
     return {"maker_samples_per_s": ROLLOUT / maker_s, "trainer_samples_per_s": ROLLOUT / trainer_s,
-            "maker_step_seconds": maker_s, "trainer_step_seconds": trainer_s}
+            "maker_step_seconds": maker_s, "trainer_step_seconds": trainer_s,
+            "generation_core_seconds_per_sample": maker_cs, "training_core_seconds_per_sample": steady(cores, skip=1)}
 
 
-def full_job(mode: str, steps: int, *overrides: str) -> dict:
+def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny") -> dict:
     from actors.driver import PPOJob
 
     cfg = ppo_config(os.path.join(OUT, f"job_{mode}"), f"ppo.mode={mode}", f"ppo.max_steps={steps}",
-                     "ppo.log_every=100", *overrides)
+                     "ppo.log_every=100", *overrides, workload=workload)
     rows = []
     PPOJob(cfg, log=False, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
     step_s = steady([r["timing/step"] for r in rows])
     produced = steady([r["throughput/samples_per_s"] for r in rows])
+    timing = {k[len("timing/"):]: steady([r.get(k, 0.0) for r in rows]) for k in sorted(rows[-1])
+              if k.startswith("timing/") and k != "timing/step"}
     return {"mode": mode, "step_seconds": step_s, "trained_samples_per_s": ROLLOUT / step_s,
-            "produced_samples_per_s": produced}
+            "produced_samples_per_s": produced, "timing_seconds": timing}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
+    p.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True, help="measure 1, 2, 4 makers")
     args = p.parse_args(argv)
     connect()
     try:
-        alone = standalone(args.steps)
-        bound = min(alone["maker_samples_per_s"], alone["trainer_samples_per_s"])
-        jobs = {mode: full_job(mode, args.steps) for mode in ("sync", "async")}
+        alone = standalone(args.steps, args.workload)
+        stage_bound = min(alone["maker_samples_per_s"], alone["trainer_samples_per_s"])
+        core_s = alone["generation_core_seconds_per_sample"] + alone["training_core_seconds_per_sample"]
+        bound = CORES / core_s
+        jobs = {mode: full_job(mode, args.steps, workload=args.workload) for mode in ("sync", "async")}
         for j in jobs.values():
             j["fraction_of_bound"] = j["trained_samples_per_s"] / bound
+            j["fraction_of_stage_bound"] = j["trained_samples_per_s"] / stage_bound
         scaling = {}
-        for n in (1, 2, 4):
-            scaling[n] = {"produced_samples_per_s": maker_rate(n, args.steps)}
+        for n in (1, 2, 4) if args.scaling else ():
+            scaling[n] = {"produced_samples_per_s": maker_rate(n, args.steps, args.workload)}
         for n in scaling:
             scaling[n]["speedup"] = scaling[n]["produced_samples_per_s"] / scaling[1]["produced_samples_per_s"]
     finally:
         ray.shutdown()
-    result = {"standalone": alone, "bound_samples_per_s": bound,
+    result = {"standalone": alone, "cores": CORES, "core_seconds_per_sample": core_s, "bound_samples_per_s": bound,
+              "stage_bound_samples_per_s": stage_bound,
               "bound_stage": "maker" if alone["maker_samples_per_s"] <= alone["trainer_samples_per_s"] else "trainer",
+              "sync_fraction_of_bound": jobs["sync"]["fraction_of_bound"],
+              "async_fraction_of_bound": jobs["async"]["fraction_of_bound"],
+              "async_over_sync": jobs["async"]["trained_samples_per_s"] / jobs["sync"]["trained_samples_per_s"],
               "jobs": jobs, "maker_scaling": scaling, "steps": args.steps,
-              "command": "python -m benchmarks.bench_pipeline --steps %d" % args.steps}
-    save("pipeline", result)
+              "workload": {"name": args.workload, "model": os.path.basename(workload_model(args.workload)),
+                           "new_tokens": WORKLOADS[args.workload]["new_tokens"], "rollout": ROLLOUT},
+              "command": "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:] if argv is None else argv)}
+    save("pipeline" if args.workload == "tiny" else f"pipeline_{args.workload}", result)
     return result
 
 

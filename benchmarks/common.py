@@ -18,26 +18,47 @@ PROMPTS = os.path.join(REPO, "data", "prompts", "train.jsonl")
 ROLLOUT, NEW_TOKENS, MICRO, EPOCHS = 16, 16, 4, 1
 
 
-def reward_model_dir() -> str:
+# A second workload where compute dominates on this machine: a llama of 39M parameters (10 layers x 512,
+# random weights: throughput does not depend on the values) generating 64 new tokens.
+MEDIUM_SHAPE = {"hidden": 512, "layers": 10, "heads": 8}
+WORKLOADS = {"tiny": {"new_tokens": NEW_TOKENS}, "medium": {"new_tokens": 64}}
+
+
+def workload_model(workload: str = "tiny") -> str:
+    """The actor/critic base of a workload: the tiny model of `make assets`, or the medium llama built
+    once under runs/bench/models with the same tokenizer."""
+    if workload == "tiny":
+        return MODEL
+    path = os.path.join(OUT, "models", "llama-medium")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        from coati_ray.models.loading import load_tokenizer
+        from coati_ray.models.tiny import build_tiny_model
+
+        build_tiny_model("llama", load_tokenizer(MODEL), path, **MEDIUM_SHAPE)
+    return path
+
+
+def reward_model_dir(workload: str = "tiny") -> str:
     """A reward model laid out as the RM stage saves it: the base model plus a seeded random head."""
-    path = os.path.join(OUT, "models", "rm")
+    path = os.path.join(OUT, "models", "rm" if workload == "tiny" else f"rm-{workload}")
     if not os.path.isfile(os.path.join(path, "value_head.safetensors")):
         import torch
 
         from coati_ray.models import RewardModel
 
         torch.manual_seed(0)
-        RewardModel.from_pretrained(MODEL).save_pretrained(path)
+        RewardModel.from_pretrained(workload_model(workload)).save_pretrained(path)
     return path
 
 
-def ppo_config(out_dir: str, *overrides: str):
+def ppo_config(out_dir: str, *overrides: str, workload: str = "tiny"):
     from coati_ray.config import load_config
     from coati_ray.config.ppo import PPOConfig
 
+    model, new_tokens = workload_model(workload), WORKLOADS[workload]["new_tokens"]
     cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={MODEL}", f"critic.path={MODEL}", f"reward.path={reward_model_dir()}",
-        f"data.prompt_path={PROMPTS}", "data.max_prompt_length=32", f"generation.max_new_tokens={NEW_TOKENS}",
+        f"actor.path={model}", f"critic.path={model}", f"reward.path={reward_model_dir(workload)}",
+        f"data.prompt_path={PROMPTS}", "data.max_prompt_length=32", f"generation.max_new_tokens={new_tokens}",
         f"ppo.rollout_batch_size={ROLLOUT}", f"ppo.train_batch_size={ROLLOUT}", f"ppo.micro_batch_size={MICRO}",
         f"ppo.ppo_epochs={EPOCHS}", "maker.batch_size=8", "maker.num_makers=1", "maker.num_cpus=0.5",
         "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive", "buffer.capacity=64",

@@ -77,12 +77,29 @@ def pipeline_section(r) -> list[str]:
     if r is None:
         return ["*Not measured in this run.*"]
     a, jobs = r["standalone"], r["jobs"]
-    out = ["| measurement | samples/s | fraction of the bound |", "|---|---|---|",
-           f"| a maker alone (1 maker, 1 thread) | {f(a['maker_samples_per_s'])} | |",
-           f"| the trainer groups alone (actor + critic, 1 rank each) | {f(a['trainer_samples_per_s'])} | |",
-           f"| **bound** (slower stage: {r['bound_stage']}) | {f(r['bound_samples_per_s'])} | 1.00 |"]
+    if "core_seconds_per_sample" not in r:
+        return ["*Measured by an older version of this benchmark (stage bound only); rerun `make bench`.*"]
+    out = ["| measurement | samples/s | core-s / sample | fraction of the bound | of the stage bound |",
+           "|---|---|---|---|---|",
+           f"| a maker alone (1 maker, 1 thread) | {f(a['maker_samples_per_s'])} | "
+           f"{f(a['generation_core_seconds_per_sample'], 4)} | | |",
+           f"| the trainer groups alone (actor + critic, 1 rank each) | {f(a['trainer_samples_per_s'])} | "
+           f"{f(a['training_core_seconds_per_sample'], 4)} | | |",
+           f"| **bound**: {r['cores']} cores ÷ {f(r['core_seconds_per_sample'], 4)} core-s per sample | "
+           f"{f(r['bound_samples_per_s'])} | | 1.00 | |",
+           f"| stage bound (the slower stage alone: {r['bound_stage']}) | {f(r['stage_bound_samples_per_s'])} | | "
+           f"{f(r['stage_bound_samples_per_s'] / r['bound_samples_per_s'])} | 1.00 |"]
     for mode, j in jobs.items():
-        out.append(f"| full job, {mode} | {f(j['trained_samples_per_s'])} | **{f(j['fraction_of_bound'])}** |")
+        out.append(f"| full job, {mode} | {f(j['trained_samples_per_s'])} | | **{f(j['fraction_of_bound'])}** | "
+                   f"{f(j['fraction_of_stage_bound'])} |")
+    keys = sorted({k for j in jobs.values() for k in j["timing_seconds"]})
+    out += ["", f"Async over sync: {f(r['async_over_sync'])}×. Where a step's wall time went (seconds, mean of the "
+            "steady steps; the stages overlap in async mode, so they do not add up to the step there):", "",
+            "| job | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for mode, j in jobs.items():
+        out.append(f"| {mode} | {f(j['step_seconds'], 3)} | " + " | ".join(f(j['timing_seconds'].get(k), 3) for k in keys) + " |")
+    if not r["maker_scaling"]:
+        return out + ["", f"Command: `{r['command']}`"]
     out += ["", "**Maker scaling** (the makers alone, trainers idle: 1, 2 or 4 makers of 1 torch thread each make "
             "the same batches, sent at once and spread evenly; this machine has 2 cores):", "",
             "| makers | experience samples/s | speed-up over 1 |", "|---|---|---|"]
@@ -263,7 +280,9 @@ def write() -> str:
              "The GPU figures (section 6) come from a GPU machine, named there.", "",
              "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
              "## 1. Against TRL's PPO trainer", "", *trl_section(load("vs_trl")), "",
-             "## 2. Pipeline efficiency and maker scaling", "", *pipeline_section(load("pipeline")), "",
+             "## 2. Pipeline efficiency and maker scaling", "", "### Tiny workload (4 x 128 llama, 16 new tokens)", "",
+             *pipeline_section(load("pipeline")), "", "### Medium workload (10 x 512 llama, 39M parameters, 64 new tokens)", "",
+             *pipeline_section(load("pipeline_medium")), "",
              "## 3. Weight sync", "", *sync_section(load("weight_sync")), "",
              "## 4. Soak (reliability)", "", *soak_section(load("soak")), "",
              "## 5. Quantized inference (`launch.generate --quantize`)", "", *quantize_section(load("quantize")), "",

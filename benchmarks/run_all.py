@@ -12,6 +12,8 @@ def main() -> None:
     t = time.time()
     for name, run in (("TRL comparison", lambda: bench_trl.main(["--steps", "10"])),
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
+                      ("pipeline efficiency, 39M llama x 64 tokens",
+                       lambda: bench_pipeline.main(["--steps", "6", "--workload", "medium", "--no-scaling"])),
                       ("weight sync", lambda: bench_weight_sync.main([])),
                       ("quantized inference", lambda: bench_quantize.main([])),
                       ("soak", lambda: soak.main([]))):
