@@ -194,11 +194,12 @@ class PPOTrainerRank:
         """This rank's weights (for tests and checks); `merged`: LoRA folded into the (dequantized) base."""
         from coati_ray.models.weights import export_view
 
-        if self.sender.gathers and not merged:
-            # Gemini keeps parameters in chunks: gather them as a sync does (a collective, so tests call
-            # this on one-rank Gemini groups only).
-            return {k: v.detach().cpu().clone() for k, v in self.sender.state().items()}
-        return export_view(self.strategy.unwrap(self.trainer.model), merged)
+        with self.update_lock:  # not during an update, nor beside a sync's gather on the sync thread
+            if self.sender.gathers and not merged:
+                # Gemini keeps parameters in chunks: gather them as a sync does (a collective, so tests call
+                # this on one-rank Gemini groups only).
+                return {k: v.detach().cpu().clone() for k, v in self.sender.state().items()}
+            return export_view(self.strategy.unwrap(self.trainer.model), merged)
 
     def shutdown(self) -> None:
         self.strategy.close()

@@ -312,8 +312,8 @@ class SFTConfig(JobConfig):
         self.trainer.validate(num_ranks=self.resources.num_ranks)
         tc = self.trainer
         self.strategy.check_3d_accumulation("strategy", tc.batch_size // self.resources.num_ranks // tc.micro_batch_size)
-        self.strategy.check_machine()  # what this machine lacks comes after what the config gets wrong
         self.check_layout()
+        self.strategy.check_machine()  # what this machine lacks comes after what the config gets wrong
         require_fits_context("data.max_length", self.model.path, self.data.max_length, "data.max_length",
                              "lower data.max_length to the model's context")
 
@@ -332,6 +332,11 @@ class RMConfig(SFTConfig):
     def check_layout(self) -> None:
         if self.use_neft:
             _fail("use_neft", "NEFTune is for SFT (and pretraining), not a reward model", "remove use_neft")
+        if self.strategy.name == "3d" and self.strategy.zero == 0 and self.resources.num_ranks > 1:
+            # 3d boosts the transformer only; without ZeRO its data parallelism is DDP around that transformer,
+            # so the value head's gradients would never be averaged over ranks
+            _fail("strategy.zero", "a reward model on 3d with zero=0 and several ranks would leave its value head "
+                  "unsynchronised across ranks", "use strategy.zero=1 (or 2)")
         if self.data.format not in ("auto", "pairs", "hh_rlhf", "rm_static"):
             _fail("data.format", f"'{self.data.format}' is not a preference-pair layout",
                   "use auto, pairs, hh_rlhf or rm_static")

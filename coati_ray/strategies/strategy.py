@@ -184,6 +184,7 @@ class Strategy:
         if self.name == "colossalai_gemini":
             state = model.state_dict(only_rank_0=True)
         elif self.name == "3d" and self.is_rank0:
+            assert self.cfg.tp == 1, "3d export reads rank 0's weights: tensor-parallel shards would need a gather"
             state = unpadded_state_dict(self.unwrap(model))
         elif self.is_rank0:
             state = self.unwrap(model).state_dict()
@@ -275,11 +276,13 @@ def unpadded_state_dict(module: nn.Module) -> dict:
 
 
 def float32_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the float32 buffers a model computes rather than loads (non-persistent: RoPE's inv_freq)."""
+    """Copies of RoPE's inv_freq buffers: computed (not loaded) and kept float32 by from_pretrained in any
+    dtype. (Other computed buffers, such as a scale made in the default dtype, come out bf16 from a bf16
+    load, as the plugins' cast leaves them.)"""
     out = {}
     for mod_name, mod in module.named_modules():
         for name, buf in mod._buffers.items():
-            if buf is not None and name in mod._non_persistent_buffers_set and buf.dtype == torch.float32:
+            if buf is not None and name.endswith("inv_freq") and buf.dtype == torch.float32:
                 out[f"{mod_name}.{name}" if mod_name else name] = buf.detach().clone()
     return out
 

@@ -11,40 +11,50 @@ set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 phases=${*:-versions kernels tests bench}
-if [ ! -f /tmp/site/.unpacked ]; then
+if [ ! -f /tmp/site/.unpacked ] || [ .devsite/site.tar.xz -nt /tmp/site/.unpacked ]; then
   t=$(date +%s)
-  tar -xJf .devsite/site.tar.xz -C /tmp && touch /tmp/site/.unpacked
+  rm -rf /tmp/site
+  tar -xJf .devsite/site.tar.xz -C /tmp || { echo "[gpu-check] could not unpack .devsite/site.tar.xz (run make gpu-stage)"; exit 2; }
+  touch /tmp/site/.unpacked
   echo "[gpu-check] unpacked the staged stack in $(( $(date +%s) - t )) s"
 fi
+failed=""
 export PYTHONPATH=/tmp/site:$PWD
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 # CUDA 13 builds no code for the pre-Turing targets ColossalAI's kernel build lists by default: build for this GPU.
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)}
 export MAX_JOBS=${MAX_JOBS:-16}
 # kernels JIT-built by an earlier call, carried back in .devsite/kernels.tar.gz
 if [ -f .devsite/kernels.tar.gz ] && [ ! -d ~/.cache/colossalai ]; then mkdir -p ~/.cache && tar -xzf .devsite/kernels.tar.gz -C ~/.cache; fi
 for phase in $phases; do
   t=$(date +%s)
+  status=0
   case "$phase" in
     versions)
       python3 scripts/gpu/versions.py 2>&1 | tee "$OUT/versions.txt"
-      timeout 120 python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt" ;;
+      timeout 120 python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt"
+      status=${PIPESTATUS[0]} ;;
     kernels)
       timeout 900 python3 -c "
 from colossalai.nn.optimizer import HybridAdam
 import torch
 HybridAdam([torch.nn.Parameter(torch.zeros(4, device='cuda'))])
 print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
+      status=${PIPESTATUS[0]}
       tar -czf "$OUT/kernels.tar.gz" -C ~/.cache colossalai ;;
     tests)
       # shellcheck disable=SC2086
       timeout 1500 python3 -m pytest -q -rs -p no:cacheprovider ${GPU_TEST_ARGS:-tests/gpu} --junitxml="$OUT/junit.xml" -s 2>&1 \
-        | grep -v "^\s*warnings.warn\|UserWarning\|FutureWarning\|DeprecationWarning" | tee "$OUT/tests.log" | tail -60 ;;
+        | grep -v "^\s*warnings.warn\|UserWarning\|FutureWarning\|DeprecationWarning" | tee "$OUT/tests.log" | tail -60
+      status=${PIPESTATUS[0]} ;;
     bench)
       # shellcheck disable=SC2086
       timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl} --out "$OUT/gpu.json" 2>&1 \
-        | grep -v "warn" | tee "$OUT/bench.log" | tail -40 ;;
+        | grep -v "warn" | tee "$OUT/bench.log" | tail -40
+      status=${PIPESTATUS[0]} ;;
     *) echo "[gpu-check] unknown phase '$phase' (versions, kernels, tests, bench)"; exit 2 ;;
   esac
-  echo "[gpu-check] $phase took $(( $(date +%s) - t )) s"
+  echo "[gpu-check] $phase took $(( $(date +%s) - t )) s (exit $status)"
+  [ "$status" = 0 ] || failed="$failed $phase"
 done
+if [ -n "$failed" ]; then echo "[gpu-check] FAILED:$failed"; exit 1; fi
