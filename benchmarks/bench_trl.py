@@ -1,7 +1,7 @@
 """Ours against TRL's PPO and GRPO trainers: same tiny model, tokenizer, prompts, generation length,
 batch sizes and epochs (GRPO: same group size and reward function), on this machine, one after the other.
 
-    python -m benchmarks.bench_trl [--steps 10] [--trl 0.19.1 1.12.0] [--grpo-trl 0.19.1]
+    python -m benchmarks.bench_trl [--steps 10] [--trl 0.19.1 1.12.0] [--grpo-trl 0.19.1] [--workload tiny|medium]
 
 Each TRL version runs in its own venv made by benchmarks/trl_env.sh (pinned; torch 2.5.1 like
 ours). The reward model is ours converted to AutoModelForSequenceClassification (score = our value
@@ -16,13 +16,23 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import (EPOCHS, MICRO, MODEL, NEW_TOKENS, OUT, REPO, ROLLOUT, ppo_config, reward_model_dir,
-                               save, steady)
+from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, ppo_config, reward_model_dir, save,
+                               steady, workload_model)
 
-INPUTS = os.path.join(OUT, "trl_inputs")
+INPUTS = os.path.join(OUT, "trl_inputs")  # the tiny workload's; trl_inputs_<workload> for the others
+MODEL, NEW_TOKENS = workload_model("tiny"), WORKLOADS["tiny"]["new_tokens"]
+WORKLOAD = "tiny"
 MAKER_BATCH, KL, LR = 8, 0.05, 1e-5
 # GRPO: 16 prompts x 4 samples per step, one optimiser step over all 64 in micro-batches of 8, KL in the loss
 GRPO_ROLLOUT, GRPO_GROUP, GRPO_MICRO, GRPO_KL = 64, 4, 8, 0.04
+
+
+def use_workload(name: str) -> None:
+    """Point this module's workload (model, new tokens, TRL inputs) at `name` of benchmarks.common.WORKLOADS."""
+    global MODEL, NEW_TOKENS, INPUTS, WORKLOAD
+    WORKLOAD = name
+    MODEL, NEW_TOKENS = workload_model(name), WORKLOADS[name]["new_tokens"]
+    INPUTS = os.path.join(OUT, "trl_inputs" if name == "tiny" else f"trl_inputs_{name}")
 
 
 def prepare() -> None:
@@ -45,7 +55,7 @@ def prepare() -> None:
     with open(os.path.join(INPUTS, "grpo.json"), "w") as f:
         json.dump({"model": MODEL, "rollout": GRPO_ROLLOUT, "group": GRPO_GROUP, "micro": GRPO_MICRO,
                    "new_tokens": NEW_TOKENS, "kl_coef": GRPO_KL, "lr": LR}, f)
-    rm_dir = reward_model_dir()
+    rm_dir = reward_model_dir(WORKLOAD)
     cfg = AutoConfig.from_pretrained(rm_dir, num_labels=1)
     cfg.pad_token_id = tok.pad_token_id
     seqcls = AutoModelForSequenceClassification.from_config(cfg)
@@ -62,13 +72,17 @@ def prepare() -> None:
 
 
 def run_ours(steps: int) -> dict:
-    """Our job in sync mode (TRL is synchronous) with 1 maker and 1-rank naive groups on 2 CPUs."""
+    """Our job in sync mode (TRL is synchronous) with 1 maker and 1-rank naive groups on 2 CPUs. In sync mode
+    the maker and the trainers take turns, so the maker gets both cores (2 torch threads, as TRL's process
+    has) and the actor and critic groups one each, side by side. (With one maker thread, the 39M workload
+    left a core idle through generation: 15.4 s a step against 11.3 s.)"""
     import ray
 
     from actors.driver import PPOJob
 
     cfg = ppo_config(os.path.join(OUT, "vs_trl"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
-                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100")
+                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", "maker.torch_threads=2",
+                     "maker.num_cpus=1", workload=WORKLOAD)
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
@@ -100,10 +114,10 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
         f"ppo.n_samples_per_prompt={GRPO_GROUP}", f"ppo.kl_coef={GRPO_KL}", "maker.num_makers=1",
         f"maker.batch_size={GRPO_ROLLOUT}", "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
         f"actor_trainer.optim.lr={LR}", f"buffer.capacity={2 * GRPO_ROLLOUT}", "ppo.log_every=100",
-        f"ppo.mode={mode}", "ray.dashboard=false",
+        f"ppo.mode={mode}", "ray.dashboard=false", "buffer.timeout_s=1200",
         *(["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
            "actor_trainer.resources.num_cpus_per_rank=1"] if mode == "sync" else
-          ["ppo.max_staleness=1", "maker.num_cpus=0.5"])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}"))
+          ["ppo.max_staleness=1", "maker.num_cpus=0.5"])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
     cfg.validate()
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
@@ -150,7 +164,9 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--trl", nargs="*", default=["1.12.0", "0.19.1"], help="TRL versions for PPO")
     p.add_argument("--grpo-trl", nargs="*", default=["0.19.1"], help="TRL versions for GRPO")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
     args = p.parse_args(argv)
+    use_workload(args.workload)
     prepare()
     ours = run_ours(args.steps)
     rows = compare(ours, args.trl, args.steps, "trl_ppo.py")
@@ -174,7 +190,7 @@ def main(argv=None) -> dict:
                        "ours": ours_grpo, "ours_async": ours_grpo_async, "trl": grpo_rows},
               "grpo_ratio": best(grpo_rows),
               "command": "python -m benchmarks.bench_trl " + " ".join(argv or sys.argv[1:])}
-    save("vs_trl", result)
+    save("vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}", result)
     return result
 
 

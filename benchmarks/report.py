@@ -21,8 +21,8 @@ def trl_section(r) -> list[str]:
     out = [f"Workload: `{w['model']}`, {w['rollout']} prompts per step, {w['new_tokens']} new tokens, "
            f"generation batches of {w['maker_batch']}, one PPO epoch over one mini-batch of {w['rollout']} in "
            f"micro-batches of {w['micro']}, {w['steps']} steps (the first 2 are warm-up and not counted). "
-           "Both sides get the whole machine: ours as a sync job (1 maker, 1-rank actor and critic groups, "
-           "1 torch thread each), TRL as one process with 2 torch threads.", "",
+           "Both sides get the whole machine: ours as a sync job (1 maker with 2 torch threads, then the 1-rank "
+           "actor and critic groups side by side with 1 thread each), TRL as one process with 2 torch threads.", "",
            "| trainer | step (s) | PPO samples/s | generated tokens/s | ours ÷ theirs (samples) | ours ÷ theirs (tokens) |",
            "|---|---|---|---|---|---|",
            f"| coati_ray (sync) | {f(ours['step_seconds'], 3)} | {f(ours['samples_per_s'])} | "
@@ -237,6 +237,24 @@ def quantize_section(r) -> list[str]:
     return out
 
 
+def generation_section(rows) -> list[str]:
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return ["*Not measured in this run.*"]
+    out = ["The makers' sampler (Hugging Face `generate` through `Actor.generate`, sampling) against a lower bound "
+           "of bare forward passes of the same model: one prefill, then one cached decode step per token. Every "
+           "response runs to the full length on both sides; best of 3 after a warm-up, one process.", "",
+           "| model | parameters | batch × new tokens | threads | forward bound tok/s | generate tok/s | "
+           "generate ÷ bound |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w = r["workload"]
+        out.append(f"| {w['model']} | {w['parameters'] / 1e6:.1f}M | {w['batch']} × {w['new_tokens']} | {w['threads']} | "
+                   f"{f(r['forward_bound_tokens_per_s'], 0)} | {f(r['generate_tokens_per_s'], 0)} | "
+                   f"**{f(r['generate_fraction_of_bound'])}** |")
+    out += ["", "Commands: " + ", ".join(f"`{r['command']}`" for r in rows)]
+    return out
+
+
 def gpu_section(r) -> list[str]:
     if r is None:
         return ["*Not measured: `make gpu-check` runs on a GPU machine (README, GPU).*"]
@@ -279,14 +297,17 @@ def write() -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}. "
              "The GPU figures (section 6) come from a GPU machine, named there.", "",
              "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
-             "## 1. Against TRL's PPO trainer", "", *trl_section(load("vs_trl")), "",
+             "## 1. Against TRL's PPO trainer", "", "### Tiny workload", "", *trl_section(load("vs_trl")), "",
+             "### Medium workload (39M llama, 64 new tokens)", "", *trl_section(load("vs_trl_medium")), "",
              "## 2. Pipeline efficiency and maker scaling", "", "### Tiny workload (4 x 128 llama, 16 new tokens)", "",
              *pipeline_section(load("pipeline")), "", "### Medium workload (10 x 512 llama, 39M parameters, 64 new tokens)", "",
              *pipeline_section(load("pipeline_medium")), "",
              "## 3. Weight sync", "", *sync_section(load("weight_sync")), "",
              "## 4. Soak (reliability)", "", *soak_section(load("soak")), "",
              "## 5. Quantized inference (`launch.generate --quantize`)", "", *quantize_section(load("quantize")), "",
-             "## 6. GPU", "", *gpu_section(load("gpu")), ""]
+             "## 6. GPU", "", *gpu_section(load("gpu")), "",
+             "## 7. Generation against plain forward passes", "",
+             *generation_section([load("generation"), load("generation_medium")]), ""]
     with open(PATH, "w") as fh:
         fh.write("\n".join(lines))
     print(f"[bench] wrote {PATH}")

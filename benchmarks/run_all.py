@@ -1,19 +1,24 @@
-"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 10-15 minutes here
+"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 30 minutes here
 (the first run also builds the two pinned TRL venvs)."""
 
 from __future__ import annotations
 
 import time
 
-from benchmarks import bench_pipeline, bench_quantize, bench_trl, bench_weight_sync, report, soak
+from benchmarks import bench_generation, bench_pipeline, bench_quantize, bench_trl, bench_weight_sync, report, soak
 
 
 def main() -> None:
     t = time.time()
     for name, run in (("TRL comparison", lambda: bench_trl.main(["--steps", "10"])),
+                      ("TRL comparison, 39M llama x 64 tokens",
+                       lambda: bench_trl.main(["--steps", "5", "--workload", "medium", "--trl", "0.19.1"])),
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
                       ("pipeline efficiency, 39M llama x 64 tokens",
                        lambda: bench_pipeline.main(["--steps", "6", "--workload", "medium", "--no-scaling"])),
+                      ("generation against forward passes", lambda: bench_generation.main(["--workload", "tiny"])),
+                      ("generation against forward passes, 39M llama",
+                       lambda: bench_generation.main(["--workload", "medium"])),
                       ("weight sync", lambda: bench_weight_sync.main([])),
                       ("quantized inference", lambda: bench_quantize.main([])),
                       ("soak", lambda: soak.main([]))):
