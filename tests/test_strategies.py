@@ -21,20 +21,25 @@ def sft_config(tiny_llama, out_dir, *overrides) -> SFTConfig:
         *overrides], output_dir=str(out_dir))
 
 
-def train_steps(cfg: SFTConfig, rank: int = 0, world: int = 1, port=None, opt_dir=None) -> dict:
-    """Run STEPS optimiser steps through the real SFTTrainer; return its parameters and losses."""
-    from coati_ray.trainers.sft import SFTTrainer
-
-    torch.set_num_threads(1)
-    accum = cfg.trainer.batch_size // world // cfg.trainer.micro_batch_size
-    strategy = make_strategy(cfg.strategy, rank, world, "127.0.0.1", port, grad_accum_steps=accum)
-    strategy.setup_distributed()
+def sft_trainer(cfg: SFTConfig, strategy):
+    """The real SFTTrainer on cfg's model and data (64 rows), with the tokenizer and items it was built from."""
     from coati_ray.models.loading import load_tokenizer
+    from coati_ray.trainers.sft import SFTTrainer
 
     tok = load_tokenizer(cfg.model.path)
     items, _ = SFTTrainer.build_dataset(cfg.data.train_path, tok, cfg.data, 64)
     trainer = SFTTrainer(cfg, strategy, SFTTrainer.build_model(cfg.model, None), tok, items, None,
                          SFTTrainer.collator(tok), cfg.output_dir)
+    return trainer, tok, items
+
+
+def train_steps(cfg: SFTConfig, rank: int = 0, world: int = 1, port=None, opt_dir=None) -> dict:
+    """Run STEPS optimiser steps through the real SFTTrainer; return its parameters and losses."""
+    torch.set_num_threads(1)
+    accum = cfg.trainer.batch_size // world // cfg.trainer.micro_batch_size
+    strategy = make_strategy(cfg.strategy, rank, world, "127.0.0.1", port, grad_accum_steps=accum)
+    strategy.setup_distributed()
+    trainer, _, _ = sft_trainer(cfg, strategy)
     batches = trainer.batch_indices(0)
     losses = [trainer.train_step(trainer.rank_micro_batches(batches[i]))["loss"] for i in range(STEPS)]
     result = {"params": {k: v.clone() for k, v in strategy.unwrap(trainer.model).state_dict().items()},
@@ -43,8 +48,7 @@ def train_steps(cfg: SFTConfig, rank: int = 0, world: int = 1, port=None, opt_di
         strategy.save_optimizer(trainer.optimizer, opt_dir)
         strategy.barrier()
         saved = trainer.optimizer.state_dict()["state"]
-        fresh = SFTTrainer(cfg, strategy, SFTTrainer.build_model(cfg.model, None), tok, items, None,
-                           SFTTrainer.collator(tok), cfg.output_dir)
+        fresh, _, _ = sft_trainer(cfg, strategy)
         strategy.load_optimizer(fresh.optimizer, opt_dir)
         loaded = fresh.optimizer.state_dict()["state"]
         result["optimizer_round_trip"] = all(torch.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)

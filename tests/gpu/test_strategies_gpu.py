@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.test_strategies import free_port, sft_config
+from tests.test_strategies import free_port, sft_config, sft_trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs CUDA: ZeRO-2, Gemini and 3d assert a GPU (run by `make gpu-check`)")
@@ -17,9 +17,7 @@ STEPS = 6
 
 def _train_and_export(rank, name, model_dir, out_dir, port):
     from coati_ray.models import Actor
-    from coati_ray.models.loading import load_tokenizer
     from coati_ray.strategies import make_strategy
-    from coati_ray.trainers.sft import SFTTrainer
 
     overrides = [f"strategy.name={name}", "strategy.precision=bf16"]
     if name == "3d":
@@ -29,10 +27,7 @@ def _train_and_export(rank, name, model_dir, out_dir, port):
     accum = cfg.trainer.batch_size // cfg.trainer.micro_batch_size
     strategy = make_strategy(cfg.strategy, 0, 1, "127.0.0.1", port, grad_accum_steps=accum)
     strategy.setup_distributed()
-    tok = load_tokenizer(model_dir)
-    items, _ = SFTTrainer.build_dataset(cfg.data.train_path, tok, cfg.data, 64)
-    trainer = SFTTrainer(cfg, strategy, SFTTrainer.build_model(cfg.model, None), tok, items, None,
-                         SFTTrainer.collator(tok), cfg.output_dir)
+    trainer, _, items = sft_trainer(cfg, strategy)
     batches = trainer.batch_indices(0)
     losses = [trainer.train_step(trainer.rank_micro_batches(batches[i % len(batches)]))["loss"] for i in range(STEPS)]
     probe = trainer._to_device(trainer.collate(items[:4]))
