@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 from typing import Any, Callable, Optional
 
@@ -32,9 +33,12 @@ def node_address() -> tuple[str, int]:
 class RankWorker:
     """One rank: holds nothing but a torch thread setting; runs whatever rank function it is given."""
 
-    def __init__(self, torch_threads: Optional[int] = None):
+    def __init__(self, torch_threads: Optional[int] = None, cpu_cores: Optional[list] = None):
         import torch
 
+        from coati_ray.utils.cpu import pin_threads
+
+        pin_threads(cpu_cores, "resources.cpu_cores")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -53,7 +57,7 @@ class TrainerGroup:
     """
 
     def __init__(self, name: str, num_ranks: int, num_cpus_per_rank: float = 1.0, num_gpus_per_rank: float = 0.0,
-                 torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0):
+                 torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0, cpu_cores: Optional[list] = None):
         self.name, self.num_ranks = name, num_ranks
         bundle = {"CPU": num_cpus_per_rank} if num_gpus_per_rank == 0 else {"CPU": num_cpus_per_rank,
                                                                           "GPU": num_gpus_per_rank}
@@ -67,7 +71,7 @@ class TrainerGroup:
         self.workers = [
             RankWorker.options(name=f"{name}-{rank}", namespace=NAMESPACE, num_cpus=num_cpus_per_rank,
                                num_gpus=num_gpus_per_rank,
-                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, rank)).remote(threads)
+                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, rank)).remote(threads, cpu_cores)
             for rank in range(num_ranks)
         ]
 
@@ -105,9 +109,21 @@ def get_or_fail_fast(refs: list) -> list:
 
 
 def unwrap_error(err: BaseException) -> BaseException:
-    """The user-facing exception inside a RayTaskError/RayActorError, if there is one."""
+    """The user-facing exception inside a RayTaskError/RayActorError, if there is one. An actor whose
+    constructor raised comes back as an ActorDiedError holding only the text of its traceback: a
+    CoatiError named on its last line is rebuilt from it (e.g. a core list the actor's node lacks)."""
     cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, BaseException) else err
+    if isinstance(cause, BaseException):
+        return cause
+    if getattr(err, "actor_init_failed", False):
+        import coati_ray.errors
+
+        for line in reversed(str(getattr(err, "error_msg", "")).splitlines()):
+            match = re.match(r"coati_ray\.errors\.(\w+): (.+)$", line.strip())
+            cls = getattr(coati_ray.errors, match.group(1), None) if match else None
+            if isinstance(cls, type) and issubclass(cls, coati_ray.errors.CoatiError):
+                return cls(match.group(2))
+    return err
 
 
 @contextlib.contextmanager

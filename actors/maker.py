@@ -24,8 +24,11 @@ class MakerBehind(RuntimeError):
 
 @ray.remote(concurrency_groups={"sync": 1})
 class ExperienceMaker:
-    def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None):
+    def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None,
+                 cpu_cores: Optional[list] = None):
         import torch
+
+        from coati_ray.utils.cpu import pin_threads
 
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
@@ -33,6 +36,7 @@ class ExperienceMaker:
         from coati_ray.experience.rewards import RewardSources
         from coati_ray.models import load_tokenizer
 
+        pin_threads(cpu_cores, "maker.cpu_cores")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -19,12 +19,16 @@ STATE_FILE = "trainer_state.json"
 
 @ray.remote(concurrency_groups={"sync": 1})
 class PPOTrainerRank:
-    def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None):
+    def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None,
+                 cpu_cores: Optional[list] = None):
         import torch
+
+        from coati_ray.utils.cpu import pin_threads
 
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
 
+        pin_threads(cpu_cores, f"{role}_trainer.resources.cpu_cores")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -180,6 +180,9 @@ def ppo_cfg(tiny_llama, reward_dir, *overrides):
     (["generation.temperature=0"], "generation.temperature"),
     (["critic_trainer.strategy.name=naive", "critic_trainer.resources.num_ranks=2"], "naive"),
     (["ppo.kl_estimator=k5"], "use one of: k1, k2, k3"),
+    (["maker.cpu_cores=[]"], "maker.cpu_cores"),
+    (["actor_trainer.resources.cpu_cores=[1, 1]"], "actor_trainer.resources.cpu_cores"),
+    (["critic_trainer.resources.cpu_cores=[-1]"], "critic_trainer.resources.cpu_cores"),
 ])
 def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
     msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, *overrides))

@@ -167,21 +167,34 @@ def test_sync_mode_is_on_policy(sync_run):
 def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
     from actors.driver import PPOJob
 
+    # Makers pinned to the first core, trainers to the last (the same core on a 1-core machine).
+    maker_core, trainer_core = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "ppo.mode=async", "ppo.max_staleness=1",
                      "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=16", "sync.transport=collective",
                      f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}", "data.eval_max_samples=4",
-                     "data.gold_task=sorting", "ppo.eval_every=2")
+                     "data.gold_task=sorting", "ppo.eval_every=2", f"maker.cpu_cores=[{maker_core}]",
+                     f"actor_trainer.resources.cpu_cores=[{trainer_core}]",
+                     f"critic_trainer.resources.cpu_cores=[{trainer_core}]")
     plan = {1: 3, 3: 1}
-    seen = []
+    seen, masks = [], {}
+
+    def thread_masks(actor):
+        return ray.get(actor.__ray_call__.remote(lambda self: sorted(
+            {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")})))
 
     def after_step(job, step, m):
         seen.append((step, m["makers"], m["consumed"]))
+        if step == 2:  # the 3 makers (2 of them added by scaling) and every trainer rank, each thread
+            masks["makers"] = [thread_masks(mk) for mk in job.pool.makers.values()]
+            masks["trainers"] = [thread_masks(r) for ranks in job.groups.values() for r in ranks]
         if step in plan:
             job.scale_makers(plan[step])
 
     summary = PPOJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 5
     assert [n for _, n, _ in seen] == [1, 3, 3, 1, 1]
+    assert masks["makers"] == [[(maker_core,)]] * 3, masks
+    assert masks["trainers"] == [[(trainer_core,)]] * 3, masks  # actor group of 2 ranks, critic of 1
     for step, _, consumed in seen:
         for role in ("actor", "critic"):
             assert max(consumed[role]["staleness"]) <= 1, (step, consumed)
@@ -207,6 +220,20 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     assert len(train_rows) == 5
     for key in STEP_KEYS:  # async steps too, even one in which no maker batch finished
         assert all(isinstance(r.get(key), (int, float)) for r in train_rows), key
+    assert_no_leaks()
+
+
+def test_a_core_the_node_lacks_ends_the_run_in_one_line_naming_the_key(local_ray, tiny_llama, reward_dir, tmp_path):
+    """Only the node knows its cores: the maker refuses them first thing, and its constructor's error
+    reaches the driver as the ConfigError itself, not as a dead actor's traceback."""
+    from actors.driver import PPOJob
+    from coati_ray.errors import ConfigError
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "cores", "maker.num_makers=1", "maker.cpu_cores=[4096]",
+                     "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
+    with pytest.raises(ConfigError) as e:
+        PPOJob(cfg, log=False).run()
+    assert "maker.cpu_cores" in str(e.value) and "[4096]" in str(e.value) and "\n" not in str(e.value)
     assert_no_leaks()
 
 

@@ -12,6 +12,7 @@ from coati_ray.config.schema import (
     OptimizerConfig,
     ResourceConfig,
     StrategyConfig,
+    check_cpu_cores,
     _fail,
     _require_path,
     opt,
@@ -153,6 +154,8 @@ class MakerConfig:
     resources: dict[str, float] = opt({}, "custom Ray resources per maker, e.g. {inference: 1}, to place makers only on nodes "
                               "started with `ray start --resources='{\"inference\": 8}'`")
     torch_threads: Optional[int] = opt(1, "torch threads per maker")
+    cpu_cores: Optional[list[int]] = opt(None, "pin every thread of each maker to these cores of its node, e.g. [0] "
+                                               "(Linux affinity; None: the OS schedules); see resources.cpu_cores")
     max_restarts: int = opt(3, "Ray restarts of a dead maker")
     on_exhausted_restarts: Literal["fail", "drop"] = opt(
         "fail", "a maker dead past max_restarts: fail ends the run; drop takes it out of the pool and the run goes "
@@ -168,6 +171,7 @@ class MakerConfig:
             _fail(f"{key}.num_makers", f"must be >= 1, got {self.num_makers}", "PPO needs at least one maker")
         if self.batch_size < 1:
             _fail(f"{key}.batch_size", f"must be >= 1, got {self.batch_size}", "e.g. 4")
+        check_cpu_cores(self.cpu_cores, f"{key}.cpu_cores")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
                 _fail(f"{key}.resources", f"{name}: {amount!r} is not a custom resource amount > 0",

@@ -223,12 +223,26 @@ class ResourceConfig:
     num_cpus_per_rank: float = opt(1.0, "CPUs reserved per rank (fractions allowed)")
     num_gpus_per_rank: float = opt(0.0, "GPUs reserved per rank (fractions allow colocation)")
     torch_threads: Optional[int] = opt(None, "torch intra-op threads per rank (None: torch default)")
+    cpu_cores: Optional[list[int]] = opt(None, "pin every thread of each rank to these cores of its node, e.g. [1] "
+                                               "(Linux affinity; None: the OS schedules). Where makers and trainers "
+                                               "share a node's cores, separate cores keep one stage from slowing the other")
 
     def validate(self, key: str = "resources") -> None:
         if self.num_ranks < 1:
             _fail(f"{key}.num_ranks", f"must be >= 1, got {self.num_ranks}", "e.g. 1 or 2")
         if self.num_cpus_per_rank < 0 or self.num_gpus_per_rank < 0:
             _fail(key, "CPU and GPU requests must be >= 0", "e.g. num_cpus_per_rank=1")
+        check_cpu_cores(self.cpu_cores, f"{key}.cpu_cores")
+
+
+def check_cpu_cores(cores: Optional[list[int]], key: str) -> None:
+    """A core list is None or a non-empty list of distinct core ids >= 0 (whether the node has them is
+    checked where the actor starts: only its node knows)."""
+    if cores is None:
+        return
+    if not cores or any(c < 0 for c in cores) or len(set(cores)) != len(cores):
+        _fail(key, f"must be a non-empty list of distinct core ids >= 0, got {cores}",
+              "e.g. [0] or [2, 3], or leave it unset to let the OS schedule")
 
 
 @dataclass
