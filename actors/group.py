@@ -118,11 +118,12 @@ def unwrap_error(err: BaseException) -> BaseException:
     if getattr(err, "actor_init_failed", False):
         import coati_ray.errors
 
-        for line in reversed(str(getattr(err, "error_msg", "")).splitlines()):
-            match = re.match(r"coati_ray\.errors\.(\w+): (.+)$", line.strip())
-            cls = getattr(coati_ray.errors, match.group(1), None) if match else None
-            if isinstance(cls, type) and issubclass(cls, coati_ray.errors.CoatiError):
-                return cls(match.group(2))
+        # the exception that ended the constructor: the last unindented line of the traceback
+        final = [line for line in str(getattr(err, "error_msg", "")).splitlines() if line.strip() and not line[0].isspace()]
+        match = re.match(r"coati_ray\.errors\.(\w+): (.+)$", final[-1].strip()) if final else None
+        cls = getattr(coati_ray.errors, match.group(1), None) if match else None
+        if isinstance(cls, type) and issubclass(cls, coati_ray.errors.CoatiError):
+            return cls(match.group(2))
     return err
 
 

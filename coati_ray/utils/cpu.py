@@ -3,8 +3,8 @@
 On a node where makers and trainers run side by side, the scheduler time-slices whichever threads
 are runnable, so the slower stage (the one that sets the pipeline's pace) loses a share of its core
 whenever the other stage is busy. Giving each stage its own cores keeps it at full speed: on the
-2-core benchmark machine, makers on core 0 and trainers on core 1 take the async PPO job from 0.75
-to about 0.85 of its physical bound (benchmarks/RESULTS.md, section 2).
+2-core benchmark machine, makers on core 0 and trainers on core 1 take the 39M async PPO job from
+0.74 to 0.87 of its physical bound (benchmarks/RESULTS.md, section 2).
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from typing import Optional, Sequence
 
 def available_cores() -> set[int]:
     """The cores this process may run on (its affinity mask, which a container or taskset may narrow)."""
+    if not hasattr(os, "sched_getaffinity"):
+        from coati_ray.errors import ConfigError
+
+        raise ConfigError("config error: cpu_cores: pinning threads to cores needs Linux (sched_setaffinity); "
+                          "leave cpu_cores unset on this platform")
     return set(os.sched_getaffinity(0))
 
 
@@ -41,9 +46,14 @@ def pin_threads(cores: Optional[Sequence[int]], key: str = "cpu_cores") -> Optio
         return None
     check_cores(cores, available_cores(), key)
     wanted = sorted(set(cores))
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), wanted)
-        except ProcessLookupError:  # a thread that ended since the listing
-            pass
-    return wanted
+    pinned: set[str] = set()
+    while True:  # a thread started meanwhile by one not yet pinned: list again until none is new
+        new = set(os.listdir("/proc/self/task")) - pinned
+        if not new:
+            return wanted
+        for tid in new:
+            try:
+                os.sched_setaffinity(int(tid), wanted)
+            except ProcessLookupError:  # a thread that ended since the listing
+                pass
+        pinned |= new
