@@ -10,7 +10,11 @@
    nothing else (Ray calls, sync, the buffer, idle waits) cost anything. The slower stage's
    standalone rate is kept beside it: it is the bound only if the stages had cores to themselves.
 2. The full job in sync and async mode: samples trained per second as a fraction of the bound, and
-   where each step's wall time went (the `timing/*` keys).
+   where each step's wall time went (the `timing/*` keys), and where the cores' time went: what the
+   makers and trainers used per sample inside the job against standalone, and how much stood idle.
+   Async runs twice: as the OS schedules it, and with the stages pinned to their own cores (makers on
+   the first half of the cores, trainers on the rest: maker.cpu_cores / *_trainer.resources.cpu_cores),
+   so the stage that sets the pace is never time-sliced by the other.
 3. Maker scaling: 1, 2 and 4 makers (1 torch thread each, trainers idle) make the same batches, all
    sent at once and spread evenly: experience produced per second, as speed-up over 1 maker. (Not
    measured inside the async job: there the makers finish the run's few batches within its first
@@ -26,7 +30,7 @@ import time
 
 import ray
 
-from benchmarks.common import OUT, ROLLOUT, WORKLOADS, ppo_config, save, steady, workload_model
+from benchmarks.common import OUT, ROLLOUT, WORKLOADS, pinned_overrides, ppo_config, save, steady, workload_model
 
 
 CORES = os.cpu_count() or 2  # what Ray is given here, and what the bound divides
@@ -56,9 +60,11 @@ def make_step(job, step: int) -> None:
     make_tickets(job, range(step * k, (step + 1) * k))
 
 
-def maker_rate(makers: int, steps: int, workload: str = "tiny") -> float:
+def maker_rate(makers: int, steps: int, workload: str = "tiny") -> dict:
     """Experience samples/s of `makers` makers (1 torch thread, 0.25 CPU each) making 4 x (steps - 1)
-    batches at once (as many on each maker for 1, 2 and 4), after one warm-up batch each."""
+    batches at once (as many on each maker for 1, 2 and 4), after one warm-up batch each; with the
+    core-seconds per sample the makers used and the rest of the machine used meanwhile (driver, buffer,
+    raylet): benchmarks/scaling_model.py predicts the other counts from the 1-maker run's."""
     from actors.driver import PPOJob
 
     cfg = ppo_config(os.path.join(OUT, f"scaling_{makers}"), f"ppo.max_steps={4 * steps}",
@@ -67,14 +73,26 @@ def maker_rate(makers: int, steps: int, workload: str = "tiny") -> float:
     job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()
+        pids = actor_pids(list(job.pool.makers.values()))
         make_tickets(job, range(makers))  # each maker's first batch: warm-up
         timed = range(makers, makers + 4 * (steps - 1))
-        t = time.perf_counter()
+        t, c, busy = time.perf_counter(), cpu_seconds(pids), busy_core_seconds()
         make_tickets(job, timed)
         seconds = time.perf_counter() - t
+        maker_cs, all_cs = cpu_seconds(pids) - c, busy_core_seconds() - busy
     finally:
         job.shutdown()
-    return len(timed) * job.cfg.maker.batch_size / seconds
+    samples = len(timed) * job.cfg.maker.batch_size
+    return {"produced_samples_per_s": samples / seconds, "maker_core_seconds_per_sample": maker_cs / samples,
+            "other_core_seconds_per_sample": max(all_cs - maker_cs, 0.0) / samples}
+
+
+def busy_core_seconds() -> float:
+    """CPU time the whole machine has spent not idle (every process, kernel included)."""
+    import psutil
+
+    t = psutil.cpu_times()  # guest time is already inside user/nice; steal is not this machine's work
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def actor_pids(actors) -> list[int]:
@@ -121,19 +139,43 @@ def standalone(steps: int, workload: str = "tiny") -> dict:
             "generation_core_seconds_per_sample": maker_cs, "training_core_seconds_per_sample": steady(cores, skip=1)}
 
 
-def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny") -> dict:
+def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny", name: str = "") -> dict:
+    """The job's steady steps: their rate, where each step's wall time went (timing/*), and where the
+    cores' time went between the end of warm-up and the last step (CPU time of the makers' processes per
+    sample they made, of the trainers' per sample trained, and the machine's idle cores, from /proc)."""
+    import psutil
+
     from actors.driver import PPOJob
 
-    cfg = ppo_config(os.path.join(OUT, f"job_{mode}"), f"ppo.mode={mode}", f"ppo.max_steps={steps}",
+    cfg = ppo_config(os.path.join(OUT, f"job_{name or mode}"), f"ppo.mode={mode}", f"ppo.max_steps={steps}",
                      "ppo.log_every=100", *overrides, workload=workload)
-    rows = []
-    PPOJob(cfg, log=False, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
+    rows, marks, pids = [], [], {}
+
+    def on_step(job, step, m):
+        rows.append(m)
+        if not pids:
+            pids["makers"] = actor_pids(list(job.pool.makers.values()))
+            pids["trainers"] = actor_pids([r for ranks in job.groups.values() for r in ranks])
+        idle = psutil.cpu_times()
+        marks.append((time.perf_counter(), cpu_seconds(pids["makers"]), cpu_seconds(pids["trainers"]),
+                      idle.idle + idle.iowait))
+
+    PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
     step_s = steady([r["timing/step"] for r in rows])
     produced = steady([r["throughput/samples_per_s"] for r in rows])
     timing = {k[len("timing/"):]: steady([r.get(k, 0.0) for r in rows]) for k in sorted(rows[-1])
               if k.startswith("timing/") and k != "timing/step"}
+    first = min(1, len(marks) - 1)
+    (t0, m0, r0, i0), (t1, m1, r1, i1) = marks[first], marks[-1]
+    trained = ROLLOUT * max(len(marks) - 1 - first, 1)
+    # makers are charged per sample they made in the window (async makers make no batch in the last step)
+    made = cfg.maker.batch_size * sum(r.get("experience/batches", 0) for r in rows[first + 1:]) or trained
+    cores = {"maker_core_seconds_per_sample": (m1 - m0) / made,
+             "trainer_core_seconds_per_sample": (r1 - r0) / trained,
+             "idle_cores": (i1 - i0) / max(t1 - t0, 1e-9)}
     return {"mode": mode, "step_seconds": step_s, "trained_samples_per_s": ROLLOUT / step_s,
-            "produced_samples_per_s": produced, "timing_seconds": timing}
+            "produced_samples_per_s": produced, "timing_seconds": timing, "cores": cores,
+            "overrides": list(overrides)}
 
 
 def main(argv=None) -> dict:
@@ -148,13 +190,21 @@ def main(argv=None) -> dict:
         stage_bound = min(alone["maker_samples_per_s"], alone["trainer_samples_per_s"])
         core_s = alone["generation_core_seconds_per_sample"] + alone["training_core_seconds_per_sample"]
         bound = CORES / core_s
-        jobs = {mode: full_job(mode, args.steps, workload=args.workload) for mode in ("sync", "async")}
+        # sync: the maker alone while the trainers wait, with 1 thread and with both cores (2 threads, as in
+        # bench_trl): the faster is the sync job async is compared with (2 threads pay at 39M, not on the tiny model)
+        jobs = {f"sync_maker_{n}_threads": full_job("sync", args.steps, f"maker.torch_threads={n}",
+                                                    f"maker.num_cpus={n / 2:g}", workload=args.workload,
+                                                    name=f"sync_{n}") for n in (1, 2)}
+        sync = max(jobs, key=lambda k: jobs[k]["trained_samples_per_s"])
+        jobs["async"] = full_job("async", args.steps, workload=args.workload)
+        jobs["async_pinned"] = full_job("async", args.steps, *pinned_overrides(), workload=args.workload,
+                                        name="async_pinned")
         for j in jobs.values():
             j["fraction_of_bound"] = j["trained_samples_per_s"] / bound
             j["fraction_of_stage_bound"] = j["trained_samples_per_s"] / stage_bound
         scaling = {}
         for n in (1, 2, 4) if args.scaling else ():
-            scaling[n] = {"produced_samples_per_s": maker_rate(n, args.steps, args.workload)}
+            scaling[n] = maker_rate(n, args.steps, args.workload)
         for n in scaling:
             scaling[n]["speedup"] = scaling[n]["produced_samples_per_s"] / scaling[1]["produced_samples_per_s"]
     finally:
@@ -162,13 +212,20 @@ def main(argv=None) -> dict:
     result = {"standalone": alone, "cores": CORES, "core_seconds_per_sample": core_s, "bound_samples_per_s": bound,
               "stage_bound_samples_per_s": stage_bound,
               "bound_stage": "maker" if alone["maker_samples_per_s"] <= alone["trainer_samples_per_s"] else "trainer",
-              "sync_fraction_of_bound": jobs["sync"]["fraction_of_bound"],
+              "sync_fraction_of_bound": jobs[sync]["fraction_of_bound"], "sync_job": sync,
               "async_fraction_of_bound": jobs["async"]["fraction_of_bound"],
-              "async_over_sync": jobs["async"]["trained_samples_per_s"] / jobs["sync"]["trained_samples_per_s"],
+              "async_over_sync": jobs["async"]["trained_samples_per_s"] / jobs[sync]["trained_samples_per_s"],
+              "async_pinned_fraction_of_bound": jobs["async_pinned"]["fraction_of_bound"],
+              "async_pinned_over_sync": (jobs["async_pinned"]["trained_samples_per_s"]
+                                         / jobs[sync]["trained_samples_per_s"]),
               "jobs": jobs, "maker_scaling": scaling, "steps": args.steps,
               "workload": {"name": args.workload, "model": os.path.basename(workload_model(args.workload)),
                            "new_tokens": WORKLOADS[args.workload]["new_tokens"], "rollout": ROLLOUT},
               "command": "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:] if argv is None else argv)}
+    if scaling:
+        from benchmarks.scaling_model import check, cluster_table, costs_from
+
+        result["scaling_model"] = {"check": check(result), "cluster": cluster_table(costs_from(result))}
     save("pipeline" if args.workload == "tiny" else f"pipeline_{args.workload}", result)
     return result
 

@@ -1,13 +1,13 @@
 """After training, in 8 and 4 bits: bytes of weights, generated tokens/s and the quality cost (mean
 log-likelihood of held-out reference answers, and the per-token KL from the full-precision model) for
-none/int8/int4, on the tiny SFT model and a ~100M llama.
+none/int8/int4, on the tiny SFT model, the 39M llama of the medium workload and a ~100M llama.
 
     python -m benchmarks.bench_quantize [--rows 64] [--new-tokens 32]
 
 The tiny model is stage 1's output (trained here in ~1 min when runs/bench/models/sft-tiny is missing).
-The ~100M llama (14 layers x 768, our tokenizer) is randomly initialised: nothing can be downloaded and a
-100M model does not train on 2 CPU cores in a benchmark's time, so its log-likelihoods sit near -ln(V);
-its bytes, speed, and the KL its quantization costs (Gaussian weights, which nf4 is built for) still hold.
+The 39M and ~100M llamas (10 x 512 and 14 x 768, our tokenizer) are randomly initialised: nothing can be
+downloaded and they do not train on 2 CPU cores in a benchmark's time, so their log-likelihoods sit near
+-ln(V); their bytes, speed, and the KL quantization costs (Gaussian weights, which nf4 is built for) still hold.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import OUT, REPO, save
+from benchmarks.common import OUT, REPO, save, workload_model
 
 EVAL = os.path.join(REPO, "data", "sft", "eval.jsonl")
 TINY = os.path.join(REPO, "assets", "models", "tiny-llama")
@@ -151,6 +151,8 @@ def main(argv=None) -> dict:
     result = {"workload": {"rows": args.rows, "new_tokens": args.new_tokens, "batch": args.batch,
                            "threads": torch.get_num_threads(), "device": "cpu", "eval": os.path.relpath(EVAL, REPO)},
               "models": [measure("tiny SFT (stage 1 output)", sft_tiny(), args.rows, args.new_tokens, args.batch),
+                         measure("llama 39M, the medium workload (random init)", workload_model("medium"), args.rows,
+                                 args.new_tokens, args.batch),
                          measure("llama ~100M (random init)", llama_100m(), args.rows, args.new_tokens, args.batch)],
               "command": "python -m benchmarks.bench_quantize " + " ".join(argv or [])}
     save("quantize", result)

@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, ppo_config, reward_model_dir, save,
-                               steady, workload_model)
+from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, pinned_overrides, ppo_config,
+                               reward_model_dir, save, steady, workload_model)
 
 INPUTS = os.path.join(OUT, "trl_inputs")  # the tiny workload's; trl_inputs_<workload> for the others
 MODEL, NEW_TOKENS = workload_model("tiny"), WORKLOADS["tiny"]["new_tokens"]
@@ -71,18 +71,21 @@ def prepare() -> None:
                    "maker_batch": MAKER_BATCH, "kl_coef": KL, "lr": LR}, f)
 
 
-def run_ours(steps: int) -> dict:
-    """Our job in sync mode (TRL is synchronous) with 1 maker and 1-rank naive groups on 2 CPUs. In sync mode
-    the maker and the trainers take turns, so the maker gets both cores (2 torch threads, as TRL's process
-    has) and the actor and critic groups one each, side by side. (With one maker thread, the 39M workload
-    left a core idle through generation: 15.4 s a step against 11.3 s.)"""
+def run_ours(steps: int, mode: str = "sync") -> dict:
+    """Our job with 1 maker and 1-rank naive groups on 2 CPUs. sync is TRL's algorithm: the maker and the
+    trainers take turns, so the maker gets both cores (2 torch threads, as TRL's process has) and the
+    actor and critic groups one each, side by side. (With one maker thread, the 39M workload left a core
+    idle through generation: 15.4 s a step against 11.3 s.) async (max_staleness 1) makes the next step's
+    batches while the trainers update: the maker on one core, the trainers on the other (pinned)."""
     import ray
 
     from actors.driver import PPOJob
 
-    cfg = ppo_config(os.path.join(OUT, "vs_trl"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
-                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", "maker.torch_threads=2",
-                     "maker.num_cpus=1", workload=WORKLOAD)
+    threads = ["maker.torch_threads=2", "maker.num_cpus=1"] if mode == "sync" else \
+        ["ppo.mode=async", "ppo.max_staleness=1", *pinned_overrides()]
+    cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
+                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *threads,
+                     workload=WORKLOAD)
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
@@ -90,7 +93,7 @@ def run_ours(steps: int) -> dict:
     finally:
         ray.shutdown()
     step_s = steady([r["timing/step"] for r in rows])
-    length = steady([r["response_length"] for r in rows])
+    length = steady([r["response_length"] for r in rows if "response_length" in r])  # async: steps with batches
     return {"steps": len(rows), "step_seconds": step_s, "samples_per_s": ROLLOUT / step_s,
             "generated_tokens_per_s": ROLLOUT * length / step_s, "mean_response_tokens": length}
 
@@ -100,7 +103,7 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
 
     sync is TRL's algorithm (on-policy, one update per rollout): maker and trainer take turns, so each
     gets both cores (2 torch threads). async lets the maker make the next step's batch while the trainer
-    updates (one version stale at most): one thread each, both cores busy at once."""
+    updates (one version stale at most): one thread each, each pinned to its own core."""
     import ray
 
     from coati_ray.config import load_config
@@ -117,7 +120,7 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
         f"ppo.mode={mode}", "ray.dashboard=false", "buffer.timeout_s=1200",
         *(["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
            "actor_trainer.resources.num_cpus_per_rank=1"] if mode == "sync" else
-          ["ppo.max_staleness=1", "maker.num_cpus=0.5"])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
+          ["ppo.max_staleness=1", "maker.num_cpus=0.5", *pinned_overrides()])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
     cfg.validate()
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
@@ -169,7 +172,11 @@ def main(argv=None) -> dict:
     use_workload(args.workload)
     prepare()
     ours = run_ours(args.steps)
+    ours_async = run_ours(args.steps, "async")
     rows = compare(ours, args.trl, args.steps, "trl_ppo.py")
+    for r in rows.values():
+        if "samples_per_s" in r:
+            r["ours_async_over_trl_samples"] = ours_async["samples_per_s"] / r["samples_per_s"]
     ours_grpo = run_ours_grpo(args.steps, "sync")
     ours_grpo_async = run_ours_grpo(args.steps, "async")
     grpo_rows = compare(ours_grpo, args.grpo_trl, args.steps, "trl_grpo.py")
@@ -184,7 +191,7 @@ def main(argv=None) -> dict:
     result = {"workload": {"model": os.path.relpath(MODEL, REPO), "rollout": ROLLOUT, "micro": MICRO,
                            "epochs": EPOCHS, "new_tokens": NEW_TOKENS, "maker_batch": MAKER_BATCH,
                            "steps": args.steps},
-              "ours": ours, "trl": rows, "ppo_ratio": best(rows),
+              "ours": ours, "ours_async": ours_async, "trl": rows, "ppo_ratio": best(rows),
               "grpo": {"workload": {"rollout": GRPO_ROLLOUT, "group": GRPO_GROUP, "micro": GRPO_MICRO,
                                     "new_tokens": NEW_TOKENS, "kl_coef": GRPO_KL, "reward": "sorting verifier"},
                        "ours": ours_grpo, "ours_async": ours_grpo_async, "trl": grpo_rows},

@@ -21,8 +21,9 @@ import ray
 from benchmarks.common import save
 
 # llama-family shapes: (hidden, layers, intermediate); vocabulary 32000 like llama's. fp32 weights:
-# ~80 MB, ~670 MB and ~2.1 GB.
-SIZES = {"llama-h256-l4": (256, 4, 688), "llama-h1024-l8": (1024, 8, 2752), "llama-h2048-l8": (2048, 8, 5504)}
+# ~80 MB, ~290 MB (the medium workload's layers: benchmarks/common.py MEDIUM_SHAPE), ~670 MB and ~2.1 GB.
+SIZES = {"llama-h256-l4": (256, 4, 688), "llama-h512-l10": (512, 10, 2048), "llama-h1024-l8": (1024, 8, 2752),
+         "llama-h2048-l8": (2048, 8, 5504)}
 VOCAB, LORA_RANK, BUCKET_MB = 32000, 8, 256
 
 

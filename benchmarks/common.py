@@ -67,6 +67,14 @@ def ppo_config(out_dir: str, *overrides: str, workload: str = "tiny"):
     return cfg
 
 
+def pinned_overrides() -> list[str]:
+    """Makers on the first half of the cores, both trainer groups on the rest (one core each way here)."""
+    cores = sorted(os.sched_getaffinity(0))
+    makers, trainers = cores[:max(1, len(cores) // 2)], cores[max(1, len(cores) // 2):] or cores
+    return [f"maker.cpu_cores={makers}", f"actor_trainer.resources.cpu_cores={trainers}",
+            f"critic_trainer.resources.cpu_cores={trainers}"]
+
+
 def steady(values: list[float], skip: int = 2) -> float:
     """Mean after the first `skip` (warm-up) values."""
     kept = values[skip:] if len(values) > skip else values

@@ -27,14 +27,22 @@ def trl_section(r) -> list[str]:
            "|---|---|---|---|---|---|",
            f"| coati_ray (sync) | {f(ours['step_seconds'], 3)} | {f(ours['samples_per_s'])} | "
            f"{f(ours['generated_tokens_per_s'], 1)} | | |"]
+    ours_async = r.get("ours_async")
+    if ours_async:
+        out.append(f"| coati_ray (async, max_staleness 1: maker pinned to core 0, trainers to core 1) | "
+                   f"{f(ours_async['step_seconds'], 3)} | {f(ours_async['samples_per_s'])} | "
+                   f"{f(ours_async['generated_tokens_per_s'], 1)} | | |")
     for version, t in r["trl"].items():
         if "error" in t:
             out.append(f"| TRL {version} | failed: {t['error']} | | | | |")
             continue
         where = "trl.experimental.ppo" if version.startswith("1.") else "trl.PPOTrainer"
+        ratio = f"**{f(t['ours_over_trl_samples'])}×** sync"
+        if "ours_async_over_trl_samples" in t:
+            ratio += f", {f(t['ours_async_over_trl_samples'])}× async"
         out.append(f"| TRL {version} (`{where}`, torch {t['torch']}) | {f(t['step_seconds'], 3)} | "
                    f"{f(t['samples_per_s'])} | {f(t['generated_tokens_per_s'], 1)} | "
-                   f"**{f(t['ours_over_trl_samples'])}×** | {f(t['ours_over_trl_tokens'])}× |")
+                   f"{ratio} | {f(t['ours_over_trl_tokens'])}× |")
     out += ["", f"Our mean response length was {f(ours['mean_response_tokens'], 1)} tokens (EOS may end a "
             "sample early); TRL, run without a stop token, generates the full length, so its token count "
             "is samples × new tokens."]
@@ -54,7 +62,8 @@ def grpo_rows(g) -> list[str]:
            f"| coati_ray (sync, 2 threads each: maker, then trainer) | {f(ours['step_seconds'], 3)} | "
            f"{f(ours['samples_per_s'])} | |"]
     if ours_async:
-        out.append(f"| coati_ray (async, max_staleness 1: maker and trainer at once, 1 thread each) | "
+        out.append(f"| coati_ray (async, max_staleness 1: maker and trainer at once, 1 thread each, pinned to "
+                   "cores 0 and 1) | "
                    f"{f(ours_async['step_seconds'], 3)} | {f(ours_async['samples_per_s'])} | |")
     for version, t in g["trl"].items():
         if "error" in t:
@@ -89,22 +98,59 @@ def pipeline_section(r) -> list[str]:
            f"{f(r['bound_samples_per_s'])} | | 1.00 | |",
            f"| stage bound (the slower stage alone: {r['bound_stage']}) | {f(r['stage_bound_samples_per_s'])} | | "
            f"{f(r['stage_bound_samples_per_s'] / r['bound_samples_per_s'])} | 1.00 |"]
+    def cores_of(j, key):
+        return next((o.split("=", 1)[1] for o in j.get("overrides", []) if o.startswith(key)), "?")
+
+    names = {"sync": "sync", "async": "async (the OS schedules)",
+             "sync_maker_1_threads": "sync (the maker with 1 thread while the trainers wait)",
+             "sync_maker_2_threads": "sync (the maker with 2 threads while the trainers wait)"}
+    if "async_pinned" in jobs:
+        j = jobs["async_pinned"]
+        names["async_pinned"] = (f"async, stages on their own cores (makers on {cores_of(j, 'maker.cpu_cores')}, "
+                                 f"trainers on {cores_of(j, 'actor_trainer.resources.cpu_cores')})")
     for mode, j in jobs.items():
-        out.append(f"| full job, {mode} | {f(j['trained_samples_per_s'])} | | **{f(j['fraction_of_bound'])}** | "
-                   f"{f(j['fraction_of_stage_bound'])} |")
+        out.append(f"| full job, {names.get(mode, mode)} | {f(j['trained_samples_per_s'])} | | "
+                   f"**{f(j['fraction_of_bound'])}** | {f(j['fraction_of_stage_bound'])} |")
     keys = sorted({k for j in jobs.values() for k in j["timing_seconds"]})
-    out += ["", f"Async over sync: {f(r['async_over_sync'])}×. Where a step's wall time went (seconds, mean of the "
+    headline = f"Async over sync ({names.get(r.get('sync_job', 'sync'), 'sync')}, the faster): {f(r['async_over_sync'])}×"
+    if "async_pinned_over_sync" in r:
+        headline += f" as the OS schedules it, {f(r['async_pinned_over_sync'])}× with the stages pinned"
+    out += ["", headline + ". Where a step's wall time went (seconds, mean of the "
             "steady steps; the stages overlap in async mode, so they do not add up to the step there):", "",
             "| job | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for mode, j in jobs.items():
         out.append(f"| {mode} | {f(j['step_seconds'], 3)} | " + " | ".join(f(j['timing_seconds'].get(k), 3) for k in keys) + " |")
+    if all("cores" in j for j in jobs.values()):
+        out += ["", "Where the cores' time went (steady steps; CPU time of the actors' processes from /proc, per "
+                "sample made (makers) or trained (trainers), against what each stage used standalone; idle: the machine's idle cores on "
+                "average). What a job loses against the bound is idle cores plus work done slower than standalone:",
+                "", "| job | maker core-s / sample (alone: " + f(a['generation_core_seconds_per_sample'], 4) +
+                ") | trainer core-s / sample (alone: " + f(a['training_core_seconds_per_sample'], 4) +
+                ") | idle cores (of " + str(r['cores']) + ") |", "|---|---|---|---|"]
+        for mode, j in jobs.items():
+            c = j["cores"]
+            out.append(f"| {mode} | {f(c['maker_core_seconds_per_sample'], 4)} | "
+                       f"{f(c['trainer_core_seconds_per_sample'], 4)} | {f(c['idle_cores'])} |")
     if not r["maker_scaling"]:
         return out + ["", f"Command: `{r['command']}`"]
+    model = {row["makers"]: row for row in r.get("scaling_model", {}).get("check", [])}
     out += ["", "**Maker scaling** (the makers alone, trainers idle: 1, 2 or 4 makers of 1 torch thread each make "
-            "the same batches, sent at once and spread evenly; this machine has 2 cores):", "",
-            "| makers | experience samples/s | speed-up over 1 |", "|---|---|---|"]
+            "the same batches, sent at once and spread evenly; this machine has 2 cores), against "
+            "[`benchmarks/scaling_model.py`](scaling_model.py)'s prediction from the 1-maker run's costs "
+            "(rate = min(makers ÷ g, cores ÷ (g + h)), g: the makers' core-s per sample, h: everyone else's):", "",
+            "| makers | experience samples/s | speed-up over 1 | predicted samples/s | prediction error |",
+            "|---|---|---|---|---|"]
     for n, s in r["maker_scaling"].items():
-        out.append(f"| {n} | {f(s['produced_samples_per_s'])} | {f(s['speedup'])}× |")
+        m = model.get(int(n))
+        out.append(f"| {n} | {f(s['produced_samples_per_s'])} | {f(s['speedup'])}× | "
+                   f"{f(m['predicted']) if m else '—'} | {format(100 * m['error'], '+.0f') + ' %' if m else '—'} |")
+    cluster = r.get("scaling_model", {}).get("cluster")
+    if cluster:
+        out += ["", "The same model on a cluster (async; each maker on its own 2-core node, trainers on 2 cores of "
+                "their own, the sync job's weight sync per step): "
+                + ", ".join(f"{c['makers']} maker(s) {f(c['samples_per_s'])} samples/s ({c['bound_by']})"
+                            for c in cluster) + ". Scaling makers pays until their rate meets the trainers'; "
+                "past it, add trainer ranks."]
     out += ["", f"Command: `{r['command']}`"]
     return out
 
@@ -170,7 +216,9 @@ def soak_section(r) -> list[str]:
         return ["*Not measured in this run.*"]
     staleness = r.get("max_staleness", 2)
     out = [f"Measured {r['measured_at']}. {r['steps']} async steps in {f(r['wall_seconds'], 0)} s (2 makers, "
-           f"staleness ≤ {staleness}, buffer {r['buffer_capacity']} samples)."]
+           f"staleness ≤ {staleness}, buffer {r['buffer_capacity']} samples). The soak runs the tiny workload only: "
+           "what it tests (restarts, books, memory over a thousand steps) does not depend on the model's size, and "
+           "a thousand steps of the 39M one would take about 3 hours here."]
     if "dropped_fraction" in r:
         out += ["", f"**Dropped as stale: {r['dropped']} of {r['produced']} batches produced "
                 f"({100 * r['dropped_fraction']:.1f} %)**; trainers idle {100 * r['trainer_idle_fraction']:.0f} % of "
@@ -231,9 +279,9 @@ def quantize_section(r) -> list[str]:
                        f"{f(full / q['weight_bytes'])} | {f(q['tokens_per_s'], 1)} | {f(q['mean_loglik'], 4)} | "
                        f"{q['kl_from_full']:.2e} |")
     out += ["", "On a CPU, bitsandbytes dequantizes each weight for every matmul, so low-bit layers save memory, "
-            "not time; on CUDA its kernels are the fast path. The ~100M llama is randomly initialised (nothing can "
-            "be downloaded; it does not train in a benchmark's time on 2 cores), so its log-likelihoods sit near "
-            "-ln(vocabulary); the KL is its quality figure.", "", f"Command: `{r['command']}`"]
+            "not time; on CUDA its kernels are the fast path. The 39M and ~100M llamas are randomly initialised "
+            "(nothing can be downloaded; they do not train in a benchmark's time on 2 cores), so their log-likelihoods "
+            "sit near -ln(vocabulary); the KL is their quality figure.", "", f"Command: `{r['command']}`"]
     return out
 
 
