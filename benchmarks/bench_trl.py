@@ -120,7 +120,7 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
         f"ppo.mode={mode}", "ray.dashboard=false", "buffer.timeout_s=1200",
         *(["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
            "actor_trainer.resources.num_cpus_per_rank=1"] if mode == "sync" else
-          ["ppo.max_staleness=1", "maker.num_cpus=0.5", *pinned_overrides()])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
+          ["ppo.max_staleness=1", "maker.num_cpus=0.5", *pinned_overrides(roles=("actor",))])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
     cfg.validate()
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")

@@ -67,12 +67,12 @@ def ppo_config(out_dir: str, *overrides: str, workload: str = "tiny"):
     return cfg
 
 
-def pinned_overrides() -> list[str]:
-    """Makers on the first half of the cores, both trainer groups on the rest (one core each way here)."""
+def pinned_overrides(roles: tuple = ("actor", "critic")) -> list[str]:
+    """Makers on the first half of the cores, the trainer groups of `roles` on the rest (one core each way
+    here; GRPO has no critic group to pin)."""
     cores = sorted(os.sched_getaffinity(0))
     makers, trainers = cores[:max(1, len(cores) // 2)], cores[max(1, len(cores) // 2):] or cores
-    return [f"maker.cpu_cores={makers}", f"actor_trainer.resources.cpu_cores={trainers}",
-            f"critic_trainer.resources.cpu_cores={trainers}"]
+    return [f"maker.cpu_cores={makers}", *(f"{role}_trainer.resources.cpu_cores={trainers}" for role in roles)]
 
 
 def steady(values: list[float], skip: int = 2) -> float:
