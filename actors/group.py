@@ -33,12 +33,12 @@ def node_address() -> tuple[str, int]:
 class RankWorker:
     """One rank: holds nothing but a torch thread setting; runs whatever rank function it is given."""
 
-    def __init__(self, torch_threads: Optional[int] = None, cpu_cores: Optional[list] = None):
+    def __init__(self, torch_threads: Optional[int] = None, cpu_cores: Optional[list] = None, nice: int = 0):
         import torch
 
-        from coati_ray.utils.cpu import pin_threads
+        from coati_ray.utils.cpu import place_threads
 
-        pin_threads(cpu_cores, "resources.cpu_cores")
+        place_threads(cpu_cores, nice, "resources")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,7 +57,8 @@ class TrainerGroup:
     """
 
     def __init__(self, name: str, num_ranks: int, num_cpus_per_rank: float = 1.0, num_gpus_per_rank: float = 0.0,
-                 torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0, cpu_cores: Optional[list] = None):
+                 torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0, cpu_cores: Optional[list] = None,
+                 nice: int = 0):
         self.name, self.num_ranks = name, num_ranks
         bundle = {"CPU": num_cpus_per_rank} if num_gpus_per_rank == 0 else {"CPU": num_cpus_per_rank,
                                                                           "GPU": num_gpus_per_rank}
@@ -71,7 +72,7 @@ class TrainerGroup:
         self.workers = [
             RankWorker.options(name=f"{name}-{rank}", namespace=NAMESPACE, num_cpus=num_cpus_per_rank,
                                num_gpus=num_gpus_per_rank,
-                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, rank)).remote(threads, cpu_cores)
+                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, rank)).remote(threads, cpu_cores, nice)
             for rank in range(num_ranks)
         ]
 

@@ -25,10 +25,10 @@ class MakerBehind(RuntimeError):
 @ray.remote(concurrency_groups={"sync": 1})
 class ExperienceMaker:
     def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None,
-                 cpu_cores: Optional[list] = None):
+                 cpu_cores: Optional[list] = None, nice: int = 0):
         import torch
 
-        from coati_ray.utils.cpu import pin_threads
+        from coati_ray.utils.cpu import place_threads
 
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
@@ -36,7 +36,7 @@ class ExperienceMaker:
         from coati_ray.experience.rewards import RewardSources
         from coati_ray.models import load_tokenizer
 
-        pin_threads(cpu_cores, "maker.cpu_cores")
+        place_threads(cpu_cores, nice, "maker")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -108,7 +108,7 @@ class MakerPool:
             self.makers[index] = ExperienceMaker.options(
                 name=f"maker-{index}", namespace=NAMESPACE, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
                 resources=dict(m.resources) or None, max_restarts=m.max_restarts).remote(index, self.cfg_dict, m.torch_threads,
-                                                                     m.cpu_cores)
+                                                                     m.cpu_cores, m.nice)
             self.version[index], self.incarnation[index] = 0, 0
             added.append(index)
             self.info(f"maker-{index} added ({len(self.makers)} makers)")

@@ -103,7 +103,7 @@ def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: O
         from coati_ray.trainers.rm import run_rm as run_fn
     r = stage_cfg.resources
     with TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank, r.num_gpus_per_rank,
-                      r.torch_threads, cpu_cores=r.cpu_cores) as group, \
+                      r.torch_threads, cpu_cores=r.cpu_cores, nice=r.nice) as group, \
             MetricsTail(stage_cfg.output_dir, stage, stage_cfg.trainer.max_steps, PROGRESS_KEYS[stage]):
         group.check_shared_output(stage_cfg.output_dir)
         return group.run(run_fn, stage_cfg, resume_from=resume_from)[0]

@@ -20,15 +20,15 @@ STATE_FILE = "trainer_state.json"
 @ray.remote(concurrency_groups={"sync": 1})
 class PPOTrainerRank:
     def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None,
-                 cpu_cores: Optional[list] = None):
+                 cpu_cores: Optional[list] = None, nice: int = 0):
         import torch
 
-        from coati_ray.utils.cpu import pin_threads
+        from coati_ray.utils.cpu import place_threads
 
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
 
-        pin_threads(cpu_cores, f"{role}_trainer.resources.cpu_cores")
+        place_threads(cpu_cores, nice, f"{role}_trainer.resources")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -57,7 +57,7 @@ class TrainerGroups:
                 PPOTrainerRank.options(name=f"{role}-trainer-{rank}", namespace=NAMESPACE, num_cpus=r.num_cpus_per_rank,
                                        num_gpus=r.num_gpus_per_rank,
                                        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, rank)).remote(
-                    role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1, r.cpu_cores)
+                    role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1, r.cpu_cores, r.nice)
                 for rank in range(r.num_ranks)]
 
     def setup(self, resume_from: Optional[str], first_step: int = 0) -> None:

@@ -119,9 +119,9 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
     try:
         if cfg.resources.num_ranks == 1:  # the one rank is this process
-            from coati_ray.utils.cpu import pin_threads
+            from coati_ray.utils.cpu import place_threads
 
-            pin_threads(cfg.resources.cpu_cores, "resources.cpu_cores")
+            place_threads(cfg.resources.cpu_cores, cfg.resources.nice, "resources")
             summary = run_fn(cfg, resume_from=resume_from)
         else:
             summary = run_on_ray(stage, cfg, run_fn, resume_from, args.ray_address)
@@ -156,7 +156,7 @@ def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], ad
     r = cfg.resources
     try:
         with user_errors(), TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank,
-                                         r.num_gpus_per_rank, r.torch_threads, cpu_cores=r.cpu_cores) as group:
+                                         r.num_gpus_per_rank, r.torch_threads, cpu_cores=r.cpu_cores, nice=r.nice) as group:
             group.check_shared_output(cfg.output_dir)
             return group.run(run_fn, cfg, resume_from=resume_from)[0]
     finally:

@@ -183,6 +183,8 @@ def ppo_cfg(tiny_llama, reward_dir, *overrides):
     (["maker.cpu_cores=[]"], "maker.cpu_cores"),
     (["actor_trainer.resources.cpu_cores=[1, 1]"], "actor_trainer.resources.cpu_cores"),
     (["critic_trainer.resources.cpu_cores=[-1]"], "critic_trainer.resources.cpu_cores"),
+    (["maker.nice=20"], "maker.nice"),
+    (["actor_trainer.resources.nice=-5"], "actor_trainer.resources.nice"),
 ])
 def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
     msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, *overrides))

@@ -1,6 +1,6 @@
-"""Pinning an actor's threads to cores (coati_ray/utils/cpu.py): every thread, those started before
-and after, and a core the node lacks refused in one line. Run in a child process, so that pytest's
-own threads stay unpinned."""
+"""Pinning an actor's threads to cores and niceing them (coati_ray/utils/cpu.py): every thread, those
+started before and after, and a core the node lacks refused in one line. Run in a child process, so
+that pytest's own threads stay unpinned and at their priority."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from coati_ray.utils.cpu import check_cores, pin_threads
+from coati_ray.utils.cpu import check_cores, lower_priority, pin_threads
 
 CHILD = r"""
 import os, sys, threading, time
@@ -42,3 +42,26 @@ def test_a_core_the_node_lacks_is_refused_in_one_line():
     msg = str(e.value)
     assert "\n" not in msg and "maker.cpu_cores" in msg and "[4096]" in msg and "[0, 1]" in msg
     assert pin_threads(None) is None and pin_threads([]) is None  # unset: the OS schedules
+
+
+NICE_CHILD = r"""
+import os, threading, time
+from coati_ray.utils.cpu import lower_priority
+before = threading.Thread(target=time.sleep, args=(2,)); before.start()
+time.sleep(0.1)
+lower_priority(5)
+after = threading.Thread(target=time.sleep, args=(1,)); after.start()
+time.sleep(0.1)
+tids = os.listdir("/proc/self/task")
+print(len(tids), sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in tids}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice values need Linux")
+def test_every_thread_is_niced_those_started_before_and_after():
+    if os.getpriority(os.PRIO_PROCESS, 0) >= 5:
+        pytest.skip("this process already runs at nice >= 5, so setting 5 could not be seen")
+    out = subprocess.run([sys.executable, "-c", NICE_CHILD], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split(maxsplit=1)
+    assert int(out[0]) >= 3 and out[1].strip() == "[5]"
+    assert lower_priority(0) is None  # 0: priorities left as they are

@@ -167,26 +167,34 @@ def test_sync_mode_is_on_policy(sync_run):
 def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
     from actors.driver import PPOJob
 
-    # Makers pinned to the first core, trainers to the last (the same core on a 1-core machine).
+    # Makers pinned to the first core, trainers to the last (the same core on a 1-core machine); the
+    # makers and the actor group niced, each to its own value, the critic group left as it starts.
     maker_core, trainer_core = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "ppo.mode=async", "ppo.max_staleness=1",
                      "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=16", "sync.transport=collective",
                      f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}", "data.eval_max_samples=4",
                      "data.gold_task=sorting", "ppo.eval_every=2", f"maker.cpu_cores=[{maker_core}]",
                      f"actor_trainer.resources.cpu_cores=[{trainer_core}]",
-                     f"critic_trainer.resources.cpu_cores=[{trainer_core}]")
+                     f"critic_trainer.resources.cpu_cores=[{trainer_core}]", "maker.nice=3",
+                     "actor_trainer.resources.nice=7")
     plan = {1: 3, 3: 1}
-    seen, masks = [], {}
+    seen, masks, nice = [], {}, {}
 
     def thread_masks(actor):
         return ray.get(actor.__ray_call__.remote(lambda self: sorted(
             {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")})))
+
+    def thread_nice(actor):
+        return ray.get(actor.__ray_call__.remote(lambda self: sorted(
+            {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")})))
 
     def after_step(job, step, m):
         seen.append((step, m["makers"], m["consumed"]))
         if step == 2:  # the 3 makers (2 of them added by scaling) and every trainer rank, each thread
             masks["makers"] = [thread_masks(mk) for mk in job.pool.makers.values()]
             masks["trainers"] = [thread_masks(r) for ranks in job.groups.values() for r in ranks]
+            nice["makers"] = [thread_nice(mk) for mk in job.pool.makers.values()]
+            nice.update({role: [thread_nice(r) for r in ranks] for role, ranks in job.groups.items()})
         if step in plan:
             job.scale_makers(plan[step])
 
@@ -195,6 +203,9 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
     assert [n for _, n, _ in seen] == [1, 3, 3, 1, 1]
     assert masks["makers"] == [[(maker_core,)]] * 3, masks
     assert masks["trainers"] == [[(trainer_core,)]] * 3, masks  # actor group of 2 ranks, critic of 1
+    # every thread at the value asked, added makers too (a thread Ray itself runs nicer keeps its own)
+    assert [min(n) for n in nice["makers"]] == [3] * 3 and [min(n) for n in nice["actor"]] == [7] * 2, nice
+    assert min(nice["critic"][0]) < 3, nice
     for step, _, consumed in seen:
         for role in ("actor", "critic"):
             assert max(consumed[role]["staleness"]) <= 1, (step, consumed)

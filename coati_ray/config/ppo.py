@@ -13,6 +13,7 @@ from coati_ray.config.schema import (
     ResourceConfig,
     StrategyConfig,
     check_cpu_cores,
+    check_nice,
     _fail,
     _require_path,
     opt,
@@ -156,6 +157,7 @@ class MakerConfig:
     torch_threads: Optional[int] = opt(1, "torch threads per maker")
     cpu_cores: Optional[list[int]] = opt(None, "pin every thread of each maker to these cores of its node, e.g. [0] "
                                                "(Linux affinity; None: the OS schedules); see resources.cpu_cores")
+    nice: int = opt(0, "Linux nice value of every thread of each maker (0-19; 0: unchanged); see resources.nice")
     max_restarts: int = opt(3, "Ray restarts of a dead maker")
     on_exhausted_restarts: Literal["fail", "drop"] = opt(
         "fail", "a maker dead past max_restarts: fail ends the run; drop takes it out of the pool and the run goes "
@@ -172,6 +174,7 @@ class MakerConfig:
         if self.batch_size < 1:
             _fail(f"{key}.batch_size", f"must be >= 1, got {self.batch_size}", "e.g. 4")
         check_cpu_cores(self.cpu_cores, f"{key}.cpu_cores")
+        check_nice(self.nice, f"{key}.nice")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
                 _fail(f"{key}.resources", f"{name}: {amount!r} is not a custom resource amount > 0",

@@ -226,6 +226,9 @@ class ResourceConfig:
     cpu_cores: Optional[list[int]] = opt(None, "pin every thread of each rank to these cores of its node, e.g. [1] "
                                                "(Linux affinity; None: the OS schedules). Where makers and trainers "
                                                "share a node's cores, separate cores keep one stage from slowing the other")
+    nice: int = opt(0, "Linux nice value of every thread of each rank (0-19; 0: unchanged; no privilege needed). "
+                       "Where makers and trainers share a node's cores, trainers at 19 fill only the cycles the "
+                       "makers leave, so the makers keep their pace without a fixed share of cores")
 
     def validate(self, key: str = "resources") -> None:
         if self.num_ranks < 1:
@@ -233,6 +236,14 @@ class ResourceConfig:
         if self.num_cpus_per_rank < 0 or self.num_gpus_per_rank < 0:
             _fail(key, "CPU and GPU requests must be >= 0", "e.g. num_cpus_per_rank=1")
         check_cpu_cores(self.cpu_cores, f"{key}.cpu_cores")
+        check_nice(self.nice, f"{key}.nice")
+
+
+def check_nice(nice: int, key: str) -> None:
+    """A nice value a thread may set for itself without privilege: 0 (unchanged) to 19."""
+    if not 0 <= nice <= 19:
+        _fail(key, f"must be 0..19, got {nice}", "e.g. 19 for the stage that should yield (a negative value, "
+                   "a higher priority, needs privileges and is not supported)")
 
 
 def check_cpu_cores(cores: Optional[list[int]], key: str) -> None:

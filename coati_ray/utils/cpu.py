@@ -35,6 +35,22 @@ def check_cores(cores: Sequence[int], available: set[int], key: str) -> None:
                           f"(it has cores {sorted(available)}); list that node's cores, or leave it unset")
 
 
+def _each_thread(apply) -> None:
+    """Call apply(tid) on every thread of this process, listing /proc/self/task again until no thread is
+    new (one started meanwhile by a thread not yet handled); a thread that ended since is skipped."""
+    done: set[str] = set()
+    while True:
+        new = set(os.listdir("/proc/self/task")) - done
+        if not new:
+            return
+        for tid in new:
+            try:
+                apply(int(tid))
+            except ProcessLookupError:
+                pass
+        done |= new
+
+
 def pin_threads(cores: Optional[Sequence[int]], key: str = "cpu_cores") -> Optional[list[int]]:
     """Pin every thread this process has to `cores`; threads started later inherit the mask from the
     thread that starts them, which is pinned too. None: leave scheduling to the OS. Returns the cores
@@ -46,14 +62,32 @@ def pin_threads(cores: Optional[Sequence[int]], key: str = "cpu_cores") -> Optio
         return None
     check_cores(cores, available_cores(), key)
     wanted = sorted(set(cores))
-    pinned: set[str] = set()
-    while True:  # a thread started meanwhile by one not yet pinned: list again until none is new
-        new = set(os.listdir("/proc/self/task")) - pinned
-        if not new:
-            return wanted
-        for tid in new:
-            try:
-                os.sched_setaffinity(int(tid), wanted)
-            except ProcessLookupError:  # a thread that ended since the listing
-                pass
-        pinned |= new
+    _each_thread(lambda tid: os.sched_setaffinity(tid, wanted))
+    return wanted
+
+
+def lower_priority(nice: int, key: str = "nice") -> Optional[int]:
+    """Give every thread of this process the Linux nice value `nice` (1..19; 0: leave it), or keep a
+    thread's own when that is higher already. Threads started later inherit it from the thread that
+    starts them. Returns the nice value set (None when nothing was done).
+
+    Raising nice needs no privilege. Where makers and trainers share cores, niced trainers still use
+    every cycle the makers leave, but yield whenever a maker can run: the stage that sets the pace (the
+    makers, usually) keeps its cores without pinning either stage to a fixed share of them. Like
+    affinity, nice is per thread on Linux, so each of /proc/self/task is set."""
+    if not nice:
+        return None
+    if not os.path.isdir("/proc/self/task"):
+        from coati_ray.errors import ConfigError
+
+        raise ConfigError(f"config error: {key}: a per-thread nice value needs Linux; leave {key} at 0 on "
+                          "this platform")
+    _each_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid))))
+    return nice
+
+
+def place_threads(cores: Optional[Sequence[int]], nice: int, prefix: str) -> None:
+    """An actor's first step: pin its threads to `cores` and set their nice value, the config keys
+    being `<prefix>.cpu_cores` and `<prefix>.nice` (for the one line an error gives)."""
+    pin_threads(cores, f"{prefix}.cpu_cores")
+    lower_priority(nice, f"{prefix}.nice")
