@@ -1,4 +1,5 @@
-"""Pinning a process's threads to CPU cores (Linux), for actors that share a node's cores.
+"""Placing a process's threads on a node's cores (Linux): pinning them to cores, and their nice
+value, for actors that share a node's cores.
 
 On a node where makers and trainers run side by side, the scheduler time-slices whichever threads
 are runnable, so the slower stage (the one that sets the pipeline's pace) loses a share of its core
@@ -71,10 +72,12 @@ def lower_priority(nice: int, key: str = "nice") -> Optional[int]:
     thread's own when that is higher already. Threads started later inherit it from the thread that
     starts them. Returns the nice value set (None when nothing was done).
 
-    Raising nice needs no privilege. Where makers and trainers share cores, niced trainers still use
-    every cycle the makers leave, but yield whenever a maker can run: the stage that sets the pace (the
-    makers, usually) keeps its cores without pinning either stage to a fixed share of them. Like
-    affinity, nice is per thread on Linux, so each of /proc/self/task is set."""
+    Raising nice needs no privilege; lowering it does, so a thread already nicer keeps its value. Ray
+    starts an actor's compute threads at nice 15 (its worker niceness): in an actor, only 16-19 change
+    anything. Where makers and trainers share cores, trainers at 19 against makers at 15 get a core both
+    want in CFS weights 15 : 36 (about 30 : 70) and still use every cycle the makers leave: the stage that
+    sets the pace (the makers, usually) keeps most of its cores without pinning either stage to a fixed
+    share of them. Like affinity, nice is per thread on Linux, so each of /proc/self/task is set."""
     if not nice:
         return None
     if not os.path.isdir("/proc/self/task"):
