@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, pinned_overrides, ppo_config,
+from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, niced_overrides, ppo_config,
                                reward_model_dir, save, steady, workload_model)
 
 INPUTS = os.path.join(OUT, "trl_inputs")  # the tiny workload's; trl_inputs_<workload> for the others
@@ -72,19 +72,21 @@ def prepare() -> None:
 
 
 def run_ours(steps: int, mode: str = "sync") -> dict:
-    """Our job with 1 maker and 1-rank naive groups on 2 CPUs. sync is TRL's algorithm: the maker and the
-    trainers take turns, so the maker gets both cores (2 torch threads, as TRL's process has) and the
-    actor and critic groups one each, side by side. (With one maker thread, the 39M workload left a core
-    idle through generation: 15.4 s a step against 11.3 s.) async (max_staleness 1) makes the next step's
-    batches while the trainers update: the maker on one core, the trainers on the other (pinned)."""
+    """Our job with 2 makers of 1 torch thread and 1-rank naive groups on 2 CPUs: of the configurations
+    benchmarks.bench_pipeline compares (RESULTS.md section 2), the fastest of each mode on the 39M
+    workload. sync is TRL's algorithm: the makers and the trainers take turns, so generation gets both
+    cores, one maker on each (1 maker of 2 threads is slower: its threads wait on each other), then the
+    actor and critic groups one core each, side by side. async (max_staleness 1) makes the next step's
+    batches while the trainers update, the trainers at nice 19 (Ray runs actors at 15), so that a core
+    both stages want goes mostly to the makers, who set the pace."""
     import ray
 
     from actors.driver import PPOJob
 
-    threads = ["maker.torch_threads=2", "maker.num_cpus=1"] if mode == "sync" else \
-        ["ppo.mode=async", "ppo.max_staleness=1", *pinned_overrides()]
+    setup_overrides = ["maker.num_makers=2"] if mode == "sync" else \
+        ["maker.num_makers=2", "ppo.mode=async", "ppo.max_staleness=1", *niced_overrides()]
     cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
-                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *threads,
+                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *setup_overrides,
                      workload=WORKLOAD)
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
@@ -94,16 +96,20 @@ def run_ours(steps: int, mode: str = "sync") -> dict:
         ray.shutdown()
     step_s = steady([r["timing/step"] for r in rows])
     length = steady([r["response_length"] for r in rows if "response_length" in r])  # async: steps with batches
+    setup = ("2 makers of 1 thread, then the 1-rank actor and critic groups side by side, 1 thread each"
+             if mode == "sync" else "max_staleness 1: 2 makers of 1 thread and the trainers at once, the "
+             "trainers at nice 19")
     return {"steps": len(rows), "step_seconds": step_s, "samples_per_s": ROLLOUT / step_s,
-            "generated_tokens_per_s": ROLLOUT * length / step_s, "mean_response_tokens": length}
+            "generated_tokens_per_s": ROLLOUT * length / step_s, "mean_response_tokens": length, "setup": setup}
 
 
 def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
     """Our GRPO job on the same workload: 1 maker, a 1-rank naive actor group, no critic anywhere.
 
     sync is TRL's algorithm (on-policy, one update per rollout): maker and trainer take turns, so each
-    gets both cores (2 torch threads). async lets the maker make the next step's batch while the trainer
-    updates (one version stale at most): one thread each, each pinned to its own core."""
+    gets both cores (2 torch threads). async lets 2 makers of 1 thread each (half the rollout each) make
+    the next step's batches while the trainer updates (one version stale at most), the trainer at nice 19
+    so that it runs in the cycles the makers leave."""
     import ray
 
     from coati_ray.config import load_config
@@ -120,7 +126,8 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
         f"ppo.mode={mode}", "ray.dashboard=false", "buffer.timeout_s=1200",
         *(["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
            "actor_trainer.resources.num_cpus_per_rank=1"] if mode == "sync" else
-          ["ppo.max_staleness=1", "maker.num_cpus=0.5", *pinned_overrides(roles=("actor",))])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
+          ["ppo.max_staleness=1", "maker.num_makers=2", f"maker.batch_size={GRPO_ROLLOUT // 2}",
+           "maker.num_cpus=0.5", *niced_overrides(roles=("actor",))])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
     cfg.validate()
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
@@ -129,7 +136,10 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
     finally:
         ray.shutdown()
     step_s = steady([r["timing/step"] for r in rows])
-    return {"mode": mode, "steps": len(rows), "step_seconds": step_s, "samples_per_s": GRPO_ROLLOUT / step_s,
+    setup = ("2 threads each: the maker, then the trainer" if mode == "sync" else "max_staleness 1: 2 makers "
+             "of 1 thread (half the rollout each) and the trainer at once, the trainer at nice 19")
+    return {"mode": mode, "setup": setup, "steps": len(rows), "step_seconds": step_s,
+            "samples_per_s": GRPO_ROLLOUT / step_s,
             "mean_response_tokens": steady([r["response_length"] for r in rows if "response_length" in r]),
             "timing": {k: steady([r[f"timing/{k}"] for r in rows if r.get("experience/batches")])
                        for k in ("generate", "ref", "update_actor")}}

@@ -75,6 +75,12 @@ def pinned_overrides(roles: tuple = ("actor", "critic")) -> list[str]:
     return [f"maker.cpu_cores={makers}", *(f"{role}_trainer.resources.cpu_cores={trainers}" for role in roles)]
 
 
+def niced_overrides(roles: tuple = ("actor", "critic"), nice: int = 19) -> list[str]:
+    """The trainer groups of `roles` at nice `nice`: on cores they share with the makers (at Ray's 15),
+    a core both want goes mostly to the makers (CFS weights 36 : 15 at nice 15 : 19)."""
+    return [f"{role}_trainer.resources.nice={nice}" for role in roles]
+
+
 def steady(values: list[float], skip: int = 2) -> float:
     """Mean after the first `skip` (warm-up) values."""
     kept = values[skip:] if len(values) > skip else values

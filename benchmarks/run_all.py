@@ -1,4 +1,4 @@
-"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 30 minutes here
+"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 40 minutes here
 (the first run also builds the two pinned TRL venvs)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ def main() -> None:
     t = time.time()
     for name, run in (("TRL comparison", lambda: bench_trl.main(["--steps", "10"])),
                       ("TRL comparison, 39M llama x 64 tokens",
-                       lambda: bench_trl.main(["--steps", "5", "--workload", "medium", "--trl", "0.19.1"])),
+                       lambda: bench_trl.main(["--steps", "8", "--workload", "medium", "--trl", "0.19.1"])),
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
                       ("pipeline efficiency, 39M llama x 64 tokens",
-                       lambda: bench_pipeline.main(["--steps", "6", "--workload", "medium", "--no-scaling"])),
+                       lambda: bench_pipeline.main(["--steps", "8", "--workload", "medium", "--no-scaling"])),
                       ("generation against forward passes", lambda: bench_generation.main(["--workload", "tiny"])),
                       ("generation against forward passes, 39M llama",
                        lambda: bench_generation.main(["--workload", "medium"])),

@@ -3,9 +3,11 @@ value, for actors that share a node's cores.
 
 On a node where makers and trainers run side by side, the scheduler time-slices whichever threads
 are runnable, so the slower stage (the one that sets the pipeline's pace) loses a share of its core
-whenever the other stage is busy. Giving each stage its own cores keeps it at full speed: on the
-2-core benchmark machine, makers on core 0 and trainers on core 1 take the 39M async PPO job from
-0.74 to 0.87 of its physical bound (benchmarks/RESULTS.md, section 2).
+whenever the other stage is busy. Giving each stage its own cores, or the other stage a lower
+priority, keeps it near full speed: on the 2-core benchmark machine (39M llama, async PPO), 1 maker
+pinned to core 0 and the trainers to core 1 take the job from 0.76 to 0.89 of its physical bound;
+2 makers with the trainers at nice 19 reach 0.995, against 0.94 without (benchmarks/RESULTS.md,
+section 2).
 """
 
 from __future__ import annotations
