@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from coati_ray.config.ppo import GenerationConfig
-from coati_ray.config.schema import _fail, _require_dir, _require_model_dir, opt, required
+from coati_ray.config.checks import _fail, _require_dir, _require_model_dir
+from coati_ray.config.schema import opt, required
 
 
 @dataclass

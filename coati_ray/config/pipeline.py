@@ -19,7 +19,8 @@ from typing import Optional
 
 from coati_ray.config.ppo import PPOConfig
 from coati_ray.config.pretrain import PretrainConfig
-from coati_ray.config.schema import JobConfig, RMConfig, SFTConfig, _fail, _require_model_dir, opt, required
+from coati_ray.config.checks import _fail, _require_model_dir
+from coati_ray.config.schema import JobConfig, RMConfig, SFTConfig, opt, required
 from coati_ray.errors import ConfigError
 
 STAGES = ("expand_vocab", "pretrain", "sft", "rm", "ppo")

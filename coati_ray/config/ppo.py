@@ -6,18 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from coati_ray.config.schema import (
-    JobConfig,
-    ModelConfig,
-    OptimizerConfig,
-    ResourceConfig,
-    StrategyConfig,
-    check_cpu_cores,
-    check_nice,
-    _fail,
-    _require_path,
-    opt,
-)
+from coati_ray.config.checks import _fail, _require_path, check_cpu_cores, check_nice
+from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt
 from coati_ray.models.value import VALUE_HEAD_FILE
 
 
@@ -414,7 +404,7 @@ class PPOConfig(JobConfig):
 
     def _check_models_agree(self) -> None:
         """Critic and reward model read the actor's tokens, and every model must hold a whole sequence."""
-        from coati_ray.config.schema import model_config, require_fits_context
+        from coati_ray.config.checks import model_config, require_fits_context
 
         length = self.data.max_prompt_length + self.generation.max_new_tokens
         vocab = model_config("actor.path", self.actor.path).get("vocab_size")

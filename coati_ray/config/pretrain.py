@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from coati_ray.config.schema import DataConfig, ModelConfig, SFTConfig, _fail, _require_path, opt
+from coati_ray.config.checks import _fail, _require_path
+from coati_ray.config.schema import DataConfig, ModelConfig, SFTConfig, opt
 
 
 def split_paths(paths: str) -> list[str]:

@@ -7,12 +7,19 @@ each class's `validate()`, which runs before any model loads or Ray resource is 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from coati_ray.errors import ConfigError
-from coati_ray.utils.shared_storage import job_path_problem
+from coati_ray.config.checks import (
+    _fail,
+    _require_dir,
+    _require_model_dir,
+    _require_path,
+    _require_writable,
+    check_cpu_cores,
+    check_nice,
+    require_fits_context,
+)
 
 STRATEGIES = ("naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
 CUDA_ONLY_STRATEGIES = ("colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d")
@@ -28,10 +35,6 @@ def opt(default, help: str):
 def required(help: str):
     """A config field the user must set."""
     return field(metadata={"help": help, "required": True})
-
-
-def _fail(key: str, problem: str, fix: str) -> None:
-    raise ConfigError(f"config error: {key}: {problem}; {fix}")
 
 
 @dataclass
@@ -240,23 +243,6 @@ class ResourceConfig:
         check_nice(self.nice, f"{key}.nice")
 
 
-def check_nice(nice: int, key: str) -> None:
-    """A nice value a thread may set for itself without privilege: 0 (unchanged) to 19."""
-    if not 0 <= nice <= 19:
-        _fail(key, f"must be 0..19, got {nice}", "e.g. 19 for the stage that should yield (a negative value, "
-                   "a higher priority, needs privileges and is not supported)")
-
-
-def check_cpu_cores(cores: Optional[list[int]], key: str) -> None:
-    """A core list is None or a non-empty list of distinct core ids >= 0 (whether the node has them is
-    checked where the actor starts: only its node knows)."""
-    if cores is None:
-        return
-    if not cores or any(c < 0 for c in cores) or len(set(cores)) != len(cores):
-        _fail(key, f"must be a non-empty list of distinct core ids >= 0, got {cores}",
-              "e.g. [0] or [2, 3], or leave it unset to let the OS schedule")
-
-
 @dataclass
 class TrainerConfig:
     """The update loop shared by the SFT and RM stages."""
@@ -366,94 +352,3 @@ class RMConfig(SFTConfig):
         if self.data.format not in ("auto", "pairs", "hh_rlhf", "rm_static"):
             _fail("data.format", f"'{self.data.format}' is not a preference-pair layout",
                   "use auto, pairs, hh_rlhf or rm_static")
-
-
-# ---------------------------------------------------------------- filesystem checks
-
-
-def _require_path(key: str, path: str) -> None:
-    problem = job_path_problem(key, path, is_output=False)
-    if problem:
-        _fail(key, *problem)
-    if not os.path.exists(path):
-        hint = ""
-        if "assets" in path:
-            hint = " (run `make assets` to build the tiny models)"
-        elif "rm_tiny" in path or "sft_tiny" in path:
-            hint = " (train it first: `make rm` / `make sft`, or run `make demo`)"
-        _fail(key, f"'{path}' does not exist", "point it at an existing file or directory" + hint)
-
-
-def _require_dir(key: str, path: str) -> None:
-    _require_path(key, path)
-    if not os.path.isdir(path):
-        _fail(key, f"'{path}' is a file, not a directory", "point it at a Hugging Face model directory")
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
-
-
-def _require_model_dir(key: str, path: str) -> None:
-    _require_dir(key, path)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        _fail(key, f"'{path}' has no config.json", "point it at a directory written by save_pretrained()")
-    model_config(key, path)
-    if not any(name.endswith(WEIGHT_SUFFIXES) for name in os.listdir(path)):
-        _fail(key, f"'{path}' has a config.json but no weights (*.safetensors or *.bin)",
-              "point it at a complete save_pretrained() directory (an interrupted copy?)")
-
-
-def model_config(key: str, path: str) -> dict:
-    """The model directory's config.json, read as JSON (no model code, no weights)."""
-    import json
-
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            out = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        _fail(key, f"'{path}/config.json' is not valid JSON ({e})", "re-save the model with save_pretrained()")
-    if not isinstance(out, dict):
-        _fail(key, f"'{path}/config.json' is not a JSON object", "re-save the model with save_pretrained()")
-    return out
-
-
-def model_context(key: str, path: str) -> Optional[int]:
-    """Longest sequence the model's position embeddings cover, from config.json (None: not stated)."""
-    cfg = model_config(key, path)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(cfg.get(name), int):
-            return cfg[name]
-    return None
-
-
-def require_fits_context(key: str, path: str, length: int, what: str, fix: str) -> None:
-    context = model_context(key, path)
-    if context is not None and length > context:
-        _fail(key, f"{what} is {length} tokens but '{path}' has a context of {context}", fix)
-
-
-def _require_writable(path: str) -> None:
-    problem = job_path_problem("--output-dir", path, is_output=True)
-    if problem:
-        _fail("output_dir", *problem)
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if os.path.exists(probe) and not os.path.isdir(probe):
-        _fail("output_dir", f"'{probe}' is a file", "choose a directory path for --output-dir")
-    if not os.access(probe, os.W_OK) or not _can_create_in(probe):
-        _fail("output_dir", f"'{probe}' is not writable", "choose a writable --output-dir")
-
-
-def _can_create_in(directory: str) -> bool:
-    """Really try (os.access says yes to root everywhere, even on /proc): make and remove a temp dir."""
-    import tempfile
-
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".coati-write-probe-", dir=directory))
-        return True
-    except OSError:
-        return False

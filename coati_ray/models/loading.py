@@ -86,7 +86,7 @@ def check_vocab(tokenizer, model, where: Optional[str] = None) -> None:
 
 def check_tokenizer_fits(tokenizer, path: str, key: str) -> None:
     """Before any model loads: the tokenizer's ids must fit the vocabulary config.json declares."""
-    from coati_ray.config.schema import model_config
+    from coati_ray.config.checks import model_config
 
     vocab = model_config(key, path).get("vocab_size")
     if isinstance(vocab, int) and len(tokenizer) > vocab:
