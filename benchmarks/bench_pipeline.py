@@ -17,7 +17,7 @@
    has both cores while the trainers wait); async with 1 maker as the OS schedules it, 1 maker pinned
    to its own core (maker.cpu_cores / *_trainer.resources.cpu_cores: the stage that sets the pace is
    never time-sliced by the other), 2 makers, and 2 makers with the trainers at nice 19
-   (*_trainer.resources.nice: the trainers fill only the cycles the makers leave).
+   (*_trainer.resources.nice: against the makers at Ray's 15, a core both want goes mostly to the makers).
 3. Maker scaling: 1, 2 and 4 makers (1 torch thread each, trainers idle) make the same batches, all
    sent at once and spread evenly: experience produced per second, as speed-up over 1 maker. (Not
    measured inside the async job: there the makers finish the run's few batches within its first

@@ -104,12 +104,12 @@ def run_ours(steps: int, mode: str = "sync") -> dict:
 
 
 def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
-    """Our GRPO job on the same workload: 1 maker, a 1-rank naive actor group, no critic anywhere.
+    """Our GRPO job on the same workload: a 1-rank naive actor group, no critic anywhere.
 
     sync is TRL's algorithm (on-policy, one update per rollout): maker and trainer take turns, so each
-    gets both cores (2 torch threads). async lets 2 makers of 1 thread each (half the rollout each) make
-    the next step's batches while the trainer updates (one version stale at most), the trainer at nice 19
-    so that it runs in the cycles the makers leave."""
+    gets both cores (1 maker, 2 torch threads). async lets 2 makers of 1 thread each (half the rollout each)
+    make the next step's batches while the trainer updates (one version stale at most), the trainer at
+    nice 19, so that a core both want goes mostly to the makers."""
     import ray
 
     from coati_ray.config import load_config
