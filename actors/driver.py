@@ -48,7 +48,7 @@ class PPOJob:
         """`overwrite`: replace an earlier run's results in cfg.output_dir (refused otherwise, unless resuming)."""
         from coati_ray.experience.prompts import PromptStream, read_prompt_data
         from coati_ray.experience.rewards import check_reward_sources
-        from coati_ray.models.loading import check_tokenizer_fits, load_tokenizer
+        from coati_ray.models.loading import check_tokenizer_fits, tokenizer_for
 
         self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address
         check_run_dir(cfg.output_dir, resume=resume_from is not None, overwrite=overwrite)
@@ -56,10 +56,10 @@ class PPOJob:
         self.cfg_dict = to_dict(cfg)
         self.roles = cfg.roles  # ("actor", "critic") for gae, ("actor",) for a critic-free estimator
         # Everything the user can get wrong in the data is read here, before any Ray resource.
-        tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
+        tokenizer = tokenizer_for(cfg.actor, cfg.data.chat_template)
         for key in ("actor", "critic", "reward"):
             if getattr(cfg, key) is not None:
-                check_tokenizer_fits(tokenizer, getattr(cfg, key).path, f"{key}.path")
+                check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")
         check_reward_sources(cfg.rewards)
         prompts, self.prompt_report, eval_items = read_prompt_data(cfg.data, tokenizer)
         self.step, self.version = 0, 0

@@ -34,7 +34,7 @@ class ExperienceMaker:
         from coati_ray.config.ppo import PPOConfig
         from coati_ray.experience.maker import build_experience_models
         from coati_ray.experience.rewards import RewardSources
-        from coati_ray.models import load_tokenizer
+        from coati_ray.models.loading import tokenizer_for
 
         place_threads(cpu_cores, nice, "maker")
         if torch_threads:
@@ -43,7 +43,8 @@ class ExperienceMaker:
         self.index = index
         self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
-        self.tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, cfg.actor.trust_remote_code)
+        # the prompts' chat template: its end-of-turn token ends a response
+        self.tokenizer = tokenizer_for(cfg.actor, cfg.data.chat_template)
         # Makers infer in their own dtype (maker.dtype); weight syncs cast the trainers' weights to it.
         self.models = build_experience_models(cfg, self.device)
         self.rewards = RewardSources(cfg.rewards, self.models.reward)

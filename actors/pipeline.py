@@ -73,17 +73,19 @@ def _prepare_pretrain_data(cfg, info: Callable[[str], None]) -> None:
     from coati_ray.data.prepare import prepare_to_disk
 
     p, model = cfg.prepare, cfg.pretrain.model
-    prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.tokenizer_path or model.path,
+    prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.local_tokenizer_path,
                     cfg.prepared_dir, cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed,
                     info=lambda line: info(f"[pipeline] prepare: {line}"))
 
 
 def _expand_vocab(stage_cfg) -> dict:
     """In the driver: one model load and save, no training."""
+    from coati_ray.models.hub import local_dir
     from coati_ray.models.vocab import expand_checkpoint
 
     final = os.path.join(stage_cfg.output_dir, "checkpoints", "final")
-    summary = {"stage": "expand_vocab", **expand_checkpoint(stage_cfg.source, stage_cfg.pieces, final),
+    source = local_dir(stage_cfg.source, stage_cfg.revision, "expand_vocab.source")
+    summary = {"stage": "expand_vocab", **expand_checkpoint(source, stage_cfg.pieces, final),
                "final_checkpoint": final}
     with open(os.path.join(stage_cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)

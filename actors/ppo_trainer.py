@@ -179,9 +179,10 @@ class PPOTrainerRank:
             os.makedirs(os.path.join(root, "rng"), exist_ok=True)
             tok = None
             if self.role == "actor":
-                from coati_ray.models import load_tokenizer
+                from coati_ray.models.loading import tokenizer_for
 
-                tok = load_tokenizer(self.cfg.actor.tokenizer_path or self.cfg.actor.path)
+                # the checkpoint keeps the chat template its prompts were rendered with
+                tok = tokenizer_for(self.cfg.actor, self.cfg.data.chat_template)
             export_model(self.strategy.unwrap(self.trainer.model), os.path.join(root, "model"), merge_lora=final,
                          state_dict=state, tokenizer=tok)
             with open(os.path.join(root, STATE_FILE), "w") as f:

@@ -20,17 +20,14 @@ class Candidate:
     score: Optional[float] = None
 
 
-def render_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt` ready for generation: the tokenizer's own chat template when it has one (an HF
-    chat model), else ours (the layout coati_ray's checkpoints were trained on: BOS, "Human: ...",
-    "\\nAssistant: ")."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=True)
-    from coati_ray.data.template import DEFAULT_TEMPLATE
+def render_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of `prompt` (a user turn's text, or role messages) ready for generation, rendered with the
+    chat template the tokenizer carries (the one the checkpoint trained with; Coati's when it has none),
+    exactly as the training stages render prompts."""
+    from coati_ray.data.template import ChatFormat
 
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + tokenizer(DEFAULT_TEMPLATE.render_prompt(prompt), add_special_tokens=False)["input_ids"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return ChatFormat.of(tokenizer).prompt_ids(messages)
 
 
 def _tokenizer_home(adapters: str | None) -> str | None:
@@ -53,23 +50,29 @@ class Policy:
         from coati_ray.models import Actor, load_tokenizer
         from coati_ray.models.dropout import disable_dropout
 
+        from coati_ray.data.template import use_chat_template
+
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        actor = Actor.from_pretrained(cfg.model, cfg.dtype, cfg.trust_remote_code, quantize=cfg.quantize)
-        if cfg.lora:
+        actor = Actor.from_pretrained(cfg.local("model"), cfg.dtype, cfg.trust_remote_code, quantize=cfg.quantize)
+        lora = cfg.local("lora")
+        if lora:
             from peft import PeftModel
 
-            actor.model = PeftModel.from_pretrained(actor.model, cfg.lora, is_trainable=False)
+            actor.model = PeftModel.from_pretrained(actor.model, lora, is_trainable=False)
         disable_dropout(actor)
         if cfg.quantize == "none" or device.type == "cpu":
             actor.to(device)
         actor.eval().requires_grad_(False)
-        tokenizer = load_tokenizer(cfg.tokenizer_path or _tokenizer_home(cfg.lora) or cfg.model, cfg.trust_remote_code)
+        tokenizer = load_tokenizer(cfg.local("tokenizer_path") or _tokenizer_home(lora) or cfg.local("model"),
+                                   cfg.trust_remote_code)
+        use_chat_template(tokenizer, cfg.chat_template)
         return cls(actor, tokenizer, cfg.generation, device)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int = 1, batch_size: int = 16, seed: int = 0,
+    def generate(self, prompts: list, n: int = 1, batch_size: int = 16, seed: int = 0,
                  streamer=None) -> list[list[Candidate]]:
-        """n candidates per prompt, in batches of `batch_size` sequences (a prompt's n stay together)."""
+        """n candidates per prompt (a user turn's text, or role messages), in batches of `batch_size`
+        sequences (a prompt's n stay together)."""
         from coati_ray.data.datasets import collate_prompts
         from coati_ray.evaluation.policy import decode_responses
 

@@ -25,6 +25,9 @@ def parser_for(stage: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: auto, else embedded local Ray)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--help-config", action="store_true", help="list every config key with its type and default")
+    if stage in ("sft", "rm", "ppo"):
+        p.add_argument("--inspect-data", type=int, metavar="N", default=None,
+                       help="print N rendered training samples as JSON lines (with the trained spans) and exit")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. trainer.max_steps=10")
     return p
 
@@ -106,6 +109,8 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
 
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return 0
+        if getattr(args, "inspect_data", None) is not None:
+            return inspect_data(cfg, trainer_cls, args.inspect_data)
         check_run_dir(cfg.output_dir, resume=args.resume is not None, overwrite=args.overwrite)
         resume_from = resolve_resume(args.resume, cfg.output_dir)
         if starting_point is not None:  # a stage's own way to name where it starts (pretrain: load_checkpoint)
@@ -131,16 +136,32 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
     return 0
 
 
+def stage_tokenizer(cfg):
+    """The tokenizer a supervised stage trains with, carrying the chat template it renders with."""
+    from coati_ray.models.loading import check_tokenizer_fits, tokenizer_for
+
+    tokenizer = tokenizer_for(cfg.model, getattr(cfg.data, "chat_template", None))
+    check_tokenizer_fits(tokenizer, cfg.model.local_path, "model.path")
+    return tokenizer
+
+
+def inspect_data(cfg, trainer_cls, n: int) -> int:
+    """`--inspect-data N`: the first N training samples as the stage will see them, one JSON line each."""
+    tokenizer = stage_tokenizer(cfg)
+    d = cfg.data
+    items, _ = trainer_cls.build_dataset(d.train_path, tokenizer, d, n)
+    for item in items[:n]:
+        print(json.dumps(trainer_cls.inspect(item, tokenizer), ensure_ascii=False), flush=True)
+    return 0
+
+
 def preflight_data(cfg, trainer_cls) -> None:
     """Read the tokenizer and every row now, so a bad row stops the run before Ray or a model starts."""
-    from coati_ray.models.loading import check_tokenizer_fits, load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, cfg.model.trust_remote_code)
-    check_tokenizer_fits(tokenizer, cfg.model.path, "model.path")
+    tokenizer = stage_tokenizer(cfg)
     d = cfg.data
     items, _ = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
     if d.eval_path:
-        trainer_cls.build_dataset(d.eval_path, tokenizer, d, None)
+        trainer_cls.build_dataset(d.eval_path, tokenizer, d, None, "eval")
     if len(items) < cfg.trainer.batch_size:
         raise CoatiError(f"data error: {d.train_path} has {len(items)} usable rows, fewer than one global batch "
                          f"(trainer.batch_size={cfg.trainer.batch_size}); lower the batch size or add data")

@@ -24,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m launch.expand_vocab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source_model_and_tokenizer_path", "--source", dest="source", required=True,
-                   help="Hugging Face model directory with its tokenizer")
+                   help="Hugging Face model directory with its tokenizer, or a hub id")
+    p.add_argument("--revision", default=None, help="hub revision of the source (branch, tag or commit)")
     p.add_argument("--expand_tokens_file", "--pieces", dest="pieces", required=True,
                    help='jsonl of {"piece": ...} rows')
     p.add_argument("--target_model_path", "--output", dest="output", required=True,
@@ -34,9 +35,11 @@ def parser() -> argparse.ArgumentParser:
 
 def check(args) -> None:
     """Bad input, in one line, before any model loads."""
+    from coati_ray.models.hub import pin
     from coati_ray.models.loading import check_model_dir
     from coati_ray.models.vocab import read_pieces
 
+    args.source = pin(args.source, args.revision, "--source_model_and_tokenizer_path").local_dir
     check_model_dir(args.source)
     if os.path.exists(args.output):
         raise ConfigError(f"config error: --target_model_path '{args.output}' exists; choose a new directory "

@@ -1,7 +1,9 @@
 """Generate with a trained policy: python -m launch.generate --model DIR [--lora DIR] [--quantize none|int8|int4]
 (--prompt TEXT | --input rows.jsonl --output out.jsonl | --interactive) [--n N --reward-model DIR] [key=value ...]
 
-Prompts are rendered with the model's chat template (ours for coati_ray's checkpoints) and sampled with
+Prompts are rendered with the chat template the checkpoint trained with (chat_template=auto; Coati's layout
+when it has none), the one every stage renders with, and its end-of-turn token ends an answer. Models are
+directories or hub ids (with revision=...). They are sampled with
 the keys PPO's makers use (generation.max_new_tokens, temperature, top_k, top_p, do_sample). With
 --n N, every prompt gets N candidates; with --reward-model, each is scored and the best kept (best of n),
 the scores of all written. --interactive streams the answer's tokens as they come.
@@ -55,8 +57,9 @@ def load(args):
     return cfg
 
 
-def read_prompts(path: str) -> tuple[list[dict], list[str]]:
-    """Rows of a prompt file and their prompt texts (the layouts PPO reads), every row checked first."""
+def read_prompts(path: str) -> tuple[list[dict], list[list[dict]]]:
+    """Rows of a prompt file and their prompt conversations (the layouts PPO reads: a system turn and earlier
+    turns are kept), every row checked first."""
     from coati_ray.data.formats import detect_format, prompt_only
     from coati_ray.data.loading import load_rows, normalize_rows
 
@@ -64,7 +67,18 @@ def read_prompts(path: str) -> tuple[list[dict], list[str]]:
     fmt = detect_format(ds.column_names, "prompt")
     rows = [dict(r) for r in ds]
     prompts, _ = normalize_rows(ds, lambda r: prompt_only(r, fmt), path)
-    return rows, [p["prompt"] for p in prompts]
+    return rows, [p["messages"] for p in prompts]
+
+
+def load_judge(cfg, policy):
+    """The reward model of best-of-n, on the policy's device; it must read the policy's tokens."""
+    from coati_ray.models import RewardModel
+    from coati_ray.models.loading import check_vocab
+
+    judge = RewardModel.from_pretrained(cfg.local("reward_model"), require_head=True,
+                                        trust_remote_code=cfg.trust_remote_code)
+    check_vocab(policy.tokenizer, judge, f"reward_model '{cfg.reward_model}' reads the policy's tokens")
+    return judge.to(policy.device).eval()
 
 
 def main(argv=None) -> int:
@@ -74,12 +88,9 @@ def main(argv=None) -> int:
         cfg = load(args)
         rows, prompts = read_prompts(args.input) if args.input else ([], [])
         from coati_ray.generation import Policy
-        from coati_ray.models import RewardModel
 
         policy = Policy.load(cfg)
-        judge = None
-        if cfg.reward_model:
-            judge = RewardModel.from_pretrained(cfg.reward_model, require_head=True).to(policy.device).eval()
+        judge = load_judge(cfg, policy) if cfg.reward_model else None
         if args.interactive:
             return interactive(policy, cfg, judge)
         if args.prompt is not None:

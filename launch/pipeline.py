@@ -90,7 +90,9 @@ def preflight(cfg: PipelineConfig) -> None:
     stops the job before SFT runs, not ten minutes after."""
     from coati_ray.experience.prompts import read_prompt_data
     from coati_ray.experience.rewards import check_reward_sources
-    from coati_ray.models.loading import load_tokenizer
+    from coati_ray.data.template import use_chat_template
+    from coati_ray.models.hub import local_dir
+    from coati_ray.models.loading import load_tokenizer, tokenizer_for
     from coati_ray.trainers.rm import RMTrainer
     from coati_ray.trainers.sft import SFTTrainer
     from launch.common import preflight_data
@@ -100,12 +102,17 @@ def preflight(cfg: PipelineConfig) -> None:
         from coati_ray.data.prepare import jsonl_files, prepare
 
         p = cfg.prepare
-        prepare("pretrain", jsonl_files([d for d in p.data_input_dirs.split(",") if d]), load_tokenizer(base),
+        prepare("pretrain", jsonl_files([d for d in p.data_input_dirs.split(",") if d]), load_tokenizer(local_dir(*base)),
                 cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed)
     preflight_data(cfg.stand_in("sft", base), SFTTrainer)
     if cfg.rm is not None:
-        preflight_data(cfg.stand_in("rm", base), RMTrainer)
-    tokenizer = load_tokenizer(cfg.sft.model.tokenizer_path or base, cfg.sft.model.trust_remote_code)
+        rm = cfg.stand_in("rm", base)
+        if rm.data.chat_template == "auto":  # the RM starts from SFT's checkpoint, which keeps SFT's template
+            rm.data.chat_template = cfg.sft.data.chat_template
+        preflight_data(rm, RMTrainer)
+    # PPO's actor is SFT's checkpoint, whose tokenizer carries the template SFT trained with (auto keeps it)
+    tokenizer = tokenizer_for(cfg.stand_in("sft", base).model, cfg.sft.data.chat_template)
+    use_chat_template(tokenizer, cfg.ppo.data.chat_template)
     prompts, _, _ = read_prompt_data(cfg.ppo.data, tokenizer)
     check_reward_sources(cfg.ppo.rewards)
     if not prompts:

@@ -25,7 +25,7 @@ def starting_point(cfg, resume_from: Optional[str]) -> Optional[str]:
                           "which a new run clears; use --resume to continue this run, or another --output-dir")
     if os.path.isfile(os.path.join(cfg.load_checkpoint, "trainer_state.json")):
         return cfg.load_checkpoint
-    cfg.model.path = cfg.load_checkpoint  # weights only ("modelling"); the run starts at step 0
+    cfg.model.path, cfg.model.revision = cfg.load_checkpoint, None  # weights only ("modelling"); starts at step 0
     return resume_from
 
 

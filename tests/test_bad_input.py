@@ -217,8 +217,8 @@ CASES = [
     ("prompt rows without a prompt", "ppo",
      lambda c: c.ppo(f"data.prompt_path={c.write('cols.jsonl', json.dumps({'question': 'x'}) + chr(10))}"),
      "cols.jsonl"),
-    ("unsupported data extension", "ppo", lambda c: c.ppo(f"data.prompt_path={c.write('p.csv', 'a' + chr(10))}"),
-     "extension '.csv'"),
+    ("unsupported data extension", "ppo", lambda c: c.ppo(f"data.prompt_path={c.write('p.tsv', 'a' + chr(10))}"),
+     "extension '.tsv'"),
     ("eval prompt file missing", "ppo", lambda c: c.ppo(f"data.eval_prompt_path={c.tmp / 'gone.jsonl'}"),
      "data.eval_prompt_path"),
     ("SFT row without its reply", "sft", lambda c: c.sft(

@@ -144,9 +144,9 @@ def test_empty_missing_malformed_and_non_utf8(tmp_path):
     latin.write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(DataError, match="l.jsonl line 1 .*not valid UTF-8"):
         load_rows(str(latin))
-    with pytest.raises(DataError, match="extension '.csv'"):
-        (tmp_path / "x.csv").write_text("a\n1\n")
-        load_rows(str(tmp_path / "x.csv"))
+    with pytest.raises(DataError, match="extension '.tsv'"):
+        (tmp_path / "x.tsv").write_text("a\n1\n")
+        load_rows(str(tmp_path / "x.tsv"))
 
 
 def test_reply_truncated_away_is_dropped_and_counted(tokenizer, tmp_path):

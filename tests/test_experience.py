@@ -20,12 +20,10 @@ def models(tiny_llama):
 
 
 def prompt_items(tokenizer, n=4):
-    from coati_ray.data.template import DEFAULT_TEMPLATE
+    from coati_ray.generation import render_prompt
 
     texts = [f"sort: {i} {i + 3} 1" for i in range(n)] + ["sort: 9 8 7 6 5 4 3"]
-    return [{"input_ids": [tokenizer.bos_token_id] + tokenizer(DEFAULT_TEMPLATE.render_prompt(t),
-                                                               add_special_tokens=False)["input_ids"], "prompt": t}
-            for t in texts[:n]]
+    return [{"input_ids": render_prompt(tokenizer, t), "prompt": t} for t in texts[:n]]
 
 
 def prompts(tokenizer, n=4):

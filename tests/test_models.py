@@ -22,11 +22,9 @@ def family_dir(assets, family):
 
 
 def prompt_batch(tokenizer):
-    from coati_ray.data.template import DEFAULT_TEMPLATE
+    from coati_ray.generation import render_prompt
 
-    items = [{"input_ids": [tokenizer.bos_token_id] + tokenizer(DEFAULT_TEMPLATE.render_prompt(p),
-                                                                add_special_tokens=False)["input_ids"]}
-             for p in PROMPTS]
+    items = [{"input_ids": render_prompt(tokenizer, p)} for p in PROMPTS]
     return collate_prompts(items, tokenizer.pad_token_id)
 
 

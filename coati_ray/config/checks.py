@@ -32,6 +32,14 @@ def check_cpu_cores(cores: Optional[list[int]], key: str) -> None:
               "e.g. [0] or [2, 3], or leave it unset to let the OS schedule")
 
 
+def check_flash_attn(wanted: bool, key: str) -> None:
+    import importlib.util
+
+    if wanted and importlib.util.find_spec("flash_attn") is None:
+        _fail(key, "the flash-attn package is not installed", "install flash-attn on a CUDA machine, or remove "
+              "the key (SDPA attention is used)")
+
+
 # ---------------------------------------------------------------- filesystem checks
 
 
@@ -46,6 +54,27 @@ def _require_path(key: str, path: str) -> None:
         elif "rm_tiny" in path or "sft_tiny" in path:
             hint = " (train it first: `make rm` / `make sft`, or run `make demo`)"
         _fail(key, f"'{path}' does not exist", "point it at an existing file or directory" + hint)
+
+
+def _require_data(key: str, path: str) -> None:
+    """A dataset: a local file or directory, or a hub dataset name (read, offline or not, by the data
+    check before any model loads: coati_ray.data.loading)."""
+    from coati_ray.models.hub import is_hub_id
+
+    if not is_hub_id(path) or os.path.splitext(path)[1].lower() in (".jsonl", ".json", ".csv", ".parquet", ".arrow"):
+        _require_path(key, path)
+
+
+def check_chat_template(spec: str, key: str) -> None:
+    """auto, coati, or a .jinja file that exists and compiles."""
+    from coati_ray.data.template import read_template
+
+    if spec not in ("auto", "coati"):
+        _require_path(key, spec)
+    try:
+        read_template(spec)
+    except ValueError as e:
+        _fail(key, str(e), "use auto (the tokenizer's own template, else Coati's), coati, or a .jinja file")
 
 
 def _require_dir(key: str, path: str) -> None:

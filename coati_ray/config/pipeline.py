@@ -47,14 +47,18 @@ def chained(has_rm: bool, needs_critic: bool, has_expand: bool = False, has_pret
 class ExpandVocabStageConfig:
     """launch.expand_vocab as the pipeline's first stage."""
 
-    source: str = required("model + tokenizer directory to expand (the pipeline's base model)")
+    source: str = required("model + tokenizer directory or hub id to expand (the pipeline's base model)")
     pieces: str = required("jsonl of {\"piece\": ...} rows (Colossal-LLaMA's expand_tokens_file)")
+    revision: Optional[str] = opt(None, "hub revision of `source` (pinned to the commit it resolves)")
     output_dir: str = opt(PLACEHOLDER, "set by the pipeline (<output_dir>/expand_vocab)")
 
     def validate(self) -> None:
         from coati_ray.models.vocab import read_pieces
 
-        _require_model_dir("expand_vocab.source", self.source)
+        from coati_ray.models.hub import local_dir, pin
+
+        self.revision = pin(self.source, self.revision, "expand_vocab.source").commit or self.revision
+        _require_model_dir("expand_vocab.source", local_dir(self.source, self.revision))
         read_pieces(self.pieces)
 
 
@@ -109,11 +113,28 @@ class PipelineConfig(JobConfig):
         return chained(self.rm is not None, self.ppo.algorithm.needs_critic, self.expand_vocab is not None,
                        self.pretrain is not None)
 
-    def base_model(self) -> str:
-        """The model the first stage starts from (what later stages' inputs are checked against)."""
+    def base_model(self) -> tuple[str, Optional[str]]:
+        """(path, revision) of the model the first stage starts from (what later stages' inputs are checked
+        against)."""
         if self.expand_vocab is not None:
-            return self.expand_vocab.source
-        return self.pretrain.model.path if self.pretrain is not None else self.sft.model.path
+            return self.expand_vocab.source, self.expand_vocab.revision
+        first = self.pretrain.model if self.pretrain is not None else self.sft.model
+        return first.path, first.revision
+
+    def pin(self) -> None:
+        """Resolve every hub id the stages name (not the links, which are this run's checkpoints) to its commit,
+        in place, so every stage and actor loads the commit the checks read."""
+        from coati_ray.config.schema import ModelConfig
+
+        if self.expand_vocab is not None:
+            self.expand_vocab.validate()
+        for stage in ("pretrain", "sft", "rm", "ppo"):
+            cfg = getattr(self, stage)
+            for name in ("model", "actor", "critic", "reward"):
+                model = getattr(cfg, name, None) if cfg is not None else None
+                if isinstance(model, ModelConfig) and model.path != PLACEHOLDER and \
+                        (stage, name, "path") not in self.links():
+                    model.pin(f"{stage}.{name}")
 
     def link(self) -> None:
         """Point each stage at its own directory and at the previous stage's output; one seed for all."""
@@ -135,9 +156,8 @@ class PipelineConfig(JobConfig):
         """Every stage's checks, now: later stages are checked against the SFT base model, whose
         architecture and tokenizer their inputs will have (their real inputs do not exist yet)."""
         super().validate()
+        self.pin()
         base = self.base_model()
-        if self.expand_vocab is not None:
-            self.expand_vocab.validate()
         if self.pretrain is not None:
             if self.prepare is None:
                 _fail("prepare", "the pretrain stage needs its data", "add prepare.data_input_dirs (jsonl directories)")
@@ -153,12 +173,14 @@ class PipelineConfig(JobConfig):
             _fail("ppo.data.eval_prompt_path", "the report's gold scores need held-out prompts",
                   "set ppo.data.eval_prompt_path")
 
-    def stand_in(self, stage: str, base: str):
-        """A copy of `stage`'s config whose chained inputs point at `base` (for checks before they exist)."""
+    def stand_in(self, stage: str, base: tuple[str, Optional[str]]):
+        """A copy of `stage`'s config whose chained inputs point at `base` (path, revision), for checks before
+        they exist."""
         cfg = copy.deepcopy(getattr(self, stage))
         for (section, *keys), _ in self.links().items():
             if section == stage:
-                setattr(getattr(cfg, keys[0]), keys[1], base)
+                model = getattr(cfg, keys[0])
+                model.path, model.revision = base
         if stage == "pretrain":  # its prepared data does not exist yet: the rows are checked by preflight
             cfg.data.train_path, cfg.data.benchmark = "", True
         return cfg

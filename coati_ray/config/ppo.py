@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from coati_ray.config.checks import _fail, _require_path, check_cpu_cores, check_nice
+from coati_ray.config.checks import _fail, _require_data, check_chat_template, check_cpu_cores, check_nice
 from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt
 from coati_ray.models.value import VALUE_HEAD_FILE
 
@@ -15,23 +15,37 @@ from coati_ray.models.value import VALUE_HEAD_FILE
 class PromptDataConfig:
     """Prompts for generation, and the optional pretraining data of PPO-ptx."""
 
-    prompt_path: str = opt("data/prompts/train.jsonl", "prompts: `prompt`, `instruction` or `messages` rows")
+    prompt_path: str = opt("data/prompts/train.jsonl", "prompts: `prompt`, `instruction` or `messages` rows in a local "
+                                                       "file (.jsonl/.json/.csv/.parquet/.arrow) or a hub dataset name")
     eval_prompt_path: Optional[str] = opt(None, "held-out prompts scored every ppo.eval_every steps (eval/* metrics)")
+    subset: Optional[str] = opt(None, "hub datasets: the subset (configuration) of prompt_path / eval_prompt_path")
+    split: str = opt("train", "hub datasets: the split prompt_path is read from")
+    eval_split: str = opt("test", "hub datasets: the split eval_prompt_path is read from")
+    chat_template: str = opt("auto", "how prompts become text: auto (the actor tokenizer's chat template, else "
+                                     "Coati's), coati, or a .jinja file; its end-of-turn token ends a response")
     eval_max_samples: Optional[int] = opt(None, "use at most this many held-out prompts")
     gold_task: Optional[str] = opt(None, "programmatic gold scorer that judges held-out answers (e.g. 'sorting'); "
                                          "never used for training")
-    ptx_path: Optional[str] = opt(None, "SFT-layout data for the PPO-ptx loss (needs ppo.ptx_coef > 0)")
+    ptx_path: Optional[str] = opt(None, "SFT-layout data for the PPO-ptx loss (needs ppo.ptx_coef > 0); a hub name "
+                                        "reads its train split")
     format: Literal["auto", "prompt", "instruction", "messages"] = opt("auto", "prompt row layout")
     max_prompt_length: int = opt(64, "prompt tokens kept (from the right: the assistant prefix must stay)")
     ptx_max_length: int = opt(128, "tokens per PPO-ptx sequence")
     max_samples: Optional[int] = opt(None, "use at most this many prompts")
     on_bad_row: Literal["error", "skip"] = opt("error", "a row missing its fields: stop, or skip and count it")
 
+    def source(self, which: str = "train"):
+        """How a hub dataset name in prompt_path / eval_prompt_path is read."""
+        from coati_ray.data.loading import HubSource
+
+        return HubSource(self.subset, self.split if which == "train" else self.eval_split)
+
     def validate(self, key: str = "data") -> None:
-        _require_path(f"{key}.prompt_path", self.prompt_path)
+        _require_data(f"{key}.prompt_path", self.prompt_path)
         for name in ("eval_prompt_path", "ptx_path"):
             if getattr(self, name) is not None:
-                _require_path(f"{key}.{name}", getattr(self, name))
+                _require_data(f"{key}.{name}", getattr(self, name))
+        check_chat_template(self.chat_template, f"{key}.chat_template")
         if self.gold_task is not None:
             from coati_ray.tasks import GOLD_SCORERS
 
@@ -291,7 +305,7 @@ class PPOConfig(JobConfig):
         if self.reward is not None:
             if self.reward.lora_rank:
                 _fail("reward.lora_rank", "the reward model is frozen", "remove reward.lora_rank")
-            if check_reward_head and not os.path.isfile(os.path.join(self.reward.path, VALUE_HEAD_FILE)):
+            if check_reward_head and not os.path.isfile(os.path.join(self.reward.local_path, VALUE_HEAD_FILE)):
                 _fail("reward.path", f"'{self.reward.path}' has no {VALUE_HEAD_FILE}, so it is not a reward model",
                       "point it at the RM stage's checkpoints/final")
         self.rewards.validate(has_reward_model=self.reward is not None)
@@ -407,11 +421,11 @@ class PPOConfig(JobConfig):
         from coati_ray.config.checks import model_config, require_fits_context
 
         length = self.data.max_prompt_length + self.generation.max_new_tokens
-        vocab = model_config("actor.path", self.actor.path).get("vocab_size")
+        vocab = model_config("actor.path", self.actor.local_path).get("vocab_size")
         for key in ("actor", "critic", "reward"):
             if getattr(self, key) is None:
                 continue
-            path = getattr(self, key).path
+            path = getattr(self, key).local_path
             require_fits_context(f"{key}.path", path, length, "data.max_prompt_length + generation.max_new_tokens",
                                  "lower data.max_prompt_length or generation.max_new_tokens")
             theirs = model_config(f"{key}.path", path).get("vocab_size")

@@ -10,7 +10,6 @@ folders), `load_checkpoint` -> load_checkpoint, `save_interval` -> trainer.save_
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -46,15 +45,11 @@ class PretrainDataConfig(DataConfig):
 
 @dataclass
 class PretrainModelConfig(ModelConfig):
-    use_flash_attn: bool = opt(False, "FlashAttention-2 (needs the flash-attn package and a GPU); SDPA otherwise")
     freeze_non_embeds_params: bool = opt(False, "train only the input embeddings and the LM head (e.g. right after "
                                                 "launch.expand_vocab)")
 
     def validate(self, key: str = "model", trained: bool = True) -> None:
         super().validate(key, trained)
-        if self.use_flash_attn and importlib.util.find_spec("flash_attn") is None:
-            _fail(f"{key}.use_flash_attn", "the flash-attn package is not installed",
-                  "install flash-attn on a CUDA machine, or remove the key (SDPA attention is used)")
         if self.freeze_non_embeds_params and self.lora_rank > 0:
             _fail(f"{key}.freeze_non_embeds_params", "with LoRA only the adapters train",
                   "set model.lora_rank=0 or remove freeze_non_embeds_params")

@@ -14,9 +14,11 @@ from coati_ray.config.checks import (
     _fail,
     _require_dir,
     _require_model_dir,
-    _require_path,
+    _require_data,
     _require_writable,
+    check_chat_template,
     check_cpu_cores,
+    check_flash_attn,
     check_nice,
     require_fits_context,
 )
@@ -41,8 +43,12 @@ def required(help: str):
 class ModelConfig:
     """Which pretrained checkpoint to start from and how to adapt it."""
 
-    path: str = required("local Hugging Face model directory (config.json + weights + tokenizer)")
-    tokenizer_path: Optional[str] = opt(None, "tokenizer directory; defaults to `path`")
+    path: str = required("local Hugging Face model directory (config.json + weights + tokenizer) or a hub id "
+                         "(org/name), read through the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE, HF_TOKEN)")
+    revision: Optional[str] = opt(None, "hub revision of `path` (branch, tag or commit; null: main); the job pins "
+                                        "it to the commit it resolves, which every actor loads and config.yaml keeps")
+    tokenizer_path: Optional[str] = opt(None, "tokenizer directory or hub id; defaults to `path`")
+    tokenizer_revision: Optional[str] = opt(None, "hub revision of `tokenizer_path` (pinned like `revision`)")
     lora_rank: int = opt(0, "LoRA rank; 0 trains every weight, >0 trains only peft LoRA adapters")
     lora_alpha: float = opt(16.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA branch")
@@ -51,41 +57,88 @@ class ModelConfig:
         "float32", "parameter dtype the trainer loads (naive/ddp train in it; zero2/gemini keep fp32 masters)")
     trust_remote_code: bool = opt(False, "allow model code shipped inside the checkpoint directory")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    use_flash_attn: bool = opt(False, "FlashAttention-2 (needs the flash-attn package and a GPU); SDPA otherwise")
     quantize: Literal["none", "int8", "int4"] = opt(
         "none", "load the base in 8-bit or 4-bit (nf4) through bitsandbytes, frozen; a trained model needs LoRA "
                 "(QLoRA), and its exported checkpoint is merged back to full precision")
+
+    @property
+    def local_path(self) -> str:
+        """The model directory on this node: `path`, or the cached snapshot of the pinned hub commit."""
+        from coati_ray.models.hub import local_dir
+
+        return local_dir(self.path, self.revision, "path")
+
+    @property
+    def local_tokenizer_path(self) -> str:
+        from coati_ray.models.hub import local_dir
+
+        if self.tokenizer_path is None:
+            return self.local_path
+        return local_dir(self.tokenizer_path, self.tokenizer_revision, "tokenizer_path")
+
+    @property
+    def attn_implementation(self) -> Optional[str]:
+        return "flash_attention_2" if self.use_flash_attn else None
+
+    def pin(self, key: str = "model") -> None:
+        """Resolve hub ids to the commits every process will load (on the driver, before Ray starts)."""
+        from coati_ray.models.hub import pin
+
+        resolved = pin(self.path, self.revision, f"{key}.path")
+        self.revision = resolved.commit or self.revision
+        if self.tokenizer_path is not None:
+            resolved = pin(self.tokenizer_path, self.tokenizer_revision, f"{key}.tokenizer_path")
+            self.tokenizer_revision = resolved.commit or self.tokenizer_revision
 
     def validate(self, key: str = "model", trained: bool = True) -> None:
         """`trained=False` for a frozen model (the PPO reward model), which may be quantized without LoRA."""
         if self.quantize != "none" and trained and self.lora_rank <= 0:
             _fail(f"{key}.quantize", f"a {self.quantize} base is frozen, so only LoRA adapters can train on it",
                   f"set {key}.lora_rank (e.g. 8) or {key}.quantize=none")
-        _require_model_dir(f"{key}.path", self.path)
+        self.pin(key)
+        _require_model_dir(f"{key}.path", self.local_path)
         if self.tokenizer_path is not None:
-            _require_dir(f"{key}.tokenizer_path", self.tokenizer_path)
+            _require_dir(f"{key}.tokenizer_path", self.local_tokenizer_path)
         if self.lora_rank < 0:
             _fail(f"{key}.lora_rank", f"must be >= 0, got {self.lora_rank}",
                   "use 0 for full fine-tuning or a positive rank such as 8 for LoRA")
         if not 0.0 <= self.lora_dropout < 1.0:
             _fail(f"{key}.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}", "e.g. 0.05")
+        check_flash_attn(self.use_flash_attn, f"{key}.use_flash_attn")
 
 
 @dataclass
 class DataConfig:
     """Where the training data lives and how to read it."""
 
-    train_path: str = required("local dataset: .jsonl/.json/.parquet/.arrow file or a `save_to_disk` directory")
-    eval_path: Optional[str] = opt(None, "held-out dataset in the same layout; None disables evaluation")
+    train_path: str = required("dataset: a local .jsonl/.json/.csv/.parquet/.arrow file, a `save_to_disk` directory, "
+                               "or a hub dataset name (org/name, read with datasets.load_dataset and its cache)")
+    eval_path: Optional[str] = opt(None, "held-out dataset in the same layout (a hub name: its data.eval_split); "
+                                         "None disables evaluation")
+    subset: Optional[str] = opt(None, "hub datasets: the subset (configuration) name, e.g. harmless-base")
+    split: str = opt("train", "hub datasets: the split train_path is read from")
+    eval_split: str = opt("test", "hub datasets: the split eval_path is read from")
     format: Literal["auto", "messages", "instruction", "pairs", "hh_rlhf", "rm_static", "prompt"] = opt(
         "auto", "row layout; 'auto' detects it from the columns of the first row")
+    chat_template: str = opt("auto", "how conversations become text: auto (the tokenizer's own chat template, "
+                                     "else Coati's), coati (\"Human: ... Assistant: ...\"), or a .jinja file; the "
+                                     "checkpoints keep it")
     max_length: int = opt(256, "maximum tokens per sequence (prompt + response)")
     max_samples: Optional[int] = opt(None, "use at most this many rows (None: all)")
     on_bad_row: Literal["error", "skip"] = opt("error", "a row missing its fields: stop with an error, or skip and count it")
 
+    def source(self, which: str = "train"):
+        """How a hub dataset name in train_path / eval_path is read."""
+        from coati_ray.data.loading import HubSource
+
+        return HubSource(self.subset, self.split if which == "train" else self.eval_split)
+
     def validate(self, key: str = "data") -> None:
-        _require_path(f"{key}.train_path", self.train_path)
+        _require_data(f"{key}.train_path", self.train_path)
         if self.eval_path is not None:
-            _require_path(f"{key}.eval_path", self.eval_path)
+            _require_data(f"{key}.eval_path", self.eval_path)
+        check_chat_template(self.chat_template, f"{key}.chat_template")
         if self.max_length < 8:
             _fail(f"{key}.max_length", f"must be >= 8, got {self.max_length}", "e.g. 256")
         if self.max_samples is not None and self.max_samples < 1:
@@ -326,7 +379,7 @@ class SFTConfig(JobConfig):
         self.strategy.check_3d_accumulation("strategy", tc.batch_size // self.resources.num_ranks // tc.micro_batch_size)
         self.check_layout()
         self.strategy.check_machine()  # what this machine lacks comes after what the config gets wrong
-        require_fits_context("data.max_length", self.model.path, self.data.max_length, "data.max_length",
+        require_fits_context("data.max_length", self.model.local_path, self.data.max_length, "data.max_length",
                              "lower data.max_length to the model's context")
 
     def check_layout(self) -> None:

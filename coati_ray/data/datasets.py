@@ -13,8 +13,8 @@ import torch
 
 from coati_ray.algo.losses import IGNORE_INDEX
 from coati_ray.data.formats import detect_format, preference_pair, prompt_only, sft_messages
-from coati_ray.data.loading import normalize_rows, read_rows
-from coati_ray.data.template import DEFAULT_TEMPLATE, ChatTemplate
+from coati_ray.data.loading import HubSource, normalize_rows, read_rows
+from coati_ray.data.template import ChatFormat
 from coati_ray.errors import DataError
 
 
@@ -46,81 +46,80 @@ def _resolve_format(ds, fmt: str, stage: str, path: str) -> str:
         raise DataError(f"data error: {path}: {e}; or set data.format explicitly") from None
 
 
-def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
-                          template: ChatTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels = IGNORE_INDEX everywhere except assistant replies (and their EOS).
+def tokenize_conversation(messages: list[dict], tokenizer, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of role messages rendered with the tokenizer's chat template (Coati's when it has
+    none): labels are IGNORE_INDEX everywhere except the assistant turns' tokens and their end-of-turn token."""
+    return ChatFormat.of(tokenizer).tokenize(messages, max_length)
 
-    Each turn is tokenised on its own so the boundary between prompt and reply is exact; the
-    result is the same token split that generation sees (prompt ends with the assistant prefix).
-    """
-    input_ids: list[int] = _bos(tokenizer)
-    labels: list[int] = [IGNORE_INDEX] * len(input_ids)
-    for i, m in enumerate(messages):
-        if m["from"] == "human":
-            ids = _ids(tokenizer, template.human_turn(m["content"], first=i == 0) + template.assistant_prefix)
-            input_ids += ids
-            labels += [IGNORE_INDEX] * len(ids)
-        else:
-            ids = _ids(tokenizer, m["content"]) + [tokenizer.eos_token_id]
-            input_ids += ids
-            labels += ids
-    return input_ids[:max_length], labels[:max_length]
+
+def sft_item(row: dict, tokenizer, max_length: int) -> dict:
+    """A normalised SFT row -> {input_ids, labels, truncated}."""
+    ids, labels = tokenize_conversation(row["messages"], tokenizer, None)
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length}
 
 
 def build_sft_dataset(path: str, tokenizer, max_length: int, fmt: str = "auto", max_samples: Optional[int] = None,
-                      on_bad_row: str = "error") -> tuple[list[dict], LoadReport]:
-    ds, malformed = read_rows(path, max_samples, on_bad_row)
+                      on_bad_row: str = "error", source: Optional[HubSource] = None) -> tuple[list[dict], LoadReport]:
+    ds, malformed = read_rows(path, max_samples, on_bad_row, source)
     fmt = _resolve_format(ds, fmt, "sft", path)
-    rows, skipped = normalize_rows(ds, lambda r: sft_messages(r, fmt), path, on_bad_row)
+    rows, skipped = normalize_rows(ds, lambda r: sft_item(sft_messages(r, fmt), tokenizer, max_length), path,
+                                   on_bad_row)
     out, truncated, empty = [], 0, 0
-    for row in rows:
-        full, _ = tokenize_conversation(row["messages"], tokenizer, max_length=10**9)
-        ids, labels = tokenize_conversation(row["messages"], tokenizer, max_length)
-        truncated += len(full) > max_length
-        if all(label == IGNORE_INDEX for label in labels):
+    for item in rows:
+        truncated += item.pop("truncated")
+        if all(label == IGNORE_INDEX for label in item["labels"]):
             empty += 1  # the reply was cut off entirely: no loss to learn from
             continue
-        out.append({"input_ids": ids, "labels": labels})
+        out.append(item)
     if not out:
         raise DataError(f"data error: {path}: every reply was truncated away at max_length={max_length}; "
                         "raise data.max_length")
     return out, LoadReport(path, len(out), skipped + malformed, truncated, empty)
 
 
+def preference_item(pair: dict, tokenizer, max_length: int) -> dict:
+    """A normalised pair -> {chosen_ids, rejected_ids, truncated}: each side is the rendered conversation
+    (prompt turns, then the reply) up to the reply's end-of-turn token, the token the reward is read at."""
+    chat = ChatFormat.of(tokenizer)
+    item, truncated = {}, 0
+    for side in ("chosen", "rejected"):
+        ids, _ = chat.tokenize(pair["prompt"] + [{"role": "assistant", "content": pair[side]}])
+        truncated += len(ids) > max_length
+        item[f"{side}_ids"] = ids[:max_length]
+    item["truncated"] = truncated
+    return item
+
+
 def build_preference_dataset(path: str, tokenizer, max_length: int, fmt: str = "auto",
                              max_samples: Optional[int] = None, on_bad_row: str = "error",
-                             template: ChatTemplate = DEFAULT_TEMPLATE) -> tuple[list[dict], LoadReport]:
-    ds, malformed = read_rows(path, max_samples, on_bad_row)
+                             source: Optional[HubSource] = None) -> tuple[list[dict], LoadReport]:
+    ds, malformed = read_rows(path, max_samples, on_bad_row, source)
     fmt = _resolve_format(ds, fmt, "pairs", path)
-    rows, skipped = normalize_rows(ds, lambda r: preference_pair(r, fmt), path, on_bad_row)
-    out, truncated = [], 0
-    for pair in rows:
-        # hh-rlhf prompts are already whole dialogues ending in "Assistant:"; ours get the template.
-        prompt = pair["prompt"] if fmt == "hh_rlhf" else template.render_prompt(pair["prompt"])
-        prefix = _bos(tokenizer) + _ids(tokenizer, prompt)
-        item = {}
-        for side in ("chosen", "rejected"):
-            ids = prefix + _ids(tokenizer, pair[side]) + [tokenizer.eos_token_id]
-            truncated += len(ids) > max_length
-            item[f"{side}_ids"] = ids[:max_length]
-        out.append(item)
+    out, skipped = normalize_rows(ds, lambda r: preference_item(preference_pair(r, fmt), tokenizer, max_length),
+                                  path, on_bad_row)
+    truncated = sum(item.pop("truncated") for item in out)
     return out, LoadReport(path, len(out), skipped + malformed, truncated, 0)
+
+
+def prompt_item(row: dict, tokenizer, max_prompt_length: int) -> dict:
+    """A normalised prompt row -> {input_ids (with the generation prompt), prompt, messages, truncated}."""
+    ids = ChatFormat.of(tokenizer).prompt_ids(row["messages"])
+    truncated = len(ids) > max_prompt_length
+    if truncated:
+        ids = ids[-max_prompt_length:]  # keep the end: the generation prompt must stay
+    return {"input_ids": ids, "prompt": row["prompt"], "messages": row["messages"], "truncated": truncated}
 
 
 def build_prompt_dataset(path: str, tokenizer, max_prompt_length: int, fmt: str = "auto",
                          max_samples: Optional[int] = None, on_bad_row: str = "error",
-                         template: ChatTemplate = DEFAULT_TEMPLATE) -> tuple[list[dict], LoadReport]:
-    ds, malformed = read_rows(path, max_samples, on_bad_row)
+                         source: Optional[HubSource] = None) -> tuple[list[dict], LoadReport]:
+    ds, malformed = read_rows(path, max_samples, on_bad_row, source)
     fmt = _resolve_format(ds, fmt, "prompt", path)
     # Each item keeps its whole data row: a reward function or service may read more than the prompt.
-    rows, skipped = normalize_rows(ds, lambda r: {**prompt_only(r, fmt), "row": dict(r)}, path, on_bad_row)
-    out, truncated = [], 0
-    for row in rows:
-        ids = _bos(tokenizer) + _ids(tokenizer, template.render_prompt(row["prompt"]))
-        if len(ids) > max_prompt_length:
-            truncated += 1
-            ids = ids[-max_prompt_length:]  # keep the end: the assistant prefix must stay
-        out.append({"input_ids": ids, "prompt": row["prompt"], "row": row["row"]})
+    out, skipped = normalize_rows(
+        ds, lambda r: {**prompt_item(prompt_only(r, fmt), tokenizer, max_prompt_length), "row": dict(r)},
+        path, on_bad_row)
+    truncated = sum(item.pop("truncated") for item in out)
     return out, LoadReport(path, len(out), skipped + malformed, truncated, 0)
 
 

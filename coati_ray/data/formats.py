@@ -1,18 +1,21 @@
-"""Row layouts users bring, normalised to three canonical shapes.
+"""Row layouts users bring, normalised to three canonical shapes whose conversations are role messages
+([{"role": system|user|assistant, "content": str}], see coati_ray.data.template.normalize_messages).
 
-SFT      -> {"messages": [{"from": "human"|"assistant", "content": str}, ...]}
-            from `messages` (Colossal-LLaMA) or `instruction`/`input`/`output` (Alpaca).
-pairs    -> {"prompt": str, "chosen": str, "rejected": str}
-            from `prompt`/`chosen`/`rejected`, hh-rlhf (`chosen`/`rejected` whole dialogues) or
-            rm-static (`prompt`/`response`/`chosen`/`rejected`).
-prompts  -> {"prompt": str}  from `prompt`, `instruction`(+`input`) or `messages` (its human turns).
+SFT      -> {"messages": [...]} from `messages` (HF/OpenAI `role`, or Coati's / Colossal-LLaMA's `from`;
+            system turns, several turns) or `instruction`/`input`/`output` (Alpaca).
+pairs    -> {"prompt": [...messages], "chosen": str, "rejected": str} from `prompt`/`chosen`/`rejected`
+            (strings, or TRL's conversational lists), hh-rlhf (`chosen`/`rejected` whole dialogues, text or
+            message lists) or rm-static (`prompt`/`response`/`chosen`/`rejected`).
+prompts  -> {"prompt": str, "messages": [...]} from `prompt` (text or messages), `instruction`(+`input`) or
+            `messages` (the turns before the first assistant reply); `prompt` is the last user turn's text,
+            what reward functions and gold scorers read.
 
 Each normaliser raises ValueError with a short reason; the loader adds file and row.
 """
 
 from __future__ import annotations
 
-from coati_ray.data.template import ASSISTANT_ROLES, HUMAN_ROLES
+from coati_ray.data.template import normalize_messages
 
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
@@ -54,37 +57,34 @@ def detect_format(columns: list[str], stage: str) -> str:
     raise ValueError(f"unknown stage '{stage}'")
 
 
+def _instruction(row: dict) -> str:
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise ValueError(f"field 'input' must be a string, got {type(extra).__name__}")
+    return _text(row, "instruction") + ("\n" + extra if extra else "")
+
+
 def sft_messages(row: dict, fmt: str) -> dict:
     if fmt == "instruction":
-        instruction = _text(row, "instruction")
-        extra = row.get("input") or ""
-        if not isinstance(extra, str):
-            raise ValueError(f"field 'input' must be a string, got {type(extra).__name__}")
-        human = instruction + ("\n" + extra if extra else "")
-        return {"messages": [{"from": "human", "content": human}, {"from": "assistant", "content": _text(row, "output")}]}
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("missing field 'messages' (a non-empty list of {from, content})")
-    out = []
-    for j, m in enumerate(messages):
-        if not isinstance(m, dict) or "from" not in m or "content" not in m:
-            raise ValueError(f"messages[{j}] needs 'from' and 'content'")
-        role = str(m["from"]).lower()
-        if role not in HUMAN_ROLES + ASSISTANT_ROLES:
-            raise ValueError(f"messages[{j}].from is '{m['from']}'; use 'human' or 'assistant'")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"messages[{j}].content must be a string")
-        out.append({"from": "human" if role in HUMAN_ROLES else "assistant", "content": m["content"]})
-    if not any(m["from"] == "assistant" for m in out):
+        return {"messages": [{"role": "user", "content": _instruction(row)},
+                             {"role": "assistant", "content": _text(row, "output")}]}
+    messages = normalize_messages(row.get("messages"))
+    if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("no assistant message, so nothing to learn from")
-    return {"messages": out}
+    return {"messages": messages}
 
 
 def preference_pair(row: dict, fmt: str) -> dict:
     if fmt in ("pairs", "rm_static"):
-        pair = {"prompt": _text(row, "prompt"), "chosen": _text(row, "chosen"), "rejected": _text(row, "rejected")}
+        prompt = row.get("prompt")
+        if isinstance(prompt, list):  # TRL's conversational layout: prompt messages, replies as messages
+            pair = {"prompt": normalize_messages(prompt, "prompt"), "chosen": _reply(row, "chosen"),
+                    "rejected": _reply(row, "rejected")}
+        else:
+            pair = {"prompt": [{"role": "user", "content": _text(row, "prompt")}],
+                    "chosen": _reply(row, "chosen"), "rejected": _reply(row, "rejected")}
     elif fmt == "hh_rlhf":
-        pair = split_hh_dialogues(_text(row, "chosen"), _text(row, "rejected"))
+        pair = split_dialogues(row.get("chosen"), row.get("rejected"))
     else:
         raise ValueError(f"'{fmt}' is not a preference layout")
     if pair["chosen"] == pair["rejected"]:
@@ -92,34 +92,78 @@ def preference_pair(row: dict, fmt: str) -> dict:
     return pair
 
 
-def split_hh_dialogues(chosen: str, rejected: str) -> dict:
-    """hh-rlhf rows hold two whole dialogues that differ in the last assistant turn.
+def _reply(row: dict, key: str) -> str:
+    """A reply given as text, or as a list holding one assistant message."""
+    value = row.get(key)
+    if isinstance(value, list):
+        messages = normalize_messages(value, key)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise ValueError(f"'{key}' must be one assistant message when 'prompt' holds the conversation")
+        return messages[0]["content"]
+    return _text(row, key)
 
-    The prompt is everything up to and including the last "\\n\\nAssistant:" of `chosen`; it must
-    be the start of `rejected` too.
-    """
-    cut = chosen.rfind(HH_ASSISTANT)
-    if cut < 0:
-        raise ValueError("hh-rlhf 'chosen' has no '\\n\\nAssistant:' turn")
-    prefix = chosen[: cut + len(HH_ASSISTANT)]
-    if not rejected.startswith(prefix):
+
+def split_dialogues(chosen, rejected) -> dict:
+    """hh-rlhf rows hold two whole dialogues that differ in the last assistant turn: as text
+    ("\\n\\nHuman: ... \\n\\nAssistant: ...") or as message lists. The prompt is the dialogue before the
+    last assistant turn, which both must share."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        c, r = normalize_messages(chosen, "chosen"), normalize_messages(rejected, "rejected")
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        c, r = hh_messages(chosen, "chosen"), hh_messages(rejected, "rejected")
+    else:
+        raise ValueError("hh-rlhf 'chosen' and 'rejected' must both be dialogue text or both message lists")
+    for name, dialogue in (("chosen", c), ("rejected", r)):
+        if dialogue[-1]["role"] != "assistant":
+            raise ValueError(f"hh-rlhf '{name}' does not end with an assistant turn")
+    if c[:-1] != r[:-1]:
         raise ValueError("hh-rlhf 'chosen' and 'rejected' do not share the dialogue before the last reply")
-    return {"prompt": prefix, "chosen": chosen[len(prefix):].strip(), "rejected": rejected[len(prefix):].strip()}
+    if not c[:-1]:
+        raise ValueError("hh-rlhf dialogues have no turn before the last reply to use as the prompt")
+    return {"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]}
+
+
+def hh_messages(text: str, name: str) -> list[dict]:
+    """Anthropic's "\\n\\nHuman: ...\\n\\nAssistant: ..." dialogue text -> role messages."""
+    markers = {HH_HUMAN: "user", HH_ASSISTANT: "assistant"}
+    if not text.startswith(HH_HUMAN):
+        if text.startswith(HH_HUMAN.lstrip("\n")):
+            text = "\n\n" + text
+        else:
+            raise ValueError(f"hh-rlhf '{name}' does not start with '\\n\\nHuman:'")
+    cuts = sorted((i, m) for m in markers for i in _find_all(text, m))
+    if not any(markers[m] == "assistant" for _, m in cuts):
+        raise ValueError(f"hh-rlhf '{name}' has no '\\n\\nAssistant:' turn")
+    out = []
+    for k, (start, marker) in enumerate(cuts):
+        end = cuts[k + 1][0] if k + 1 < len(cuts) else len(text)
+        out.append({"role": markers[marker], "content": text[start + len(marker):end].strip()})
+    return out
+
+
+def _find_all(text: str, needle: str) -> list[int]:
+    out, at = [], text.find(needle)
+    while at >= 0:
+        out.append(at)
+        at = text.find(needle, at + 1)
+    return out
 
 
 def prompt_only(row: dict, fmt: str) -> dict:
     if fmt == "prompt":
-        return {"prompt": _text(row, "prompt")}
-    if fmt == "instruction":
-        extra = row.get("input") or ""
-        return {"prompt": _text(row, "instruction") + ("\n" + extra if extra else "")}
-    if fmt == "messages":
-        messages = row.get("messages")
-        if not isinstance(messages, list):
-            raise ValueError("missing field 'messages' (a list of {from, content})")
-        human = [m.get("content") for m in messages if isinstance(m, dict)
-                 and str(m.get("from", "")).lower() in HUMAN_ROLES and isinstance(m.get("content"), str)]
-        if not human:
-            raise ValueError("messages has no human turn to use as a prompt")
-        return {"prompt": human[0]}
-    raise ValueError(f"'{fmt}' is not a prompt layout")
+        if isinstance(row.get("prompt"), list):
+            messages = normalize_messages(row["prompt"], "prompt")
+        else:
+            messages = [{"role": "user", "content": _text(row, "prompt")}]
+    elif fmt == "instruction":
+        messages = [{"role": "user", "content": _instruction(row)}]
+    elif fmt == "messages":
+        messages = normalize_messages(row.get("messages"))
+        first_reply = next((j for j, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+        messages = messages[:first_reply]
+    else:
+        raise ValueError(f"'{fmt}' is not a prompt layout")
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users:
+        raise ValueError("the prompt has no user turn")
+    return {"prompt": users[-1], "messages": messages}

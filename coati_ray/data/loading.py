@@ -1,31 +1,75 @@
-"""Reading local datasets with HF `datasets` and validating every row before training starts."""
+"""Reading datasets with HF `datasets` (local files, or hub datasets by name) and validating every row
+before training starts."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from coati_ray.errors import DataError
 
-EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """How to read a path that names a hub dataset: its subset (config name) and split."""
+
+    subset: Optional[str] = None
+    split: str = "train"
 
 
 def load_rows(path: str, max_samples: Optional[int] = None):
-    """A `datasets.Dataset` from a local .jsonl/.json/.parquet/.arrow file or `save_to_disk` directory."""
+    """A `datasets.Dataset` from a local .jsonl/.json/.csv/.parquet/.arrow file or `save_to_disk` directory."""
     return read_rows(path, max_samples)[0]
 
 
-def read_rows(path: str, max_samples: Optional[int] = None, on_bad_row: str = "error"):
-    """(`datasets.Dataset`, lines skipped as invalid JSON) from a local file or `save_to_disk` directory.
+def datasets_cache_dir() -> str:
+    """The `datasets` cache this process reads (HF_DATASETS_CACHE, else HF_HOME/datasets)."""
+    import datasets
+
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return os.environ["HF_DATASETS_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "datasets")
+    return str(datasets.config.HF_DATASETS_CACHE)
+
+
+def read_hub_rows(name: str, source: HubSource):
+    """A hub dataset's split through `datasets.load_dataset` and its cache (offline: the cached copy)."""
+    import datasets
+
+    from coati_ray.models.hub import offline
+
+    cache = datasets_cache_dir()
+    where = (f"hub dataset '{name}'" + (f" subset '{source.subset}'" if source.subset else "") +
+             f" split '{source.split}' (cache {cache}{', HF_HUB_OFFLINE=1' if offline() else ''})")
+    try:
+        return datasets.load_dataset(name, source.subset, split=source.split, cache_dir=cache)
+    except Exception as e:  # datasets raises ConnectionError, ValueError, DatasetNotFoundError, FileNotFoundError...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
+        raise DataError(f"data error: {where} cannot be loaded ({first}); check the name, data.subset and "
+                        "data.split, or download it first while online") from None
+
+
+def read_rows(path: str, max_samples: Optional[int] = None, on_bad_row: str = "error",
+              source: Optional[HubSource] = None):
+    """(`datasets.Dataset`, lines skipped as invalid JSON) from a local file, a `save_to_disk` directory, or
+    (a path that does not exist locally and has a hub id's shape) a hub dataset read as `source` says.
 
     A .jsonl line that is not valid JSON stops the run naming its file and line, or with
     `on_bad_row='skip'` is skipped and counted like a row without its fields.
     """
     import datasets
 
+    from coati_ray.models.hub import is_hub_id
+
     datasets.disable_progress_bars()
     # datasets logs a parse failure itself before raising; the DataError below is the one line we show
     datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    if is_hub_id(path) and not os.path.splitext(path)[1].lower() in EXTENSIONS:
+        return _limit(read_hub_rows(path, source or HubSource()), path, max_samples), 0
     if not os.path.exists(path):
         raise DataError(f"data error: '{path}' does not exist; check data.train_path / data.eval_path")
     try:

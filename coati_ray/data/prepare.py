@@ -82,13 +82,13 @@ def pretrain_sample(row: dict, where: str, tokenizer, max_length: int) -> dict:
 
 
 def sft_sample(row: dict, where: str, tokenizer, max_length: int) -> dict:
-    """Our chat template over `messages`; labels only on assistant turns; cut at max_length."""
+    """`messages` rendered with the tokenizer's chat template (Coati's when it has none); labels only on the
+    assistant turns (and their end-of-turn tokens); cut at max_length."""
     try:
-        messages = sft_messages(row, "messages")["messages"]
+        full, full_labels = tokenize_conversation(sft_messages(row, "messages")["messages"], tokenizer, None)
     except ValueError as e:
         raise DataError(f"data error: {where}: {e}") from None
-    full, _ = tokenize_conversation(messages, tokenizer, max_length=10**9)
-    ids, labels = tokenize_conversation(messages, tokenizer, max_length)
+    ids, labels = full[:max_length], full_labels[:max_length]
     category = row.get("category") if isinstance(row.get("category"), str) and row.get("category") else "unknown"
     return {"input_ids": ids, "labels": labels, "category": category, "truncated": len(full) > max_length}
 

@@ -82,9 +82,12 @@ def evaluate_policy(actor, tokenizer, prompt_items: list[dict], gen, *, initial=
 
 
 def decode_responses(tokenizer, actions: torch.Tensor, action_mask: torch.Tensor) -> list[str]:
-    """(B, A) token ids and mask -> response texts without EOS or padding."""
+    """(B, A) token ids and mask -> response texts without their end-of-turn / EOS token or padding."""
+    from coati_ray.data.template import ChatFormat
+
+    stops = set(ChatFormat.of(tokenizer).stop_token_ids)
     out = []
     for row, m in zip(actions.tolist(), action_mask.tolist()):
-        ids = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
+        ids = [t for t, keep in zip(row, m) if keep and t not in stops]
         out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return out

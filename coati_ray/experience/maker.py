@@ -42,7 +42,7 @@ def build_experience_models(cfg, device=None) -> ExperienceModels:
     models = ExperienceModels(
         actor=build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor"))),
         # the reference is the actor's base as the actor holds it: quantized too under QLoRA
-        initial=Actor.from_pretrained(cfg.actor.path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code,
+        initial=Actor.from_pretrained(cfg.actor.local_path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code,
                                       quantize=cfg.actor.quantize))
     if cfg.reward is not None:
         models.reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),

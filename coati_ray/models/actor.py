@@ -46,11 +46,17 @@ class Actor(nn.Module):
         return action_log_probs(self(input_ids, attention_mask), input_ids, num_actions, temperature)
 
     def eos_token_ids(self, tokenizer=None) -> list[int]:
-        """Every id that ends a response: the tokenizer's EOS and all of the generation config's
-        (chat models list several, e.g. llama-3's `<|eot_id|>`, qwen's `<|im_end|>`)."""
+        """Every id that ends a response: the end-of-turn token of the chat template the tokenizer carries
+        (llama-3's `<|eot_id|>`, ChatML's `<|im_end|>`), the tokenizer's EOS and all of the generation
+        config's (chat models list several)."""
         ids: list[int] = []
         gen = getattr(self.model, "generation_config", None)
-        for source in (getattr(tokenizer, "eos_token_id", None), getattr(gen, "eos_token_id", None)):
+        turn = None
+        if tokenizer is not None and hasattr(tokenizer, "apply_chat_template"):
+            from coati_ray.data.template import ChatFormat
+
+            turn = ChatFormat.of(tokenizer).stop_token_ids
+        for source in (turn, getattr(tokenizer, "eos_token_id", None), getattr(gen, "eos_token_id", None)):
             for i in source if isinstance(source, (list, tuple)) else [source]:
                 if i is not None and int(i) not in ids:
                     ids.append(int(i))

@@ -15,8 +15,9 @@ from coati_ray.models.value import VALUE_HEAD_FILE, Critic, RewardModel, ValueMo
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None, attn_implementation: Optional[str] = None) -> Actor:
-    """The causal LM from `cfg.path` (or a full checkpoint), with LoRA when `cfg.lora_rank > 0`.
+def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None) -> Actor:
+    """The causal LM from `cfg.path` (a local directory or the pinned hub commit, or a full checkpoint),
+    with LoRA when `cfg.lora_rank > 0`.
 
     A LoRA checkpoint holds only adapters: the base comes from `cfg.path` and the adapters from
     `checkpoint`.
@@ -24,10 +25,11 @@ def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None, attn_impleme
     from coati_ray.models.loading import load_causal_lm
 
     lora_ckpt = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, ADAPTER_CONFIG))
-    source = cfg.path if (checkpoint is None or lora_ckpt) else checkpoint
+    base = checkpoint is None or lora_ckpt
     # A quantized base (QLoRA) is only ever the original path's: a full checkpoint is full precision.
-    model = load_causal_lm(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                           quantize=cfg.quantize if source == cfg.path else "none", attn_implementation=attn_implementation)
+    model = load_causal_lm(cfg.local_path if base else checkpoint, dtype=cfg.dtype,
+                           trust_remote_code=cfg.trust_remote_code, quantize=cfg.quantize if base else "none",
+                           attn_implementation=cfg.attn_implementation)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if lora_ckpt:
@@ -45,9 +47,10 @@ def build_value_model(cls: type, cfg: ModelConfig, checkpoint: Optional[str] = N
     from safetensors.torch import load_file
 
     lora_ckpt = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, ADAPTER_CONFIG))
-    source = cfg.path if (checkpoint is None or lora_ckpt) else checkpoint
-    model = cls.from_pretrained(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                require_head=require_head, quantize=cfg.quantize if source == cfg.path else "none")
+    base = checkpoint is None or lora_ckpt
+    model = cls.from_pretrained(cfg.local_path if base else checkpoint, dtype=cfg.dtype,
+                                trust_remote_code=cfg.trust_remote_code, require_head=require_head,
+                                quantize=cfg.quantize if base else "none", attn_implementation=cfg.attn_implementation)
     if cfg.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     if lora_ckpt:

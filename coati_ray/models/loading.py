@@ -1,4 +1,5 @@
-"""Loading tokenizers and backbones from local Hugging Face directories (never from a hub)."""
+"""Loading tokenizers and backbones from Hugging Face directories: local ones, or the snapshot of a pinned hub
+commit in this node's cache (coati_ray.models.hub resolves those to a directory first)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
+def tokenizer_for(model_cfg, chat_template: Optional[str] = None):
+    """The tokenizer of a ModelConfig (its tokenizer_path or path, local or the pinned hub commit, with its
+    trust_remote_code), carrying the chat template a stage renders with (`auto`, `coati` or a .jinja file;
+    None leaves the tokenizer's own): the template then travels with it into every checkpoint it saves."""
+    tok = load_tokenizer(model_cfg.local_tokenizer_path, model_cfg.trust_remote_code)
+    if chat_template is not None:
+        from coati_ray.data.template import use_chat_template
+
+        use_chat_template(tok, chat_template)
+    return tok
+
+
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none",
                    attn_implementation: Optional[str] = None):
     from transformers import AutoModelForCausalLM
@@ -41,11 +54,12 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return _load(AutoModelForCausalLM, path, dtype, trust_remote_code, quantize, attn_implementation)
 
 
-def load_backbone(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none"):
+def load_backbone(path: str, dtype: str = "float32", trust_remote_code: bool = False, quantize: str = "none",
+                  attn_implementation: Optional[str] = None):
     """The transformer without its LM head (for critics and reward models)."""
     from transformers import AutoModel
 
-    return _load(AutoModel, path, dtype, trust_remote_code, quantize)
+    return _load(AutoModel, path, dtype, trust_remote_code, quantize, attn_implementation)
 
 
 def _load(auto_cls, path: str, dtype: str, trust_remote_code: bool, quantize: str,

@@ -28,20 +28,25 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOKENIZER_CORPUS = ("pref", "prompts", "ptx", "sft")
 
 
-def repo_texts(root: str = REPO_ROOT) -> Iterable[str]:
-    """Every string value in the sorting task's data/*/*.jsonl files, rendered as the chat template renders them."""
-    from coati_ray.data.template import DEFAULT_TEMPLATE
+def _coati_text(messages: list[dict]) -> str:
+    """A conversation in Coati's layout without BOS/EOS, as the tokenizer's training text has always been
+    rendered (so the tokenizer, and every demo figure's model, stays byte-identical)."""
+    return "".join(("" if i == 0 else "\n") + "Human: " + m["content"] if m["from"] in ("human", "user")
+                   else "\nAssistant: " + m["content"] for i, m in enumerate(messages))
 
+
+def repo_texts(root: str = REPO_ROOT) -> Iterable[str]:
+    """Every string value in the sorting task's data/*/*.jsonl files, rendered in Coati's layout."""
     paths = [p for d in TOKENIZER_CORPUS for p in glob.glob(os.path.join(root, "data", d, "**", "*.jsonl"), recursive=True)]
     for path in sorted(paths):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
                 if "messages" in row:
-                    yield DEFAULT_TEMPLATE.render_conversation(row["messages"])
+                    yield _coati_text(row["messages"])
                 else:
                     yield "\n".join(str(v) for v in row.values() if isinstance(v, str))
-    yield DEFAULT_TEMPLATE.human_prefix + DEFAULT_TEMPLATE.assistant_prefix
+    yield "Human: " + "\nAssistant: "
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):

@@ -59,14 +59,15 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                        require_head: bool = False, quantize: str = "none"):
+                        require_head: bool = False, quantize: str = "none", attn_implementation: Optional[str] = None):
         """Backbone from `path` (8/4-bit with `quantize`); the value head too when `path` holds one (else
         freshly initialised; always full precision)."""
         from safetensors.torch import load_file
 
         from coati_ray.models.loading import load_backbone
 
-        backbone = load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code, quantize=quantize)
+        backbone = load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code, quantize=quantize,
+                                 attn_implementation=attn_implementation)
         head_file = os.path.join(path, VALUE_HEAD_FILE)
         if not os.path.isfile(head_file):
             if require_head:

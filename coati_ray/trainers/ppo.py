@@ -156,7 +156,8 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
     """The update of trainer group `role` ('actor' or 'critic') of PPOConfig `cfg` on a Strategy that has
     joined its world: the model (from `checkpoint` when resuming), dropout off unless
     `ppo.disable_dropout` is false, the PPO-ptx data, and the sampler's temperature for the ratio."""
-    from coati_ray.models import build_actor, build_critic, load_tokenizer
+    from coati_ray.models import build_actor, build_critic
+    from coati_ray.models.loading import tokenizer_for
     from coati_ray.models.dropout import disable_dropout
 
     p = cfg.ppo
@@ -170,7 +171,7 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
     if p.ptx_coef > 0:
         from coati_ray.trainers.sft import SFTTrainer
 
-        tok = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path)
+        tok = tokenizer_for(cfg.actor, cfg.data.chat_template)
         ptx_items, _ = SFTTrainer.build_dataset(cfg.data.ptx_path, tok, _PtxData(cfg.data), None)
         ptx_collate = SFTTrainer.collator(tok)
     temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0
@@ -183,6 +184,11 @@ class _PtxData:
 
     def __init__(self, data):
         self.max_length, self.format, self.on_bad_row = data.ptx_max_length, "auto", data.on_bad_row
+
+    def source(self, which: str = "train"):
+        from coati_ray.data.loading import HubSource
+
+        return HubSource(None, "train")  # a hub pretraining dataset: its train split
 
 
 def peak_device_memory_gb() -> float:

@@ -85,7 +85,7 @@ class PretrainTrainer(SFTTrainer):
         super().__init__(cfg, strategy, model, tokenizer, train_items, *args, **kwargs)
 
     @staticmethod
-    def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int]):
+    def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int], which: str = "train"):
         from coati_ray.config.pretrain import split_paths
 
         if data_cfg.benchmark:
@@ -104,8 +104,7 @@ class PretrainTrainer(SFTTrainer):
     def build_model(model_cfg, checkpoint: Optional[str]):
         from coati_ray.models.factory import build_actor
 
-        actor = build_actor(model_cfg, checkpoint=checkpoint,
-                            attn_implementation="flash_attention_2" if model_cfg.use_flash_attn else None)
+        actor = build_actor(model_cfg, checkpoint=checkpoint)
         if model_cfg.freeze_non_embeds_params:
             hf = actor.model
             keep = {id(hf.get_input_embeddings().weight), id(hf.get_output_embeddings().weight)}

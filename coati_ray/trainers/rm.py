@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from coati_ray.algo.losses import reward_model_loss
+from coati_ray.trainers.sft import _source
 from coati_ray.trainers.supervised import SupervisedTrainer
 
 
@@ -15,11 +16,19 @@ class RMTrainer(SupervisedTrainer):
     stage = "rm"
 
     @staticmethod
-    def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int]):
+    def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int], which: str = "train"):
         from coati_ray.data.datasets import build_preference_dataset
 
         return build_preference_dataset(path, tokenizer, data_cfg.max_length, data_cfg.format, max_samples,
-                                        data_cfg.on_bad_row)
+                                        data_cfg.on_bad_row, source=_source(data_cfg, which))
+
+    @staticmethod
+    def inspect(item: dict, tokenizer) -> dict:
+        """What `--inspect-data` shows of a pair: the two conversations the model scores (at their last token)."""
+        from coati_ray.data.template import ChatFormat
+
+        chat = ChatFormat.of(tokenizer)
+        return {"chosen": chat.decode(item["chosen_ids"]), "rejected": chat.decode(item["rejected_ids"])}
 
     @staticmethod
     def build_model(model_cfg, checkpoint: Optional[str]):

@@ -12,7 +12,7 @@ from typing import Optional
 
 def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
                    master_port: Optional[int] = None, resume_from: Optional[str] = None) -> dict:
-    from coati_ray.models.loading import check_vocab, load_tokenizer
+    from coati_ray.models.loading import check_vocab, tokenizer_for
     from coati_ray.strategies import make_strategy
 
     tc = cfg.trainer
@@ -20,12 +20,12 @@ def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_
                              grad_accum_steps=tc.batch_size // world_size // tc.micro_batch_size)
     strategy.setup_distributed()
     try:
-        tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, cfg.model.trust_remote_code)
         d = cfg.data
+        tokenizer = tokenizer_for(cfg.model, getattr(d, "chat_template", None))
         train, report = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
-        evaluation = trainer_cls.build_dataset(d.eval_path, tokenizer, d, None)[0] if d.eval_path else None
+        evaluation = trainer_cls.build_dataset(d.eval_path, tokenizer, d, None, "eval")[0] if d.eval_path else None
         model = trainer_cls.build_model(cfg.model, os.path.join(resume_from, "model") if resume_from else None)
-        check_vocab(tokenizer, model, cfg.model.path)
+        check_vocab(tokenizer, model, cfg.model.local_path)
         trainer = trainer_cls(cfg, strategy, model, tokenizer, train, evaluation, trainer_cls.collator(tokenizer),
                               cfg.output_dir, resume_from=resume_from)
         trainer.logger.info(f"data: {report.rows} usable rows from {report.path}; {report.skipped_bad} bad rows "

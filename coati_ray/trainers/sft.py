@@ -22,11 +22,19 @@ class SFTTrainer(SupervisedTrainer):
         super().__init__(cfg, strategy, model, *args, **kwargs)
 
     @staticmethod
-    def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int]):
+    def build_dataset(path: str, tokenizer, data_cfg, max_samples: Optional[int], which: str = "train"):
         from coati_ray.data.datasets import build_sft_dataset
 
         return build_sft_dataset(path, tokenizer, data_cfg.max_length, data_cfg.format, max_samples,
-                                 data_cfg.on_bad_row)
+                                 data_cfg.on_bad_row, source=_source(data_cfg, which))
+
+    @staticmethod
+    def inspect(item: dict, tokenizer) -> dict:
+        """What `--inspect-data` shows of a sample: its text and the spans the loss trains on."""
+        from coati_ray.data.template import ChatFormat
+
+        chat = ChatFormat.of(tokenizer)
+        return {"text": chat.decode(item["input_ids"]), "trained": chat.trained_spans(item["input_ids"], item["labels"])}
 
     @staticmethod
     def build_model(model_cfg, checkpoint: Optional[str]):
@@ -59,3 +67,8 @@ def run_sft(cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0
     from coati_ray.trainers.runner import run_supervised
 
     return run_supervised(SFTTrainer, cfg, rank, world_size, master_addr, master_port, resume_from)
+
+
+def _source(data_cfg, which: str):
+    """How a hub dataset name is read (subset, split); a config without those keys reads the train split."""
+    return data_cfg.source(which) if hasattr(data_cfg, "source") else None
