@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	$(VPY) -c "import torch, colossalai, ray, transformers, peft, datasets; print('stack: torch', torch.__version__, 'colossalai', colossalai.__version__, 'ray', ray.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 	touch $(STAMP)
 
-# Tiny tokenizer + tiny models of real families, trained/built from text in the repo (no hub).
+# Tiny tokenizer + tiny models of real families, trained/built from text in the repo (no hub), and of today's
+# chat families with their own templates (tiny-qwen2-chatml: ChatML, tiny-llama3: Llama-3 headers).
 # The demo's model is a 4-layer llama with hidden size 128 (tiny-llama-h128); tests use the 2-layer ones.
-$(ASSETS): $(STAMP) coati_ray/models/tiny.py data/sft/train.jsonl
+$(ASSETS): $(STAMP) coati_ray/models/tiny.py coati_ray/models/tiny_chat.py data/sft/train.jsonl
 	$(VPY) -m coati_ray.models.tiny --out assets
 	$(VPY) -m coati_ray.models.tiny --out assets --families llama --hidden 128 --layers 4 --suffix=-h128
 	touch $(ASSETS)
@@ -30,15 +31,20 @@ test: setup
 
 # The main job on the embedded default: SFT -> RM (from the SFT model, as Coati does) -> PPO, one
 # Ray job, then a report judged by the task's gold score. A rerun starts again (--overwrite).
+# MODEL: a model of assets/models (tiny-qwen2-chatml-h128, tiny-llama3-h128, ...), a directory or a hub id.
 DEMO_DIR ?= runs/demo
 SEED ?= 1
+MODEL ?= tiny-llama-h128
+MODEL_PATH = $$(test -d assets/models/$(MODEL) && echo assets/models/$(MODEL) || echo $(MODEL))
 demo: setup
-	$(VPY) -m launch.pipeline --config configs/demo.yaml --output-dir $(DEMO_DIR) --overwrite seed=$(SEED)
+	$(VPY) -m launch.pipeline --config configs/demo.yaml --output-dir $(DEMO_DIR) --overwrite seed=$(SEED) \
+		sft.model.path=$(MODEL_PATH)
 
 # RLVR: SFT -> GRPO on the sorting task's verifier (no reward model, no critic), judged by the gold score.
 RLVR_DIR ?= runs/demo_rlvr
 demo-rlvr: setup
-	$(VPY) -m launch.pipeline --config configs/demo_rlvr.yaml --output-dir $(RLVR_DIR) --overwrite seed=$(SEED)
+	$(VPY) -m launch.pipeline --config configs/demo_rlvr.yaml --output-dir $(RLVR_DIR) --overwrite seed=$(SEED) \
+		sft.model.path=$(MODEL_PATH)
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml

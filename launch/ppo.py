@@ -21,6 +21,8 @@ def main(argv=None) -> int:
         return print_config_help(PPOConfig)
     try:
         cfg = load_job(PPOConfig, args)
+        if args.inspect_data is not None:
+            return inspect_prompts(cfg, args.inspect_data)
         resume_from = resolve_resume(args.resume, cfg.output_dir)
         from actors.driver import PPOJob
 
@@ -32,6 +34,23 @@ def main(argv=None) -> int:
     except CoatiError as e:
         return fail(e)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+def inspect_prompts(cfg, n: int) -> int:
+    """`--inspect-data N`: the first N prompts as the makers will see them (rendered with the generation
+    prompt), one JSON line each."""
+    from coati_ray.data.datasets import build_prompt_dataset
+    from coati_ray.data.template import ChatFormat
+    from coati_ray.models.loading import tokenizer_for
+
+    d = cfg.data
+    tokenizer = tokenizer_for(cfg.actor, d.chat_template)
+    items, _ = build_prompt_dataset(d.prompt_path, tokenizer, d.max_prompt_length, d.format, n, d.on_bad_row,
+                                    source=d.source("train"))
+    chat = ChatFormat.of(tokenizer)
+    for item in items[:n]:
+        print(json.dumps({"text": chat.decode(item["input_ids"])}, ensure_ascii=False), flush=True)
     return 0
 
 

@@ -47,6 +47,52 @@ def tiny_llama(assets) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_chatml(assets) -> str:
+    """A tiny qwen2 with ChatML's special tokens and Qwen2-Instruct's template (a default system turn)."""
+    return os.path.join(assets, "models", "tiny-qwen2-chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3(assets) -> str:
+    """A tiny llama with Llama-3-Instruct's header template, <|eot_id|> as EOS and no pad token."""
+    return os.path.join(assets, "models", "tiny-llama3")
+
+
+SYSTEM = "You sort numbers from smallest to largest."
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory) -> dict:
+    """The sorting task in HF/OpenAI role layout with a system turn: sft (messages), pref (TRL's conversational
+    prompt/chosen/rejected), prompts (messages), each a train and an eval file."""
+    import json
+
+    out = tmp_path_factory.mktemp("chat_data")
+    paths = {}
+
+    def rows(kind, split):
+        with open(data_path(kind, f"{split}.jsonl"), encoding="utf-8") as f:
+            return [json.loads(line) for line in f][:200]
+
+    def system_user(text):
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+    for split in ("train", "eval"):
+        made = {
+            "sft": [{"messages": system_user(r["messages"][0]["content"]) +
+                     [{"role": "assistant", "content": r["messages"][1]["content"]}]} for r in rows("sft", split)],
+            "pref": [{"prompt": system_user(r["prompt"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                      "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows("pref", split)],
+            "prompts": [{"messages": system_user(r["prompt"])} for r in rows("prompts", split)],
+        }
+        for kind, items in made.items():
+            path = out / f"{kind}_{split}.jsonl"
+            path.write_text("".join(json.dumps(item) + "\n" for item in items))
+            paths[f"{kind}_{split}"] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_llama):
     from coati_ray.models.loading import load_tokenizer
 

@@ -88,6 +88,13 @@ class Ctx:
         tok.save_pretrained(path)
         return path
 
+    def empty_hub(self, *argv: str) -> list[str]:
+        """Run `argv` offline against an empty hub cache (a hub id it names cannot be resolved)."""
+        self.monkeypatch.setenv("HF_HUB_CACHE", str(self.tmp / "hub"))
+        self.monkeypatch.setenv("HF_DATASETS_CACHE", str(self.tmp / "datasets"))
+        self.monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        return list(argv)
+
     def ppo(self, *overrides: str) -> list[str]:
         return ["--config", PPO_YAML, f"actor.path={self.model}", f"critic.path={self.model}",
                 f"reward.path={self.reward}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides]
@@ -244,6 +251,17 @@ CASES = [
      "deleted with it"),
     ("relative model path not uploaded with a Ray job", "sft",
      lambda c: c.as_ray_job(c.sft("model.path=assets/models/not-uploaded")), "uploaded working directory"),
+    # ---- hub ids and chat templates
+    ("unknown hub model id", "sft", lambda c: c.empty_hub(*c.sft("model.path=nobody/no-such-model")),
+     "hub model 'nobody/no-such-model' at revision 'main'"),
+    ("hub reward model at a revision not cached", "ppo",
+     lambda c: c.empty_hub(*c.ppo("reward.path=nobody/rm", "reward.revision=v2")), "reward.path: hub model 'nobody/rm'"),
+    ("unknown hub dataset", "rm", lambda c: c.empty_hub(*c.rm("data.train_path=nobody/no-such-pairs",
+                                                              "data.subset=helpful")), "subset 'helpful'"),
+    ("chat template file missing", "sft", lambda c: c.sft(f"data.chat_template={c.tmp / 'none.jinja'}"),
+     "data.chat_template"),
+    ("chat template not Jinja", "ppo", lambda c: c.ppo(f"data.chat_template={c.write('t.jinja', '{% for %}')}"),
+     "not a valid Jinja template"),
     ("reward model with another vocabulary", "ppo",
      lambda c: c.ppo(f"reward.path={c.reward_copy('rm_vocab', vocab_plus(10))}"), "the actor's has"),
 ]

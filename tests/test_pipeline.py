@@ -85,13 +85,34 @@ def test_bad_ppo_prompt_stops_pipeline_before_sft(tiny_llama, tmp_path, capsys):
     assert not (out / "sft").exists()
 
 
-def test_short_pipeline_end_to_end(tiny_llama, tmp_path, capsys):
+def chat_overrides(chat_data: dict, stages=("sft", "rm", "ppo")) -> list[str]:
+    """Every stage's data in role layout with a system turn (tests/conftest.py chat_data)."""
+    out = []
+    if "sft" in stages:
+        out += [f"sft.data.train_path={chat_data['sft_train']}", f"sft.data.eval_path={chat_data['sft_eval']}",
+                "sft.data.max_length=96"]
+    if "rm" in stages:
+        out += [f"rm.data.train_path={chat_data['pref_train']}", f"rm.data.eval_path={chat_data['pref_eval']}",
+                "rm.data.max_length=96"]
+    return out + [f"ppo.data.prompt_path={chat_data['prompts_train']}",
+                  f"ppo.data.eval_prompt_path={chat_data['prompts_eval']}"]
+
+
+def assert_template_travels(out, stages, needle: str) -> None:
+    """Every stage's exported tokenizer keeps the chat template the run trained with."""
+    for final in stages:
+        config = json.loads((out / final / "tokenizer_config.json").read_text())
+        assert needle in config["chat_template"], final
+
+
+def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
+    """On the ChatML model, with a system turn in every stage's rows."""
     import ray
 
     from launch.pipeline import main
 
     out = tmp_path / "run"
-    args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_llama)]
+    args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_chatml), *chat_overrides(chat_data)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert not ray.is_initialized()  # the embedded Ray it started is gone
@@ -122,6 +143,8 @@ def test_short_pipeline_end_to_end(tiny_llama, tmp_path, capsys):
     assert summary["gold_score_ppo"] == pytest.approx(evals[-1]["eval/gold_score"])
     report = (out / "report.md").read_text()
     assert "gold_score_ppo" in report and "plots/ppo.png" in report
+    assert_template_travels(out, ("sft/checkpoints/final", "rm/checkpoints/final",
+                                  "ppo/checkpoints/final/actor/model"), "<|im_start|>")
 
     # A second run into the same directory is refused, not mixed in or overwritten...
     assert main(args) == 2
@@ -134,13 +157,14 @@ def test_short_pipeline_end_to_end(tiny_llama, tmp_path, capsys):
     assert (out / "ppo" / "metrics.jsonl").read_text() == before
 
 
-def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_llama, tmp_path, capsys):
-    """configs/demo_rlvr.yaml shortened: no rm stage, GRPO on the sorting verifier; nothing is linked to a
-    reward model or critic, and the report says the training reward was the verifier."""
+def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_chatml, chat_data, tmp_path, capsys):
+    """configs/demo_rlvr.yaml shortened, on the ChatML model with a system turn: no rm stage, GRPO on the sorting
+    verifier; nothing is linked to a reward model or critic, and the report says the training reward was the
+    verifier."""
     from launch.pipeline import main
 
     rlvr = os.path.join(REPO, "configs", "demo_rlvr.yaml")
-    overrides = [f"sft.model.path={tiny_llama}", "sft.trainer.max_steps=4", "sft.trainer.save_every=null",
+    overrides = [f"sft.model.path={tiny_chatml}", *chat_overrides(chat_data, ("sft",)), "sft.trainer.max_steps=4", "sft.trainer.save_every=null",
                  "sft.resources.num_cpus_per_rank=0.5", "sft.resources.torch_threads=1", "ppo.ppo.max_steps=2",
                  "ppo.ppo.eval_every=null", "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1",
                  "ppo.data.eval_max_samples=8", "ppo.generation.max_new_tokens=6", "ppo.ppo.rollout_batch_size=32",
@@ -158,6 +182,7 @@ def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_
     assert summary["evaluation"]["estimator"] == "grpo"
     assert "coati_ray.tasks.sorting:reward" in (out / "report.md").read_text()
     assert not (out / "rm").exists() and not (out / "ppo" / "checkpoints" / "final" / "critic").exists()
+    assert_template_travels(out, ("sft/checkpoints/final", "ppo/checkpoints/final/actor/model"), "<|im_start|>")
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "configs", "gpu"))))

@@ -3,8 +3,8 @@
 Everything downstream loads these with `from_pretrained` from local directories, exactly as a
 user's real checkpoint would be loaded; nothing is downloaded.
 
-    python -m coati_ray.models.tiny --out assets            # tokenizer + all families
-    python -m coati_ray.models.tiny --out assets --families llama --hidden 128 --layers 4
+    python -m coati_ray.models.tiny --out assets            # tokenizer + all families + chat families
+    python -m coati_ray.models.tiny --out assets --families llama --chat qwen2-chatml --hidden 128 --layers 4
 """
 
 from __future__ import annotations
@@ -108,8 +108,12 @@ def build_tiny_model(family: str, tokenizer, out_dir: str, hidden: int = 64, lay
 
 
 def build_assets(out: str, families: Optional[Iterable[str]] = None, hidden: int = 64, layers: int = 2,
-                 heads: int = 4, vocab_size: int = 512, suffix: str = "") -> dict[str, str]:
-    """Tokenizer at `out/tokenizer`, models at `out/models/tiny-<family><suffix>`; returns the model dirs."""
+                 heads: int = 4, vocab_size: int = 512, suffix: str = "",
+                 chat: Optional[Iterable[str]] = None) -> dict[str, str]:
+    """Tokenizer at `out/tokenizer`, models at `out/models/tiny-<family><suffix>` and, for the chat families
+    (coati_ray.models.tiny_chat; None: all), `out/models/tiny-<name><suffix>`; returns the model dirs."""
+    from coati_ray.models.tiny_chat import CHAT_FAMILIES, build_chat_model
+
     tok_dir = os.path.join(out, "tokenizer")
     if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
         from transformers import AutoTokenizer
@@ -122,6 +126,9 @@ def build_assets(out: str, families: Optional[Iterable[str]] = None, hidden: int
     for family in families or FAMILIES:
         paths[family] = build_tiny_model(family, tokenizer, os.path.join(out, "models", f"tiny-{family}{suffix}"),
                                          hidden=hidden, layers=layers, heads=heads)
+    for name in CHAT_FAMILIES if chat is None else chat:
+        paths[name] = build_chat_model(name, tok_dir, os.path.join(out, "models", f"tiny-{name}{suffix}"),
+                                       hidden=hidden, layers=layers, heads=heads)
     return paths
 
 
@@ -134,8 +141,11 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=512)
     parser.add_argument("--suffix", default="", help="appended to each model directory name")
+    parser.add_argument("--chat", nargs="*", default=None, help="chat families with their own templates "
+                        "(coati_ray.models.tiny_chat; default: all)")
     args = parser.parse_args()
-    paths = build_assets(args.out, args.families, args.hidden, args.layers, args.heads, args.vocab_size, args.suffix)
+    paths = build_assets(args.out, args.families, args.hidden, args.layers, args.heads, args.vocab_size, args.suffix,
+                         args.chat)
     for family, path in paths.items():
         print(f"tiny {family}: {path}")
 
