@@ -72,6 +72,7 @@ class PPOJob:
         # resumed run remakes exactly the batches the interrupted one had not trained on.
         self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.ppo.seed, self.step * self.items_per_step)
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.ppo.log_every,
+                                wandb=cfg.logging.wandb, config=self.cfg_dict,
                                 show=PROGRESS_KEYS)
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
                                          cfg.ppo.eval_samples_per_prompt, self.logger)

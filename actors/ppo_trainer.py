@@ -66,7 +66,7 @@ class PPOTrainerRank:
         from actors.weight_endpoints import WeightSender
 
         self.sender = WeightSender(self.strategy, self.trainer.model, self.model_cfg.lora_rank > 0,
-                                   gathers=self.group_cfg.strategy.name == "colossalai_gemini")
+                                   gathers=self.group_cfg.strategy.name.startswith("colossalai_gemini"))
         self.steps_done = first_step
         return self.rank
 
@@ -174,7 +174,7 @@ class PPOTrainerRank:
 
         root = os.path.join(path, self.role)
         state = self.strategy.full_state_dict(self.trainer.model) \
-            if self.group_cfg.strategy.name == "colossalai_gemini" else None
+            if self.group_cfg.strategy.name.startswith("colossalai_gemini") else None
         if self.rank == 0:
             os.makedirs(os.path.join(root, "rng"), exist_ok=True)
             tok = None

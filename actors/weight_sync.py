@@ -67,7 +67,7 @@ class WeightSync:
     def gathers(self, role: str) -> bool:
         """A strategy whose export is a collective of the whole trainer group (Gemini): never run mid-step."""
         strategy = getattr(getattr(self.cfg, f"{role}_trainer", None), "strategy", None)
-        return getattr(strategy, "name", "") == "colossalai_gemini"
+        return getattr(strategy, "name", "").startswith("colossalai_gemini")
 
     # ---------------------------------------------------------------- the sync
 

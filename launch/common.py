@@ -80,9 +80,35 @@ def print_config_help(cfg_cls) -> int:
     return 0
 
 
+def parse_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[list[str]]):
+    """Our options, with the seeds' flags (launch/seed_flags.py) turned into overrides first; None (after the
+    one line) when a seed flag has no equivalent."""
+    from launch.seed_flags import translate
+
+    notes: list[str] = []
+    try:
+        argv, types = translate(stage, list(sys.argv[1:] if argv is None else argv), notes.append)
+    except CoatiError as e:  # a refused command prints its one line only
+        fail(e)
+        return None
+    args = parser.parse_args(argv)
+    if stage == "ppo":
+        from launch.seed_flags import positional_prompt_file
+
+        args.overrides = positional_prompt_file(args.overrides, notes.append)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr, flush=True)
+    args.claimed_model_types = types
+    return args
+
+
 def load_job(cfg_cls, args) -> object:
     cfg = load_config(cfg_cls, args.config, args.overrides, output_dir=args.output_dir)
     cfg.validate()
+    if getattr(args, "claimed_model_types", None):
+        from launch.seed_flags import check_model_types
+
+        check_model_types(cfg, args.claimed_model_types)
     return cfg
 
 
@@ -95,7 +121,9 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
                          argv: Optional[list[str]] = None,
                          starting_point: Optional[Callable[[object, Optional[str]], Optional[str]]] = None) -> int:
     """Parse, validate (config and data) before anything heavy, then train on 1 rank or a Ray group."""
-    args = parser_for(stage, description).parse_args(argv)
+    args = parse_args(parser_for(stage, description), stage, argv)
+    if args is None:
+        return 2
     quiet_libraries()
     stop_cleanly_on_sigterm()
     if args.help_config:

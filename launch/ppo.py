@@ -9,12 +9,14 @@ import sys
 
 from coati_ray.config.ppo import PPOConfig
 from coati_ray.errors import CoatiError
-from launch.common import (fail, load_job, parser_for, print_config_help, quiet_libraries, resolve_resume,
-                           stop_cleanly_on_sigterm)
+from launch.common import (fail, load_job, parse_args, parser_for, print_config_help, quiet_libraries,
+                           resolve_resume, stop_cleanly_on_sigterm)
 
 
 def main(argv=None) -> int:
-    args = parser_for("ppo", __doc__).parse_args(argv)
+    args = parse_args(parser_for("ppo", __doc__), "ppo", argv)
+    if args is None:
+        return 2
     quiet_libraries()
     stop_cleanly_on_sigterm()
     if args.help_config:

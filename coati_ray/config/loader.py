@@ -45,7 +45,25 @@ def load_config(cls: type[T], path: Optional[str], overrides: Optional[list[str]
         data["output_dir"] = output_dir
     if prepare is not None:
         prepare(data)
+    derive_batch_sizes(data)
     return from_dict(cls, data)
+
+
+def derive_batch_sizes(data: dict) -> None:
+    """A trainer section with accumulation_steps and no batch_size (Coati's --batch_size per rank and
+    --accumulation_steps): its global batch is micro_batch_size x accumulation_steps x resources.num_ranks.
+    Applies to a stage's own config and to a pipeline's stage sections."""
+    from coati_ray.config.schema import ResourceConfig, TrainerConfig
+
+    for section in [data] + [v for v in data.values() if isinstance(v, dict)]:
+        trainer, resources = section.get("trainer"), section.get("resources")
+        if not isinstance(trainer, dict) or trainer.get("accumulation_steps") is None or "batch_size" in trainer:
+            continue
+        micro = trainer.get("micro_batch_size", TrainerConfig.micro_batch_size)
+        ranks = (resources or {}).get("num_ranks", ResourceConfig.num_ranks) if isinstance(resources, dict) \
+            else ResourceConfig.num_ranks
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (micro, ranks, trainer["accumulation_steps"])):
+            trainer["batch_size"] = micro * trainer["accumulation_steps"] * ranks
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

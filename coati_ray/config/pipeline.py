@@ -137,9 +137,19 @@ class PipelineConfig(JobConfig):
                     model.pin(f"{stage}.{name}")
 
     def link(self) -> None:
-        """Point each stage at its own directory and at the previous stage's output; one seed for all."""
+        """Point each stage at its own directory and at the previous stage's output; one seed for all; the
+        pipeline's W&B settings for every stage that has none (one run per stage, grouped)."""
+        import dataclasses
+
         for stage in self.stages:
             getattr(self, stage).output_dir = self.stage_dir(stage)
+        tracking = self.logging.wandb
+        for stage in ("pretrain", "sft", "rm", "ppo"):
+            stage_cfg = getattr(self, stage)
+            if tracking.enabled and stage_cfg is not None and not stage_cfg.logging.wandb.enabled:
+                run = tracking.name or os.path.basename(os.path.abspath(self.output_dir))
+                stage_cfg.logging.wandb = dataclasses.replace(tracking, name=f"{run}-{stage}",
+                                                              group=tracking.group or run)
         for (section, *keys), source in self.links().items():
             setattr(getattr(getattr(self, section), keys[0]), keys[1], self.final_checkpoint(source))
         if self.pretrain is not None:

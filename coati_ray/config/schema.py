@@ -7,7 +7,7 @@ each class's `validate()`, which runs before any model loads or Ray resource is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 from coati_ray.config.checks import (
@@ -22,21 +22,9 @@ from coati_ray.config.checks import (
     check_nice,
     require_fits_context,
 )
-
-STRATEGIES = ("naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini")
-CUDA_ONLY_STRATEGIES = ("colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d")
-
-
-def opt(default, help: str):
-    """A config field with a default and a one-line description."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def required(help: str):
-    """A config field the user must set."""
-    return field(metadata={"help": help, "required": True})
+from coati_ray.config.fields import opt, required
+from coati_ray.config.strategy import CUDA_ONLY_STRATEGIES, STRATEGIES, StrategyConfig  # noqa: F401 (re-exported)
+from coati_ray.config.tracking import LoggingConfig
 
 
 @dataclass
@@ -146,112 +134,6 @@ class DataConfig:
 
 
 @dataclass
-class StrategyConfig:
-    """How a trainer group is parallelised (a ColossalAI Booster plugin)."""
-
-    name: Literal["naive", "ddp", "colossalai_zero2", "colossalai_zero2_cpu", "colossalai_gemini", "3d"] = opt(
-        "naive", "naive (one process), ddp (TorchDDPPlugin), colossalai_zero2[_cpu] (LowLevelZeroPlugin), "
-                 "colossalai_gemini, 3d (HybridParallelPlugin: tp x pp x sp x data parallel with ZeRO)")
-    precision: Literal["fp32", "bf16", "fp16"] = opt(
-        "fp32", "zero2/gemini: compute precision over fp32 master weights (gemini: bf16/fp16 only); naive/ddp: fp32 "
-        "(they train in model.dtype)")
-    grad_clip: float = opt(1.0, "max global gradient norm; 0 disables clipping")
-    backend: Literal["auto", "gloo", "nccl"] = opt("auto", "torch.distributed backend; auto = nccl with CUDA else gloo")
-    seed: int = opt(42, "seed for torch/numpy/python RNGs on every rank")
-    tp: int = opt(1, "3d: tensor-parallel size")
-    pp: int = opt(1, "3d: pipeline-parallel size (pp > 1 is refused: the trainers run no pipeline schedule yet)")
-    sp: int = opt(1, "3d: sequence-parallel size (all_to_all / ring_attn modes; with enable_sequence_parallelism)")
-    zero: int = opt(1, "3d: ZeRO stage of the data-parallel part (0, 1 or 2; > 0 needs bf16/fp16)")
-    enable_sequence_parallelism: bool = opt(False, "3d: split sequences over ranks (sp_mode)")
-    sp_mode: Literal["split_gather", "ring", "all_to_all", "ring_attn"] = opt(
-        "all_to_all", "3d: sequence parallelism mode (split_gather and ring ride on tp > 1)")
-    microbatch_size: int = opt(1, "3d: micro-batch size of the pipeline schedule (pp > 1)")
-    zero_cpu_offload: bool = opt(False, "3d: offload ZeRO's optimizer states to CPU")
-
-    def validate(self, key: str = "strategy", num_ranks: int = 1, cuda_available: Optional[bool] = None,
-                 model_key: str = "model", model_dtype: str = "float32", lora: bool = False,
-                 machine: bool = True, quantize: str = "none") -> None:
-        """Every combination ColossalAI cannot run is refused here, before Ray or a model starts; then
-        (`machine`) what this machine lacks for it."""
-        if self.name == "naive" and num_ranks != 1:
-            _fail(f"{key}.name", f"'naive' runs a single process but {num_ranks} ranks were asked",
-                  "set strategy.name=ddp or resources.num_ranks=1")
-        if self.precision != "fp32" and self.name in ("naive", "ddp"):
-            _fail(f"{key}.precision", f"'{self.precision}' mixed precision is only run by the zero2/gemini "
-                  f"strategies ('{self.name}' trains in {model_key}.dtype)",
-                  f"use precision=fp32 (and {model_key}.dtype=bfloat16 for bf16 weights) or a colossalai_* strategy")
-        if self.name == "colossalai_gemini" and self.precision == "fp32":
-            _fail(f"{key}.precision", "ColossalAI's GeminiPlugin trains only in bf16 or fp16 mixed precision",
-                  "set precision=bf16 (fp32 master weights are kept by Gemini) or use colossalai_zero2")
-        if self.name == "colossalai_gemini" and lora:
-            _fail(f"{model_key}.lora_rank", "LoRA is not supported by ColossalAI's GeminiPlugin",
-                  f"use strategy.name=colossalai_zero2 or ddp with LoRA, or set {model_key}.lora_rank=0")
-        if quantize != "none" and self.name not in ("naive", "ddp"):
-            _fail(f"{model_key}.quantize", f"a {quantize} base trains with naive or ddp only (ColossalAI's "
-                  f"'{self.name}' casts and shards every parameter, packed bitsandbytes weights included)",
-                  f"use strategy.name=ddp (or naive), or {model_key}.quantize=none")
-        if model_dtype == "float16" and (self.name in ("naive", "ddp") or self.precision == "fp32"):
-            _fail(f"{model_key}.dtype", f"float16 weights trained by '{self.name}' with precision={self.precision} "
-                  "have no loss scaler and underflow",
-                  f"use {model_key}.dtype=bfloat16, or float32 with a colossalai_* strategy and precision=fp16")
-        if self.grad_clip < 0:
-            _fail(f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")
-        if self.name == "3d":
-            self.check_3d(key, num_ranks, model_key, lora)
-        if machine:
-            self.check_machine(key, cuda_available)
-
-    def check_3d(self, key: str, num_ranks: int, model_key: str, lora: bool) -> None:
-        """What ColossalAI's HybridParallelPlugin asserts (and what our trainers do not run), in one line each."""
-        for name in ("tp", "pp", "sp", "microbatch_size"):
-            if getattr(self, name) < 1:
-                _fail(f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}", "e.g. 1")
-        if self.zero not in (0, 1, 2):
-            _fail(f"{key}.zero", f"must be 0, 1 or 2, got {self.zero}", "e.g. 1")
-        if self.sp > 1 and not self.enable_sequence_parallelism:
-            _fail(f"{key}.sp", f"sp={self.sp} needs enable_sequence_parallelism=true", "set it, or sp=1")
-        if self.pp > 1:
-            _fail(f"{key}.pp", "pipeline parallelism needs a pipeline-schedule training loop "
-                  "(booster.execute_pipeline), which coati_ray's trainers do not run yet", "use pp=1")
-        for name, what in (("tp", "tensor"), ("sp", "sequence")):
-            if getattr(self, name) > 1:
-                _fail(f"{key}.{name}", f"{what} parallelism needs every rank of a {name} group to get the same batch "
-                      "and a checkpoint export that gathers the shards; coati_ray's trainers split batches by global "
-                      "rank and export rank 0's weights", f"use {name}=1 (3d then runs data parallel with ZeRO)")
-        if self.enable_sequence_parallelism and self.sp_mode in ("split_gather", "ring") and self.tp <= 1:
-            _fail(f"{key}.sp_mode", f"'{self.sp_mode}' sequence parallelism rides on tensor parallelism (tp > 1)",
-                  "set enable_sequence_parallelism=false (tp > 1 is not run by coati_ray's trainers yet)")
-        sp = self.sp if self.enable_sequence_parallelism and self.sp_mode in ("all_to_all", "ring_attn") else 1
-        if num_ranks % (self.tp * self.pp * sp) != 0:
-            _fail(f"{key}.tp", f"{num_ranks} ranks are not divisible by tp x pp x sp = {self.tp * self.pp * sp}",
-                  "make resources.num_ranks a multiple of it")
-        if self.zero > 0 and self.precision == "fp32":
-            _fail(f"{key}.precision", "HybridParallelPlugin runs ZeRO only in bf16 or fp16 mixed precision",
-                  "set precision=bf16, or zero=0")
-        if lora:
-            _fail(f"{model_key}.lora_rank", "LoRA is not wired into the 3d strategy", "use colossalai_zero2 or ddp with LoRA")
-
-    def check_3d_accumulation(self, key: str, accumulation_steps: int) -> None:
-        """HybridParallelPlugin's no_sync (gradient accumulation) asserts ZeRO stage < 2."""
-        if self.name == "3d" and self.zero == 2 and accumulation_steps > 1:
-            _fail(f"{key}.zero", f"ZeRO-2 in the 3d strategy cannot accumulate gradients ({accumulation_steps} "
-                  "micro-batches per step)", "use zero=1, or micro_batch_size = batch_size / num_ranks")
-
-    def check_machine(self, key: str = "strategy", cuda_available: Optional[bool] = None) -> None:
-        """What the machine lacks comes after what the config gets wrong: a GPU config drafted on a
-        laptop learns its mistakes first."""
-        if cuda_available is None:
-            import torch
-
-            cuda_available = torch.cuda.is_available()
-        if self.name in CUDA_ONLY_STRATEGIES and not cuda_available:
-            _fail(f"{key}.name", f"'{self.name}' needs CUDA and no GPU is visible",
-                  "use strategy.name=ddp (or naive) on CPU, or run on a GPU machine")
-        if self.backend == "nccl" and not cuda_available:
-            _fail(f"{key}.backend", "nccl needs CUDA and no GPU is visible", "use backend=gloo or auto")
-
-
-@dataclass
 class OptimizerConfig:
     """AdamW and its learning-rate schedule."""
 
@@ -304,6 +186,9 @@ class TrainerConfig:
     max_steps: Optional[int] = opt(None, "stop after this many optimiser steps (None: run all epochs)")
     batch_size: int = opt(8, "global batch (sequences or pairs per optimiser step, all ranks together)")
     micro_batch_size: int = opt(4, "sequences per forward/backward on one rank; the rest is accumulated")
+    accumulation_steps: Optional[int] = opt(None, "micro-batches accumulated per optimiser step on each rank; set "
+                                                  "without batch_size, batch_size = micro_batch_size x "
+                                                  "accumulation_steps x ranks (null: batch_size decides)")
     log_every: int = opt(1, "print a progress line every N steps (metrics.jsonl gets every step)")
     eval_every: Optional[int] = opt(None, "evaluate every N steps (None: at the end only)")
     save_every: Optional[int] = opt(None, "checkpoint every N steps (None: at the end only)")
@@ -319,6 +204,14 @@ class TrainerConfig:
             if value is not None and value < 1:
                 _fail(f"{key}.{name}", f"must be >= 1 or null, got {value}", "use a positive integer or remove it")
         per_step = self.micro_batch_size * num_ranks
+        if self.accumulation_steps is not None:
+            if self.accumulation_steps < 1:
+                _fail(f"{key}.accumulation_steps", f"must be >= 1, got {self.accumulation_steps}", "e.g. 8")
+            if self.batch_size != per_step * self.accumulation_steps:
+                _fail(f"{key}.batch_size", f"{self.batch_size} disagrees with micro_batch_size ({self.micro_batch_size})"
+                      f" x accumulation_steps ({self.accumulation_steps}) x ranks ({num_ranks}) = "
+                      f"{per_step * self.accumulation_steps}", f"set only one of {key}.batch_size and "
+                      f"{key}.accumulation_steps, or make them agree")
         if self.batch_size % per_step != 0:
             _fail(f"{key}.batch_size", f"{self.batch_size} is not divisible by micro_batch_size "
                   f"({self.micro_batch_size}) x ranks ({num_ranks}) = {per_step}",
@@ -343,10 +236,12 @@ class JobConfig:
 
     output_dir: str = opt("runs/job", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
     ray: RayConfig = opt(None, "the embedded local Ray (when no cluster is running)")
+    logging: LoggingConfig = opt(None, "experiment tracking besides metrics.jsonl and TensorBoard (W&B)")
 
     def validate(self) -> None:
         _require_writable(self.output_dir)
         self.ray.validate()
+        self.logging.validate()
 
 
 @dataclass

@@ -5,7 +5,9 @@
     ddp                   TorchDDPPlugin (gloo on CPU, nccl on GPU)
     colossalai_zero2      LowLevelZeroPlugin(stage=2): optimizer states + gradients sharded
     colossalai_zero2_cpu  the same with optimizer states offloaded to CPU
-    colossalai_gemini     GeminiPlugin: chunk-based parameter / gradient / optimizer sharding
+    colossalai_gemini     GeminiPlugin: chunk-based parameter / gradient / optimizer sharding (placement_policy
+                          static, with offload_optim_frac / offload_param_frac of the states on the CPU)
+    colossalai_gemini_auto  GeminiPlugin(placement_policy="auto"): Gemini moves chunks between GPU and CPU itself
     3d                    HybridParallelPlugin: tensor x sequence x data parallel (ZeRO 0-2), for the
                           supervised stages (SFT, RM, pretrain); needs CUDA, not yet run on a GPU
 
@@ -85,9 +87,13 @@ class Strategy:
         if self.name in ("colossalai_zero2", "colossalai_zero2_cpu"):
             return LowLevelZeroPlugin(stage=2, precision=precision, max_norm=self.cfg.grad_clip,
                                       cpu_offload=self.name.endswith("_cpu"))
-        if self.name == "colossalai_gemini":
-            return GeminiPlugin(precision=precision, max_norm=self.cfg.grad_clip, placement_policy="static",
-                                enable_gradient_accumulation=self.grad_accum_steps > 1)
+        if self.name.startswith("colossalai_gemini"):
+            c = self.cfg
+            placement = "auto" if self.name == "colossalai_gemini_auto" else c.placement_policy
+            offload = dict(offload_optim_frac=c.offload_optim_frac, offload_param_frac=c.offload_param_frac) \
+                if placement == "static" else {}  # auto placement moves tensors by itself
+            return GeminiPlugin(precision=precision, max_norm=c.grad_clip, placement_policy=placement,
+                                enable_gradient_accumulation=self.grad_accum_steps > 1, **offload)
         if self.name == "3d":
             return hybrid_plugin(self.cfg)
         raise ValueError(f"unknown strategy '{self.name}'")
@@ -181,7 +187,7 @@ class Strategy:
         (`only_rank_0=True`): the others allocate one chunk at a time on the device and no host copy
         (with `only_rank_0=False` every rank of a 7B actor on 8 GPUs would hold ~14 GB per sync).
         """
-        if self.name == "colossalai_gemini":
+        if self.name.startswith("colossalai_gemini"):
             state = model.state_dict(only_rank_0=True)
         elif self.name == "3d" and self.is_rank0:
             assert self.cfg.tp == 1, "3d export reads rank 0's weights: tensor-parallel shards would need a gather"

@@ -30,9 +30,6 @@ def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_
                               cfg.output_dir, resume_from=resume_from)
         trainer.logger.info(f"data: {report.rows} usable rows from {report.path}; {report.skipped_bad} bad rows "
                             f"skipped, {report.truncated} truncated, {report.dropped_empty} dropped (reply cut off)")
-        summary = trainer.fit()
-        summary["data"] = vars(report)
-        trainer.logger.write_summary(summary)
-        return summary
+        return trainer.fit(extra={"data": vars(report)})
     finally:
         strategy.close()

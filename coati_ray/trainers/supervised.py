@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
+from coati_ray.config import to_dict
 from coati_ray.models.factory import export_model
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
 from coati_ray.utils.run_dir import (
@@ -57,7 +58,8 @@ class SupervisedTrainer:
         scheduler = make_scheduler(optimizer, self.total_steps, oc.warmup_steps, oc.scheduler, oc.min_lr_ratio)
         self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         self.step = 0
-        self.logger = RunLogger(run_dir, enabled=strategy.is_rank0, stage=self.stage, log_every=tc.log_every)
+        self.logger = RunLogger(run_dir, enabled=strategy.is_rank0, stage=self.stage, log_every=tc.log_every,
+                                wandb=cfg.logging.wandb, config=to_dict(cfg))
         if resume_from is not None:
             self._load_state(resume_from)
 
@@ -134,7 +136,8 @@ class SupervisedTrainer:
         flat = self.strategy.all_reduce_sum([x for k in keys for x in sums[k]]) if keys else []
         return {f"eval/{k}": flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(keys)}
 
-    def fit(self) -> dict:
+    def fit(self, extra: Optional[dict] = None) -> dict:
+        """Train to the end, export the final model, write summary.json (with `extra`) and return it."""
         tc = self.cfg.trainer
         t_start = time.time()
         self.logger.info(f"{len(self.train_items)} train items, {self.total_steps} steps of {tc.batch_size} "
@@ -165,7 +168,7 @@ class SupervisedTrainer:
         last = history[-1] if history else {}
         summary = {"stage": self.stage, "steps": self.step, "strategy": self.strategy.name,
                    "num_ranks": self.world, "first_loss": first_loss, "final_loss": last.get("loss"),
-                   "wall_seconds": time.time() - t_start, "final_checkpoint": final_dir, **final_eval}
+                   "wall_seconds": time.time() - t_start, "final_checkpoint": final_dir, **final_eval, **(extra or {})}
         if final_eval:
             self.logger.info("  ".join(f"{k}={v:.4f}" for k, v in final_eval.items()))
         self.logger.write_summary(summary)
@@ -176,7 +179,7 @@ class SupervisedTrainer:
     def export(self, path: str, merge_lora: bool) -> None:
         """HF-format model (+ tokenizer) at `path`, written by rank 0."""
         # Gemini's parameters live in chunks and 3d's embeddings are padded: both export a gathered state_dict
-        state = self.strategy.full_state_dict(self.model) if self.strategy.name in ("colossalai_gemini", "3d") else None
+        state = self.strategy.full_state_dict(self.model) if self.strategy.name.startswith(("colossalai_gemini", "3d")) else None
         if self.strategy.is_rank0:
             tmp = path + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)

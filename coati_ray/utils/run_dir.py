@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from typing import Optional
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -32,12 +33,15 @@ class RunLogger:
     log file or under `ray job submit`. Does nothing where not `enabled` (ranks other than 0)."""
 
     def __init__(self, run_dir: str, enabled: bool = True, stage: str = "", log_every: int = 1,
-                 show: Optional[tuple[str, ...]] = None):
-        """`show`: the keys of the progress line (None: every scalar except timings)."""
+                 show: Optional[tuple[str, ...]] = None, wandb=None, config: Optional[dict] = None):
+        """`show`: the keys of the progress line (None: every scalar except timings); `wandb`: a WandbConfig
+        (its series are the TensorBoard ones), `config`: the run's resolved config for its config panel."""
         self.run_dir, self.enabled, self.stage, self.log_every = run_dir, enabled, stage, log_every
         self.show = show
         self.start = time.time()
         self._tb = None  # SummaryWriter, opened on the first record
+        self._wandb = WandbRun(run_dir, wandb, config, stage) if enabled and wandb is not None and wandb.enabled \
+            else None
         self._bar = None  # tqdm bar on a terminal
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
@@ -71,12 +75,15 @@ class RunLogger:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         writer = self._writer()
         if writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    writer.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, step)
             writer.flush()  # once per step: cheap, and nothing is lost if the run is killed
+        if self._wandb is not None:
+            self._wandb.log(step, scalars)
 
     def _writer(self):
         if self._tb is None:
@@ -104,15 +111,59 @@ class RunLogger:
         if self._tb:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
 
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
             return
+        if self._wandb is not None:
+            self._wandb.summary(summary)
         self.close()
         path = os.path.join(self.run_dir, "summary.json")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump({k: _jsonable(v) for k, v in summary.items()}, f, indent=2)
         os.replace(path + ".tmp", path)
+
+
+class WandbRun:
+    """One W&B run per run directory, opened on the first record; a resumed run continues it (its id is kept
+    in <run_dir>/wandb/run_id). The API key stays wandb's business (WANDB_API_KEY or ~/.netrc)."""
+
+    def __init__(self, run_dir: str, cfg, config: Optional[dict], stage: str):
+        self.run_dir, self.cfg, self.config, self.stage = run_dir, cfg, config, stage
+        self.run = None
+
+    def _open(self):
+        if self.run is None:
+            import wandb
+
+            folder = os.path.join(self.run_dir, "wandb")
+            os.makedirs(folder, exist_ok=True)
+            id_file = os.path.join(folder, "run_id")
+            run_id = uuid.uuid4().hex[:8]
+            if os.path.isfile(id_file):
+                with open(id_file) as f:
+                    run_id = f.read().strip()
+            c = self.cfg
+            self.run = wandb.init(project=c.project, name=c.name or os.path.basename(os.path.abspath(self.run_dir)),
+                                  entity=c.entity, group=c.group, job_type=self.stage or None, dir=self.run_dir,
+                                  mode=c.resolved_mode(), config=self.config, id=run_id, resume="allow")
+            with open(id_file, "w") as f:
+                f.write(run_id)
+        return self.run
+
+    def log(self, step: int, scalars: dict) -> None:
+        self._open().log(scalars, step=step)
+
+    def summary(self, summary: dict) -> None:
+        self._open().summary.update({k: v for k, v in summary.items()
+                                     if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
 def truncate_metrics(run_dir: str, after_step: int) -> None:
