@@ -137,9 +137,11 @@ def translate(stage: str, argv: list[str], note: Callable[[str], None]) -> tuple
 
 
 def positional_prompt_file(overrides: list[str], note: Callable[[str], None]) -> list[str]:
-    """Coati's `train_prompts.py prompts.csv`: the one positional argument that is not key=value is the prompt
-    file (data.prompt_path)."""
-    files = [arg for arg in overrides if "=" not in arg]
+    """Coati's `train_prompts.py prompts.csv`: the one positional argument that is an existing file, not
+    key=value, is the prompt file (data.prompt_path)."""
+    import os
+
+    files = [arg for arg in overrides if "=" not in arg and os.path.isfile(arg)]
     if len(files) != 1:
         return overrides
     note(f"{files[0]} (positional) -> data.prompt_path={files[0]}")

@@ -31,8 +31,9 @@ def seed_sft_command(model: str, data: str, save_path: str, strategy: str = "col
 
 def test_the_seeds_sft_example_runs_as_typed(tiny_llama, tmp_path, capsys):
     """As typed, it asks for colossalai_zero2: on a GPU machine it trains, on this CPU it is refused in one line
-    after every other flag was accepted; with the strategy CPU can run, the same command trains: 512 rows in
-    steps of 4 per micro-batch x 8 accumulated = 16 steps, the model in --save_path."""
+    after every other flag was accepted; with the Booster strategy CPU can run (ddp, one rank in this process),
+    the same command trains: 512 rows in steps of 4 per micro-batch x 8 accumulated = 16 steps, the model in
+    --save_path. tests/gpu runs it with colossalai_zero2, as typed."""
     from launch import sft
 
     data = alpaca_json(tmp_path / "data.json")
@@ -45,7 +46,7 @@ def test_the_seeds_sft_example_runs_as_typed(tiny_llama, tmp_path, capsys):
         assert [line for line in err if not line.startswith("note: ")] == err[-1:]  # notes, then the one error line
         assert "note: --accimulation_steps 8 -> trainer.accumulation_steps=8" in err
         assert not save.exists()
-    code = sft.main(seed_sft_command(tiny_llama, data, str(save), strategy="naive"))
+    code = sft.main(seed_sft_command(tiny_llama, data, str(save), strategy="ddp"))
     assert code == 0
     summary = json.loads((save / "summary.json").read_text())
     assert summary["steps"] == 16 and (save / "checkpoints" / "final" / "config.json").is_file()
@@ -72,8 +73,11 @@ def test_the_seeds_ppo_schedule_and_positional_prompt_file():
     become whole PPO steps of update_timesteps x experience_batch_size samples."""
     from launch.seed_flags import positional_prompt_file
 
-    assert positional_prompt_file(["prompts.csv", "ppo.max_steps=3"], print) == ["data.prompt_path=prompts.csv",
-                                                                                 "ppo.max_steps=3"]
+    prompts = data_path("prompts", "train.jsonl")
+    assert positional_prompt_file([prompts, "ppo.max_steps=3"], print) == [f"data.prompt_path={prompts}",
+                                                                           "ppo.max_steps=3"]
+    assert positional_prompt_file(["ppo.max_steps"], print) == ["ppo.max_steps"]  # refused later: no '='
+
     argv, _ = translate("ppo", ["--pretrain", "sft", "--rm_pretrain", "base", "--rm_path", "rm",
                                 "--strategy", "colossalai_zero2", "--num_episodes", "2", "--max_timesteps", "3",
                                 "--update_timesteps", "3", "--experience_batch_size", "4", "--train_batch_size", "6",
