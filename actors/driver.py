@@ -35,6 +35,7 @@ from actors.weight_sync import WeightSync
 from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
 from coati_ray.reporting.step_metrics import step_metrics
+from coati_ray.utils.redact import redact_config
 from coati_ray.utils.run_dir import (COMPLETE_MARKER, RunLogger, check_run_dir, checkpoint_dir, clear_run_dir,
                                     prune_checkpoints, truncate_metrics)
 
@@ -72,7 +73,7 @@ class PPOJob:
         # resumed run remakes exactly the batches the interrupted one had not trained on.
         self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.ppo.seed, self.step * self.items_per_step)
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.ppo.log_every,
-                                wandb=cfg.logging.wandb, config=self.cfg_dict,
+                                wandb=cfg.logging.wandb, config=redact_config(self.cfg_dict),
                                 show=PROGRESS_KEYS)
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
                                          cfg.ppo.eval_samples_per_prompt, self.logger)

@@ -75,7 +75,7 @@ def _prepare_pretrain_data(cfg, info: Callable[[str], None]) -> None:
     p, model = cfg.prepare, cfg.pretrain.model
     prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.local_tokenizer_path,
                     cfg.prepared_dir, cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed,
-                    info=lambda line: info(f"[pipeline] prepare: {line}"))
+                    info=lambda line: info(f"[pipeline] prepare: {line}"), trust_remote_code=model.trust_remote_code)
 
 
 def _expand_vocab(stage_cfg) -> dict:
@@ -93,8 +93,9 @@ def _expand_vocab(stage_cfg) -> dict:
 
 
 def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: Optional[str]) -> dict:
-    if stage == "ppo":
-        return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address, overwrite=True).run()  # cleared above
+    if stage == "ppo":  # a fresh stage's directory was cleared above; an interrupted one resumes its checkpoint
+        return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address,
+                      overwrite=resume_from is None).run()
     if stage == "expand_vocab":
         return _expand_vocab(stage_cfg)
     if stage == "pretrain":

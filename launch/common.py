@@ -135,7 +135,9 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
 
             from coati_ray.config import to_dict
 
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            from coati_ray.utils.redact import redact_config
+
+            print(yaml.safe_dump(redact_config(to_dict(cfg)), sort_keys=False))
             return 0
         if getattr(args, "inspect_data", None) is not None:
             return inspect_data(cfg, trainer_cls, args.inspect_data)

@@ -71,7 +71,9 @@ def training_reward(cfg) -> str:
     if cfg.rewards.function:
         parts.append(f"`{cfg.rewards.function}` (x{cfg.rewards.function_weight:g})")
     if cfg.rewards.http_url:
-        parts.append(f"{cfg.rewards.http_url} (x{cfg.rewards.http_weight:g})")
+        from coati_ray.utils.redact import redact_url
+
+        parts.append(f"{redact_url(cfg.rewards.http_url)} (x{cfg.rewards.http_weight:g})")
     return " + ".join(parts)
 
 
@@ -102,7 +104,7 @@ def preflight(cfg: PipelineConfig) -> None:
         from coati_ray.data.prepare import jsonl_files, prepare
 
         p = cfg.prepare
-        prepare("pretrain", jsonl_files([d for d in p.data_input_dirs.split(",") if d]), load_tokenizer(local_dir(*base)),
+        prepare("pretrain", jsonl_files([d for d in p.data_input_dirs.split(",") if d]), load_tokenizer(local_dir(*base), cfg.pretrain.model.trust_remote_code),
                 cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed)
     preflight_data(cfg.stand_in("sft", base), SFTTrainer)
     if cfg.rm is not None:

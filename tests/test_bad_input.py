@@ -262,6 +262,9 @@ CASES = [
      "data.chat_template"),
     ("chat template not Jinja", "ppo", lambda c: c.ppo(f"data.chat_template={c.write('t.jinja', '{% for %}')}"),
      "not a valid Jinja template"),
+    ("best-of-n reward model with another vocabulary", "generate",
+     lambda c: ["--model", c.model, "--reward-model", c.reward_copy("rm_vocab_gen", vocab_plus(10)), "--n", "2",
+                "--prompt", "sort: 2 1"], "the policy's has"),
     ("reward model with another vocabulary", "ppo",
      lambda c: c.ppo(f"reward.path={c.reward_copy('rm_vocab', vocab_plus(10))}"), "the actor's has"),
 ]
@@ -295,7 +298,7 @@ def test_refused_with_one_line_before_any_model_or_ray(name, launcher, build, ne
     ctx = Ctx(tiny_llama, reward_dir, tmp_path, monkeypatch)
     argv = build(ctx)
     run_dir = tmp_path / "run_never_made"
-    if "--output-dir" not in argv:
+    if "--output-dir" not in argv and launcher != "generate":  # generate writes no run directory
         argv += ["--output-dir", str(run_dir)]
     code = importlib.import_module(f"launch.{launcher}").main(argv)
     err = capsys.readouterr().err.strip().splitlines()

@@ -112,7 +112,8 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     from launch.pipeline import main
 
     out = tmp_path / "run"
-    args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_chatml), *chat_overrides(chat_data)]
+    args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_chatml), *chat_overrides(chat_data),
+            "ppo.ppo.save_every=1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert not ray.is_initialized()  # the embedded Ray it started is gone
@@ -155,6 +156,24 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("already complete") == 3
     assert (out / "ppo" / "metrics.jsonl").read_text() == before
+
+    # A PPO stage stopped after its first checkpoint (what a killed job leaves: step_000001, no final, no
+    # summary) resumes from that checkpoint and finishes.
+    import shutil
+
+    for leftover in ("summary.json", "checkpoints/final", "checkpoints/step_000002"):
+        path = out / "ppo" / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (out / "summary.json").unlink()
+    assert (out / "ppo" / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
+    assert main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already complete") == 2 and "ppo: starting from" in printed and "step_000001" in printed
+    resumed = json.loads((out / "ppo" / "summary.json").read_text())
+    assert resumed["steps"] == 2 and (out / "ppo" / "checkpoints" / "final" / "actor" / "model").is_dir()
+    steps = [r["step"] for r in map(json.loads, (out / "ppo" / "metrics.jsonl").read_text().splitlines())
+             if "actor/loss" in r]
+    assert steps == [1, 2]  # step 1 kept from the first run, step 2 trained on resume: none twice
 
 
 def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_chatml, chat_data, tmp_path, capsys):

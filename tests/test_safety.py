@@ -48,6 +48,33 @@ def test_remote_code_is_off_unless_the_user_turns_it_on():
     assert not hardcoded, f"trust_remote_code=True hard-coded in {hardcoded}"
 
 
+def test_every_tokenizer_and_model_load_carries_the_models_trust_remote_code():
+    """A model with custom code that a config allows (model.trust_remote_code) must load everywhere: the PPO
+    trainer's and PPO-ptx's tokenizer, launch.generate's reward model, the data preparation, not only the
+    first load (they used to drop it and fail at the first checkpoint)."""
+    loads = [(path, args) for path, src in python_sources()
+             for func in ("load_tokenizer", "Actor.from_pretrained", "RewardModel.from_pretrained",
+                          "Critic.from_pretrained", "cls.from_pretrained")
+             for args in calls(src, func) if not src[:src.find(func + "(" + args)].rstrip().endswith("def")]
+    assert len(loads) >= 6, loads
+    dropped = [(path, args) for path, args in loads if "trust_remote_code" not in args and "**" not in args]
+    assert not dropped, f"trust_remote_code dropped: {dropped}"
+
+
+def test_tokenizer_for_and_the_reward_judge_pass_trust_remote_code_on(tiny_llama, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from coati_ray.config import ModelConfig
+    from coati_ray.models.loading import tokenizer_for
+
+    seen = []
+    real = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: seen.append(k.get("trust_remote_code")) or real(cls, *a, **k)))
+    tokenizer_for(ModelConfig(path=tiny_llama, trust_remote_code=True), "auto")
+    assert seen == [True]
+
+
 def test_weights_are_saved_as_safetensors(assets, tmp_path):
     from coati_ray.models import RewardModel
 
@@ -71,3 +98,56 @@ def test_embedded_ray_listens_on_localhost_only(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert cluster.connect() is True
     assert seen.get("dashboard_host") == "127.0.0.1" and "address" not in seen
+
+
+class _Payload:
+    """What a tampered checkpoint carries: unpickling it calls open(path, "w"), i.e. runs code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_zero2_and_gemini_resume_reads_optimizer_shards_without_running_code(tmp_path):
+    """ColossalAI's sharded readers (LowLevelZero's and Gemini's optimizer resume) call torch.load bare. Our
+    Strategy.load_optimizer runs them under weights_only_loads: a tampered shard is refused and runs nothing,
+    a real optimizer state still loads."""
+    import pickle
+    from pathlib import Path
+
+    import torch
+    from colossalai.checkpoint_io.utils import load_shard_state_dict
+
+    from coati_ray.config.schema import StrategyConfig
+    from coati_ray.strategies.strategy import Strategy, weights_only_loads
+
+    marker, evil = tmp_path / "code_ran", tmp_path / "pytorch_optim-00001.bin"
+    torch.save({"state": {0: _Payload(str(marker))}}, evil)
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        load_shard_state_dict(Path(evil))
+    assert not marker.exists()
+
+    class Booster:  # what booster.load_optimizer does on a GPU: ColossalAI's reader over the folder's shards
+        def load_optimizer(self, optimizer, path):
+            load_shard_state_dict(Path(path) / evil.name)
+
+    strategy = Strategy(StrategyConfig(name="colossalai_zero2", precision="bf16"))
+    strategy.booster = Booster()
+    with pytest.raises(pickle.UnpicklingError):
+        strategy.load_optimizer(None, str(tmp_path))
+    assert not marker.exists() and torch.load.__module__ == "torch.serialization"  # and torch.load is restored
+
+    param = torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.AdamW([param], betas=(0.9, 0.95))
+    param.grad = torch.ones(3)
+    adam.step()
+    good = tmp_path / "good.bin"
+    torch.save(adam.state_dict(), good)
+    with weights_only_loads():
+        state = load_shard_state_dict(Path(good))
+    assert torch.equal(state["state"][0]["exp_avg"], adam.state_dict()["state"][0]["exp_avg"])
+    assert state["param_groups"][0]["betas"] == (0.9, 0.95)
+    load_shard_state_dict(Path(evil))  # the defect, shown: outside the guard the same reader runs the payload
+    assert marker.exists()

@@ -57,7 +57,15 @@ class GenerateConfig:
         if self.tokenizer_path is not None:
             _require_dir("tokenizer_path", self.local("tokenizer_path"))
         if self.reward_model is not None:
+            from coati_ray.config.checks import model_config
+
             _require_model_dir("reward_model", self.local("reward_model"))
+            ours = model_config("model", self.local("model")).get("vocab_size")
+            theirs = model_config("reward_model", self.local("reward_model")).get("vocab_size")
+            if ours and theirs and ours != theirs:
+                _fail("reward_model", f"'{self.reward_model}' has a vocabulary of {theirs} but the policy's has {ours}, "
+                      "so it would score other tokens than the policy wrote", "use the reward model trained from the "
+                      "policy's base model and tokenizer")
         check_chat_template(self.chat_template, "chat_template")
         self.generation.validate()
         if self.n < 1 or self.batch_size < 1:

@@ -238,10 +238,13 @@ def to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str) -> None:
-    """Write the resolved config, so `--config <run>/config.yaml` reproduces the run."""
+    """Write the resolved config, so `--config <run>/config.yaml` reproduces the run (credentials in URLs
+    redacted: pass them by rewards.http_headers_env instead)."""
+    from coati_ray.utils.redact import redact_config
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(redact_config(to_dict(cfg)), f, sort_keys=False)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -128,9 +128,13 @@ class RewardSourcesConfig:
     function: Optional[str] = opt(None, "'module:function' called as function(prompts, responses, rows) -> list "
                                         "of floats, e.g. coati_ray.tasks.sorting:reward")
     function_weight: float = opt(1.0, "weight of the function's rewards")
-    http_url: Optional[str] = opt(None, "POST {prompts, responses, rows} as JSON, answered by {rewards: [...]}")
+    http_url: Optional[str] = opt(None, "POST {prompts, responses, rows} as JSON, answered by {rewards: [...]}; "
+                                        "credentials in it are redacted wherever it is written (use http_headers_env)")
+    http_headers_env: dict[str, str] = opt({}, "request headers whose values are read from environment variables, e.g. "
+                                               "{Authorization: REWARD_API_TOKEN}: the value is never written anywhere")
     http_weight: float = opt(1.0, "weight of the HTTP service's rewards")
-    http_timeout_s: float = opt(30.0, "seconds one request may take")
+    http_timeout_s: float = opt(30.0, "seconds one whole request may take (connect, send, every byte of the answer)")
+    http_max_response_bytes: int = opt(4 << 20, "largest answer accepted, in bytes")
     http_retries: int = opt(2, "retries of a failed request before the run stops")
 
     def validate(self, has_reward_model: bool, key: str = "rewards") -> None:
@@ -142,7 +146,12 @@ class RewardSourcesConfig:
 
             check_reward_function(self.function, f"{key}.function")
         if self.http_url and not self.http_url.startswith(("http://", "https://")):
-            _fail(f"{key}.http_url", f"'{self.http_url}' is not an http(s) URL", "e.g. http://127.0.0.1:8000/reward")
+            from coati_ray.utils.redact import redact_url
+
+            _fail(f"{key}.http_url", f"'{redact_url(self.http_url)}' is not an http(s) URL",
+                  "e.g. http://127.0.0.1:8000/reward")
+        if self.http_max_response_bytes < 1024:
+            _fail(f"{key}.http_max_response_bytes", f"must be >= 1024, got {self.http_max_response_bytes}", "e.g. 4194304")
         if self.http_timeout_s <= 0 or self.http_retries < 0:
             _fail(key, "http_timeout_s must be > 0 and http_retries >= 0", "e.g. http_timeout_s=30 http_retries=2")
 

@@ -189,7 +189,7 @@ def load_parts(root: str, manifest: dict) -> list[dict]:
 
 
 def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: str, max_length: int, num_bins: int,
-                    seed: int, info=print) -> dict:
+                    seed: int, info=print, trust_remote_code: bool = False) -> dict:
     """`out`/cache/<key>/, jsonl/, arrow/ and prepared.json (written last); returns the manifest. An `out`
     already prepared from the same inputs and settings is left as it is; one prepared from anything else,
     or holding jsonl/ or arrow/ folders this function did not write, is refused."""
@@ -219,7 +219,7 @@ def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: s
     else:
         from coati_ray.models.loading import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code)
         parts, counts = prepare(mode, files, tokenizer, max_length, num_bins, seed)
         manifest = {"key": key, "mode": mode, "inputs": [os.path.abspath(f) for f in files],
                     "tokenizer_dir": os.path.abspath(tokenizer_dir), "max_length": max_length,

@@ -216,11 +216,14 @@ class Strategy:
             self.booster.save_optimizer(optimizer, path, shard=True)
 
     def load_optimizer(self, optimizer, path: str) -> None:
+        """Every optimizer state is read with `weights_only=True`: tensors and plain values, never code (a
+        tampered checkpoint folder on shared storage must not run anything on the ranks that resume)."""
         if self.name in ("naive", "ddp"):
             state = torch.load(os.path.join(path, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
             optimizer.load_state_dict(state)
         else:
-            self.booster.load_optimizer(optimizer, path)
+            with weights_only_loads():  # ColossalAI's sharded readers call torch.load without it
+                self.booster.load_optimizer(optimizer, path)
 
     # ------------------------------------------------------------------ collectives
 
@@ -330,6 +333,25 @@ def plugin_grad_norm(optimizer) -> float:
             div = scale()
             return norm / float(div.item() if torch.is_tensor(div) else div)
     return norm
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Within the block, every `torch.load` (ColossalAI's checkpoint readers call it bare: its shard, param-group
+    and state files) runs with `weights_only=True`: torch's safe unpickler, which builds tensors, containers and
+    numbers and refuses anything else (no callables, so no code runs). The swap is process-wide for the block's
+    duration; a rank does nothing else while it resumes."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def seed_everything(seed: int) -> None:

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from coati_ray.config import to_dict
+from coati_ray.utils.redact import redact_config
 from coati_ray.models.factory import export_model
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
 from coati_ray.utils.run_dir import (
@@ -59,7 +60,7 @@ class SupervisedTrainer:
         self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         self.step = 0
         self.logger = RunLogger(run_dir, enabled=strategy.is_rank0, stage=self.stage, log_every=tc.log_every,
-                                wandb=cfg.logging.wandb, config=to_dict(cfg))
+                                wandb=cfg.logging.wandb, config=redact_config(to_dict(cfg)))
         if resume_from is not None:
             self._load_state(resume_from)
 
