@@ -7,6 +7,7 @@ import socket
 from typing import Callable, Optional
 
 NAMESPACE = "coati"
+BIND_IP_ENV = "COATI_BIND_IP"  # where the job's own groups listen; set for an embedded (one-machine) Ray
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: Optional[bool] = None,
@@ -33,6 +34,9 @@ def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, qui
         _announce(context, info)
         return False
     port = free_port(dashboard_port) if dashboard else None
+    # One machine: every group this job forms listens on loopback (actors/rendezvous.py node_bind_ip). Ray
+    # itself insists on advertising the machine's outside address even when told 127.0.0.1.
+    runtime_env["env_vars"][BIND_IP_ENV] = "127.0.0.1"
     context = ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=dashboard,
                        dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
                        **({"dashboard_port": port} if port else {}))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 from typing import Any, Callable, Optional
 
 import ray
@@ -19,14 +18,6 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.cluster import NAMESPACE
-
-
-def node_address() -> tuple[str, int]:
-    """This node's IP and a port free on it: what rank 0 of a group hosts its process group on."""
-    ip = ray.util.get_node_ip_address()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return ip, s.getsockname()[1]
 
 
 @ray.remote
@@ -43,17 +34,22 @@ class RankWorker:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    def address(self) -> tuple[str, int]:
-        return node_address()
+    def run(self, fn: Callable, *args, rendezvous=None, secret: str = "", **kwargs) -> Any:
+        """fn(*args, **kwargs), with `store=` the group's rendezvous (an ActorStore) when one is given; the
+        rank's gloo connections listen on the interface Ray uses on this node."""
+        if rendezvous is not None:
+            from actors.rendezvous import ActorStore, bind_gloo_to, node_bind_ip
 
-    def run(self, fn: Callable, *args, **kwargs) -> Any:
+            bind_gloo_to(node_bind_ip())
+            kwargs["store"] = ActorStore(rendezvous, secret)
         return fn(*args, **kwargs)
 
 
 class TrainerGroup:
     """Creates the actors and placement group.
 
-    `run(fn, ...)` calls fn(..., rank=, world_size=, master_addr=, master_port=) on every rank.
+    `run(fn, ...)` calls fn(..., rank=, world_size=, store=) on every rank, `store` the group's rendezvous
+    (actors/rendezvous.py: no port is opened for it).
     """
 
     def __init__(self, name: str, num_ranks: int, num_cpus_per_rank: float = 1.0, num_gpus_per_rank: float = 0.0,
@@ -77,10 +73,15 @@ class TrainerGroup:
         ]
 
     def run(self, fn: Callable, *args, **kwargs) -> list:
-        addr, port = ray.get(self.workers[0].address.remote())
-        refs = [w.run.remote(fn, *args, rank=rank, world_size=self.num_ranks, master_addr=addr, master_port=port,
-                             **kwargs) for rank, w in enumerate(self.workers)]
-        return get_or_fail_fast(refs)
+        from actors.rendezvous import new_rendezvous, new_secret
+
+        rendezvous, secret = new_rendezvous(), new_secret()
+        try:
+            refs = [w.run.remote(fn, *args, rank=rank, world_size=self.num_ranks, rendezvous=rendezvous, secret=secret,
+                                 **kwargs) for rank, w in enumerate(self.workers)]
+            return get_or_fail_fast(refs)
+        finally:
+            ray.kill(rendezvous)
 
     def check_shared_output(self, output_dir: str) -> None:
         """Every rank's node sees `output_dir` (see actors.cluster.check_shared_output)."""

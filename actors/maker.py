@@ -76,10 +76,10 @@ class ExperienceMaker:
         return {**self.receiver.load(handle), "maker": self.index}
 
     @ray.method(concurrency_group="sync")
-    def join_sync(self, role: str, buckets: list, host: str, port: int, rank: int, size: int, backend: str,
+    def join_sync(self, role: str, buckets: list, meeting: tuple, rank: int, size: int, backend: str,
                   timeout_s: float) -> int:
         """Join the collective weight-sync group of `role` (on the sync thread: a running batch goes on)."""
-        self.receiver.join(role, buckets, host, port, rank, size, backend, timeout_s)
+        self.receiver.join(role, buckets, meeting, rank, size, backend, timeout_s)
         return rank
 
     @ray.method(concurrency_group="sync")

@@ -44,20 +44,18 @@ class PPOTrainerRank:
 
     metrics = None  # ActorMetrics, created on first use inside the actor process
 
-    def address(self) -> tuple[str, int]:
-        from actors.group import node_address
-
-        return node_address()
-
-    def setup(self, master_addr: str, master_port: int, resume_dir: Optional[str] = None, first_step: int = 0) -> int:
-        """Join the group's process group and build model, optimiser and (for the actor) PPO-ptx data."""
+    def setup(self, meeting: tuple, resume_dir: Optional[str] = None, first_step: int = 0) -> int:
+        """Join the group's process group (through the meeting place: actors/rendezvous.py) and build model,
+        optimiser and (for the actor) PPO-ptx data."""
+        from actors.rendezvous import ActorStore, bind_gloo_to, node_bind_ip
         from coati_ray.strategies import make_strategy
         from coati_ray.trainers.ppo import make_group_trainer
 
         p = self.cfg.ppo
         accum = p.train_batch_size // self.world_size // p.micro_batch_size
-        self.strategy = make_strategy(self.group_cfg.strategy, self.rank, self.world_size, master_addr, master_port,
-                                      grad_accum_steps=accum)
+        bind_gloo_to(node_bind_ip())
+        self.strategy = make_strategy(self.group_cfg.strategy, self.rank, self.world_size, grad_accum_steps=accum,
+                                      store=ActorStore(*meeting))
         self.strategy.setup_distributed()
         model_dir = os.path.join(resume_dir, self.role, "model") if resume_dir else None
         self.trainer = make_group_trainer(self.role, self.cfg, self.strategy, model_dir)
@@ -151,8 +149,8 @@ class PPOTrainerRank:
     def sync_plan(self, bucket_bytes: int) -> list:
         return self.sender.plan(bucket_bytes)
 
-    def join_sync(self, host: str, port: int, rank: int, size: int, backend: str, timeout_s: float) -> int:
-        self.sender.join(host, port, rank, size, backend, timeout_s)
+    def join_sync(self, meeting: tuple, rank: int, size: int, backend: str, timeout_s: float) -> int:
+        self.sender.join(meeting, rank, size, backend, timeout_s)
         return rank
 
     def send_weights(self, buckets: list, export: bool = False) -> dict:

@@ -33,6 +33,15 @@ class TrainerGroups:
         self.step = 0  # for the error line: the step being trained when a rank died
         self.owner: dict = {}  # train_step ref -> the rank's name
         self.t_train = 0.0     # when the current train_step calls were sent
+        self._rendezvous = None  # where each group's ranks meet (actors/rendezvous.py), made when first needed
+
+    @property
+    def rendezvous(self):
+        if self._rendezvous is None:
+            from actors.rendezvous import new_rendezvous
+
+            self._rendezvous = new_rendezvous()
+        return self._rendezvous
 
     def group_cfg(self, role: str):
         return getattr(self.cfg, f"{role}_trainer")
@@ -62,11 +71,12 @@ class TrainerGroups:
 
     def setup(self, resume_from: Optional[str], first_step: int = 0) -> None:
         """Every rank joins its group's world and builds model and optimiser; all groups at once."""
+        from actors.rendezvous import new_secret
+
         refs = []
         for role in self.roles:
-            ranks = self.ranks[role]
-            addr, port = self.get([ranks[0].address.remote()])[0]
-            refs += [rank.setup.remote(addr, port, resume_from, first_step) for rank in ranks]
+            meeting = (self.rendezvous, new_secret())
+            refs += [rank.setup.remote(meeting, resume_from, first_step) for rank in self.ranks[role]]
         self.get(refs)
 
     # ------------------------------------------------------------------ work
@@ -133,6 +143,9 @@ class TrainerGroups:
         for pg in self.pgs:
             remove_placement_group(pg)
         self.pgs.clear()
+        if self._rendezvous is not None:
+            ray.kill(self._rendezvous)
+            self._rendezvous = None
 
 
 def _is_dead(handle) -> bool:

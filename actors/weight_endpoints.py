@@ -55,9 +55,9 @@ class WeightSender:
         """The bucket layout of this sender's state (rank 0): what receivers allocate and expect."""
         return plan_buckets(self.state(), bucket_bytes)
 
-    def join(self, host: str, port: int, rank: int, size: int, backend: str, timeout_s: float) -> None:
+    def join(self, meeting: tuple, rank: int, size: int, backend: str, timeout_s: float) -> None:
         self.leave()
-        self.group = SyncGroup(host, port, rank, size, backend, timeout_s)
+        self.group = SyncGroup(meeting, rank, size, backend, timeout_s)
 
     def send(self, buckets: list, export: bool = False) -> dict:
         """Broadcast `buckets` of the current weights from rank 0 of the sync group, one flat bucket at a time
@@ -113,7 +113,7 @@ class WeightReceiver:
 
     # ---------------------------------------------------------------- collective (on the sync thread)
 
-    def join(self, role: str, buckets: list, host: str, port: int, rank: int, size: int, backend: str,
+    def join(self, role: str, buckets: list, meeting: tuple, rank: int, size: int, backend: str,
              timeout_s: float) -> None:
         """Check the sender's bucket layout against this maker's model (strict names and shapes), then join."""
         from coati_ray.models.weights import check_compatible
@@ -123,7 +123,7 @@ class WeightReceiver:
                   for b in buckets for name, shape in b.shapes.items()}
         check_compatible(module, layout, self.lora_only[role])
         self.leave(role)
-        self.groups[role] = SyncGroup(host, port, rank, size, backend, timeout_s)
+        self.groups[role] = SyncGroup(meeting, rank, size, backend, timeout_s)
 
     def leave(self, role: Optional[str] = None) -> None:
         for r in [role] if role else list(self.groups):

@@ -36,8 +36,7 @@ from coati_ray.errors import WorkerLost
 class _Group:
     role: str
     members: dict          # maker index -> incarnation it joined as
-    host: str
-    port: int
+    meeting: tuple         # (rendezvous, secret): where it formed
     buckets: list
     backend: str
 
@@ -178,26 +177,28 @@ class WeightSync:
 
     def _form(self, role: str, members: dict) -> _Group:
         """Every maker of `members` and the role's rank 0 join one group; a timeout names who did not."""
+        from actors.rendezvous import new_secret
+
         ranks = self.trainers.ranks[role]
-        host, port = ray.get(ranks[0].address.remote())
+        meeting = (self.trainers.rendezvous, new_secret())  # a fresh secret per formation: old members cannot meet
         bucket_bytes = int(self.cfg.sync.bucket_mb * 2**20)
         plans = self.trainers.get([r.sync_plan.remote(bucket_bytes) for r in ranks])  # all ranks: Gemini gathers
         buckets, size = plans[0], 1 + len(members)
         backend = self._backend()
         timeout = self.cfg.sync.timeout_s
-        # Members give up a little after the driver, so the store (hosted by rank 0) is still up when the
-        # driver reads who never marked itself joined.
+        # Members give up a little after the driver, which reads who never marked itself joined and then tells
+        # the rest to leave.
         member_timeout = timeout + 10
-        refs = {ranks[0].join_sync.remote(host, port, 0, size, backend, member_timeout): f"{role}-trainer-0"}
+        refs = {ranks[0].join_sync.remote(meeting, 0, size, backend, member_timeout): f"{role}-trainer-0"}
         for rank, index in enumerate(members, start=1):
-            refs[self.pool.makers[index].join_sync.remote(role, buckets, host, port, rank, size, backend,
+            refs[self.pool.makers[index].join_sync.remote(role, buckets, meeting, rank, size, backend,
                                                           member_timeout)] = f"maker-{index}"
         results = _wait_all(refs, timeout)
         failed = {ref: out for ref, out in results.items() if isinstance(out, Exception)}
         if failed or len(results) < len(refs):
             # members that did join would otherwise wait in the rendezvous (their actor blocked) until timeout
-            missing = missing_members(host, port, size) if not failed else []
-            abandon(host, port)
+            missing = missing_members(meeting, size) if not failed else []
+            abandon(meeting)
         for ref, out in failed.items():
             if isinstance(out, ray.exceptions.RayActorError) and refs[ref].startswith("maker-"):
                 # it died or is restarting: membership changed, so the next sync forms the group again
@@ -207,17 +208,17 @@ class WeightSync:
         if len(results) < len(refs):
             names = list(refs.values())
             if missing is None:
-                who = f"{role}-trainer-0 (it hosts the group's store at {host}:{port})"
+                who = "the group's rendezvous (it did not answer)"
             elif missing:
                 who = ", ".join(names[r] for r in missing)
             else:
                 who = "no one is missing, but the rendezvous of " + ", ".join(
                     refs[r] for r in refs if r not in results) + " did not finish"
-            raise _CannotForm(f"weight sync: {who} did not join the {role} group ({backend}, "
-                              f"{host}:{port}) within sync.timeout_s={timeout:g}s; check that every node can reach "
-                              f"{host}, or use sync.transport=object_store")
+            raise _CannotForm(f"weight sync: {who} did not join the {role} group ({backend}) within "
+                              f"sync.timeout_s={timeout:g}s; check that every node can reach the others on the "
+                              "interface Ray uses, or use sync.transport=object_store")
         self.info(f"weight sync: {role} group formed ({backend}, {size} members, {len(buckets)} bucket(s))")
-        return _Group(role, dict(members), host, port, buckets, backend)
+        return _Group(role, dict(members), meeting, buckets, backend)
 
     def _backend(self) -> str:
         """nccl only when every member owns whole GPUs: NCCL refuses two ranks on one device, which is what

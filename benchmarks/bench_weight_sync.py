@@ -59,11 +59,6 @@ class Sender:
         torch.set_num_threads(1)
         self.sender = WeightSender(Strategy(StrategyConfig()), build(size, lora), lora, gathers=False)
 
-    def address(self):
-        from actors.group import node_address
-
-        return node_address()
-
     def sync_plan(self, bucket_bytes):
         return self.sender.plan(bucket_bytes)
 
@@ -117,11 +112,6 @@ class RawPeer:
     """The floors: the same bytes as one numpy buffer through the object store, or one flat broadcast.
     A fresh actor without a model, so the floor does not compete with model memory."""
 
-    def address(self):
-        from actors.group import node_address
-
-        return node_address()
-
     def make(self, nbytes: int) -> None:
         import numpy as np
 
@@ -133,12 +123,12 @@ class RawPeer:
     def get(self, ref) -> int:
         return int(ray.get(ref[0]).nbytes)
 
-    def broadcast(self, host, port, rank, size, nbytes) -> float:
+    def broadcast(self, meeting, rank, size, nbytes) -> float:
         import torch
 
         from actors.collective import SyncGroup
 
-        group = SyncGroup(host, port, rank, size, "gloo", 600)
+        group = SyncGroup(meeting, rank, size, "gloo", 600)
         buf = torch.ones(nbytes // 4, dtype=torch.float32)
         group.broadcast(buf)  # warm-up: connections
         t = time.perf_counter()
@@ -148,7 +138,10 @@ class RawPeer:
 
 class _Trainers:
     def __init__(self, sender):
+        from actors.rendezvous import new_rendezvous
+
         self.ranks = {"actor": [sender]}
+        self.rendezvous = new_rendezvous()
 
     def get(self, refs):
         return ray.get(refs)
@@ -210,10 +203,13 @@ def raw(makers: int, nbytes: int, repeats: int) -> tuple[float, float]:
         ray.get([r.get.remote(ref) for r in receivers])
         puts.append(time.perf_counter() - t)
         del ref
-    host, port = ray.get(sender.address.remote())
+    from actors.rendezvous import new_rendezvous, new_secret
+
+    meeting = (new_rendezvous(), new_secret())
     size = 1 + makers
-    bcast = ray.get([sender.broadcast.remote(host, port, 0, size, nbytes)] +
-                    [r.broadcast.remote(host, port, i + 1, size, nbytes) for i, r in enumerate(receivers)])[0]
+    bcast = ray.get([sender.broadcast.remote(meeting, 0, size, nbytes)] +
+                    [r.broadcast.remote(meeting, i + 1, size, nbytes) for i, r in enumerate(receivers)])[0]
+    ray.kill(meeting[0])
     for a in [sender, *receivers]:
         ray.kill(a)
     return min(puts), bcast

@@ -157,10 +157,10 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
             from coati_ray.utils.cpu import place_threads
 
             place_threads(cfg.resources.cpu_cores, cfg.resources.nice, "resources")
-            # a Booster strategy (ddp, zero2, gemini, 3d) forms a torch.distributed world even of one rank:
-            # its store listens on loopback only, on a port the OS hands out
-            port = None if cfg.strategy.name == "naive" else loopback_port()
-            summary = run_fn(cfg, resume_from=resume_from, master_port=port)
+            # a Booster strategy (ddp, zero2, gemini, 3d) forms a torch.distributed world even of one rank: it
+            # meets itself through an in-process store, and its gloo device stays on loopback
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            summary = run_fn(cfg, resume_from=resume_from)
         else:
             summary = run_on_ray(stage, cfg, run_fn, resume_from, args.ray_address)
     except CoatiError as e:
@@ -186,14 +186,6 @@ def inspect_data(cfg, trainer_cls, n: int) -> int:
     for item in items[:n]:
         print(json.dumps(trainer_cls.inspect(item, tokenizer), ensure_ascii=False), flush=True)
     return 0
-
-
-def loopback_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def preflight_data(cfg, trainer_cls) -> None:

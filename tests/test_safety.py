@@ -98,6 +98,7 @@ def test_embedded_ray_listens_on_localhost_only(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert cluster.connect() is True
     assert seen.get("dashboard_host") == "127.0.0.1" and "address" not in seen
+    assert seen["runtime_env"]["env_vars"]["COATI_BIND_IP"] == "127.0.0.1"  # where the job's groups listen
 
 
 class _Payload:

@@ -60,10 +60,8 @@ class Joiner:
     def __init__(self, hang=False, die=False, delay=0.0):
         self.hang, self.die, self.delay = hang, die, delay
 
-    def address(self):
-        from actors.group import node_address
-
-        return node_address()
+    def ping(self):
+        return True
 
     def join_sync(self, *args):
         if self.hang:
@@ -75,8 +73,8 @@ class Joiner:
         time.sleep(self.delay)
         from actors.collective import SyncGroup
 
-        host, port, rank, size, backend, timeout = args[-6:]
-        self.group = SyncGroup(host, port, rank, size, backend, timeout)
+        meeting, rank, size, backend, timeout = args[-5:]
+        self.group = SyncGroup(meeting, rank, size, backend, timeout)
         return rank
 
     def sync_plan(self, bucket_bytes):
@@ -88,7 +86,10 @@ class Joiner:
 
 class StandInTrainers:
     def __init__(self, sender):
+        from actors.rendezvous import new_rendezvous
+
         self.ranks = {"actor": [sender]}
+        self.rendezvous = new_rendezvous()
 
     def get(self, refs):
         return ray.get(refs)
@@ -138,5 +139,5 @@ def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_
     t = time.monotonic()
     with pytest.raises(_Broke, match="maker-1 died while joining the actor group"):
         sync._form("actor", {0: 0, 1: 0})
-    ray.get([sender.address.remote(), pool.makers[0].address.remote()], timeout=20)  # neither is still joining
+    ray.get([sender.ping.remote(), pool.makers[0].ping.remote()], timeout=20)  # neither is still joining
     assert time.monotonic() - t < 30  # far below sync.timeout_s=120

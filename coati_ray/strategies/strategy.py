@@ -33,11 +33,13 @@ OPTIMIZER_FILE = "optimizer.pt"
 class Strategy:
     def __init__(self, cfg: StrategyConfig, rank: int = 0, world_size: int = 1,
                  master_addr: str = "127.0.0.1", master_port: Optional[int] = None, local_rank: int = 0,
-                 grad_accum_steps: int = 1):
+                 grad_accum_steps: int = 1, store=None):
+        """The group's members meet through `store` (a torch.distributed Store: Ray's rendezvous actor, no
+        listening port), or, for processes started outside Ray (tests), a TCPStore at master_addr:port."""
         self.cfg = cfg
         self.name = cfg.name
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
-        self.master_addr, self.master_port = master_addr, master_port
+        self.master_addr, self.master_port, self.store = master_addr, master_port, store
         self.grad_accum_steps = grad_accum_steps
         self.booster = None
         self.plugin = None
@@ -66,13 +68,18 @@ class Strategy:
         if not self.uses_booster:
             return
         if not dist.is_initialized():
-            if self.master_port is None:
-                raise RuntimeError("a distributed strategy needs master_port (rank 0's free port)")
-            import colossalai
+            if self.store is None and self.world_size == 1:
+                self.store = dist.HashStore()  # a world of one process meets itself: nothing to listen on
+            if self.store is not None:
+                launch_on_store(self.store, self.rank, self.world_size, self.local_rank, self.cfg.seed)
+            elif self.master_port is None:
+                raise RuntimeError("a distributed strategy needs a store (or master_port: rank 0's free port)")
+            else:
+                import colossalai
 
-            colossalai.launch(rank=self.rank, world_size=self.world_size, host=self.master_addr,
-                              port=int(self.master_port), backend=self.backend, local_rank=self.local_rank,
-                              seed=self.cfg.seed, verbose=False)
+                colossalai.launch(rank=self.rank, world_size=self.world_size, host=self.master_addr,
+                                  port=int(self.master_port), backend=self.backend, local_rank=self.local_rank,
+                                  seed=self.cfg.seed, verbose=False)
         from colossalai.booster import Booster
 
         self.plugin = self._make_plugin()
@@ -335,6 +342,24 @@ def plugin_grad_norm(optimizer) -> float:
     return norm
 
 
+def launch_on_store(store, rank: int, world_size: int, local_rank: int, seed: int) -> None:
+    """colossalai.launch, with the default process group built on `store` rather than a TCP init method (which
+    would host a TCPStore listening on every interface): the same backend, device and seeding."""
+    from colossalai.accelerator import get_accelerator
+    from colossalai.utils import set_seed
+
+    accelerator = get_accelerator()
+    dist.init_process_group(backend=accelerator.communication_backend, store=store, rank=rank,
+                            world_size=world_size)
+    if accelerator.support_set_device:
+        accelerator.set_device(local_rank)
+    set_seed(seed)
+    try:
+        torch._dynamo.config.optimize_ddp = world_size > 1
+    except AttributeError:
+        pass
+
+
 @contextlib.contextmanager
 def weights_only_loads():
     """Within the block, every `torch.load` (ColossalAI's checkpoint readers call it bare: its shard, param-group
@@ -365,6 +390,6 @@ def seed_everything(seed: int) -> None:
 
 
 def make_strategy(cfg: StrategyConfig, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-                  master_port: Optional[int] = None, grad_accum_steps: int = 1) -> Strategy:
+                  master_port: Optional[int] = None, grad_accum_steps: int = 1, store=None) -> Strategy:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    return Strategy(cfg, rank, world_size, master_addr, master_port, local_rank, grad_accum_steps)
+    return Strategy(cfg, rank, world_size, master_addr, master_port, local_rank, grad_accum_steps, store)

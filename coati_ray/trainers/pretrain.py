@@ -120,8 +120,8 @@ class PretrainTrainer(SFTTrainer):
 
 
 def run_pretrain(cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-                 master_port: Optional[int] = None, resume_from: Optional[str] = None) -> dict:
+                 master_port: Optional[int] = None, resume_from: Optional[str] = None, store=None) -> dict:
     """One rank of a pretraining job (in-process or inside a Ray actor)."""
     from coati_ray.trainers.runner import run_supervised
 
-    return run_supervised(PretrainTrainer, cfg, rank, world_size, master_addr, master_port, resume_from)
+    return run_supervised(PretrainTrainer, cfg, rank, world_size, master_addr, master_port, resume_from, store)

@@ -74,8 +74,8 @@ def _stack_pairs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run_rm(cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-           master_port: Optional[int] = None, resume_from: Optional[str] = None) -> dict:
+           master_port: Optional[int] = None, resume_from: Optional[str] = None, store=None) -> dict:
     """One rank of an RM job (in-process or inside a Ray actor)."""
     from coati_ray.trainers.runner import run_supervised
 
-    return run_supervised(RMTrainer, cfg, rank, world_size, master_addr, master_port, resume_from)
+    return run_supervised(RMTrainer, cfg, rank, world_size, master_addr, master_port, resume_from, store)

@@ -11,13 +11,14 @@ from typing import Optional
 
 
 def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-                   master_port: Optional[int] = None, resume_from: Optional[str] = None) -> dict:
+                   master_port: Optional[int] = None, resume_from: Optional[str] = None, store=None) -> dict:
+    """`store`: the torch.distributed Store the ranks meet through (a Ray rendezvous; one rank needs none)."""
     from coati_ray.models.loading import check_vocab, tokenizer_for
     from coati_ray.strategies import make_strategy
 
     tc = cfg.trainer
     strategy = make_strategy(cfg.strategy, rank, world_size, master_addr, master_port,
-                             grad_accum_steps=tc.batch_size // world_size // tc.micro_batch_size)
+                             grad_accum_steps=tc.batch_size // world_size // tc.micro_batch_size, store=store)
     strategy.setup_distributed()
     try:
         d = cfg.data

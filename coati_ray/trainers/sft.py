@@ -62,11 +62,11 @@ class SFTTrainer(SupervisedTrainer):
 
 
 def run_sft(cfg, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-            master_port: Optional[int] = None, resume_from: Optional[str] = None) -> dict:
+            master_port: Optional[int] = None, resume_from: Optional[str] = None, store=None) -> dict:
     """One rank of an SFT job (in-process or inside a Ray actor)."""
     from coati_ray.trainers.runner import run_supervised
 
-    return run_supervised(SFTTrainer, cfg, rank, world_size, master_addr, master_port, resume_from)
+    return run_supervised(SFTTrainer, cfg, rank, world_size, master_addr, master_port, resume_from, store)
 
 
 def _source(data_cfg, which: str):

@@ -1,0 +1,108 @@
+"""What the job opens to the network: its groups meet through a Ray actor (no store port at all) and their
+gloo connections listen on the interface Ray uses (loopback for a local run); nothing a foreign client could
+reach on another interface. Ray's own servers are Ray's (README "On a shared cluster")."""
+
+import os
+import socket
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def embedded_ray():
+    from actors.cluster import connect
+
+    assert connect(num_cpus=2) is True  # the job's own embedded Ray, as a local run starts it
+    yield
+    ray.shutdown()
+
+
+def listening() -> set:
+    import psutil
+
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def external_ip() -> str:
+    """This machine's address on its outside interface (where a foreign client would come from)."""
+    import psutil
+
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    pytest.skip("no interface besides loopback to come from")
+
+
+@ray.remote(num_cpus=0)
+class Member:
+    """One weight-sync member: forms the group, broadcasts, reports the sockets the group made it open."""
+
+    def form(self, meeting, rank, size):
+        from actors.collective import SyncGroup
+
+        before = listening()
+        self.group = SyncGroup(meeting, rank, size, "gloo", 60)
+        import torch
+
+        t = torch.full((8,), float(rank))
+        self.group.broadcast(t)
+        return {"value": t.tolist(), "opened": sorted(listening() - before)}
+
+
+def test_an_embedded_runs_actors_bind_their_groups_to_loopback(embedded_ray):
+    from actors.rendezvous import node_bind_ip
+
+    assert ray.get(ray.remote(num_cpus=0)(node_bind_ip).remote()) == "127.0.0.1"
+
+
+def test_a_weight_sync_group_opens_no_store_and_listens_on_loopback_only(embedded_ray):
+    """The group meets through the rendezvous actor under its secret; the only sockets forming it opens are
+    gloo's, on 127.0.0.1, which a client from the outside interface cannot reach."""
+    from actors.rendezvous import new_rendezvous, new_secret
+
+    meeting = (new_rendezvous(), new_secret())
+    members = [Member.remote() for _ in range(3)]
+    out = ray.get([m.form.remote(meeting, r, 3) for r, m in enumerate(members)])
+    assert all(o["value"] == [0.0] * 8 for o in out)  # rank 0's tensor reached everyone
+    opened = [sock for o in out for sock in o["opened"]]
+    assert opened and all(ip == "127.0.0.1" for ip, _ in opened), opened
+    outside = external_ip()
+    for _, port in opened:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((outside, port)) != 0, f"port {port} answers on {outside}"
+    keys = ray.get(meeting[0].count.remote(""))
+    assert keys == ray.get(meeting[0].count.remote(meeting[1] + "/"))  # every key under the group's secret
+    for m in members:
+        ray.kill(m)
+
+
+def _report_sockets(rank, world_size, store, before=None):
+    """A trainer rank: join the group's world (ddp over gloo) through its store; the sockets that opened."""
+    import torch.distributed as dist
+
+    from coati_ray.config.schema import StrategyConfig
+    from coati_ray.strategies import make_strategy
+
+    before = listening()
+    strategy = make_strategy(StrategyConfig(name="ddp"), rank, world_size, store=store)
+    strategy.setup_distributed()
+    total = strategy.all_reduce_sum([float(rank + 1)])[0]
+    opened = sorted(listening() - before)
+    dist.destroy_process_group()
+    return {"total": total, "opened": opened, "tcpstore": type(store).__name__}
+
+
+def test_a_trainer_groups_world_meets_through_the_rendezvous_and_listens_on_loopback(embedded_ray):
+    from actors.group import TrainerGroup
+
+    with TrainerGroup("net-trainer", 2, num_cpus_per_rank=0.5, torch_threads=1) as group:
+        out = group.run(_report_sockets)
+    assert [o["total"] for o in out] == [3.0, 3.0] and {o["tcpstore"] for o in out} == {"ActorStore"}
+    opened = [sock for o in out for sock in o["opened"]]
+    assert opened and all(ip == "127.0.0.1" for ip, _ in opened), opened
+    assert os.environ.get("GLOO_SOCKET_IFNAME") is None  # set inside the ranks only, not in the driver
