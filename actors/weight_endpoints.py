@@ -201,8 +201,10 @@ class WeightReceiver:
             return self._report(time.perf_counter() - t, moved, casts, "collective")
 
     def _staged_version(self) -> Optional[int]:
-        versions = [self.staged.get(role) for role in self.modules]
-        return None if any(v is None for v in versions) else min(versions)
+        """The version every role's staging holds, when they hold the same one: a swap takes a consistent set
+        (the actor of version 6 never goes in beside the critic of version 5 under either label)."""
+        versions = {self.staged.get(role) for role in self.modules}
+        return versions.pop() if len(versions) == 1 and None not in versions else None
 
     def _report(self, seconds: float, moved: int, casts: int, transport: str) -> dict:
         if self.metrics is not None:

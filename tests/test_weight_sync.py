@@ -141,3 +141,29 @@ def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_
         sync._form("actor", {0: 0, 1: 0})
     ray.get([sender.ping.remote(), pool.makers[0].ping.remote()], timeout=20)  # neither is still joining
     assert time.monotonic() - t < 30  # far below sync.timeout_s=120
+
+
+def test_a_swap_takes_only_a_consistent_set_of_roles():
+    """The actor's version 6 has arrived, the critic's is still version 5: no swap (neither under label 5 nor
+    6); once the critic's 6 arrives, both go in together as version 6."""
+    from actors.weight_endpoints import WeightReceiver
+    from coati_ray.models.weight_layout import flatten
+
+    modules = {"actor": torch.nn.Linear(3, 2), "critic": torch.nn.Linear(2, 1)}
+    receiver = WeightReceiver(modules, {"actor": False, "critic": False})
+
+    def stage(role, version, value):
+        state = {k: torch.full_like(v, value) for k, v in modules[role].state_dict().items()}
+        buckets = plan_buckets(state, 1 << 20)
+        receiver.staging[role] = (buckets, [flatten(state, b) for b in buckets])
+        receiver.staged[role] = version
+
+    stage("actor", 5, 5.0)
+    stage("critic", 5, 5.0)
+    assert receiver.swap()["version"] == 5
+    stage("actor", 6, 6.0)
+    assert receiver.swap() is None and receiver.version == 5
+    assert torch.equal(modules["actor"].weight, torch.full((2, 3), 5.0))  # nothing of version 6 went in yet
+    stage("critic", 6, 6.0)
+    assert receiver.swap()["version"] == 6
+    assert all(torch.equal(p, torch.full_like(p, 6.0)) for m in modules.values() for p in m.parameters())
