@@ -14,8 +14,15 @@ from coati_ray.errors import CoatiError
 from coati_ray.utils.run_dir import check_run_dir, clear_run_dir
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (what is wrong, and where the options are)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}; see --help (config keys: --help-config)\n")
+
+
 def parser_for(stage: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m launch.{stage}", description=description)
+    p = OneLineParser(prog=f"python -m launch.{stage}", description=description)
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--output-dir", help="run directory (overrides output_dir)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
@@ -91,7 +98,10 @@ def parse_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[list[
     except CoatiError as e:  # a refused command prints its one line only
         fail(e)
         return None
-    args = parser.parse_args(argv)
+    try:  # options and key=value overrides in any order (seed flags became overrides at the end)
+        args = parser.parse_intermixed_args(argv)
+    except SystemExit as e:
+        return None if e.code else _exit_zero()
     if stage == "ppo":
         from launch.seed_flags import positional_prompt_file
 
@@ -100,6 +110,10 @@ def parse_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[list[
         print(f"note: {line}", file=sys.stderr, flush=True)
     args.claimed_model_types = types
     return args
+
+
+def _exit_zero():
+    raise SystemExit(0)  # --help printed its text
 
 
 def load_job(cfg_cls, args) -> object:

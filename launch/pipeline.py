@@ -19,7 +19,7 @@ from launch.common import fail, parser_for, print_config_help, quiet_libraries, 
 
 
 def main(argv=None) -> int:
-    args = parser_for("pipeline", __doc__).parse_args(argv)
+    args = parser_for("pipeline", __doc__).parse_intermixed_args(argv)
     quiet_libraries()
     stop_cleanly_on_sigterm()
     if args.help_config:

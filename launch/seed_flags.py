@@ -149,7 +149,7 @@ def positional_prompt_file(overrides: list[str], note: Callable[[str], None]) ->
 
 
 def _overrides(stage: str, table: dict, found: dict, note: Callable[[str], None]) -> list[str]:
-    out = []
+    out = _implied(stage, found, note)
     for name, value in found.items():
         flag = table[name]
         converted = flag.convert(name, value) if flag.convert else value
@@ -164,6 +164,25 @@ def _overrides(stage: str, table: dict, found: dict, note: Callable[[str], None]
     return out
 
 
+def _implied(stage: str, found: dict, note: Callable[[str], None]) -> list[str]:
+    """Keys the seeds' scripts set without a flag: a per-process --batch_size with no --accumulation_steps
+    accumulates nothing; a ColossalAI plugin trains in fp16 mixed precision (Coati's and Colossal-LLaMA's
+    default) unless --mixed_precision says otherwise. Emitted first, so explicit flags win."""
+    out = []
+    if stage != "ppo" and "--batch_size" in found and not {"--accumulation_steps", "--accimulation_steps"} & set(found):
+        out.append("trainer.accumulation_steps=1")
+        note("--batch_size without --accumulation_steps -> trainer.accumulation_steps=1 (the global batch is "
+             "--batch_size x ranks; Coati's train_sft.py accumulated 8 unless told otherwise)")
+    strategy = found.get("--strategy") or found.get("--plugin")
+    if strategy and STRATEGY_NAMES.get(strategy, "").startswith(("colossalai", "3d")) and "--mixed_precision" not in found:
+        keys = ["actor_trainer.strategy.precision", "critic_trainer.strategy.precision"] if stage == "ppo" \
+            else ["strategy.precision"]
+        out += [f"{key}=fp16" for key in keys]
+        note(f"{'--strategy' if '--strategy' in found else '--plugin'} {strategy} -> {', '.join(keys)}=fp16 (the seeds' "
+             "mixed precision; --mixed_precision bf16 for bf16)")
+    return out
+
+
 def _ppo_schedule(found: dict, note: Callable[[str], None]) -> list[str]:
     """Coati's loop: num_episodes x max_timesteps experience batches of experience_batch_size prompts, an update
     every update_timesteps of them. Ours: one step = a rollout of update_timesteps batches, then the update."""
@@ -171,8 +190,10 @@ def _ppo_schedule(found: dict, note: Callable[[str], None]) -> list[str]:
     batch = int(found.get("--experience_batch_size", 8))
     update = int(found.get("--update_timesteps", 10))
     if "--update_timesteps" in found or "--experience_batch_size" in found:
-        out.append(f"ppo.rollout_batch_size={update * batch}")
-        note(f"--update_timesteps {update} x --experience_batch_size {batch} -> ppo.rollout_batch_size={update * batch}")
+        rollout = update * batch
+        out += [f"ppo.rollout_batch_size={rollout}", f"buffer.capacity={max(64, rollout)}"]
+        note(f"--update_timesteps {update} x --experience_batch_size {batch} -> ppo.rollout_batch_size={rollout} "
+             f"(buffer.capacity={max(64, rollout)} holds it)")
     if "--num_episodes" in found or "--max_timesteps" in found:
         episodes, timesteps = int(found.get("--num_episodes", 10)), int(found.get("--max_timesteps", 10))
         if (episodes * timesteps) % update:

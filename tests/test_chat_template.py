@@ -11,7 +11,7 @@ from coati_ray.algo.losses import IGNORE_INDEX
 from coati_ray.data.datasets import build_preference_dataset, build_prompt_dataset, build_sft_dataset
 from coati_ray.data.formats import preference_pair, prompt_only, sft_messages
 from coati_ray.data.template import COATI_TEMPLATE, ChatFormat, use_chat_template
-from coati_ray.errors import DataError
+from coati_ray.errors import ConfigError, DataError
 from coati_ray.models.loading import load_tokenizer
 from tests.conftest import SYSTEM
 
@@ -199,3 +199,32 @@ def test_inspect_data_shows_what_each_stage_trains_on(tiny_chatml, chat_data, tm
                      "--output-dir", str(tmp_path / "never")]) == 0
     prompts = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert len(prompts) == 2 and all(p["text"].endswith("<|im_start|>assistant\n") for p in prompts)
+
+
+def test_dialogue_text_prompts_multi_turn_prompts_and_prompt_completion_rows():
+    """rm-static's hh-style prompt text becomes turns (the template renders them, not the literal markers);
+    a conversation used as a prompt keeps its history less a trailing reply; TRL's prompt/completion rows."""
+    rm_static = {"prompt": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: sort: 2 1\n\nAssistant:", "response": "1 2",
+                 "chosen": "1 2", "rejected": "2 1"}
+    assert preference_pair(rm_static, "rm_static")["prompt"] == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "sort: 2 1"}]
+    history = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                            {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+                            {"role": "assistant", "content": "d"}]}
+    assert prompt_only(history, "messages") == {"prompt": "c", "messages": history["messages"][:4]}
+    assert sft_messages({"prompt": "q", "completion": "a"}, "prompt_completion")["messages"] == [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    conversational = {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}
+    assert sft_messages(conversational, "prompt_completion") == sft_messages({"prompt": "q", "completion": "a"},
+                                                                             "prompt_completion")
+
+
+def test_flash_attention_is_refused_where_it_cannot_run():
+    from coati_ray.config.checks import check_flash_attn_precision
+    from coati_ray.config.schema import ModelConfig, StrategyConfig
+
+    with pytest.raises(ConfigError, match="model.use_flash_attn: FlashAttention-2 computes in bf16"):
+        check_flash_attn_precision(ModelConfig(path="m", use_flash_attn=True), StrategyConfig(name="ddp"), "model")
+    check_flash_attn_precision(ModelConfig(path="m", use_flash_attn=True, dtype="bfloat16"),
+                               StrategyConfig(name="ddp"), "model")

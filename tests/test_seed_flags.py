@@ -61,7 +61,8 @@ def test_flags_map_to_keys_and_each_note_says_which():
                                    "--dataset", "Anthropic/hh-rlhf", "--subset", "harmless-base", "--max_len", "512",
                                    "--need_optim_ckpt", "False", "--grad_checkpoint", "--model", "bloom",
                                    "trainer.max_steps=3"], notes.append)
-    assert argv == ["trainer.max_steps=3", "model.path=m", "strategy.name=colossalai_gemini_auto", "loss_fn=log_exp",
+    assert argv == ["trainer.max_steps=3", "strategy.precision=fp16", "model.path=m",
+                    "strategy.name=colossalai_gemini_auto", "loss_fn=log_exp",
                     "data.train_path=Anthropic/hh-rlhf", "data.subset=harmless-base", "data.max_length=512",
                     "trainer.save_optimizer=false", "model.gradient_checkpointing=true"]
     assert types == {"model": "bloom", "reward": None}
@@ -84,7 +85,8 @@ def test_the_seeds_ppo_schedule_and_positional_prompt_file():
                                 "--kl_coef", "0.2", "--ptx_coef", "0.1", "--pretrain_dataset", "ptx.jsonl"], print)
     assert "actor.path=sft" in argv
     assert argv.index("reward.path=rm") > argv.index("reward.path=base")  # the trained RM wins
-    for expected in ("ppo.max_steps=2", "ppo.rollout_batch_size=12", "maker.batch_size=4", "ppo.train_batch_size=6",
+    for expected in ("ppo.max_steps=2", "ppo.rollout_batch_size=12", "buffer.capacity=64", "maker.batch_size=4",
+                     "actor_trainer.strategy.precision=fp16", "ppo.train_batch_size=6",
                      "ppo.kl_coef=0.2", "ppo.ptx_coef=0.1", "data.ptx_path=ptx.jsonl",
                      "actor_trainer.strategy.name=colossalai_zero2", "critic_trainer.strategy.name=colossalai_zero2"):
         assert expected in argv, expected
@@ -145,3 +147,17 @@ def test_gemini_placement_and_offload_reach_the_plugin(monkeypatch):
         StrategyConfig(name="colossalai_zero2", precision="bf16", offload_optim_frac=0.5).validate(machine=False)
     with pytest.raises(ConfigError, match="strategy.name: 'colossalai_gemini_auto' needs CUDA"):
         StrategyConfig(name="colossalai_gemini_auto", precision="bf16").validate(cuda_available=False)
+
+
+def test_flags_mix_with_our_options_and_overrides_in_any_order(tiny_llama, tmp_path, capsys):
+    """`launch.sft trainer.max_steps=3 --output-dir o --pretrain m`: an override before our options, a seed flag
+    after them; and a flag nobody knows is one line, not argparse's usage block."""
+    from launch import sft
+
+    assert sft.main(["trainer.max_steps=2", "--output-dir", str(tmp_path / "o"), "--pretrain", tiny_llama,
+                     "--dataset", data_path("sft", "train.jsonl"), "--batch_size", "4", "--print-config"]) == 0
+    printed = capsys.readouterr()
+    assert "max_steps: 2" in printed.out and "accumulation_steps: 1" in printed.out and "batch_size: 4" in printed.out
+    assert sft.main(["--no-such-flag", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments: --no-such-flag" in err[0]

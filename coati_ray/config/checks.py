@@ -40,6 +40,14 @@ def check_flash_attn(wanted: bool, key: str) -> None:
               "the key (SDPA attention is used)")
 
 
+def check_flash_attn_precision(model, strategy, model_key: str) -> None:
+    """FlashAttention-2 computes in bf16/fp16 only: fp32 weights trained in fp32 cannot use it."""
+    if model.use_flash_attn and model.dtype == "float32" and (strategy.name in ("naive", "ddp")
+                                                              or strategy.precision == "fp32"):
+        _fail(f"{model_key}.use_flash_attn", "FlashAttention-2 computes in bf16 or fp16, and this model trains "
+              "in fp32", f"set {model_key}.dtype=bfloat16, or a colossalai strategy with precision=bf16")
+
+
 # ---------------------------------------------------------------- filesystem checks
 
 

@@ -132,9 +132,15 @@ class PipelineConfig(JobConfig):
             cfg = getattr(self, stage)
             for name in ("model", "actor", "critic", "reward"):
                 model = getattr(cfg, name, None) if cfg is not None else None
-                if isinstance(model, ModelConfig) and model.path != PLACEHOLDER and \
-                        (stage, name, "path") not in self.links():
+                if not isinstance(model, ModelConfig):
+                    continue
+                if model.path != PLACEHOLDER and (stage, name, "path") not in self.links():
                     model.pin(f"{stage}.{name}")
+                elif model.tokenizer_path is not None:  # a linked model's own tokenizer may be a hub id too
+                    from coati_ray.models.hub import pin
+
+                    resolved = pin(model.tokenizer_path, model.tokenizer_revision, f"{stage}.{name}.tokenizer_path")
+                    model.tokenizer_revision = resolved.commit or model.tokenizer_revision
 
     def link(self) -> None:
         """Point each stage at its own directory and at the previous stage's output; one seed for all; the

@@ -348,6 +348,9 @@ class PPOConfig(JobConfig):
                                 model_dtype=model.dtype, lora=model.lora_rank > 0, machine=False,
                                 quantize=model.quantize)
             g.optim.validate(f"{group}.optim")
+            from coati_ray.config.checks import check_flash_attn_precision
+
+            check_flash_attn_precision(model, g.strategy, group.split("_")[0])
             per = p.micro_batch_size * ranks
             if p.train_batch_size % per:
                 _fail("ppo.train_batch_size", f"{p.train_batch_size} is not divisible by micro_batch_size "
@@ -418,6 +421,10 @@ class PPOConfig(JobConfig):
     def _check_maker_dtype(self) -> None:
         if self.maker.num_gpus > 0:
             return
+        for model in ("actor", "critic", "reward"):
+            if getattr(self, model) is not None and getattr(self, model).use_flash_attn:
+                _fail(f"{model}.use_flash_attn", "makers on CPU (maker.num_gpus=0) load every model with it, and "
+                      "FlashAttention-2 runs on CUDA only", "give makers GPUs (maker.num_gpus) or remove the key")
         for model in ("actor", "critic", "reward"):
             if getattr(self, model) is None:
                 continue

@@ -19,6 +19,7 @@ from coati_ray.config.checks import (
     check_chat_template,
     check_cpu_cores,
     check_flash_attn,
+    check_flash_attn_precision,
     check_nice,
     require_fits_context,
 )
@@ -107,7 +108,8 @@ class DataConfig:
     subset: Optional[str] = opt(None, "hub datasets: the subset (configuration) name, e.g. harmless-base")
     split: str = opt("train", "hub datasets: the split train_path is read from")
     eval_split: str = opt("test", "hub datasets: the split eval_path is read from")
-    format: Literal["auto", "messages", "instruction", "pairs", "hh_rlhf", "rm_static", "prompt"] = opt(
+    format: Literal["auto", "messages", "instruction", "prompt_completion", "pairs", "hh_rlhf", "rm_static",
+                    "prompt"] = opt(
         "auto", "row layout; 'auto' detects it from the columns of the first row")
     chat_template: str = opt("auto", "how conversations become text: auto (the tokenizer's own chat template, "
                                      "else Coati's), coati (\"Human: ... Assistant: ...\"), or a .jinja file; the "
@@ -273,13 +275,15 @@ class SFTConfig(JobConfig):
         tc = self.trainer
         self.strategy.check_3d_accumulation("strategy", tc.batch_size // self.resources.num_ranks // tc.micro_batch_size)
         self.check_layout()
+        check_flash_attn_precision(self.model, self.strategy, "model")
         self.strategy.check_machine()  # what this machine lacks comes after what the config gets wrong
         require_fits_context("data.max_length", self.model.local_path, self.data.max_length, "data.max_length",
                              "lower data.max_length to the model's context")
 
     def check_layout(self) -> None:
-        if self.data.format not in ("auto", "messages", "instruction"):
-            _fail("data.format", f"'{self.data.format}' is not an SFT layout", "use auto, messages or instruction")
+        if self.data.format not in ("auto", "messages", "instruction", "prompt_completion"):
+            _fail("data.format", f"'{self.data.format}' is not an SFT layout",
+                  "use auto, messages, instruction or prompt_completion")
 
 
 @dataclass

@@ -2,13 +2,14 @@
 ([{"role": system|user|assistant, "content": str}], see coati_ray.data.template.normalize_messages).
 
 SFT      -> {"messages": [...]} from `messages` (HF/OpenAI `role`, or Coati's / Colossal-LLaMA's `from`;
-            system turns, several turns) or `instruction`/`input`/`output` (Alpaca).
+            system turns, several turns), `instruction`/`input`/`output` (Alpaca) or `prompt`/`completion` (TRL,
+            text or messages).
 pairs    -> {"prompt": [...messages], "chosen": str, "rejected": str} from `prompt`/`chosen`/`rejected`
             (strings, or TRL's conversational lists), hh-rlhf (`chosen`/`rejected` whole dialogues, text or
             message lists) or rm-static (`prompt`/`response`/`chosen`/`rejected`).
 prompts  -> {"prompt": str, "messages": [...]} from `prompt` (text or messages), `instruction`(+`input`) or
-            `messages` (the turns before the first assistant reply); `prompt` is the last user turn's text,
-            what reward functions and gold scorers read.
+            `messages` (the whole history, less a trailing assistant reply); `prompt` is the last user turn's
+            text, what reward functions and gold scorers read.
 
 Each normaliser raises ValueError with a short reason; the loader adds file and row.
 """
@@ -38,8 +39,10 @@ def detect_format(columns: list[str], stage: str) -> str:
             return "messages"
         if "instruction" in cols or "output" in cols:
             return "instruction"
+        if {"prompt", "completion"} <= cols:
+            return "prompt_completion"
         raise ValueError(f"cannot tell the SFT layout from columns {sorted(cols)}; "
-                         "expected 'messages' or 'instruction'/'input'/'output'")
+                         "expected 'messages', 'instruction'/'input'/'output' or 'prompt'/'completion'")
     if stage == "pairs":
         if {"prompt", "response", "chosen", "rejected"} <= cols:
             return "rm_static"
@@ -68,6 +71,15 @@ def sft_messages(row: dict, fmt: str) -> dict:
     if fmt == "instruction":
         return {"messages": [{"role": "user", "content": _instruction(row)},
                              {"role": "assistant", "content": _text(row, "output")}]}
+    if fmt == "prompt_completion":  # TRL's layout: text, or prompt messages and the completion's messages
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if isinstance(prompt, list) and isinstance(completion, list):
+            messages = normalize_messages(prompt, "prompt") + normalize_messages(completion, "completion")
+        else:
+            messages = text_prompt(_text(row, "prompt")) + [{"role": "assistant", "content": _text(row, "completion")}]
+        if not any(m["role"] == "assistant" for m in messages):
+            raise ValueError("the completion has no assistant message, so nothing to learn from")
+        return {"messages": messages}
     messages = normalize_messages(row.get("messages"))
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("no assistant message, so nothing to learn from")
@@ -80,9 +92,9 @@ def preference_pair(row: dict, fmt: str) -> dict:
         if isinstance(prompt, list):  # TRL's conversational layout: prompt messages, replies as messages
             pair = {"prompt": normalize_messages(prompt, "prompt"), "chosen": _reply(row, "chosen"),
                     "rejected": _reply(row, "rejected")}
-        else:
-            pair = {"prompt": [{"role": "user", "content": _text(row, "prompt")}],
-                    "chosen": _reply(row, "chosen"), "rejected": _reply(row, "rejected")}
+        else:  # text: one user turn, or an hh-style dialogue (rm-static's prompts)
+            pair = {"prompt": text_prompt(_text(row, "prompt")), "chosen": _reply(row, "chosen"),
+                    "rejected": _reply(row, "rejected")}
     elif fmt == "hh_rlhf":
         pair = split_dialogues(row.get("chosen"), row.get("rejected"))
     else:
@@ -141,6 +153,19 @@ def hh_messages(text: str, name: str) -> list[dict]:
     return out
 
 
+def text_prompt(text: str) -> list[dict]:
+    """A prompt given as text: Anthropic-style dialogue text ("\n\nHuman: ...\n\nAssistant:", as in
+    Dahoas/rm-static) becomes its turns, less the open assistant turn it ends with; anything else is one
+    user turn. The model's template then renders the turns (not the literal markers)."""
+    if text.lstrip("\n").startswith(HH_HUMAN.strip("\n")) and HH_ASSISTANT in text:
+        messages = hh_messages(text.rstrip(), "prompt")
+        while messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+            messages = messages[:-1]
+        if messages and messages[-1]["role"] == "user":
+            return messages
+    return [{"role": "user", "content": text}]
+
+
 def _find_all(text: str, needle: str) -> list[int]:
     out, at = [], text.find(needle)
     while at >= 0:
@@ -154,13 +179,13 @@ def prompt_only(row: dict, fmt: str) -> dict:
         if isinstance(row.get("prompt"), list):
             messages = normalize_messages(row["prompt"], "prompt")
         else:
-            messages = [{"role": "user", "content": _text(row, "prompt")}]
+            messages = text_prompt(_text(row, "prompt"))
     elif fmt == "instruction":
         messages = [{"role": "user", "content": _instruction(row)}]
     elif fmt == "messages":
         messages = normalize_messages(row.get("messages"))
-        first_reply = next((j for j, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-        messages = messages[:first_reply]
+        while messages and messages[-1]["role"] == "assistant":  # the history up to the last user turn
+            messages = messages[:-1]
     else:
         raise ValueError(f"'{fmt}' is not a prompt layout")
     users = [m["content"] for m in messages if m["role"] == "user"]
