@@ -157,3 +157,22 @@ def test_tiny_kit_tokenizer_round_trips_repo_text(tokenizer):
     assert tokenizer.decode(ids) == text
     assert len(ids) < len(text) / 2  # trained merges, not bytes
     assert tokenizer.decode(tokenizer("naïve 漢字", add_special_tokens=False)["input_ids"]) == "naïve 漢字"
+
+
+def test_a_critic_without_a_saved_head_starts_with_the_same_head_in_every_process(tiny_llama):
+    """A PPO critic from a model with no value head (critic.path = the SFT model): its trainer and each maker
+    build it in their own process, at another point of their RNG streams; with the job's seed they hold the
+    same fresh head before the first sync (it differed before)."""
+    import torch
+
+    from coati_ray.config import ModelConfig
+    from coati_ray.models import build_critic
+
+    cfg = ModelConfig(path=tiny_llama)
+    torch.manual_seed(1)
+    trainer = build_critic(cfg, head_seed=42)
+    torch.manual_seed(2)
+    torch.rand(100)
+    maker = build_critic(cfg, head_seed=42)
+    assert torch.equal(trainer.value_head.weight, maker.value_head.weight)
+    assert not torch.equal(build_critic(cfg, head_seed=43).value_head.weight, trainer.value_head.weight)

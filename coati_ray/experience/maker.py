@@ -48,7 +48,8 @@ def build_experience_models(cfg, device=None) -> ExperienceModels:
         models.reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),
                                            require_head=True)
     if cfg.algorithm.needs_critic:
-        models.critic = build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")))
+        models.critic = build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")),
+                                     head_seed=cfg.ppo.seed)
     for m in models.all():
         m.to(device or "cpu").eval().requires_grad_(False)
         if cfg.ppo.disable_dropout:

@@ -42,15 +42,17 @@ def build_actor(cfg: ModelConfig, checkpoint: Optional[str] = None) -> Actor:
 
 
 def build_value_model(cls: type, cfg: ModelConfig, checkpoint: Optional[str] = None,
-                      require_head: bool = False) -> ValueModel:
-    """A Critic or RewardModel: backbone (+ head if saved) from `cfg.path`, LoRA, resume from `checkpoint`."""
+                      require_head: bool = False, head_seed: Optional[int] = None) -> ValueModel:
+    """A Critic or RewardModel: backbone (+ head if saved) from `cfg.path`, LoRA, resume from `checkpoint`; a
+    head that is not saved is drawn from `head_seed` when given (see ValueModel)."""
     from safetensors.torch import load_file
 
     lora_ckpt = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, ADAPTER_CONFIG))
     base = checkpoint is None or lora_ckpt
     model = cls.from_pretrained(cfg.local_path if base else checkpoint, dtype=cfg.dtype,
                                 trust_remote_code=cfg.trust_remote_code, require_head=require_head,
-                                quantize=cfg.quantize if base else "none", attn_implementation=cfg.attn_implementation)
+                                quantize=cfg.quantize if base else "none", attn_implementation=cfg.attn_implementation,
+                                head_seed=head_seed)
     if cfg.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     if lora_ckpt:
@@ -68,8 +70,10 @@ def build_reward_model(cfg: ModelConfig, checkpoint: Optional[str] = None, requi
     return build_value_model(RewardModel, cfg, checkpoint, require_head)  # type: ignore[return-value]
 
 
-def build_critic(cfg: ModelConfig, checkpoint: Optional[str] = None) -> Critic:
-    return build_value_model(Critic, cfg, checkpoint)  # type: ignore[return-value]
+def build_critic(cfg: ModelConfig, checkpoint: Optional[str] = None, head_seed: Optional[int] = None) -> Critic:
+    """A PPO critic; its trainer and makers pass the same `head_seed` (ppo.seed), so a critic.path without a
+    value head starts with the same fresh head everywhere, before any weight sync."""
+    return build_value_model(Critic, cfg, checkpoint, head_seed=head_seed)  # type: ignore[return-value]
 
 
 def export_model(module: nn.Module, path: str, merge_lora: bool = True, state_dict: Optional[dict] = None,

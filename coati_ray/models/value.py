@@ -33,14 +33,17 @@ def hidden_size(config) -> int:
 class ValueModel(nn.Module):
     """backbone (AutoModel) -> last hidden states (B, T, H) -> value head -> (B, T)."""
 
-    def __init__(self, backbone: nn.Module, head: Optional[nn.Linear] = None):
+    def __init__(self, backbone: nn.Module, head: Optional[nn.Linear] = None, head_seed: Optional[int] = None):
+        """A new head is drawn from the global RNG, or from `head_seed` alone: every process that builds the
+        same model with the same seed (a PPO critic's trainer and its makers) then holds the same head."""
         super().__init__()
         self.backbone = backbone
         d_model = hidden_size(backbone.config)
         if head is None:
             head = nn.Linear(d_model, 1)
+            generator = torch.Generator().manual_seed(head_seed) if head_seed is not None else None
             # Coati's initialisation: N(0, std = 1 / (d_model + 1)), zero bias.
-            nn.init.normal_(head.weight, mean=0.0, std=1.0 / (d_model + 1))
+            nn.init.normal_(head.weight, mean=0.0, std=1.0 / (d_model + 1), generator=generator)
             nn.init.zeros_(head.bias)
         self.value_head = head.to(dtype=next(backbone.parameters()).dtype)
 
@@ -59,7 +62,8 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                        require_head: bool = False, quantize: str = "none", attn_implementation: Optional[str] = None):
+                        require_head: bool = False, quantize: str = "none", attn_implementation: Optional[str] = None,
+                        head_seed: Optional[int] = None):
         """Backbone from `path` (8/4-bit with `quantize`); the value head too when `path` holds one (else
         freshly initialised; always full precision)."""
         from safetensors.torch import load_file
@@ -73,7 +77,7 @@ class ValueModel(nn.Module):
             if require_head:
                 raise ModelError(f"model error: '{path}' has no {VALUE_HEAD_FILE}; point it at a reward model "
                                  "or critic saved by coati_ray (the RM stage's checkpoints/final)")
-            return cls(backbone)
+            return cls(backbone, head_seed=head_seed)
         state = load_file(head_file)
         model = cls(backbone)
         expected = {k: tuple(v.shape) for k, v in model.value_head.state_dict().items()}

@@ -162,7 +162,10 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
 
     p = cfg.ppo
     group_cfg = getattr(cfg, f"{role}_trainer")
-    model = (build_actor if role == "actor" else build_critic)(getattr(cfg, role), checkpoint=checkpoint)
+    if role == "actor":
+        model = build_actor(cfg.actor, checkpoint=checkpoint)
+    else:
+        model = build_critic(cfg.critic, checkpoint=checkpoint, head_seed=cfg.ppo.seed)
     if p.disable_dropout:
         disable_dropout(model)
     if role != "actor":
