@@ -305,6 +305,7 @@ class PPOJob:
         idle = [m["trainer/idle_fraction"] for m in history]
         return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.pool),
                 "maker_restarts": self.pool.restarts, "maker_batches_regenerated": self.pool.regenerated,
+                "maker_batches_behind": self.pool.behind,
                 "makers_dropped": self.pool.dropped,
                 "batches_lost_with_a_node": self.scheduler.remade_lost if self.scheduler else 0,
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),

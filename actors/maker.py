@@ -18,8 +18,17 @@ import ray
 
 
 class MakerBehind(RuntimeError):
-    """A maker asked to generate with a policy version it does not hold (it was restarted and has
-    not reloaded the current weights yet): the driver reloads them and sends the batch again."""
+    """A maker asked to generate with a policy version it does not hold: restarted (Ray brought its process
+    back with the base weights) or merely behind (a load or broadcast it was sent has not landed). The driver
+    reloads the current weights into it and sends the batch again; only a restart counts as one."""
+
+    def __init__(self, index: int, held: int, expected: int, restarted: bool):
+        super().__init__(f"maker-{index} holds policy version {held}, expected {expected}"
+                         + (" (restarted)" if restarted else ""))
+        self.index, self.held, self.expected, self.restarted = index, held, expected, restarted
+
+    def __reduce__(self):
+        return MakerBehind, (self.index, self.held, self.expected, self.restarted)
 
 
 @ray.remote(concurrency_groups={"sync": 1})
@@ -110,7 +119,8 @@ class ExperienceMaker:
         # A newer version than promised is fine (a broadcast can land between the submit and the batch);
         # an older one means this process lost weights it was sent (it was restarted).
         if expected_version is not None and self.version < expected_version:
-            raise MakerBehind(f"maker-{self.index} holds policy version {self.version}, expected {expected_version}")
+            raise MakerBehind(self.index, self.version, expected_version,
+                              ray.get_runtime_context().was_current_actor_reconstructed)
         from coati_ray.algo.functional import masked_mean
         from coati_ray.experience import make_experience
         from coati_ray.trainers.ppo import peak_device_memory_gb

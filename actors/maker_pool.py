@@ -69,7 +69,8 @@ class MakerPool:
         self.wait_all: Optional[Callable[[list], None]] = None  # the job's watchdog: waits, ends a stalled run
         self.next_index = 0
         self.restarts = 0
-        self.regenerated = 0                         # batches made again after their maker died
+        self.regenerated = 0                         # batches made again after their maker died or fell behind
+        self.behind = 0                              # batches a live maker refused for lacking its weights
         self.dropped = 0                             # makers taken out past their restarts (on_exhausted_restarts=drop)
         self._dropped_reported = 0
 
@@ -280,8 +281,13 @@ class MakerPool:
 
     def _remake(self, batch: Batch, err: BaseException) -> None:
         index = batch.maker
-        reason = "was behind" if isinstance(unwrap_error(err), MakerBehind) else "died"
+        inner = unwrap_error(err)
+        behind = isinstance(inner, MakerBehind) and not inner.restarted
+        reason = "was behind" if isinstance(inner, MakerBehind) else "died"
         self.regenerated += 1
+        if behind and index in self.makers and index not in self.retiring:
+            self._catch_up(index, inner, batch)
+            return
         if index in self.retiring:  # a member maker makes it instead
             if not self._batches_on(index):
                 ray.kill(self.retiring.pop(index), no_restart=True)
@@ -295,6 +301,16 @@ class MakerPool:
             self.submit(index, batch)
         else:
             self.orphans.append(batch)
+
+    def _catch_up(self, index: int, behind: MakerBehind, batch: Batch) -> None:
+        """A live maker without the weights it was promised (a load superseded, a broadcast that did not land
+        in time): not a restart. It gets the newest weights through the object store and the batch again; its
+        process and its place in the weight-sync groups stay as they are."""
+        self.behind += 1
+        self.info(f"maker-{index} was behind during batch {batch.batch_id} (holds version {behind.held}, "
+                  f"expected {behind.expected}); loading the newest weights into it and making it again")
+        self.version[index] = min(self.version[index], behind.held)
+        self.submit(index, batch)  # the newest weights first, then the batch
 
     def take_orphan(self) -> Optional[Batch]:
         return self.orphans.pop(0) if self.orphans else None

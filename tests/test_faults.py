@@ -332,3 +332,38 @@ def test_watchdog_without_the_state_api_names_the_call_from_the_driver_record(lo
     assert "step 5 made no progress for 2s (watchdog.stall_s)" in str(e.value)
     assert "maker-7 (make of batch 3, sent 2s ago)" in str(e.value)
     ray.kill(sleeper)
+
+
+def _lose_the_next_load(maker):
+    """Inside maker-1: its next weight load lands one version short, as a load that never arrived would."""
+    real = maker.receiver.load
+
+    def load_short(handle):
+        out = real(handle)
+        maker.receiver.version -= 1
+        maker.receiver.load = real
+        return out
+
+    maker.receiver.load = load_short
+
+
+def test_a_maker_merely_behind_catches_up_without_counting_as_a_restart(local_ray, tiny_llama, reward_dir, tmp_path):
+    """A live maker that lacks the weights it was promised refuses its batch (MakerBehind); the pool loads the
+    newest weights into it and sends the batch again. Its process was not restarted, so no restart is counted
+    and it keeps its place (incarnation) in the pool."""
+    from actors.driver import PPOJob
+
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "behind", *SMALL, "ppo.max_steps=3",
+                     "sync.transport=object_store")
+    seen = {}
+
+    def after_step(job, step, m):
+        if step == 1:
+            ray.get(job.makers[1].__ray_call__.remote(_lose_the_next_load))
+        seen[step] = dict(job.pool.incarnation)
+
+    summary = PPOJob(cfg).run(on_step=after_step)
+    assert summary["steps"] == 3 and summary["maker_restarts"] == 0
+    assert summary["maker_batches_behind"] >= 1 and summary["maker_batches_regenerated"] >= 1
+    assert seen[3] == {0: 0, 1: 0}
+    assert_books_balance(summary["buffer"])
