@@ -6,7 +6,8 @@
 Every `{"piece": ...}` row of the jsonl that the source tokenizer does not already hold becomes one new
 token, with the next free id (existing ids are unchanged; repeats are skipped). The model written to
 OUT (Hugging Face format, with its tokenizer) gets one new input-embedding and LM-head row per new
-token, each the mean of the old vocabulary's rows (tied embeddings: one matrix). OUT must not exist:
+token, each the mean of the old rows of the tokens its piece used to split into (tied embeddings: one
+matrix). OUT must not exist:
 nothing is overwritten; it is written to a new temporary sibling and renamed once complete.
 """
 

@@ -55,11 +55,14 @@ def test_pretrain_parts_are_spliced_per_category_with_loss_on_targets_only(input
     assert manifest["rows"] == 60 and manifest["categories"] == 2 and len(manifest["parts"]) == 6
     assert [(p["category"], p["bin"]) for p in manifest["parts"]] == [("math", b) for b in range(3)] + \
         [("news", b) for b in range(3)]
+    from coati_ray.data.prepare import joint_tokens
+
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     target_tokens = {"math": 0, "news": 0}
     for category, n, offset in (("math", 30, 0), ("news", 20, 0), ("math", 10, 30)):
         for r in pretrain_rows(category, n, offset):
-            target_tokens[category] += len(tok(r["target"], add_special_tokens=False)["input_ids"]) + 1  # + EOS
+            _, tokens, source_tokens = joint_tokens(tok, r["source"], r["target"])  # source + target as one text
+            target_tokens[category] += len(tokens) - source_tokens + 1  # + EOS
     seen = {"math": 0, "news": 0}
     for i, part in enumerate(manifest["parts"]):
         ds = load_from_disk(str(out / "arrow" / f"part-{i:05d}"))
@@ -147,3 +150,38 @@ def test_the_bilingual_samples_prepare_in_both_layouts(tiny_llama, tmp_path):
                      "--num_spliced_dataset_bins", "2"]) == 0
         manifest = json.loads((out / "prepared.json").read_text())
         assert {p["category"] for p in manifest["parts"]} == categories and manifest["truncated"] == 0
+
+
+def test_source_and_target_are_one_text_and_a_cut_off_target_is_skipped_and_counted(tiny_llama, tmp_path, capsys):
+    """A target that continues the source's last word is tokenized as the text reads (the joint merge), the
+    straddling token is the target's; a row whose target is past max_length is skipped and counted, not fatal."""
+    from transformers import AutoTokenizer
+
+    from coati_ray.data.prepare import joint_tokens, pretrain_sample
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    text, tokens, first = joint_tokens(tok, "sort: 19 2 1", "6 7")  # "16" is one number across the boundary
+    assert tokens == tok("sort: 19 2 16 7", add_special_tokens=False)["input_ids"]
+    assert tok.decode(tokens[first:]).startswith("16") or tok.decode(tokens[first:]).startswith(" 16")
+    sample = pretrain_sample({"source": "sort: 19 2 1", "target": "6 7", "category": "c"}, "x", tok, 64)
+    assert sample["input_ids"] == [tok.bos_token_id] + tokens + [tok.eos_token_id]
+    assert sample["labels"][1 + first:] == tokens[first:] + [tok.eos_token_id]
+
+    long_source = " ".join(["sort: 1 2 3"] * 40)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"source": long_source, "target": "1 2 3", "category": "c"}] +
+                pretrain_rows("c", 4))
+    out = tmp_path / "out"
+    assert main(args(str(tmp_path / "in"), tiny_llama, out)) == 0
+    manifest = json.loads((out / "prepared.json").read_text())
+    assert manifest["rows"] == 4 and manifest["dropped_target_cut_off"] == 1
+    assert "1 skipped: their target was cut off entirely" in capsys.readouterr().out
+
+
+def test_max_samples_takes_every_category_in_proportion_across_its_bins():
+    from coati_ray.trainers.pretrain import sample_by_category
+
+    by = {"a": [("a", b) for b in range(10)], "b": [("b", b) for b in range(30)], "c": [("c", b) for b in range(60)]}
+    out = sample_by_category(by, 10)
+    assert {c: len(v) for c, v in out.items()} == {"a": 1, "b": 3, "c": 6}
+    assert [b for _, b in out["c"]] == [0, 10, 20, 30, 40, 50]  # spread over the category, not its first rows
+    assert sample_by_category(by, 1000) == by

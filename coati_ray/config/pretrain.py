@@ -29,6 +29,8 @@ class PretrainDataConfig(DataConfig):
     train_path: str = opt("", "launch.prepare_data output directories (or their arrow/part-* folders), comma-separated")
     eval_path: Optional[str] = opt(None, "held-out prepared data, the same way; None disables evaluation")
     max_length: int = opt(4096, "tokens per sample; longer prepared samples are cut")
+    max_samples: Optional[int] = opt(None, "use at most this many prepared samples, every category in proportion "
+                                           "and spread over its bins (None: all)")
     benchmark: bool = opt(False, "train on random token sequences of max_length instead of data (throughput)")
     num_samples: int = opt(512, "random sequences when benchmark=true")
 

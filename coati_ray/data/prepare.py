@@ -25,7 +25,8 @@ from coati_ray.errors import DataError
 MODES = ("pretrain", "sft")
 TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "spiece", "sentencepiece",
                    "tokenization_")
-PREPARE_VERSION = 1  # part of the cache key: a change to how samples are built invalidates old caches
+PREPARE_VERSION = 2  # part of the cache key: a change to how samples are built invalidates old caches
+# 2: source and target tokenized as one string; rows whose target is cut off are skipped and counted
 
 
 def jsonl_files(dirs: list[str]) -> list[str]:
@@ -67,18 +68,39 @@ def read_rows(files: list[str]) -> Iterator[tuple[str, dict]]:
 
 
 def pretrain_sample(row: dict, where: str, tokenizer, max_length: int) -> dict:
-    """input_ids = BOS + source + target + EOS, labels = IGNORE over BOS + source; cut at max_length."""
+    """input_ids = BOS + tokens(source + target) + EOS, labels = IGNORE over BOS and the source's tokens; cut
+    at max_length. Source and target are tokenized as one string, as the text reads (no SentencePiece dummy
+    prefix or broken merge at their boundary); a token that straddles the boundary is the target's."""
     for key in ("source", "target", "category"):
         if not isinstance(row.get(key), str):
             raise DataError(f"data error: {where}: field '{key}' must be a string (rows are "
                             "{\"source\": ..., \"target\": ..., \"category\": ...}; source may be \"\")")
     if not row["target"]:
         raise DataError(f"data error: {where}: 'target' is empty, so there is nothing to learn from")
-    prompt = _bos(tokenizer) + (_ids(tokenizer, row["source"]) if row["source"] else [])
-    target = _ids(tokenizer, row["target"]) + [tokenizer.eos_token_id]
+    text, tokens, source_tokens = joint_tokens(tokenizer, row["source"], row["target"])
+    prompt = _bos(tokenizer) + tokens[:source_tokens]
+    target = tokens[source_tokens:] + [tokenizer.eos_token_id]
     ids, labels = prompt + target, [IGNORE_INDEX] * len(prompt) + target
     return {"input_ids": ids[:max_length], "labels": labels[:max_length], "category": row["category"] or "unknown",
             "truncated": len(ids) > max_length}
+
+
+def joint_tokens(tokenizer, source: str, target: str) -> tuple[str, list[int], int]:
+    """(source + target, its token ids, how many of them are the source's): the first token that ends past
+    the source's last character starts the target. A tokenizer without offsets (a slow one): the source's
+    own tokens when they are a prefix of the whole string's, else source and target tokenized apart."""
+    text = source + target
+    if not source:
+        return text, _ids(tokenizer, text), 0
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        first = next((i for i, (_, end) in enumerate(offsets) if end > len(source)), len(offsets))
+        return text, enc["input_ids"], first
+    whole, alone = _ids(tokenizer, text), _ids(tokenizer, source)
+    if whole[:len(alone)] == alone:
+        return text, whole, len(alone)
+    return text, alone + _ids(tokenizer, target), len(alone)
 
 
 def sft_sample(row: dict, where: str, tokenizer, max_length: int) -> dict:
@@ -124,17 +146,19 @@ def prepare(mode: str, files: list[str], tokenizer, max_length: int, num_bins: i
     """Parts [{category, bin, rows: [{input_ids, labels}]}] ordered by (category, bin), and counts."""
     make = pretrain_sample if mode == "pretrain" else sft_sample
     by_category: dict[str, list[dict]] = {}
-    rows = truncated = 0
+    rows = truncated = dropped = 0
     for where, row in read_rows(files):
         s = make(row, where, tokenizer, max_length)
         if all(label == IGNORE_INDEX for label in s["labels"]):
-            raise DataError(f"data error: {where}: every target token is cut off at max_length={max_length}; "
-                            "raise --max_length or shorten the source")
+            dropped += 1  # every target token is past max_length: nothing to learn, so skipped and counted
+            continue
         rows += 1
         truncated += s.pop("truncated")
         by_category.setdefault(s.pop("category"), []).append(s)
     if not rows:
-        raise DataError("data error: the input directories hold no rows")
+        raise DataError("data error: the input directories hold no rows" + (
+            f" whose target fits max_length={max_length} ({dropped} cut off entirely); raise --max_length or "
+            "shorten the sources" if dropped else ""))
     parts = []
     for category in sorted(by_category):
         samples = by_category[category]
@@ -144,7 +168,7 @@ def prepare(mode: str, files: list[str], tokenizer, max_length: int, num_bins: i
         for b, items in enumerate(contiguous_bins(samples, num_bins)):
             if items:
                 parts.append({"category": category, "bin": b, "rows": items})
-    counts = {"rows": rows, "truncated": truncated, "categories": len(by_category),
+    counts = {"rows": rows, "truncated": truncated, "dropped_target_cut_off": dropped, "categories": len(by_category),
               "samples": sum(len(p["rows"]) for p in parts)}
     return parts, counts
 
@@ -240,6 +264,9 @@ def prepare_to_disk(mode: str, input_dirs: list[str], tokenizer_dir: str, out: s
     with open(marker, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)
     os.remove(partial)
-    info(f"prepared {manifest['rows']} rows ({manifest['truncated']} truncated) of {manifest['categories']} "
+    dropped = manifest.get("dropped_target_cut_off", 0)
+    info(f"prepared {manifest['rows']} rows ({manifest['truncated']} truncated"
+         + (f", {dropped} skipped: their target was cut off entirely" if dropped else "")
+         + f") of {manifest['categories']} "
          f"categories into {manifest['samples']} samples in {len(manifest['parts'])} parts: {out}/arrow/part-*")
     return manifest

@@ -1,8 +1,11 @@
 """Vocabulary expansion, as Colossal-LLaMA does it: new pieces become single tokens after the old ones,
-and the model's new input-embedding and LM-head rows start at the mean of the old rows.
+and each new input-embedding and LM-head row starts at the mean of the old rows of the tokens the piece used
+to split into (Colossal-LLaMA's init_model), so a new token starts with roughly the meaning of its spelling.
+A SentencePiece tokenizer gets the pieces in its own model (Colossal-LLaMA's init_tokenizer); any other gets
+them as whole-word added tokens (see expand_tokenizer). Text without a new piece tokenizes as before.
 
-Starting new rows at the mean (rather than at random) keeps the model's outputs on old text unchanged
-and gives each new token the "average" meaning until training moves it.
+Rows of old tokens are unchanged, so the embeddings of old text are too. Its outputs are not quite: the new
+LM-head rows add logits, so they take some probability mass from the old tokens until training sorts them out.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ class Expansion:
 
     first_id: int
     added: list[str] = field(default_factory=list)
+    pieces_as_old_ids: dict = field(default_factory=dict)       # an added piece -> the old ids it split into
     already_present: list[str] = field(default_factory=list)   # already one token of the source tokenizer
     repeated: int = 0                                           # later copies of a piece in the file
+    sentencepiece_model: bytes | None = None                    # the grown SentencePiece model, if any
 
     @property
     def new_ids(self) -> range:
@@ -64,10 +69,37 @@ def read_pieces(path: str) -> list[str]:
     return pieces
 
 
-def expand_tokenizer(tokenizer, pieces: list[str]) -> Expansion:
-    """Add each new piece to `tokenizer` (in place) as one token with the next free id; existing ids are
-    unchanged. A piece already in the vocabulary or already encoded as one token (byte-level BPE and
-    SentencePiece spell a word differently), and a piece's repeats, are skipped."""
+def sentencepiece_file(tokenizer) -> str | None:
+    """The SentencePiece model behind `tokenizer` (Llama-2, Mistral, Baichuan...), or None for one without
+    (byte-level BPE: GPT-2, Llama-3, Qwen2)."""
+    path = getattr(tokenizer, "vocab_file", None)
+    return path if isinstance(path, str) and path.endswith(".model") and os.path.isfile(path) else None
+
+
+def old_ids_of(tokenizer, piece: str) -> list[int]:
+    """The ids `piece` splits into under `tokenizer`, without the lone SentencePiece dummy prefix ("▁") that
+    encoding a piece on its own puts before it: the piece means its letters, not a space."""
+    ids = tokenizer.encode(piece, add_special_tokens=False)
+    if len(ids) > 1 and tokenizer.convert_ids_to_tokens(ids[0]) == "\u2581" and not piece.startswith((" ", "\u2581")):
+        ids = ids[1:]
+    return ids
+
+
+def expand_tokenizer(tokenizer, pieces: list[str]):
+    """(tokenizer, Expansion): `tokenizer` grown by each new piece as one token with the next free id; existing
+    ids are unchanged. A piece already in the vocabulary or already encoded as one token, and a piece's repeats,
+    are skipped.
+
+    How a new piece takes part in segmentation depends on the tokenizer, and text without a new piece
+    tokenizes exactly as before either way:
+    - a SentencePiece tokenizer gets each piece appended to its model as an ordinary piece of score 0, as
+      Colossal-LLaMA's init_tokenizer does; the piece is then used wherever SentencePiece's own segmentation
+      reaches it (a BPE model: by merging two pieces that spell it; a unigram model: wherever it fits);
+    - any other tokenizer (byte-level BPE has no way to add a piece to its merges without changing old text)
+      gets each piece as an added token that matches only as a whole word: "rt" is not found in "sort", and a
+      piece inside unspaced CJK text ("人工智能" in "我爱人工智能") is not found either, only between spaces or
+      punctuation.
+    """
     out = Expansion(first_id=len(tokenizer))
     vocab, seen = tokenizer.get_vocab(), set()
     for piece in pieces:
@@ -75,17 +107,48 @@ def expand_tokenizer(tokenizer, pieces: list[str]) -> Expansion:
             out.repeated += 1
             continue
         seen.add(piece)
-        if piece in vocab or len(tokenizer.encode(piece, add_special_tokens=False)) == 1:
+        old_ids = old_ids_of(tokenizer, piece)
+        if piece in vocab or len(old_ids) == 1:
             out.already_present.append(piece)
         else:
             out.added.append(piece)
-    tokenizer.add_tokens(out.added)
+            out.pieces_as_old_ids[piece] = old_ids
+    model_file = sentencepiece_file(tokenizer)
+    if model_file is not None:
+        tokenizer = grow_sentencepiece(tokenizer, model_file, out)
+    else:
+        from tokenizers import AddedToken
+
+        tokenizer.add_tokens([AddedToken(p, single_word=True, normalized=False) for p in out.added])
     ids = tokenizer.convert_tokens_to_ids(out.added)
     if ids != list(out.new_ids) or len(tokenizer) != out.new_ids.stop:
         raise ModelError(f"model error: the tokenizer did not give the {len(out.added)} new pieces the ids "
                          f"{out.first_id}..{out.new_ids.stop - 1} (got {ids[:5]}...); it may hold added tokens "
                          "outside its vocabulary: remove them or expand from its base tokenizer")
-    return out
+    return tokenizer, out
+
+
+def grow_sentencepiece(tokenizer, model_file: str, expansion: Expansion):
+    """A tokenizer of `tokenizer`'s class loaded from its SentencePiece model with `expansion.added` appended
+    as ordinary pieces (score 0, Colossal-LLaMA's init_tokenizer); a fast tokenizer is converted from it. The
+    grown model's bytes are kept in `expansion.sentencepiece_model` for saving beside the tokenizer."""
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    model_pb2 = import_protobuf()  # the copy already loaded (sentencepiece's or transformers'): one per process
+    proto = model_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    for piece in expansion.added:
+        proto.pieces.append(model_pb2.ModelProto.SentencePiece(piece=piece, score=0.0))
+    expansion.sentencepiece_model = proto.SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        for name in os.listdir(tmp):
+            if name == "tokenizer.json":
+                os.remove(os.path.join(tmp, name))  # else the fast tokenizer would load the old vocabulary
+        with open(os.path.join(tmp, tokenizer.vocab_files_names["vocab_file"]), "wb") as f:
+            f.write(expansion.sentencepiece_model)
+        return type(tokenizer).from_pretrained(tmp, local_files_only=True)
 
 
 def mean_init_rows(weight: torch.Tensor, old_rows: int, new_rows: range) -> None:
@@ -99,25 +162,39 @@ def mean_init_rows(weight: torch.Tensor, old_rows: int, new_rows: range) -> None
         weight[new_rows.start:new_rows.stop] = mean.to(weight.dtype)
 
 
+def piece_init_rows(weight: torch.Tensor, expansion: Expansion, old_rows: int) -> None:
+    """Each new piece's row of `weight` (vocab, hidden) or (vocab,) = the mean (in float32) of the old rows of
+    the ids it split into under the old tokenizer, in place; a piece with no such id keeps what it had."""
+    with torch.no_grad():
+        for new_id, piece in zip(expansion.new_ids, expansion.added):
+            ids = [i for i in expansion.pieces_as_old_ids.get(piece, []) if i < old_rows]
+            if ids:
+                weight[new_id] = weight[ids].float().mean(dim=0).to(weight.dtype)
+
+
 def expand_model(model: nn.Module, expansion: Expansion) -> None:
     """Grow `model` (an HF causal LM, in place) to hold the expansion's tokens: its input embeddings and
-    its LM head (one matrix when they are tied; a head bias too) get the new rows, each the mean of the
-    old vocabulary's rows. Rows of old ids, and spare rows the model had beyond the new ids, are left
-    bit-equal. A model smaller than its old tokenizer gets the missing old rows set to the mean as well."""
+    its LM head (one matrix when they are tied; a head bias too) get the new rows, each the mean of the old
+    rows of the tokens its piece used to split into. Rows of old ids, and spare rows the model had beyond the
+    new ids, are left bit-equal. A model smaller than its old tokenizer gets the missing old rows set to the
+    mean of the old vocabulary."""
     size = model.get_input_embeddings().weight.shape[0]
     old_rows = min(expansion.first_id, size)
     fill = range(old_rows, expansion.new_ids.stop)
     if fill.stop > size:
         model.resize_token_embeddings(fill.stop, mean_resizing=False)
     inputs = model.get_input_embeddings().weight
-    mean_init_rows(inputs, old_rows, fill)
+    mean_init_rows(inputs, old_rows, fill)  # every filled row first, so a piece without old ids has the mean
+    piece_init_rows(inputs, expansion, old_rows)
     head = model.get_output_embeddings()
     if head is None:
         return
     if head.weight.data_ptr() != inputs.data_ptr():
         mean_init_rows(head.weight, old_rows, fill)
-    if getattr(head, "bias", None) is not None:  # a biased head: new logits start at the mean bias
+        piece_init_rows(head.weight, expansion, old_rows)
+    if getattr(head, "bias", None) is not None:  # a biased head: a new logit starts at its pieces' mean bias
         mean_init_rows(head.bias, old_rows, fill)
+        piece_init_rows(head.bias, expansion, old_rows)
 
 
 def source_tokenizer(path: str):
@@ -147,7 +224,7 @@ def expand_checkpoint(source: str, pieces_path: str, output: str) -> dict:
     pieces = read_pieces(pieces_path)
     tokenizer = source_tokenizer(source)
     model = load_causal_lm(source, dtype=stored_dtype(source))
-    expansion = expand_tokenizer(tokenizer, pieces)
+    tokenizer, expansion = expand_tokenizer(tokenizer, pieces)
     expand_model(model, expansion)
     report = {"source": os.path.abspath(source), "pieces_file": os.path.abspath(pieces_path),
               "old_vocab": expansion.first_id, "new_vocab": len(tokenizer), "added": len(expansion.added),
@@ -159,6 +236,9 @@ def expand_checkpoint(source: str, pieces_path: str, output: str) -> dict:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if expansion.sentencepiece_model is not None:  # the tokenizer was loaded from a file now gone
+            with open(os.path.join(tmp, tokenizer.vocab_files_names["vocab_file"]), "wb") as f:
+                f.write(expansion.sentencepiece_model)
         with open(os.path.join(tmp, "expand_vocab.json"), "w", encoding="utf-8") as f:
             json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present},
                       f, indent=1, ensure_ascii=False)

@@ -36,10 +36,11 @@ def prepared_folders(path: str) -> list[str]:
 
 
 def load_prepared(paths: list[str], max_length: int, max_samples: Optional[int]) -> tuple[list[dict], int]:
-    """Items {input_ids, labels, bin} of every part folder, cut at max_length; and how many were cut."""
+    """Items {input_ids, labels, bin} of every part folder, cut at max_length; and how many were cut. With
+    `max_samples`, every category keeps its share of them, spread over its bins (`sample_by_category`)."""
     from datasets import load_from_disk
 
-    items, truncated = [], 0
+    by_category: dict[str, list[dict]] = {}
     for path in paths:
         for folder in prepared_folders(path):
             ds = load_from_disk(folder)
@@ -48,12 +49,28 @@ def load_prepared(paths: list[str], max_length: int, max_samples: Optional[int])
                 raise DataError(f"data error: {folder} has no column(s) {sorted(missing)}; it is not "
                                 "launch.prepare_data output")
             bins = ds["bin"] if "bin" in ds.column_names else [0] * len(ds)
-            for ids, labels, b in zip(ds["input_ids"], ds["labels"], bins):
-                truncated += len(ids) > max_length
-                items.append({"input_ids": ids[:max_length], "labels": labels[:max_length], "bin": int(b)})
-                if max_samples is not None and len(items) >= max_samples:
-                    return items, truncated
+            categories = ds["category"] if "category" in ds.column_names else [""] * len(ds)
+            for ids, labels, b, c in zip(ds["input_ids"], ds["labels"], bins, categories):
+                by_category.setdefault(c, []).append({"input_ids": ids, "labels": labels, "bin": int(b)})
+    items = [it for group in sample_by_category(by_category, max_samples).values() for it in group]
+    truncated = sum(len(it["input_ids"]) > max_length for it in items)
+    for it in items:
+        it["input_ids"], it["labels"] = it["input_ids"][:max_length], it["labels"][:max_length]
     return items, truncated
+
+
+def sample_by_category(by_category: dict[str, list], max_samples: Optional[int]) -> dict[str, list]:
+    """At most `max_samples` items in all, each category's count in proportion to its size (largest
+    remainders get the leftover), taken at evenly spaced positions so every bin of the category is drawn
+    from; every item when max_samples is None or not below the total."""
+    total = sum(len(v) for v in by_category.values())
+    if max_samples is None or max_samples >= total:
+        return by_category
+    exact = {c: max_samples * len(v) / total for c, v in by_category.items()}
+    quota = {c: int(x) for c, x in exact.items()}
+    for c in sorted(exact, key=lambda c: exact[c] - quota[c], reverse=True)[:max_samples - sum(quota.values())]:
+        quota[c] += 1
+    return {c: [v[i * len(v) // quota[c]] for i in range(quota[c])] for c, v in by_category.items() if quota[c]}
 
 
 def random_items(vocab_size: int, length: int, count: int, seed: int = 0) -> list[dict]:
