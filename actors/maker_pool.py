@@ -65,6 +65,7 @@ class MakerPool:
         self.running: dict[ray.ObjectRef, Batch] = {}  # batches not yet in the buffer, by the ref they wait on
         self.retiring: dict[int, object] = {}        # removed makers finishing their batches
         self.orphans: list[Batch] = []               # batches whose maker left before finishing them
+        self.awaiting: dict[int, float] = {}         # makers waiting for a consistent export, since when
         self.finished: list[dict] = []               # load results not yet reported
         self.wait_all: Optional[Callable[[list], None]] = None  # the job's watchdog: waits, ends a stalled run
         self.next_index = 0
@@ -178,16 +179,34 @@ class MakerPool:
         for index in self.idle():
             self._send_newest(index)
 
-    def _send_newest(self, index: int) -> None:
-        """Queue the newest weights (an object-store handle) on maker `index` unless it holds or awaits them."""
+    def _send_newest(self, index: int, wait: bool = True) -> bool:
+        """Queue the newest weights (an object-store handle) on maker `index` unless it holds or awaits them;
+        True when it holds or awaits them now. Without `wait` (mid-step) it is False while no consistent
+        export can be had (see WeightSync.object_store_handle): the maker then takes no batch until one can."""
         if self.sync is None or self.version[index] >= self.sync.version:
-            return
-        handle = self.sync.object_store_handle()
+            self.awaiting.pop(index, None)
+            return True
+        handle = self.sync.object_store_handle(wait=wait)
+        if handle is None:
+            self.awaiting.setdefault(index, time.monotonic())
+            return False
+        self.awaiting.pop(index, None)
         previous = self.loads.get(index)
         if previous is not None and not self._collect_load(previous, block=False):
             self.superseded.append((index, previous))  # still queued behind a batch: collected later
         self.loads[index] = self.makers[index].load_weights.remote(handle)
         self.version[index] = handle["version"]
+        return True
+
+    def can_take(self, index: int) -> bool:
+        """Maker `index` holds, or has been sent, the newest weights, so a batch can follow (mid-step: never
+        blocks)."""
+        return self._send_newest(index, wait=False)
+
+    def waiting_for_weights(self) -> float:
+        """Seconds the longest-waiting maker has waited for a consistent export (0 when none waits)."""
+        self.awaiting = {i: t for i, t in self.awaiting.items() if i in self.makers}
+        return time.monotonic() - min(self.awaiting.values()) if self.awaiting else 0.0
 
     def _collect_load(self, ref, block: bool) -> bool:
         """Move a finished load's result to `finished`; True when it has run (or its maker died)."""
@@ -231,8 +250,11 @@ class MakerPool:
     # ------------------------------------------------------------------ batches
 
     def submit(self, index: int, batch: Batch) -> None:
-        """Send `batch` to maker `index` (after the newest weights, which it loads first)."""
-        self._send_newest(index)
+        """Send `batch` to maker `index` (after the newest weights, which it loads first); a maker that cannot
+        have them yet leaves the batch first in line for the next maker that can."""
+        if not self.can_take(index):
+            self.orphans.insert(0, batch)
+            return
         batch.maker, batch.incarnation, batch.put_ref, batch.stats = index, self.incarnation[index], None, None
         batch.t_sent = time.perf_counter()
         batch.stats_ref, batch.exp_ref = self.makers[index].make.remote(batch.items, batch.batch_id,
@@ -346,8 +368,7 @@ class MakerPool:
         self.incarnation[index] += 1
         self.loads.pop(index, None)  # loads queued before the death went with the old process
         self.version[index] = 0      # a restarted maker holds the base weights
-        if self.newest > 0:
-            self._send_newest(index)
+        if self.newest > 0 and self.can_take(index):  # else it loads once a consistent export can be had
             try:
                 self.finished.append(ray.get(self.loads.pop(index)))
             except ray.exceptions.RayActorError:  # it died again while reloading: the next batch recovers it

@@ -138,6 +138,11 @@ class PPOTrainerRank:
     # ---------------------------------------------------------------- weight sync (the sender's end)
 
     @ray.method(concurrency_group="sync")
+    def steps_trained(self) -> int:
+        """The steps this rank's weights have seen (answers mid-step, without waiting for the update)."""
+        return self.steps_done
+
+    @ray.method(concurrency_group="sync")
     def export_weights(self) -> Optional[dict]:
         """Object store: rank 0 puts its weights once as numpy views ({ref, dtypes, bytes, version}); others
         None. Under Gemini every rank joins the gather first. Runs on the sync thread, so it also answers

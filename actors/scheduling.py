@@ -26,6 +26,8 @@ import ray
 
 from actors.maker_pool import Batch, MakerPool
 from actors.trainer_groups import TrainerGroups
+from actors.weight_sync import RETRY_S
+from coati_ray.errors import WorkerLost
 
 QUEUE_DEPTH = 2  # batches sent to a maker at once: the next one starts without a driver round trip
 
@@ -41,10 +43,11 @@ class StepScheduler:
     def __init__(self, pool: MakerPool, groups: TrainerGroups, buffer, prompts, items_per_step: int,
                  max_staleness: int, capacity_items: int, last_ticket: int, first_step: int = 0,
                  wait: Optional[Callable[[list], list]] = None):
-        """`wait(refs)`: the refs of `refs` that finished, at least one (the job's watchdog, which ends a
-        step that stops making progress); plain ray.wait by default."""
+        """`wait(refs, timeout=None)`: the refs of `refs` that finished, at least one unless `timeout` seconds
+        passed first (the job's watchdog, which ends a step that stops making progress); plain ray.wait by
+        default."""
         self.pool, self.groups, self.buffer, self.prompts = pool, groups, buffer, prompts
-        self.wait = wait or (lambda refs: ray.wait(refs, num_returns=1)[0])
+        self.wait = wait or (lambda refs, timeout=None: ray.wait(refs, num_returns=1, timeout=timeout)[0])
         self.lost_ref = buffer.wait_lost.remote()  # answers when trainers report experience lost with a node
         self.remade_lost = 0
         self.k, self.max_staleness, self.capacity_items = items_per_step, max_staleness, capacity_items
@@ -60,10 +63,11 @@ class StepScheduler:
     def feed(self, step: int) -> None:
         """Give the admissible tickets (orphans first) to the makers with the fewest queued batches."""
         version = max(self.pool.newest, step)  # makers get the newest weights before their next batch
-        while self.pool.makers:
-            index = min(self.pool.makers, key=lambda i: (self.pool.queued(i), i))
-            if self.pool.queued(index) >= QUEUE_DEPTH:
+        while True:
+            ready = [i for i in self.pool.makers if self.pool.queued(i) < QUEUE_DEPTH and self.pool.can_take(i)]
+            if not ready:
                 return
+            index = min(ready, key=lambda i: (self.pool.queued(i), i))
             batch = self.pool.take_orphan()
             if batch is None:
                 if self.next_ticket >= self.limit(step, version):
@@ -71,6 +75,20 @@ class StepScheduler:
                 batch = Batch(self.next_ticket, self.prompts.batch(self.next_ticket))
                 self.next_ticket += 1
             self.pool.submit(index, batch)
+
+    def check_not_deadlocked(self) -> None:
+        """End the run in one line when no maker can work: each waits for a consistent export while the
+        trainer groups stay at different steps, one of them waiting for experience only a maker can make."""
+        waited = self.pool.waiting_for_weights()
+        if self.pool.running or any(i not in self.pool.awaiting for i in self.pool.makers):
+            return
+        if waited > self.pool.cfg.sync.timeout_s:
+            raise WorkerLost(
+                f"run error: weight sync: no maker can make the batches the trainers wait for: maker(s) "
+                f"{', '.join(map(str, sorted(self.pool.awaiting)))} came back without weights, and the trainer "
+                f"groups have stayed at different steps {self.pool.sync.uneven} for {waited:.0f}s, so no consistent "
+                "set can be exported under sync.transport=collective; use sync.transport=object_store (which keeps "
+                "each published version) or more than one maker")
 
     def remake_lost(self, batch_ids: list[int]) -> None:
         """Batches whose experience was lost with its node: made again first (same prompts, id and seed)."""
@@ -90,7 +108,15 @@ class StepScheduler:
         last_landed = t0
         while pending:
             self.feed(step)
-            ref = self.wait(list(pending) + self.pool.refs() + [self.lost_ref])[0]
+            refs = list(pending) + self.pool.refs() + [self.lost_ref]
+            if self.pool.awaiting:  # a maker waits for weights the trainers cannot export yet: ask again soon
+                self.check_not_deadlocked()
+                done = self.wait(refs, timeout=RETRY_S)
+                if not done:
+                    continue
+                ref = done[0]
+            else:
+                ref = self.wait(refs)[0]
             if ref == self.lost_ref:
                 self.remake_lost(ray.get(ref))
                 continue

@@ -54,16 +54,22 @@ class Watchdog:
     def end_step(self, seconds: float) -> None:
         self.recent.append(seconds)
 
-    def wait(self, refs: list) -> list:
-        """ray.wait for one of `refs`, ending the run if nothing has finished for the bound."""
+    def wait(self, refs: list, timeout: Optional[float] = None) -> list:
+        """ray.wait for one of `refs`, ending the run if nothing has finished for the bound; [] once `timeout`
+        seconds pass without one (the caller has something to retry)."""
+        give_up = None if timeout is None else time.monotonic() + timeout
         while True:
             left = self.last_progress + self.bound() - time.monotonic()
             if left <= 0:
                 raise self.stalled()
+            if give_up is not None:
+                left = min(left, max(0.0, give_up - time.monotonic()))
             done, _ = ray.wait(refs, num_returns=1, timeout=left)
             if done:
                 self.last_progress = time.monotonic()
                 return done
+            if give_up is not None and time.monotonic() >= give_up:
+                return []
 
     def wait_all(self, refs: list) -> None:
         """Every one of `refs` finished, each counting as progress (their errors are left to the caller)."""

@@ -31,6 +31,8 @@ import ray
 from actors.collective import abandon, missing_members
 from coati_ray.errors import WorkerLost
 
+RETRY_S = 0.5  # how often a maker waiting for a consistent export asks the trainer groups again
+
 
 @dataclass
 class _Group:
@@ -57,6 +59,8 @@ class WeightSync:
         self.version = 0
         self.handle: Optional[dict] = None
         self.groups: dict[str, _Group] = {}
+        self.uneven: dict = {}       # role -> steps its weights have seen, at the last probe
+        self._next_probe = 0.0
         pool.sync = self
 
     @property
@@ -97,25 +101,37 @@ class WeightSync:
         return {"export_seconds": time.perf_counter() - t, "bytes": sent, "transport": self.transport,
                 "cast_tensors": casts}
 
-    def object_store_handle(self) -> dict:
+    def object_store_handle(self, wait: bool = True) -> Optional[dict]:
         """The newest weights in the object store, put once per version. Under the collective it is made on
         demand for a maker that joined or restarted: the trainers export on their sync thread after the
         update in progress (so it may be a version newer than the last sync); a gathering strategy exported
-        it at the sync already, so it never gathers mid-step."""
+        it at the sync already, so it never gathers mid-step.
+
+        The export must be a consistent set: every trainer group's weights past the same steps. Mid-step the
+        groups can differ for as long as one waits for experience (a batch remade after a node loss) that only
+        the driver can hand out, so without `wait` this never blocks: it returns None while they differ
+        (asking them at most every RETRY_S, by a cheap probe, not an export) and the caller tries again
+        later. With `wait` (between steps, when every group is idle) it retries up to sync.timeout_s."""
         if self.handle is not None and self.handle["version"] >= self.version:
             return self.handle
         deadline = time.monotonic() + self.cfg.sync.timeout_s
         while True:
-            parts = self._each_role("export_weights")
-            versions = {p["version"] for p in parts.values()}
-            if len(versions) == 1:  # every group's weights have seen the same steps
-                break
+            if wait or time.monotonic() >= self._next_probe:
+                self.uneven = self._each_role("steps_trained")
+                if len(set(self.uneven.values())) == 1:
+                    parts = self._each_role("export_weights")
+                    self.uneven = {role: p["version"] for role, p in parts.items()}
+                    if len(set(self.uneven.values())) == 1:  # none stepped between the probe and the export
+                        self.handle = _handle(parts[self.roles[0]]["version"], parts)
+                        return self.handle
+                self._next_probe = time.monotonic() + RETRY_S
+            if not wait:
+                return None
             if time.monotonic() > deadline:
-                raise WorkerLost(f"run error: weight sync: the trainer groups stayed at different steps {versions} "
-                                 f"for sync.timeout_s={self.cfg.sync.timeout_s:g}s; see the trainer actors' logs")
-            time.sleep(0.5)
-        self.handle = _handle(versions.pop(), parts)
-        return self.handle
+                raise WorkerLost(f"run error: weight sync: the trainer groups stayed at different steps "
+                                 f"{self.uneven} for sync.timeout_s={self.cfg.sync.timeout_s:g}s; see the trainer "
+                                 "actors' logs")
+            time.sleep(RETRY_S)
 
     def close(self) -> None:
         """Leave the collective groups (best effort: members may be gone)."""

@@ -69,6 +69,10 @@ class Sender:
         return self.sender.send(buckets, export)
 
     @ray.method(concurrency_group="sync")
+    def steps_trained(self):
+        return 1
+
+    @ray.method(concurrency_group="sync")
     def export_weights(self):
         return {**self.sender.export(), "version": 1}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import types
 
 import ray
@@ -49,7 +50,7 @@ class FakeSync:
     def __init__(self):
         self.version = 1
 
-    def object_store_handle(self):
+    def object_store_handle(self, wait=True):
         return {"version": self.version}
 
 
@@ -92,3 +93,85 @@ def test_a_removed_makers_unfinished_load_is_still_collected(pool):
     assert pool.makers == {} and [i for i, _ in pool.superseded] == [0]
     pool.superseded[0][1].done = True
     assert [r["version"] for r in pool.finished_loads()] == [1] and pool.superseded == []
+
+
+class FakeTrainer:
+    """Rank 0 of a trainer group: the steps its weights have seen, and how often it was asked to export."""
+
+    def __init__(self, steps: int):
+        self.steps, self.exports = steps, 0
+        self.steps_trained = types.SimpleNamespace(remote=lambda: self.steps)
+        self.export_weights = types.SimpleNamespace(remote=self._export)
+
+    def _export(self):
+        self.exports += 1
+        return {"ref": None, "dtypes": {}, "bytes": 8, "version": self.steps}
+
+
+class MakingMaker(FakeMaker):
+    def __init__(self):
+        super().__init__()
+        self.made: list[int] = []
+        self.make = types.SimpleNamespace(remote=self._make)
+
+    def _make(self, items, batch_id, version):
+        self.made.append(batch_id)
+        return Load(version), Load(version)
+
+
+def collective_job(pool, makers: dict, timeout_s: float):
+    """A collective-transport job at version 1 whose actor group has finished step 1 (its weights have seen 2
+    steps) while the critic's still waits for the one batch the node loss took, now first in line."""
+    from actors.maker_pool import Batch
+    from actors.scheduling import StepScheduler
+    from actors.weight_sync import WeightSync
+
+    cfg = types.SimpleNamespace(sync=types.SimpleNamespace(transport="collective", timeout_s=timeout_s))
+    actor, critic = FakeTrainer(2), FakeTrainer(1)
+    trainers = types.SimpleNamespace(ranks={"actor": [actor], "critic": [critic]}, get=lambda refs: list(refs))
+    pool.cfg, pool.makers = cfg, makers
+    pool.incarnation = {i: 0 for i in makers}
+    sync = WeightSync(cfg, trainers, pool, info=lambda line: None)
+    sync.version = 1
+    pool.orphans = [Batch(3, ["lost prompt"])]
+    buffer = types.SimpleNamespace(wait_lost=types.SimpleNamespace(remote=lambda: Load(0)))
+    prompts = types.SimpleNamespace(batch=lambda ticket: [f"prompt {ticket}"])
+    scheduler = StepScheduler(pool, None, buffer, prompts, items_per_step=2, max_staleness=0, capacity_items=8,
+                              last_ticket=100, first_step=1)
+    scheduler.next_ticket = 4
+    return scheduler, sync, actor, critic
+
+
+def test_a_maker_back_without_weights_never_holds_back_the_batch_a_trainer_group_waits_for(pool):
+    """Under the collective, a restarted maker needs a consistent export, which cannot exist while the critic
+    waits for a remade batch the driver must hand out: the driver does not wait (nor export) for it; the
+    maker that holds the weights makes the batch, and the restarted one loads once the groups agree."""
+    back, holding = MakingMaker(), MakingMaker()
+    pool.version = {0: 0, 1: 1}   # maker 0 came back with its base weights; maker 1 got version 1 by broadcast
+    scheduler, sync, actor, critic = collective_job(pool, {0: back, 1: holding}, timeout_s=30.0)
+
+    t = time.monotonic()
+    scheduler.feed(step=1)
+    assert time.monotonic() - t < 1.0                      # no waiting for the groups to agree
+    assert holding.made[0] == 3 and back.made == [] and back.sent == []
+    assert actor.exports == critic.exports == 0             # a probe, not an export, while they differ
+    assert list(pool.awaiting) == [0] and sync.uneven == {"actor": 2, "critic": 1}
+    scheduler.check_not_deadlocked()                       # maker 1 is working: not a deadlock
+
+    critic.steps = 2                                       # the batch arrived and the critic's update ran
+    sync._next_probe = 0.0
+    scheduler.feed(step=2)
+    assert [load.version for load in back.sent] == [2] and back.made and pool.awaiting == {}
+    assert actor.exports == critic.exports == 1
+
+
+def test_when_no_maker_can_work_the_run_ends_in_one_line_naming_the_fix(pool):
+    back = MakingMaker()
+    pool.version = {0: 0}
+    scheduler, sync, actor, critic = collective_job(pool, {0: back}, timeout_s=0.0)
+    scheduler.feed(step=1)
+    assert back.made == [] and pool.running == {} and [b.batch_id for b in pool.orphans] == [3]
+    with pytest.raises(maker_pool.WorkerLost, match="sync.transport=object_store") as e:
+        time.sleep(0.01)
+        scheduler.check_not_deadlocked()
+    assert "\n" not in str(e.value) and "{'actor': 2, 'critic': 1}" in str(e.value)
