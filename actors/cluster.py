@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Callable, Optional
 
 NAMESPACE = "coati"
 BIND_IP_ENV = "COATI_BIND_IP"  # where the job's own groups listen; set for an embedded (one-machine) Ray
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's one-machine mode, all on loopback
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, quiet: Optional[bool] = None,
@@ -34,15 +36,38 @@ def connect(address: Optional[str] = None, num_cpus: Optional[float] = None, qui
         _announce(context, info)
         return False
     port = free_port(dashboard_port) if dashboard else None
-    # One machine: every group this job forms listens on loopback (actors/rendezvous.py node_bind_ip). Ray
-    # itself insists on advertising the machine's outside address even when told 127.0.0.1.
+    # One machine: every group this job forms listens on loopback (actors/rendezvous.py node_bind_ip), and so
+    # does Ray itself (single_machine_ray).
     runtime_env["env_vars"][BIND_IP_ENV] = "127.0.0.1"
-    context = ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=dashboard,
-                       dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
-                       **({"dashboard_port": port} if port else {}))
+    with single_machine_ray():
+        context = ray.init(namespace=NAMESPACE, num_cpus=num_cpus, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
+                           _node_ip_address="127.0.0.1", **({"dashboard_port": port} if port else {}))
     if dashboard:
         _announce(context, info)
     return True
+
+
+@contextlib.contextmanager
+def single_machine_ray():
+    """Ray started inside this block keeps every server on loopback: GCS, raylet, object manager, agents and
+    each worker's gRPC server bind to the node's address, and on Linux Ray turns a 127.0.0.1 node address into
+    the machine's outside one unless in the single-machine mode it uses on macOS and Windows
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). The processes Ray starts inherit the variable; this process's copy,
+    read when Ray was imported, is set for the block and put back after it, so a later multi-node Ray in the
+    same process (tests' cluster_utils) is unaffected."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
 
 
 def free_port(first: int, tries: int = 100) -> int:

@@ -104,3 +104,42 @@ def test_a_trainer_groups_world_meets_through_the_rendezvous_and_listens_on_loop
     assert [o["total"] for o in out] == [3.0, 3.0] and {o["tcpstore"] for o in out} == {"ActorStore"}
     opened = [sock for o in out for sock in o["opened"]]
     assert opened and all(ip == "127.0.0.1" for ip, _ in opened), opened
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def test_every_socket_of_the_embedded_run_listens_on_loopback_only(embedded_ray):
+    """Ray's own servers too (GCS, raylet, object manager, agents, each worker's gRPC server), after the
+    tests above ran the job's groups in it: every process this run started, none listening elsewhere, and
+    no port answers on the outside interface."""
+    import psutil
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def pid(self):
+            return __import__("os").getpid()
+
+    idle = Idle.remote()
+    worker = ray.get(idle.pid.remote())
+    me = psutil.Process()
+    processes = [me] + me.children(recursive=True)
+    assert worker in {p.pid for p in processes}  # the workers are the run's own descendants
+    sockets, names = set(), set()
+    for p in processes:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    sockets.add((p.name(), c.laddr.ip, c.laddr.port))
+                    names.add(p.name())
+        except psutil.NoSuchProcess:
+            continue
+    assert {"gcs_server", "raylet"} <= names, names
+    assert all(ip in LOOPBACK for _, ip, _ in sockets), sorted(s for s in sockets if s[1] not in LOOPBACK)
+    outside = external_ip()
+    for name, _, port in sockets:
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((outside, port)) != 0, f"{name} port {port} answers on {outside}"
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    ray.kill(idle)
