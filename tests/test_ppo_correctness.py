@@ -141,9 +141,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def synthetic_experience(model, vocab: int, B: int = 8, P: int = 4, A: int = 6):
-    """B full-length samples with log-probs from `model` (so the first ratio is 1) and advantages whose
-    mean and scale differ between the two halves: whitening each half alone is visibly wrong."""
+def synthetic_experience(model, vocab: int, B: int = 8, P: int = 4, A: int = 6, lengths=None):
+    """B samples with log-probs from `model` (so the first ratio is 1) and advantages whose mean and scale
+    differ between the two halves: whitening each half alone is visibly wrong. `lengths`: each answer's
+    tokens (the action mask), full length by default."""
     from coati_ray.experience import Experience
 
     g = torch.Generator().manual_seed(0)
@@ -154,7 +155,9 @@ def synthetic_experience(model, vocab: int, B: int = 8, P: int = 4, A: int = 6):
     adv = torch.randn(B, A, generator=g)
     adv[: B // 2] = adv[: B // 2] * 3 + 2
     zeros = torch.zeros(B, A)
-    return Experience(sequences=seqs, attention_mask=mask, action_mask=torch.ones(B, A, dtype=torch.long),
+    action_mask = torch.ones(B, A, dtype=torch.long) if lengths is None else \
+        (torch.arange(A)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return Experience(sequences=seqs, attention_mask=mask, action_mask=action_mask,
                       action_log_probs=logp, values=zeros, returns=zeros, advantages=adv, kl=zeros,
                       reward=torch.zeros(B))
 
@@ -174,7 +177,7 @@ def train_once(cfg_dict, rank, world, port, exp_path, out_path):
     shard = torch.load(exp_path, weights_only=False).shard(rank, world)
     whitened = trainer.prepare_shard(shard).advantages
     trainer.train(shard, step=0)
-    torch.save({"advantages": whitened, "params": {k: v.detach().clone() for k, v in
+    torch.save({"advantages": whitened, "mask": shard.action_mask, "params": {k: v.detach().clone() for k, v in
                                                    strategy.unwrap(trainer.model).state_dict().items()}}, out_path)
     strategy.close()
 
@@ -196,14 +199,16 @@ def test_two_rank_group_whitens_and_updates_as_one_rank_on_the_union(tiny_llama,
                      "actor_trainer.resources.num_ranks=2")
     model = Actor.from_pretrained(tiny_llama)
     exp_path = str(tmp_path / "exp.pt")
-    torch.save(synthetic_experience(model, model.config.vocab_size), exp_path)
+    # answers of different lengths, fewer tokens on rank 0's half: each rank's own token mean would differ
+    torch.save(synthetic_experience(model, model.config.vocab_size, lengths=[1, 2, 6, 3, 6, 5, 6, 4]), exp_path)
     train_once(to_dict(single), 0, 1, None, exp_path, str(tmp_path / "single.pt"))
     mp.spawn(_rank, args=(2, free_port(), to_dict(double), exp_path, str(tmp_path)), nprocs=2, join=True)
     one = torch.load(tmp_path / "single.pt", weights_only=False)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     union = torch.cat([r["advantages"] for r in ranks])
     assert torch.allclose(union, one["advantages"], atol=1e-6)
-    assert abs(float(union.mean())) < 1e-5 and abs(float(union.std()) - 1.0) < 1e-3
+    kept = union[torch.cat([r["mask"] for r in ranks]).bool()]
+    assert abs(float(kept.mean())) < 1e-5 and abs(float(kept.std()) - 1.0) < 1e-3
     moved = max((one["params"][k] - model.state_dict()[k]).abs().max().item() for k in one["params"])
     worst = max((ranks[0]["params"][k] - one["params"][k]).abs().max().item() for k in one["params"])
     assert moved > 1e-4 and worst < 1e-6, (moved, worst)

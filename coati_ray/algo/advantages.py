@@ -67,6 +67,7 @@ class AlgorithmSpec:
     needs_critic: bool            # a critic model in the makers and a critic trainer group
     group_relative: bool          # compares a prompt's samples: needs ppo.n_samples_per_prompt >= 2
     whiten: bool                  # the default of ppo.whiten_advantages (over the group's whole batch)
+    loss_agg: str = "token_mean"  # the default of ppo.loss_agg (coati_ray/algo/loss_agg.py)
 
     @property
     def trainer_roles(self) -> tuple[str, ...]:
@@ -77,8 +78,8 @@ REGISTRY: dict[str, AlgorithmSpec] = {}
 
 
 def register(name: str, estimate: Estimator, needs_critic: bool = False, group_relative: bool = False,
-             whiten: bool = False) -> None:
-    REGISTRY[name] = AlgorithmSpec(name, estimate, needs_critic, group_relative, whiten)
+             whiten: bool = False, loss_agg: str = "token_mean") -> None:
+    REGISTRY[name] = AlgorithmSpec(name, estimate, needs_critic, group_relative, whiten, loss_agg)
 
 
 def algorithm(name: str) -> AlgorithmSpec:
@@ -138,7 +139,8 @@ def grpo(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
 
 def dr_grpo(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
     """A_i = s_i - mean(s_group): GRPO without the std normalisation, whose question-level difficulty
-    bias Dr. GRPO removes (pair it with the token-mean loss, which this trainer uses)."""
+    bias Dr. GRPO removes; its loss defaults to Dr. GRPO's own normalisation (ppo.loss_agg=
+    seq_mean_token_sum_norm: no per-answer length in the denominator either)."""
     g = group_view(x.scores, x.group_size)
     return x.with_kl((g - g.mean(dim=1, keepdim=True)).flatten()), None
 
@@ -169,7 +171,7 @@ def reinforce_pp_baseline(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
 
 register("gae", gae, needs_critic=True, whiten=True)
 register("grpo", grpo, group_relative=True)
-register("dr_grpo", dr_grpo, group_relative=True)
+register("dr_grpo", dr_grpo, group_relative=True, loss_agg="seq_mean_token_sum_norm")
 register("rloo", rloo, group_relative=True)
 register("reinforce_pp", reinforce_pp, whiten=True)
 register("reinforce_pp_baseline", reinforce_pp_baseline, group_relative=True, whiten=True)

@@ -6,7 +6,7 @@ Each loss returns a scalar tensor plus, where useful, a dict of detached scalar 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,19 +48,24 @@ def reward_model_loss(chosen: torch.Tensor, rejected: torch.Tensor,
     return loss, stats
 
 
+Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (per-token loss (B, A), mask (B, A)) -> scalar
+
+
 def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                action_mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict]:
-    """Clipped PPO surrogate, masked token mean.
+                action_mask: torch.Tensor, clip_eps: float = 0.2,
+                reduce: Reduce = masked_mean) -> tuple[torch.Tensor, dict]:
+    """Clipped PPO surrogate, reduced by `reduce` (masked token mean by default; the trainer passes its
+    mini-batch share, coati_ray/algo/loss_agg.py).
 
     log_probs (current policy), old_log_probs (behaviour policy), advantages, action_mask: (B, A).
-    loss = mean(-min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)).
+    loss = reduce(-min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)).
     stats: clip_frac (tokens where the clipped branch was taken), approx_kl (k3 of old vs new), ratio.
     """
     log_ratio = log_probs.float() - old_log_probs.float()
     ratio = log_ratio.exp()
     surr1 = ratio * advantages
     surr2 = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = masked_mean(-torch.min(surr1, surr2), action_mask)
+    loss = reduce(-torch.min(surr1, surr2), action_mask)
     with torch.no_grad():
         clipped = (surr2 < surr1).float()
         stats = {
@@ -71,23 +76,26 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
     return loss, stats
 
 
-def kl_loss(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
-    """GRPO's KL term in the loss: masked token mean of k3 = exp(r) - r - 1, r = ref - log_probs.
+def kl_loss(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, action_mask: torch.Tensor,
+            reduce: Reduce = masked_mean) -> torch.Tensor:
+    """GRPO's KL term in the loss: `reduce` (masked token mean by default) of k3 = exp(r) - r - 1,
+    r = ref - log_probs.
 
     log_probs (current policy, with gradient), ref_log_probs (initial policy), action_mask: (B, A).
     k3 is unbiased for KL(pi || pi_ref) on samples of pi and never negative; its gradient pulls the
     policy towards the reference where it has drifted.
     """
     r = ref_log_probs.float() - log_probs.float()
-    return masked_mean(torch.expm1(r) - r, action_mask)
+    return reduce(torch.expm1(r) - r, action_mask)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               action_mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict]:
-    """Clipped value loss, masked token mean.
+               action_mask: torch.Tensor, clip_eps: float = 0.2,
+               reduce: Reduce = masked_mean) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss, reduced by `reduce` (masked token mean by default).
 
     values (current critic), old_values (critic at experience time), returns, action_mask: (B, A).
-    v_clip = old + clip(values - old, -eps, eps); loss = 0.5 * mean(max((v - R)^2, (v_clip - R)^2)).
+    v_clip = old + clip(values - old, -eps, eps); loss = 0.5 * reduce(max((v - R)^2, (v_clip - R)^2)).
     `clip_eps <= 0` disables clipping. stats: clip_frac (tokens where the clipped term was larger).
     """
     values = values.float()
@@ -99,7 +107,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         clip_frac = masked_mean((clipped > unclipped).float(), action_mask).item()
     else:
         per_token, clip_frac = unclipped, 0.0
-    return 0.5 * masked_mean(per_token, action_mask), {"clip_frac": clip_frac}
+    return 0.5 * reduce(per_token, action_mask), {"clip_frac": clip_frac}
 
 
 def ptx_mix(policy: torch.Tensor, ptx: torch.Tensor, ptx_coef: float) -> torch.Tensor:

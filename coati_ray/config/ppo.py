@@ -106,6 +106,11 @@ class PPOAlgoConfig:
     reward_clip: float = opt(10.0, "clip the training reward (all sources, weighted) to [-c, c] (0: off)")
     whiten_advantages: Optional[bool] = opt(None, "normalise advantages over the group's whole rollout batch (all "
                                                   "ranks); null: the estimator's default (gae, reinforce_pp: yes)")
+    loss_agg: Optional[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]] = opt(
+        None, "how the per-token losses of one optimiser step's whole mini-batch (all micro-batches, all ranks) "
+              "become one number: token_mean (every token alike: DAPO, verl), seq_mean_token_mean (each answer "
+              "alike: GRPO), seq_mean_token_sum_norm (token sum / (answers x max_new_tokens): Dr. GRPO); null: "
+              "the estimator's default (dr_grpo: seq_mean_token_sum_norm, the others token_mean)")
     disable_dropout: bool = opt(True, "turn dropout off in every PPO model (as TRL does), so the policy that "
                                       "sampled is the policy in the ratio; false keeps the checkpoints' dropout")
     ptx_coef: float = opt(0.0, "PPO-ptx: loss = ptx_coef * ptx + (1 - ptx_coef) * policy")
@@ -303,6 +308,9 @@ class PPOConfig(JobConfig):
     def whiten(self) -> bool:
         w = self.ppo.whiten_advantages
         return self.algorithm.whiten if w is None else w
+
+    def loss_agg(self) -> str:
+        return self.ppo.loss_agg or self.algorithm.loss_agg
 
     def validate(self, check_reward_head: bool = True) -> None:
         """`check_reward_head=False` when the reward model is yet to be trained (the pipeline)."""

@@ -3,7 +3,8 @@ the clipped value loss for the critic (gae only).
 
 Each rank receives its shard of a rollout batch; per PPO epoch the shard is shuffled and cut into
 mini-batches of train_batch_size / num_ranks samples, each one optimiser step accumulated over
-micro-batches. Ray-free: an actor in `actors/` builds one of these and calls `train(shard)`.
+micro-batches. Every loss is aggregated over the whole mini-batch of all ranks (`ppo.loss_agg`,
+coati_ray/algo/loss_agg.py), so micro-batch size and rank count do not change it. Ray-free: an actor in `actors/` builds one of these and calls `train(shard)`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Optional
 import torch
 
 from coati_ray.algo.functional import action_log_probs, masked_mean, masked_moments, whiten_from_moments
+from coati_ray.algo.loss_agg import MiniBatch, local_counts, share
 from coati_ray.algo.losses import kl_loss, policy_loss, ptx_mix, sft_loss, value_loss
 from coati_ray.experience.batch import Experience
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
@@ -23,8 +25,13 @@ from coati_ray.utils.flops import num_params, training_flops
 class PPOGroupTrainer:
     role = "ppo"
 
-    def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int):
+    def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int, loss_agg: str = "token_mean",
+                 max_tokens: int = 1):
+        """`loss_agg`: see coati_ray/algo/loss_agg.py; `max_tokens`: generation.max_new_tokens (Dr. GRPO's
+        constant)."""
         self.strategy, self.ppo = strategy, ppo_cfg
+        self.loss_agg, self.max_tokens = loss_agg, max_tokens
+        self.reduce, self.chunks = masked_mean, 1  # set per mini-batch by train()
         oc = group_cfg.optim
         self.n_params = num_params(model)  # before the strategy shards it
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], oc, strategy.name)
@@ -60,16 +67,24 @@ class PPOGroupTrainer:
         sums: dict[str, float] = {}
         count = 0
         g = torch.Generator().manual_seed(self.ppo.seed * 1000003 + step)
+        world = self.strategy.world_size
         for _ in range(self.ppo.ppo_epochs):
             order = torch.randperm(n, generator=g)
-            for start in range(0, n, per_rank_mb):
-                idx = order[start:start + per_rank_mb]
+            minibatches = [order[start:start + per_rank_mb] for start in range(0, n, per_rank_mb)]
+            counts = self.strategy.all_reduce_sum(  # every rank's tokens and samples of each mini-batch, one call
+                [c for idx in minibatches for c in local_counts(shard.action_mask[idx])])
+            for i, idx in enumerate(minibatches):
+                mb = MiniBatch(tokens=counts[2 * i], samples=counts[2 * i + 1], max_tokens=self.max_tokens)
+                # x world: the strategy averages gradients over ranks, where the shares must add up
+                self.reduce = lambda x, mask, mb=mb: share(x, mask, self.loss_agg, mb) * world
                 chunks = [idx[j:j + micro] for j in range(0, len(idx), micro)]
+                self.chunks = len(chunks)
                 for j, chunk in enumerate(chunks):
                     with self.strategy.accumulate(self.model, self.optimizer, last_micro_batch=j == len(chunks) - 1):
                         loss, stats = self.micro_loss(shard.select(chunk))
-                        self.strategy.backward(loss / len(chunks), self.optimizer)
-                    for k, v in {"loss": loss.item(), **stats}.items():
+                        self.strategy.backward(loss, self.optimizer)  # a share: the micro-batches add up
+                    # reported x chunks: averaged over every micro-batch of every rank, the mini-batch's loss
+                    for k, v in {"loss": loss.item() * self.chunks, **stats}.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
                 grad_norm = self.strategy.optimizer_step(self.model, self.optimizer)
@@ -92,8 +107,8 @@ class PolicyTrainer(PPOGroupTrainer):
     role = "actor"
 
     def __init__(self, model, strategy, group_cfg, ppo_cfg, total_steps: int, ptx_items: Optional[list] = None,
-                 ptx_collate=None, temperature: float = 1.0, whiten: bool = True):
-        super().__init__(model, strategy, group_cfg, ppo_cfg, total_steps)
+                 ptx_collate=None, temperature: float = 1.0, whiten: bool = True, **aggregation):
+        super().__init__(model, strategy, group_cfg, ppo_cfg, total_steps, **aggregation)
         self.ptx_items, self.ptx_collate, self.ptx_pos = ptx_items, ptx_collate, 0
         self.temperature = temperature  # the makers' sampling temperature: the behaviour policy is tempered
         self.whiten = whiten
@@ -128,17 +143,18 @@ class PolicyTrainer(PPOGroupTrainer):
         log_probs = action_log_probs(logits, micro.sequences, A, self.temperature)
         # No behaviour log-probs from the maker: this first (and only) forward is the behaviour policy's.
         old = micro.action_log_probs if micro.action_log_probs is not None else log_probs.detach()
-        loss, stats = policy_loss(log_probs, old, micro.advantages, micro.action_mask, self.ppo.clip_eps)
-        stats["policy_loss"] = loss.item()
+        loss, stats = policy_loss(log_probs, old, micro.advantages, micro.action_mask, self.ppo.clip_eps,
+                                  reduce=self.reduce)
+        stats["policy_loss"] = loss.item() * self.chunks
         if self.ppo.ptx_coef > 0 and self.ptx_items:
             ptx = self._next_ptx()
             ptx_loss = sft_loss(self.model(ptx["input_ids"], ptx["attention_mask"]), ptx["labels"])
-            loss = ptx_mix(loss, ptx_loss, self.ppo.ptx_coef)
+            loss = ptx_mix(loss, ptx_loss / self.chunks, self.ppo.ptx_coef)  # a mean per micro-batch: its share
             stats["ptx_loss"] = ptx_loss.item()
         if self.ppo.kl_penalty == "loss" and self.ppo.kl_coef > 0:  # kl_coef * k3, whatever the ptx mix
-            kl = kl_loss(log_probs, micro.ref_log_probs, micro.action_mask)
+            kl = kl_loss(log_probs, micro.ref_log_probs, micro.action_mask, reduce=self.reduce)
             loss = loss + self.ppo.kl_coef * kl
-            stats["kl_loss"] = kl.item()
+            stats["kl_loss"] = kl.item() * self.chunks
         return loss, stats
 
 
@@ -147,7 +163,8 @@ class ValueTrainer(PPOGroupTrainer):
 
     def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
         values = self.model(micro.sequences, micro.attention_mask, micro.num_actions)
-        loss, stats = value_loss(values, micro.values, micro.returns, micro.action_mask, self.ppo.value_clip_eps)
+        loss, stats = value_loss(values, micro.values, micro.returns, micro.action_mask, self.ppo.value_clip_eps,
+                                 reduce=self.reduce)
         stats["value_mean"] = masked_mean(values.detach(), micro.action_mask).item()
         return loss, stats
 
@@ -168,8 +185,9 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
         model = build_critic(cfg.critic, checkpoint=checkpoint, head_seed=cfg.ppo.seed)
     if p.disable_dropout:
         disable_dropout(model)
+    aggregation = {"loss_agg": cfg.loss_agg(), "max_tokens": cfg.generation.max_new_tokens}
     if role != "actor":
-        return ValueTrainer(model, strategy, group_cfg, p, p.max_steps)
+        return ValueTrainer(model, strategy, group_cfg, p, p.max_steps, **aggregation)
     ptx_items, ptx_collate = None, None
     if p.ptx_coef > 0:
         from coati_ray.trainers.sft import SFTTrainer
@@ -179,7 +197,7 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
         ptx_collate = SFTTrainer.collator(tok)
     temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0
     return PolicyTrainer(model, strategy, group_cfg, p, p.max_steps, ptx_items, ptx_collate, temperature=temperature,
-                         whiten=cfg.whiten())
+                         whiten=cfg.whiten(), **aggregation)
 
 
 class _PtxData:
