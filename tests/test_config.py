@@ -185,6 +185,11 @@ def ppo_cfg(tiny_llama, reward_dir, *overrides):
     (["critic_trainer.resources.cpu_cores=[-1]"], "critic_trainer.resources.cpu_cores"),
     (["maker.nice=20"], "maker.nice"),
     (["actor_trainer.resources.nice=-5"], "actor_trainer.resources.nice"),
+    (["ppo.behaviour_cap=0.5"], "ppo.behaviour_cap"),
+    (["ppo.clip_eps_high=0"], "ppo.clip_eps_high"),
+    (["ppo.clip_eps=1.5"], "ppo.clip_eps"),
+    (["ppo.behaviour_correction=is"], "did you mean 'tis'"),
+    (["ppo.loss_agg=mean"], "use one of: token_mean"),
 ])
 def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
     msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, *overrides))

@@ -101,7 +101,15 @@ class PPOAlgoConfig:
     kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward (the loss uses k3)")
     gamma: float = opt(1.0, "discount")
     lam: float = opt(0.95, "GAE lambda")
-    clip_eps: float = opt(0.2, "policy ratio clip")
+    clip_eps: float = opt(0.2, "policy ratio clip: [1 - clip_eps, 1 + clip_eps]")
+    clip_eps_high: Optional[float] = opt(None, "upper policy ratio clip, 1 + clip_eps_high (DAPO's clip-higher, "
+                                               "e.g. 0.28); null: clip_eps")
+    behaviour_correction: Literal["none", "tis", "mis"] = opt(
+        "none", "off-policy correction for the gap between the makers' log-probs and the trainer's own (async "
+                "staleness, a bf16 maker): the ratio against the trainer's recomputed log-probs, each token "
+                "weighted by trainer / maker probability, truncated at behaviour_cap (tis) or dropped above it "
+                "(mis); costs one forward pass per sample on the trainer")
+    behaviour_cap: float = opt(2.0, "the cap of behaviour_correction's importance weight (>= 1)")
     value_clip_eps: float = opt(0.2, "value clip around the old values (0: off)")
     reward_clip: float = opt(10.0, "clip the training reward (all sources, weighted) to [-c, c] (0: off)")
     whiten_advantages: Optional[bool] = opt(None, "normalise advantages over the group's whole rollout batch (all "
@@ -303,7 +311,7 @@ class PPOConfig(JobConfig):
         same when num_iterations / ppo_epochs is 1). Saves one forward pass per sample."""
         p = self.ppo
         return (p.mode == "sync" and p.ppo_epochs == 1 and p.train_batch_size == p.rollout_batch_size
-                and (p.kl_penalty == "loss" or p.kl_coef == 0))
+                and (p.kl_penalty == "loss" or p.kl_coef == 0) and p.behaviour_correction == "none")
 
     def whiten(self) -> bool:
         w = self.ppo.whiten_advantages
@@ -337,6 +345,12 @@ class PPOConfig(JobConfig):
                      "log_every"):
             if getattr(p, name) < 1:
                 _fail(f"ppo.{name}", f"must be >= 1, got {getattr(p, name)}", "use a positive integer")
+        if not 0 < p.clip_eps < 1:
+            _fail("ppo.clip_eps", f"must be in (0, 1), got {p.clip_eps}", "e.g. 0.2")
+        if p.clip_eps_high is not None and p.clip_eps_high <= 0:
+            _fail("ppo.clip_eps_high", f"must be > 0, got {p.clip_eps_high}", "e.g. 0.28, or null for ppo.clip_eps")
+        if p.behaviour_cap < 1:
+            _fail("ppo.behaviour_cap", f"must be >= 1, got {p.behaviour_cap}", "e.g. 2.0")
         if p.rollout_batch_size % self.maker.batch_size:
             _fail("ppo.rollout_batch_size", f"{p.rollout_batch_size} is not a multiple of maker.batch_size "
                   f"({self.maker.batch_size})", f"set it to a multiple of {self.maker.batch_size}")

@@ -30,13 +30,14 @@ class Experience:
     values: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
     ref_log_probs: Optional[torch.Tensor] = None
+    behaviour_weights: Optional[torch.Tensor] = None  # set by the trainer (ppo.behaviour_correction), never a maker
     version: int = 0
     maker: int = 0
     batch_id: int = 0
     info: dict = field(default_factory=dict)
 
     TENSORS = ("sequences", "attention_mask", "action_mask", "action_log_probs", "values", "returns",
-               "advantages", "kl", "reward", "ref_log_probs")
+               "advantages", "kl", "reward", "ref_log_probs", "behaviour_weights")
 
     @property
     def num_samples(self) -> int:

@@ -252,6 +252,16 @@ class Strategy:
         return t.tolist()
 
 
+    def all_reduce_max(self, values: list[float]) -> list[float]:
+        """The largest of a few floats across ranks (metrics); identity on one rank."""
+        if not (dist.is_initialized() and self.world_size > 1):
+            return list(values)
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+
 def hf_attribute(model: nn.Module) -> str:
     """The attribute of an Actor ('model') or ValueModel ('backbone') holding its Hugging Face model."""
     for attr in ("model", "backbone"):

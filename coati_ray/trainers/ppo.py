@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from coati_ray.algo.behaviour import behaviour_weights, importance_ratio, ratio_sums
 from coati_ray.algo.functional import action_log_probs, masked_mean, masked_moments, whiten_from_moments
 from coati_ray.algo.loss_agg import MiniBatch, local_counts, share
 from coati_ray.algo.losses import kl_loss, policy_loss, ptx_mix, sft_loss, value_loss
@@ -112,14 +113,46 @@ class PolicyTrainer(PPOGroupTrainer):
         self.ptx_items, self.ptx_collate, self.ptx_pos = ptx_items, ptx_collate, 0
         self.temperature = temperature  # the makers' sampling temperature: the behaviour policy is tempered
         self.whiten = whiten
+        self.behaviour_metrics: dict = {}
 
     def prepare_shard(self, shard: Experience) -> Experience:
         """Whiten advantages over the group's whole rollout batch: every rank all-reduces its sums, so
-        N ranks holding 1/N of the batch each normalise exactly as one rank holding all of it."""
+        N ranks holding 1/N of the batch each normalise exactly as one rank holding all of it. With
+        ppo.behaviour_correction, the old log-probs become the trainer's own and each token gets its
+        importance weight against the maker's (coati_ray/algo/behaviour.py)."""
         if self.whiten:
             moments = self.strategy.all_reduce_sum(masked_moments(shard.advantages, shard.action_mask))
             shard = shard._replace({"advantages": whiten_from_moments(shard.advantages, shard.action_mask, moments)})
+        self.behaviour_metrics = {}
+        how, cap = self.ppo.behaviour_correction, self.ppo.behaviour_cap
+        if how != "none" and shard.action_log_probs is not None:
+            proximal = self.recompute_log_probs(shard)
+            ratio = importance_ratio(proximal, shard.action_log_probs)
+            total, tokens, capped = self.strategy.all_reduce_sum(ratio_sums(ratio, shard.action_mask, cap))
+            mine = ratio[shard.action_mask.bool()]
+            top = mine.max().item() if mine.numel() else 0.0
+            self.behaviour_metrics = {"behaviour/ratio_mean": total / max(tokens, 1.0),
+                                      "behaviour/ratio_max": self.strategy.all_reduce_max([top])[0],
+                                      "behaviour/capped_frac": capped / max(tokens, 1.0)}
+            shard = shard._replace({"action_log_probs": proximal,
+                                    "behaviour_weights": behaviour_weights(ratio, shard.action_mask, how, cap)})
         return shard
+
+    @torch.no_grad()
+    def recompute_log_probs(self, shard: Experience) -> torch.Tensor:
+        """The trainer's log-probs of the shard's answers before this update, (B, A), micro-batch by
+        micro-batch."""
+        parts = []
+        for start in range(0, shard.num_samples, self.ppo.micro_batch_size):
+            micro = shard.select(slice(start, start + self.ppo.micro_batch_size))
+            logits = self.model(micro.sequences, micro.attention_mask)
+            parts.append(action_log_probs(logits, micro.sequences, micro.num_actions, self.temperature))
+        return torch.cat(parts).detach()
+
+    def train(self, shard: Experience, step: int) -> dict:
+        out = super().train(shard, step)
+        out.update(self.behaviour_metrics)
+        return out
 
     def state(self) -> dict:
         return {**super().state(), "ptx_position": self.ptx_pos}
@@ -144,7 +177,8 @@ class PolicyTrainer(PPOGroupTrainer):
         # No behaviour log-probs from the maker: this first (and only) forward is the behaviour policy's.
         old = micro.action_log_probs if micro.action_log_probs is not None else log_probs.detach()
         loss, stats = policy_loss(log_probs, old, micro.advantages, micro.action_mask, self.ppo.clip_eps,
-                                  reduce=self.reduce)
+                                  reduce=self.reduce, clip_eps_high=self.ppo.clip_eps_high,
+                                  weights=micro.behaviour_weights)
         stats["policy_loss"] = loss.item() * self.chunks
         if self.ppo.ptx_coef > 0 and self.ptx_items:
             ptx = self._next_ptx()
