@@ -203,11 +203,6 @@ class MakerPool:
         blocks)."""
         return self._send_newest(index, wait=False)
 
-    def waiting_for_weights(self) -> float:
-        """Seconds the longest-waiting maker has waited for a consistent export (0 when none waits)."""
-        self.awaiting = {i: t for i, t in self.awaiting.items() if i in self.makers}
-        return time.monotonic() - min(self.awaiting.values()) if self.awaiting else 0.0
-
     def _collect_load(self, ref, block: bool) -> bool:
         """Move a finished load's result to `finished`; True when it has run (or its maker died)."""
         if not block and not ray.wait([ref], timeout=0)[0]:
@@ -234,7 +229,8 @@ class MakerPool:
                 self.finished.append(ray.get(ref))
             except ray.exceptions.RayActorError:
                 if index in self.makers:
-                    self._recover(index, self.incarnation[index])  # a maker gone for good leaves the pool
+                    # between steps: it reloads for certain; a maker gone for good leaves the pool
+                    self._recover(index, self.incarnation[index], mid_step=False)
         self.loads.clear()
         return self.finished_loads()
 
@@ -343,9 +339,10 @@ class MakerPool:
 
     # ------------------------------------------------------------------ recovery
 
-    def _recover(self, index: int, incarnation: int) -> bool:
+    def _recover(self, index: int, incarnation: int, mid_step: bool = True) -> bool:
         """Wait for Ray to restart maker `index` and reload the newest weights into it, once per death:
         a batch sent before an earlier recovery of this maker finds the work done and only resubmits.
+        Mid-step the reload waits for nobody (see _send_newest); between steps it is certain.
         Returns False when the maker is gone for good and left the pool (maker.on_exhausted_restarts=drop);
         with `fail`, that ends the run."""
         if index not in self.makers:
@@ -368,7 +365,7 @@ class MakerPool:
         self.incarnation[index] += 1
         self.loads.pop(index, None)  # loads queued before the death went with the old process
         self.version[index] = 0      # a restarted maker holds the base weights
-        if self.newest > 0 and self.can_take(index):  # else it loads once a consistent export can be had
+        if self.newest > 0 and self._send_newest(index, wait=not mid_step):  # else: once an export can be had
             try:
                 self.finished.append(ray.get(self.loads.pop(index)))
             except ray.exceptions.RayActorError:  # it died again while reloading: the next batch recovers it

@@ -138,18 +138,24 @@ class PPOTrainerRank:
     # ---------------------------------------------------------------- weight sync (the sender's end)
 
     @ray.method(concurrency_group="sync")
-    def steps_trained(self) -> int:
-        """The steps this rank's weights have seen (answers mid-step, without waiting for the update)."""
-        return self.steps_done
+    def steps_trained(self) -> dict:
+        """The steps this rank's weights have seen, and whether an update is running (answers mid-step,
+        without waiting for the update)."""
+        return {"steps": self.steps_done, "busy": self.update_lock.locked()}
 
     @ray.method(concurrency_group="sync")
-    def export_weights(self) -> Optional[dict]:
+    def export_weights(self, block: bool = True) -> Optional[dict]:
         """Object store: rank 0 puts its weights once as numpy views ({ref, dtypes, bytes, version}); others
         None. Under Gemini every rank joins the gather first. Runs on the sync thread, so it also answers
-        mid-step (after the update in progress), labelled with the steps its weights have seen."""
-        with self.update_lock:
+        mid-step (after the update in progress), labelled with the steps its weights have seen; without
+        `block` it answers {"busy": True} at once instead of waiting for an update in progress."""
+        if not self.update_lock.acquire(blocking=block):
+            return {"busy": True}
+        try:
             part = self.sender.export()
             return None if part is None else {**part, "version": self.steps_done}
+        finally:
+            self.update_lock.release()
 
     def sync_plan(self, bucket_bytes: int) -> list:
         return self.sender.plan(bucket_bytes)

@@ -53,6 +53,7 @@ class StepScheduler:
         self.k, self.max_staleness, self.capacity_items = items_per_step, max_staleness, capacity_items
         self.last_ticket = last_ticket              # tickets of steps past max_steps are never started
         self.next_ticket = first_step * items_per_step
+        self.stuck_since: Optional[float] = None    # since when no maker could work (check_not_deadlocked)
 
     def limit(self, step: int, maker_version: int) -> int:
         """First ticket a maker holding `maker_version` may not start while trainers are on `step`."""
@@ -61,34 +62,39 @@ class StepScheduler:
         return min(staleness_bound, capacity_bound, self.last_ticket)
 
     def feed(self, step: int) -> None:
-        """Give the admissible tickets (orphans first) to the makers with the fewest queued batches."""
+        """Give the admissible tickets (orphans first) to the makers with the fewest queued batches; a maker
+        is sent weights only when a batch follows, and one that cannot have them yet is passed over."""
         version = max(self.pool.newest, step)  # makers get the newest weights before their next batch
-        while True:
-            ready = [i for i in self.pool.makers if self.pool.queued(i) < QUEUE_DEPTH and self.pool.can_take(i)]
-            if not ready:
+        while self.pool.orphans or self.next_ticket < self.limit(step, version):
+            free = sorted((i for i in self.pool.makers if self.pool.queued(i) < QUEUE_DEPTH),
+                          key=lambda i: (self.pool.queued(i), i))
+            index = next((i for i in free if self.pool.can_take(i)), None)
+            if index is None:
                 return
-            index = min(ready, key=lambda i: (self.pool.queued(i), i))
             batch = self.pool.take_orphan()
             if batch is None:
-                if self.next_ticket >= self.limit(step, version):
-                    return
                 batch = Batch(self.next_ticket, self.prompts.batch(self.next_ticket))
                 self.next_ticket += 1
             self.pool.submit(index, batch)
 
-    def check_not_deadlocked(self) -> None:
-        """End the run in one line when no maker can work: each waits for a consistent export while the
-        trainer groups stay at different steps, one of them waiting for experience only a maker can make."""
-        waited = self.pool.waiting_for_weights()
-        if self.pool.running or any(i not in self.pool.awaiting for i in self.pool.makers):
+    def check_not_deadlocked(self, step: int) -> None:
+        """End the run in one line when no maker can work: work is waiting, nothing is in flight, and every
+        maker waits for a consistent export (the trainer groups at different steps, or one updating while it
+        waits for experience only a maker can make) for longer than sync.timeout_s."""
+        stuck = (not self.pool.running and self.pool.makers and all(i in self.pool.awaiting for i in self.pool.makers)
+                 and (self.pool.orphans or self.next_ticket < self.limit(step, max(self.pool.newest, step))))
+        if not stuck:
+            self.stuck_since = None
             return
-        if waited > self.pool.cfg.sync.timeout_s:
+        now = time.monotonic()
+        self.stuck_since = self.stuck_since or now
+        if now - self.stuck_since > self.pool.cfg.sync.timeout_s:
             raise WorkerLost(
                 f"run error: weight sync: no maker can make the batches the trainers wait for: maker(s) "
-                f"{', '.join(map(str, sorted(self.pool.awaiting)))} came back without weights, and the trainer "
-                f"groups have stayed at different steps {self.pool.sync.uneven} for {waited:.0f}s, so no consistent "
-                "set can be exported under sync.transport=collective; use sync.transport=object_store (which keeps "
-                "each published version) or more than one maker")
+                f"{', '.join(str(i) for i in sorted(self.pool.awaiting) if i in self.pool.makers)} came back without weights, and the trainer "
+                f"groups (steps {self.pool.sync.uneven}) have not allowed a consistent export for "
+                f"{now - self.stuck_since:.0f}s under sync.transport=collective; use sync.transport=object_store "
+                "(which keeps each published version) or more than one maker")
 
     def remake_lost(self, batch_ids: list[int]) -> None:
         """Batches whose experience was lost with its node: made again first (same prompts, id and seed)."""
@@ -110,7 +116,7 @@ class StepScheduler:
             self.feed(step)
             refs = list(pending) + self.pool.refs() + [self.lost_ref]
             if self.pool.awaiting:  # a maker waits for weights the trainers cannot export yet: ask again soon
-                self.check_not_deadlocked()
+                self.check_not_deadlocked(step)
                 done = self.wait(refs, timeout=RETRY_S)
                 if not done:
                     continue

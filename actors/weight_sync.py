@@ -109,21 +109,28 @@ class WeightSync:
 
         The export must be a consistent set: every trainer group's weights past the same steps. Mid-step the
         groups can differ for as long as one waits for experience (a batch remade after a node loss) that only
-        the driver can hand out, so without `wait` this never blocks: it returns None while they differ
-        (asking them at most every RETRY_S, by a cheap probe, not an export) and the caller tries again
-        later. With `wait` (between steps, when every group is idle) it retries up to sync.timeout_s."""
+        the driver can hand out, and a rank mid-update holds its weights until the update ends, which may
+        itself wait for that experience (its peer ranks do). So without `wait` this never blocks: it returns
+        None while the groups differ or one is updating (asking them at most every RETRY_S, by a cheap probe,
+        then an export that answers "busy" rather than wait) and the caller tries again later. With `wait`
+        (between steps, when every group is idle) it retries up to sync.timeout_s."""
         if self.handle is not None and self.handle["version"] >= self.version:
             return self.handle
+        if not wait and any(self.gathers(role) for role in self.roles):
+            return None  # a gather is a collective of every rank: never mid-step (sync exported it already)
         deadline = time.monotonic() + self.cfg.sync.timeout_s
         while True:
             if wait or time.monotonic() >= self._next_probe:
-                self.uneven = self._each_role("steps_trained")
-                if len(set(self.uneven.values())) == 1:
-                    parts = self._each_role("export_weights")
-                    self.uneven = {role: p["version"] for role, p in parts.items()}
-                    if len(set(self.uneven.values())) == 1:  # none stepped between the probe and the export
-                        self.handle = _handle(parts[self.roles[0]]["version"], parts)
-                        return self.handle
+                probe = self._each_role("steps_trained")
+                self.uneven = {role: p["steps"] for role, p in probe.items()}
+                idle = wait or not any(p["busy"] for p in probe.values())
+                if idle and len(set(self.uneven.values())) == 1:
+                    parts = self._each_role("export_weights", block=wait)
+                    if not any(p.get("busy") for p in parts.values()):
+                        self.uneven = {role: p["version"] for role, p in parts.items()}
+                        if len(set(self.uneven.values())) == 1:  # none stepped between the probe and the export
+                            self.handle = _handle(parts[self.roles[0]]["version"], parts)
+                            return self.handle
                 self._next_probe = time.monotonic() + RETRY_S
             if not wait:
                 return None
@@ -247,9 +254,10 @@ class WeightSync:
 
     # ---------------------------------------------------------------- helpers
 
-    def _each_role(self, method: str) -> dict:
+    def _each_role(self, method: str, **kwargs) -> dict:
         """Call `method` on every rank of every group (Gemini gathers on all); rank 0's answer per role."""
-        refs = {role: [getattr(r, method).remote() for r in ranks] for role, ranks in self.trainers.ranks.items()}
+        refs = {role: [getattr(r, method).remote(**kwargs) for r in ranks]
+                for role, ranks in self.trainers.ranks.items()}
         out = self.trainers.get([ref for role_refs in refs.values() for ref in role_refs])
         result, i = {}, 0
         for role, role_refs in refs.items():

@@ -70,10 +70,10 @@ class Sender:
 
     @ray.method(concurrency_group="sync")
     def steps_trained(self):
-        return 1
+        return {"steps": 1, "busy": False}
 
     @ray.method(concurrency_group="sync")
-    def export_weights(self):
+    def export_weights(self, block=True):
         return {**self.sender.export(), "version": 1}
 
     def leave_sync(self):

@@ -64,6 +64,9 @@ def main(argv=None) -> int:
         return fail(e)
     print(f"expanded {report['old_vocab']} -> {report['new_vocab']} tokens: {report['added']} added, "
           f"{report['already_present']} already present, {report['repeated']} repeated; written to {args.output}")
+    if report["unreachable"]:
+        print(f"note: {report['unreachable']} added piece(s) are never produced by the tokenizer's segmentation "
+              "(unreachable_pieces in expand_vocab.json): their rows stay unused; add the pieces that spell them")
     return 0
 
 

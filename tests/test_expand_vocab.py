@@ -182,6 +182,7 @@ def test_a_sentencepiece_tokenizer_gets_ordinary_pieces_as_colossal_llama_does(s
     assert main(["--source", str(sentencepiece_llama), "--pieces", str(write_pieces(tmp_path / "p.jsonl", [piece])),
                  "--output", str(out)]) == 0
     assert (out / "tokenizer.model").is_file()
+    assert json.loads((out / "expand_vocab.json").read_text())["unreachable_pieces"] == []
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     new_id = len(old)
     assert sp.piece_to_id(piece) == new_id and sp.get_score(new_id) == 0.0
@@ -199,3 +200,13 @@ def test_a_sentencepiece_tokenizer_gets_ordinary_pieces_as_colossal_llama_does(s
         parts = parts[1:]  # the dummy prefix is not part of the piece
     assert len(parts) > 1 and torch.equal(after[new_id], before[parts].mean(dim=0))
     assert torch.equal(after[:new_id], before)
+
+
+def test_a_sentencepiece_piece_no_merge_reaches_is_reported(sentencepiece_llama, tmp_path, capsys):
+    """A phrase whose halves are not pieces is appended but never produced: expand_vocab says so."""
+    out = tmp_path / "expanded"
+    phrase = "请把这些数字从小到大排序"
+    assert main(["--source", str(sentencepiece_llama), "--pieces", str(write_pieces(tmp_path / "p.jsonl", [phrase])),
+                 "--output", str(out)]) == 0
+    assert json.loads((out / "expand_vocab.json").read_text())["unreachable_pieces"] == [phrase]
+    assert "1 added piece(s) are never produced" in capsys.readouterr().out

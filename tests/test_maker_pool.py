@@ -99,11 +99,14 @@ class FakeTrainer:
     """Rank 0 of a trainer group: the steps its weights have seen, and how often it was asked to export."""
 
     def __init__(self, steps: int):
-        self.steps, self.exports = steps, 0
-        self.steps_trained = types.SimpleNamespace(remote=lambda: self.steps)
+        self.steps, self.exports, self.updating = steps, 0, False
+        self.steps_trained = types.SimpleNamespace(remote=lambda: {"steps": self.steps, "busy": self.updating})
         self.export_weights = types.SimpleNamespace(remote=self._export)
 
-    def _export(self):
+    def _export(self, block=True):
+        if self.updating:
+            assert not block, "the driver waited for an update in progress"
+            return {"busy": True}
         self.exports += 1
         return {"ref": None, "dtypes": {}, "bytes": 8, "version": self.steps}
 
@@ -156,9 +159,15 @@ def test_a_maker_back_without_weights_never_holds_back_the_batch_a_trainer_group
     assert holding.made[0] == 3 and back.made == [] and back.sent == []
     assert actor.exports == critic.exports == 0             # a probe, not an export, while they differ
     assert list(pool.awaiting) == [0] and sync.uneven == {"actor": 2, "critic": 1}
-    scheduler.check_not_deadlocked()                       # maker 1 is working: not a deadlock
+    scheduler.check_not_deadlocked(step=1)                 # maker 1 is working: not a deadlock
+    assert scheduler.stuck_since is None
 
-    critic.steps = 2                                       # the batch arrived and the critic's update ran
+    critic.steps, critic.updating = 2, True                # the batch arrived; the critic's update runs
+    sync._next_probe = 0.0
+    scheduler.feed(step=2)                                 # equal steps, but an update holds the weights
+    assert back.sent == [] and actor.exports == critic.exports == 0 and list(pool.awaiting) == [0]
+
+    critic.updating = False                                # the update ended
     sync._next_probe = 0.0
     scheduler.feed(step=2)
     assert [load.version for load in back.sent] == [2] and back.made and pool.awaiting == {}
@@ -171,7 +180,13 @@ def test_when_no_maker_can_work_the_run_ends_in_one_line_naming_the_fix(pool):
     scheduler, sync, actor, critic = collective_job(pool, {0: back}, timeout_s=0.0)
     scheduler.feed(step=1)
     assert back.made == [] and pool.running == {} and [b.batch_id for b in pool.orphans] == [3]
+    scheduler.check_not_deadlocked(step=1)                 # stuck from now on: the clock starts
+    assert scheduler.stuck_since is not None
     with pytest.raises(maker_pool.WorkerLost, match="sync.transport=object_store") as e:
         time.sleep(0.01)
-        scheduler.check_not_deadlocked()
+        scheduler.check_not_deadlocked(step=1)
     assert "\n" not in str(e.value) and "{'actor': 2, 'critic': 1}" in str(e.value)
+    pool.orphans.clear()
+    scheduler.next_ticket = 100                            # no work left to hand out: a slow update, not stuck
+    scheduler.check_not_deadlocked(step=1)
+    assert scheduler.stuck_since is None

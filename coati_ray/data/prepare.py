@@ -150,6 +150,9 @@ def prepare(mode: str, files: list[str], tokenizer, max_length: int, num_bins: i
     for where, row in read_rows(files):
         s = make(row, where, tokenizer, max_length)
         if all(label == IGNORE_INDEX for label in s["labels"]):
+            if not s["truncated"]:
+                raise DataError(f"data error: {where}: the row has no target tokens to learn; give it a non-empty "
+                                "target (pretrain) or assistant turn (sft)")
             dropped += 1  # every target token is past max_length: nothing to learn, so skipped and counted
             continue
         rows += 1

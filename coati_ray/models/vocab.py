@@ -151,6 +151,14 @@ def grow_sentencepiece(tokenizer, model_file: str, expansion: Expansion):
         return type(tokenizer).from_pretrained(tmp, local_files_only=True)
 
 
+def unreachable_pieces(tokenizer, expansion: Expansion) -> list[str]:
+    """Added pieces that the grown tokenizer does not produce even for the piece's own text: in a
+    SentencePiece BPE model a piece is reached only by merging two pieces that spell it, so one whose halves
+    are not pieces (a long phrase, or characters the model spells in bytes) stays a row nothing uses."""
+    return [piece for new_id, piece in zip(expansion.new_ids, expansion.added)
+            if new_id not in old_ids_of(tokenizer, piece)]
+
+
 def mean_init_rows(weight: torch.Tensor, old_rows: int, new_rows: range) -> None:
     """Set `weight[new_rows]` to the mean of `weight[:old_rows]` (computed in float32), in place.
 
@@ -226,10 +234,11 @@ def expand_checkpoint(source: str, pieces_path: str, output: str) -> dict:
     model = load_causal_lm(source, dtype=stored_dtype(source))
     tokenizer, expansion = expand_tokenizer(tokenizer, pieces)
     expand_model(model, expansion)
+    unreachable = unreachable_pieces(tokenizer, expansion)
     report = {"source": os.path.abspath(source), "pieces_file": os.path.abspath(pieces_path),
               "old_vocab": expansion.first_id, "new_vocab": len(tokenizer), "added": len(expansion.added),
               "already_present": len(expansion.already_present), "repeated": expansion.repeated,
-              "first_new_id": expansion.first_id}
+              "unreachable": len(unreachable), "first_new_id": expansion.first_id}
     out = os.path.abspath(output)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))  # never an existing dir
@@ -240,7 +249,8 @@ def expand_checkpoint(source: str, pieces_path: str, output: str) -> dict:
             with open(os.path.join(tmp, tokenizer.vocab_files_names["vocab_file"]), "wb") as f:
                 f.write(expansion.sentencepiece_model)
         with open(os.path.join(tmp, "expand_vocab.json"), "w", encoding="utf-8") as f:
-            json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present},
+            json.dump({**report, "added_pieces": expansion.added, "already_present_pieces": expansion.already_present,
+                       "unreachable_pieces": unreachable},
                       f, indent=1, ensure_ascii=False)
         os.rename(tmp, out)
     except BaseException:
