@@ -244,21 +244,18 @@ class Strategy:
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sum a few floats across ranks (metrics); identity on one rank."""
-        if not (dist.is_initialized() and self.world_size > 1):
-            return list(values)
-        device = self.device if self.backend == "nccl" else torch.device("cpu")
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
-
+        return self._all_reduce(values, dist.ReduceOp.SUM)
 
     def all_reduce_max(self, values: list[float]) -> list[float]:
         """The largest of a few floats across ranks (metrics); identity on one rank."""
+        return self._all_reduce(values, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, values: list[float], op) -> list[float]:
         if not (dist.is_initialized() and self.world_size > 1):
             return list(values)
         device = self.device if self.backend == "nccl" else torch.device("cpu")
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=op)
         return t.tolist()
 
 
