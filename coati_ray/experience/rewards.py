@@ -117,7 +117,8 @@ class HttpReward:
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
         held: list = []  # the socket, kept: http.client hands it to the response and forgets it
-        timer = threading.Timer(self.timeout_s, _shut, args=(conn, held))
+        fired = threading.Event()  # set before the socket is shut, so a read cut short always sees it
+        timer = threading.Timer(self.timeout_s, _shut, args=(conn, held, fired))
         timer.start()
         try:
             conn.connect()
@@ -131,11 +132,11 @@ class HttpReward:
             if len(data) > self.max_response_bytes:
                 raise _TooLarge(f"the answer is larger than rewards.http_max_response_bytes="
                                 f"{self.max_response_bytes}")
-            if not timer.is_alive():
+            if fired.is_set():
                 raise TimeoutError(f"no complete answer within {self.timeout_s:g}s")
             return data
-        except OSError as e:
-            if not timer.is_alive():
+        except (OSError, http.client.HTTPException) as e:  # a read cut short: IncompleteRead, reset, ...
+            if fired.is_set():
                 raise TimeoutError(f"no complete answer within {self.timeout_s:g}s") from None
             raise e
         finally:
@@ -154,8 +155,10 @@ class _TooLarge(ValueError):
     pass
 
 
-def _shut(conn, held: list) -> None:
-    """At the deadline: end the connection under a blocked connect or read (which then fails at once)."""
+def _shut(conn, held: list, fired: threading.Event) -> None:
+    """At the deadline: end the connection under a blocked connect or read (which then fails at once, or
+    returns what it has: `fired` is set first, so the caller knows it was cut short)."""
+    fired.set()
     for sock in held or [getattr(conn, "sock", None)]:
         if sock is not None:
             try:
