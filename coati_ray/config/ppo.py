@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from coati_ray.config.checks import _fail, _require_data, check_chat_template, check_cpu_cores, check_nice
+from coati_ray.config.checks import _fail, _require_data, check_chat_template
+from coati_ray.config.runtime import BufferConfig, MakerConfig, SyncConfig, WatchdogConfig  # noqa: F401 (re-exported)
 from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt
 from coati_ray.models.value import VALUE_HEAD_FILE
 
@@ -167,93 +168,6 @@ class RewardSourcesConfig:
             _fail(f"{key}.http_max_response_bytes", f"must be >= 1024, got {self.http_max_response_bytes}", "e.g. 4194304")
         if self.http_timeout_s <= 0 or self.http_retries < 0:
             _fail(key, "http_timeout_s must be > 0 and http_retries >= 0", "e.g. http_timeout_s=30 http_retries=2")
-
-
-@dataclass
-class MakerConfig:
-    """Experience makers: each holds actor, initial, reward and critic models."""
-
-    num_makers: int = opt(2, "experience-maker actors (independent of the trainer groups)")
-    batch_size: int = opt(4, "samples per maker batch (one buffer item): batch_size / ppo.n_samples_per_prompt "
-                             "prompts, each sampled n times")
-    num_cpus: float = opt(0.5, "CPUs per maker")
-    num_gpus: float = opt(0.0, "GPUs per maker (fractions colocate with trainers)")
-    resources: dict[str, float] = opt({}, "custom Ray resources per maker, e.g. {inference: 1}, to place makers only on nodes "
-                              "started with `ray start --resources='{\"inference\": 8}'`")
-    torch_threads: Optional[int] = opt(1, "torch threads per maker")
-    cpu_cores: Optional[list[int]] = opt(None, "pin every thread of each maker to these cores of its node, e.g. [0] "
-                                               "(Linux affinity; None: the OS schedules); see resources.cpu_cores")
-    nice: int = opt(0, "Linux nice value of every thread of each maker (0-19; 0: unchanged); see resources.nice")
-    max_restarts: int = opt(3, "Ray restarts of a dead maker")
-    on_exhausted_restarts: Literal["fail", "drop"] = opt(
-        "fail", "a maker dead past max_restarts: fail ends the run; drop takes it out of the pool and the run goes "
-                "on with the others (its batches are made by them)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "inference dtype of every maker model; auto: what each trainer group computes in (its "
-                "precision on zero2/gemini, else its model.dtype) and reward.dtype for the reward model")
-    start_timeout_s: float = opt(120.0, "a maker not scheduled and ready within this many seconds ends the run "
-                                        "with one line")
-
-    def validate(self, key: str = "maker") -> None:
-        if self.num_makers < 1:
-            _fail(f"{key}.num_makers", f"must be >= 1, got {self.num_makers}", "PPO needs at least one maker")
-        if self.batch_size < 1:
-            _fail(f"{key}.batch_size", f"must be >= 1, got {self.batch_size}", "e.g. 4")
-        check_cpu_cores(self.cpu_cores, f"{key}.cpu_cores")
-        check_nice(self.nice, f"{key}.nice")
-        for name, amount in self.resources.items():
-            if name in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
-                _fail(f"{key}.resources", f"{name}: {amount!r} is not a custom resource amount > 0",
-                      "name resources your nodes were started with (--resources), e.g. {inference: 1}; CPUs and "
-                      "GPUs go in maker.num_cpus / maker.num_gpus")
-
-
-@dataclass
-class BufferConfig:
-    """The replay-buffer actor between makers and trainers."""
-
-    capacity: int = opt(64, "samples held at most (>= one rollout batch); async makers run ahead no further")
-    timeout_s: float = opt(600.0, "a producer or consumer waiting longer than this fails with a clear error")
-
-
-@dataclass
-class SyncConfig:
-    """How the trainers' new weights reach the makers after every update (actors/weight_sync.py)."""
-
-    transport: Literal["auto", "object_store", "collective"] = opt(
-        "auto", "object_store: put once, every maker pulls; collective: a torch.distributed broadcast from each "
-                "trainer group's rank 0 to every maker; auto: collective when the group forms, else object_store")
-    backend: Literal["auto", "gloo", "nccl"] = opt("auto", "collective backend; auto: nccl when the senders and "
-                                                           "every maker have a GPU, else gloo")
-    bucket_mb: float = opt(256.0, "collective: megabytes per broadcast bucket (the extra transport memory per side)")
-    timeout_s: float = opt(120.0, "a collective sync (or its group forming) that does not finish in time ends "
-                                  "the run with one line naming the peer that did not join")
-
-    def validate(self, key: str = "sync") -> None:
-        if self.bucket_mb <= 0:
-            _fail(f"{key}.bucket_mb", f"must be > 0, got {self.bucket_mb}", "e.g. 256")
-        if self.timeout_s <= 0:
-            _fail(f"{key}.timeout_s", f"must be > 0, got {self.timeout_s}", "e.g. 120")
-
-
-@dataclass
-class WatchdogConfig:
-    """A PPO step that makes no progress (no maker batch lands, no trainer rank or weight load finishes) for
-    this long ends the run with one line naming the actors that do not respond and what they run."""
-
-    stall_s: Optional[float] = opt(None, "seconds without progress that end the run; null: derived, "
-                                         "max(min_stall_s, factor x the slowest of the last 10 steps)")
-    min_stall_s: float = opt(900.0, "the derived bound's floor (and the bound of a run's first step)")
-    factor: float = opt(10.0, "the derived bound in multiples of the slowest recent step")
-    stacks: bool = opt(True, "write the Python stacks of the actors that do not respond to <run>/stall/ "
-                             "(py-spy, which ray[default] installs; actors on the driver's node)")
-
-    def validate(self, key: str = "watchdog") -> None:
-        if self.stall_s is not None and self.stall_s <= 0:
-            _fail(f"{key}.stall_s", f"must be > 0, got {self.stall_s}", "e.g. 600, or null to derive it")
-        if self.min_stall_s <= 0 or self.factor < 1:
-            _fail(f"{key}.min_stall_s", f"min_stall_s must be > 0 and factor >= 1, got {self.min_stall_s} and "
-                  f"{self.factor}", "e.g. min_stall_s=900 factor=10")
 
 
 @dataclass
