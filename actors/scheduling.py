@@ -81,17 +81,19 @@ class StepScheduler:
         """End the run in one line when no maker can work: work is waiting, nothing is in flight, and every
         maker waits for a consistent export (the trainer groups at different steps, or one updating while it
         waits for experience only a maker can make) for longer than sync.timeout_s."""
-        stuck = (not self.pool.running and self.pool.makers and all(i in self.pool.awaiting for i in self.pool.makers)
-                 and (self.pool.orphans or self.next_ticket < self.limit(step, max(self.pool.newest, step))))
+        every_maker_waits = bool(self.pool.makers) and all(i in self.pool.awaiting for i in self.pool.makers)
+        work_waits = self.pool.orphans or self.next_ticket < self.limit(step, max(self.pool.newest, step))
+        stuck = not self.pool.running and every_maker_waits and work_waits
         if not stuck:
             self.stuck_since = None
             return
         now = time.monotonic()
         self.stuck_since = self.stuck_since or now
         if now - self.stuck_since > self.pool.cfg.sync.timeout_s:
+            waiting = ", ".join(str(i) for i in sorted(self.pool.awaiting) if i in self.pool.makers)
             raise WorkerLost(
                 f"run error: weight sync: no maker can make the batches the trainers wait for: maker(s) "
-                f"{', '.join(str(i) for i in sorted(self.pool.awaiting) if i in self.pool.makers)} came back without weights, and the trainer "
+                f"{waiting} came back without weights, and the trainer "
                 f"groups (steps {self.pool.sync.uneven}) have not allowed a consistent export for "
                 f"{now - self.stuck_since:.0f}s under sync.transport=collective; use sync.transport=object_store "
                 "(which keeps each published version) or more than one maker")
