@@ -1,10 +1,15 @@
-"""Ours against TRL's PPO and GRPO trainers: same tiny model, tokenizer, prompts, generation length,
-batch sizes and epochs (GRPO: same group size and reward function), on this machine, one after the other.
+"""Ours against TRL's PPO and GRPO trainers: same model, tokenizer, prompts, generation length, batch sizes
+and epochs (GRPO: same group size and reward function), on this machine, interleaved and repeated.
 
-    python -m benchmarks.bench_trl [--steps 10] [--trl 0.19.1 1.12.0] [--grpo-trl 0.19.1] [--workload tiny|medium]
+    python -m benchmarks.bench_trl [--workload tiny|medium] [--steps 12] [--repeats 3] [--trl 0.19.1]
+                                   [--algos ppo grpo] [--layouts 1x2 1x1 2x1]
 
-Each TRL version runs in its own venv made by benchmarks/trl_env.sh (pinned; torch 2.5.1 like
-ours). The reward model is ours converted to AutoModelForSequenceClassification (score = our value
+The protocol (benchmarks/side_by_side.py): each side in every configuration it has (ours: sync and async;
+TRL: 1 process x all cores, 1 x 1 thread, one process per core under accelerate, fp32, plus bf16 where the
+CPU has it), once per round, the sides alternating; a step is the time between consecutive step ends on both
+sides, the first 2 are warm-up; the ratio is ours best over TRL's best, the median over rounds, with its
+range. Each TRL version runs in its own venv made by benchmarks/trl_env.sh (pinned; 0.19.1 on torch 2.5.1
+like ours). The reward model is ours converted to AutoModelForSequenceClassification (score = our value
 head; its bias, a constant reward offset, has no place there and is dropped).
 """
 
@@ -15,9 +20,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, niced_overrides, ppo_config,
                                reward_model_dir, save, steady, workload_model)
+from benchmarks.side_by_side import (WARMUP_STEPS, TrlLayout, cpu_flags, cpu_has_native_bf16, interleave, run_rate,
+                                     summarize, trl_layouts)
 
 INPUTS = os.path.join(OUT, "trl_inputs")  # the tiny workload's; trl_inputs_<workload> for the others
 MODEL, NEW_TOKENS = workload_model("tiny"), WORKLOADS["tiny"]["new_tokens"]
@@ -71,36 +79,56 @@ def prepare() -> None:
                    "maker_batch": MAKER_BATCH, "kl_coef": KL, "lr": LR}, f)
 
 
+OURS_SETUPS = {
+    "ppo": {"sync": "2 makers of 1 thread, then the 1-rank actor and critic groups side by side, 1 thread each",
+            "async": "max_staleness 1: 2 makers of 1 thread and the trainers at once, the trainers at nice 19"},
+    "grpo": {"sync": "2 threads each: the maker, then the trainer",
+             "async": "max_staleness 1: 2 makers of 1 thread (half the rollout each) and the trainer at once, the "
+                      "trainer at nice 19"},
+}
+
+
+def _run_job(cfg) -> tuple[list[float], list[dict]]:
+    """Our job on an embedded 2-CPU Ray -> (the clock at each step end, each step's metrics). The clock is read
+    in the driver's per-step callback, after everything the driver does for the step (sync, buffer stats,
+    metrics, logging), as TRL's is read in its on_step_end."""
+    import ray
+
+    from actors.driver import PPOJob
+
+    ends, rows = [], []
+
+    def on_step(job, step, metrics):
+        ends.append(time.perf_counter())
+        rows.append(metrics)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
+    try:
+        PPOJob(cfg, overwrite=True).run(on_step=on_step)
+    finally:
+        ray.shutdown()
+    return ends, rows
+
+
 def run_ours(steps: int, mode: str = "sync") -> dict:
-    """Our job with 2 makers of 1 torch thread and 1-rank naive groups on 2 CPUs: of the configurations
+    """Our PPO job with 2 makers of 1 torch thread and 1-rank naive groups on 2 CPUs: of the configurations
     benchmarks.bench_pipeline compares (RESULTS.md section 2), the fastest of each mode on the 39M
     workload. sync is TRL's algorithm: the makers and the trainers take turns, so generation gets both
     cores, one maker on each (1 maker of 2 threads is slower: its threads wait on each other), then the
     actor and critic groups one core each, side by side. async (max_staleness 1) makes the next step's
     batches while the trainers update, the trainers at nice 19 (Ray runs actors at 15), so that a core
     both stages want goes mostly to the makers, who set the pace."""
-    import ray
-
-    from actors.driver import PPOJob
-
     setup_overrides = ["maker.num_makers=2"] if mode == "sync" else \
         ["maker.num_makers=2", "ppo.mode=async", "ppo.max_staleness=1", *niced_overrides()]
     cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
                      f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *setup_overrides,
                      workload=WORKLOAD)
-    rows = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
-    try:
-        PPOJob(cfg, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
-    finally:
-        ray.shutdown()
-    step_s = steady([r["timing/step"] for r in rows])
+    ends, rows = _run_job(cfg)
+    rate = run_rate(ends, ROLLOUT)
     length = steady([r["response_length"] for r in rows if "response_length" in r])  # async: steps with batches
-    setup = ("2 makers of 1 thread, then the 1-rank actor and critic groups side by side, 1 thread each"
-             if mode == "sync" else "max_staleness 1: 2 makers of 1 thread and the trainers at once, the "
-             "trainers at nice 19")
-    return {"steps": len(rows), "step_seconds": step_s, "samples_per_s": ROLLOUT / step_s,
-            "generated_tokens_per_s": ROLLOUT * length / step_s, "mean_response_tokens": length, "setup": setup}
+    return {**rate, "mode": mode, "setup": OURS_SETUPS["ppo"][mode], "mean_response_tokens": length,
+            "generated_tokens_per_s": rate["samples_per_s"] * length,
+            "driver_timing_step": steady([r["timing/step"] for r in rows])}
 
 
 def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
@@ -110,11 +138,8 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
     gets both cores (1 maker, 2 torch threads). async lets 2 makers of 1 thread each (half the rollout each)
     make the next step's batches while the trainer updates (one version stale at most), the trainer at
     nice 19, so that a core both want goes mostly to the makers."""
-    import ray
-
     from coati_ray.config import load_config
     from coati_ray.config.ppo import PPOConfig
-    from actors.driver import PPOJob
 
     cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
         f"actor.path={MODEL}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
@@ -129,84 +154,99 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
           ["ppo.max_staleness=1", "maker.num_makers=2", f"maker.batch_size={GRPO_ROLLOUT // 2}",
            "maker.num_cpus=0.5", *niced_overrides(roles=("actor",))])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
     cfg.validate()
-    rows = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
-    try:
-        PPOJob(cfg, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
-    finally:
-        ray.shutdown()
-    step_s = steady([r["timing/step"] for r in rows])
-    setup = ("2 threads each: the maker, then the trainer" if mode == "sync" else "max_staleness 1: 2 makers "
-             "of 1 thread (half the rollout each) and the trainer at once, the trainer at nice 19")
-    return {"mode": mode, "setup": setup, "steps": len(rows), "step_seconds": step_s,
-            "samples_per_s": GRPO_ROLLOUT / step_s,
+    ends, rows = _run_job(cfg)
+    return {**run_rate(ends, GRPO_ROLLOUT), "mode": mode, "setup": OURS_SETUPS["grpo"][mode],
             "mean_response_tokens": steady([r["response_length"] for r in rows if "response_length" in r]),
             "timing": {k: steady([r[f"timing/{k}"] for r in rows if r.get("experience/batches")])
                        for k in ("generate", "ref", "update_actor")}}
 
 
-def run_trl(version: str, steps: int, script: str = "trl_ppo.py") -> dict:
+def trl_command(python: str, script: str, layout: TrlLayout, args: list[str]) -> list[str]:
+    """The command line of one TRL run: the script under its venv's python, or under `accelerate launch`
+    (gloo on CPU) when the layout has several processes; the threads and precision passed through."""
+    tail = [os.path.join(REPO, "benchmarks", script), *args, "--threads", str(layout.threads),
+            "--precision", layout.precision]
+    if layout.processes == 1:
+        return [python, *tail]
+    # --multi_gpu is accelerate's torch.distributed.run launcher; on CPU (TRL's use_cpu) its processes use gloo:
+    # `--cpu` with several processes would want mpirun
+    return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+            "--num_processes", str(layout.processes), "--mixed_precision", "no", "--main_process_port", "29533",
+            *tail]
+
+
+def run_trl(version: str, steps: int, script: str = "trl_ppo.py", layout: TrlLayout = TrlLayout(1, 2)) -> dict:
     subprocess.run(["bash", os.path.join(REPO, "benchmarks", "trl_env.sh"), version], check=True, cwd=REPO)
     python = os.path.join(OUT, f"venv-trl-{version}", "bin", "python")
     out = os.path.join(INPUTS, f"trl-{version}-{script.split('.')[0]}.json")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    if os.path.exists(out):
+        os.remove(out)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": str(layout.threads)}
     env.pop("PYTHONPATH", None)
-    subprocess.run([python, os.path.join(REPO, "benchmarks", script), "--inputs", INPUTS, "--steps", str(steps),
-                    "--out", out], check=True, cwd=INPUTS, env=env)
+    subprocess.run(trl_command(python, script, layout, ["--inputs", INPUTS, "--steps", str(steps), "--out", out]),
+                   check=True, cwd=INPUTS, env=env, timeout=3600)
     with open(out) as f:
-        return json.load(f)
+        raw = json.load(f)
+    return {**run_rate(raw.pop("step_ends"), raw["samples_per_step"]), **raw}
 
 
-def compare(ours: dict, versions: list[str], steps: int, script: str) -> dict:
-    rows = {}
-    for version in versions:
+def side_by_side(algo: str, steps: int, repeats: int, versions: list[str], layouts: list[TrlLayout]) -> dict:
+    """Every configuration of both sides, `repeats` interleaved rounds (benchmarks.side_by_side.interleave)."""
+    ours_run = run_ours if algo == "ppo" else run_ours_grpo
+    script = "trl_ppo.py" if algo == "ppo" else "trl_grpo.py"
+    trl_configs = {f"{v} {lay.name}": (v, lay) for v in versions for lay in layouts}
+    runs = []
+    for side, config, rnd in interleave(list(OURS_SETUPS[algo]), list(trl_configs), repeats):
+        print(f"[bench] {algo} round {rnd + 1}/{repeats}: {side} {config}", flush=True)
+        row = {"side": side, "config": config, "round": rnd}
         try:
-            rows[version] = run_trl(version, steps, script)
-        except subprocess.CalledProcessError as e:  # recorded, not hidden: RESULTS.md says it failed
-            rows[version] = {"error": f"exit {e.returncode}: {' '.join(map(str, e.cmd))[:300]}"}
-    for r in rows.values():
-        if "samples_per_s" in r:
-            r["ours_over_trl_samples"] = ours["samples_per_s"] / r["samples_per_s"]
-            if "generated_tokens_per_s" in r and "generated_tokens_per_s" in ours:
-                r["ours_over_trl_tokens"] = ours["generated_tokens_per_s"] / r["generated_tokens_per_s"]
-    return rows
+            if side == "ours":
+                row.update(ours_run(steps, config))
+            else:
+                version, layout = trl_configs[config]
+                row.update(run_trl(version, steps, script, layout))
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:400]  # recorded, not hidden: RESULTS.md says it failed
+        runs.append(row)
+        print(f"[bench]   -> " + (row["error"] if "error" in row else f"{row['samples_per_s']:.2f} samples/s"),
+              flush=True)
+    uncounted = [c for c, (_, lay) in trl_configs.items() if lay.precision != "fp32"]
+    return {"runs": runs, "summary": summarize(runs, uncounted), "uncounted": uncounted}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--trl", nargs="*", default=["1.12.0", "0.19.1"], help="TRL versions for PPO")
-    p.add_argument("--grpo-trl", nargs="*", default=["0.19.1"], help="TRL versions for GRPO")
+    p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up (>= 12: 10 steady)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every configuration")
+    p.add_argument("--trl", nargs="*", default=["0.19.1"], help="TRL versions (PPO and GRPO); 1.12.0 also pinned")
+    p.add_argument("--algos", nargs="*", choices=["ppo", "grpo"], default=["ppo", "grpo"])
+    p.add_argument("--layouts", nargs="*", default=None,
+                   help="TRL layouts as <processes>x<threads> (default: every one of side_by_side.trl_layouts)")
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
     args = p.parse_args(argv)
+    if args.steps < WARMUP_STEPS + 1:
+        p.error(f"--steps must leave a steady step after {WARMUP_STEPS} warm-up steps")
+    flags = cpu_flags()
+    layouts = trl_layouts(len(os.sched_getaffinity(0)), cpu_has_native_bf16(flags))
+    if args.layouts is not None:
+        layouts = [lay for lay in layouts if f"{lay.processes}x{lay.threads}" in args.layouts]
     use_workload(args.workload)
     prepare()
-    ours = run_ours(args.steps)
-    ours_async = run_ours(args.steps, "async")
-    rows = compare(ours, args.trl, args.steps, "trl_ppo.py")
-    for r in rows.values():
-        if "samples_per_s" in r:
-            r["ours_async_over_trl_samples"] = ours_async["samples_per_s"] / r["samples_per_s"]
-    ours_grpo = run_ours_grpo(args.steps, "sync")
-    ours_grpo_async = run_ours_grpo(args.steps, "async")
-    grpo_rows = compare(ours_grpo, args.grpo_trl, args.steps, "trl_grpo.py")
-    for r in grpo_rows.values():
-        if "samples_per_s" in r:
-            r["ours_async_over_trl_samples"] = ours_grpo_async["samples_per_s"] / r["samples_per_s"]
-
-    def best(found):
-        ratios = [r["ours_over_trl_samples"] for r in found.values() if "ours_over_trl_samples" in r]
-        return min(ratios) if ratios else None  # against the fastest TRL measured
-
     result = {"workload": {"model": os.path.relpath(MODEL, REPO), "rollout": ROLLOUT, "micro": MICRO,
-                           "epochs": EPOCHS, "new_tokens": NEW_TOKENS, "maker_batch": MAKER_BATCH,
-                           "steps": args.steps},
-              "ours": ours, "ours_async": ours_async, "trl": rows, "ppo_ratio": best(rows),
-              "grpo": {"workload": {"rollout": GRPO_ROLLOUT, "group": GRPO_GROUP, "micro": GRPO_MICRO,
-                                    "new_tokens": NEW_TOKENS, "kl_coef": GRPO_KL, "reward": "sorting verifier"},
-                       "ours": ours_grpo, "ours_async": ours_grpo_async, "trl": grpo_rows},
-              "grpo_ratio": best(grpo_rows),
+                           "epochs": EPOCHS, "new_tokens": NEW_TOKENS, "maker_batch": MAKER_BATCH},
+              "grpo_workload": {"rollout": GRPO_ROLLOUT, "group": GRPO_GROUP, "micro": GRPO_MICRO,
+                                "new_tokens": NEW_TOKENS, "kl_coef": GRPO_KL, "reward": "sorting verifier"},
+              "protocol": {"steps": args.steps, "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
+                           "trl_versions": args.trl, "trl_layouts": [lay.name for lay in layouts]},
+              "cpu": {"native_bf16": cpu_has_native_bf16(flags),
+                      "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))},
               "command": "python -m benchmarks.bench_trl " + " ".join(argv or sys.argv[1:])}
+    for algo in args.algos:
+        found = side_by_side(algo, args.steps, args.repeats, args.trl, layouts)
+        result[algo] = found
+        result[f"{algo}_ratio"] = found["summary"]["ratio"]
+        result[f"{algo}_ratio_range"] = found["summary"]["ratio_range"]
     save("vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}", result)
     return result
 

@@ -3,12 +3,16 @@ weight-sync seconds / GB/s per transport, for opt-125m/350m/1.3b-shaped models u
 TRL's PPO trainer on the same GPU and workload as the side-by-side (when trl is importable).
 
     python -m benchmarks.gpu_ppo [--sizes opt-125m opt-350m opt-1.3b] [--strategies ddp colossalai_zero2 colossalai_gemini]
-                                 [--transports object_store collective] [--trl] [--out gpu.json]
+                                 [--transports object_store collective] [--trl] [--repeats 3] [--out gpu.json]
 
 Models are built locally from OPT configs of those shapes (random weights, the repo's tokenizer: throughput
 does not depend on the values) and saved in Hugging Face format. One GPU is shared by fractions: the maker
-0.3, the actor group 0.3, the critic group 0.3. Workload: 32 prompts per step, up to 64 new tokens (random weights rarely
-emit EOS; TRL generates all 64), one PPO epoch in micro-batches of 8.
+0.3, the actor group 0.3, the critic group 0.3. Workload: 32 prompts per step, up to 64 new tokens (both sides stop
+a row at EOS; random weights rarely emit it), one PPO epoch in micro-batches of 8.
+
+The side by side follows benchmarks/side_by_side.py as the CPU one does: TRL in fp32 (against our ddp, fp32) and in
+bf16 (against our ZeRO-2 and Gemini, bf16), each labelled; a step is the time between consecutive step ends on both
+sides; `--repeats` interleaved rounds, ours and TRL's runs alternating within each model size.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import time
 
 from benchmarks.common import OUT, REPO, save, steady
+from benchmarks.side_by_side import interleave, run_rate
 
 SHAPES = {"opt-125m": (768, 12, 12), "opt-350m": (1024, 24, 16), "opt-1.3b": (2048, 24, 32)}
 ROLLOUT, NEW_TOKENS, MICRO = 32, 64, 8
@@ -67,14 +72,21 @@ def run(name: str, strategy: str, steps: int, transport: str) -> dict:
             "resources.num_gpus_per_rank=0.3", "resources.num_cpus_per_rank=1", "resources.torch_threads=4")],
         output_dir=os.path.join(OUT, "gpu", f"{name}-{strategy}-{transport}"))
     cfg.validate()
-    rows = []
+    rows, ends = [], []
+
+    def on_step(job, step, metrics):  # after everything the driver does per step, as TRL's on_step_end
+        ends.append(time.perf_counter())
+        rows.append(metrics)
+
     t0 = time.perf_counter()
-    PPOJob(cfg, log=False, overwrite=True).run(on_step=lambda job, step, m: rows.append(m))
-    step_s = steady([r["timing/step"] for r in rows])
+    PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
+    rate = run_rate(ends, ROLLOUT)
+    step_s = rate["step_seconds"]
     sync_s = steady([r["timing/sync"] for r in rows])
     sync_bytes = rows[-1]["sync/bytes"]
-    return {"model": name, "strategy": strategy, "transport": transport, "steps": len(rows),
-            "wall_seconds": time.perf_counter() - t0, "step_seconds": step_s,
+    return {"model": name, "strategy": strategy, "transport": transport, "precision": precision, "steps": len(rows),
+            "wall_seconds": time.perf_counter() - t0, "step_seconds": step_s, "steady_steps": rate["steady_steps"],
+            "driver_timing_step": steady([r["timing/step"] for r in rows]),
             "samples_per_s_per_gpu": ROLLOUT / step_s,
             "generated_tokens_per_s": steady([r["throughput/generated_tokens_per_s"] for r in rows]),
             "generate_seconds": steady([r["timing/generate"] for r in rows]),
@@ -85,9 +97,10 @@ def run(name: str, strategy: str, steps: int, transport: str) -> dict:
                 "makers", "actor", "critic")}}
 
 
-def run_trl(name: str, steps: int) -> dict:
-    """TRL's PPOTrainer (benchmarks/trl_ppo.py, in a subprocess) on the same model, prompts and workload, fp32
-    as our ddp row (TRL's PPO keeps policy, reference, reward and value models on one device)."""
+def run_trl(name: str, steps: int, precision: str = "fp32") -> dict:
+    """TRL's PPOTrainer (benchmarks/trl_ppo.py, in a subprocess) on the same model, prompts and workload, in
+    `precision` said explicitly (fp32 against our ddp row, bf16 against our ZeRO-2/Gemini rows; TRL's PPO keeps
+    policy, reference, reward and value models on one device)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from coati_ray.config.ppo import PromptDataConfig
@@ -110,10 +123,14 @@ def run_trl(name: str, steps: int) -> dict:
                    "maker_batch": ROLLOUT, "kl_coef": 0.05, "lr": 1e-6}, f)
     out = os.path.join(inputs, "result.json")
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "trl_ppo.py"), "--inputs", inputs, "--steps", str(steps),
-           "--threads", "4", "--gpu", "--out", out]
+           "--threads", "4", "--gpu", "--precision", precision, "--out", out]
+    if os.path.exists(out):
+        os.remove(out)
     subprocess.run(cmd, check=True, timeout=900)
     with open(out) as f:
-        return {"model": name, "strategy": "trl", **json.load(f)}
+        raw = json.load(f)
+    rate = run_rate(raw.pop("step_ends"), raw["samples_per_step"])
+    return {"model": name, "strategy": f"trl-{precision}", **raw, **rate, "samples_per_s_per_gpu": rate["samples_per_s"]}
 
 
 def main(argv=None) -> None:
@@ -123,8 +140,9 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", nargs="*", default=list(SHAPES))
     p.add_argument("--strategies", nargs="*", default=["ddp", "colossalai_zero2", "colossalai_gemini"])
     p.add_argument("--transports", nargs="*", default=["object_store"])
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--trl", action="store_true", help="also TRL's PPO on each size")
+    p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up")
+    p.add_argument("--trl", action="store_true", help="also TRL's PPO on each size, in fp32 and in bf16")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every configuration per size")
     p.add_argument("--out", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     rows = []
@@ -136,24 +154,23 @@ def main(argv=None) -> None:
             with open(args.out, "w") as f:
                 json.dump({"rows": rows}, f, indent=2)
 
+    ours = [(strategy, transport) for strategy in args.strategies for transport in args.transports]
+    theirs = ["fp32", "bf16"] if args.trl else []
     ray.init(include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
         for name in args.sizes:
-            for strategy in args.strategies:
-                for transport in args.transports:
-                    try:
-                        keep(run(name, strategy, args.steps, transport))
-                    except Exception as e:  # one failing combination is a result, not the end of the sweep
-                        keep({"model": name, "strategy": strategy, "transport": transport,
-                              "error": f"{type(e).__name__}: {e}"[:600]})
+            for side, config, rnd in interleave([f"{s}/{t}" for s, t in ours], theirs, args.repeats):
+                try:
+                    if side == "ours":
+                        strategy, transport = config.split("/")
+                        keep({"round": rnd, **run(name, strategy, args.steps, transport)})
+                    else:
+                        keep({"round": rnd, **run_trl(name, args.steps, config)})
+                except Exception as e:  # one failing combination is a result, not the end of the sweep
+                    keep({"model": name, "strategy": config.split("/")[0] if side == "ours" else f"trl-{config}",
+                          "round": rnd, "error": f"{type(e).__name__}: {e}"[:600]})
     finally:
         ray.shutdown()
-    if args.trl:
-        for name in args.sizes:
-            try:
-                keep(run_trl(name, args.steps))
-            except Exception as e:
-                keep({"model": name, "strategy": "trl", "error": f"{type(e).__name__}: {e}"[:600]})
     import torch
 
     save("gpu", {"rows": rows, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -15,70 +15,69 @@ def f(x, digits=2) -> str:
 
 
 def trl_section(r) -> list[str]:
+    """Section 1 from bench_trl's result: the protocol, then for PPO and GRPO every configuration of each side
+    (median and range over the rounds) and the median ratio with its range."""
     if r is None:
         return ["*Not measured in this run.*"]
-    w, ours = r["workload"], r["ours"]
-    out = [f"Workload: `{w['model']}`, {w['rollout']} prompts per step, {w['new_tokens']} new tokens, "
-           f"generation batches of {w['maker_batch']}, one PPO epoch over one mini-batch of {w['rollout']} in "
-           f"micro-batches of {w['micro']}, {w['steps']} steps (the first 2 are warm-up and not counted). "
-           f"Both sides get the whole machine: ours as a sync job "
-           f"({ours.get('setup', '1 maker with 2 torch threads, then the 1-rank actor and critic groups side by side with 1 thread each')}), "
-           "TRL as one process with 2 torch threads.", "",
-           "| trainer | step (s) | PPO samples/s | generated tokens/s | ours ÷ theirs (samples) | ours ÷ theirs (tokens) |",
-           "|---|---|---|---|---|---|",
-           f"| coati_ray (sync) | {f(ours['step_seconds'], 3)} | {f(ours['samples_per_s'])} | "
-           f"{f(ours['generated_tokens_per_s'], 1)} | | |"]
-    ours_async = r.get("ours_async")
-    if ours_async:
-        out.append(f"| coati_ray (async, {ours_async.get('setup', 'max_staleness 1: maker pinned to core 0, trainers to core 1')}) | "
-                   f"{f(ours_async['step_seconds'], 3)} | {f(ours_async['samples_per_s'])} | "
-                   f"{f(ours_async['generated_tokens_per_s'], 1)} | | |")
-    for version, t in r["trl"].items():
-        if "error" in t:
-            out.append(f"| TRL {version} | failed: {t['error']} | | | | |")
-            continue
-        where = "trl.experimental.ppo" if version.startswith("1.") else "trl.PPOTrainer"
-        ratio = f"**{f(t['ours_over_trl_samples'])}×** sync"
-        if "ours_async_over_trl_samples" in t:
-            ratio += f", {f(t['ours_async_over_trl_samples'])}× async"
-        out.append(f"| TRL {version} (`{where}`, torch {t['torch']}) | {f(t['step_seconds'], 3)} | "
-                   f"{f(t['samples_per_s'])} | {f(t['generated_tokens_per_s'], 1)} | "
-                   f"{ratio} | {f(t['ours_over_trl_tokens'])}× |")
-    out += ["", f"Our mean response length was {f(ours['mean_response_tokens'], 1)} tokens (EOS may end a "
-            "sample early); TRL, run without a stop token, generates the full length, so its token count "
-            "is samples × new tokens."]
-    out += grpo_rows(r.get("grpo"))
+    if "protocol" not in r:
+        return [f"*Measured on {r.get('measured_at', '?')} by the earlier protocol (one run per side, TRL's PPO under "
+                f"CPU bf16 autocast and decoding every row to the end, our step without the driver's work); its "
+                f"ratios (PPO {f(r.get('ppo_ratio'))}×, GRPO {f(r.get('grpo_ratio'))}×) are superseded, not "
+                "comparable: rerun `make bench`.*"]
+    pr, w, cpu = r["protocol"], r["workload"], r["cpu"]
+    bf16 = ("the CPU has native bf16, so TRL is also tried in bf16 (recorded, never the ratio's: ours trains in fp32)"
+            if cpu["native_bf16"] else "no native bf16 on this CPU (flags: " + (", ".join(cpu["flags"]) or "none")
+            + "), so TRL runs in fp32 only, as ours does")
+    out = [f"Protocol: {pr['repeats']} interleaved rounds; in each, every configuration of each side runs once "
+           f"({pr['steps']} steps, the first {pr['warmup_steps']} warm-up), the sides alternating and the side that "
+           "starts alternating from round to round. A step is the wall-clock between consecutive step ends on both "
+           "sides (ours read in the driver's per-step callback, after everything the driver does per step; TRL's in "
+           "its `on_step_end`). TRL (" + ", ".join(pr["trl_versions"]) + ") in fp32 explicitly, PPO stopping at EOS "
+           f"as ours does, in each layout: {', '.join(pr['trl_layouts'])} (p = processes under `accelerate launch`, "
+           f"t = torch threads each); {bf16}. Each side counts its best configuration (highest median); the ratio is "
+           "ours ÷ TRL's within each round, its median and range over the rounds.", ""]
+    if "ppo" in r:
+        out += [f"**PPO**: `{w['model']}`, {w['rollout']} prompts per step, {w['new_tokens']} new tokens, generation "
+                f"batches of {w['maker_batch']}, one PPO epoch over one mini-batch of {w['rollout']} in micro-batches "
+                f"of {w['micro']}, actor, critic, reference and reward model on both sides.", "",
+                *side_by_side_rows(r["ppo"], r.get("ppo_ratio"), r.get("ppo_ratio_range"), "ppo")]
+    if "grpo" in r:
+        g = r["grpo_workload"]
+        out += ["", f"**GRPO** (`trl.GRPOTrainer` against ours): {g['rollout'] // g['group']} prompts × {g['group']} "
+                f"samples per step, {g['new_tokens']} new tokens, the {g['reward']} as the reward, KL {g['kl_coef']} in "
+                f"the loss, one update over all {g['rollout']} in micro-batches of {g['micro']}; no critic on either "
+                "side.", "", *side_by_side_rows(r["grpo"], r.get("grpo_ratio"), r.get("grpo_ratio_range"), "grpo")]
     out += ["", f"Command: `{r['command']}`"]
     return out
 
 
-def grpo_rows(g) -> list[str]:
-    if not g:
-        return []
-    w, ours, ours_async = g["workload"], g["ours"], g.get("ours_async")
-    out = ["", f"**GRPO** (`trl.GRPOTrainer` against ours): {w['rollout'] // w['group']} prompts × {w['group']} samples "
-           f"per step, {w['new_tokens']} new tokens, the {w['reward']} as the reward, KL {w['kl_coef']} in the loss, "
-           f"one update over all {w['rollout']} in micro-batches of {w['micro']}; no critic on either side.", "",
-           "| trainer | step (s) | samples/s | ours ÷ theirs |", "|---|---|---|---|",
-           f"| coati_ray (sync, {ours.get('setup', '2 threads each: maker, then trainer')}) | {f(ours['step_seconds'], 3)} | "
-           f"{f(ours['samples_per_s'])} | |"]
-    if ours_async:
-        out.append(f"| coati_ray (async, {ours_async.get('setup', 'max_staleness 1: maker and trainer at once, 1 thread each, pinned to cores 0 and 1')}) | "
-                   f"{f(ours_async['step_seconds'], 3)} | {f(ours_async['samples_per_s'])} | |")
-    for version, t in g["trl"].items():
-        if "error" in t:
-            out.append(f"| TRL {version} | failed: {t['error']} | | |")
-            continue
-        ratio = f"**{f(t['ours_over_trl_samples'])}×** sync"
-        if "ours_async_over_trl_samples" in t:
-            ratio += f", {f(t['ours_async_over_trl_samples'])}× async"
-        out.append(f"| TRL {version} (`trl.GRPOTrainer`, torch {t['torch']}, {t['threads']} threads) | "
-                   f"{f(t['step_seconds'], 3)} | {f(t['samples_per_s'])} | {ratio} |")
-    tm = ours.get("timing", {})
-    if tm:
-        out += ["", f"Where our sync step goes: generate {f(tm['generate'], 3)} s, reference log-probs "
-                f"{f(tm['ref'], 3)} s (one forward: the behaviour log-probs are the trainer's first forward, as "
-                f"in TRL), update {f(tm['update_actor'], 3)} s; the rest is moving the batch through Ray."]
+def side_by_side_rows(found: dict, ratio, ratio_range, algo: str) -> list[str]:
+    from benchmarks.bench_trl import OURS_SETUPS
+
+    s = found["summary"]
+    best = s.get("best", {})
+    out = ["| side | configuration | samples/s (median) | min–max | step (s, median) | rounds |",
+           "|---|---|---|---|---|---|"]
+    for side in ("ours", "trl"):
+        for config, c in s["configs"].get(side, {}).items():
+            steps = sorted(x["step_seconds"] for x in found["runs"]
+                           if x["side"] == side and x["config"] == config and "step_seconds" in x)
+            label = (f"sync ({OURS_SETUPS[algo]['sync']})" if config == "sync" else
+                     f"async ({OURS_SETUPS[algo]['async']})" if config == "async" else config)
+            if config in found.get("uncounted", []):
+                label += ", not counted (another precision than ours)"
+            name = "coati_ray" if side == "ours" else "TRL"
+            mark = "**" if best.get(side) == config else ""
+            out.append(f"| {mark}{name}{mark} | {label} | {mark}{f(c['median'])}{mark} | {f(c['min'])}–{f(c['max'])} | "
+                       f"{f(steps[len(steps) // 2], 3) if steps else 'n/a'} | {c['n']} |")
+    for x in s.get("failed", []):
+        out.append(f"| {'coati_ray' if x['side'] == 'ours' else 'TRL'} | {x['config']} (round {x['round'] + 1}) | "
+                   f"failed: {x['error']} | | | |")
+    if ratio is None:
+        out += ["", "No ratio: a side has no successful run."]
+    else:
+        out += ["", f"Ours ÷ TRL: **{f(ratio)}×** ({f(ratio_range[0])}–{f(ratio_range[1])}) over "
+                f"{len(s['ratios'])} rounds, our {best['ours']} against TRL {best['trl']}."]
     return out
 
 
@@ -325,22 +324,44 @@ def gpu_section(r) -> list[str]:
            "| model | strategy | step (s) | samples/s/GPU | generated tok/s | TFLOP/s maker / actor / critic | "
            "peak GiB maker / actor / critic | sync (s) | sync GB/s | vs TRL samples/s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    trl = {x["model"]: x for x in r["rows"] if x["strategy"] == "trl" and "error" not in x}
+    groups = {}  # (model, strategy) -> its successful rows, one per round
     for x in r["rows"]:
-        if x["strategy"] == "trl":
-            continue
         if "error" in x:
             out.append(f"| {x['model']} | {x['strategy']} | {x['error'][:90]} |||||||")
+        else:
+            groups.setdefault((x["model"], x["strategy"]), []).append(x)
+
+    def med(rows, key):
+        values = sorted(x[key] for x in rows if x.get(key) is not None)
+        return values[len(values) // 2] if values else None
+
+    def trl_precision(x):  # rows from before the precision was said ran under OnPolicyConfig's bf16=True default
+        return x.get("precision") or ("bf16" if x["strategy"] == "trl" else "fp32" if x["strategy"] == "ddp" else "bf16")
+
+    trl = {(m, trl_precision(rows[0])): rows for (m, st), rows in groups.items() if st.startswith("trl")}
+    for (m, st), rows in groups.items():
+        if st.startswith("trl"):
             continue
-        t = trl.get(x["model"])
-        ratio = f"{x['samples_per_s_per_gpu'] / t['samples_per_s']:.2f}×" if t else "—"
-        out.append(f"| {x['model']} | {x['strategy']} | {f(x['step_seconds'])} | {f(x['samples_per_s_per_gpu'], 1)} | "
-                   f"{f(x['generated_tokens_per_s'], 0)} | {f(x['tflops_makers'])} / {f(x['tflops_actor_trainer'])} / "
-                   f"{f(x['tflops_critic_trainer'])} | {f(x['peak_gb_makers'])} / {f(x['peak_gb_actor'])} / "
-                   f"{f(x['peak_gb_critic'])} | {f(x['sync_seconds'])} | {f(x['sync_gb_per_s'])} | {ratio} |")
-    for m, t in trl.items():
-        out.append(f"| {m} | TRL {t['trl']} PPOTrainer (fp32) | {f(t['step_seconds'])} | {f(t['samples_per_s'], 1)} | "
-                   f"{f(t['generated_tokens_per_s'], 0)} | | | | | 1.00× |")
+        x, t = rows[0], trl.get((m, trl_precision(rows[0])))
+        ratio = (f"{med(rows, 'samples_per_s_per_gpu') / med(t, 'samples_per_s'):.2f}× ({trl_precision(rows[0])})"
+                 if t else "—")
+        out.append(f"| {m} | {st} | {f(med(rows, 'step_seconds'))} | {f(med(rows, 'samples_per_s_per_gpu'), 1)} | "
+                   f"{f(med(rows, 'generated_tokens_per_s'), 0)} | {f(med(rows, 'tflops_makers'))} / "
+                   f"{f(med(rows, 'tflops_actor_trainer'))} / {f(med(rows, 'tflops_critic_trainer'))} | "
+                   f"{f(med(rows, 'peak_gb_makers'))} / {f(med(rows, 'peak_gb_actor'))} / {f(med(rows, 'peak_gb_critic'))}"
+                   f" | {f(med(rows, 'sync_seconds'))} | {f(med(rows, 'sync_gb_per_s'))} | {ratio} |")
+    for (m, precision), rows in trl.items():
+        label = (f"TRL {rows[0]['trl']} PPOTrainer ({precision})" if rows[0].get("precision") else
+                 f"TRL {rows[0]['trl']} PPOTrainer (bf16 autocast: OnPolicyConfig's default, before the precision "
+                 "was said; no stop token)")
+        out.append(f"| {m} | {label} | {f(med(rows, 'step_seconds'))} | {f(med(rows, 'samples_per_s'), 1)} | "
+                   f"{f(med(rows, 'generated_tokens_per_s'), 0)} | | | | | 1.00× |")
+    if any("round" in x for x in r["rows"]):
+        out += ["", "Medians over the interleaved rounds; a step is the time between consecutive step ends on both "
+                "sides; ratios compare equal precisions (ddp with TRL fp32, ZeRO-2/Gemini with TRL bf16)."]
+    else:
+        out += ["", "One run per row, measured before the fair protocol (benchmarks/side_by_side.py): TRL's row ran in "
+                "bf16 autocast, so the fp32 ddp row's ratio is not like for like; the next GPU run replaces them."]
     out += ["", f"tests/gpu: {r['tests_summary']}. NCCL with two ranks on one GPU: {r['nccl_two_ranks_one_gpu']}.",
             "", "Incompatibilities met:", *[f"- {x}" for x in r["incompatibilities"]],
             "", "Bugs found on the GPU and fixed:", *[f"- {x}" for x in r["bugs_fixed"]],

@@ -10,9 +10,10 @@ from benchmarks import bench_generation, bench_pipeline, bench_quantize, bench_t
 
 def main() -> None:
     t = time.time()
-    for name, run in (("TRL comparison", lambda: bench_trl.main(["--steps", "10"])),
-                      ("TRL comparison, 39M llama x 64 tokens",
-                       lambda: bench_trl.main(["--steps", "8", "--workload", "medium", "--trl", "0.19.1"])),
+    for name, run in (("TRL side by side (3 interleaved rounds, every layout of each side)",
+                       lambda: bench_trl.main(["--steps", "12", "--repeats", "3"])),
+                      ("TRL side by side, 39M llama x 64 tokens",
+                       lambda: bench_trl.main(["--steps", "12", "--repeats", "3", "--workload", "medium"])),
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
                       ("pipeline efficiency, 39M llama x 64 tokens",
                        lambda: bench_pipeline.main(["--steps", "8", "--workload", "medium", "--no-scaling"])),

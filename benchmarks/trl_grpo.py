@@ -4,7 +4,9 @@
 
 Same model, prompts (our template, as text), group size, generation length, batch and reward function
 (the sorting verifier, copied here so this file imports only torch, transformers, datasets and trl).
-Times every optimiser step (one generation of the whole batch, scoring, one update) with a callback.
+Stamps the end of every optimiser step (one generation of the whole batch, scoring, one update) with a
+callback and writes the stamps (benchmarks.side_by_side makes the rate). Precision explicit (fp32 unless
+--precision bf16); under `accelerate launch` the batch is split between the processes, rank 0 writes.
 """
 
 import argparse
@@ -33,11 +35,26 @@ def sorting_reward(prompts, completions, **kwargs):
     return [gold_score(p, c) for p, c in zip(prompts, completions)]
 
 
+def config_kwargs(w: dict, world: int, steps: int, precision: str, output_dir: str) -> dict:
+    """TRL's GRPOConfig for workload `w` on `world` processes: one generation of the whole batch per optimiser
+    step (steps_per_generation defaults to the accumulation steps), split between the processes."""
+    if w["rollout"] % (w["micro"] * world):
+        raise SystemExit(f"error: rollout {w['rollout']} does not split into {world} processes x micro {w['micro']}")
+    return dict(output_dir=output_dir, per_device_train_batch_size=w["micro"],
+                gradient_accumulation_steps=w["rollout"] // (w["micro"] * world), num_generations=w["group"],
+                max_completion_length=w["new_tokens"], max_prompt_length=64, beta=w["kl_coef"],
+                learning_rate=w["lr"], temperature=1.0, max_steps=steps, report_to="none",
+                save_strategy="no", logging_steps=10**6, use_cpu=True, seed=42, num_iterations=1,
+                remove_unused_columns=False, dataloader_num_workers=0, bf16=precision == "bf16", fp16=False,
+                gradient_checkpointing=False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--inputs", required=True, help="dir from benchmarks.bench_trl: prompts.jsonl, grpo.json")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -50,25 +67,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with open(os.path.join(args.inputs, "grpo.json")) as f:
         w = json.load(f)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # accelerate launch: one generation batch over all processes
+    config = GRPOConfig(**config_kwargs(w, world, args.steps, args.precision,
+                                        os.path.join(args.inputs, "trl_grpo_out")))
     tok = AutoTokenizer.from_pretrained(w["model"], padding_side="left")
     with open(os.path.join(args.inputs, "prompts.jsonl")) as f:
         texts = [json.loads(line)["text"] for line in f]
     dataset = Dataset.from_dict({"prompt": texts})
     model = AutoModelForCausalLM.from_pretrained(w["model"])
     prompts_per_step = w["rollout"] // w["group"]
-    config = GRPOConfig(output_dir=os.path.join(args.inputs, "trl_grpo_out"), per_device_train_batch_size=w["micro"],
-                        gradient_accumulation_steps=w["rollout"] // w["micro"], num_generations=w["group"],
-                        max_completion_length=w["new_tokens"], max_prompt_length=64, beta=w["kl_coef"],
-                        learning_rate=w["lr"], temperature=1.0, max_steps=args.steps, report_to="none",
-                        save_strategy="no", logging_steps=10**6, use_cpu=True, seed=42, num_iterations=1,
-                        remove_unused_columns=False, dataloader_num_workers=0, bf16=False, fp16=False,
-                        gradient_checkpointing=False)
     stamps = []
 
     class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            stamps.append(time.perf_counter())
-
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
 
@@ -77,15 +87,14 @@ def main() -> None:
     t = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    kept = steps[2:] if len(steps) > 2 else steps  # the first updates include warm-up
-    step_s = sum(kept) / len(kept)
-    result = {"trl": trl.__version__, "torch": torch.__version__, "steps": len(steps), "step_seconds": step_s,
-              "samples_per_s": w["rollout"] / step_s, "prompts_per_step": prompts_per_step, "wall_seconds": wall,
-              "threads": args.threads}
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    result = {"trl": trl.__version__, "torch": torch.__version__, "steps": len(stamps), "step_ends": stamps,
+              "prompts_per_step": prompts_per_step, "samples_per_step": w["rollout"], "wall_seconds": wall,
+              "processes": world, "threads": args.threads, "precision": args.precision}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    print(json.dumps(result))
+    print(json.dumps({k: v for k, v in result.items() if k != "step_ends"}))
 
 
 if __name__ == "__main__":

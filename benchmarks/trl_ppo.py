@@ -2,8 +2,11 @@
 
     <venv>/bin/python benchmarks/trl_ppo.py --inputs runs/bench/trl_inputs --steps 10 --out result.json
 
-Imports only torch, transformers, datasets and trl. Times every PPO update (rollout of
-ROLLOUT prompts, scoring, one epoch of updates) with a callback and writes the steady-state rates.
+Imports only torch, transformers, datasets and trl. Stamps the end of every PPO update (rollout of
+ROLLOUT prompts, scoring, one epoch of updates) with a callback and writes the stamps; benchmarks.side_by_side
+turns them into a rate by the rule it applies to ours. TRL at its best: precision explicit (fp32 unless
+--precision bf16), stop at EOS, any number of threads, and under `accelerate launch` any number of processes
+(the rollout split between them, rank 0 writes).
 """
 
 import argparse
@@ -12,11 +15,28 @@ import os
 import time
 
 
+def config_kwargs(w: dict, world: int, steps: int, precision: str, gpu: bool, output_dir: str) -> dict:
+    """TRL's PPOConfig for workload `w` on `world` processes (each makes rollout / world samples per step)."""
+    if w["rollout"] % (w["micro"] * world):
+        raise SystemExit(f"error: rollout {w['rollout']} does not split into {world} processes x micro {w['micro']}")
+    return dict(output_dir=output_dir, per_device_train_batch_size=w["micro"],
+                gradient_accumulation_steps=w["rollout"] // (w["micro"] * world), num_mini_batches=1,
+                num_ppo_epochs=w["epochs"], local_rollout_forward_batch_size=w["maker_batch"],
+                response_length=w["new_tokens"], total_episodes=w["rollout"] * steps, kl_coef=w["kl_coef"],
+                temperature=1.0, learning_rate=w["lr"], report_to="none", save_strategy="no",
+                num_sample_generations=0, logging_steps=10**6, use_cpu=not gpu, seed=42,
+                stop_token="eos",  # a response ends at EOS, as ours does (None would decode every row to the end)
+                missing_eos_penalty=None,
+                # OnPolicyConfig defaults to bf16=True, CPU autocast included: the precision is said, never implied
+                bf16=precision == "bf16", fp16=False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--inputs", required=True, help="dir from benchmarks.bench_trl: prompts.jsonl, rm/, workload.json")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--gpu", action="store_true", help="train on the GPU (benchmarks.gpu_ppo's side-by-side)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -34,6 +54,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with open(os.path.join(args.inputs, "workload.json")) as f:
         w = json.load(f)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # accelerate launch: each process makes rollout / world
+    config = PPOConfig(**config_kwargs(w, world, args.steps, args.precision, args.gpu,
+                                       os.path.join(args.inputs, "trl_out")))
     tok = AutoTokenizer.from_pretrained(w["model"], padding_side="left")
     with open(os.path.join(args.inputs, "prompts.jsonl")) as f:
         ids = [json.loads(line)["input_ids"] for line in f]
@@ -45,20 +68,9 @@ def main() -> None:
     for m in (reward, value):
         m.config.pad_token_id = tok.pad_token_id
 
-    grad_accum = w["rollout"] // w["micro"]
-    config = PPOConfig(output_dir=os.path.join(args.inputs, "trl_out"), per_device_train_batch_size=w["micro"],
-                       gradient_accumulation_steps=grad_accum, num_mini_batches=1, num_ppo_epochs=w["epochs"],
-                       local_rollout_forward_batch_size=w["maker_batch"], response_length=w["new_tokens"],
-                       total_episodes=w["rollout"] * args.steps, kl_coef=w["kl_coef"], temperature=1.0,
-                       learning_rate=w["lr"], report_to="none", save_strategy="no", num_sample_generations=0,
-                       logging_steps=10**6, use_cpu=not args.gpu, seed=42, stop_token=None, missing_eos_penalty=None)
-
     stamps = []
 
     class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            stamps.append(time.perf_counter())
-
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
 
@@ -67,16 +79,14 @@ def main() -> None:
     t = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    kept = steps[2:] if len(steps) > 2 else steps  # the first updates include warm-up
-    step_s = sum(kept) / len(kept)
-    # TRL generates response_length tokens for every sample (no stop token here): its token count
-    result = {"trl": trl.__version__, "torch": torch.__version__, "steps": len(steps), "step_seconds": step_s,
-              "samples_per_s": w["rollout"] / step_s, "generated_tokens_per_s": w["rollout"] * w["new_tokens"] / step_s,
-              "wall_seconds": wall, "threads": args.threads}
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    result = {"trl": trl.__version__, "torch": torch.__version__, "steps": len(stamps), "step_ends": stamps,
+              "wall_seconds": wall, "processes": world, "threads": args.threads, "precision": args.precision,
+              "samples_per_step": w["rollout"]}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    print(json.dumps(result))
+    print(json.dumps({k: v for k, v in result.items() if k != "step_ends"}))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 #   versions  the stack that runs, and the NCCL probe (two ranks on one GPU)
 #   kernels   JIT-build HybridAdam's CUDA/C++ kernels (returned as $OUT/kernels.tar.gz to carry next time)
 #   tests     pytest tests/gpu (GPU_TEST_ARGS overrides its arguments)
-#   bench     python -m benchmarks.gpu_ppo (GPU_BENCH_ARGS overrides its arguments)
+#   bench     python -m benchmarks.gpu_ppo: opt-125m, ddp and ZeRO-2 against TRL fp32/bf16, 3 interleaved rounds
+#             (about 7 min; GPU_BENCH_ARGS overrides its arguments, e.g. --sizes opt-1.3b --strategies colossalai_zero2)
 # Logs and JSON go to $OUT (the device tool's folder) or runs/gpu_check.
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
@@ -49,7 +50,7 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
       status=${PIPESTATUS[0]} ;;
     bench)
       # shellcheck disable=SC2086
-      timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl} --out "$OUT/gpu.json" 2>&1 \
+      timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
         | grep -v "warn" | tee "$OUT/bench.log" | tail -40
       status=${PIPESTATUS[0]} ;;
     *) echo "[gpu-check] unknown phase '$phase' (versions, kernels, tests, bench)"; exit 2 ;;

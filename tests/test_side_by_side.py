@@ -1,0 +1,131 @@
+"""The TRL side by side's plumbing, timing nothing: the configurations each side runs, the interleaving, one
+step rule for both sides, the ratio and its range, and how RESULTS.md reports them."""
+
+import importlib.util
+import os
+
+import pytest
+
+from benchmarks import side_by_side as sbs
+from benchmarks.bench_trl import OURS_SETUPS, trl_command
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports nothing of TRL at module level: its venv is not ours
+    return module
+
+
+def test_trl_is_tried_in_every_layout_fp32_and_bf16_only_where_the_cpu_has_it():
+    names = [lay.name for lay in sbs.trl_layouts(2, native_bf16=False)]
+    assert names == ["1p x 2t fp32", "1p x 1t fp32", "2p x 1t fp32"]
+    with_bf16 = sbs.trl_layouts(2, native_bf16=True)
+    assert with_bf16[-1] == sbs.TrlLayout(1, 2, "bf16") and len(with_bf16) == 4
+    assert [lay.name for lay in sbs.trl_layouts(1, native_bf16=False)] == ["1p x 1t fp32"]  # no duplicates
+    assert not sbs.cpu_has_native_bf16(["avx2", "fma", "avx512f"])
+    assert sbs.cpu_has_native_bf16(["avx2", "avx512_bf16"]) and sbs.cpu_has_native_bf16(["amx_bf16"])
+
+
+def test_trl_ppo_runs_fp32_unless_told_stops_at_eos_and_splits_the_rollout_between_processes():
+    ppo = _script("trl_ppo")
+    w = {"rollout": 16, "micro": 4, "epochs": 1, "maker_batch": 8, "new_tokens": 16, "kl_coef": 0.05, "lr": 1e-5}
+    one = ppo.config_kwargs(w, world=1, steps=12, precision="fp32", gpu=False, output_dir="x")
+    assert one["bf16"] is False and one["fp16"] is False and one["stop_token"] == "eos" and one["use_cpu"]
+    assert one["per_device_train_batch_size"] * one["gradient_accumulation_steps"] == 16
+    assert one["total_episodes"] == 16 * 12
+    two = ppo.config_kwargs(w, world=2, steps=12, precision="bf16", gpu=True, output_dir="x")
+    assert two["bf16"] is True and not two["use_cpu"]
+    assert two["per_device_train_batch_size"] * two["gradient_accumulation_steps"] * 2 == 16
+    with pytest.raises(SystemExit, match="does not split into 3 processes"):
+        ppo.config_kwargs(w, world=3, steps=12, precision="fp32", gpu=False, output_dir="x")
+
+
+def test_trl_grpo_makes_the_whole_batch_per_step_on_any_number_of_processes():
+    grpo = _script("trl_grpo")
+    w = {"rollout": 64, "group": 4, "micro": 8, "new_tokens": 16, "kl_coef": 0.04, "lr": 1e-5}
+    for world in (1, 2):
+        kw = grpo.config_kwargs(w, world=world, steps=12, precision="fp32", output_dir="x")
+        assert kw["per_device_train_batch_size"] * kw["gradient_accumulation_steps"] * world == 64
+        assert kw["bf16"] is False and kw["max_steps"] == 12 and kw["num_generations"] == 4
+
+
+def test_a_trl_run_of_several_processes_goes_through_accelerate_with_its_threads_and_precision():
+    single = trl_command("py", "trl_ppo.py", sbs.TrlLayout(1, 2), ["--steps", "12"])
+    assert single[0] == "py" and single[1].endswith("benchmarks/trl_ppo.py")
+    assert single[-4:] == ["--threads", "2", "--precision", "fp32"]
+    multi = trl_command("py", "trl_grpo.py", sbs.TrlLayout(2, 1, "bf16"), ["--steps", "12"])
+    assert multi[:3] == ["py", "-m", "accelerate.commands.launch"]
+    assert multi[multi.index("--num_processes") + 1] == "2" and "--multi_gpu" in multi
+    assert multi[-4:] == ["--threads", "1", "--precision", "bf16"]
+
+
+def test_the_runs_interleave_both_sides_and_alternate_who_starts():
+    order = sbs.interleave(["sync", "async"], ["a", "b", "c"], repeats=3)
+    assert order[:5] == [("ours", "sync", 0), ("trl", "a", 0), ("ours", "async", 0), ("trl", "b", 0), ("trl", "c", 0)]
+    assert order[5:10] == [("trl", "a", 1), ("ours", "sync", 1), ("trl", "b", 1), ("ours", "async", 1), ("trl", "c", 1)]
+    assert order[10][:2] == ("ours", "sync")
+    for config in ("sync", "async", "a", "b", "c"):  # every configuration once per round
+        assert sorted(rnd for _, c, rnd in order if c == config) == [0, 1, 2]
+    with pytest.raises(ValueError):
+        sbs.interleave(["sync"], ["a"], repeats=0)
+
+
+def test_one_step_rule_for_both_sides_between_consecutive_step_ends_after_warmup():
+    ends = [10.0, 11.0, 13.0, 16.0, 20.0]  # steps of 1 (from start, unseen), 2, 3, 4 seconds
+    assert sbs.steady_step_seconds(ends, warmup=2) == [2.0, 3.0, 4.0]
+    assert sbs.steady_step_seconds(ends, warmup=1) == [1.0, 2.0, 3.0, 4.0]
+    rate = sbs.run_rate(ends, samples_per_step=16, warmup=2)
+    assert rate["steady_steps"] == 3 and rate["step_seconds"] == pytest.approx(3.0)
+    assert rate["samples_per_s"] == pytest.approx(16 / 3.0)
+    assert (rate["step_seconds_min"], rate["step_seconds_max"]) == (2.0, 4.0)
+    twelve = [float(i) for i in range(12)]
+    assert sbs.run_rate(twelve, 16)["steady_steps"] == sbs.MIN_STEADY_STEPS  # the default run has 10 steady steps
+    with pytest.raises(ValueError, match="no steady step"):
+        sbs.run_rate([1.0, 2.0], 16, warmup=2)
+
+
+def _run(side, config, rnd, rate):
+    return {"side": side, "config": config, "round": rnd, "samples_per_s": rate}
+
+
+def test_the_ratio_is_ours_best_over_theirs_best_round_by_round_with_its_range():
+    runs = [_run("ours", "sync", 0, 10.0), _run("ours", "async", 0, 12.0), _run("trl", "1x2", 0, 8.0),
+            _run("trl", "2x1", 0, 6.0), _run("trl", "bf16", 0, 100.0),
+            _run("ours", "sync", 1, 11.0), _run("ours", "async", 1, 14.0), _run("trl", "1x2", 1, 10.0),
+            _run("trl", "2x1", 1, 20.0), _run("trl", "bf16", 1, 100.0),
+            _run("ours", "sync", 2, 9.0), _run("ours", "async", 2, 10.0), _run("trl", "1x2", 2, 9.0),
+            _run("trl", "2x1", 2, 5.0), {"side": "trl", "config": "bf16", "round": 2, "error": "exit 1"}]
+    s = sbs.summarize(runs, uncounted=["bf16"])
+    # ours: async (median 12) beats sync (10); theirs: 1x2 (median 9) beats 2x1 (6); bf16 is never the ratio's
+    assert s["best"] == {"ours": "async", "trl": "1x2"}
+    assert s["ratios"] == pytest.approx([12 / 8, 14 / 10, 10 / 9])
+    assert s["ratio"] == pytest.approx(1.4) and s["ratio_range"] == pytest.approx([10 / 9, 1.5])
+    assert s["configs"]["trl"]["2x1"] == {"median": 6.0, "min": 5.0, "max": 20.0, "n": 3}
+    assert s["configs"]["trl"]["bf16"]["n"] == 2 and s["failed"] == [
+        {"side": "trl", "config": "bf16", "round": 2, "error": "exit 1"}]
+    only_ours = sbs.summarize([_run("ours", "sync", 0, 1.0), {**_run("trl", "x", 0, 0), "error": "boom"}])
+    assert only_ours["ratio"] is None and only_ours["ratio_range"] is None
+
+
+def test_results_md_reports_the_median_ratio_its_range_and_every_configuration():
+    from benchmarks import report
+
+    runs = [_run("ours", "sync", r, 10.0 + r) for r in range(3)] + [_run("trl", "0.19.1 1p x 2t fp32", r, 8.0)
+                                                                   for r in range(3)]
+    for r in runs:
+        r.update(step_seconds=16 / r["samples_per_s"], steady_steps=10)
+    found = {"runs": runs, "summary": sbs.summarize(runs), "uncounted": []}
+    result = {"workload": {"model": "m", "rollout": 16, "micro": 4, "epochs": 1, "new_tokens": 16, "maker_batch": 8},
+              "grpo_workload": {"rollout": 64, "group": 4, "micro": 8, "new_tokens": 16, "kl_coef": 0.04,
+                                "reward": "sorting verifier"},
+              "protocol": {"steps": 12, "warmup_steps": 2, "repeats": 3, "trl_versions": ["0.19.1"],
+                           "trl_layouts": ["1p x 2t fp32"]},
+              "cpu": {"native_bf16": False, "flags": ["avx2"]}, "command": "python -m benchmarks.bench_trl",
+              "ppo": found, "ppo_ratio": found["summary"]["ratio"], "ppo_ratio_range": found["summary"]["ratio_range"]}
+    text = "\n".join(report.trl_section(result))
+    assert "**1.38×** (1.25–1.50)" in text  # median of 11/8, range 10/8..12/8
+    assert "0.19.1 1p x 2t fp32" in text and "3 interleaved rounds" in text
+    assert "no native bf16" in text
