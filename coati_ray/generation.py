@@ -85,10 +85,8 @@ class Policy:
             batch = collate_prompts(chunk, self.tokenizer.pad_token_id)
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             torch.manual_seed(seed * 1000003 + start)
-            g = self.gen
-            seqs, full_mask, action_mask = self.actor.generate(
-                ids, mask, self.tokenizer, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-                temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, streamer=streamer)
+            seqs, full_mask, action_mask = self.actor.generate_with(self.gen, ids, mask, self.tokenizer,
+                                                                    streamer=streamer)
             out += [Candidate(r) for r in decode_responses(self.tokenizer, seqs[:, ids.size(1):], action_mask)]
             self._scored.append((seqs, full_mask))
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]

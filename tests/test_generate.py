@@ -21,13 +21,13 @@ def run(argv, capsys):
 def test_one_prompt_n_candidates(tiny_llama, capsys):
     code, out = run(["--model", tiny_llama, "--prompt", "sort: 3 1 2", "--n", "3", "generation.max_new_tokens=5"],
                     capsys)
-    assert code == 0 and len(out.out.strip().splitlines()) == 3
+    assert code == 0 and len(out.out.strip().split("\n")) == 3
 
 
 def test_one_prompt_best_of_n_prints_every_candidate_best_first(tiny_llama, reward_dir, capsys):
     code, out = run(["--model", tiny_llama, "--prompt", "sort: 3 1 2", "--n", "4", "--reward-model", reward_dir,
                      "generation.max_new_tokens=5"], capsys)
-    scores = [float(line.rsplit("(score ", 1)[1].rstrip(")")) for line in out.out.strip().splitlines()]
+    scores = [float(line.rsplit("(score ", 1)[1].rstrip(")")) for line in out.out.strip().split("\n")]
     assert code == 0 and len(scores) == 4 and scores == sorted(scores, reverse=True)
 
 

@@ -69,6 +69,9 @@ class GenerationConfig:
     temperature: float = opt(1.0, "softmax temperature")
     top_k: int = opt(0, "keep the k most likely tokens (0: off)")
     top_p: float = opt(1.0, "nucleus sampling mass (1.0: off)")
+    compact: bool = opt(True, "finished rows leave the decode batch (a batch costs its rows' own lengths, each row "
+                              "samples from its own seeded stream); false: Hugging Face's generate, every row "
+                              "decoded until the longest ends")
 
     def validate(self, key: str = "generation") -> None:
         if self.max_new_tokens < 1:

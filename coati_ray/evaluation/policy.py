@@ -55,9 +55,7 @@ def evaluate_policy(actor, tokenizer, prompt_items: list[dict], gen, *, initial=
         batch = collate_prompts(chunk, tokenizer.pad_token_id)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         torch.manual_seed(seed * 1000003 + start)
-        seqs, full_mask, action_mask = actor.generate(
-            ids, mask, tokenizer, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
-            temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+        seqs, full_mask, action_mask = actor.generate_with(gen, ids, mask, tokenizer)
         A = action_mask.size(1)
         responses = decode_responses(tokenizer, seqs[:, ids.size(1):], action_mask)
         lengths.extend(action_mask.sum(1).float().tolist())

@@ -98,9 +98,7 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
     for m in models.all():
         m.eval()
     t = time.perf_counter()
-    sequences, mask, action_mask = models.actor.generate(
-        input_ids, attention_mask, tokenizer, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
-        temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+    sequences, mask, action_mask = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer)
     timings["timing/generate"] = time.perf_counter() - t
     A = action_mask.size(1)
 

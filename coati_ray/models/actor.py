@@ -65,9 +65,14 @@ class Actor(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None, *,
                  max_new_tokens: int = 32, do_sample: bool = True, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None,
-                 pad_token_id: Optional[int] = None, streamer=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id: Optional[int] = None,
+                 streamer=None, compact: bool = True,
+                 row_seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample continuations of left-padded prompts (B, P).
+
+        `compact` (default) decodes with coati_ray.models.decode: finished rows leave the batch, each row
+        samples from its own stream (`row_seeds`, default drawn from torch's generator); greedy output is
+        `generate`'s token for token. A `streamer` goes through Hugging Face's `generate`.
 
         Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
         longest response in the batch; tokens after a sequence's EOS are padding with mask 0
@@ -81,6 +86,16 @@ class Actor(nn.Module):
         if pad_token_id is None:
             first = eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id
             pad_token_id = first if first is not None else 0
+        if compact and streamer is None:
+            from coati_ray.models.decode import generate_compacting
+
+            eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else \
+                ([] if eos_token_id is None else [eos_token_id])
+            sequences = generate_compacting(
+                self.model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                pad_token_id=pad_token_id, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                row_seeds=row_seeds, pass_positions="position_ids" in forward_parameters(self.model))
+            return self._masks(sequences, input_ids, attention_mask, eos_token_id)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_token_id,
                       eos_token_id=eos_token_id)
         if do_sample:
@@ -88,6 +103,17 @@ class Actor(nn.Module):
         if streamer is not None:  # e.g. transformers.TextStreamer: tokens printed as they come
             kwargs["streamer"] = streamer
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return self._masks(sequences, input_ids, attention_mask, eos_token_id)
+
+    def generate_with(self, gen, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None,
+                      **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`generate` with the sampling keys of a GenerationConfig `gen` taken whole (maker, evaluation, CLI)."""
+        return self.generate(input_ids, attention_mask, tokenizer, max_new_tokens=gen.max_new_tokens,
+                             do_sample=gen.do_sample, temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
+                             compact=gen.compact, **extra)
+
+    @staticmethod
+    def _masks(sequences, input_ids, attention_mask, eos_token_id):
         prompt_len = input_ids.size(1)
         actions = sequences[:, prompt_len:]
         action_mask = response_mask(actions, eos_token_id)

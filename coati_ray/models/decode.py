@@ -1,0 +1,113 @@
+"""Sampling in which finished rows stop costing: a decode loop over any Hugging Face causal LM whose batch
+shrinks as rows end (their rows of the KV cache dropped), each row drawing from its own random stream.
+
+Hugging Face's `generate` keeps every row in the batch until the longest one ends, decoding padding for the
+finished ones; vLLM and SGLang drop them. Here the same: after each step the rows that emitted an end token
+leave the batch, so a batch costs the sum of its rows' lengths rather than rows × the longest. Greedy output
+equals `generate`'s token for token (tests/test_decode.py, five families). A sampled row's tokens depend only
+on its prompt, the weights and its own seed, never on which other rows share its batch or when they end.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+MAX_SEED = 2**62
+
+
+def row_seeds_from_torch(batch_size: int) -> list[int]:
+    """One seed per row, drawn from torch's global generator (the maker seeds it per batch): rows keep
+    their streams when others leave the batch."""
+    return [int(s) for s in torch.randint(0, MAX_SEED, (batch_size,))]
+
+
+def sampling_warpers(temperature: float, top_k: int, top_p: float):
+    """transformers' own logits warpers, in the order `generate` applies them (temperature, top-k, top-p)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k and top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def sample_rows(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """probs: (B, V), one CPU generator per row -> (B,) token ids, row i drawn by inverse CDF from one uniform
+    of generators[i] (so a row's draw depends on its own stream only)."""
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
+    cdf = probs.double().cumsum(-1)
+    cdf = cdf / cdf[:, -1:]  # exactly 1 at the end, whatever the rounding of the sum
+    return torch.searchsorted(cdf, u[:, None]).squeeze(-1).clamp(max=probs.size(-1) - 1)
+
+
+def select_cache_rows(cache, keep: torch.Tensor):
+    """The KV cache restricted to batch rows `keep` (B',) long: a transformers Cache in place, or a legacy
+    tuple of per-layer (key, value) tensors with the batch first."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(keep)
+        return cache
+    return tuple(tuple(t.index_select(0, keep.to(t.device)) for t in layer) for layer in cache)
+
+
+@torch.no_grad()
+def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                        eos_token_id: Optional[list], pad_token_id: int, do_sample: bool = True,
+                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                        row_seeds: Optional[list[int]] = None, pass_positions: bool = True) -> torch.Tensor:
+    """Continue left-padded prompts input_ids, attention_mask: (B, P) -> sequences (B, P + A), A the longest
+    response; after a row's end token its positions hold `pad_token_id` (as `generate` pads them).
+
+    `row_seeds` (B,) seed each row's stream (default: drawn from torch's global generator);
+    `pass_positions` gives the model position ids that start at each row's first real token (False for
+    families that take none, e.g. bloom's alibi)."""
+    B, P = input_ids.shape
+    device = input_ids.device
+    eos = torch.as_tensor(list(eos_token_id or []), dtype=torch.long, device=device)
+    warpers = sampling_warpers(temperature, top_k, top_p) if do_sample else None
+    generators = None
+    if do_sample:
+        seeds = row_seeds if row_seeds is not None else row_seeds_from_torch(B)
+        if len(seeds) != B:
+            raise ValueError(f"row_seeds has {len(seeds)} seeds for a batch of {B} rows")
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    out = torch.full((B, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device)
+    rows = torch.arange(B, device=device)  # the original row of each row still decoding
+    mask = attention_mask.long()
+    kwargs = {}
+    if pass_positions:  # as generate's prepare_inputs_for_generation: padded positions at 1
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    step_ids = input_ids
+    cache = None
+    length = 0
+    for t in range(max_new_tokens):
+        output = model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True, **kwargs)
+        cache = output.past_key_values
+        logits = output.logits[:, -1, :].float()
+        if do_sample:
+            scores = warpers(step_ids, logits)  # temperature, top-k and top-p read no past tokens
+            next_ids = sample_rows(torch.softmax(scores, dim=-1), generators)
+        else:
+            next_ids = logits.argmax(-1)
+        out[rows, t] = next_ids.to(out.dtype)
+        length = t + 1
+        done = torch.isin(next_ids, eos) if eos.numel() else torch.zeros_like(next_ids, dtype=torch.bool)
+        if bool(done.all()) or t + 1 == max_new_tokens:
+            break
+        if bool(done.any()):  # the finished rows leave the batch and the cache
+            keep = (~done).nonzero().squeeze(-1)
+            rows, next_ids, mask = rows[keep], next_ids[keep], mask[keep]
+            cache = select_cache_rows(cache, keep)
+            if generators is not None:
+                generators = [generators[i] for i in keep.tolist()]
+        mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+        step_ids = next_ids[:, None].to(input_ids.dtype)
+        if pass_positions:
+            kwargs["position_ids"] = (mask.sum(-1, keepdim=True) - 1)
+    return torch.cat([input_ids, out[:, :length]], dim=1)
