@@ -121,7 +121,7 @@ def save(name: str, result: dict) -> str:
     replaces its own section and leaves the others as they were measured."""
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
-    result = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
+    result = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit(), **result}
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     data = read_results()
@@ -133,6 +133,19 @@ def save(name: str, result: dict) -> str:
     os.replace(RESULTS_JSON + ".tmp", RESULTS_JSON)
     print(f"[bench] {name}: " + json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
     return path
+
+
+def commit() -> str:
+    """The code measured: HEAD, with "+dirty" when the tracked files differ from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def read_results() -> dict:
