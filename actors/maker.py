@@ -121,7 +121,6 @@ class ExperienceMaker:
         if expected_version is not None and self.version < expected_version:
             raise MakerBehind(self.index, self.version, expected_version,
                               ray.get_runtime_context().was_current_actor_reconstructed)
-        from coati_ray.algo.functional import masked_mean
         from coati_ray.experience import make_experience
         from coati_ray.trainers.ppo import peak_device_memory_gb
         from coati_ray.utils.flops import experience_flops
@@ -135,10 +134,7 @@ class ExperienceMaker:
                                      behaviour_log_probs=not self.cfg.trainer_log_probs_are_behaviour)
         busy = time.perf_counter() - t0
         self.batches_made += 1
-        kl = masked_mean(exp.kl, exp.action_mask, dim=1).mean() if exp.kl is not None else None
-        stats.update({"timing/make": busy, "reward": float(exp.reward.mean()),
-                      "kl": float(kl) if kl is not None else float("nan"),
-                      "response_length": float(exp.action_mask.sum(1).float().mean()), "samples": exp.num_samples,
+        stats.update({"timing/make": busy, "reward": float(exp.reward.mean()), "samples": exp.num_samples,
                       "version": exp.version, "maker": self.index, "batch_id": batch_id,
                       "memory/peak_gb": peak_device_memory_gb(),
                       "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],

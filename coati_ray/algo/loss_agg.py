@@ -29,8 +29,9 @@ class MiniBatch:
 
 
 def local_counts(action_mask: torch.Tensor) -> tuple[float, float]:
-    """(action tokens, samples) of this rank's part of a mini-batch. action_mask: (B, A)."""
-    return float(action_mask.sum()), float(action_mask.shape[0])
+    """(action tokens, samples) of this rank's part of a mini-batch. action_mask: (B, A). A sample with no
+    token in the loss (ppo.overlong_filter left it out) is not counted."""
+    return float(action_mask.sum()), float((action_mask.sum(dim=-1) > 0).sum())
 
 
 def share(per_token: torch.Tensor, action_mask: torch.Tensor, how: str, mb: MiniBatch) -> torch.Tensor:

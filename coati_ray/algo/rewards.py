@@ -84,3 +84,21 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, 
         next_adv = torch.where(m > 0, adv_t, next_adv)
     returns = (advantages + values) * mask
     return advantages.detach(), returns.detach()
+
+
+def truncated_rows(action_mask: torch.Tensor, actions: torch.Tensor, eos_ids: list[int],
+                   max_new_tokens: int) -> torch.Tensor:
+    """Responses cut at the length limit: max_new_tokens tokens and no end token among them.
+    action_mask, actions: (B, A) -> (B,) bool."""
+    lengths = action_mask.sum(dim=1)
+    ended = torch.isin(actions, torch.as_tensor(eos_ids, device=actions.device)).logical_and(
+        action_mask.bool()).any(dim=1) if eos_ids else torch.zeros_like(lengths, dtype=torch.bool)
+    return (lengths >= max_new_tokens) & ~ended
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, factor: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment: 0 up to max_new_tokens - buffer tokens, then falling linearly to
+    -factor at max_new_tokens. lengths: (B,) response tokens -> (B,) reward added to the score."""
+    start = max_new_tokens - buffer
+    over = (lengths.float() - start).clamp(min=0) / buffer
+    return -factor * over.clamp(max=1.0)

@@ -114,6 +114,12 @@ class PPOAlgoConfig:
                 "weighted by trainer / maker probability, truncated at behaviour_cap (tis) or dropped above it "
                 "(mis); costs one forward pass per sample on the trainer")
     behaviour_cap: float = opt(2.0, "the cap of behaviour_correction's importance weight (>= 1)")
+    overlong_filter: bool = opt(False, "leave responses cut at generation.max_new_tokens without an end token out "
+                                       "of the loss (DAPO's overlong filtering: a cut answer is not a wrong one)")
+    overlong_penalty: float = opt(0.0, "DAPO's soft overlong punishment: the reward falls linearly by up to this "
+                                       "much over the last overlong_buffer tokens before max_new_tokens (0: off)")
+    overlong_buffer: Optional[int] = opt(None, "tokens before max_new_tokens where overlong_penalty starts; null: a "
+                                               "fifth of generation.max_new_tokens (DAPO: 4k of 20k)")
     value_clip_eps: float = opt(0.2, "value clip around the old values (0: off)")
     reward_clip: float = opt(10.0, "clip the training reward (all sources, weighted) to [-c, c] (0: off)")
     whiten_advantages: Optional[bool] = opt(None, "normalise advantages over the group's whole rollout batch (all "
@@ -268,6 +274,11 @@ class PPOConfig(JobConfig):
             _fail("ppo.clip_eps_high", f"must be > 0, got {p.clip_eps_high}", "e.g. 0.28, or null for ppo.clip_eps")
         if p.behaviour_cap < 1:
             _fail("ppo.behaviour_cap", f"must be >= 1, got {p.behaviour_cap}", "e.g. 2.0")
+        if p.overlong_penalty < 0:
+            _fail("ppo.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
+        if p.overlong_buffer is not None and not 1 <= p.overlong_buffer <= self.generation.max_new_tokens:
+            _fail("ppo.overlong_buffer", f"must be in [1, generation.max_new_tokens={self.generation.max_new_tokens}]"
+                  f", got {p.overlong_buffer}", "e.g. a fifth of max_new_tokens, or null for that")
         if p.rollout_batch_size % self.maker.batch_size:
             _fail("ppo.rollout_batch_size", f"{p.rollout_batch_size} is not a multiple of maker.batch_size "
                   f"({self.maker.batch_size})", f"set it to a multiple of {self.maker.batch_size}")

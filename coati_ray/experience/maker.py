@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 
 from coati_ray.algo.advantages import AdvantageInputs, algorithm
-from coati_ray.algo.rewards import kl_estimate
+from coati_ray.algo.functional import masked_mean
+from coati_ray.algo.rewards import kl_estimate, overlong_penalty, truncated_rows
 from coati_ray.experience.batch import Experience
 
 
@@ -118,6 +119,14 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
     score, parts = rewards(sequences, mask, **texts)
     if ppo.reward_clip > 0:
         score = score.clamp(-ppo.reward_clip, ppo.reward_clip)
+    lengths = action_mask.sum(dim=1)
+    truncated = truncated_rows(action_mask, sequences[:, input_ids.size(1):], models.actor.eos_token_ids(tokenizer),
+                               gen.max_new_tokens)
+    if ppo.overlong_penalty > 0:  # DAPO: a soft penalty over the last tokens before the limit
+        buffer = ppo.overlong_buffer or max(1, gen.max_new_tokens // 5)
+        penalty = overlong_penalty(lengths, gen.max_new_tokens, buffer, ppo.overlong_penalty).to(score.device)
+        score = score + penalty.to(score.dtype)
+        parts = {**parts, "overlong_penalty": penalty}
     timings["timing/reward"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -134,12 +143,16 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
     advantages, returns = spec.estimate(AdvantageInputs(
         scores=score.float(), kl_rewards=kl_rewards, action_mask=action_mask, values=values, group_size=n,
         gamma=ppo.gamma, lam=ppo.lam))
+    stats = {"response_length": float(lengths.float().mean()), "experience/truncated": float(truncated.float().mean()),
+             "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan")}
+    if ppo.overlong_filter and bool(truncated.any()):  # DAPO: a cut answer is left out of the loss, not punished
+        action_mask = action_mask * (~truncated).to(action_mask.dtype)[:, None]
     cpu = (lambda x: x.cpu() if x is not None else None)
     exp = Experience(sequences=sequences.cpu(), attention_mask=mask.cpu(), action_mask=action_mask.cpu(),
                      action_log_probs=cpu(log_probs), ref_log_probs=ref_log_probs.cpu(), values=cpu(values),
                      returns=cpu(returns), advantages=advantages.float().cpu(), kl=cpu(kl),
                      reward=score.float().cpu(), version=version, maker=maker, batch_id=batch_id)
-    stats = {**timings, "generated_tokens": float(action_mask.sum()), **group_stats(score.cpu(), n)}
+    stats.update({**timings, "generated_tokens": float(lengths.sum()), **group_stats(score.cpu(), n)})
     for name, value in parts.items():
         stats[f"reward/{name}"] = float(value.mean())
     return exp, stats
