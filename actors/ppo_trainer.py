@@ -53,6 +53,8 @@ class PPOTrainerRank:
 
         p = self.cfg.ppo
         accum = p.train_batch_size // self.world_size // p.micro_batch_size
+        if p.micro_batch_tokens is not None:  # the token budget decides how many: Gemini must expect several
+            accum = max(2, accum)
         bind_gloo_to(node_bind_ip())
         self.strategy = make_strategy(self.group_cfg.strategy, self.rank, self.world_size, grad_accum_steps=accum,
                                       store=ActorStore(*meeting))

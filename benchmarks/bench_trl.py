@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, niced_overrides, ppo_config,
+from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, load, niced_overrides, ppo_config,
                                reward_model_dir, save, steady, workload_model)
 from benchmarks.side_by_side import (WARMUP_STEPS, TrlLayout, cpu_flags, cpu_has_native_bf16, interleave, run_rate,
                                      summarize, trl_layouts)
@@ -247,7 +247,12 @@ def main(argv=None) -> dict:
         result[algo] = found
         result[f"{algo}_ratio"] = found["summary"]["ratio"]
         result[f"{algo}_ratio_range"] = found["summary"]["ratio_range"]
-    save("vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}", result)
+    name = "vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}"
+    before = load(name) or {}
+    # what the section said before, so RESULTS.md can say what moved (kept across re-runs of this protocol)
+    result["previous"] = before.get("previous") if "protocol" in before else {
+        k: before.get(k) for k in ("measured_at", "ppo_ratio", "grpo_ratio", "commit")} if before else None
+    save(name, result)
     return result
 
 

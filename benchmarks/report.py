@@ -47,6 +47,15 @@ def trl_section(r) -> list[str]:
                 f"samples per step, {g['new_tokens']} new tokens, the {g['reward']} as the reward, KL {g['kl_coef']} in "
                 f"the loss, one update over all {g['rollout']} in micro-batches of {g['micro']}; no critic on either "
                 "side.", "", *side_by_side_rows(r["grpo"], r.get("grpo_ratio"), r.get("grpo_ratio_range"), "grpo")]
+    prev = r.get("previous")
+    if prev and (prev.get("ppo_ratio") or prev.get("grpo_ratio")):
+        out += ["", f"What moved: the earlier protocol (measured {prev.get('measured_at')}) gave PPO "
+                f"{f(prev.get('ppo_ratio'))}× and GRPO {f(prev.get('grpo_ratio'))}×, now {f(r.get('ppo_ratio'))}× and "
+                f"{f(r.get('grpo_ratio'))}×. Then TRL's PPO trained under CPU bf16 autocast (OnPolicyConfig's "
+                "`bf16=True` default) on a CPU without bf16 instructions and decoded every row to the full length, "
+                "each side ran once, TRL in one layout, and our step left out the driver's per-step work; its GRPO "
+                "already ran fp32 and stopped at EOS, so only the timing rule, the layouts and the repeats differ "
+                "there."]
     out += ["", f"Command: `{r['command']}`"]
     return out
 

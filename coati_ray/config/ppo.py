@@ -93,6 +93,10 @@ class PPOAlgoConfig:
     rollout_batch_size: int = opt(8, "samples per step, over all makers")
     train_batch_size: int = opt(8, "samples per optimiser step (all ranks of a group together)")
     micro_batch_size: int = opt(4, "samples per forward/backward on one rank")
+    micro_batch_tokens: Optional[int] = opt(None, "padding-free updates: cut each rank's mini-batch into micro-batches "
+                                                  "of at most this many real tokens, each packed into one row with "
+                                                  "attention kept within each sequence (llama, mistral, qwen2, qwen3); "
+                                                  "null: micro_batch_size samples, padded")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
     advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = opt(
         "gae", "gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, reinforce_pp, "
@@ -274,6 +278,14 @@ class PPOConfig(JobConfig):
             _fail("ppo.clip_eps_high", f"must be > 0, got {p.clip_eps_high}", "e.g. 0.28, or null for ppo.clip_eps")
         if p.behaviour_cap < 1:
             _fail("ppo.behaviour_cap", f"must be >= 1, got {p.behaviour_cap}", "e.g. 2.0")
+        if p.micro_batch_tokens is not None:
+            if p.micro_batch_tokens < 1:
+                _fail("ppo.micro_batch_tokens", f"must be >= 1, got {p.micro_batch_tokens}", "e.g. 4096, or null")
+            self._check_packable("ppo.micro_batch_tokens")
+            for role in self.roles:
+                if getattr(self, f"{role}_trainer").strategy.name == "3d":
+                    _fail("ppo.micro_batch_tokens", "packing is not built for the 3d strategy (its sharded forward "
+                          "builds its own masks)", f"unset it, or use another {role}_trainer.strategy.name")
         if p.overlong_penalty < 0:
             _fail("ppo.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
         if p.overlong_buffer is not None and not 1 <= p.overlong_buffer <= self.generation.max_new_tokens:
@@ -398,6 +410,21 @@ class PPOConfig(JobConfig):
             if key != "actor" and vocab and theirs and theirs != vocab:
                 _fail(f"{key}.path", f"'{path}' has a vocabulary of {theirs} but the actor's has {vocab}",
                       "train the critic and reward model from the actor's base model and tokenizer")
+
+
+    def _check_packable(self, key: str) -> None:
+        """Packing needs a family whose attention takes a 4D mask and position ids (models/packing.py)."""
+        from coati_ray.config.checks import model_config
+        from coati_ray.models.packing import PACKABLE
+
+        for role in ("actor", "critic"):
+            model = getattr(self, role)
+            if model is None or (role == "critic" and not self.algorithm.needs_critic):
+                continue
+            kind = model_config(f"{role}.path", model.local_path).get("model_type")
+            if kind not in PACKABLE:
+                _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {role}.path is a {kind} model",
+                      f"unset {key} (padded micro-batches of ppo.micro_batch_size)")
 
 
 def _default_group() -> TrainerGroupConfig:

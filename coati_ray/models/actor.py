@@ -16,6 +16,7 @@ class Actor(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.pack_sequences = False  # padding-free forward (coati_ray/models/packing.py), set by a trainer
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False,
@@ -32,8 +33,15 @@ class Actor(nn.Module):
         """input_ids, attention_mask: (B, T) -> logits (B, T, V).
 
         Position ids follow the attention mask so left-padded prompts see positions 0, 1, ...
-        from their first real token, as they did during generation.
+        from their first real token, as they did during generation. With `pack_sequences` the real tokens
+        run as one packed row (coati_ray/models/packing.py): the same logits, without the padding's cost.
         """
+        if self.pack_sequences and attention_mask is not None:
+            from coati_ray.models.packing import packed_call, unpack
+
+            dtype = self.model.get_input_embeddings().weight.dtype  # the activations' (a 4-bit base packs uint8)
+            packed, kwargs = packed_call(self.model, input_ids, attention_mask, dtype, use_cache=False)
+            return unpack(self.model(**kwargs).logits, packed)  # (1, L, V) -> (B, T, V), zeros at the padding
         kwargs = {}
         if attention_mask is not None and "position_ids" in forward_parameters(self.model):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -46,6 +46,7 @@ class ValueModel(nn.Module):
             nn.init.normal_(head.weight, mean=0.0, std=1.0 / (d_model + 1), generator=generator)
             nn.init.zeros_(head.bias)
         self.value_head = head.to(dtype=next(backbone.parameters()).dtype)
+        self.pack_sequences = False  # padding-free forward (coati_ray/models/packing.py), set by a trainer
 
     @property
     def config(self):
@@ -53,6 +54,13 @@ class ValueModel(nn.Module):
 
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Value of every position: (B, T) -> (B, T), computed in float32."""
+        if self.pack_sequences:
+            from coati_ray.models.packing import packed_call, unpack
+
+            packed, kwargs = packed_call(self.backbone, input_ids, attention_mask, self.value_head.weight.dtype,
+                                         use_cache=False)
+            values = self.value_head(self.backbone(**kwargs).last_hidden_state).squeeze(-1).float()  # (1, L)
+            return unpack(values, packed)
         kwargs = {}
         if "position_ids" in forward_parameters(self.backbone):
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -35,6 +35,7 @@ class PPOGroupTrainer:
         self.reduce, self.chunks = masked_mean, 1  # set per mini-batch by train()
         oc = group_cfg.optim
         self.n_params = num_params(model)  # before the strategy shards it
+        model.pack_sequences = ppo_cfg.micro_batch_tokens is not None  # before a wrapper hides the attribute
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], oc, strategy.name)
         updates = total_steps * ppo_cfg.ppo_epochs * (ppo_cfg.rollout_batch_size // ppo_cfg.train_batch_size)
         scheduler = make_scheduler(optimizer, updates, oc.warmup_steps, oc.scheduler, oc.min_lr_ratio)
@@ -57,6 +58,22 @@ class PPOGroupTrainer:
     def prepare_shard(self, shard: Experience) -> Experience:
         return shard
 
+    def micro_batches(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> list:
+        """A mini-batch's samples `idx` (this rank's) cut into micro-batches: `micro_batch_size` samples each,
+        or, with `ppo.micro_batch_tokens`, at most that many real tokens each (packed by the model), in as many
+        micro-batches on every rank (one gradient all-reduce per optimiser step, wherever it falls)."""
+        budget = self.ppo.micro_batch_tokens
+        if budget is None:
+            micro = self.ppo.micro_batch_size
+            return [idx[j:j + micro] for j in range(0, len(idx), micro)]
+        from coati_ray.models.packing import balanced_chunks, token_budget_chunks
+
+        tokens = attention_mask[idx].sum(dim=1).tolist()
+        k = len(token_budget_chunks(tokens, budget))
+        if self.strategy.world_size > 1:
+            k = min(int(self.strategy.all_reduce_max([float(k)])[0]), len(idx))
+        return [idx[part] for part in balanced_chunks(tokens, k)]
+
     def train(self, shard: Experience, step: int) -> dict:
         """PPO epochs over this rank's shard; returns metrics averaged over all ranks of the group."""
         t0 = time.perf_counter()
@@ -64,7 +81,6 @@ class PPOGroupTrainer:
         shard = self.prepare_shard(shard.to(self.strategy.device))
         n = shard.num_samples
         per_rank_mb = self.ppo.train_batch_size // self.strategy.world_size
-        micro = self.ppo.micro_batch_size
         sums: dict[str, float] = {}
         count = 0
         g = torch.Generator().manual_seed(self.ppo.seed * 1000003 + step)
@@ -78,7 +94,7 @@ class PPOGroupTrainer:
                 mb = MiniBatch(tokens=counts[2 * i], samples=counts[2 * i + 1], max_tokens=self.max_tokens)
                 # x world: the strategy averages gradients over ranks, where the shares must add up
                 self.reduce = lambda x, mask, mb=mb: share(x, mask, self.loss_agg, mb) * world
-                chunks = [idx[j:j + micro] for j in range(0, len(idx), micro)]
+                chunks = self.micro_batches(idx, shard.attention_mask)
                 self.chunks = len(chunks)
                 for j, chunk in enumerate(chunks):
                     with self.strategy.accumulate(self.model, self.optimizer, last_micro_batch=j == len(chunks) - 1):
@@ -100,6 +116,7 @@ class PPOGroupTrainer:
         out[f"throughput/{self.role}_tokens_per_s"] = totals[-1] * self.ppo.ppo_epochs / max(elapsed, 1e-9)
         out[f"flops/{self.role}"] = training_flops(self.n_params, totals[-1] * self.ppo.ppo_epochs)  # whole group
         out[f"{self.role}/lr"] = self.scheduler.get_last_lr()[0]
+        out[f"{self.role}/micro_batches"] = totals[-2] / self.strategy.world_size  # per rank, every epoch
         out[f"memory/{self.role}_peak_gb"] = peak_device_memory_gb()
         return out
 
