@@ -122,3 +122,26 @@ def test_sampling_follows_the_warped_distribution(assets):
     g = torch.Generator().manual_seed(0)
     counts = torch.bincount(torch.cat([sample_rows(probs[:1], [g]) for _ in range(4000)]), minlength=4).float()
     assert torch.allclose(counts / 4000, probs[0], atol=0.03)
+
+
+def test_what_the_loop_cannot_reproduce_goes_through_generate(assets, tokenizer):
+    """A checkpoint whose generation config adds a processor (a repetition penalty) or a family whose cache
+    rows cannot be dropped is left to Hugging Face's generate, so its output stays generate's."""
+    from coati_ray.models.decode import can_compact, sample_rows
+
+    actor = varied(Actor.from_pretrained(os.path.join(assets, "models", "tiny-llama")).eval())
+    assert can_compact(actor.model)
+    actor.model.generation_config.repetition_penalty = 1.3
+    assert not can_compact(actor.model)
+    b = batch_of(tokenizer)
+    hf = actor.generate(b["input_ids"], b["attention_mask"], tokenizer, max_new_tokens=8, do_sample=False,
+                        compact=False)
+    assert torch.equal(actor.generate(b["input_ids"], b["attention_mask"], tokenizer, max_new_tokens=8,
+                                      do_sample=False)[0], hf[0])
+    actor.model.generation_config.repetition_penalty = 1.0
+    actor.model.config.model_type = "jamba"  # a hybrid cache: not a family the loop drops rows from
+    assert not can_compact(actor.model)
+    with pytest.raises(RuntimeError, match="not finite"):
+        sample_rows(torch.tensor([[float("nan"), 1.0]]), [torch.Generator().manual_seed(0)])
+    zero_first = torch.tensor([[0.0, 0.5, 0.5]])  # a leading token cut by top-k is never drawn, even at u = 0
+    assert sample_rows(zero_first, [torch.Generator().manual_seed(s) for s in [0]]).item() in (1, 2)

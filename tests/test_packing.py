@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from coati_ray.models.packing import balanced_chunks, block_causal_mask, pack, token_budget_chunks, unpack
+from coati_ray.models.packing import block_causal_mask, pack, split_to, token_budget_chunks, unpack
 
 FAMILIES = ("llama", "qwen2")
 
@@ -43,11 +43,14 @@ def test_pack_keeps_every_real_token_with_its_own_positions_and_unpack_puts_them
 def test_micro_batches_by_token_budget_and_the_same_count_on_every_rank():
     assert token_budget_chunks([5, 5, 3, 9, 1], budget=10) == [[0, 1], [2], [3, 4]]
     assert token_budget_chunks([12, 2], budget=10) == [[0], [1]]  # longer than the budget: alone
-    parts = balanced_chunks([5, 5, 3, 9, 1, 1], 3)
-    assert len(parts) == 3 and sum(parts, []) == list(range(6)) and all(parts)
-    assert balanced_chunks([1, 1], 2) == [[0], [1]]
+    tokens = [2, 8, 5, 4, 9]
+    own = token_budget_chunks(tokens, budget=9)  # another rank needed 4 packs: this one splits to 4 as well
+    for k in (len(own), 4, 5):
+        parts = split_to(own, tokens, k)
+        assert len(parts) == k and sum(parts, []) == list(range(5)) and all(parts)
+        assert all(sum(tokens[i] for i in p) <= 9 for p in parts)  # never past the budget
     with pytest.raises(ValueError):
-        balanced_chunks([1, 1], 3)
+        split_to([[0, 1]], [1, 1], 3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -313,7 +313,7 @@ class PPOConfig(JobConfig):
             from coati_ray.config.checks import check_flash_attn_precision
 
             check_flash_attn_precision(model, g.strategy, group.split("_")[0])
-            per = p.micro_batch_size * ranks
+            per = (p.micro_batch_size if p.micro_batch_tokens is None else 1) * ranks  # packs: any size
             if p.train_batch_size % per:
                 _fail("ppo.train_batch_size", f"{p.train_batch_size} is not divisible by micro_batch_size "
                       f"({p.micro_batch_size}) x {group} ranks ({ranks}) = {per}", f"use a multiple of {per}")
@@ -421,10 +421,20 @@ class PPOConfig(JobConfig):
             model = getattr(self, role)
             if model is None or (role == "critic" and not self.algorithm.needs_critic):
                 continue
-            kind = model_config(f"{role}.path", model.local_path).get("model_type")
+            config = model_config(f"{role}.path", model.local_path)
+            kind = config.get("model_type")
             if kind not in PACKABLE:
                 _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {role}.path is a {kind} model",
                       f"unset {key} (padded micro-batches of ppo.micro_batch_size)")
+            length = self.data.max_prompt_length + self.generation.max_new_tokens
+            window = config.get("sliding_window")
+            if window and window < length and (kind == "mistral" or config.get("use_sliding_window")):
+                _fail(key, f"{role}.path attends through a sliding window of {window} tokens, shorter than the "
+                      f"sequences ({length}); the packed mask has no window", f"unset {key}")
+            group = getattr(self, f"{role}_trainer")
+            if group.resources.num_gpus_per_rank > 0 and model.attn_implementation != "flash_attention_2":
+                _fail(key, f"on a GPU a pack needs flash attention (varlen): with SDPA its dense L x L mask is "
+                      "slower than padding", f"set {role}.use_flash_attn=true, or unset {key}")
 
 
 def _default_group() -> TrainerGroupConfig:

@@ -80,7 +80,8 @@ class Actor(nn.Module):
 
         `compact` (default) decodes with coati_ray.models.decode: finished rows leave the batch, each row
         samples from its own stream (`row_seeds`, default drawn from torch's generator); greedy output is
-        `generate`'s token for token. A `streamer` goes through Hugging Face's `generate`.
+        `generate`'s token for token. A `streamer`, a family outside decode.COMPACTABLE or a checkpoint whose
+        generation config adds processors go through Hugging Face's `generate`.
 
         Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
         longest response in the batch; tokens after a sequence's EOS are padding with mask 0
@@ -94,9 +95,9 @@ class Actor(nn.Module):
         if pad_token_id is None:
             first = eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id
             pad_token_id = first if first is not None else 0
-        if compact and streamer is None:
-            from coati_ray.models.decode import generate_compacting
+        from coati_ray.models.decode import can_compact, generate_compacting
 
+        if compact and streamer is None and can_compact(self.model):
             eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else \
                 ([] if eos_token_id is None else [eos_token_id])
             sequences = generate_compacting(

@@ -1,11 +1,14 @@
-"""Sampling in which finished rows stop costing: a decode loop over any Hugging Face causal LM whose batch
+"""Sampling in which finished rows stop costing: a decode loop over a Hugging Face causal LM whose batch
 shrinks as rows end (their rows of the KV cache dropped), each row drawing from its own random stream.
 
 Hugging Face's `generate` keeps every row in the batch until the longest one ends, decoding padding for the
 finished ones; vLLM and SGLang drop them. Here the same: after each step the rows that emitted an end token
 leave the batch, so a batch costs the sum of its rows' lengths rather than rows × the longest. Greedy output
-equals `generate`'s token for token (tests/test_decode.py, five families). A sampled row's tokens depend only
-on its prompt, the weights and its own seed, never on which other rows share its batch or when they end.
+equals `generate`'s token for token (tests/test_decode.py, five families, CPU fp32). A sampled row draws from
+its own seeded stream, so which rows share its batch, and when they end, never changes its random numbers;
+where kernels depend on the batch's shape (a GPU, bf16) the logits themselves can move in the last bits.
+Families outside COMPACTABLE, and checkpoints whose generation config adds processors (a repetition
+penalty, say), are left to `generate` (`can_compact`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,28 @@ from typing import Optional, Sequence
 import torch
 
 MAX_SEED = 2**62
+# families whose forward keeps its KV cache as a DynamicCache (or batch-first legacy tuples) that rows can be
+# dropped from; others (hybrid/static caches, Mamba states, sequence-first caches) go through `generate`
+COMPACTABLE = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "opt", "bloom", "gpt_neox", "gptj", "phi", "phi3")
+# generation-config keys whose non-default value adds a logits processor this loop does not apply
+_PROCESSOR_KEYS = ("repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "min_length", "bad_words_ids",
+                   "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+                   "sequence_bias", "encoder_repetition_penalty", "exponential_decay_length_penalty",
+                   "renormalize_logits", "epsilon_cutoff", "eta_cutoff", "typical_p", "min_p",
+                   "cache_implementation", "watermarking_config")
+
+
+def can_compact(model) -> bool:
+    """Whether this loop gives what `generate` would for `model`: a family whose cache rows can be dropped, and
+    a checkpoint generation config that adds no processor (a repetition penalty, say) beyond temperature,
+    top-k and top-p."""
+    from transformers import GenerationConfig
+
+    base = getattr(model, "get_base_model", lambda: model)()
+    if getattr(base.config, "model_type", None) not in COMPACTABLE:
+        return False
+    own, default = getattr(base, "generation_config", None), GenerationConfig()
+    return own is None or all(getattr(own, k, None) == getattr(default, k, None) for k in _PROCESSOR_KEYS)
 
 
 def row_seeds_from_torch(batch_size: int) -> list[int]:
@@ -43,8 +68,11 @@ def sample_rows(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> t
     of generators[i] (so a row's draw depends on its own stream only)."""
     u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
     cdf = probs.double().cumsum(-1)
+    if not bool(torch.isfinite(cdf[:, -1]).all()) or bool((cdf[:, -1] <= 0).any()):
+        raise RuntimeError("sampling from a distribution that is not finite (NaN or inf logits)")
     cdf = cdf / cdf[:, -1:]  # exactly 1 at the end, whatever the rounding of the sum
-    return torch.searchsorted(cdf, u[:, None]).squeeze(-1).clamp(max=probs.size(-1) - 1)
+    # right=True: a draw of exactly 0 cannot land on a leading token of probability 0 (cut by top-k / top-p)
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
 
 
 def select_cache_rows(cache, keep: torch.Tensor):
@@ -86,8 +114,12 @@ def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Te
     step_ids = input_ids
     cache = None
     length = 0
+    from coati_ray.models.actor import forward_parameters
+
+    first = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}  # as generate's prefill
     for t in range(max_new_tokens):
-        output = model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True, **kwargs)
+        output = model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                       return_dict=True, **kwargs, **(first if t == 0 else {}))
         cache = output.past_key_values
         logits = output.logits[:, -1, :].float()
         if do_sample:

@@ -92,23 +92,20 @@ def token_budget_chunks(tokens: list, budget: int) -> list[list[int]]:
     return chunks
 
 
-def balanced_chunks(tokens: list, k: int) -> list[list[int]]:
-    """Split samples (in order) into exactly `k` non-empty consecutive micro-batches (k <= samples) whose token
-    counts are as even as a greedy cut makes them: every rank of a group must run the same number of
-    micro-batches per optimiser step."""
-    if not 1 <= k <= len(tokens):
-        raise ValueError(f"cannot cut {len(tokens)} samples into {k} micro-batches")
-    chunks, start, remaining = [], 0, float(sum(tokens))
-    for part in range(k, 0, -1):
-        if part == 1:
-            chunks.append(list(range(start, len(tokens))))
-            break
-        target, used, end = remaining / part, 0.0, start
-        # take samples while under the target, leaving at least one sample for each later part
-        while end < len(tokens) - (part - 1) and (end == start or used + tokens[end] / 2 <= target):
-            used += tokens[end]
-            end += 1
-        chunks.append(list(range(start, end)))
-        remaining -= used
-        start = end
+def split_to(chunks: list[list[int]], tokens: list, k: int) -> list[list[int]]:
+    """`chunks` (consecutive, each within the budget) split further until there are exactly `k` (k <= samples):
+    the chunk with the most tokens is halved by tokens, so no chunk ever grows past the budget. Every rank of
+    a group must run the same number of micro-batches per optimiser step."""
+    if not len(chunks) <= k <= len(tokens):
+        raise ValueError(f"cannot make {k} micro-batches of {len(tokens)} samples in {len(chunks)} chunks")
+    chunks = [list(c) for c in chunks]
+    while len(chunks) < k:
+        i = max((j for j, c in enumerate(chunks) if len(c) > 1), key=lambda j: sum(tokens[x] for x in chunks[j]))
+        c = chunks[i]
+        half, used, cut = sum(tokens[x] for x in c) / 2, 0, 1
+        for cut in range(1, len(c)):
+            used += tokens[c[cut - 1]]
+            if used >= half:
+                break
+        chunks[i:i + 1] = [c[:cut], c[cut:]]
     return chunks

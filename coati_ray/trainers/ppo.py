@@ -66,13 +66,13 @@ class PPOGroupTrainer:
         if budget is None:
             micro = self.ppo.micro_batch_size
             return [idx[j:j + micro] for j in range(0, len(idx), micro)]
-        from coati_ray.models.packing import balanced_chunks, token_budget_chunks
+        from coati_ray.models.packing import split_to, token_budget_chunks
 
         tokens = attention_mask[idx].sum(dim=1).tolist()
-        k = len(token_budget_chunks(tokens, budget))
-        if self.strategy.world_size > 1:
-            k = min(int(self.strategy.all_reduce_max([float(k)])[0]), len(idx))
-        return [idx[part] for part in balanced_chunks(tokens, k)]
+        chunks = token_budget_chunks(tokens, budget)
+        if self.strategy.world_size > 1:  # shards are equal: every rank can split to the most
+            chunks = split_to(chunks, tokens, int(self.strategy.all_reduce_max([float(len(chunks))])[0]))
+        return [idx[part] for part in chunks]
 
     def train(self, shard: Experience, step: int) -> dict:
         """PPO epochs over this rank's shard; returns metrics averaged over all ranks of the group."""
@@ -159,12 +159,13 @@ class PolicyTrainer(PPOGroupTrainer):
     def recompute_log_probs(self, shard: Experience) -> torch.Tensor:
         """The trainer's log-probs of the shard's answers before this update, (B, A), micro-batch by
         micro-batch."""
-        parts = []
-        for start in range(0, shard.num_samples, self.ppo.micro_batch_size):
-            micro = shard.select(slice(start, start + self.ppo.micro_batch_size))
+        out = torch.zeros_like(shard.action_log_probs)
+        # as many forwards on every rank: a DDP forward may broadcast buffers, a collective
+        for part in self.micro_batches(torch.arange(shard.num_samples), shard.attention_mask):
+            micro = shard.select(part)
             logits = self.model(micro.sequences, micro.attention_mask)
-            parts.append(action_log_probs(logits, micro.sequences, micro.num_actions, self.temperature))
-        return torch.cat(parts).detach()
+            out[part] = action_log_probs(logits, micro.sequences, micro.num_actions, self.temperature).float()
+        return out.detach()
 
     def train(self, shard: Experience, step: int) -> dict:
         out = super().train(shard, step)
