@@ -133,3 +133,22 @@ def test_results_md_reports_the_median_ratio_its_range_and_every_configuration()
     assert "the earlier protocol (measured 2026-11-26) gave PPO 2.83×" in text and "now 1.38×" in text
     legacy = "\n".join(report.trl_section({"measured_at": "2026-11-26", "ppo_ratio": 2.83, "grpo_ratio": 0.91}))
     assert "superseded" in legacy and "2.83×" in legacy
+
+
+def test_the_gpu_table_takes_medians_over_rounds_and_compares_equal_precisions():
+    from benchmarks import report
+
+    def ours(strategy, precision, rnd, rate):
+        return {"model": "opt-125m", "strategy": strategy, "transport": "object_store", "precision": precision,
+                "round": rnd, "step_seconds": 32 / rate, "samples_per_s_per_gpu": rate}
+
+    def trl(precision, rnd, rate):
+        return {"model": "opt-125m", "strategy": f"trl-{precision}", "precision": precision, "round": rnd,
+                "trl": "0.19.1", "step_seconds": 32 / rate, "samples_per_s": rate, "samples_per_s_per_gpu": rate}
+
+    rows = [ours("ddp", "fp32", r, 20.0 + r) for r in range(3)] + [trl("fp32", r, 10.0) for r in range(3)] + \
+        [ours("colossalai_zero2", "bf16", r, 30.0) for r in range(3)] + [trl("bf16", r, 20.0) for r in range(3)]
+    text = "\n".join(report.gpu_section({"measured_at": "now", "gpu": "H200", "command": "gpu_ppo --trl",
+                                         "rows": rows}))
+    assert "| opt-125m | ddp | 1.52 | 21.0 |" in text and "2.10× (fp32)" in text  # median of 20, 21, 22 over 10
+    assert "1.50× (bf16)" in text and "TRL 0.19.1 PPOTrainer (bf16)" in text and "Medians over" in text
