@@ -71,7 +71,8 @@ class PPOJob:
         self.items_per_step = cfg.ppo.rollout_batch_size // cfg.maker.batch_size
         # Batch b holds stream positions b*batch_size...; step s trains on batches [s*k, (s+1)*k), so a
         # resumed run remakes exactly the batches the interrupted one had not trained on.
-        self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.ppo.seed, self.step * self.items_per_step)
+        self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.ppo.seed, self.step * self.items_per_step,
+                                    spare_rounds=cfg.ppo.max_sampling_rounds - 1 if cfg.ppo.filter_groups else 0)
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.ppo.log_every,
                                 wandb=cfg.logging.wandb, config=redact_config(self.cfg_dict),
                                 show=PROGRESS_KEYS)

@@ -128,10 +128,19 @@ class ExperienceMaker:
         t0 = time.perf_counter()
         # Sampling depends only on (seed, batch id, weights), not on which maker runs it.
         torch.manual_seed(self.cfg.ppo.seed * 1000003 + batch_id)
-        exp, stats = make_experience(self.models, self.tokenizer, prompt_items, self.cfg.generation, self.cfg.ppo,
-                                     self.rewards, version=self.version, maker=self.index, batch_id=batch_id,
-                                     device=self.device,
-                                     behaviour_log_probs=not self.cfg.trainer_log_probs_are_behaviour)
+        def make(items):
+            return make_experience(self.models, self.tokenizer, items, self.cfg.generation, self.cfg.ppo,
+                                   self.rewards, version=self.version, maker=self.index, batch_id=batch_id,
+                                   device=self.device, behaviour_log_probs=not self.cfg.trainer_log_probs_are_behaviour)
+
+        p = self.cfg.ppo
+        if p.filter_groups:  # prompt_items carry spare rounds: sample until the batch's groups carry signal
+            from coati_ray.experience.dynamic_sampling import make_filtered_experience
+
+            exp, stats = make_filtered_experience(make, prompt_items, self.cfg.prompts_per_batch,
+                                                  p.n_samples_per_prompt, p.max_sampling_rounds)
+        else:
+            exp, stats = make(prompt_items)
         busy = time.perf_counter() - t0
         self.batches_made += 1
         stats.update({"timing/make": busy, "reward": float(exp.reward.mean()), "samples": exp.num_samples,

@@ -309,6 +309,28 @@ def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local
     assert_no_leaks()
 
 
+def test_rlvr_options_run_in_a_job_dynamic_sampling_packing_and_overlong(local_ray, tiny_llama, tmp_path):
+    """ppo.filter_groups (spare prompts through the driver, groups refilled in the makers), packed updates
+    and the overlong filter, together in a 2-step GRPO job: each batch keeps its size and the books balance."""
+    from actors.driver import PPOJob
+    from coati_ray.config import load_config
+    from coati_ray.config.ppo import PPOConfig
+    from tests.conftest import REPO
+
+    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+        f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
+        "generation.max_new_tokens=6", "ppo.max_steps=2", "ppo.filter_groups=true", "ppo.max_sampling_rounds=2",
+        "ppo.micro_batch_tokens=64", "ppo.overlong_filter=true"], output_dir=str(tmp_path / "rlvr"))
+    cfg.validate()
+    seen = []
+    summary = PPOJob(cfg).run(on_step=lambda job, step, m: seen.append(m))
+    assert summary["steps"] == 2
+    for m in seen:
+        assert 1 <= m["experience/sampling_rounds"] <= 2 and 0 <= m["experience/dropped_groups"] <= 1
+        assert m["actor/micro_batches"] >= 1 and 0 <= m["experience/truncated"] <= 1
+    assert_books_balance(summary["buffer"])
+
+
 def test_a_reward_function_that_raises_ends_the_run_in_one_line(local_ray, tiny_llama, tmp_path, capsys):
     from launch.ppo import main
     from tests.conftest import REPO

@@ -118,6 +118,11 @@ class PPOAlgoConfig:
                 "weighted by trainer / maker probability, truncated at behaviour_cap (tis) or dropped above it "
                 "(mis); costs one forward pass per sample on the trainer")
     behaviour_cap: float = opt(2.0, "the cap of behaviour_correction's importance weight (>= 1)")
+    filter_groups: bool = opt(False, "DAPO's dynamic sampling: drop groups whose samples all got the same reward "
+                                     "(no signal for a group-relative estimator) and sample more prompts until "
+                                     "the maker batch is full again")
+    max_sampling_rounds: int = opt(3, "filter_groups: rounds of prompts one maker batch may sample; a batch still "
+                                      "short after the last is filled with dropped groups (advantage 0)")
     overlong_filter: bool = opt(False, "leave responses cut at generation.max_new_tokens without an end token out "
                                        "of the loss (DAPO's overlong filtering: a cut answer is not a wrong one)")
     overlong_penalty: float = opt(0.0, "DAPO's soft overlong punishment: the reward falls linearly by up to this "
@@ -286,6 +291,13 @@ class PPOConfig(JobConfig):
                 if getattr(self, f"{role}_trainer").strategy.name == "3d":
                     _fail("ppo.micro_batch_tokens", "packing is not built for the 3d strategy (its sharded forward "
                           "builds its own masks)", f"unset it, or use another {role}_trainer.strategy.name")
+        if p.filter_groups:
+            if not self.algorithm.group_relative or p.n_samples_per_prompt < 2:
+                _fail("ppo.filter_groups", f"needs a group-relative estimator with n_samples_per_prompt >= 2 "
+                      f"(got {p.advantage_estimator}, {p.n_samples_per_prompt})",
+                      "use grpo, dr_grpo or rloo with n_samples_per_prompt >= 2, or unset it")
+            if p.max_sampling_rounds < 1:
+                _fail("ppo.max_sampling_rounds", f"must be >= 1, got {p.max_sampling_rounds}", "e.g. 3")
         if p.overlong_penalty < 0:
             _fail("ppo.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
         if p.overlong_buffer is not None and not 1 <= p.overlong_buffer <= self.generation.max_new_tokens:

@@ -11,8 +11,11 @@ class PromptStream:
     prompts. A batch can be made again from its id alone (a maker died, or a run resumed), and the
     order of each epoch is computed once."""
 
-    def __init__(self, items: list[dict], batch_size: int, seed: int, position: int = 0):
+    def __init__(self, items: list[dict], batch_size: int, seed: int, position: int = 0, spare_rounds: int = 0):
+        """`spare_rounds`: each batch also carries that many rounds of spare prompts (ppo.filter_groups), drawn
+        from the batch id alone and never advancing the stream."""
         self.items, self.batch_size, self.seed, self.position = items, batch_size, seed, position
+        self.spare_rounds = spare_rounds
         self._orders: dict[int, list[int]] = {}
 
     def _order(self, epoch: int) -> list[int]:
@@ -29,6 +32,10 @@ class PromptStream:
         for j in range(self.batch_size):
             epoch, offset = divmod(batch_id * self.batch_size + j, len(self.items))
             out.append(self.items[self._order(epoch)[offset]])
+        if self.spare_rounds:
+            from coati_ray.experience.dynamic_sampling import spare_prompts
+
+            out += spare_prompts(self.items, self.batch_size, batch_id, self.spare_rounds, self.seed)
         return out
 
     def next_batch(self) -> tuple[list[dict], int]:

@@ -26,8 +26,9 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
         # Each group's estimated FLOPs over the step's wall time: the groups and makers add up to the job's rate.
         m[f"tflops/{role}_trainer"] = tflops(role_m[f"flops/{role}"], step_seconds)
     if makes:
-        # The fixed keys, each reward source's mean (reward/<source>) and group spread (experience/group*).
-        keys = list(MAKER_MEANS) + sorted(k for k in makes[0] if k.startswith(("reward/", "experience/group")))
+        # The fixed keys, each reward source's mean (reward/<source>) and the makers' experience/* (group spread,
+        # truncated answers, dynamic sampling's dropped groups and rounds).
+        keys = list(MAKER_MEANS) + sorted(k for k in makes[0] if k.startswith(("reward/", "experience/")))
         for key in keys:
             m[key] = sum(s[key] for s in makes) / len(makes)
         m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
