@@ -65,8 +65,8 @@ rm: setup
 	test -f runs/sft_tiny/checkpoints/final/config.json || $(VPY) -m launch.sft --config configs/sft_tiny.yaml
 	$(VPY) -m launch.rm --config configs/rm_tiny.yaml
 
-# Benchmarks (CPU, ~15 min; the first run also builds two pinned TRL venvs under runs/bench):
-# ours vs TRL's PPO, pipeline efficiency, maker scaling, weight sync, soak -> benchmarks/RESULTS.md
+# Benchmarks (CPU, ~4 h on 2 cores; the first run also builds a pinned TRL venv under runs/bench):
+# ours vs TRL (PPO, GRPO; interleaved rounds), pipeline efficiency, maker scaling, weight sync, soak -> benchmarks/RESULTS.md
 bench: setup
 	$(VPY) -m benchmarks.run_all
 

@@ -55,9 +55,10 @@ def trl_section(r) -> list[str]:
                 "`python -m benchmarks.bench_trl --workload " + ("medium" if "medium" in r["command"] else "tiny")
                 + " --algos grpo` measures it."]
     if prev and (prev.get("ppo_ratio") or prev.get("grpo_ratio")):
+        now = f"{f(r.get('ppo_ratio'))}× and {f(r.get('grpo_ratio'))}×" if "grpo" in r else \
+            f"PPO {f(r.get('ppo_ratio'))}× (GRPO not yet re-measured)"
         out += ["", f"What moved: the earlier protocol (measured {prev.get('measured_at')}) gave PPO "
-                f"{f(prev.get('ppo_ratio'))}× and GRPO {f(prev.get('grpo_ratio'))}×, now {f(r.get('ppo_ratio'))}× and "
-                f"{f(r.get('grpo_ratio'))}×. Then TRL's PPO trained under CPU bf16 autocast (OnPolicyConfig's "
+                f"{f(prev.get('ppo_ratio'))}× and GRPO {f(prev.get('grpo_ratio'))}×, now {now}. Then TRL's PPO trained under CPU bf16 autocast (OnPolicyConfig's "
                 "`bf16=True` default) on a CPU without bf16 instructions and decoded every row to the full length, "
                 "each side ran once, TRL in one layout, and our step left out the driver's per-step work; its GRPO "
                 "already ran fp32 and stopped at EOS, so only the timing rule, the layouts and the repeats differ "
@@ -324,7 +325,10 @@ def generation_section(rows) -> list[str]:
     rows = [r for r in rows if r is not None]
     if not rows:
         return ["*Not measured in this run.*"]
-    out = ["The makers' sampler (Hugging Face `generate` through `Actor.generate`, sampling) against a lower bound "
+    sampler = ("`Actor.generate`: the compacting decode loop of `generation.compact`" if all("commit" in r for r in rows)
+               else "Hugging Face `generate` through `Actor.generate`: measured before `generation.compact` made "
+                    "the makers decode with their own loop")
+    out = [f"The makers' sampler ({sampler}, sampling) against a lower bound "
            "of bare forward passes of the same model: one prefill, then one cached decode step per token. Every "
            "response runs to the full length on both sides; best of 3 after a warm-up, one process.", "",
            "| model | parameters | batch × new tokens | threads | forward bound tok/s | generate tok/s | "

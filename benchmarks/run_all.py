@@ -1,5 +1,6 @@
-"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 40 minutes here
-(the first run also builds the two pinned TRL venvs)."""
+"""`make bench`: every CPU benchmark in turn, then benchmarks/RESULTS.md. About 4 hours on a 2-core box, most of it
+the TRL side by side (3 interleaved rounds of every configuration)
+(the first run also builds the pinned TRL venv)."""
 
 from __future__ import annotations
 
