@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
+from coati_ray.config.sample_options import check_sample_options
 from coati_ray.config.runtime import BufferConfig, MakerConfig, SyncConfig, WatchdogConfig  # noqa: F401 (re-exported)
 from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt
 from coati_ray.models.value import VALUE_HEAD_FILE
@@ -283,26 +284,7 @@ class PPOConfig(JobConfig):
             _fail("ppo.clip_eps_high", f"must be > 0, got {p.clip_eps_high}", "e.g. 0.28, or null for ppo.clip_eps")
         if p.behaviour_cap < 1:
             _fail("ppo.behaviour_cap", f"must be >= 1, got {p.behaviour_cap}", "e.g. 2.0")
-        if p.micro_batch_tokens is not None:
-            if p.micro_batch_tokens < 1:
-                _fail("ppo.micro_batch_tokens", f"must be >= 1, got {p.micro_batch_tokens}", "e.g. 4096, or null")
-            self._check_packable("ppo.micro_batch_tokens")
-            for role in self.roles:
-                if getattr(self, f"{role}_trainer").strategy.name == "3d":
-                    _fail("ppo.micro_batch_tokens", "packing is not built for the 3d strategy (its sharded forward "
-                          "builds its own masks)", f"unset it, or use another {role}_trainer.strategy.name")
-        if p.filter_groups:
-            if not self.algorithm.group_relative or p.n_samples_per_prompt < 2:
-                _fail("ppo.filter_groups", f"needs a group-relative estimator with n_samples_per_prompt >= 2 "
-                      f"(got {p.advantage_estimator}, {p.n_samples_per_prompt})",
-                      "use grpo, dr_grpo or rloo with n_samples_per_prompt >= 2, or unset it")
-            if p.max_sampling_rounds < 1:
-                _fail("ppo.max_sampling_rounds", f"must be >= 1, got {p.max_sampling_rounds}", "e.g. 3")
-        if p.overlong_penalty < 0:
-            _fail("ppo.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
-        if p.overlong_buffer is not None and not 1 <= p.overlong_buffer <= self.generation.max_new_tokens:
-            _fail("ppo.overlong_buffer", f"must be in [1, generation.max_new_tokens={self.generation.max_new_tokens}]"
-                  f", got {p.overlong_buffer}", "e.g. a fifth of max_new_tokens, or null for that")
+        check_sample_options(self)  # packing, dynamic sampling, overlong: coati_ray/config/sample_options.py
         if p.rollout_batch_size % self.maker.batch_size:
             _fail("ppo.rollout_batch_size", f"{p.rollout_batch_size} is not a multiple of maker.batch_size "
                   f"({self.maker.batch_size})", f"set it to a multiple of {self.maker.batch_size}")
@@ -422,31 +404,6 @@ class PPOConfig(JobConfig):
             if key != "actor" and vocab and theirs and theirs != vocab:
                 _fail(f"{key}.path", f"'{path}' has a vocabulary of {theirs} but the actor's has {vocab}",
                       "train the critic and reward model from the actor's base model and tokenizer")
-
-
-    def _check_packable(self, key: str) -> None:
-        """Packing needs a family whose attention takes a 4D mask and position ids (models/packing.py)."""
-        from coati_ray.config.checks import model_config
-        from coati_ray.models.packing import PACKABLE
-
-        for role in ("actor", "critic"):
-            model = getattr(self, role)
-            if model is None or (role == "critic" and not self.algorithm.needs_critic):
-                continue
-            config = model_config(f"{role}.path", model.local_path)
-            kind = config.get("model_type")
-            if kind not in PACKABLE:
-                _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {role}.path is a {kind} model",
-                      f"unset {key} (padded micro-batches of ppo.micro_batch_size)")
-            length = self.data.max_prompt_length + self.generation.max_new_tokens
-            window = config.get("sliding_window")
-            if window and window < length and (kind == "mistral" or config.get("use_sliding_window")):
-                _fail(key, f"{role}.path attends through a sliding window of {window} tokens, shorter than the "
-                      f"sequences ({length}); the packed mask has no window", f"unset {key}")
-            group = getattr(self, f"{role}_trainer")
-            if group.resources.num_gpus_per_rank > 0 and model.attn_implementation != "flash_attention_2":
-                _fail(key, f"on a GPU a pack needs flash attention (varlen): with SDPA its dense L x L mask is "
-                      "slower than padding", f"set {role}.use_flash_attn=true, or unset {key}")
 
 
 def _default_group() -> TrainerGroupConfig:

@@ -1,0 +1,56 @@
+"""Checks of the PPO options that change how much work a sample costs (ppo.micro_batch_tokens, ppo.filter_groups,
+ppo.overlong_*), kept apart from the config's fields: some read the models' configs, all run before Ray starts."""
+
+from __future__ import annotations
+
+from coati_ray.config.checks import _fail
+
+
+def check_sample_options(cfg) -> None:
+    """One line for a packing, dynamic-sampling or overlong setting this PPOConfig `cfg` cannot run."""
+    p = cfg.ppo
+    if p.micro_batch_tokens is not None:
+        if p.micro_batch_tokens < 1:
+            _fail("ppo.micro_batch_tokens", f"must be >= 1, got {p.micro_batch_tokens}", "e.g. 4096, or null")
+        check_packable(cfg, "ppo.micro_batch_tokens")
+        for role in cfg.roles:
+            if getattr(cfg, f"{role}_trainer").strategy.name == "3d":
+                _fail("ppo.micro_batch_tokens", "packing is not built for the 3d strategy (its sharded forward "
+                      "builds its own masks)", f"unset it, or use another {role}_trainer.strategy.name")
+    if p.filter_groups:
+        if not cfg.algorithm.group_relative or p.n_samples_per_prompt < 2:
+            _fail("ppo.filter_groups", f"needs a group-relative estimator with n_samples_per_prompt >= 2 "
+                  f"(got {p.advantage_estimator}, {p.n_samples_per_prompt})",
+                  "use grpo, dr_grpo or rloo with n_samples_per_prompt >= 2, or unset it")
+        if p.max_sampling_rounds < 1:
+            _fail("ppo.max_sampling_rounds", f"must be >= 1, got {p.max_sampling_rounds}", "e.g. 3")
+    if p.overlong_penalty < 0:
+        _fail("ppo.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
+    if p.overlong_buffer is not None and not 1 <= p.overlong_buffer <= cfg.generation.max_new_tokens:
+        _fail("ppo.overlong_buffer", f"must be in [1, generation.max_new_tokens={cfg.generation.max_new_tokens}]"
+              f", got {p.overlong_buffer}", "e.g. a fifth of max_new_tokens, or null for that")
+
+
+def check_packable(cfg, key: str) -> None:
+    """Packing needs a family whose attention takes a 4D mask and position ids (models/packing.py)."""
+    from coati_ray.config.checks import model_config
+    from coati_ray.models.packing import PACKABLE
+
+    for role in ("actor", "critic"):
+        model = getattr(cfg, role)
+        if model is None or (role == "critic" and not cfg.algorithm.needs_critic):
+            continue
+        config = model_config(f"{role}.path", model.local_path)
+        kind = config.get("model_type")
+        if kind not in PACKABLE:
+            _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {role}.path is a {kind} model",
+                  f"unset {key} (padded micro-batches of ppo.micro_batch_size)")
+        length = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
+        window = config.get("sliding_window")
+        if window and window < length and (kind == "mistral" or config.get("use_sliding_window")):
+            _fail(key, f"{role}.path attends through a sliding window of {window} tokens, shorter than the "
+                  f"sequences ({length}); the packed mask has no window", f"unset {key}")
+        group = getattr(cfg, f"{role}_trainer")
+        if group.resources.num_gpus_per_rank > 0 and model.attn_implementation != "flash_attention_2":
+            _fail(key, f"on a GPU a pack needs flash attention (varlen): with SDPA its dense L x L mask is "
+                  "slower than padding", f"set {role}.use_flash_attn=true, or unset {key}")
