@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, load, niced_overrides, ppo_config,
-                               reward_model_dir, save, steady, workload_model)
+from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, commit, load, niced_overrides,
+                               ppo_config, reward_model_dir, save, steady, workload_model)
 from benchmarks.side_by_side import (WARMUP_STEPS, TrlLayout, cpu_flags, cpu_has_native_bf16, interleave, run_rate,
                                      summarize, trl_layouts)
 
@@ -215,6 +215,22 @@ def side_by_side(algo: str, steps: int, repeats: int, versions: list[str], layou
     return {"runs": runs, "summary": summarize(runs, uncounted), "uncounted": uncounted}
 
 
+def carry_unmeasured(result: dict, before: dict, measured: list[str]) -> None:
+    """An algorithm not run this time keeps what this protocol measured for it before, stamped with its own
+    commit and date, so `--algos grpo` does not erase the PPO rows (save() replaces the whole section)."""
+    if "protocol" not in before:
+        return
+    for algo in ("ppo", "grpo"):
+        if algo in measured or algo not in before:
+            continue
+        kept = dict(before[algo])
+        for key in ("measured_at", "commit", "command"):
+            kept.setdefault(key, before.get(key))
+        result[algo] = kept
+        for key in (f"{algo}_ratio", f"{algo}_ratio_range"):
+            result[key] = before.get(key)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up (>= 12: 10 steady)")
@@ -244,11 +260,13 @@ def main(argv=None) -> dict:
               "command": "python -m benchmarks.bench_trl " + " ".join(argv or sys.argv[1:])}
     for algo in args.algos:
         found = side_by_side(algo, args.steps, args.repeats, args.trl, layouts)
+        found.update(measured_at=time.strftime("%Y-%m-%d %H:%M:%S"), commit=commit(), command=result["command"])
         result[algo] = found
         result[f"{algo}_ratio"] = found["summary"]["ratio"]
         result[f"{algo}_ratio_range"] = found["summary"]["ratio_range"]
     name = "vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}"
     before = load(name) or {}
+    carry_unmeasured(result, before, args.algos)
     # what the section said before, so RESULTS.md can say what moved (kept across re-runs of this protocol)
     result["previous"] = before.get("previous") if "protocol" in before else {
         k: before.get(k) for k in ("measured_at", "ppo_ratio", "grpo_ratio", "commit")} if before else None

@@ -14,6 +14,14 @@ def f(x, digits=2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def measured_when(algo_result: dict) -> str:
+    """' (measured <date> at <commit>)' where bench_trl stamped one algorithm's rows on their own (an
+    `--algos` run keeps the other algorithm's earlier rows)."""
+    if "commit" not in algo_result:
+        return ""
+    return f" (measured {algo_result['measured_at']} at {algo_result['commit']})"
+
+
 def trl_section(r) -> list[str]:
     """Section 1 from bench_trl's result: the protocol, then for PPO and GRPO every configuration of each side
     (median and range over the rounds) and the median ratio with its range."""
@@ -37,13 +45,13 @@ def trl_section(r) -> list[str]:
            f"t = torch threads each); {bf16}. Each side counts its best configuration (highest median); the ratio is "
            "ours ÷ TRL's within each round, its median and range over the rounds.", ""]
     if "ppo" in r:
-        out += [f"**PPO**: `{w['model']}`, {w['rollout']} prompts per step, {w['new_tokens']} new tokens, generation "
+        out += [f"**PPO**{measured_when(r['ppo'])}: `{w['model']}`, {w['rollout']} prompts per step, {w['new_tokens']} new tokens, generation "
                 f"batches of {w['maker_batch']}, one PPO epoch over one mini-batch of {w['rollout']} in micro-batches "
                 f"of {w['micro']}, actor, critic, reference and reward model on both sides.", "",
                 *side_by_side_rows(r["ppo"], r.get("ppo_ratio"), r.get("ppo_ratio_range"), "ppo")]
     if "grpo" in r:
         g = r["grpo_workload"]
-        out += ["", f"**GRPO** (`trl.GRPOTrainer` against ours): {g['rollout'] // g['group']} prompts × {g['group']} "
+        out += ["", f"**GRPO**{measured_when(r['grpo'])} (`trl.GRPOTrainer` against ours): {g['rollout'] // g['group']} prompts × {g['group']} "
                 f"samples per step, {g['new_tokens']} new tokens, the {g['reward']} as the reward, KL {g['kl_coef']} in "
                 f"the loss, one update over all {g['rollout']} in micro-batches of {g['micro']}; no critic on either "
                 "side.", "", *side_by_side_rows(r["grpo"], r.get("grpo_ratio"), r.get("grpo_ratio_range"), "grpo")]

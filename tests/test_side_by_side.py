@@ -152,3 +152,20 @@ def test_the_gpu_table_takes_medians_over_rounds_and_compares_equal_precisions()
                                          "rows": rows}))
     assert "| opt-125m | ddp | 1.52 | 21.0 |" in text and "2.10× (fp32)" in text  # median of 20, 21, 22 over 10
     assert "1.50× (bf16)" in text and "TRL 0.19.1 PPOTrainer (bf16)" in text and "Medians over" in text
+
+
+def test_a_run_of_one_algorithm_keeps_the_other_algorithms_rows_with_their_own_stamp():
+    from benchmarks.bench_trl import carry_unmeasured
+    before = {"protocol": {}, "commit": "aaa", "measured_at": "then", "command": "bench --algos ppo",
+              "ppo": {"runs": [1], "summary": {}}, "ppo_ratio": 0.9, "ppo_ratio_range": [0.8, 1.0]}
+    result = {"grpo": {"runs": [2], "commit": "bbb"}, "grpo_ratio": 0.7}
+    carry_unmeasured(result, before, ["grpo"])
+    assert result["ppo"]["runs"] == [1] and result["ppo"]["commit"] == "aaa"
+    assert result["ppo"]["measured_at"] == "then" and result["ppo_ratio"] == 0.9
+    assert result["ppo_ratio_range"] == [0.8, 1.0] and result["grpo"]["commit"] == "bbb"
+    fresh = {"ppo": {"runs": [3]}}
+    carry_unmeasured(fresh, before, ["ppo", "grpo"])  # what was run now is never overwritten
+    assert fresh["ppo"]["runs"] == [3] and "ppo_ratio" not in fresh
+    old = {}
+    carry_unmeasured(old, {"ppo_ratio": 2.8}, ["grpo"])  # the earlier protocol's figures are not carried
+    assert old == {}
