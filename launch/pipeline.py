@@ -65,15 +65,13 @@ def main(argv=None) -> int:
 
 def training_reward(cfg) -> str:
     """What PPO optimised, for the report: the learned RM, or a verifier that may be the judge itself."""
-    parts = []
-    if cfg.reward is not None:
-        parts.append(f"the reward model (x{cfg.rewards.model_weight:g})")
-    if cfg.rewards.function:
-        parts.append(f"`{cfg.rewards.function}` (x{cfg.rewards.function_weight:g})")
-    if cfg.rewards.http_url:
-        from coati_ray.utils.redact import redact_url
+    from coati_ray.utils.redact import redact_url
 
-        parts.append(f"{redact_url(cfg.rewards.http_url)} (x{cfg.rewards.http_weight:g})")
+    parts = []
+    for _, spec in cfg.rewards.specs(cfg.reward is not None):
+        what = {"model": "the reward model", "function": f"`{spec.function}`",
+                "http": redact_url(spec.url) or ""}.get(spec.kind, f"`{spec.kind}`")
+        parts.append(f"{what} (x{spec.weight:g})")
     return " + ".join(parts)
 
 

@@ -49,6 +49,15 @@ def test_unknown_key_in_yaml_file(tmp_path):
     assert "model.lora_rnak" in msg and "did you mean 'model.lora_rank'" in msg
 
 
+def test_a_renamed_key_in_an_older_runs_config_says_what_it_is_now(tmp_path):
+    from coati_ray.config.ppo import PPOConfig
+
+    path = tmp_path / "config.yaml"  # a run's config.yaml written before generation.backend
+    path.write_text(yaml.safe_dump({"actor": {"path": "x"}, "generation": {"compact": False}}))
+    msg = error_of(lambda: load_config(PPOConfig, str(path)))
+    assert "'generation.compact' was renamed" in msg and "false -> backend: hf" in msg and "\n" not in msg
+
+
 def test_unknown_section(tmp_path):
     msg = error_of(lambda: load_config(SFTConfig, SFT_YAML, ["traner.max_steps=3"]))
     assert "did you mean 'trainer'" in msg

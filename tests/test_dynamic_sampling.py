@@ -55,6 +55,7 @@ def test_flat_groups_are_replaced_by_groups_from_spare_rounds():
     assert stats["experience/flat_groups_kept"] == 1 and stats["experience/sampling_rounds"] == 3
     assert stats["experience/dropped_groups"] == pytest.approx(9 / 12)
     assert stats["timing/generate"] == 3.0 and stats["generated_tokens"] == 24.0 and stats["kl"] == 0.1
+    assert exp.group_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # groups from 3 rounds, numbered as the batch's
 
 
 def test_a_batch_that_fills_in_its_first_round_samples_no_spares():
@@ -76,3 +77,22 @@ def test_filter_groups_needs_a_group_relative_estimator(tiny_llama, tmp_path):
     assert cfg.ppo.filter_groups
     with pytest.raises(ConfigError, match="ppo.filter_groups: needs a group-relative estimator"):
         grpo_cfg(tiny_llama, tmp_path, "ppo.filter_groups=true", "ppo.advantage_estimator=reinforce_pp")
+
+
+def test_groups_are_read_from_the_group_index_whatever_the_row_order():
+    from coati_ray.experience.dynamic_sampling import group_rows
+
+    exp = fake_experience([1, 0, 1, 1, 0, 0], width=4)
+    assert [r.tolist() for r in group_rows(exp, N)] == [[0, 1], [2, 3], [4, 5]]  # no index: consecutive rows
+    exp.group_index = torch.tensor([5, 9, 5, 7, 9, 7])  # the same prompts' samples, interleaved
+    assert [r.tolist() for r in group_rows(exp, N)] == [[0, 2], [1, 4], [3, 5]]
+    calls = []
+
+    def make(chunk):
+        calls.append(chunk)
+        return exp, {}
+
+    out, stats = make_filtered_experience(make, [{"id": i} for i in range(3)], 3, N, 1)
+    # by index: group 5 = rows 0, 2 = (1, 1) flat; 9 = rows 1, 4 = (0, 0) flat; 7 = rows 3, 5 = (1, 0) kept,
+    # first; the flat ones fill the batch
+    assert out.reward.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0] and stats["experience/dropped_groups"] == 2 / 3

@@ -12,7 +12,8 @@ one prompt are consecutive rows (a maker batch holds whole groups), so groups ar
 
 Every estimator takes the same `AdvantageInputs` and returns (advantages (B, A), returns (B, A) or
 None); only `gae` reads values and gives returns, so only it needs a critic. A new estimator is one
-function and one `register(...)` line.
+function and one `register(...)` line here, or a function in your own module named as `module:function`
+(marked with `@estimator(...)` when it needs a critic or groups).
 """
 
 from __future__ import annotations
@@ -78,14 +79,44 @@ REGISTRY: dict[str, AlgorithmSpec] = {}
 
 
 def register(name: str, estimate: Estimator, needs_critic: bool = False, group_relative: bool = False,
-             whiten: bool = False, loss_agg: str = "token_mean") -> None:
+             whiten: bool = False, loss_agg: str = "token_mean") -> Estimator:
     REGISTRY[name] = AlgorithmSpec(name, estimate, needs_critic, group_relative, whiten, loss_agg)
+    return estimate
+
+
+def estimator(needs_critic: bool = False, group_relative: bool = False, whiten: bool = False,
+              loss_agg: str = "token_mean") -> Callable[[Estimator], Estimator]:
+    """Mark an estimator in your own module with what the job must build for it; name it in the config as
+    `ppo.advantage_estimator: your.module:function` (docs/extending.md). Unmarked, a function counts as
+    critic-free, not group-relative, unwhitened, token-mean."""
+    def mark(fn: Estimator) -> Estimator:
+        fn.__coati_estimator__ = dict(needs_critic=needs_critic, group_relative=group_relative, whiten=whiten,
+                                      loss_agg=loss_agg)
+        return fn
+    return mark
+
+
+_LOADED: dict[str, AlgorithmSpec] = {}  # the user's `module:function` estimators, imported once per process
 
 
 def algorithm(name: str) -> AlgorithmSpec:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown advantage estimator '{name}'; use one of: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    """The spec of a registered name, or of `module:function` (imported once, kept apart from REGISTRY)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" in name:
+        if name not in _LOADED:
+            from coati_ray.utils.plugins import load_callable
+
+            fn = load_callable(name, "ppo.advantage_estimator", "my_pkg.estimators:my_advantage")
+            marked = getattr(fn, "__coati_estimator__", {})  # unmarked: critic-free, not group-relative
+            _LOADED[name] = AlgorithmSpec(name, fn, **{"needs_critic": False, "group_relative": False,
+                                                       "whiten": False, **marked})
+        return _LOADED[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    raise KeyError(f"unknown advantage estimator '{name}'; " + (f"did you mean '{close[0]}'? " if close else "")
+                   + f"use one of: {', '.join(REGISTRY)}, or 'module:function' for one of your own")
 
 
 # ---------------------------------------------------------------- group statistics

@@ -112,8 +112,16 @@ def _check_known(cls: type, parts: list[str]) -> None:
         current = _strip_optional(hints[part])
 
 
+# keys renamed since a run's config.yaml may have been written: (section, old key) -> what to write instead
+RENAMED = {("generation", "compact"): "it is now generation.backend (compact: true -> backend: compact, "
+                                      "false -> backend: hf)"}
+
+
 def _unknown_key(section: str, key: str, valid: list[str]) -> None:
     full = f"{section}.{key}" if section else key
+    renamed = RENAMED.get((section.rsplit(".", 1)[-1] if section else "", key))
+    if renamed:
+        raise ConfigError(f"config error: '{full}' was renamed: {renamed}")
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"did you mean '{section + '.' if section else ''}{close[0]}'?" if close else \
         f"valid keys{' in ' + repr(section) if section else ''}: {', '.join(valid)}"
@@ -264,4 +272,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         else:
             default = repr(f.default_factory())  # type: ignore[misc]
         rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")))
+        element = get_args(inner)[0] if get_origin(inner) is list and get_args(inner) else None
+        if dataclasses.is_dataclass(element):  # a list of sections (rewards.sources): each entry's keys
+            rows.extend(describe(element, prefix + f.name + "[]."))
     return rows

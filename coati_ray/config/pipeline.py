@@ -211,9 +211,13 @@ def prepare_pipeline_dict(data: dict) -> None:
                               "remove it and set the top-level output_dir or --output-dir")
     ppo = data.get("ppo") if isinstance(data.get("ppo"), dict) else {}
     estimator = (ppo.get("ppo") or {}).get("advantage_estimator", "gae") if isinstance(ppo.get("ppo"), dict) else "gae"
-    from coati_ray.algo.advantages import REGISTRY
+    from coati_ray.algo.advantages import algorithm
 
-    needs_critic = estimator not in REGISTRY or REGISTRY[estimator].needs_critic  # an unknown name fails later
+    try:
+        needs_critic = algorithm(estimator).needs_critic
+    except KeyError as e:  # one line now: the stages' links below would need the estimator's spec
+        problem, fix = str(e.args[0]).split("; ", 1)
+        raise ConfigError(f"config error: ppo.ppo.advantage_estimator: {problem}; {fix}") from None
     links = chained(isinstance(data.get("rm"), dict), needs_critic, isinstance(data.get("expand_vocab"), dict),
                     isinstance(data.get("pretrain"), dict))
     pretrain = data.get("pretrain")

@@ -16,7 +16,8 @@ class Experience:
     kl: (B, A) (action_log_probs and kl None when the trainer's first forward stands for the behaviour
     policy: PPOConfig.trainer_log_probs_are_behaviour); values, returns: (B, A) only when the estimator
     uses a critic (else None); reward
-    (the training reward, all sources weighted): (B,). `version` is the policy version that generated
+    (the training reward, all sources weighted): (B,); group_index (B,): the prompt group of each sample
+    (`group_indices`), so a filter or a group-relative estimator never has to infer groups from row order. `version` is the policy version that generated
     it; `maker` and `batch_id` name where it came from. A prompt's samples are consecutive rows.
     """
 
@@ -31,13 +32,14 @@ class Experience:
     returns: Optional[torch.Tensor] = None
     ref_log_probs: Optional[torch.Tensor] = None
     behaviour_weights: Optional[torch.Tensor] = None  # set by the trainer (ppo.behaviour_correction), never a maker
+    group_index: Optional[torch.Tensor] = None  # (B,) long: each sample's prompt group, unique within the run
     version: int = 0
     maker: int = 0
     batch_id: int = 0
     info: dict = field(default_factory=dict)
 
     TENSORS = ("sequences", "attention_mask", "action_mask", "action_log_probs", "values", "returns",
-               "advantages", "kl", "reward", "ref_log_probs", "behaviour_weights")
+               "advantages", "kl", "reward", "ref_log_probs", "behaviour_weights", "group_index")
 
     @property
     def num_samples(self) -> int:
@@ -70,6 +72,13 @@ class Experience:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(tensors)
         return Experience(**values)
+
+
+def group_indices(batch_id: int, num_samples: int, group_size: int) -> torch.Tensor:
+    """(B,) long: the groups of maker batch `batch_id` (n consecutive samples per prompt), numbered
+    batch_id * (B / n) + g so that no two batches share a number."""
+    per_batch = num_samples // group_size
+    return batch_id * per_batch + torch.arange(num_samples) // group_size
 
 
 def concat(items: list[Experience]) -> Experience:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from coati_ray.experience.batch import Experience, concat
+from coati_ray.experience.batch import Experience, concat, group_indices
 
 
 def flat_groups(rewards: torch.Tensor, group_size: int, tolerance: float = 1e-6) -> torch.Tensor:
@@ -21,6 +21,17 @@ def flat_groups(rewards: torch.Tensor, group_size: int, tolerance: float = 1e-6)
     equal (within `tolerance`)."""
     g = rewards.float().view(-1, group_size)
     return (g.max(dim=1).values - g.min(dim=1).values) <= tolerance
+
+
+def group_rows(exp: Experience, group_size: int) -> list[torch.Tensor]:
+    """The row indices of each prompt group of `exp`, in order of first appearance: read from
+    `exp.group_index` when the batch carries it (any row order), else `group_size` consecutive rows."""
+    if exp.group_index is None:
+        return [torch.arange(g * group_size, (g + 1) * group_size) for g in range(exp.num_samples // group_size)]
+    seen: dict[int, list[int]] = {}
+    for row, g in enumerate(exp.group_index.tolist()):
+        seen.setdefault(g, []).append(row)
+    return [torch.tensor(rows) for rows in seen.values()]
 
 
 def spare_prompts(items: list, prompts_per_batch: int, batch_id: int, rounds: int, seed: int) -> list:
@@ -54,11 +65,12 @@ def make_filtered_experience(make, items: list, prompts_per_batch: int, group_si
             for k, v in round_stats.items():
                 if k.startswith("timing/") or k == "generated_tokens":
                     stats[k] = stats.get(k, 0.0) + v
-        is_flat = flat_groups(exp.reward, group_size)
+        rows = group_rows(exp, group_size)
+        is_flat = [bool(flat_groups(exp.reward[r], len(r))[0]) for r in rows]
         seen += len(is_flat)
-        dropped += int(is_flat.sum())
-        for g, f in enumerate(is_flat.tolist()):
-            (flat if f else kept).append(exp.select(slice(g * group_size, (g + 1) * group_size)))
+        dropped += sum(is_flat)
+        for r, f in zip(rows, is_flat):
+            (flat if f else kept).append(exp.select(r))
         if len(kept) >= prompts_per_batch:
             break
     if not kept and not flat:
@@ -68,6 +80,7 @@ def make_filtered_experience(make, items: list, prompts_per_batch: int, group_si
     first = groups[0]
     batch = concat(groups) if len(groups) > 1 else first
     batch.version, batch.maker, batch.batch_id, batch.info = first.version, first.maker, first.batch_id, {}
+    batch.group_index = group_indices(first.batch_id, batch.num_samples, group_size)  # rounds reused numbers
     stats.update({"experience/dropped_groups": dropped / max(seen, 1), "experience/sampling_rounds": float(rounds),
                   "experience/flat_groups_kept": float(filled)})
     return batch, stats

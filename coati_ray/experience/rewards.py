@@ -1,53 +1,39 @@
-"""Training reward sources: the reward model, a Python function, an HTTP service, and their weighted sum.
+"""Training reward sources: the reward model, a Python function, an HTTP service, your own kind, weighted.
 
-    rewards = RewardSources(cfg.rewards, reward_model)             # in a maker
+    rewards = RewardSources(cfg.rewards, reward_model)             # in a maker (or a colocated actor rank)
     scores, parts = rewards(sequences, mask, prompts, responses, rows)
 
-A function is `module:function(prompts, responses, rows) -> list[float]`: prompts and responses are
-texts, rows the prompt data rows (every field of the prompt file, e.g. a reference answer). An HTTP
-service is POSTed `{"prompts": [...], "responses": [...], "rows": [...]}` as JSON and answers
-`{"rewards": [...]}`; it must also answer an empty batch, which is how the job checks it before Ray
-starts. The gold scorer (`data.gold_task`) is not a source: it only judges held-out answers.
+`rewards.sources` lists them (`[{kind, weight, ...}]`, any number of each kind); the older keys
+(`rewards.function`, `rewards.http_url`, the reward model of `reward.path`) are shorthand for that list.
+Each kind is registered in `REWARD_KINDS` (`register_reward_kind`), or named as `module:factory` of the
+user's own (docs/extending.md). A function is `module:function(prompts, responses, rows) -> list[float]`:
+prompts and responses are texts, rows the prompt data rows (every field of the prompt file, e.g. a
+reference answer); an HTTP service is coati_ray/experience/reward_http.py. The gold scorer
+(`data.gold_task`) is not a source: it only judges held-out answers.
 """
 
 from __future__ import annotations
 
-import http.client
-import importlib
 import inspect
-import json
 import numbers
-import os
-import socket
-import threading
-import time
-import urllib.parse
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from coati_ray.errors import ConfigError, RewardError
-from coati_ray.utils.redact import redact_url
+from coati_ray.experience.reward_http import SHORTHAND_KEYS, HttpReward, env_headers  # noqa: F401 (re-exported)
+
+SHORTHAND = "rewards"  # the key of the shorthand sources (rewards.function, rewards.http_url, the reward model)
 
 RewardFunction = Callable[[list, list, list], list]
 
 
 def load_reward_function(spec: str, key: str = "rewards.function") -> RewardFunction:
     """Import `module:function`; a ConfigError (one line) when the path or the signature is wrong."""
-    module_name, sep, name = spec.partition(":")
-    if not sep or not module_name or not name:
-        raise ConfigError(f"config error: {key}='{spec}' is not 'module:function'; e.g. coati_ray.tasks.sorting:reward")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"config error: {key}: cannot import '{module_name}' ({e}); put the module on the "
-                          "Python path (the job's working directory is)") from None
-    except Exception as e:  # the module itself fails (a syntax error, an exception at import time)
-        raise ConfigError(f"config error: {key}: importing '{module_name}' raised {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}; fix the module") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"config error: {key}: '{module_name}' has no function '{name}'; check the name after ':'")
+    from coati_ray.utils.plugins import load_callable
+
+    fn = load_callable(spec, key, "coati_ray.tasks.sorting:reward")
     try:
         inspect.signature(fn).bind(["p"], ["r"], [{}])
     except (TypeError, ValueError):  # ValueError: no signature to read (some builtins)
@@ -60,111 +46,82 @@ def check_reward_function(spec: str, key: str = "rewards.function") -> None:
     load_reward_function(spec, key)
 
 
-def env_headers(headers_env: dict, where: str = "rewards.http_headers_env") -> dict:
-    """{header: environment variable} -> {header: its value}, read here and now (never stored or written)."""
-    missing = [var for var in headers_env.values() if var not in os.environ]
-    if missing:
-        raise RewardError(f"reward error: {where} names environment variable(s) {', '.join(missing)}, not set in "
-                          f"this process (on {socket.gethostname()}); export them where the job and its makers run")
-    return {header: os.environ[var] for header, var in headers_env.items()}
+@dataclass
+class RewardSource:
+    """One built source: `score(sequences, attention_mask, prompts, responses, rows)` -> B rewards (a tensor
+    or a list of numbers); `needs_text`: it reads decoded responses (the maker decodes them once for all)."""
+
+    name: str
+    weight: float
+    score: Callable
+    needs_text: bool
+    shown: str  # how error lines name it
+    checked: bool = True  # its answers go through _as_scores (numbers, one per response, finite)
 
 
-class HttpReward:
-    """A reward service: one POST per batch, bounded in time (the whole request, not each socket read) and in
-    size, with retries; header values from environment variables; one line naming the URL (credentials
-    redacted) when it fails."""
-
-    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 2, headers_env: Optional[dict] = None,
-                 max_response_bytes: int = 4 << 20):
-        self.url, self.timeout_s, self.retries = url, timeout_s, retries
-        self.headers_env, self.max_response_bytes = dict(headers_env or {}), max_response_bytes
-        self.shown = redact_url(url)
-
-    def __call__(self, prompts: list, responses: list, rows: list) -> list:
-        try:
-            body = json.dumps({"prompts": prompts, "responses": responses, "rows": rows}).encode()
-        except (TypeError, ValueError) as e:
-            raise RewardError(f"reward error: the batch for {self.shown} is not JSON ({e}); keep prompt rows to "
-                              "JSON types") from None
-        headers = {"Content-Type": "application/json", **env_headers(self.headers_env)}
-        last = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(2.0 ** (attempt - 1), 10.0))
-            try:
-                answer = json.loads(self._post(body, headers))
-                rewards = answer.get("rewards") if isinstance(answer, dict) else None
-                if not isinstance(rewards, list):
-                    raise RewardError(f"reward error: {self.shown} answered without a 'rewards' list; it must answer "
-                                      "{\"rewards\": [one number per response]}")
-                return rewards
-            except RewardError:
-                raise
-            except (OSError, ValueError, http.client.HTTPException) as e:
-                last = str(e) if isinstance(e, _TooLarge) else f"{type(e).__name__}: {e}"
-        raise RewardError(f"reward error: POST {self.shown} failed {self.retries + 1} time(s) ({last}); check that "
-                          "the reward service runs and answers within rewards.http_timeout_s")
-
-    def _post(self, body: bytes, headers: dict) -> bytes:
-        """One request; the connection is shut at the deadline whatever it is doing, so a service that drips
-        its answer a byte at a time still ends within timeout_s; a body past max_response_bytes is refused."""
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.username or parts.password:
-            import base64
-
-            user = urllib.parse.unquote(parts.username or "") + ":" + urllib.parse.unquote(parts.password or "")
-            headers = {**headers, "Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
-        held: list = []  # the socket, kept: http.client hands it to the response and forgets it
-        fired = threading.Event()  # set before the socket is shut, so a read cut short always sees it
-        timer = threading.Timer(self.timeout_s, _shut, args=(conn, held, fired))
-        timer.start()
-        try:
-            conn.connect()
-            held.append(conn.sock)
-            path = parts.path or "/"
-            conn.request("POST", path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
-            response = conn.getresponse()
-            if response.status >= 400:
-                raise http.client.HTTPException(f"HTTP {response.status} {response.reason}")
-            data = response.read(self.max_response_bytes + 1)
-            if len(data) > self.max_response_bytes:
-                raise _TooLarge(f"the answer is larger than rewards.http_max_response_bytes="
-                                f"{self.max_response_bytes}")
-            if fired.is_set():
-                raise TimeoutError(f"no complete answer within {self.timeout_s:g}s")
-            return data
-        except (OSError, http.client.HTTPException) as e:  # a read cut short: IncompleteRead, reset, ...
-            if fired.is_set():
-                raise TimeoutError(f"no complete answer within {self.timeout_s:g}s") from None
-            raise e
-        finally:
-            timer.cancel()
-            conn.close()
-
-    def check(self) -> None:
-        """Before Ray starts: the service answers an empty batch (one try, at most 10 seconds)."""
-        try:
-            HttpReward(self.url, min(self.timeout_s, 10.0), 0, self.headers_env, self.max_response_bytes)([], [], [])
-        except RewardError as e:
-            raise ConfigError(f"config error: rewards.http_url: {str(e).split(': ', 1)[1]}") from None
+def _model_source(spec, key: str, reward_model) -> RewardSource:
+    if reward_model is None:
+        raise ConfigError(f"config error: {key}.kind=model needs the reward model; set reward.path")
+    return RewardSource("", spec.weight, lambda seqs, mask, *texts: reward_model(seqs, mask).float().cpu(),
+                        needs_text=False, shown="the reward model", checked=False)
 
 
-class _TooLarge(ValueError):
-    pass
+def _function_source(spec, key: str, reward_model) -> RewardSource:
+    if not spec.function:
+        raise ConfigError(f"config error: {key}.function: kind function needs 'module:function'; "
+                          "e.g. coati_ray.tasks.sorting:reward")
+    fn = load_reward_function(spec.function, f"{key}.function")
+    return RewardSource("", spec.weight, lambda seqs, mask, prompts, responses, rows: fn(prompts, responses, rows),
+                        needs_text=True, shown=spec.function)
 
 
-def _shut(conn, held: list, fired: threading.Event) -> None:
-    """At the deadline: end the connection under a blocked connect or read (which then fails at once, or
-    returns what it has: `fired` is set first, so the caller knows it was cut short)."""
-    fired.set()
-    for sock in held or [getattr(conn, "sock", None)]:
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+def _http_source(spec, key: str, reward_model) -> RewardSource:
+    service = http_service(spec, key)
+    return RewardSource("", spec.weight, lambda seqs, mask, prompts, responses, rows: service(prompts, responses, rows),
+                        needs_text=True, shown=service.shown)
+
+
+def http_service(spec, key: str) -> HttpReward:
+    if not spec.url:
+        raise ConfigError(f"config error: {key}.url: kind http needs the service's URL; e.g. http://127.0.0.1:8000/reward")
+    keys = SHORTHAND_KEYS if key == SHORTHAND else {k: f"{key}.{k}" for k in ("url", "timeout_s", "max_response_bytes",
+                                                                             "headers_env")}
+    return HttpReward(spec.url, spec.timeout_s, spec.retries, spec.headers_env, spec.max_response_bytes, keys)
+
+
+REWARD_KINDS: dict[str, Callable] = {"model": _model_source, "function": _function_source, "http": _http_source}
+
+
+def register_reward_kind(kind: str, build: Callable) -> None:
+    """`build(spec, key, reward_model) -> RewardSource` for `rewards.sources[i].kind: <kind>`."""
+    REWARD_KINDS[kind] = build
+
+
+def _factory_source(spec, key: str, reward_model) -> RewardSource:
+    """`kind: module:factory`: factory(**options) -> a callable (prompts, responses, rows) -> list of numbers."""
+    from coati_ray.utils.plugins import load_callable
+
+    factory = load_callable(spec.kind, f"{key}.kind", "my_pkg.rewards:make_scorer")
+    try:
+        scorer = factory(**spec.options)
+    except Exception as e:  # the user's code: one line that names it
+        raise ConfigError(f"config error: {key}: {spec.kind}(**options) raised {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}; fix the factory or {key}.options") from None
+    if not callable(scorer):
+        raise ConfigError(f"config error: {key}.kind: {spec.kind}(**options) returned {type(scorer).__name__}, not a "
+                          "callable (prompts, responses, rows) -> list of rewards")
+    return RewardSource("", spec.weight, lambda seqs, mask, prompts, responses, rows: scorer(prompts, responses, rows),
+                        needs_text=True, shown=spec.kind)
+
+
+def build_source(spec, key: str, reward_model=None) -> RewardSource:
+    """The source of one `rewards.sources` entry (`key` names it in error lines)."""
+    if spec.kind in REWARD_KINDS:
+        return REWARD_KINDS[spec.kind](spec, key, reward_model)
+    if ":" in spec.kind:
+        return _factory_source(spec, key, reward_model)
+    raise ConfigError(f"config error: {key}.kind: unknown reward kind '{spec.kind}'; use one of: "
+                      f"{', '.join(REWARD_KINDS)}, or 'module:factory' of your own")
 
 
 class RewardSources:
@@ -172,34 +129,50 @@ class RewardSources:
 
     def __init__(self, cfg, reward_model=None):
         self.cfg, self.reward_model = cfg, reward_model
-        self.function = load_reward_function(cfg.function) if cfg.function else None
-        self.http = HttpReward(cfg.http_url, cfg.http_timeout_s, cfg.http_retries, cfg.http_headers_env,
-                               cfg.http_max_response_bytes) if cfg.http_url else None
+        specs = cfg.specs(reward_model is not None)
+        self.sources = [build_source(spec, key, reward_model) for key, spec in specs]
+        for source, name in zip(self.sources, unique_names([spec.name or default_name(spec) for _, spec in specs])):
+            source.name = name
 
     @property
     def needs_text(self) -> bool:
-        return self.function is not None or self.http is not None
+        return any(s.needs_text for s in self.sources)
 
     def __call__(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompts: Optional[list] = None,
                  responses: Optional[list] = None, rows: Optional[list] = None) -> tuple[torch.Tensor, dict]:
-        """sequences, attention_mask: (B, T) -> (scores (B,) float32, {source: (B,)} before weighting)."""
+        """sequences, attention_mask: (B, T) -> (scores (B,) float32, {source name: (B,)} before weighting)."""
         B = sequences.size(0)
         parts: dict[str, torch.Tensor] = {}
-        if self.reward_model is not None:
-            parts["model"] = self.reward_model(sequences, attention_mask).float().cpu()
-        if self.function is not None:
+        total = torch.zeros(B, dtype=torch.float32)
+        for source in self.sources:
             try:
-                values = self.function(prompts, responses, rows)
+                values = source.score(sequences, attention_mask, prompts, responses, rows)
+            except RewardError:
+                raise
             except Exception as e:  # the user's code: one line that names it, not a traceback through Ray
-                raise RewardError(f"reward error: {self.cfg.function} raised {type(e).__name__}: "
+                if not source.needs_text:
+                    raise
+                raise RewardError(f"reward error: {source.shown} raised {type(e).__name__}: "
                                   f"{(str(e).splitlines() or [''])[0][:200]}; fix the function (it is called with "
                                   "lists of prompts, responses and rows)") from None
-            parts["function"] = _as_scores(values, B, self.cfg.function)
-        if self.http is not None:
-            parts["http"] = _as_scores(self.http(prompts, responses, rows), B, self.http.shown)
-        weights = {"model": self.cfg.model_weight, "function": self.cfg.function_weight, "http": self.cfg.http_weight}
-        total = sum(weights[name] * value for name, value in parts.items())
+            value = _as_scores(values, B, source.shown) if source.checked else values
+            parts[source.name] = value
+            total = total + source.weight * value
         return total.to(sequences.device), parts
+
+
+def default_name(spec) -> str:
+    return spec.kind.rsplit(":", 1)[-1] if ":" in spec.kind else spec.kind
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Names as given, a repeated one numbered from its second use: [http, http] -> [http, http_2]."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
 
 
 def _number(value) -> float:
@@ -226,11 +199,11 @@ def _as_scores(values, count: int, source: str) -> torch.Tensor:
 
 
 def check_reward_sources(cfg) -> None:
-    """What can only be checked by trying, before Ray starts: the reward service answers."""
-    if cfg.http_url:
-        try:
-            env_headers(cfg.http_headers_env)
-        except RewardError as e:
-            raise ConfigError(f"config error: {str(e).split(': ', 1)[1]}") from None
-        HttpReward(cfg.http_url, cfg.http_timeout_s, cfg.http_retries, cfg.http_headers_env,
-                   cfg.http_max_response_bytes).check()
+    """What can only be checked by trying, before Ray starts: every reward service answers."""
+    for key, spec in cfg.specs(True):
+        if spec.kind == "http":
+            try:
+                env_headers(spec.headers_env, f"{key}.headers_env" if key != SHORTHAND else "rewards.http_headers_env")
+            except RewardError as e:
+                raise ConfigError(f"config error: {str(e).split(': ', 1)[1]}") from None
+            http_service(spec, key).check()

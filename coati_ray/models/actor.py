@@ -116,10 +116,11 @@ class Actor(nn.Module):
 
     def generate_with(self, gen, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None,
                       **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`generate` with the sampling keys of a GenerationConfig `gen` taken whole (maker, evaluation, CLI)."""
-        return self.generate(input_ids, attention_mask, tokenizer, max_new_tokens=gen.max_new_tokens,
-                             do_sample=gen.do_sample, temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
-                             compact=gen.compact, **extra)
+        """Generate with a GenerationConfig `gen` taken whole, through its backend (`gen.backend`:
+        coati_ray/models/generators.py), as the maker, the evaluation and the CLI do."""
+        from coati_ray.models.generators import generator
+
+        return generator(gen.backend)(self, gen, input_ids, attention_mask, tokenizer, **extra)
 
     @staticmethod
     def _masks(sequences, input_ids, attention_mask, eos_token_id):

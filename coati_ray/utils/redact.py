@@ -28,9 +28,9 @@ def redact_url(url: Optional[str]) -> Optional[str]:
 
 
 def redact_config(data: Any) -> Any:
-    """A config mapping (to_dict) with every URL credential redacted (keys ending in `_url`)."""
+    """A config mapping (to_dict) with every URL credential redacted (keys `url` or ending in `_url`)."""
     if isinstance(data, dict):
-        return {k: redact_url(v) if isinstance(k, str) and k.endswith("_url") and isinstance(v, str)
+        return {k: redact_url(v) if isinstance(k, str) and (k == "url" or k.endswith("_url")) and isinstance(v, str)
                 else redact_config(v) for k, v in data.items()}
     if isinstance(data, list):
         return [redact_config(v) for v in data]

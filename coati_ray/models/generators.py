@@ -1,0 +1,56 @@
+"""Generation backends, chosen by `generation.backend`: a registry of functions that take the generation config
+whole (no Ray here).
+
+    sequences, mask, action_mask = generator(gen.backend)(actor, gen, input_ids, attention_mask, tokenizer)
+
+Every backend returns what `Actor.generate` documents: (sequences (B, P + A), attention_mask (B, P + A),
+action_mask (B, A)) for left-padded prompts (B, P), each response ending at its first end token. Built in:
+
+    compact  finished rows leave the decode batch (coati_ray/models/decode.py; one random stream per row;
+             greedy output equals hf's token for token); falls back to hf for a family it does not cover,
+             a streamer, or a checkpoint whose generation config adds logits processors
+    hf       Hugging Face `generate`: every row decoded until the longest ends
+
+A backend of your own is `module:function` with the same signature (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+GeneratorFn = Callable[..., tuple]
+
+
+def _sampling(gen) -> dict:
+    return {"max_new_tokens": gen.max_new_tokens, "do_sample": gen.do_sample, "temperature": gen.temperature,
+            "top_k": gen.top_k, "top_p": gen.top_p}
+
+
+def compact(actor, gen, input_ids, attention_mask, tokenizer=None, **extra) -> tuple:
+    return actor.generate(input_ids, attention_mask, tokenizer, compact=True, **_sampling(gen), **extra)
+
+
+def hf(actor, gen, input_ids, attention_mask, tokenizer=None, **extra) -> tuple:
+    extra.pop("row_seeds", None)  # Hugging Face's sampler draws every row from one stream
+    return actor.generate(input_ids, attention_mask, tokenizer, compact=False, **_sampling(gen), **extra)
+
+
+GENERATORS: dict[str, GeneratorFn] = {"compact": compact, "hf": hf}
+
+
+def register_generator(name: str, fn: GeneratorFn) -> None:
+    GENERATORS[name] = fn
+
+
+def generator(name: str) -> GeneratorFn:
+    """The backend registered as `name`, or `module:function` of your own."""
+    if name in GENERATORS:
+        return GENERATORS[name]
+    if ":" in name:
+        from coati_ray.utils.plugins import load_callable
+
+        return load_callable(name, "generation.backend", "my_pkg.generation:generate")
+    from coati_ray.errors import ConfigError
+
+    raise ConfigError(f"config error: generation.backend: unknown backend '{name}'; use one of: "
+                      f"{', '.join(GENERATORS)}, or 'module:function' of your own")
