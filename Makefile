@@ -27,7 +27,7 @@ $(ASSETS): $(STAMP) coati_ray/models/tiny.py coati_ray/models/tiny_chat.py data/
 assets: $(ASSETS)
 
 test: setup
-	$(VPY) -m pytest -q --durations=25 tests
+	$(VPY) -m pytest -q --durations=60 tests
 
 # The main job on the embedded default: SFT -> RM (from the SFT model, as Coati does) -> PPO, one
 # Ray job, then a report judged by the task's gold score. A rerun starts again (--overwrite).

@@ -4,9 +4,10 @@
     summary = job.run()          # starts Ray actors, trains, always releases actors and placement groups
     job.scale_makers(3)          # from a callback or another thread: takes effect at the next step
 
-One step reads top to bottom in `train_step`: scale the makers, generate and train (the scheduler
-feeds the makers admissible tickets while the trainer groups update), sync the new weights to the
-makers, and turn what everyone reported into one metrics record. sync mode: each step's experience
+One step reads top to bottom in `train_step`: scale the makers, generate and train (the experience
+source: under placement: separate the scheduler feeds the makers admissible tickets while the trainer
+groups update; under colocated the actor group's ranks generate, actors/colocated.py), publish the new
+weights where generation happens next, and turn what everyone reported into one metrics record. sync mode: each step's experience
 is generated with the weights after the previous update. async mode: makers keep generating while
 trainers train, never further ahead than ppo.max_staleness versions (actors/scheduling.py).
 """
@@ -26,12 +27,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.cluster import NAMESPACE, check_shared_output, connect
 from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
-from actors.maker_pool import MakerPool
+from actors.experience_source import ExperienceSource, experience_source
 from actors.replay_buffer import ReplayBuffer
-from actors.scheduling import StepScheduler
 from actors.trainer_groups import TrainerGroups
 from actors.watchdog import Watchdog
-from actors.weight_sync import WeightSync
 from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
 from coati_ray.reporting.step_metrics import step_metrics
@@ -78,10 +77,9 @@ class PPOJob:
                                 show=PROGRESS_KEYS)
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
                                          cfg.ppo.eval_samples_per_prompt, self.logger)
-        self.pool: Optional[MakerPool] = None
+        self.source: Optional[ExperienceSource] = None  # makers (placement: separate) or the actor group's ranks
         self.trainers: Optional[TrainerGroups] = None
-        self.scheduler: Optional[StepScheduler] = None
-        self.sync: Optional[WeightSync] = None
+        self.max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
         self.watchdog: Optional[Watchdog] = None
         self.target_makers = cfg.maker.num_makers
         self.lock = threading.Lock()
@@ -106,19 +104,36 @@ class PPOJob:
         not got the free resources for them."""
         if n < 1:
             raise ConfigError(f"config error: scale_makers({n}): at least one maker is needed")
-        if self.pool is not None:
-            self.pool.check_fits(n)
+        if self.cfg.placement != "separate":
+            raise ConfigError(f"config error: scale_makers({n}): placement: {self.cfg.placement} has no makers (the "
+                              "actor group's ranks generate); scale makers under placement: separate")
+        if self.source is not None:
+            self.source.check_fits(n)
         with self.lock:
             self.target_makers = n
 
     @property
     def num_makers(self) -> int:
-        return len(self.pool) if self.pool else 0
+        return self.source.num_makers if self.source else 0
 
     @property
     def makers(self) -> dict:
         """Maker actor handles by index (read-only view, for callbacks and tests)."""
         return dict(self.pool.makers) if self.pool else {}
+
+    @property
+    def pool(self):
+        """The MakerPool (placement: separate), else None."""
+        return getattr(self.source, "pool", None)
+
+    @property
+    def sync(self):
+        """The WeightSync (placement: separate), else None."""
+        return getattr(self.source, "sync", None)
+
+    @property
+    def scheduler(self):
+        return getattr(self.source, "scheduler", None)
 
     @property
     def groups(self) -> dict:
@@ -156,8 +171,7 @@ class PPOJob:
             self.evaluator.collect(block=False)
         self.save_checkpoint(final=True)
         accounting = ray.get(self.buffer.close.remote())
-        self.pool.drain()
-        self.pool.wait_loads()  # every maker holds the final weights
+        self.source.finish()  # nothing in flight; every generating worker holds the final weights
         self.evaluator.collect(block=True)
         if self.evaluator.last_version() != self.version:
             self._evaluate(block=True)
@@ -172,35 +186,26 @@ class PPOJob:
         self.started_ray = connect(self.ray_address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port,
                                    info=self.logger.info)
         check_cluster_fits(cfg)
-        max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
         self.trainers = TrainerGroups(cfg, self.cfg_dict, self.roles)
         # On the driver's node: it lives exactly as long as the job's driver, whichever node is lost.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.buffer = ReplayBuffer.options(name="replay-buffer", namespace=NAMESPACE, scheduling_strategy=here).remote(
             cfg.buffer.capacity, {role: self.trainers.group_cfg(role).resources.num_ranks for role in self.roles},
-            self.items_per_step, self.step, max_staleness, cfg.buffer.timeout_s)
+            self.items_per_step, self.step, self.max_staleness, cfg.buffer.timeout_s)
         ray.get(self.buffer.set_version.remote(self.version))
-        self.pool = MakerPool(cfg, self.cfg_dict, self.buffer, self.logger.info)
-        self.sync = WeightSync(cfg, self.trainers, self.pool, self.logger.info)
+        self.source = experience_source(self)
         self.trainers.start()
         check_shared_output(dict(self.trainers.names()), cfg.output_dir)
-        self.pool.scale_to(self.target_makers, wait=False)  # makers load their models while the groups set up
-        self.trainers.setup(self.resume_from, first_step=self.step)
-        self.pool.wait_ready()
+        self.source.start(lambda: self.trainers.setup(self.resume_from, first_step=self.step))
         self.watchdog = Watchdog(cfg.watchdog, cfg.output_dir, self.actor_handles, self.activity)
         self.watchdog.locate()
-        self._located = (self.pool.restarts, tuple(self.pool.makers))
-        self.pool.wait_all = self.watchdog.wait_all
-        self.scheduler = StepScheduler(self.pool, self.trainers, self.buffer, self.prompts, self.items_per_step,
-                                       max_staleness, cfg.buffer.capacity // cfg.maker.batch_size,
-                                       last_ticket=cfg.ppo.max_steps * self.items_per_step, first_step=self.step,
-                                       wait=self.watchdog.wait)
+        self.source.attach(self.watchdog)
         if self.resume_from:
             self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
             truncate_metrics(cfg.output_dir, self.step)
             self.evaluator.restore(self.step)
             self._sync_weights()
-        self.logger.info(f"{len(self.pool)} makers, " + ", ".join(
+        self.logger.info((f"{self.num_makers} makers, " if cfg.placement == "separate" else "colocated, ") + ", ".join(
             f"{role} group {len(ranks)} rank(s) [{self.trainers.group_cfg(role).strategy.name}]"
             for role, ranks in self.trainers.ranks.items())
             + f", mode={cfg.ppo.mode}, {len(self.prompts.items)} prompts")
@@ -209,27 +214,19 @@ class PPOJob:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        with self.lock:  # makers dropped past their restarts are not replaced (on_exhausted_restarts=drop)
-            self.target_makers = max(1, self.target_makers - self.pool.take_dropped())
-            target = self.target_makers
-        try:
-            self.pool.scale_to(target)  # added makers load before the step (maker.start_timeout_s at most)
-        except ConfigError as e:  # resources taken since scale_makers() checked them: keep the makers we have
-            self.logger.info(f"{e}; keeping {len(self.pool)} makers")
-            with self.lock:
-                self.target_makers = len(self.pool)
+        if self.cfg.placement == "separate":
+            self._scale()
         self.watchdog.begin_step(self.step)
-        result = self.scheduler.run(self.step)          # generate and update, overlapped as the mode allows
+        result = self.source.run(self.step)  # generate and update, overlapped as the mode allows
         self.step += 1
         self.version += 1
         ray.get(self.buffer.set_version.remote(self.version))
         sync = self._sync_weights()
-        loads = self.pool.wait_loads() if self.cfg.ppo.mode == "sync" else self.pool.finished_loads()
+        loads = self.source.collect_loads()
         step_s = time.perf_counter() - t0
         self.watchdog.end_step(step_s)
-        if (self.pool.restarts, tuple(self.pool.makers)) != self._located:  # new processes: ask their pids
+        if self.source.processes_changed():  # new processes (a maker restarted): ask their pids
             self.watchdog.locate()
-            self._located = (self.pool.restarts, tuple(self.pool.makers))
         self.metrics.stages({"timing/step": step_s})
         buffer = ray.get(self.buffer.stats.remote())
         if buffer["over_staleness"]:  # admission control is what bounds staleness: never let a breach pass quietly
@@ -238,29 +235,42 @@ class PPOJob:
                                "please report this with the run's config.yaml")
         m = step_metrics(updates=result.results, makes=result.makes, sync=sync, loads=loads,
                          step_seconds=step_s, buffer=buffer, version=self.version,
-                         makers=len(self.pool), maker_restarts=self.pool.restarts)
+                         makers=self.source.num_makers, maker_restarts=self.source.restarts)
         self.metrics.set("weight_sync_bytes", m["sync/bytes"])
         self.metrics.stages({"timing/sync": m["timing/sync"]})
         return m
 
+    def _scale(self) -> None:
+        with self.lock:  # makers dropped past their restarts are not replaced (on_exhausted_restarts=drop)
+            self.target_makers = max(1, self.target_makers - self.source.take_dropped())
+            target = self.target_makers
+        try:
+            self.source.scale_to(target)  # added makers load before the step (maker.start_timeout_s at most)
+        except ConfigError as e:  # resources taken since scale_makers() checked them: keep the makers we have
+            self.logger.info(f"{e}; keeping {self.num_makers} makers")
+            with self.lock:
+                self.target_makers = self.num_makers
+
     def actor_handles(self) -> dict:
         """{name: handle} of every actor of the job (the watchdog pings them)."""
-        out = {f"maker-{i}": h for i, h in self.pool.makers.items()}
+        out = self.source.handles()
         out.update(dict(self.trainers.names()))
         out["replay-buffer"] = self.buffer
         return out
 
     def activity(self) -> dict[str, str]:
         """{name: what the driver has asked that actor to do and not yet seen done}."""
-        return {**self.pool.activity(), **self.trainers.activity()}
+        return {**self.source.activity(), **self.trainers.activity()}
 
     def _sync_weights(self) -> dict:
-        """The new weights on their way to every maker (actors/weight_sync.py: object store or collective)."""
-        return self.sync.publish(self.version)
+        """The new weights where generation happens next (separate: on their way to every maker, through
+        actors/weight_sync.py; colocated: already there)."""
+        return self.source.publish(self.version)
 
     def _evaluate(self, block: bool) -> None:
-        if self.pool.first() is not None:
-            self.evaluator.submit(self.pool.first(), block)
+        target = self.source.evaluation_target()
+        if target is not None:
+            self.evaluator.submit(target, block)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -287,10 +297,8 @@ class PPOJob:
 
     def shutdown(self) -> None:
         """Kill every actor and remove every placement group this job created; stop Ray if we started it."""
-        if getattr(self, "sync", None) is not None:
-            self.sync.close()
-        if self.pool is not None:
-            self.pool.kill_all()
+        if self.source is not None:
+            self.source.shutdown()
         if self.trainers is not None:
             self.trainers.shutdown()
         if self.buffer is not None:
@@ -304,11 +312,8 @@ class PPOJob:
         last = history[-1] if history else {}
         first = history[0] if history else {}
         idle = [m["trainer/idle_fraction"] for m in history]
-        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "makers": len(self.pool),
-                "maker_restarts": self.pool.restarts, "maker_batches_regenerated": self.pool.regenerated,
-                "maker_batches_behind": self.pool.behind,
-                "makers_dropped": self.pool.dropped,
-                "batches_lost_with_a_node": self.scheduler.remade_lost if self.scheduler else 0,
+        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "placement": self.cfg.placement,
+                **self.source.summary(),
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
                 "trainer_idle_fraction": sum(idle) / len(idle) if idle else None,
@@ -318,7 +323,8 @@ class PPOJob:
 
 def ppo_resources(cfg) -> tuple[float, float]:
     """(CPUs, GPUs) a PPO job reserves: its makers and its trainer groups."""
-    cpus, gpus = cfg.maker.num_makers * cfg.maker.num_cpus, cfg.maker.num_makers * cfg.maker.num_gpus
+    makers = cfg.maker.num_makers if cfg.placement == "separate" else 0
+    cpus, gpus = makers * cfg.maker.num_cpus, makers * cfg.maker.num_gpus
     for group in (getattr(cfg, f"{role}_trainer") for role in cfg.roles):
         cpus += group.resources.num_ranks * group.resources.num_cpus_per_rank
         gpus += group.resources.num_ranks * group.resources.num_gpus_per_rank
@@ -329,7 +335,7 @@ def check_cluster_fits(cfg, extra: str = "") -> None:
     """Refuse a PPO config the connected cluster cannot host, before any actor starts."""
     need_cpu, need_gpu = ppo_resources(cfg)
     have = ray.cluster_resources()
-    for name, amount in cfg.maker.resources.items():
+    for name, amount in (cfg.maker.resources if cfg.placement == "separate" else {}).items():
         need = cfg.maker.num_makers * amount
         if need > have.get(name, 0) + 1e-9:
             raise ConfigError(f"config error: maker.resources: {cfg.maker.num_makers} maker(s) need {need:g} "

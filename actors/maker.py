@@ -11,7 +11,6 @@ driver, and the buffer only ever sees its ObjectRef.
 from __future__ import annotations
 
 import os
-import time
 from typing import Optional
 
 import ray
@@ -43,6 +42,7 @@ class ExperienceMaker:
         from coati_ray.config.ppo import PPOConfig
         from coati_ray.experience.maker import build_experience_models
         from coati_ray.experience.rewards import RewardSources
+        from coati_ray.experience.rollout import RolloutWorker
         from coati_ray.models.loading import tokenizer_for
 
         place_threads(cpu_cores, nice, "maker")
@@ -56,21 +56,25 @@ class ExperienceMaker:
         self.tokenizer = tokenizer_for(cfg.actor, cfg.data.chat_template)
         # Makers infer in their own dtype (maker.dtype); weight syncs cast the trainers' weights to it.
         self.models = build_experience_models(cfg, self.device)
-        self.rewards = RewardSources(cfg.rewards, self.models.reward)
+        self.worker = RolloutWorker(cfg, self.models, self.tokenizer, RewardSources(cfg.rewards, self.models.reward),
+                                    self.device, index)
         self.batches_made = 0
         from actors.metrics import ActorMetrics
         from actors.weight_endpoints import WeightReceiver
-        from coati_ray.utils.flops import num_params
 
         self.metrics = ActorMetrics("maker", index)
         roles = {"actor": self.models.actor, **({"critic": self.models.critic} if self.models.critic is not None else {})}
         lora = {"actor": cfg.actor.lora_rank > 0, "critic": cfg.critic is not None and cfg.critic.lora_rank > 0}
         self.receiver = WeightReceiver(roles, lora, self.metrics)
-        self.n_params = {name: num_params(getattr(self.models, name)) if getattr(self.models, name) is not None else 0
-                         for name in ("actor", "reward", "critic")}
 
     def ready(self) -> int:
         return self.index
+
+    def node(self) -> dict:
+        """Where this maker runs: its node, device kind and GPUs (weight sync: ipc needs the trainer's node, and
+        on GPU the trainer's own GPUs)."""
+        return {"node": ray.get_runtime_context().get_node_id(), "device": self.device.type,
+                "gpus": sorted(str(g) for g in ray.get_gpu_ids())}
 
     def pid(self) -> int:
         """The process id (fault-injection tests kill it with SIGKILL)."""
@@ -113,77 +117,22 @@ class ExperienceMaker:
         `expected_version` is the policy version the driver last sent this maker; a maker holding
         another one (restarted, its loads lost) refuses rather than generate with stale weights.
         """
-        import torch
-
         self._current(expected_version)
         # A newer version than promised is fine (a broadcast can land between the submit and the batch);
         # an older one means this process lost weights it was sent (it was restarted).
         if expected_version is not None and self.version < expected_version:
             raise MakerBehind(self.index, self.version, expected_version,
                               ray.get_runtime_context().was_current_actor_reconstructed)
-        from coati_ray.experience import make_experience
-        from coati_ray.trainers.ppo import peak_device_memory_gb
-        from coati_ray.utils.flops import experience_flops
-
-        t0 = time.perf_counter()
         # Sampling depends only on (seed, batch id, weights), not on which maker runs it.
-        torch.manual_seed(self.cfg.ppo.seed * 1000003 + batch_id)
-        def make(items):
-            return make_experience(self.models, self.tokenizer, items, self.cfg.generation, self.cfg.ppo,
-                                   self.rewards, version=self.version, maker=self.index, batch_id=batch_id,
-                                   device=self.device, behaviour_log_probs=not self.cfg.trainer_log_probs_are_behaviour)
-
-        p = self.cfg.ppo
-        if p.filter_groups:  # prompt_items carry spare rounds: sample until the batch's groups carry signal
-            from coati_ray.experience.dynamic_sampling import make_filtered_experience
-
-            exp, stats = make_filtered_experience(make, prompt_items, self.cfg.prompts_per_batch,
-                                                  p.n_samples_per_prompt, p.max_sampling_rounds)
-        else:
-            exp, stats = make(prompt_items)
-        busy = time.perf_counter() - t0
+        exp, stats = self.worker.make(prompt_items, batch_id, self.version)
         self.batches_made += 1
-        stats.update({"timing/make": busy, "reward": float(exp.reward.mean()), "samples": exp.num_samples,
-                      "version": exp.version, "maker": self.index, "batch_id": batch_id,
-                      "memory/peak_gb": peak_device_memory_gb(),
-                      "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],
-                                                self.n_params["critic"], float(exp.attention_mask.sum()))})
-        self._publish(stats, busy)
+        publish_make_metrics(self.metrics, stats)
         return stats, exp
-
-    def _publish(self, stats: dict, busy: float) -> None:
-        from coati_ray.utils.flops import tflops
-
-        m = self.metrics
-        m.set("experiences_per_second", stats["samples"] / max(busy, 1e-9))
-        m.set("generated_tokens_per_second", stats["generated_tokens"] / max(busy, 1e-9))
-        m.inc("experiences_total", stats["samples"])
-        m.inc("generated_tokens_total", stats["generated_tokens"])
-        m.set("reward_mean", stats["reward"])
-        if stats["kl"] == stats["kl"]:  # not NaN (makers that skip their log-probs have no KL of their own)
-            m.set("kl_mean", stats["kl"])
-        m.set("tflops", tflops(stats["flops"], busy))
-        m.stages({k: v for k, v in stats.items() if k in ("timing/generate", "timing/ref", "timing/reward",
-                                                           "timing/values")})
 
     def evaluate(self, prompt_items: list[dict], greedy: bool, seed: int, samples_per_prompt: int = 1) -> dict:
         """Score held-out prompts with the live policy: gold score (if a task is set), RM score, KL."""
-        import dataclasses
-
-        from coati_ray.evaluation import evaluate_policy
-        from coati_ray.tasks import gold_scorer
-
         self._current()
-        t = time.perf_counter()
-        gen = dataclasses.replace(self.cfg.generation, do_sample=not greedy)
-        task = self.cfg.data.gold_task
-        result = evaluate_policy(self.models.actor, self.tokenizer, prompt_items, gen, initial=self.models.initial,
-                                 reward_model=self.models.reward, gold=gold_scorer(task) if task else None,
-                                 batch_size=max(self.cfg.maker.batch_size, 32), seed=seed, device=self.device,
-                                 samples_per_prompt=1 if greedy else samples_per_prompt)
-        out = dataclasses.asdict(result)
-        out.update(version=self.version, seconds=time.perf_counter() - t)
-        return out
+        return self.worker.evaluate(prompt_items, greedy, seed, samples_per_prompt, self.version)
 
     def weights(self, merged: bool = False) -> dict:
         """The maker's current actor (and critic) weights (for tests and checks; staged weights first swap in).
@@ -196,3 +145,19 @@ class ExperienceMaker:
             out["critic"] = export_view(self.models.critic, merged)
         return out
 
+
+def publish_make_metrics(m, stats: dict) -> None:
+    """One batch's `coati_*` series of whoever made it (a maker or a colocated actor rank)."""
+    from coati_ray.utils.flops import tflops
+
+    busy = stats["timing/make"]
+    m.set("experiences_per_second", stats["samples"] / max(busy, 1e-9))
+    m.set("generated_tokens_per_second", stats["generated_tokens"] / max(busy, 1e-9))
+    m.inc("experiences_total", stats["samples"])
+    m.inc("generated_tokens_total", stats["generated_tokens"])
+    m.set("reward_mean", stats["reward"])
+    if stats["kl"] == stats["kl"]:  # not NaN (makers that skip their log-probs have no KL of their own)
+        m.set("kl_mean", stats["kl"])
+    m.set("tflops", tflops(stats["flops"], busy))
+    m.stages({k: v for k, v in stats.items() if k in ("timing/generate", "timing/ref", "timing/reward",
+                                                       "timing/values")})

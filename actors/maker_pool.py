@@ -186,7 +186,7 @@ class MakerPool:
         if self.sync is None or self.version[index] >= self.sync.version:
             self.awaiting.pop(index, None)
             return True
-        handle = self.sync.object_store_handle(wait=wait)
+        handle = self.sync.handle_for(index, wait=wait)
         if handle is None:
             self.awaiting.setdefault(index, time.monotonic())
             return False

@@ -14,11 +14,13 @@ from typing import Optional
 
 import ray
 
+from actors.colocated_rank import ColocatedRollout
+
 STATE_FILE = "trainer_state.json"
 
 
 @ray.remote(concurrency_groups={"sync": 1})
-class PPOTrainerRank:
+class PPOTrainerRank(ColocatedRollout):
     def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None,
                  cpu_cores: Optional[list] = None, nice: int = 0):
         import torch
@@ -68,6 +70,8 @@ class PPOTrainerRank:
         self.sender = WeightSender(self.strategy, self.trainer.model, self.model_cfg.lora_rank > 0,
                                    gathers=self.group_cfg.strategy.name.startswith("colossalai_gemini"))
         self.steps_done = first_step
+        if self.cfg.placement == "colocated" and self.role == "actor":
+            self._rollout()  # the reference and reward models beside the policy, loaded with the group
         return self.rank
 
     def _restore(self, root: str) -> None:
@@ -158,6 +162,13 @@ class PPOTrainerRank:
             return None if part is None else {**part, "version": self.steps_done}
         finally:
             self.update_lock.release()
+
+    @ray.method(concurrency_group="sync")
+    def export_ipc(self) -> Optional[dict]:
+        """ipc: rank 0's blob for one maker on this node to map its weights (never mid-update); others None."""
+        with self.update_lock:
+            part = self.sender.export_ipc()
+            return None if part is None else {**part, "version": self.steps_done}
 
     def sync_plan(self, bucket_bytes: int) -> list:
         return self.sender.plan(bucket_bytes)

@@ -3,7 +3,8 @@
 Sender (`WeightSender`, in a PPO trainer rank): the tensors a maker needs (every weight, or the LoRA
 adapters only), read live from the model (Gemini gathers them on rank 0 first). Over the object
 store they are put once as numpy views; over the collective they go one bucket at a time, so the
-sender holds one bucket beyond its model.
+sender holds one bucket beyond its model; over ipc (a maker on the same node, between steps) the
+maker maps them where they are (shared memory on CPU, CUDA IPC on GPU) and copies them into its model.
 
 Receiver (`WeightReceiver`, in a maker): an object-store handle is loaded between batches (one copy
 into the model); broadcast buckets are received on the maker's `sync` thread while it may be
@@ -51,6 +52,25 @@ class WeightSender:
         arrays, dtypes = to_numpy(state)
         return {"ref": [ray.put(arrays)], "dtypes": dtypes, "bytes": sum(a.nbytes for a in arrays.values())}
 
+    def export_ipc(self) -> Optional[dict]:
+        """Same node, between steps: a blob one maker opens to map these tensors (coati_ray/models/ipc.py) instead
+        of a copy through the object store; rank 0 only. One blob per receiver (each holds one reference)."""
+        import shutil
+
+        from coati_ray.models.ipc import share, state_nbytes
+
+        state = self.state()
+        if not self.strategy.is_rank0:
+            return None
+        # On CPU the tensors move into shared memory (once): refuse rather than fill a small /dev/shm (a
+        # container's 64 MB default), and the maker loads through the object store instead.
+        unshared = sum(t.numel() * t.element_size() for t in state.values()
+                       if t.device.type == "cpu" and not t.is_shared())
+        free = shutil.disk_usage("/dev/shm").free - _object_store_bytes() if unshared else 0
+        if unshared and unshared > 0.8 * free:
+            return {"refused": f"/dev/shm has {free / 2**20:.0f} MiB free for {unshared / 2**20:.0f} MiB of weights"}
+        return {"ipc": share(state), "bytes": state_nbytes(state)}
+
     def plan(self, bucket_bytes: int) -> list:
         """The bucket layout of this sender's state (rank 0): what receivers allocate and expect."""
         return plan_buckets(self.state(), bucket_bytes)
@@ -85,6 +105,13 @@ class WeightSender:
             self.group = None
 
 
+def _object_store_bytes() -> int:
+    """This node's Ray object store capacity: it usually lives in /dev/shm, sparse, so the free space counts room
+    the store will take as it fills."""
+    node = ray.get_runtime_context().get_node_id()
+    return int(next((n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["NodeID"] == node), 0))
+
+
 class WeightReceiver:
     def __init__(self, modules: dict, lora_only: dict, metrics=None):
         """`modules`: role -> the maker's model that role's sender updates ('actor', 'critic')."""
@@ -101,15 +128,24 @@ class WeightReceiver:
         """Load an object-store handle {version, roles: {role: {ref, dtypes}}}: one copy into each model."""
         from coati_ray.models.weights import load_weights
 
-        t, moved, casts = time.perf_counter(), 0, 0
+        t, moved, casts, transport = time.perf_counter(), 0, 0, "object_store"
         for role, part in handle["roles"].items():
+            if "ipc" in part:  # the sender's tensors, mapped (same node): one copy into the model
+                from coati_ray.models.ipc import open_shared, state_nbytes
+
+                state = open_shared(part["ipc"])
+                casts += load_weights(self.modules[role], state, self.lora_only[role])
+                moved += state_nbytes(state)
+                transport = "ipc"
+                del state  # unmap before the sender may change them
+                continue
             arrays = ray.get(part["ref"][0])
             casts += load_weights(self.modules[role], from_numpy(arrays, part["dtypes"]), self.lora_only[role])
             moved += sum(a.nbytes for a in arrays.values())
         with self.changed:
             self.version = handle["version"]
             self.changed.notify_all()
-        return self._report(time.perf_counter() - t, moved, casts, "object_store")
+        return self._report(time.perf_counter() - t, moved, casts, transport)
 
     # ---------------------------------------------------------------- collective (on the sync thread)
 

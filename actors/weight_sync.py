@@ -3,7 +3,7 @@
     sync = WeightSync(cfg, trainers, pool, info)
     stats = sync.publish(version)          # the trainers' weights of `version` on their way to every maker
 
-Two transports, chosen by `sync.transport`:
+The transports, chosen by `sync.transport`:
 
   object_store  trainer rank 0 of each group puts its weights once as numpy views; makers receive an
                 opaque handle and load it between batches (one copy into the model), the newest only.
@@ -14,7 +14,13 @@ Two transports, chosen by `sync.transport`:
                 makers join, leave or restart; a maker that joins or restarts catches up from the
                 object store first. A group that does not form, or a broadcast that does not finish,
                 within sync.timeout_s ends the run with one line naming the peer.
-  auto          collective when the group forms, else the object store (said once in the log).
+  ipc           sync mode, makers on the node of each trainer group's rank 0: a maker maps rank 0's tensors
+                where they are (coati_ray/models/ipc.py: shared memory on CPU, CUDA IPC handles on GPU, the
+                same code) and copies them into its model, between steps while the trainers wait. A maker on
+                another node or device kind, a Gemini group (its export gathers on every rank) and a catch-up
+                mid-step go through the object store.
+  auto          ipc where it applies to every maker (sync mode, one node, one device kind, no Gemini), else
+                collective when the group forms, else the object store (said once in the log).
 
 A broadcast that breaks because a member failed (a maker died mid-sync) is not a hang: that version
 goes through the object store and the group re-forms at the next sync, on either setting.
@@ -61,6 +67,10 @@ class WeightSync:
         self.groups: dict[str, _Group] = {}
         self.uneven: dict = {}       # role -> steps its weights have seen, at the last probe
         self._next_probe = 0.0
+        self.places: dict = {}       # (maker index, incarnation) -> {node, device, gpus}: where ipc reaches
+        self.trainer_places: Optional[dict] = None  # role -> {node, gpus} of its rank 0
+        self.ipc_bytes = 0           # what one maker mapped at this publish (0: none took the ipc path)
+        self.ipc_refused = False
         pool.sync = self
 
     @property
@@ -79,6 +89,12 @@ class WeightSync:
         t = time.perf_counter()
         self.version, self.handle = version, None
         received, sent, casts = set(), 0, 0
+        if self.cfg.sync.transport == "auto" and self.transport != "ipc" and self.ipc_reaches_every_maker():
+            self.close()  # the makers now share the trainers' node (a scale-down left only those): no broadcast
+            self.transport = "ipc"
+            self.info("weight sync: every maker is on the trainers' node; mapping their tensors (ipc)")
+        elif self.cfg.sync.transport == "auto" and self.transport == "ipc" and not self.ipc_reaches_every_maker():
+            self.transport = "auto"  # a maker elsewhere: the collective (or the object store) again
         collective = self.transport in ("collective", "auto") and bool(self.pool.makers)
         if collective:
             try:
@@ -95,11 +111,77 @@ class WeightSync:
                 self.info(f"weight sync: {e}; version {version} goes through the object store and the group "
                           "re-forms at the next sync")
                 collective = False
-        if not collective:
+        if not collective and self.transport != "ipc":
             sent = self.object_store_handle()["bytes"]
+        self.ipc_bytes = 0
         self.pool.published(version, received)
-        return {"export_seconds": time.perf_counter() - t, "bytes": sent, "transport": self.transport,
+        transport = self.transport
+        if transport == "ipc":  # what one maker mapped, plus an object-store copy if some maker needed one
+            stored = self.handle is not None and self.handle["version"] >= version
+            sent = self.ipc_bytes + (self.handle["bytes"] if stored else 0)
+            transport = "ipc" if self.ipc_bytes else "object_store"
+        return {"export_seconds": time.perf_counter() - t, "bytes": sent, "transport": transport,
                 "cast_tensors": casts}
+
+    def handle_for(self, index: int, wait: bool = True) -> Optional[dict]:
+        """What maker `index` loads the newest weights from: under ipc, between steps (`wait`), a blob of its
+        own that maps the trainers' tensors when it shares their node and device kind; else the object store
+        handle (object_store_handle)."""
+        if self.transport == "ipc" and wait and not self.ipc_refused and self.ipc_reaches(index):
+            parts = self._rank0("export_ipc")
+            refused = [p["refused"] for p in parts.values() if "refused" in p]
+            if refused:  # said once; auto tries the collective at the next sync, ipc keeps the object store
+                self.ipc_refused = True
+                if self.cfg.sync.transport == "auto":
+                    self.transport = "auto"
+                self.info(f"weight sync: ipc refused ({refused[0]}); "
+                          + ("the collective or the object store from the next sync" if self.transport == "auto"
+                             else "using the object store"))
+                return self.object_store_handle(wait)
+            versions = {p["version"] for p in parts.values()}
+            if len(versions) == 1 and versions.pop() >= self.version:
+                self.ipc_bytes = max(self.ipc_bytes, sum(p["bytes"] for p in parts.values()))
+                return {"version": parts[self.roles[0]]["version"], "bytes": sum(p["bytes"] for p in parts.values()),
+                        "roles": {role: {"ipc": p["ipc"]} for role, p in parts.items()}}
+        return self.object_store_handle(wait)
+
+    def ipc_applies(self) -> bool:
+        """Sync mode and no group whose export gathers on every rank (Gemini)."""
+        return self.cfg.ppo.mode == "sync" and not any(self.gathers(role) for role in self.roles)
+
+    def ipc_reaches(self, index: int) -> bool:
+        """Maker `index` runs on the node of every trainer group's rank 0, on the same kind of device (on GPU: the
+        same GPUs, the only ones whose IPC handles it can open)."""
+        if not self.ipc_applies() or index not in self.pool.makers:
+            return False
+        key = (index, self.pool.incarnation.get(index, 0))
+        if key not in self.places:
+            try:
+                self.places[key] = ray.get(self.pool.makers[index].node.remote(), timeout=self.cfg.sync.timeout_s)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                return False  # it died or hangs: the object store, and its recovery, deal with it
+        if self.trainer_places is None:
+            places = ray.get([self.trainers.ranks[role][0].__ray_call__.remote(_place_of) for role in self.roles])
+            self.trainer_places = dict(zip(self.roles, places))
+        place = self.places[key]
+        for role, trainer in self.trainer_places.items():
+            if place["node"] != trainer["node"]:
+                return False
+            if getattr(self.cfg, f"{role}_trainer").resources.num_gpus_per_rank > 0:  # CUDA IPC: that very GPU
+                if place["device"] != "cuda" or not place["gpus"] or place["gpus"] != trainer["gpus"]:
+                    return False
+            elif place["device"] != "cpu":  # a CPU sender's shared memory opens anywhere, but stay like with like
+                return False
+        return True
+
+    def ipc_reaches_every_maker(self) -> bool:
+        return not self.ipc_refused and bool(self.pool.makers) and all(self.ipc_reaches(i) for i in self.pool.makers)
+
+    def _rank0(self, method: str) -> dict:
+        """Call `method` on rank 0 of every group (not a collective: never for a gathering strategy)."""
+        roles = list(self.roles)
+        out = self.trainers.get([getattr(self.trainers.ranks[role][0], method).remote() for role in roles])
+        return dict(zip(roles, out))
 
     def object_store_handle(self, wait: bool = True) -> Optional[dict]:
         """The newest weights in the object store, put once per version. Under the collective it is made on
@@ -264,6 +346,11 @@ class WeightSync:
             result[role] = out[i]
             i += len(role_refs)
         return result
+
+
+def _place_of(actor) -> dict:
+    """Run inside an actor (through __ray_call__): its node and GPUs."""
+    return {"node": ray.get_runtime_context().get_node_id(), "gpus": sorted(str(g) for g in ray.get_gpu_ids())}
 
 
 def _handle(version: int, parts: dict) -> dict:

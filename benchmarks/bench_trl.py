@@ -24,8 +24,8 @@ import time
 
 from benchmarks.common import (EPOCHS, MICRO, OUT, REPO, ROLLOUT, WORKLOADS, commit, load, niced_overrides,
                                ppo_config, reward_model_dir, save, steady, workload_model)
-from benchmarks.side_by_side import (WARMUP_STEPS, TrlLayout, cpu_flags, cpu_has_native_bf16, interleave, run_rate,
-                                     summarize, trl_layouts)
+from benchmarks.side_by_side import (WARMUP_STEPS, TrlLayout, config_ratio, cpu_flags, cpu_has_native_bf16,
+                                     interleave, run_rate, summarize, trl_layouts)
 
 INPUTS = os.path.join(OUT, "trl_inputs")  # the tiny workload's; trl_inputs_<workload> for the others
 MODEL, NEW_TOKENS = workload_model("tiny"), WORKLOADS["tiny"]["new_tokens"]
@@ -81,11 +81,17 @@ def prepare() -> None:
 
 OURS_SETUPS = {
     "ppo": {"sync": "2 makers of 1 thread, then the 1-rank actor and critic groups side by side, 1 thread each",
-            "async": "max_staleness 1: 2 makers of 1 thread and the trainers at once, the trainers at nice 19"},
+            "async": "max_staleness 1: 2 makers of 1 thread and the trainers at once, the trainers at nice 19",
+            "colocated": "placement colocated: 2 ddp actor ranks of 1 thread generate half the rollout each with "
+                         "their own weights (no weight sync), the 1-rank critic adds values, then both train"},
     "grpo": {"sync": "2 threads each: the maker, then the trainer",
              "async": "max_staleness 1: 2 makers of 1 thread (half the rollout each) and the trainer at once, the "
-                      "trainer at nice 19"},
+                      "trainer at nice 19",
+             "colocated": "placement colocated: 2 ddp actor ranks of 1 thread, each generating half the rollout "
+                          "with its own weights (no weight sync), then training"},
 }
+COLOCATED = ["placement=colocated", "actor_trainer.strategy.name=ddp", "actor_trainer.resources.num_ranks=2",
+             "actor_trainer.resources.num_cpus_per_rank=0.5", "actor_trainer.resources.torch_threads=1"]
 
 
 def _run_job(cfg) -> tuple[list[float], list[dict]]:
@@ -118,8 +124,9 @@ def run_ours(steps: int, mode: str = "sync") -> dict:
     actor and critic groups one core each, side by side. async (max_staleness 1) makes the next step's
     batches while the trainers update, the trainers at nice 19 (Ray runs actors at 15), so that a core
     both stages want goes mostly to the makers, who set the pace."""
-    setup_overrides = ["maker.num_makers=2"] if mode == "sync" else \
-        ["maker.num_makers=2", "ppo.mode=async", "ppo.max_staleness=1", *niced_overrides()]
+    setup_overrides = {"sync": ["maker.num_makers=2"],
+                       "async": ["maker.num_makers=2", "ppo.mode=async", "ppo.max_staleness=1", *niced_overrides()],
+                       "colocated": COLOCATED}[mode]
     cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
                      f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *setup_overrides,
                      workload=WORKLOAD)
@@ -148,11 +155,13 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
         f"ppo.n_samples_per_prompt={GRPO_GROUP}", f"ppo.kl_coef={GRPO_KL}", "maker.num_makers=1",
         f"maker.batch_size={GRPO_ROLLOUT}", "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
         f"actor_trainer.optim.lr={LR}", f"buffer.capacity={2 * GRPO_ROLLOUT}", "ppo.log_every=100",
-        f"ppo.mode={mode}", "ray.dashboard=false", "buffer.timeout_s=1200",
-        *(["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
-           "actor_trainer.resources.num_cpus_per_rank=1"] if mode == "sync" else
-          ["ppo.max_staleness=1", "maker.num_makers=2", f"maker.batch_size={GRPO_ROLLOUT // 2}",
-           "maker.num_cpus=0.5", *niced_overrides(roles=("actor",))])], output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
+        f"ppo.mode={'async' if mode == 'async' else 'sync'}", "ray.dashboard=false", "buffer.timeout_s=1200",
+        *{"sync": ["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
+                   "actor_trainer.resources.num_cpus_per_rank=1"],
+          "async": ["ppo.max_staleness=1", "maker.num_makers=2", f"maker.batch_size={GRPO_ROLLOUT // 2}",
+                    "maker.num_cpus=0.5", *niced_overrides(roles=("actor",))],
+          "colocated": [*COLOCATED, f"maker.batch_size={GRPO_ROLLOUT // 2}"]}[mode]],
+        output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))
     cfg.validate()
     ends, rows = _run_job(cfg)
     return {**run_rate(ends, GRPO_ROLLOUT), "mode": mode, "setup": OURS_SETUPS["grpo"][mode],
@@ -229,6 +238,8 @@ def carry_unmeasured(result: dict, before: dict, measured: list[str]) -> None:
         result[algo] = kept
         for key in (f"{algo}_ratio", f"{algo}_ratio_range"):
             result[key] = before.get(key)
+            if key in before.get("colocated", {}):
+                result.setdefault("colocated", {})[key] = before["colocated"][key]
 
 
 def main(argv=None) -> dict:
@@ -264,6 +275,11 @@ def main(argv=None) -> dict:
         result[algo] = found
         result[f"{algo}_ratio"] = found["summary"]["ratio"]
         result[f"{algo}_ratio_range"] = found["summary"]["ratio_range"]
+        best_trl = found["summary"].get("best", {}).get("trl")
+        if best_trl and "colocated" in OURS_SETUPS[algo]:  # the colocated placement on its own, against TRL's best
+            pair = config_ratio(found["runs"], "colocated", best_trl)
+            result.setdefault("colocated", {}).update({f"{algo}_ratio": pair["ratio"],
+                                                       f"{algo}_ratio_range": pair["ratio_range"]})
     name = "vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}"
     before = load(name) or {}
     carry_unmeasured(result, before, args.algos)

@@ -1,13 +1,14 @@
-"""Weight sync: seconds and GB/s from a trainer's weights to 1 and 3 makers' models, on both transports,
+"""Weight sync: seconds and GB/s from a trainer's weights to 1 and 3 makers' models, on each transport,
 next to the raw floors of each: one `torch.distributed.broadcast` of a flat buffer of the same bytes,
-and one numpy `ray.put` + `ray.get` of them.
+one numpy `ray.put` + `ray.get` of them, and (ipc) one copy out of a shared-memory buffer of them that
+the receiver maps.
 
     python -m benchmarks.bench_weight_sync [--repeats 3] [--sizes ...]
 
 Ours runs the product's code: `WeightSync.publish` (actors/weight_sync.py) driving `WeightSender` in a
 sender actor and `WeightReceiver` in each receiver actor (actors/weight_endpoints.py), timed until every
 receiver holds the new weights in its model (object store: loaded; collective: received into staging
-and swapped in). The actors here are benchmark scaffolding around those classes: a model and nothing
+and swapped in; ipc: mapped and copied in). The actors here are benchmark scaffolding around those classes: a model and nothing
 else, where the job's trainers and makers carry optimisers and four models.
 """
 
@@ -58,6 +59,10 @@ class Sender:
 
         torch.set_num_threads(1)
         self.sender = WeightSender(Strategy(StrategyConfig()), build(size, lora), lora, gathers=False)
+        self.version = 1  # the steps its weights have seen, as a trainer rank reports them
+
+    def set_version(self, version: int) -> None:
+        self.version = version
 
     def sync_plan(self, bucket_bytes):
         return self.sender.plan(bucket_bytes)
@@ -75,6 +80,10 @@ class Sender:
     @ray.method(concurrency_group="sync")
     def export_weights(self, block=True):
         return {**self.sender.export(), "version": 1}
+
+    @ray.method(concurrency_group="sync")
+    def export_ipc(self):
+        return {**self.sender.export_ipc(), "version": self.version}
 
     def leave_sync(self):
         self.sender.leave()
@@ -106,6 +115,9 @@ class Receiver:
     def load_weights(self, handle):
         return self.receiver.load(handle)
 
+    def node(self):
+        return {"node": ray.get_runtime_context().get_node_id(), "device": "cpu", "gpus": []}
+
     def swap(self):
         return self.receiver.swap()
 
@@ -126,6 +138,28 @@ class RawPeer:
 
     def get(self, ref) -> int:
         return int(ray.get(ref[0]).nbytes)
+
+    def share(self) -> bytes:
+        """ipc's floor, the sender's side: the buffer as a blob one receiver maps (coati_ray/models/ipc.py)."""
+        import torch
+
+        from coati_ray.models.ipc import share
+
+        if not hasattr(self, "tensor"):
+            self.tensor = torch.from_numpy(self.array)
+        return share({"buffer": self.tensor})
+
+    def copy_shared(self, blob: bytes) -> int:
+        """ipc's floor, the receiver's side: map the buffer and copy it once into memory of its own."""
+        import torch
+
+        from coati_ray.models.ipc import open_shared
+
+        mapped = open_shared(blob)["buffer"]
+        if getattr(self, "own", None) is None or self.own.numel() != mapped.numel():
+            self.own = torch.empty_like(mapped)  # allocated once, as a model's weights are
+        self.own.copy_(mapped)
+        return int(mapped.numel())
 
     def broadcast(self, meeting, rank, size, nbytes) -> float:
         import torch
@@ -170,8 +204,13 @@ def ours(transport: str, sender, receivers, repeats: int) -> dict:
     from actors.weight_sync import WeightSync
     from coati_ray.config.ppo import SyncConfig
 
+    from types import SimpleNamespace
+
     cfg = type("Cfg", (), {})()
     cfg.sync = SyncConfig(transport=transport, bucket_mb=BUCKET_MB, timeout_s=600, backend="gloo")
+    cfg.ppo = SimpleNamespace(mode="sync")
+    cfg.actor_trainer = SimpleNamespace(resources=SimpleNamespace(num_gpus_per_rank=0),
+                                        strategy=SimpleNamespace(name="naive"))
     sync = WeightSync(cfg, _Trainers(sender), _Pool(receivers), info=lambda m: None)
     rows, nbytes = [], 0
 
@@ -179,34 +218,45 @@ def ours(transport: str, sender, receivers, repeats: int) -> dict:
         if transport == "object_store":
             handle = sync.object_store_handle()
             return ray.get([r.load_weights.remote(handle) for r in receivers])
+        if transport == "ipc":  # a blob per maker (each holds one reference), as MakerPool asks for them
+            loads = ray.get([r.load_weights.remote(sync.handle_for(i)) for i, r in enumerate(receivers)])
+            assert all(x["transport"] == "ipc" for x in loads), loads
+            return loads
         return ray.get([r.swap.remote() for r in receivers])
 
     sync.publish(1)  # forms the collective group (its cost is paid once per membership, not per sync)
     apply()
     for version in range(2, repeats + 2):
+        ray.get(sender.set_version.remote(version))  # a new version of the weights (the values do not matter)
         t = time.perf_counter()
         stats = sync.publish(version)
         t_pub = time.perf_counter()
-        apply()
+        loads = apply()
         t_end = time.perf_counter()
         rows.append({"publish_seconds": t_pub - t, "apply_seconds": t_end - t_pub, "seconds": t_end - t})
-        nbytes = stats["bytes"]
+        nbytes = stats["bytes"] if transport != "ipc" else loads[0]["bytes"]
     sync.close()
     best = min(rows, key=lambda r: r["seconds"])
     return {**best, "bytes": nbytes}
 
 
-def raw(makers: int, nbytes: int, repeats: int) -> tuple[float, float]:
-    """Best seconds of a numpy put + get to every receiver, and of one flat gloo broadcast to all of them."""
+def raw(makers: int, nbytes: int, repeats: int) -> tuple[float, float, float]:
+    """Best seconds of a numpy put + get to every receiver, of one flat gloo broadcast to all of them, and of
+    every receiver mapping a shared-memory buffer of the same bytes and copying it once."""
     sender, receivers = RawPeer.remote(), [RawPeer.remote() for _ in range(makers)]
     ray.get(sender.make.remote(nbytes))
-    puts = []
+    puts, maps = [], []
     for _ in range(repeats):
         t = time.perf_counter()
         ref = sender.put.remote()
         ray.get([r.get.remote(ref) for r in receivers])
         puts.append(time.perf_counter() - t)
         del ref
+    ray.get(sender.share.remote())  # the buffer moves into shared memory once, as a trainer's weights do
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        ray.get([r.copy_shared.remote(sender.share.remote()) for r in receivers])
+        maps.append(time.perf_counter() - t)
     from actors.rendezvous import new_rendezvous, new_secret
 
     meeting = (new_rendezvous(), new_secret())
@@ -216,7 +266,7 @@ def raw(makers: int, nbytes: int, repeats: int) -> tuple[float, float]:
     ray.kill(meeting[0])
     for a in [sender, *receivers]:
         ray.kill(a)
-    return min(puts), bcast
+    return min(puts), bcast, min(maps[1:])  # the first copy also allocates the receivers' buffers
 
 
 def measure(size: str, lora: bool, makers: int, repeats: int) -> dict:
@@ -224,16 +274,18 @@ def measure(size: str, lora: bool, makers: int, repeats: int) -> dict:
     receivers = [Receiver.remote(size, lora) for _ in range(makers)]
     ray.get([a.__ray_ready__.remote() for a in [sender, *receivers]])
     row = {"size": size, "mode": "lora" if lora else "full", "makers": makers}
-    for transport in ("object_store", "collective"):
+    for transport in ("object_store", "collective", "ipc"):
         r = ours(transport, sender, receivers, repeats)
         row["bytes"] = r.pop("bytes")
         row[transport] = {**r, "gb_per_s": row["bytes"] / r["seconds"] / 1e9,
                           "publish_gb_per_s": row["bytes"] / r["publish_seconds"] / 1e9}
     for a in [sender, *receivers]:
         ray.kill(a)
-    put_s, bcast_s = raw(makers, row["bytes"], repeats)
+    put_s, bcast_s, map_s = raw(makers, row["bytes"], repeats)
     row["raw_put_get"] = {"seconds": put_s, "gb_per_s": row["bytes"] / put_s / 1e9}
     row["raw_broadcast"] = {"seconds": bcast_s, "gb_per_s": row["bytes"] / bcast_s / 1e9}
+    row["raw_shared_copy"] = {"seconds": map_s, "gb_per_s": row["bytes"] / map_s / 1e9}
+    row["ipc_over_raw"] = row["ipc"]["seconds"] / map_s
     # The broadcast is done when every maker holds the weights in staging; the swap into the model happens
     # on the maker between batches, off the sync's path. Both are reported; the target is on the broadcast.
     row["collective_over_raw_bandwidth"] = row["collective"]["publish_gb_per_s"] / row["raw_broadcast"]["gb_per_s"]
@@ -257,7 +309,8 @@ def main(argv=None) -> dict:
                 print(f"[bench] sync {size} {r['mode']} x{makers}: {r['bytes'] / 1e6:.1f} MB; object store "
                       f"{r['object_store']['seconds']:.3f}s ({r['object_store_over_raw_time']:.2f}x raw put+get), "
                       f"collective {r['collective']['seconds']:.3f}s ({r['collective_over_raw_bandwidth']:.2f} of raw "
-                      f"broadcast bandwidth)", flush=True)
+                      f"broadcast bandwidth), ipc {r['ipc']['seconds']:.3f}s ({r['ipc_over_raw']:.2f}x a raw "
+                      "shared-memory copy)", flush=True)
     finally:
         ray.shutdown()
     full = {(r["size"], r["makers"]): r for r in rows if r["mode"] == "full"}
@@ -265,7 +318,8 @@ def main(argv=None) -> dict:
                for size in args.sizes if (size, 1) in full and (size, 3) in full}
     summary = {"collective_over_raw_bandwidth_min": min(r["collective_over_raw_bandwidth"] for r in full.values()),
                "object_store_over_raw_time_max": max(r["object_store_over_raw_time"] for r in full.values()),
-               "collective_3_over_1_makers": scaling}
+               "collective_3_over_1_makers": scaling,
+               "ipc_over_raw": max(r["ipc_over_raw"] for r in full.values())}
     save("weight_sync", {"rows": rows, "lora_rank": LORA_RANK, "repeats": args.repeats, "bucket_mb": BUCKET_MB,
                          **summary, "command": "python -m benchmarks.bench_weight_sync"})
     return {"rows": rows, **summary}

@@ -55,6 +55,13 @@ def trl_section(r) -> list[str]:
                 f"samples per step, {g['new_tokens']} new tokens, the {g['reward']} as the reward, KL {g['kl_coef']} in "
                 f"the loss, one update over all {g['rollout']} in micro-batches of {g['micro']}; no critic on either "
                 "side.", "", *side_by_side_rows(r["grpo"], r.get("grpo_ratio"), r.get("grpo_ratio_range"), "grpo")]
+    colocated = r.get("colocated") or {}
+    if any(colocated.get(f"{a}_ratio") is not None for a in ("ppo", "grpo")):
+        out += ["", "**Colocated** (`placement: colocated`, our `colocated` rows above) against TRL's best, round by "
+                "round: " + "; ".join(
+                    f"{a.upper()} {f(colocated[f'{a}_ratio'])}× ({f(colocated[f'{a}_ratio_range'][0])}–"
+                    f"{f(colocated[f'{a}_ratio_range'][1])})" for a in ("ppo", "grpo")
+                    if colocated.get(f"{a}_ratio") is not None) + ". Target: ≥ 1.3× for both."]
     prev = r.get("previous")
     if "grpo" not in r:
         earlier = f" (the earlier protocol, already fp32 and stopping at EOS on both sides, gave {f(prev['grpo_ratio'])}×)" \
@@ -219,6 +226,17 @@ def sync_section(r) -> list[str]:
                    f"{f(o['publish_seconds'], 3)} + {f(o['apply_seconds'], 3)} | {f(x['object_store_over_raw_time'])}× | "
                    f"{f(c['publish_seconds'], 3)} + {f(c['apply_seconds'], 3)} | {f(c['publish_gb_per_s'])} | "
                    f"{f(x['raw_broadcast']['gb_per_s'])} | {f(x['collective_over_raw_bandwidth'])} |")
+    if all("ipc" in x for x in r["rows"]):
+        out += ["", "ipc (sync mode, makers on the trainer's node): the maker maps the trainer's tensors (shared "
+                "memory) and copies them into its model; the floor maps a shared buffer of the same bytes and copies "
+                "it once. The target: ipc ≤ 1.3× the floor.", "",
+                "| model | sync | makers | ipc (s) | raw shared copy (s) | ÷ raw | GB/s |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {x['size']} | {x['mode']} | {x['makers']} | {f(x['ipc']['seconds'], 3)} | "
+                f"{f(x['raw_shared_copy']['seconds'], 3)} | {f(x['ipc_over_raw'])}× | {f(x['ipc']['gb_per_s'])} |"
+                for x in r["rows"]]
+    else:
+        out += ["", "*ipc: not measured by this run (the benchmark predates the transport); rerun "
+                "`python -m benchmarks.bench_weight_sync`.*"]
     scaling = ", ".join(f"{k}: {f(v)}×" for k, v in r.get("collective_3_over_1_makers", {}).items())
     out += ["", f"Collective broadcast, 3 makers over 1 (time): {scaling}. Targets: broadcast ≥ 0.8 of the raw "
             f"broadcast's bandwidth (worst: {f(r['collective_over_raw_bandwidth_min'])}), object store ≤ 1.5× the "
@@ -333,8 +351,8 @@ def generation_section(rows) -> list[str]:
     rows = [r for r in rows if r is not None]
     if not rows:
         return ["*Not measured in this run.*"]
-    sampler = ("`Actor.generate`: the compacting decode loop of `generation.compact`" if all("commit" in r for r in rows)
-               else "Hugging Face `generate` through `Actor.generate`: measured before `generation.compact` made "
+    sampler = ("`Actor.generate`: the compacting decode loop (`generation.backend: compact`)" if all("commit" in r for r in rows)
+               else "Hugging Face `generate` through `Actor.generate`: measured before the compacting decode made "
                     "the makers decode with their own loop")
     out = [f"The makers' sampler ({sampler}, sampling) against a lower bound "
            "of bare forward passes of the same model: one prefill, then one cached decode step per token. Every "

@@ -100,6 +100,21 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def config_ratio(runs: list[dict], ours: str, theirs: str) -> dict:
+    """Our configuration `ours` against TRL's `theirs`, paired round by round: {ratio (median), ratio_range},
+    None where no round has both."""
+    rate = {}
+    for r in runs:
+        if "error" not in r and "samples_per_s" in r:
+            rate[(r["side"], r["config"], r["round"])] = r["samples_per_s"]
+    ratios = [rate[("ours", ours, rnd)] / rate[("trl", theirs, rnd)]
+              for (side, config, rnd) in sorted(rate, key=lambda k: k[2])
+              if side == "ours" and config == ours and ("trl", theirs, rnd) in rate]
+    if not ratios:
+        return {"ratio": None, "ratio_range": None}
+    return {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+
+
 def summarize(runs: list[dict], uncounted: Iterable[str] = ()) -> dict:
     """runs: {side, config, round, samples_per_s} (a failed run has "error" instead of samples_per_s) ->
     per side and configuration the spread of samples/s, each side's best configuration (never one named in

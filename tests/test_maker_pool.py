@@ -53,6 +53,9 @@ class FakeSync:
     def object_store_handle(self, wait=True):
         return {"version": self.version}
 
+    def handle_for(self, index, wait=True):
+        return self.object_store_handle(wait)
+
 
 @pytest.fixture
 def pool(monkeypatch):

@@ -48,11 +48,11 @@ def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_lla
     assert_no_leaks()
 
 
-@pytest.mark.parametrize("transport", ["object_store", "collective"])
+@pytest.mark.parametrize("transport", ["object_store", "collective", "ipc"])
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_llama, reward_dir, tmp_path,
                                                                lora_rank, transport):
-    """Both transports, full weights and LoRA adapters only: the trainers keep fp32 weights and the
+    """Every transport, full weights and LoRA adapters only: the trainers keep fp32 weights and the
     makers infer in bfloat16 (maker.dtype); every sync casts on purpose, counted in sync/cast_tensors,
     and the makers hold exactly the cast of the trainers' weights (bit for bit)."""
     from actors.driver import PPOJob
@@ -65,7 +65,8 @@ def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_l
     def after_step(job, step, m):
         for maker in job.makers.values():
             seen[(step, maker)] = {"cast": m["sync/cast_tensors"], "maker": ray.get(maker.weights.remote()),
-                                   "collective": m["sync/collective"], "bytes": m["sync/bytes"],
+                                   "collective": m["sync/collective"], "ipc": m["sync/ipc"],
+                                   "bytes": m["sync/bytes"],
                                    "actor": ray.get(job.groups["actor"][0].weights.remote()),
                                    "critic": ray.get(job.groups["critic"][0].weights.remote())}
 
@@ -74,7 +75,7 @@ def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_l
 
     assert len(seen) == 4  # 2 steps x 2 makers
     for (step, _), s in seen.items():
-        assert s["collective"] == (transport == "collective")
+        assert s["collective"] == (transport == "collective") and s["ipc"] == (transport == "ipc")
         if lora_rank:  # LoRA: only what trains moves (the adapters, and the critic's value head)
             moved = sum(v.numel() * 4 for role in ("actor", "critic") for k, v in s[role].items() if is_lora_synced(k))
             full = sum(v.numel() * 4 for role in ("actor", "critic") for v in s[role].values())

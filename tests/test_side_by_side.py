@@ -169,3 +169,15 @@ def test_a_run_of_one_algorithm_keeps_the_other_algorithms_rows_with_their_own_s
     old = {}
     carry_unmeasured(old, {"ppo_ratio": 2.8}, ["grpo"])  # the earlier protocol's figures are not carried
     assert old == {}
+
+
+def test_the_colocated_placement_is_paired_with_trls_best_round_by_round():
+    runs = [{"side": "ours", "config": "colocated", "round": 0, "samples_per_s": 3.0},
+            {"side": "ours", "config": "colocated", "round": 1, "samples_per_s": 2.0},
+            {"side": "ours", "config": "sync", "round": 1, "samples_per_s": 9.0},
+            {"side": "trl", "config": "t 2p", "round": 0, "samples_per_s": 2.0},
+            {"side": "trl", "config": "t 2p", "round": 1, "samples_per_s": 2.0},
+            {"side": "trl", "config": "t 2p", "round": 2, "error": "boom"}]
+    assert sbs.config_ratio(runs, "colocated", "t 2p") == {"ratio": 1.25, "ratio_range": [1.0, 1.5]}
+    assert sbs.config_ratio(runs, "async", "t 2p") == {"ratio": None, "ratio_range": None}
+    assert set(OURS_SETUPS["ppo"]) == set(OURS_SETUPS["grpo"]) == {"sync", "async", "colocated"}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
+from coati_ray.config.placement import check_placement
+from coati_ray.config.rewards import RewardSourceSpec, RewardSourcesConfig  # noqa: F401 (re-exported)
 from coati_ray.config.sample_options import check_sample_options
 from coati_ray.config.runtime import BufferConfig, MakerConfig, SyncConfig, WatchdogConfig  # noqa: F401 (re-exported)
 from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt
@@ -70,11 +72,15 @@ class GenerationConfig:
     temperature: float = opt(1.0, "softmax temperature")
     top_k: int = opt(0, "keep the k most likely tokens (0: off)")
     top_p: float = opt(1.0, "nucleus sampling mass (1.0: off)")
-    compact: bool = opt(True, "finished rows leave the decode batch (a batch costs its rows' own lengths, each row "
-                              "samples from its own seeded stream); false: Hugging Face's generate, every row "
-                              "decoded until the longest ends")
+    backend: str = opt("compact", "compact: finished rows leave the decode batch (a batch costs its rows' own "
+                                  "lengths, each row samples from its own seeded stream); hf: Hugging Face's generate, "
+                                  "every row decoded until the longest ends; or 'module:function' of your own "
+                                  "(coati_ray/models/generators.py)")
 
     def validate(self, key: str = "generation") -> None:
+        from coati_ray.models.generators import generator
+
+        generator(self.backend)  # an unknown name or a module that does not import: one line now
         if self.max_new_tokens < 1:
             _fail(f"{key}.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}", "e.g. 16")
         if self.temperature <= 0:
@@ -99,9 +105,10 @@ class PPOAlgoConfig:
                                                   "attention kept within each sequence (llama, mistral, qwen2, qwen3); "
                                                   "null: micro_batch_size samples, padded")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
-    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = opt(
-        "gae", "gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, reinforce_pp, "
-               "reinforce_pp_baseline (coati_ray/algo/advantages.py)")
+    advantage_estimator: str = opt(
+        "gae", "a registered estimator: gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, "
+               "reinforce_pp, reinforce_pp_baseline (coati_ray/algo/advantages.py); or 'module:function' of your "
+               "own (docs/extending.md)")
     n_samples_per_prompt: int = opt(1, "samples generated per prompt (a group; group-relative estimators need >= 2)")
     kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy")
     kl_penalty: Literal["reward", "loss"] = opt(
@@ -153,43 +160,6 @@ class PPOAlgoConfig:
 
 
 @dataclass
-class RewardSourcesConfig:
-    """Where the training reward comes from: weighted sum of the reward model, a Python function and an
-    HTTP service (any of them). The gold scorer (data.gold_task) only judges and is never one of these."""
-
-    model_weight: float = opt(1.0, "weight of the reward model's score (used when reward.path is set)")
-    function: Optional[str] = opt(None, "'module:function' called as function(prompts, responses, rows) -> list "
-                                        "of floats, e.g. coati_ray.tasks.sorting:reward")
-    function_weight: float = opt(1.0, "weight of the function's rewards")
-    http_url: Optional[str] = opt(None, "POST {prompts, responses, rows} as JSON, answered by {rewards: [...]}; "
-                                        "credentials in it are redacted wherever it is written (use http_headers_env)")
-    http_headers_env: dict[str, str] = opt({}, "request headers whose values are read from environment variables, e.g. "
-                                               "{Authorization: REWARD_API_TOKEN}: the value is never written anywhere")
-    http_weight: float = opt(1.0, "weight of the HTTP service's rewards")
-    http_timeout_s: float = opt(30.0, "seconds one whole request may take (connect, send, every byte of the answer)")
-    http_max_response_bytes: int = opt(4 << 20, "largest answer accepted, in bytes")
-    http_retries: int = opt(2, "retries of a failed request before the run stops")
-
-    def validate(self, has_reward_model: bool, key: str = "rewards") -> None:
-        if not (has_reward_model or self.function or self.http_url):
-            _fail(key, "no training reward: no reward model (reward.path), function or http_url",
-                  f"set reward.path, {key}.function (e.g. coati_ray.tasks.sorting:reward) or {key}.http_url")
-        if self.function:
-            from coati_ray.experience.rewards import check_reward_function
-
-            check_reward_function(self.function, f"{key}.function")
-        if self.http_url and not self.http_url.startswith(("http://", "https://")):
-            from coati_ray.utils.redact import redact_url
-
-            _fail(f"{key}.http_url", f"'{redact_url(self.http_url)}' is not an http(s) URL",
-                  "e.g. http://127.0.0.1:8000/reward")
-        if self.http_max_response_bytes < 1024:
-            _fail(f"{key}.http_max_response_bytes", f"must be >= 1024, got {self.http_max_response_bytes}", "e.g. 4194304")
-        if self.http_timeout_s <= 0 or self.http_retries < 0:
-            _fail(key, "http_timeout_s must be > 0 and http_retries >= 0", "e.g. http_timeout_s=30 http_retries=2")
-
-
-@dataclass
 class TrainerGroupConfig:
     """One trainer group (actor or critic): strategy, optimiser and resources."""
 
@@ -212,7 +182,10 @@ class PPOConfig(JobConfig):
     data: PromptDataConfig = opt(None, "prompts and PPO-ptx data")
     generation: GenerationConfig = opt(None, "sampling")
     ppo: PPOAlgoConfig = opt(None, "algorithm")
-    maker: MakerConfig = opt(None, "experience makers")
+    placement: Literal["separate", "colocated"] = opt(
+        "separate", "where generation runs: separate (maker actors; weights sent to them after every update) or "
+        "colocated (the actor group's ranks generate with their own weights: no weight copy; sync mode)")
+    maker: MakerConfig = opt(None, "experience makers (placement: separate)")
     buffer: BufferConfig = opt(None, "replay buffer")
     sync: SyncConfig = opt(None, "weight sync from the trainers to the makers")
     watchdog: WatchdogConfig = opt(None, "ending a run whose step stopped making progress")
@@ -285,6 +258,7 @@ class PPOConfig(JobConfig):
         if p.behaviour_cap < 1:
             _fail("ppo.behaviour_cap", f"must be >= 1, got {p.behaviour_cap}", "e.g. 2.0")
         check_sample_options(self)  # packing, dynamic sampling, overlong: coati_ray/config/sample_options.py
+        check_placement(self)
         if p.rollout_batch_size % self.maker.batch_size:
             _fail("ppo.rollout_batch_size", f"{p.rollout_batch_size} is not a multiple of maker.batch_size "
                   f"({self.maker.batch_size})", f"set it to a multiple of {self.maker.batch_size}")
@@ -351,7 +325,11 @@ class PPOConfig(JobConfig):
 
     def _check_algorithm(self) -> None:
         """The estimator's needs against the models and groups the config sets up."""
-        p, spec = self.ppo, self.algorithm
+        p = self.ppo
+        try:
+            spec = self.algorithm
+        except KeyError as e:
+            _fail("ppo.advantage_estimator", str(e.args[0]).split("; ")[0], str(e.args[0]).split("; ", 1)[1])
         name = f"ppo.advantage_estimator={p.advantage_estimator}"
         if spec.needs_critic and self.critic is None:
             _fail("critic.path", f"{name} needs a critic", "set critic.path (e.g. the RM stage's checkpoint) or "
@@ -375,7 +353,7 @@ class PPOConfig(JobConfig):
                   f"use a multiple of {n}")
 
     def _check_maker_dtype(self) -> None:
-        if self.maker.num_gpus > 0:
+        if self.maker.num_gpus > 0 or self.placement == "colocated":  # colocated: no makers, the groups' devices
             return
         for model in ("actor", "critic", "reward"):
             if getattr(self, model) is not None and getattr(self, model).use_flash_attn:

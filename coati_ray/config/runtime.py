@@ -61,9 +61,11 @@ class BufferConfig:
 class SyncConfig:
     """How the trainers' new weights reach the makers after every update (actors/weight_sync.py)."""
 
-    transport: Literal["auto", "object_store", "collective"] = opt(
+    transport: Literal["auto", "object_store", "collective", "ipc"] = opt(
         "auto", "object_store: put once, every maker pulls; collective: a torch.distributed broadcast from each "
-                "trainer group's rank 0 to every maker; auto: collective when the group forms, else object_store")
+                "trainer group's rank 0 to every maker; ipc (sync mode): makers on the trainers' node map their "
+                "tensors (shared memory / CUDA IPC), others through the object store; auto: ipc where it reaches "
+                "every maker, else collective when the group forms, else object_store")
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "collective backend; auto: nccl when the senders and "
                                                            "every maker have a GPU, else gloo")
     bucket_mb: float = opt(256.0, "collective: megabytes per broadcast bucket (the extra transport memory per side)")

@@ -16,7 +16,7 @@ import torch
 from coati_ray.algo.advantages import AdvantageInputs, algorithm
 from coati_ray.algo.functional import masked_mean
 from coati_ray.algo.rewards import kl_estimate, overlong_penalty, truncated_rows
-from coati_ray.experience.batch import Experience
+from coati_ray.experience.batch import Experience, group_indices
 
 
 @dataclass
@@ -36,26 +36,41 @@ def build_experience_models(cfg, device=None) -> ExperienceModels:
     (`cfg.maker_dtype`), frozen, in eval mode, with dropout off unless `ppo.disable_dropout` is false."""
     import dataclasses
 
-    from coati_ray.models import Actor, build_actor, build_critic
-    from coati_ray.models.dropout import disable_dropout
+    from coati_ray.models import build_actor, build_critic
+
+    actor = _frozen(cfg, build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor"))), device)
+    models = build_reference_models(cfg, actor, device)
+    if cfg.algorithm.needs_critic:
+        models.critic = _frozen(cfg, build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")),
+                                                  head_seed=cfg.ppo.seed), device)
+    return models
+
+
+def build_reference_models(cfg, actor: torch.nn.Module, device=None) -> ExperienceModels:
+    """`actor` (a maker's copy, or a colocated actor rank's own trained model, left as it is) with the frozen
+    models beside it: the initial policy and, when `reward` is set, the reward model, in the maker dtype."""
+    import dataclasses
+
+    from coati_ray.models import Actor
     from coati_ray.models.factory import build_reward_model
 
-    models = ExperienceModels(
-        actor=build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor"))),
-        # the reference is the actor's base as the actor holds it: quantized too under QLoRA
-        initial=Actor.from_pretrained(cfg.actor.local_path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code,
-                                      quantize=cfg.actor.quantize))
+    # the reference is the actor's base as the actor holds it: quantized too under QLoRA
+    initial = Actor.from_pretrained(cfg.actor.local_path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code,
+                                    quantize=cfg.actor.quantize)
+    models = ExperienceModels(actor=actor, initial=_frozen(cfg, initial, device))
     if cfg.reward is not None:
-        models.reward = build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),
-                                           require_head=True)
-    if cfg.algorithm.needs_critic:
-        models.critic = build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")),
-                                     head_seed=cfg.ppo.seed)
-    for m in models.all():
-        m.to(device or "cpu").eval().requires_grad_(False)
-        if cfg.ppo.disable_dropout:
-            disable_dropout(m)
+        models.reward = _frozen(cfg, build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),
+                                                        require_head=True), device)
     return models
+
+
+def _frozen(cfg, model: torch.nn.Module, device) -> torch.nn.Module:
+    from coati_ray.models.dropout import disable_dropout
+
+    model.to(device or "cpu").eval().requires_grad_(False)
+    if cfg.ppo.disable_dropout:
+        disable_dropout(model)
+    return model
 
 
 def group_stats(scores: torch.Tensor, n: int) -> dict:
@@ -69,6 +84,38 @@ def group_stats(scores: torch.Tensor, n: int) -> dict:
             "experience/groups_all_equal": float((g.max(dim=1).values - g.min(dim=1).values <= 1e-6).float().mean())}
 
 
+@dataclass
+class ScoredRollout:
+    """A generated and scored batch before its values and advantages: B samples, A response tokens.
+
+    sequences, mask: (B, T); action_mask (before the overlong filter), ref_log_probs, log_probs, kl: (B, A)
+    (log_probs and kl None when the maker skips the behaviour pass); score: (B,) the weighted, clipped
+    training reward; truncated: (B,) bool. Colocated placement computes values where the critic trains, so
+    the batch crosses from the actor group to the critic group in this form (CPU tensors).
+    """
+
+    sequences: torch.Tensor
+    mask: torch.Tensor
+    action_mask: torch.Tensor
+    ref_log_probs: torch.Tensor
+    score: torch.Tensor
+    truncated: torch.Tensor
+    group_size: int
+    stats: dict
+    log_probs: Optional[torch.Tensor] = None
+    kl: Optional[torch.Tensor] = None
+    version: int = 0
+    maker: int = 0
+    batch_id: int = 0
+
+    def cpu(self) -> "ScoredRollout":
+        import dataclasses
+
+        return dataclasses.replace(self, **{k: getattr(self, k).cpu() for k in (
+            "sequences", "mask", "action_mask", "ref_log_probs", "score", "truncated", "log_probs", "kl")
+            if getattr(self, k) is not None})
+
+
 @torch.no_grad()
 def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen, ppo, rewards=None, *,
                     version: int = 0, maker: int = 0, batch_id: int = 0, device: Optional[torch.device] = None,
@@ -80,11 +127,32 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
     `behaviour_log_probs=False` skips the actor's log-prob pass (the trainer's first forward stands for it;
     only valid when nothing here needs them: no KL in the reward).
     """
+    scored = score_rollout(models, tokenizer, items, gen, ppo, rewards, version=version, maker=maker,
+                           batch_id=batch_id, device=device, behaviour_log_probs=behaviour_log_probs)
+    t = time.perf_counter()
+    values = critic_values(models.critic, scored) if models.critic is not None else None
+    scored.stats["timing/values"] = time.perf_counter() - t
+    return finish_experience(scored, values, ppo)
+
+
+@torch.no_grad()
+def critic_values(critic: torch.nn.Module, scored: ScoredRollout) -> torch.Tensor:
+    """The critic's values of a scored batch: (B, A), zero outside the response."""
+    device = next(critic.parameters()).device
+    A = scored.action_mask.size(1)
+    action_mask = scored.action_mask.to(device)
+    return critic(scored.sequences.to(device), scored.mask.to(device), A) * action_mask
+
+
+@torch.no_grad()
+def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, ppo, rewards=None, *,
+                  version: int = 0, maker: int = 0, batch_id: int = 0, device: Optional[torch.device] = None,
+                  behaviour_log_probs: bool = True) -> ScoredRollout:
+    """Generate, take the behaviour and reference log-probs, and score: make_experience without the critic."""
     from coati_ray.data.datasets import collate_prompts
     from coati_ray.evaluation.policy import decode_responses
     from coati_ray.experience.rewards import RewardSources
 
-    spec = algorithm(ppo.advantage_estimator)
     n = ppo.n_samples_per_prompt
     if rewards is None:
         from coati_ray.config.ppo import RewardSourcesConfig
@@ -128,31 +196,40 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
         score = score + penalty.to(score.dtype)
         parts = {**parts, "overlong_penalty": penalty}
     timings["timing/reward"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    values = models.critic(sequences, mask, A) * action_mask if models.critic is not None else None
-    timings["timing/values"] = time.perf_counter() - t
-
     kl = kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator) * action_mask if log_probs is not None else None
-    if ppo.kl_penalty == "reward" and ppo.kl_coef != 0:
-        if kl is None:
-            raise ValueError("a KL penalty in the reward needs the behaviour log-probs")
-        kl_rewards = -ppo.kl_coef * kl
-    else:
-        kl_rewards = torch.zeros_like(ref_log_probs)
-    advantages, returns = spec.estimate(AdvantageInputs(
-        scores=score.float(), kl_rewards=kl_rewards, action_mask=action_mask, values=values, group_size=n,
-        gamma=ppo.gamma, lam=ppo.lam))
     stats = {"response_length": float(lengths.float().mean()), "experience/truncated": float(truncated.float().mean()),
-             "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan")}
-    if ppo.overlong_filter and bool(truncated.any()):  # DAPO: a cut answer is left out of the loss, not punished
-        action_mask = action_mask * (~truncated).to(action_mask.dtype)[:, None]
-    cpu = (lambda x: x.cpu() if x is not None else None)
-    exp = Experience(sequences=sequences.cpu(), attention_mask=mask.cpu(), action_mask=action_mask.cpu(),
-                     action_log_probs=cpu(log_probs), ref_log_probs=ref_log_probs.cpu(), values=cpu(values),
-                     returns=cpu(returns), advantages=advantages.float().cpu(), kl=cpu(kl),
-                     reward=score.float().cpu(), version=version, maker=maker, batch_id=batch_id)
-    stats.update({**timings, "generated_tokens": float(lengths.sum()), **group_stats(score.cpu(), n)})
+             "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan"),
+             **timings, "timing/values": 0.0, "generated_tokens": float(lengths.sum()),
+             **group_stats(score.float().cpu(), n)}
     for name, value in parts.items():
         stats[f"reward/{name}"] = float(value.mean())
-    return exp, stats
+    return ScoredRollout(sequences=sequences, mask=mask, action_mask=action_mask, ref_log_probs=ref_log_probs,
+                         score=score.float(), truncated=truncated, group_size=n, stats=stats, log_probs=log_probs,
+                         kl=kl, version=version, maker=maker, batch_id=batch_id)
+
+
+def finish_experience(scored: ScoredRollout, values: Optional[torch.Tensor], ppo) -> tuple[Experience, dict]:
+    """A scored batch and its values (B, A; None without a critic) -> (Experience, statistics): the KL
+    penalty in the reward, the configured estimator's advantages, then DAPO's overlong filter."""
+    s = scored
+    device = s.action_mask.device
+    values = values.to(device) if values is not None else None
+    if ppo.kl_penalty == "reward" and ppo.kl_coef != 0:
+        if s.kl is None:
+            raise ValueError("a KL penalty in the reward needs the behaviour log-probs")
+        kl_rewards = -ppo.kl_coef * s.kl
+    else:
+        kl_rewards = torch.zeros_like(s.ref_log_probs)
+    advantages, returns = algorithm(ppo.advantage_estimator).estimate(AdvantageInputs(
+        scores=s.score, kl_rewards=kl_rewards, action_mask=s.action_mask, values=values, group_size=s.group_size,
+        gamma=ppo.gamma, lam=ppo.lam))
+    action_mask = s.action_mask
+    if ppo.overlong_filter and bool(s.truncated.any()):  # DAPO: a cut answer is left out of the loss, not punished
+        action_mask = action_mask * (~s.truncated.to(device)).to(action_mask.dtype)[:, None]
+    cpu = (lambda x: x.cpu() if x is not None else None)
+    exp = Experience(sequences=s.sequences.cpu(), attention_mask=s.mask.cpu(), action_mask=action_mask.cpu(),
+                     action_log_probs=cpu(s.log_probs), ref_log_probs=s.ref_log_probs.cpu(), values=cpu(values),
+                     returns=cpu(returns), advantages=advantages.float().cpu(), kl=cpu(s.kl),
+                     reward=s.score.float().cpu(), version=s.version, maker=s.maker, batch_id=s.batch_id,
+                     group_index=group_indices(s.batch_id, s.sequences.size(0), s.group_size))
+    return exp, dict(s.stats)

@@ -41,6 +41,8 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
     if m.get("kl") != m.get("kl") and "actor/kl_loss" in m:  # NaN: makers skipped their log-probs
         m["kl"] = m["actor/kl_loss"]  # the trainer's k3 estimate on the same samples
     m["experience/batches"] = len(makes)
+    # which tokens each batch sampled, by batch id: runs that should sample alike can be compared exactly
+    m["experience/digests"] = [s["digest"] for s in sorted(makes, key=lambda s: s["batch_id"]) if "digest" in s]
     consumed = next(iter(updates.values()))["consumed"]
     m["experience/max_staleness"] = max(consumed["staleness"]) if consumed["staleness"] else 0
     m["experience/versions"] = consumed["versions"]
@@ -48,6 +50,7 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
     m["timing/sync"] = sync["export_seconds"] + (max(x["seconds"] for x in loads) if loads else 0.0)
     m["sync/bytes"] = sync["bytes"]
     m["sync/collective"] = int(sync["transport"] == "collective")
+    m["sync/ipc"] = int(sync["transport"] == "ipc")
     m["sync/cast_tensors"] = max([sync.get("cast_tensors", 0)] + [x.get("cast_tensors", 0) for x in loads])
     m["timing/step"] = step_seconds
     waits = [role_m.get(f"timing/wait_{role}", 0.0) for role, role_m in updates.items()]

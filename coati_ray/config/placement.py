@@ -1,0 +1,37 @@
+"""Checks of `placement` (where generation runs) and of how weights reach it (`sync.transport`), kept apart from
+the config's fields; before Ray starts."""
+
+from __future__ import annotations
+
+from coati_ray.config.checks import _fail
+
+
+def check_placement(cfg) -> None:
+    """One line for a placement (or a weight transport) this PPOConfig `cfg` cannot run."""
+    if cfg.sync.transport == "ipc":
+        if cfg.ppo.mode != "sync":
+            _fail("sync.transport", "ipc maps the trainers' own tensors, which async mode updates while makers "
+                  "load them", "use sync.transport=auto (the collective or the object store) with ppo.mode=async")
+        gemini = [role for role in cfg.roles if getattr(cfg, f"{role}_trainer").strategy.name.startswith(
+            "colossalai_gemini")]
+        if gemini:
+            _fail("sync.transport", f"ipc maps rank 0's tensors, but the {gemini[0]} group's Gemini export is a "
+                  "gather of every rank", "use sync.transport=auto or object_store with Gemini")
+    if cfg.placement == "separate":
+        return
+    if cfg.ppo.mode != "sync":
+        _fail("placement", "colocated: the actor group's ranks generate between their updates, so there is nothing "
+              "to run ahead (ppo.mode=async needs makers of their own)", "set ppo.mode=sync, or placement=separate")
+    if cfg.maker.dtype not in ("auto", cfg.actor.dtype):
+        _fail("maker.dtype", f"colocated: the actor group's ranks generate with the policy as it trains "
+              f"({cfg.actor.dtype}), so maker.dtype={cfg.maker.dtype} would set the reference model's precision "
+              "alone", "leave maker.dtype=auto under placement=colocated")
+    if cfg.ppo.filter_groups and cfg.algorithm.needs_critic:
+        _fail("ppo.filter_groups", "colocated: the critic group adds values after the actor ranks sample, so "
+              "groups cannot be filtered and refilled where they are made", "unset it, or placement=separate")
+    for role in cfg.roles:
+        strategy = getattr(cfg, f"{role}_trainer").strategy.name
+        if strategy.startswith("colossalai_gemini"):
+            _fail(f"{role}_trainer.strategy.name", "colocated generation under Gemini (parameters held in chunks, "
+                  "to be gathered for generation and released after) is not built yet",
+                  "use ddp or colossalai_zero2 with placement=colocated, or placement=separate")

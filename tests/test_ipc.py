@@ -1,0 +1,89 @@
+"""coati_ray/models/ipc.py: another process on the node maps the sender's tensors (no copy through the object
+store): it reads exactly the sender's values, and what it writes is in the sender's memory."""
+
+import multiprocessing
+
+import pytest
+import torch
+
+from coati_ray.models.ipc import open_shared, share
+
+
+def _receiver(blob: bytes, expected: dict, out) -> None:
+    state = open_shared(blob)
+    same = all(torch.equal(state[k], v) for k, v in expected.items()) and set(state) == set(expected)
+    state["w"].add_(1.0)  # written into the sender's memory if it is mapped, lost if it were a copy
+    out.put(same)
+
+
+def test_a_process_on_the_node_maps_the_senders_tensors():
+    model = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    state = {"w": model.weight.data, "b": model.bias.data, "view": model.weight.data[1:]}
+    expected = {k: v.clone() for k, v in state.items()}
+    blob = share(state)
+    assert len(blob) < 2000  # where the memory is, not the data
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_receiver, args=(blob, expected, out))
+    p.start()
+    assert out.get(timeout=120) is True
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    # the parameter itself was written: it lives in shared memory now and keeps working in place
+    assert torch.equal(model.weight.data, expected["w"] + 1)
+    model.weight.data.mul_(2)
+    assert model.weight.data.is_shared()
+
+
+# ---------------------------------------------------------------- where the weight sync uses it (no Ray)
+
+
+def fake_sync(monkeypatch, maker_place: dict, trainer_place: dict, gpus_per_rank: float, transport: str = "auto",
+              export: dict = None):
+    from types import SimpleNamespace
+
+    from actors import weight_sync
+
+    class FakeRay:
+        exceptions = weight_sync.ray.exceptions
+
+        @staticmethod
+        def get(value, timeout=None):
+            return value
+
+    monkeypatch.setattr(weight_sync, "ray", FakeRay)
+
+    def answers(value):
+        return SimpleNamespace(remote=lambda *args, **kwargs: value)
+
+    rank0 = SimpleNamespace(__ray_call__=answers(trainer_place), export_ipc=answers(export or {}))
+    trainers = SimpleNamespace(ranks={"actor": [rank0]}, get=lambda refs: list(refs))
+    pool = SimpleNamespace(makers={0: SimpleNamespace(node=answers(maker_place))}, incarnation={0: 0})
+    cfg = SimpleNamespace(sync=SimpleNamespace(transport=transport, timeout_s=5), ppo=SimpleNamespace(mode="sync"),
+                          actor_trainer=SimpleNamespace(resources=SimpleNamespace(num_gpus_per_rank=gpus_per_rank),
+                                                        strategy=SimpleNamespace(name="ddp")))
+    lines = []
+    return weight_sync.WeightSync(cfg, trainers, pool, lines.append), lines
+
+
+@pytest.mark.parametrize("maker, trainer, gpus, reaches", [
+    ({"node": "a", "device": "cpu", "gpus": []}, {"node": "a", "gpus": []}, 0, True),
+    ({"node": "b", "device": "cpu", "gpus": []}, {"node": "a", "gpus": []}, 0, False),   # another node
+    ({"node": "a", "device": "cuda", "gpus": ["0"]}, {"node": "a", "gpus": ["0"]}, 0.5, True),  # the same GPU
+    ({"node": "a", "device": "cuda", "gpus": ["1"]}, {"node": "a", "gpus": ["0"]}, 1, False),   # another GPU
+    ({"node": "a", "device": "cpu", "gpus": []}, {"node": "a", "gpus": ["0"]}, 1, False),      # CUDA to a CPU maker
+])
+def test_ipc_reaches_a_maker_only_on_the_trainers_node_and_gpu(monkeypatch, maker, trainer, gpus, reaches):
+    sync, _ = fake_sync(monkeypatch, maker, trainer, gpus)
+    assert sync.ipc_reaches(0) is reaches
+
+
+def test_ipc_refused_for_a_small_shared_memory_falls_back_and_auto_tries_the_collective_next(monkeypatch):
+    sync, lines = fake_sync(monkeypatch, {"node": "a", "device": "cpu", "gpus": []}, {"node": "a", "gpus": []}, 0,
+                            export={"refused": "/dev/shm has 1 MiB free for 9 MiB of weights", "version": 1})
+    sync.transport, sync.version = "ipc", 1  # auto picked ipc at an earlier sync
+    stored = {"version": 1, "roles": {}, "bytes": 9}
+    monkeypatch.setattr(sync, "object_store_handle", lambda wait=True: stored)
+    assert sync.handle_for(0) is stored
+    assert sync.transport == "auto" and not sync.ipc_reaches_every_maker()
+    assert sync.handle_for(0) is stored and len(lines) == 1 and "/dev/shm has 1 MiB free" in lines[0]
