@@ -158,3 +158,7 @@ def read_results() -> dict:
 def load(name: str):
     """Section `name` of benchmarks/RESULTS.json (None when never measured)."""
     return read_results().get(name)
+
+
+def f(x, digits=2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
