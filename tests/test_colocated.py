@@ -57,6 +57,7 @@ def assert_same_training(separate: dict, colocated: dict, compared: tuple) -> No
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_colocated_ppo_trains_the_policy_a_separate_job_trains(local_ray, tiny_llama, reward_dir, tmp_path):
     """gae: 2 ddp actor ranks generate one 4-sample batch each (as 2 makers of batch 4 would), the critic rank
     adds the values; 3 steps later both jobs hold the same actor and critic."""
@@ -67,6 +68,7 @@ def test_colocated_ppo_trains_the_policy_a_separate_job_trains(local_ray, tiny_l
     assert colocated["metrics"][-1]["critic/loss"] > 0
 
 
+@pytest.mark.slow
 def test_colocated_grpo_trains_the_policy_a_separate_job_trains(local_ray, tiny_llama, tmp_path):
     from coati_ray.config import load_config
     from coati_ray.config.ppo import PPOConfig

@@ -46,6 +46,7 @@ def consumed_batch_ids(rows: list[dict], role: str) -> list[int]:
     return [b for m in rows for b in m["consumed"][role]["batch_ids"]]
 
 
+@pytest.mark.slow
 def test_sync_makers_killed_idle_and_mid_batch_recover_on_policy(local_ray, tiny_llama, reward_dir, tmp_path):
     """ray.kill of an idle maker, then SIGKILL of a maker while it generates: both are restarted,
     reload the current weights, regenerate their batch, and every step still trains on experience
@@ -84,6 +85,7 @@ def test_sync_makers_killed_idle_and_mid_batch_recover_on_policy(local_ray, tiny
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_async_makers_killed_mid_batch_regenerate_without_double_delivery(local_ray, tiny_llama, reward_dir,
                                                                            tmp_path):
     """Async mode: each maker is killed while it generates (one by ray.kill, one by SIGKILL); the run
@@ -116,6 +118,7 @@ def test_async_makers_killed_mid_batch_regenerate_without_double_delivery(local_
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_resume_finishes(
         local_ray, tiny_llama, reward_dir, tmp_path, capsys):
     """Rank 1 of a 2-rank ddp actor group dies right before the step-2 checkpoint: the run stops at
@@ -151,6 +154,7 @@ def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_one_death_with_several_queued_batches_is_one_restart_and_every_batch_remade(local_ray, tiny_llama,
                                                                                     reward_dir, tmp_path):
     """Sync mode, 4 batches per step over 2 makers (2 queued on each): SIGKILL of maker-1 while it generates
@@ -178,6 +182,7 @@ def test_one_death_with_several_queued_batches_is_one_restart_and_every_batch_re
     assert_no_leaks()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["drop", "fail"])
 def test_a_maker_past_its_restarts_leaves_the_pool_or_ends_the_run(policy, local_ray, tiny_llama, reward_dir,
                                                                    tmp_path):
@@ -214,6 +219,7 @@ def test_a_maker_past_its_restarts_leaves_the_pool_or_ends_the_run(policy, local
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray, tiny_llama, reward_dir, tmp_path):
     """Sync mode, 16 batches per step on one maker: the critic's only rank is killed as the maker starts the
     step's first batch. The run ends with one line naming it well before the step's generation would have
@@ -247,6 +253,7 @@ def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_scaling_past_free_resources_is_refused_and_an_unplaceable_maker_ends_the_run(local_ray, tiny_llama,
                                                                                      reward_dir, tmp_path,
                                                                                      monkeypatch):
@@ -279,6 +286,7 @@ def test_scaling_past_free_resources_is_refused_and_an_unplaceable_maker_ends_th
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_maker_killed_between_syncs_on_the_collective_catches_up_and_the_group_reforms(local_ray, tiny_llama,
                                                                                       reward_dir, tmp_path):
     """Collective transport: maker-1 is killed after a sync. Ray restarts it; it reloads the current weights
@@ -347,6 +355,7 @@ def _lose_the_next_load(maker):
     maker.receiver.load = load_short
 
 
+@pytest.mark.slow
 def test_a_maker_merely_behind_catches_up_without_counting_as_a_restart(local_ray, tiny_llama, reward_dir, tmp_path):
     """A live maker that lacks the weights it was promised refuses its batch (MakerBehind); the pool loads the
     newest weights into it and sends the batch again. Its process was not restarted, so no restart is counted

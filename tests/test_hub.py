@@ -136,6 +136,7 @@ def hub_ray(hub):
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_every_actor_of_a_ppo_job_loads_the_pinned_commit_by_id(hub, hub_ray, tiny_chatml, broken_snapshot,
                                                                 tmp_path):
     """Actor, initial, critic and reward models named by hub id: the driver pins them, then `main` moves to a

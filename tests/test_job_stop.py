@@ -55,6 +55,7 @@ def cluster_state(env: dict, kind: str) -> list[dict]:
     return json.loads(cli("list", kind, "--format=json", "--limit=1000", "--detail", env=env))
 
 
+@pytest.mark.slow
 def test_ray_job_stop_releases_every_actor_and_placement_group(head_node, tiny_llama, reward_dir, tmp_path):
     env = head_node
     out_dir = tmp_path / "job"

@@ -37,6 +37,7 @@ def node_of(handle) -> str:
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
 
 
+@pytest.mark.slow
 def test_a_node_lost_with_experience_in_its_object_store_is_made_again_and_trained_on_once(cluster, tiny_llama,
                                                                                             reward_dir, tmp_path):
     """Async, one maker on a node of its own. Between two steps, while the buffer holds experience that

@@ -105,6 +105,7 @@ def assert_template_travels(out, stages, needle: str) -> None:
         assert needle in config["chat_template"], final
 
 
+@pytest.mark.slow
 def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     """On the ChatML model, with a system turn in every stage's rows."""
     import ray
@@ -176,6 +177,7 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     assert steps == [1, 2]  # step 1 kept from the first run, step 2 trained on resume: none twice
 
 
+@pytest.mark.slow
 def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_chatml, chat_data, tmp_path, capsys):
     """configs/demo_rlvr.yaml shortened, on the ChatML model with a system turn: no rm stage, GRPO on the sorting
     verifier; nothing is linked to a reward model or critic, and the report says the training reward was the
@@ -218,6 +220,7 @@ def test_gpu_configs_parse(name):
         assert group.resources.num_gpus_per_rank > 0
 
 
+@pytest.mark.slow
 def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_checkpoint(tiny_llama, tmp_path):
     """Colossal-LLaMA's order in one job: expand the vocabulary, pretrain on data the pipeline tokenizes with
     the expanded tokenizer, then SFT and GRPO on top (configs/demo_rlvr.yaml shortened)."""

@@ -164,6 +164,7 @@ def test_sync_mode_is_on_policy(sync_run):
             assert consumed["versions"] == [c["step"] - 1] * 2 and max(consumed["staleness"]) == 0
 
 
+@pytest.mark.slow
 def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
     from actors.driver import PPOJob
 
@@ -309,6 +310,7 @@ def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_rlvr_options_run_in_a_job_dynamic_sampling_packing_and_overlong(local_ray, tiny_llama, tmp_path):
     """ppo.filter_groups (spare prompts through the driver, groups refilled in the makers), packed updates
     and the overlong filter, together in a 2-step GRPO job: each batch keeps its size and the books balance."""
@@ -331,6 +333,7 @@ def test_rlvr_options_run_in_a_job_dynamic_sampling_packing_and_overlong(local_r
     assert_books_balance(summary["buffer"])
 
 
+@pytest.mark.slow
 def test_a_reward_function_that_raises_ends_the_run_in_one_line(local_ray, tiny_llama, tmp_path, capsys):
     from launch.ppo import main
     from tests.conftest import REPO

@@ -11,6 +11,7 @@ from tests.ppo_helpers import assert_books_balance, assert_no_leaks, local_ray, 
 ray = pytest.importorskip("ray")
 
 
+@pytest.mark.slow
 def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_llama, reward_dir, tmp_path):
     from actors.driver import PPOJob
     from coati_ray.models.weights import LORA_MARKER
@@ -48,8 +49,10 @@ def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_lla
     assert_no_leaks()
 
 
-@pytest.mark.parametrize("transport", ["object_store", "collective", "ipc"])
-@pytest.mark.parametrize("lora_rank", [0, 4])
+# Full weights over ipc (what `auto` picks on one node) stay in `make test`; the other five cases are slow.
+@pytest.mark.parametrize("transport", [pytest.param("object_store", marks=pytest.mark.slow),
+                                       pytest.param("collective", marks=pytest.mark.slow), "ipc"])
+@pytest.mark.parametrize("lora_rank", [0, pytest.param(4, marks=pytest.mark.slow)])
 def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_llama, reward_dir, tmp_path,
                                                                lora_rank, transport):
     """Every transport, full weights and LoRA adapters only: the trainers keep fp32 weights and the
@@ -89,6 +92,7 @@ def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_l
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_collective_sync_follows_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
     """Sync mode on the collective transport: makers added at step 1 catch up from the object store and
     join the group re-formed at the next sync; after every step every maker equals the trainers."""
@@ -118,6 +122,7 @@ def test_collective_sync_follows_scaling_1_3_1(local_ray, tiny_llama, reward_dir
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(local_ray, tiny_llama, reward_dir,
                                                                             tmp_path):
     """QLoRA in stage 3: the actor's base is 4-bit (nf4) and frozen in the trainers and the makers, only the

@@ -35,6 +35,7 @@ def flagged_prompts(tmp_path) -> tuple[str, str]:
     return str(path), flag
 
 
+@pytest.mark.slow
 def test_a_maker_hanging_inside_make_is_reported_within_the_bound(ray_with_dashboard, tiny_llama, reward_dir,
                                                                   tmp_path):
     """After step 2 the maker's reward function sleeps forever inside `make`. The run ends within the derived

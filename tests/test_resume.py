@@ -43,6 +43,7 @@ def resume_pair(local_ray, tiny_llama, reward_dir, tmp_path_factory):
     return {"full": full, "resumed": resumed, "summary": summary, "root": root}
 
 
+@pytest.mark.slow
 def test_async_resume_remakes_the_batches_in_flight_none_skipped_none_twice(local_ray, tiny_llama, reward_dir,
                                                                           tmp_path):
     """Async mode: batches the makers had started for later steps when the checkpoint was written are made
@@ -73,6 +74,7 @@ def test_async_resume_remakes_the_batches_in_flight_none_skipped_none_twice(loca
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_the_uninterrupted_run(resume_pair):
     full, resumed = resume_pair["full"], resume_pair["resumed"]
     assert resume_pair["summary"]["steps"] == 4 and sorted(resumed) == [3, 4]

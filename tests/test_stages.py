@@ -91,6 +91,7 @@ def sft_model(tiny_llama, tmp_path_factory) -> str:
     return str(out / "checkpoints" / "final")
 
 
+@pytest.mark.slow
 def test_rm_reaches_90_percent_on_held_out_pairs(sft_model, tmp_path):
     """Graded pairs (two flawed answers ranked by gold, near-ties skipped) need the SFT model's
     knowledge of the task: from a random init the same budget reaches ~0.85."""
@@ -154,6 +155,7 @@ def test_lora_sft_exports_merged_model_and_adapter_checkpoints(tiny_llama, tmp_p
     assert any(not torch.equal(base[k], tuned[k]) for k in base)  # adapters were merged in
 
 
+@pytest.mark.slow
 def test_ddp_on_ray_two_ranks_matches_single_process(tiny_llama, tmp_path):
     common = [*data_overrides("sft", tiny_llama), "trainer.max_steps=4", "data.eval_path=null",
               "resources.num_cpus_per_rank=0.5", "resources.torch_threads=1"]
