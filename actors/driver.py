@@ -61,6 +61,10 @@ class PPOJob:
             if getattr(cfg, key) is not None:
                 check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")
         check_reward_sources(cfg.rewards)
+        if cfg.rollout.multi_turn:
+            from coati_ray.experience.episodes import check_tool_turns
+
+            check_tool_turns(tokenizer)
         prompts, self.prompt_report, eval_items = read_prompt_data(cfg.data, tokenizer)
         self.step, self.version = 0, 0
         if resume_from:

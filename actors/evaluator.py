@@ -54,6 +54,7 @@ class PolicyEvaluator:
 
     def _record(self, result: dict) -> None:
         metrics = {f"eval/{k}": result[k] for k in EVAL_KEYS if result.get(k) is not None}
+        metrics.update({f"eval/{k}": v for k, v in (result.get("extra") or {}).items() if v is not None})
         metrics["timing/eval"] = result["seconds"]
         self.results.append({"version": result["version"], "metrics": metrics, "samples": result["samples"]})
         self.logger.record(result["version"], metrics)

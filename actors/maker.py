@@ -159,5 +159,11 @@ def publish_make_metrics(m, stats: dict) -> None:
     if stats["kl"] == stats["kl"]:  # not NaN (makers that skip their log-probs have no KL of their own)
         m.set("kl_mean", stats["kl"])
     m.set("tflops", tflops(stats["flops"], busy))
+    if "rollout/turns" in stats:  # multi-turn episodes (rollout.environment)
+        for key in ("turns", "tool_calls", "trained_tokens", "context_tokens"):
+            m.set(f"episode_{key}", stats[f"rollout/{key}"])
+        m.inc("episode_env_errors_total", stats["rollout/env_errors"])
+        if "rollout/tool_error" in stats:  # an environment that reports its tool's errors in `info`
+            m.set("episode_tool_errors", stats["rollout/tool_error"])
     m.stages({k: v for k, v in stats.items() if k in ("timing/generate", "timing/ref", "timing/reward",
                                                        "timing/values")})

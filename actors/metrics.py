@@ -34,6 +34,14 @@ SERIES = {
     "clip_fraction": ("gauge", "fraction of clipped ratios (actor) or values (critic) in the last update"),
     "trainer_tokens_per_second": ("gauge", "tokens a trainer group processed per second of its last update"),
     "tflops": ("gauge", "estimated TFLOP/s (2N per token for inference, 6N for training)"),
+    "episode_turns": ("gauge", "multi-turn rollouts: policy turns per episode of the last batch"),
+    "episode_tool_calls": ("gauge", "multi-turn rollouts: environment (tool) answers per episode of the last batch"),
+    "episode_tool_errors": ("gauge", "multi-turn rollouts: tool errors per episode of the last batch (the "
+                                     "environment's info tool_error)"),
+    "episode_env_errors_total": ("counter", "multi-turn rollouts: episodes ended by an environment error"),
+    "episode_trained_tokens": ("gauge", "multi-turn rollouts: policy tokens (trained) per episode of the last batch"),
+    "episode_context_tokens": ("gauge", "multi-turn rollouts: environment tokens (context, never trained) per "
+                                        "episode of the last batch"),
     "stage_seconds": ("gauge", "seconds of one stage of the last step (tag stage=generate, ref, update_actor, ...)"),
 }
 

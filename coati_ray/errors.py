@@ -29,3 +29,7 @@ class RewardError(CoatiError):
 
 class RunStalled(CoatiError):
     """A PPO step made no progress for watchdog.stall_s: the line names the actors that do not respond."""
+
+
+class RolloutError(CoatiError):
+    """Multi-turn rollouts cannot go on: the environment failed in more episodes than the run allows."""

@@ -72,6 +72,8 @@ def training_reward(cfg) -> str:
         what = {"model": "the reward model", "function": f"`{spec.function}`",
                 "http": redact_url(spec.url) or ""}.get(spec.kind, f"`{spec.kind}`")
         parts.append(f"{what} (x{spec.weight:g})")
+    if cfg.rollout.multi_turn:
+        parts.append(f"the environment `{cfg.rollout.environment}` (x{cfg.rollout.reward_weight:g})")
     return " + ".join(parts)
 
 
@@ -115,6 +117,10 @@ def preflight(cfg: PipelineConfig) -> None:
     use_chat_template(tokenizer, cfg.ppo.data.chat_template)
     prompts, _, _ = read_prompt_data(cfg.ppo.data, tokenizer)
     check_reward_sources(cfg.ppo.rewards)
+    if cfg.ppo.rollout.multi_turn:
+        from coati_ray.experience.episodes import check_tool_turns
+
+        check_tool_turns(tokenizer, "ppo.data.chat_template")
     if not prompts:
         raise CoatiError(f"data error: {cfg.ppo.data.prompt_path} has no usable prompts; add prompt rows")
 

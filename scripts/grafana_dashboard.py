@@ -33,6 +33,14 @@ PANELS = [
     ("reward", "Reward and KL to the initial policy (per maker batch)", "short", [
         ('avg(ray_coati_reward_mean{role="maker"})', "reward"),
         ('avg(ray_coati_kl_mean{role="maker"})', "KL per token")]),
+    ("episodes", "Multi-turn episodes: turns and tool calls per episode, environment errors / 5 min", "short", [
+        ('avg(ray_coati_episode_turns)', "turns"),
+        ('avg(ray_coati_episode_tool_calls)', "tool calls"),
+        ('avg(ray_coati_episode_tool_errors)', "tool errors"),
+        ('sum(increase(ray_coati_episode_env_errors_total[5m]))', "environment errors / 5 min")]),
+    ("episodes", "Multi-turn episodes: tokens per episode, trained (policy) and context (environment)", "short", [
+        ('avg(ray_coati_episode_trained_tokens)', "trained"),
+        ('avg(ray_coati_episode_context_tokens)', "context")]),
     ("loss", "Policy and value loss", "short", [
         ('avg(ray_coati_policy_loss{role="actor_trainer"})', "policy"),
         ('avg(ray_coati_value_loss{role="critic_trainer"})', "value"),

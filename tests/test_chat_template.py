@@ -83,8 +83,12 @@ def test_role_and_from_rows_are_one_layout_and_bad_roles_name_the_message():
     assert sft_messages(by_from, "messages") == sft_messages(by_role, "messages")
     with_system = {"messages": [{"role": "system", "content": "s"}] + by_role["messages"]}
     assert sft_messages(with_system, "messages")["messages"][0] == {"role": "system", "content": "s"}
-    with pytest.raises(ValueError, match=r"messages\[1\].role is 'tool'"):
-        sft_messages({"messages": [by_role["messages"][0], {"role": "tool", "content": "x"}]}, "messages")
+    with pytest.raises(ValueError, match=r"messages\[1\].role is 'narrator'; use system, user, assistant or tool"):
+        sft_messages({"messages": [by_role["messages"][0], {"role": "narrator", "content": "x"}]}, "messages")
+    with_tool = {"messages": by_role["messages"] + [{"role": "tool", "content": "= 3"},
+                                                    {"from": "gpt", "content": "c"}]}  # multi-turn tool use
+    assert [m["role"] for m in sft_messages(with_tool, "messages")["messages"]] == ["user", "assistant", "tool",
+                                                                                   "assistant"]
     with pytest.raises(ValueError, match=r"messages\[0\] needs 'role'"):
         sft_messages({"messages": [{"content": "x"}]}, "messages")
     assert prompt_only(with_system, "messages") == {"prompt": "a", "messages": with_system["messages"][:2]}

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 DASHBOARD = os.path.join(REPO, "configs", "grafana", "coati_rlhf.json")
-GROUPS = {"throughput", "buffer", "staleness", "reward", "loss", "sync", "stages", "tflops"}
+GROUPS = {"throughput", "buffer", "staleness", "reward", "loss", "sync", "stages", "tflops", "episodes"}
 ROLES = {"maker", "actor_trainer", "critic_trainer", "replay_buffer", "driver"}
 
 

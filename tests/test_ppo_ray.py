@@ -164,6 +164,41 @@ def test_sync_mode_is_on_policy(sync_run):
             assert consumed["versions"] == [c["step"] - 1] * 2 and max(consumed["staleness"]) == 0
 
 
+def test_grpo_job_runs_multi_turn_episodes_in_an_environment(local_ray, tiny_llama, tmp_path):
+    """rollout.environment on Ray: every sample is an episode (call, tool answer, copied answer) made by the
+    makers, rewarded by the environment alone (no rewards.* source), grouped by prompt for GRPO and trained; the
+    held-out evaluation runs episodes with the tool and without it (rollout.baseline_options)."""
+    from actors.driver import PPOJob
+    from coati_ray.config import load_config
+    from coati_ray.config.ppo import PPOConfig
+    from tests.conftest import REPO
+
+    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+        f"actor.path={tiny_llama}", f"data.prompt_path={data_path('calc', 'prompts.jsonl')}",
+        f"data.eval_prompt_path={data_path('calc', 'eval.jsonl')}", "data.eval_max_samples=8", "data.gold_task=calc",
+        "rewards.function=null", "rollout.environment=coati_ray.tasks.calc:CalcEnvironment",
+        "rollout.baseline_options={tools: false}", "rollout.max_total_tokens=64", "rollout.max_turns=3",
+        "generation.backend=tests.episode_fixtures:oracle_half_wrong", "generation.max_new_tokens=24",
+        "ppo.max_steps=2", "ppo.eval_every=2", "ppo.eval_greedy=true"], output_dir=str(tmp_path / "tools"))
+    cfg.validate()
+    seen = []
+    summary = PPOJob(cfg).run(on_step=lambda job, step, m: seen.append(m))
+    assert summary["steps"] == 2
+    for m in seen:
+        assert m["rollout/turns"] == 2 and m["rollout/tool_calls"] == 1 and m["rollout/env_errors"] == 0
+        assert m["reward"] == pytest.approx(m["reward/env"]) and 0 < m["reward"] < 1
+        assert m["experience/groups_all_equal"] < 1 and m["actor/kl_loss"] >= 0
+        assert 0 < m["rollout/context_tokens"] < m["rollout/trained_tokens"]
+    evals = [r for r in metrics(tmp_path / "tools") if "eval/gold_score" in r]
+    assert len(evals) == 2
+    for r in evals:  # the oracle copies a wrong answer half the time; without the tool it never answers
+        assert 0 < r["eval/gold_score"] < 1 and r["eval/baseline/gold_score"] == 0
+        # refused, the oracle calls again until the 64-token budget ends the episode (a second refusal won't fit)
+        assert r["eval/rollout/tool_calls"] == 1 and r["eval/baseline/rollout/turns"] == 2
+    assert_books_balance(summary["buffer"])
+    assert_no_leaks()
+
+
 @pytest.mark.slow
 def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
     from actors.driver import PPOJob

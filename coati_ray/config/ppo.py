@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
 from coati_ray.config.placement import check_placement
+from coati_ray.config.rollout import RolloutConfig
 from coati_ray.config.rewards import RewardSourceSpec, RewardSourcesConfig  # noqa: F401 (re-exported)
 from coati_ray.config.sample_options import check_sample_options
 from coati_ray.config.runtime import BufferConfig, MakerConfig, SyncConfig, WatchdogConfig  # noqa: F401 (re-exported)
@@ -182,6 +183,8 @@ class PPOConfig(JobConfig):
     data: PromptDataConfig = opt(None, "prompts and PPO-ptx data")
     generation: GenerationConfig = opt(None, "sampling")
     ppo: PPOAlgoConfig = opt(None, "algorithm")
+    rollout: RolloutConfig = opt(None, "multi-turn episodes in an environment (tools); without one, one response "
+                                       "per sample")
     placement: Literal["separate", "colocated"] = opt(
         "separate", "where generation runs: separate (maker actors; weights sent to them after every update) or "
         "colocated (the actor group's ranks generate with their own weights: no weight copy; sync mode)")
@@ -219,6 +222,12 @@ class PPOConfig(JobConfig):
         return (p.mode == "sync" and p.ppo_epochs == 1 and p.train_batch_size == p.rollout_batch_size
                 and (p.kl_penalty == "loss" or p.kl_coef == 0) and p.behaviour_correction == "none")
 
+    @property
+    def response_tokens(self) -> int:
+        """The most tokens after a prompt: one response's (generation.max_new_tokens), or an episode's
+        (rollout.max_total_tokens: every turn and every tool answer)."""
+        return self.rollout.max_total_tokens if self.rollout.multi_turn else self.generation.max_new_tokens
+
     def whiten(self) -> bool:
         w = self.ppo.whiten_advantages
         return self.algorithm.whiten if w is None else w
@@ -239,7 +248,16 @@ class PPOConfig(JobConfig):
             if check_reward_head and not os.path.isfile(os.path.join(self.reward.local_path, VALUE_HEAD_FILE)):
                 _fail("reward.path", f"'{self.reward.path}' has no {VALUE_HEAD_FILE}, so it is not a reward model",
                       "point it at the RM stage's checkpoints/final")
-        self.rewards.validate(has_reward_model=self.reward is not None)
+        self.rollout.validate()
+        if self.rollout.multi_turn and self.ppo.overlong_penalty > 0:
+            _fail("ppo.overlong_penalty", "measures one response against generation.max_new_tokens, and an episode "
+                  "of rollout.environment has several turns", "use ppo.overlong_filter (episodes cut by "
+                  "rollout.max_turns or max_total_tokens are left out), or remove rollout.environment")
+        if self.rollout.multi_turn and self.rollout.reward_weight == 0 and not (
+                self.rewards.specs(self.reward is not None)):
+            _fail("rollout.reward_weight", "is 0 and no rewards.* source is set, so nothing rewards the episodes",
+                  "set rollout.reward_weight (e.g. 1.0) or a rewards source")
+        self.rewards.validate(has_reward_model=self.reward is not None, has_environment=self.rollout.multi_turn)
         self.sync.validate()
         self.watchdog.validate()
         self.data.validate()
@@ -370,14 +388,16 @@ class PPOConfig(JobConfig):
         """Critic and reward model read the actor's tokens, and every model must hold a whole sequence."""
         from coati_ray.config.checks import model_config, require_fits_context
 
-        length = self.data.max_prompt_length + self.generation.max_new_tokens
+        response = self.response_tokens
+        what = "rollout.max_total_tokens" if self.rollout.multi_turn else "generation.max_new_tokens"
+        length = self.data.max_prompt_length + response
         vocab = model_config("actor.path", self.actor.local_path).get("vocab_size")
         for key in ("actor", "critic", "reward"):
             if getattr(self, key) is None:
                 continue
             path = getattr(self, key).local_path
-            require_fits_context(f"{key}.path", path, length, "data.max_prompt_length + generation.max_new_tokens",
-                                 "lower data.max_prompt_length or generation.max_new_tokens")
+            require_fits_context(f"{key}.path", path, length, f"data.max_prompt_length + {what}",
+                                 f"lower data.max_prompt_length or {what}")
             theirs = model_config(f"{key}.path", path).get("vocab_size")
             if key != "actor" and vocab and theirs and theirs != vocab:
                 _fail(f"{key}.path", f"'{path}' has a vocabulary of {theirs} but the actor's has {vocab}",

@@ -106,11 +106,12 @@ class RewardSourcesConfig:
                                                     max_response_bytes=self.http_max_response_bytes)))
         return out
 
-    def validate(self, has_reward_model: bool, key: str = "rewards") -> None:
+    def validate(self, has_reward_model: bool, key: str = "rewards", has_environment: bool = False) -> None:
+        """`has_environment`: rollout.environment rewards the episodes, so no source of these is needed."""
         if self.sources:
             self._validate_sources(has_reward_model, key)
             return
-        if not (has_reward_model or self.function or self.http_url):
+        if not (has_reward_model or self.function or self.http_url or has_environment):
             _fail(key, "no training reward: no reward model (reward.path), function or http_url",
                   f"set reward.path, {key}.function (e.g. coati_ray.tasks.sorting:reward) or {key}.http_url")
         if self.function:

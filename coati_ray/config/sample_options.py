@@ -45,7 +45,7 @@ def check_packable(cfg, key: str) -> None:
         if kind not in PACKABLE:
             _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {role}.path is a {kind} model",
                   f"unset {key} (padded micro-batches of ppo.micro_batch_size)")
-        length = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
+        length = cfg.data.max_prompt_length + cfg.response_tokens
         window = config.get("sliding_window")
         if window and window < length and (kind == "mistral" or config.get("use_sliding_window")):
             _fail(key, f"{role}.path attends through a sliding window of {window} tokens, shorter than the "

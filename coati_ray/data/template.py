@@ -21,13 +21,13 @@ from typing import Optional
 
 from coati_ray.algo.losses import IGNORE_INDEX
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # Coati's and Colossal-LLaMA's `from` names, and the HF / OpenAI `role` names, onto one vocabulary
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-                "system": "system"}
+                "system": "system", "tool": "tool", "observation": "tool", "function": "tool", "ipython": "tool"}
 
 # Coati's layout as a template: BOS, an optional system text, "Human: <u>", then "\nAssistant: <a></s>", and
-# "\n" before every later human turn. It renders, token for token, what coati_ray's stages trained on before
+# "\n" before every later human turn; a tool's answer (multi-turn rollouts) is "\nTool: <t>". It renders, token for token, what coati_ray's stages trained on before
 # templates (each reply followed by EOS), so checkpoints of either kind read the same.
 COATI_TEMPLATE = (
     "{{ bos_token if bos_token else '' }}"
@@ -40,6 +40,8 @@ COATI_TEMPLATE = (
     "{{ 'Human: ' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}"
     "{{ '\\nAssistant: ' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '\\nTool: ' + message['content'] }}"
     "{% else %}{{ raise_exception(\"Coati's layout has no '\" + message['role'] + \"' role\") }}"
     "{% endif %}"
     "{% endfor %}"
@@ -96,7 +98,7 @@ def normalize_messages(messages, field: str = "messages") -> list[dict]:
         name = "role" if "role" in m else "from"
         role = ROLE_ALIASES.get(str(m[name]).lower())
         if role is None:
-            raise ValueError(f"{field}[{j}].{name} is '{m[name]}'; use system, user or assistant "
+            raise ValueError(f"{field}[{j}].{name} is '{m[name]}'; use system, user, assistant or tool "
                              "(or Coati's human / assistant)")
         if not isinstance(m["content"], str):
             raise ValueError(f"{field}[{j}].content must be a string")

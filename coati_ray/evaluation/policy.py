@@ -23,6 +23,7 @@ class PolicyEval:
     response_length: float
     num_samples: int
     samples: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # logged as eval/<key> too (multi-turn: rollout/turns, baseline/...)
 
 
 def sequence_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
@@ -89,3 +90,42 @@ def decode_responses(tokenizer, actions: torch.Tensor, action_mask: torch.Tensor
         ids = [t for t, keep in zip(row, m) if keep and t not in stops]
         out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return out
+
+
+@torch.no_grad()
+def evaluate_episodes(runner, actor, tokenizer, prompt_items: list[dict], gen, *, initial=None, gold=None,
+                      batch_size: int = 16, samples_per_prompt: int = 1, seed: int = 0, keep_samples: int = 8,
+                      device: Optional[torch.device] = None, options: Optional[dict] = None) -> PolicyEval:
+    """evaluate_policy for multi-turn episodes (`runner` an EpisodeRunner): the gold scorer judges each episode's
+    final answer (its last turn); without one the environment's reward stands for it. `options` override the
+    environment's (rollout.baseline_options)."""
+    device = device or next(actor.parameters()).device
+    was_training = actor.training
+    actor.eval()
+    gold_scores, kls, lengths, kept, stats = [], [], [], [], []
+    items = [it for it in prompt_items for _ in range(samples_per_prompt)]
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        torch.manual_seed(seed * 1000003 + start)
+        played = runner.play(actor, tokenizer, chunk, gen, device, f"eval{start}", options)
+        seqs, mask, action_mask = (x.to(device) for x in (played.sequences, played.mask, played.action_mask))
+        A = action_mask.size(1)
+        lengths.extend(action_mask.sum(1).float().tolist())
+        stats.append(played.stats)
+        if initial is not None:
+            temperature = gen.temperature if gen.do_sample else 1.0
+            kls.extend(sequence_kl(actor.log_probs(seqs, mask, A, temperature),
+                                   initial.log_probs(seqs, mask, A, temperature), action_mask).tolist())
+        transcripts = decode_responses(tokenizer, seqs[:, played.prompt_length:], mask[:, played.prompt_length:])
+        for j, (item, answer) in enumerate(zip(chunk, played.final_texts)):
+            score = gold(item["prompt"], answer) if gold is not None else float(played.env_reward[j])
+            gold_scores.append(score)
+            if len(kept) < keep_samples:
+                kept.append({"prompt": item["prompt"], "response": transcripts[j], "gold_score": score,
+                             "reward": float(played.env_reward[j])})
+    actor.train(was_training)
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else None  # noqa: E731
+    extra = {k: (sum if k == "rollout/env_errors" else mean)([s[k] for s in stats if k in s])
+             for k in sorted({k for s in stats for k in s}) if k != "rollout/episodes"}
+    return PolicyEval(gold_score=mean(gold_scores), reward=None, kl_to_initial=mean(kls),
+                      response_length=mean(lengths) or 0.0, num_samples=len(items), samples=kept, extra=extra)

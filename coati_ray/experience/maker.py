@@ -119,16 +119,18 @@ class ScoredRollout:
 @torch.no_grad()
 def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen, ppo, rewards=None, *,
                     version: int = 0, maker: int = 0, batch_id: int = 0, device: Optional[torch.device] = None,
-                    behaviour_log_probs: bool = True) -> tuple[Experience, dict]:
+                    behaviour_log_probs: bool = True, episodes=None) -> tuple[Experience, dict]:
     """Prompt items (`input_ids`, `prompt`, `row`) -> (Experience, statistics with timings under stable names).
 
     Each prompt is sampled `ppo.n_samples_per_prompt` times; its samples are consecutive rows, so a
     group-relative estimator sees whole groups. `rewards` is a RewardSources (default: the reward model).
     `behaviour_log_probs=False` skips the actor's log-prob pass (the trainer's first forward stands for it;
-    only valid when nothing here needs them: no KL in the reward).
+    only valid when nothing here needs them: no KL in the reward). `episodes` (an EpisodeRunner, for
+    `rollout.environment`) makes each sample a multi-turn episode instead of one response.
     """
     scored = score_rollout(models, tokenizer, items, gen, ppo, rewards, version=version, maker=maker,
-                           batch_id=batch_id, device=device, behaviour_log_probs=behaviour_log_probs)
+                           batch_id=batch_id, device=device, behaviour_log_probs=behaviour_log_probs,
+                           episodes=episodes)
     t = time.perf_counter()
     values = critic_values(models.critic, scored) if models.critic is not None else None
     scored.stats["timing/values"] = time.perf_counter() - t
@@ -147,8 +149,9 @@ def critic_values(critic: torch.nn.Module, scored: ScoredRollout) -> torch.Tenso
 @torch.no_grad()
 def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, ppo, rewards=None, *,
                   version: int = 0, maker: int = 0, batch_id: int = 0, device: Optional[torch.device] = None,
-                  behaviour_log_probs: bool = True) -> ScoredRollout:
-    """Generate, take the behaviour and reference log-probs, and score: make_experience without the critic."""
+                  behaviour_log_probs: bool = True, episodes=None) -> ScoredRollout:
+    """Generate (or run episodes), take the behaviour and reference log-probs, and score: make_experience
+    without the critic."""
     from coati_ray.data.datasets import collate_prompts
     from coati_ray.evaluation.policy import decode_responses
     from coati_ray.experience.rewards import RewardSources
@@ -161,13 +164,20 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
         rewards = RewardSources(from_dict(RewardSourcesConfig, {}), models.reward)
     device = device or next(models.actor.parameters()).device
     rows = [it for it in items for _ in range(n)]
-    batch = collate_prompts(rows, tokenizer.pad_token_id)
-    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     timings = {}
     for m in models.all():
         m.eval()
     t = time.perf_counter()
-    sequences, mask, action_mask = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer)
+    played = None
+    if episodes is not None:  # each sample an episode: turns and the environment's answers (experience/episodes.py)
+        played = episodes(models.actor, tokenizer, rows, gen, device, batch_id)
+        sequences, mask, action_mask = (x.to(device) for x in (played.sequences, played.mask, played.action_mask))
+        prompt_length = played.prompt_length
+    else:
+        batch = collate_prompts(rows, tokenizer.pad_token_id)
+        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        sequences, mask, action_mask = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer)
+        prompt_length = input_ids.size(1)
     timings["timing/generate"] = time.perf_counter() - t
     A = action_mask.size(1)
 
@@ -183,13 +193,23 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     texts = {}
     if rewards.needs_text:
         texts = {"prompts": [r["prompt"] for r in rows], "rows": [r.get("row", {"prompt": r["prompt"]}) for r in rows],
-                 "responses": decode_responses(tokenizer, sequences[:, input_ids.size(1):], action_mask)}
-    score, parts = rewards(sequences, mask, **texts)
+                 "responses": decode_responses(tokenizer, sequences[:, prompt_length:],
+                                               mask[:, prompt_length:] if played is not None else action_mask)}
+    score, parts = rewards(sequences, mask, **texts) if rewards.sources else \
+        (torch.zeros(len(rows), device=sequences.device), {})
+    if played is not None:  # the environment's rewards (every turn's, summed) beside the other sources
+        score = score + episodes.cfg.reward_weight * played.env_reward.to(score.device)
+        parts = {**parts, "env": played.env_reward}
     if ppo.reward_clip > 0:
         score = score.clamp(-ppo.reward_clip, ppo.reward_clip)
+    if played is not None and bool(played.failed.any()):  # nothing of a failed episode trains: keep it out of its
+        score = neutral_scores(score, played.failed.to(score.device), n)  # group's baseline too
     lengths = action_mask.sum(dim=1)
-    truncated = truncated_rows(action_mask, sequences[:, input_ids.size(1):], models.actor.eos_token_ids(tokenizer),
-                               gen.max_new_tokens)
+    if played is not None:
+        truncated = played.truncated.to(device)
+    else:
+        truncated = truncated_rows(action_mask, sequences[:, prompt_length:], models.actor.eos_token_ids(tokenizer),
+                                   gen.max_new_tokens)
     if ppo.overlong_penalty > 0:  # DAPO: a soft penalty over the last tokens before the limit
         buffer = ppo.overlong_buffer or max(1, gen.max_new_tokens // 5)
         penalty = overlong_penalty(lengths, gen.max_new_tokens, buffer, ppo.overlong_penalty).to(score.device)
@@ -200,12 +220,22 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     stats = {"response_length": float(lengths.float().mean()), "experience/truncated": float(truncated.float().mean()),
              "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan"),
              **timings, "timing/values": 0.0, "generated_tokens": float(lengths.sum()),
-             **group_stats(score.float().cpu(), n)}
+             **group_stats(score.float().cpu(), n), **(played.stats if played is not None else {})}
     for name, value in parts.items():
         stats[f"reward/{name}"] = float(value.mean())
     return ScoredRollout(sequences=sequences, mask=mask, action_mask=action_mask, ref_log_probs=ref_log_probs,
                          score=score.float(), truncated=truncated, group_size=n, stats=stats, log_probs=log_probs,
                          kl=kl, version=version, maker=maker, batch_id=batch_id)
+
+
+def neutral_scores(scores: torch.Tensor, failed: torch.Tensor, n: int) -> torch.Tensor:
+    """scores (B,), failed (B,) bool, groups of n consecutive samples -> scores where each failed sample holds
+    the mean of its group's other samples (0 when all failed): its own advantage is masked out, and with this
+    it moves neither the group's mean nor, for one failure, much of its spread."""
+    g, f = scores.view(-1, n), failed.view(-1, n).to(scores.dtype)
+    ok = (1 - f).sum(dim=1, keepdim=True)
+    mean = (g * (1 - f)).sum(dim=1, keepdim=True) / ok.clamp(min=1)
+    return torch.where(f.bool(), mean.expand_as(g), g).reshape(-1)
 
 
 def finish_experience(scored: ScoredRollout, values: Optional[torch.Tensor], ppo) -> tuple[Experience, dict]:

@@ -54,6 +54,12 @@ class RolloutWorker:
         self.device, self.index = device, index
         self.n_params = {name: num_params(getattr(models, name)) if getattr(models, name) is not None else 0
                          for name in ("actor", "reward", "critic")}
+        self.episodes = None
+        if cfg.rollout.multi_turn:  # each sample an episode in the environment (experience/episodes.py)
+            from coati_ray.experience.episodes import EpisodeRunner
+
+            self.episodes = EpisodeRunner(cfg.rollout, workers=max(cfg.maker.batch_size, 32),
+                                          max_prompt_length=cfg.data.max_prompt_length)
 
     def make(self, prompt_items: list[dict], batch_id: int, version: int,
              defer_values: bool = False) -> tuple[object, dict]:
@@ -64,7 +70,7 @@ class RolloutWorker:
 
         cfg, p = self.cfg, self.cfg.ppo
         kwargs = dict(version=version, maker=self.index, batch_id=batch_id, device=self.device,
-                      behaviour_log_probs=not cfg.trainer_log_probs_are_behaviour)
+                      behaviour_log_probs=not cfg.trainer_log_probs_are_behaviour, episodes=self.episodes)
         t0 = time.perf_counter()
 
         def make(items):
@@ -102,11 +108,36 @@ class RolloutWorker:
         t = time.perf_counter()
         gen = dataclasses.replace(self.cfg.generation, do_sample=not greedy)
         task = self.cfg.data.gold_task
+        if self.episodes is not None:
+            return self._evaluate_episodes(prompt_items, gen, greedy, seed, samples_per_prompt, version, t)
         with seeded(None), inference_mode(self.models.all()):  # evaluate_policy seeds each batch
             result = evaluate_policy(self.models.actor, self.tokenizer, prompt_items, gen, initial=self.models.initial,
                                      reward_model=self.models.reward, gold=gold_scorer(task) if task else None,
                                      batch_size=max(self.cfg.maker.batch_size, 32), seed=seed, device=self.device,
                                      samples_per_prompt=1 if greedy else samples_per_prompt)
+        out = dataclasses.asdict(result)
+        out.update(version=version, seconds=time.perf_counter() - t)
+        return out
+
+
+    def _evaluate_episodes(self, prompt_items, gen, greedy, seed, samples_per_prompt, version, t) -> dict:
+        """Held-out episodes in the environment, and with rollout.baseline_options (e.g. without the tool) when
+        set, logged as eval/baseline/*."""
+        from coati_ray.evaluation.policy import evaluate_episodes
+        from coati_ray.tasks import gold_scorer
+
+        task = self.cfg.data.gold_task
+        kwargs = dict(gold=gold_scorer(task) if task else None, batch_size=max(self.cfg.maker.batch_size, 32),
+                      seed=seed, device=self.device, samples_per_prompt=1 if greedy else samples_per_prompt)
+        baseline = self.cfg.rollout.baseline_options
+        with seeded(None), inference_mode(self.models.all()):
+            result = evaluate_episodes(self.episodes, self.models.actor, self.tokenizer, prompt_items, gen,
+                                       initial=self.models.initial, **kwargs)
+            if baseline:
+                other = evaluate_episodes(self.episodes, self.models.actor, self.tokenizer, prompt_items, gen,
+                                          options=baseline, **kwargs)
+                result.extra.update({f"baseline/{k}": v for k, v in
+                                     {"gold_score": other.gold_score, **other.extra}.items()})
         out = dataclasses.asdict(result)
         out.update(version=version, seconds=time.perf_counter() - t)
         return out

@@ -9,17 +9,22 @@ from typing import Optional
 from coati_ray.reporting.curves import plot_panels, read_metrics
 
 # The report's headline numbers, in the order the terminal table shows them.
-HEADLINE = ("gold_score_sft", "gold_score_ppo", "gold_gain", "reward_sft", "reward_ppo", "rm_accuracy",
+HEADLINE = ("gold_score_sft", "gold_score_ppo", "gold_gain", "baseline_gold_sft", "baseline_gold_ppo",
+            "tool_calls_ppo", "reward_sft", "reward_ppo", "rm_accuracy",
             "kl_to_initial", "ppo_steps", "wall_seconds")
+
+OPTIONAL = ("baseline_gold_sft", "baseline_gold_ppo", "tool_calls_ppo")  # rows shown only when a run has them
 
 STAGE_NAMES = ("sft", "rm", "ppo")
 
 PPO_PANELS = [
-    ("held-out gold score (judge only, never a training signal)", ["eval/gold_score"]),
+    ("held-out gold score (judge only, never a training signal)", ["eval/gold_score", "eval/baseline/gold_score"]),
     ("training reward (train batches) and reward-model score (held-out)", ["reward", "eval/reward"]),
     ("KL to the initial policy (kl: per token of training batches; eval: per held-out answer)",
      ["kl", "eval/kl_to_initial"]),
 ]
+PPO_PANELS.append(("multi-turn episodes: turns and tool calls per episode, environment errors per batch",
+                   ["rollout/turns", "rollout/tool_calls", "rollout/env_errors", "eval/rollout/tool_calls"]))
 SUPERVISED_PANELS = [("loss", ["loss", "eval/loss"]), ("pairwise accuracy", ["acc", "eval/acc"])]
 
 
@@ -35,6 +40,10 @@ def pipeline_summary(stages: dict[str, dict], stage_seconds: dict[str, float], w
         "gold_score_sft": gold_sft,
         "gold_score_ppo": gold_ppo,
         "gold_gain": None if gold_sft is None or gold_ppo is None else gold_ppo - gold_sft,
+        # multi-turn runs with rollout.baseline_options (e.g. without the tool), and tool calls per episode
+        "baseline_gold_sft": first.get("eval/baseline/gold_score"),
+        "baseline_gold_ppo": last.get("eval/baseline/gold_score"),
+        "tool_calls_ppo": last.get("eval/rollout/tool_calls"),
         "reward_sft": first.get("eval/reward"),
         "reward_ppo": last.get("eval/reward"),
         "rm_accuracy": rm.get("eval/acc"),
@@ -55,6 +64,8 @@ def format_table(summary: dict) -> str:
     rows = []
     for key in HEADLINE:
         value = summary.get(key)
+        if value is None and key in OPTIONAL:
+            continue
         if isinstance(value, float):
             value = f"{value:.1f}" if key == "wall_seconds" else f"{value:.4f}"
         rows.append((key, "-" if value is None else str(value)))

@@ -28,9 +28,10 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
     if makes:
         # The fixed keys, each reward source's mean (reward/<source>) and the makers' experience/* (group spread,
         # truncated answers, dynamic sampling's dropped groups and rounds).
-        keys = list(MAKER_MEANS) + sorted(k for k in makes[0] if k.startswith(("reward/", "experience/")))
+        # multi-turn episodes: rollout/* per episode (environment errors: counted over the step's batches)
+        keys = list(MAKER_MEANS) + sorted(k for k in makes[0] if k.startswith(("reward/", "experience/", "rollout/")))
         for key in keys:
-            m[key] = sum(s[key] for s in makes) / len(makes)
+            m[key] = sum(s[key] for s in makes) / (1 if key == "rollout/env_errors" else len(makes))
         m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
         m["throughput/generated_tokens_per_s"] = sum(s["generated_tokens"] for s in makes) / max(step_seconds, 1e-9)
         m["tflops/makers"] = tflops(sum(s["flops"] for s in makes), step_seconds)

@@ -237,7 +237,7 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
         model = build_critic(cfg.critic, checkpoint=checkpoint, head_seed=cfg.ppo.seed)
     if p.disable_dropout:
         disable_dropout(model)
-    aggregation = {"loss_agg": cfg.loss_agg(), "max_tokens": cfg.generation.max_new_tokens}
+    aggregation = {"loss_agg": cfg.loss_agg(), "max_tokens": cfg.response_tokens}
     if role != "actor":
         return ValueTrainer(model, strategy, group_cfg, p, p.max_steps, **aggregation)
     ptx_items, ptx_collate = None, None
