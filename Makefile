@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test test-slow demo demo-rlvr sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
+.PHONY: setup assets test test-slow demo demo-rlvr demo-tools sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -49,6 +49,13 @@ demo: setup
 RLVR_DIR ?= runs/demo_rlvr
 demo-rlvr: setup
 	$(VPY) -m launch.pipeline --config configs/demo_rlvr.yaml --output-dir $(RLVR_DIR) --overwrite seed=$(SEED) \
+		sft.model.path=$(MODEL_PATH)
+
+# Multi-turn RL with a tool: SFT on tool-use demonstrations, then GRPO whose episodes call a calculator
+# (coati_ray/tasks/calc.py), judged by held-out gold with and without the tool.
+TOOLS_DIR ?= runs/demo_tools
+demo-tools: setup
+	$(VPY) -m launch.pipeline --config configs/demo_tools.yaml --output-dir $(TOOLS_DIR) --overwrite seed=$(SEED) \
 		sft.model.path=$(MODEL_PATH)
 
 sft: setup

@@ -10,6 +10,8 @@ ptx/train.jsonl                    correct demonstrations for the PPO-ptx pretra
 pretrain/*.jsonl                   `source`/`target`/`category` rows (English and Chinese) for launch.prepare_data --mode pretrain
 sft_bilingual/train.jsonl          `messages` rows in English and Chinese with a `category`, for --mode sft
 vocab/pieces.jsonl                 `piece` rows (English and Chinese) for launch.expand_vocab
+calc/sft.jsonl                     `messages` rows with a `tool` turn: the calc task's tool use (~35% flawed)
+calc/prompts.jsonl, calc/eval.jsonl  `prompt` rows of the calc task (make demo-tools)
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ def main() -> None:
                                  {"from": "assistant", "content": answer_text(nums)}]})
     write(f"{out}/ptx/train.jsonl", ptx)
     pretrain_rows(random.Random(args.seed + 1), out)
+    calc_rows(random.Random(args.seed + 2), out)
+
+
+def calc_rows(rng: random.Random, out: str) -> None:
+    """The calc task (coati_ray/tasks/calc.py), with its own generator so the files above do not change."""
+    from coati_ray.tasks import calc
+
+    write(f"{out}/calc/sft.jsonl", [calc.demonstration(rng, flawed=rng.random() < 0.35) for _ in range(1200)])
+    write(f"{out}/calc/prompts.jsonl", [{"prompt": calc.prompt_text(*calc.sample_operands(rng))} for _ in range(800)])
+    write(f"{out}/calc/eval.jsonl", [{"prompt": calc.prompt_text(*calc.sample_operands(rng))} for _ in range(100)])
 
 
 def pretrain_rows(rng: random.Random, out: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from coati_ray.tasks import sorting
+from coati_ray.tasks import calc, sorting
 
 GoldScorer = Callable[[str, str], float]
 
@@ -17,7 +17,11 @@ def _sorting(prompt: str, response: str) -> float:
     return sorting.gold_score(sorting.parse_prompt(prompt), response)
 
 
-GOLD_SCORERS: dict[str, GoldScorer] = {"sorting": _sorting}
+def _calc(prompt: str, response: str) -> float:
+    return calc.gold_score(*calc.parse_prompt(prompt), response)
+
+
+GOLD_SCORERS: dict[str, GoldScorer] = {"sorting": _sorting, "calc": _calc}
 
 
 def gold_scorer(name: str) -> GoldScorer:
