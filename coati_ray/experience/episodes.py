@@ -118,14 +118,11 @@ class _Episode:
         self.trained += [int(trained)] * len(ids)
 
 
-def _stop_ids(tokenizer, stop: list) -> tuple[list, list]:
-    """rollout.stop -> (ids of the strings that are one token: generation stops on them; the longer strings,
-    found in the decoded turn afterwards)."""
-    single, longer = [], []
-    for s in stop:
-        ids = tokenizer(s, add_special_tokens=False)["input_ids"]
-        (single.append(ids[0]) if len(ids) == 1 else longer.append(s))
-    return single, longer
+def _stop_ids(tokenizer, stop: list) -> list:
+    """The ids of the rollout.stop strings that are one token: generation stops on them (every stop string is
+    also looked for in the decoded turn, `_cut_at_stop`)."""
+    ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop]
+    return [i[0] for i in ids if len(i) == 1]
 
 
 def _cut_at_stop(tokenizer, ids: list, stops: list) -> Optional[int]:
@@ -151,7 +148,7 @@ def run_episodes(actor, tokenizer, items: list[dict], gen, cfg, make_env: Callab
     # the template's own end of turn; another end id (ChatML's <|endoftext|>) ends the turn too, and then the
     # template's closing follows as context, as after a stop string
     end_of_turn = tokenizer.convert_tokens_to_ids(fmt.end_of_turn) if fmt.end_of_turn else None
-    single_stops, _ = _stop_ids(tokenizer, cfg.stop)
+    single_stops = _stop_ids(tokenizer, cfg.stop)
     stop_set = set(end_ids) | set(single_stops)
 
     episodes = [_Episode(prompt=list(it["input_ids"])) for it in items]
