@@ -39,6 +39,21 @@ def test_clip_higher_lets_a_token_rise_past_1_plus_clip_eps():
     assert grads[None][1] == grads[0.28][1] == 0.0  # 0.7 < 1 - 0.2 on a negative advantage: clipped either way
 
 
+def test_clip_eps_low_sets_the_lower_bound_on_its_own():
+    """Ratio 0.75 on a negative advantage: clip_eps 0.2 clips it (0.75 < 0.8), clip_eps_low 0.3 does not
+    (0.75 > 0.7), while the upper bound stays at 1 + clip_eps for the token at 1.25."""
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[0.75, 1.25]])).requires_grad_(True)
+    adv, mask = torch.tensor([[-1.0, 1.0]]), torch.ones(1, 2)
+    grads = {}
+    for low in (None, 0.3):
+        new.grad = None
+        policy_loss(new, old, adv, mask, clip_eps=0.2, clip_eps_low=low)[0].backward()
+        grads[low] = new.grad[0].tolist()
+    assert grads[None][0] == 0.0 and grads[0.3][0] != 0.0
+    assert grads[None][1] == grads[0.3][1] == 0.0
+
+
 def trained(tiny_llama, exp, *overrides):
     """The actor's weights after one update on `exp`, and its metrics."""
     from coati_ray.config import load_config

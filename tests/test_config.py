@@ -196,6 +196,7 @@ def ppo_cfg(tiny_llama, reward_dir, *overrides):
     (["actor_trainer.resources.nice=-5"], "actor_trainer.resources.nice"),
     (["ppo.behaviour_cap=0.5"], "ppo.behaviour_cap"),
     (["ppo.clip_eps_high=0"], "ppo.clip_eps_high"),
+    (["ppo.clip_eps_low=1"], "ppo.clip_eps_low"),
     (["ppo.clip_eps=1.5"], "ppo.clip_eps"),
     (["ppo.behaviour_correction=is"], "did you mean 'tis'"),
     (["ppo.loss_agg=mean"], "use one of: token_mean"),

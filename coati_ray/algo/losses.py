@@ -54,21 +54,23 @@ Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (per-token loss
 def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                 action_mask: torch.Tensor, clip_eps: float = 0.2, reduce: Reduce = masked_mean,
                 clip_eps_high: Optional[float] = None,
-                weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+                weights: Optional[torch.Tensor] = None,
+                clip_eps_low: Optional[float] = None) -> tuple[torch.Tensor, dict]:
     """Clipped PPO surrogate, reduced by `reduce` (masked token mean by default; the trainer passes its
     mini-batch share, coati_ray/algo/loss_agg.py).
 
     log_probs (current policy), old_log_probs (behaviour or proximal policy), advantages, action_mask and
     `weights` (each token's importance weight, coati_ray/algo/behaviour.py; None: 1): (B, A).
-    loss = reduce(-min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A) * weights); eps_high defaults to
-    eps (DAPO's clip-higher sets it larger, so unlikely tokens can still gain probability).
+    loss = reduce(-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) * weights); eps_low and eps_high
+    default to eps (DAPO's clip-higher sets eps_high larger, so unlikely tokens can still gain probability).
     stats: clip_frac (tokens where the clipped branch was taken), approx_kl (k3 of old vs new), ratio.
     """
     log_ratio = log_probs.float() - old_log_probs.float()
     ratio = log_ratio.exp()
     surr1 = ratio * advantages
+    low = clip_eps if clip_eps_low is None else clip_eps_low
     high = clip_eps if clip_eps_high is None else clip_eps_high
-    surr2 = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
+    surr2 = ratio.clamp(1.0 - low, 1.0 + high) * advantages
     per_token = -torch.min(surr1, surr2)
     if weights is not None:
         per_token = per_token * weights.detach()

@@ -119,6 +119,8 @@ class PPOAlgoConfig:
     gamma: float = opt(1.0, "discount")
     lam: float = opt(0.95, "GAE lambda")
     clip_eps: float = opt(0.2, "policy ratio clip: [1 - clip_eps, 1 + clip_eps]")
+    clip_eps_low: Optional[float] = opt(None, "lower policy ratio clip, 1 - clip_eps_low (DAPO names both bounds: "
+                                              "0.2 with clip_eps_high 0.28); null: clip_eps")
     clip_eps_high: Optional[float] = opt(None, "upper policy ratio clip, 1 + clip_eps_high (DAPO's clip-higher, "
                                                "e.g. 0.28); null: clip_eps")
     behaviour_correction: Literal["none", "tis", "mis"] = opt(
@@ -271,6 +273,8 @@ class PPOConfig(JobConfig):
                 _fail(f"ppo.{name}", f"must be >= 1, got {getattr(p, name)}", "use a positive integer")
         if not 0 < p.clip_eps < 1:
             _fail("ppo.clip_eps", f"must be in (0, 1), got {p.clip_eps}", "e.g. 0.2")
+        if p.clip_eps_low is not None and not 0 < p.clip_eps_low < 1:
+            _fail("ppo.clip_eps_low", f"must be in (0, 1), got {p.clip_eps_low}", "e.g. 0.2, or null for ppo.clip_eps")
         if p.clip_eps_high is not None and p.clip_eps_high <= 0:
             _fail("ppo.clip_eps_high", f"must be > 0, got {p.clip_eps_high}", "e.g. 0.28, or null for ppo.clip_eps")
         if p.behaviour_cap < 1:

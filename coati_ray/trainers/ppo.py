@@ -196,7 +196,7 @@ class PolicyTrainer(PPOGroupTrainer):
         old = micro.action_log_probs if micro.action_log_probs is not None else log_probs.detach()
         loss, stats = policy_loss(log_probs, old, micro.advantages, micro.action_mask, self.ppo.clip_eps,
                                   reduce=self.reduce, clip_eps_high=self.ppo.clip_eps_high,
-                                  weights=micro.behaviour_weights)
+                                  weights=micro.behaviour_weights, clip_eps_low=self.ppo.clip_eps_low)
         stats["policy_loss"] = loss.item() * self.chunks
         if self.ppo.ptx_coef > 0 and self.ptx_items:
             ptx = self._next_ptx()
