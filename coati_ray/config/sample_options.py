@@ -33,24 +33,49 @@ def check_sample_options(cfg) -> None:
 
 def check_packable(cfg, key: str) -> None:
     """Packing needs a family whose attention takes a 4D mask and position ids (models/packing.py)."""
-    from coati_ray.config.checks import model_config
-    from coati_ray.models.packing import PACKABLE
-
     for role in ("actor", "critic"):
         model = getattr(cfg, role)
         if model is None or (role == "critic" and not cfg.algorithm.needs_critic):
             continue
-        config = model_config(f"{role}.path", model.local_path)
-        kind = config.get("model_type")
-        if kind not in PACKABLE:
-            _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {role}.path is a {kind} model",
-                  f"unset {key} (padded micro-batches of ppo.micro_batch_size)")
-        length = cfg.data.max_prompt_length + cfg.response_tokens
-        window = config.get("sliding_window")
-        if window and window < length and (kind == "mistral" or config.get("use_sliding_window")):
-            _fail(key, f"{role}.path attends through a sliding window of {window} tokens, shorter than the "
-                  f"sequences ({length}); the packed mask has no window", f"unset {key}")
-        group = getattr(cfg, f"{role}_trainer")
-        if group.resources.num_gpus_per_rank > 0 and model.attn_implementation != "flash_attention_2":
-            _fail(key, f"on a GPU a pack needs flash attention (varlen): with SDPA its dense L x L mask is "
-                  "slower than padding", f"set {role}.use_flash_attn=true, or unset {key}")
+        check_model_packable(key, f"{role}.path", model, cfg.data.max_prompt_length + cfg.response_tokens,
+                             getattr(cfg, f"{role}_trainer").resources.num_gpus_per_rank > 0,
+                             f"unset {key} (padded micro-batches of ppo.micro_batch_size)",
+                             f"{role}.use_flash_attn=true")
+
+
+def check_supervised_packing(cfg) -> None:
+    """`trainer.micro_batch_tokens` of an SFT/RM/pretrain config: the same family rules as PPO's packing."""
+    budget = cfg.trainer.micro_batch_tokens
+    if budget is None:
+        return
+    key = "trainer.micro_batch_tokens"
+    if budget < 1:
+        _fail(key, f"must be >= 1, got {budget}", "e.g. 4096, or null")
+    if cfg.strategy.name == "3d":
+        _fail(key, "packing is not built for the 3d strategy (its sharded forward builds its own masks)",
+              "unset it, or use another strategy.name")
+    if getattr(cfg, "use_neft", False):
+        _fail(key, "NEFTune scales its noise by the row's length, which packing changes (one row of every "
+              "sequence)", "unset use_neft or trainer.micro_batch_tokens")
+    check_model_packable(key, "model.path", cfg.model, cfg.data.max_length, cfg.resources.num_gpus_per_rank > 0,
+                         f"unset {key} (padded micro-batches of trainer.micro_batch_size)", "model.use_flash_attn=true")
+
+
+def check_model_packable(key: str, path_key: str, model, length: int, on_gpu: bool, unset: str,
+                         flash: str) -> None:
+    """One model of a packed job: a PACKABLE family, no sliding window shorter than the sequences, and on a GPU
+    flash attention (a pack's dense L x L mask under SDPA is slower than padding)."""
+    from coati_ray.config.checks import model_config
+    from coati_ray.models.packing import PACKABLE
+
+    config = model_config(path_key, model.local_path)
+    kind = config.get("model_type")
+    if kind not in PACKABLE:
+        _fail(key, f"packs sequences for {', '.join(PACKABLE)}, but {path_key} is a {kind} model", unset)
+    window = config.get("sliding_window")
+    if window and window < length and (kind == "mistral" or config.get("use_sliding_window")):
+        _fail(key, f"{path_key} attends through a sliding window of {window} tokens, shorter than the "
+              f"sequences ({length}); the packed mask has no window", unset)
+    if on_gpu and model.attn_implementation != "flash_attention_2":
+        _fail(key, "on a GPU a pack needs flash attention (varlen): with SDPA its dense L x L mask is "
+              "slower than padding", f"set {flash}, or {unset.split(' (')[0]}")

@@ -26,6 +26,7 @@ from coati_ray.config.checks import (
 from coati_ray.config.fields import opt, required
 from coati_ray.config.strategy import CUDA_ONLY_STRATEGIES, STRATEGIES, StrategyConfig  # noqa: F401 (re-exported)
 from coati_ray.config.tracking import LoggingConfig
+from coati_ray.config.sample_options import check_supervised_packing
 
 
 @dataclass
@@ -188,6 +189,12 @@ class TrainerConfig:
     max_steps: Optional[int] = opt(None, "stop after this many optimiser steps (None: run all epochs)")
     batch_size: int = opt(8, "global batch (sequences or pairs per optimiser step, all ranks together)")
     micro_batch_size: int = opt(4, "sequences per forward/backward on one rank; the rest is accumulated")
+    micro_batch_tokens: Optional[int] = opt(None, "padding-free training: cut each rank's share of a batch into "
+                                                  "micro-batches of at most this many tokens, each packed into one "
+                                                  "row with attention kept within each sequence (llama, mistral, "
+                                                  "qwen2, qwen3); the loss is a token mean over the share (SFT) or "
+                                                  "a mean over its pairs (RM), whatever the cut; null: "
+                                                  "micro_batch_size sequences, padded")
     accumulation_steps: Optional[int] = opt(None, "micro-batches accumulated per optimiser step on each rank; set "
                                                   "without batch_size, batch_size = micro_batch_size x "
                                                   "accumulation_steps x ranks (null: batch_size decides)")
@@ -275,6 +282,7 @@ class SFTConfig(JobConfig):
         tc = self.trainer
         self.strategy.check_3d_accumulation("strategy", tc.batch_size // self.resources.num_ranks // tc.micro_batch_size)
         self.check_layout()
+        check_supervised_packing(self)
         check_flash_attn_precision(self.model, self.strategy, "model")
         self.strategy.check_machine()  # what this machine lacks comes after what the config gets wrong
         require_fits_context("data.max_length", self.model.local_path, self.data.max_length, "data.max_length",

@@ -29,19 +29,22 @@ class Actor(nn.Module):
     def config(self):
         return self.model.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                keep_packed: bool = False) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> logits (B, T, V).
 
         Position ids follow the attention mask so left-padded prompts see positions 0, 1, ...
         from their first real token, as they did during generation. With `pack_sequences` the real tokens
-        run as one packed row (coati_ray/models/packing.py): the same logits, without the padding's cost.
+        run as one packed row (coati_ray/models/packing.py): the same logits, without the padding's cost;
+        `keep_packed` returns them as the pack's (1, L, V), for a loss that reads them in that order.
         """
         if self.pack_sequences and attention_mask is not None:
             from coati_ray.models.packing import packed_call, unpack
 
             dtype = self.model.get_input_embeddings().weight.dtype  # the activations' (a 4-bit base packs uint8)
             packed, kwargs = packed_call(self.model, input_ids, attention_mask, dtype, use_cache=False)
-            return unpack(self.model(**kwargs).logits, packed)  # (1, L, V) -> (B, T, V), zeros at the padding
+            logits = self.model(**kwargs).logits
+            return logits if keep_packed else unpack(logits, packed)  # (1, L, V) -> (B, T, V), zeros at the padding
         kwargs = {}
         if attention_mask is not None and "position_ids" in forward_parameters(self.model):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -53,6 +53,19 @@ def block_causal_mask(lengths: list, dtype: torch.dtype, device) -> torch.Tensor
     return mask[None, None]
 
 
+def pack_labels(labels: torch.Tensor, attention_mask: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """labels (B, T) of a padded micro-batch -> (1, L) in the pack's order, `ignore_index` at each sequence's
+    first token: in the pack, the last token of one sequence would otherwise predict the next one's first
+    (and in the padded layout a sequence's first label is never predicted either), so a next-token loss on
+    the pack's logits (1, L, V) equals the padded one."""
+    packed = pack(labels, attention_mask)
+    out = packed.input_ids.clone()
+    lengths = torch.as_tensor(packed.lengths, device=labels.device)
+    starts = (torch.cumsum(lengths, 0) - lengths)[lengths > 0]
+    out[0, starts] = ignore_index
+    return out
+
+
 def unpack(x: torch.Tensor, packed: Packed) -> torch.Tensor:
     """x: (1, L, ...) per packed token -> (B, T, ...) in the padded layout, zeros at the padding."""
     B, T = packed.shape

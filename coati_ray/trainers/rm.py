@@ -53,6 +53,12 @@ class RMTrainer(SupervisedTrainer):
         chosen, rejected = self._scores(batch)
         return reward_model_loss(chosen, rejected, self.cfg.loss_fn)
 
+    def item_tokens(self, item: dict) -> int:
+        return len(item["chosen_ids"]) + len(item["rejected_ids"])
+
+    def loss_units(self, batch: dict) -> float:
+        return float(batch["chosen_ids"].size(0))
+
     def eval_batch(self, batch: dict) -> dict:
         chosen, rejected = self._scores(batch)
         n = chosen.numel()

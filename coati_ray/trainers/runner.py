@@ -17,8 +17,11 @@ def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_
     from coati_ray.strategies import make_strategy
 
     tc = cfg.trainer
-    strategy = make_strategy(cfg.strategy, rank, world_size, master_addr, master_port,
-                             grad_accum_steps=tc.batch_size // world_size // tc.micro_batch_size, store=store)
+    per_rank = tc.batch_size // world_size
+    # packed (trainer.micro_batch_tokens): as many micro-batches as the budget cuts, at most one per item
+    accum = per_rank if tc.micro_batch_tokens is not None else per_rank // tc.micro_batch_size
+    strategy = make_strategy(cfg.strategy, rank, world_size, master_addr, master_port, grad_accum_steps=accum,
+                             store=store)
     strategy.setup_distributed()
     try:
         d = cfg.data

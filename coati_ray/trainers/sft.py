@@ -49,8 +49,16 @@ class SFTTrainer(SupervisedTrainer):
         return functools.partial(collate_sft, pad_token_id=tokenizer.pad_token_id)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        if self.packing:  # the pack's logits (1, L, V) as they are: no (B, T, V) copy with zeros at the padding
+            from coati_ray.models.packing import pack_labels
+
+            logits = self.model(batch["input_ids"], batch["attention_mask"], keep_packed=True)
+            return sft_loss(logits, pack_labels(batch["labels"], batch["attention_mask"], IGNORE_INDEX)), {}
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         return sft_loss(logits, batch["labels"]), {}
+
+    def loss_units(self, batch: dict) -> float:
+        return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def count_tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())

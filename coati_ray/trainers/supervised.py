@@ -5,6 +5,11 @@ into micro-batches of `micro_batch_size`; gradients are accumulated over a rank'
 (each loss divided by their count) and averaged across ranks by the strategy. The same global
 batch therefore gives the same update on 1 rank or N (up to float rounding).
 
+With `trainer.micro_batch_tokens` a shard is cut by tokens instead (coati_ray/models/packing.py: each
+micro-batch one packed row, no padding), into as many micro-batches on every rank, and each micro-batch's
+loss is weighted by its share of the shard's loss units (SFT: labelled tokens; RM: pairs): the shard's
+loss is the same whatever the cut, equal to one padded micro-batch of the whole shard.
+
 The trainer is driven the same way in one process or inside a Ray actor: build it with a Strategy
 that already joined its process group, call `fit()`.
 """
@@ -42,6 +47,8 @@ class SupervisedTrainer:
         self.run_dir = run_dir
         tc = cfg.trainer
         self.world = strategy.world_size
+        self.packing = tc.micro_batch_tokens is not None
+        model.pack_sequences = self.packing  # before a wrapper hides the attribute
         self.per_rank = tc.batch_size // self.world
         self.accum = self.per_rank // tc.micro_batch_size
         self.steps_per_epoch = len(train_items) // tc.batch_size
@@ -77,6 +84,14 @@ class SupervisedTrainer:
     def count_tokens(self, batch: dict) -> int:
         return int(sum(v.sum() for k, v in batch.items() if k.endswith("mask")))
 
+    def item_tokens(self, item: dict) -> int:
+        """Tokens one item puts into a pack (what `trainer.micro_batch_tokens` counts)."""
+        return len(item["input_ids"])
+
+    def loss_units(self, batch: dict) -> float:
+        """What `compute_loss` averages over in this micro-batch (SFT: labelled tokens; RM: pairs)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ loop
 
     def batch_indices(self, epoch: int) -> list[list[int]]:
@@ -87,9 +102,29 @@ class SupervisedTrainer:
         return [order[i * bs:(i + 1) * bs] for i in range(self.steps_per_epoch)]
 
     def rank_micro_batches(self, global_batch: list[int]) -> list[dict]:
+        """This rank's share of a global batch, collated: micro_batch_size items each, or with
+        `trainer.micro_batch_tokens` at most that many tokens each, as many on every rank."""
         mine = global_batch[self.strategy.rank * self.per_rank:(self.strategy.rank + 1) * self.per_rank]
-        mb = self.cfg.trainer.micro_batch_size
-        return [self.collate([self.train_items[i] for i in mine[j:j + mb]]) for j in range(0, len(mine), mb)]
+        tc = self.cfg.trainer
+        if not self.packing:
+            mb = tc.micro_batch_size
+            return [self.collate([self.train_items[i] for i in mine[j:j + mb]]) for j in range(0, len(mine), mb)]
+        from coati_ray.models.packing import split_to, token_budget_chunks
+
+        tokens = [self.item_tokens(self.train_items[i]) for i in mine]
+        chunks = token_budget_chunks(tokens, tc.micro_batch_tokens)
+        if self.world > 1:  # every rank runs as many micro-batches (one gradient all-reduce, wherever it falls)
+            chunks = split_to(chunks, tokens, int(self.strategy.all_reduce_max([float(len(chunks))])[0]))
+        return [self.collate([self.train_items[mine[x]] for x in chunk]) for chunk in chunks]
+
+    def micro_weights(self, micro_batches: list[dict]) -> list[float]:
+        """Each micro-batch's loss weight in its rank's gradient: 1 / count, or packed, its share of the
+        rank's loss units (so the shard's loss does not depend on where the token budget cut it)."""
+        if not self.packing:
+            return [1.0 / len(micro_batches)] * len(micro_batches)
+        units = [float(self.loss_units(micro)) for micro in micro_batches]
+        total = sum(units)
+        return [u / total for u in units] if total > 0 else [1.0 / len(units)] * len(units)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.strategy.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -100,23 +135,26 @@ class SupervisedTrainer:
         t0 = time.time()
         sums: dict[str, float] = {}
         tokens = 0
+        weights = self.micro_weights(micro_batches)
         for j, micro in enumerate(micro_batches):
             micro = self._to_device(micro)
             with self.strategy.accumulate(self.model, self.optimizer, last_micro_batch=j == len(micro_batches) - 1):
                 loss, stats = self.compute_loss(micro)
-                self.strategy.backward(loss / len(micro_batches), self.optimizer)
-            for k, v in {"loss": loss.item(), **stats}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                scaled = loss * weights[j] if self.packing else loss / len(micro_batches)
+                self.strategy.backward(scaled, self.optimizer)
+            for k, v in {"loss": loss.item(), **stats}.items():  # this rank's shard: the weighted mean
+                sums[k] = sums.get(k, 0.0) + float(v) * weights[j]
             tokens += self.count_tokens(micro)
         grad_norm = self.strategy.optimizer_step(self.model, self.optimizer)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         keys = sorted(sums)
         totals = self.strategy.all_reduce_sum([sums[k] for k in keys] + [len(micro_batches), tokens])
-        n_micro, all_tokens = totals[-2], totals[-1]
+        all_tokens = totals[-1]
         elapsed = time.time() - t0
-        metrics = {k: totals[i] / n_micro for i, k in enumerate(keys)}
+        metrics = {k: totals[i] / self.world for i, k in enumerate(keys)}  # the mean of the ranks' shards
         metrics.update({"lr": lr, "grad_norm": grad_norm, "timing/step": elapsed,
+                        "micro_batches": totals[-2] / self.world,
                         "throughput/tokens_per_s": all_tokens / max(elapsed, 1e-9)})
         return metrics
 
@@ -141,9 +179,10 @@ class SupervisedTrainer:
         """Train to the end, export the final model, write summary.json (with `extra`) and return it."""
         tc = self.cfg.trainer
         t_start = time.time()
+        micro = (f"{self.accum} micro-batch(es) of {tc.micro_batch_size}" if not self.packing else
+                 f"packed micro-batches of <= {tc.micro_batch_tokens} tokens")
         self.logger.info(f"{len(self.train_items)} train items, {self.total_steps} steps of {tc.batch_size} "
-                         f"({self.world} rank(s) x {self.accum} micro-batch(es) of {tc.micro_batch_size}), "
-                         f"strategy={self.strategy.name}")
+                         f"({self.world} rank(s) x {micro}), strategy={self.strategy.name}")
         history = []
         first_loss = None
         while self.step < self.total_steps:
