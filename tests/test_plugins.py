@@ -122,6 +122,20 @@ def test_a_factory_that_raises_is_one_line_naming_it(user_module, tiny_llama, tm
         rewards_for(cfg, ["1"])
 
 
+def test_a_factory_given_options_it_does_not_take_is_one_line_before_ray(user_module, tiny_llama, tmp_path):
+    from coati_ray.experience.rewards import check_reward_sources
+
+    cfg = grpo_cfg(tiny_llama, tmp_path, "rewards.function=null",
+                   f"rewards.sources=[{{kind: '{user_module}:length_bonus', options: {{scael: 2}}}}]")
+    with pytest.raises(ConfigError) as e:
+        check_reward_sources(cfg.rewards)  # the driver's preflight, before Ray starts
+    assert "rewards.sources[0].options: my_rl_plugins:length_bonus cannot take {'scael': 2}" in str(e.value)
+    assert "\n" not in str(e.value)
+    good = grpo_cfg(tiny_llama, tmp_path, "rewards.function=null",
+                    f"rewards.sources=[{{kind: '{user_module}:length_bonus', options: {{scale: 2}}}}]")
+    check_reward_sources(good.rewards)
+
+
 def test_a_generation_backend_of_ones_own_takes_the_generation_config_whole(user_module, tiny_llama, tokenizer):
     import dataclasses
     import importlib

@@ -114,6 +114,22 @@ def _factory_source(spec, key: str, reward_model) -> RewardSource:
                         needs_text=True, shown=spec.kind)
 
 
+def check_factory_options(spec, key: str) -> None:
+    """`module:factory` imports and accepts `options` as keyword arguments (one line when not)."""
+    import inspect
+
+    from coati_ray.utils.plugins import load_callable
+
+    factory = load_callable(spec.kind, f"{key}.kind", "my_pkg.rewards:make_scorer")
+    try:
+        inspect.signature(factory).bind(**spec.options)
+    except TypeError as e:
+        raise ConfigError(f"config error: {key}.options: {spec.kind} cannot take {dict(spec.options)} ({e}); "
+                          f"match {key}.options to its parameters") from None
+    except ValueError:  # no signature to read (a builtin): calling it will tell
+        pass
+
+
 def build_source(spec, key: str, reward_model=None) -> RewardSource:
     """The source of one `rewards.sources` entry (`key` names it in error lines)."""
     if spec.kind in REWARD_KINDS:
@@ -199,8 +215,12 @@ def _as_scores(values, count: int, source: str) -> torch.Tensor:
 
 
 def check_reward_sources(cfg) -> None:
-    """What can only be checked by trying, before Ray starts: every reward service answers."""
+    """What can only be checked by trying, before Ray starts: every reward service answers, and a factory of
+    one's own takes its options (its signature; the factory itself is first called in the makers, where its
+    models belong)."""
     for key, spec in cfg.specs(True):
+        if spec.kind not in REWARD_KINDS and ":" in spec.kind:
+            check_factory_options(spec, key)
         if spec.kind == "http":
             try:
                 env_headers(spec.headers_env, f"{key}.headers_env" if key != SHORTHAND else "rewards.http_headers_env")
