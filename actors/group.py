@@ -14,10 +14,7 @@ import re
 from typing import Any, Callable, Optional
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-from actors.cluster import NAMESPACE
+from ray.util.placement_group import remove_placement_group
 
 
 @ray.remote
@@ -55,22 +52,17 @@ class TrainerGroup:
     def __init__(self, name: str, num_ranks: int, num_cpus_per_rank: float = 1.0, num_gpus_per_rank: float = 0.0,
                  torch_threads: Optional[int] = None, pg_timeout_s: float = 60.0, cpu_cores: Optional[list] = None,
                  nice: int = 0):
+        from actors.placement import place_ranks
+
         self.name, self.num_ranks = name, num_ranks
-        bundle = {"CPU": num_cpus_per_rank} if num_gpus_per_rank == 0 else {"CPU": num_cpus_per_rank,
-                                                                          "GPU": num_gpus_per_rank}
-        self.pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK", name=f"{name}-pg")
-        ready, _ = ray.wait([self.pg.ready()], timeout=pg_timeout_s)
-        if not ready:
-            remove_placement_group(self.pg)
-            raise RuntimeError(f"cluster cannot host {num_ranks} x {bundle} for '{name}' within {pg_timeout_s:.0f}s; "
-                               f"cluster has {ray.cluster_resources()}")
         threads = torch_threads or max(1, int(num_cpus_per_rank))
-        self.workers = [
-            RankWorker.options(name=f"{name}-{rank}", namespace=NAMESPACE, num_cpus=num_cpus_per_rank,
-                               num_gpus=num_gpus_per_rank,
-                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, rank)).remote(threads, cpu_cores, nice)
-            for rank in range(num_ranks)
-        ]
+
+        def unplaceable(bundle):
+            return RuntimeError(f"cluster cannot host {num_ranks} x {bundle} for '{name}' within {pg_timeout_s:.0f}s; "
+                                f"cluster has {ray.cluster_resources()}")
+
+        self.pg, self.workers = place_ranks(RankWorker, name, num_ranks, num_cpus_per_rank, num_gpus_per_rank,
+                                            pg_timeout_s, unplaceable, lambda rank: (threads, cpu_cores, nice))
 
     def run(self, fn: Callable, *args, **kwargs) -> list:
         from actors.rendezvous import new_rendezvous, new_secret

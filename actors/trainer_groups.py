@@ -15,10 +15,8 @@ import time
 from typing import Iterator, Optional
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.placement_group import remove_placement_group
 
-from actors.cluster import NAMESPACE
 from actors.ppo_trainer import PPOTrainerRank
 from coati_ray.errors import WorkerLost
 
@@ -50,24 +48,23 @@ class TrainerGroups:
 
     def start(self) -> None:
         """One placement group per role (ranks packed), then one PPOTrainerRank actor per bundle."""
+        from actors.placement import place_ranks
+
         for role in self.roles:
             r = self.group_cfg(role).resources
-            bundle = {"CPU": r.num_cpus_per_rank, **({"GPU": r.num_gpus_per_rank} if r.num_gpus_per_rank else {})}
-            pg = placement_group([dict(bundle) for _ in range(r.num_ranks)], strategy="PACK",
-                                 name=f"{role}-trainer-pg")
-            self.pgs.append(pg)
-            ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
-            if not ready:
+
+            def unplaceable(bundle, role=role, r=r):
                 free = ray.available_resources()
-                raise WorkerLost(f"run error: the {role} trainer group's {r.num_ranks} x {bundle} could not be placed "
-                                 f"within {PLACEMENT_TIMEOUT_S:.0f}s (free: {free.get('CPU', 0):g} CPU, "
-                                 f"{free.get('GPU', 0):g} GPU); lower {role}_trainer.resources or add nodes")
-            self.ranks[role] = [
-                PPOTrainerRank.options(name=f"{role}-trainer-{rank}", namespace=NAMESPACE, num_cpus=r.num_cpus_per_rank,
-                                       num_gpus=r.num_gpus_per_rank,
-                                       scheduling_strategy=PlacementGroupSchedulingStrategy(pg, rank)).remote(
-                    role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1, r.cpu_cores, r.nice)
-                for rank in range(r.num_ranks)]
+                return WorkerLost(f"run error: the {role} trainer group's {r.num_ranks} x {bundle} could not be placed "
+                                  f"within {PLACEMENT_TIMEOUT_S:.0f}s (free: {free.get('CPU', 0):g} CPU, "
+                                  f"{free.get('GPU', 0):g} GPU); lower {role}_trainer.resources or add nodes")
+
+            pg, self.ranks[role] = place_ranks(
+                PPOTrainerRank, f"{role}-trainer", r.num_ranks, r.num_cpus_per_rank, r.num_gpus_per_rank,
+                PLACEMENT_TIMEOUT_S, unplaceable,
+                lambda rank, role=role, r=r: (role, self.cfg_dict, rank, r.num_ranks, r.torch_threads or 1,
+                                              r.cpu_cores, r.nice))
+            self.pgs.append(pg)
 
     def setup(self, resume_from: Optional[str], first_step: int = 0) -> None:
         """Every rank joins its group's world and builds model and optimiser; all groups at once."""
