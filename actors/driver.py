@@ -61,6 +61,10 @@ class PPOJob:
             if getattr(cfg, key) is not None:
                 check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")
         check_reward_sources(cfg.rewards)
+        if cfg.placement == "separate":
+            from actors.transports import transport_class
+
+            transport_class(cfg.sync.transport)  # one of your own: a WeightTransport, before Ray starts
         if cfg.rollout.multi_turn:
             from coati_ray.experience.episodes import check_tool_turns
 

@@ -11,10 +11,8 @@ queued on the same dead process are simply sent again. A batch's Experience is t
 return value, owned by the driver, and the pool puts it in the buffer only once the maker has
 returned it: a maker's death loses at most the batches it had not finished, never one already made.
 
-Weight loads are coalesced: a maker is never sent a version it holds or already awaits, and a busy
-maker is sent the newest export only just before its next batch, so a slow maker skips the versions
-it could not use; the pool keeps a ref to a load only until its result is collected, so the object
-store releases a superseded export as soon as the load that used it has run.
+Weight loads (object store and ipc handles) are the pool's `MakerLoads` (actors/transports/loads.py), which
+coalesces them; the pool tells it when makers join, leave, restart or turn out behind.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import ray
 from actors.cluster import NAMESPACE
 from actors.group import unwrap_error
 from actors.maker import ExperienceMaker, MakerBehind
+from actors.transports.loads import MakerLoads
 from coati_ray.errors import ConfigError, WorkerLost
 
 RESTART_TIMEOUT_S = 300.0
@@ -57,16 +56,12 @@ class MakerPool:
     def __init__(self, cfg, cfg_dict: dict, buffer, info: Callable[[str], None]):
         self.cfg, self.cfg_dict, self.buffer, self.info = cfg, cfg_dict, buffer, info
         self.makers: dict[int, object] = {}
-        self.version: dict[int, int] = {}            # version of the newest weights sent to each maker
         self.incarnation: dict[int, int] = {}        # recoveries so far, per maker
-        self.loads: dict[int, ray.ObjectRef] = {}    # the newest weight load sent to each maker
-        self.superseded: list[tuple[int, ray.ObjectRef]] = []  # (maker, load) still queued when a newer one was sent
-        self.sync = None                             # the job's WeightSync: newest version, object-store handles
+        self.loads = MakerLoads(self)                # weight loads sent to makers, coalesced
+        self.sync = None                             # the job's WeightSync: newest version, each maker's handle
         self.running: dict[ray.ObjectRef, Batch] = {}  # batches not yet in the buffer, by the ref they wait on
         self.retiring: dict[int, object] = {}        # removed makers finishing their batches
         self.orphans: list[Batch] = []               # batches whose maker left before finishing them
-        self.awaiting: dict[int, float] = {}         # makers waiting for a consistent export, since when
-        self.finished: list[dict] = []               # load results not yet reported
         self.wait_all: Optional[Callable[[list], None]] = None  # the job's watchdog: waits, ends a stalled run
         self.next_index = 0
         self.restarts = 0
@@ -111,20 +106,19 @@ class MakerPool:
                 name=f"maker-{index}", namespace=NAMESPACE, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
                 resources=dict(m.resources) or None, max_restarts=m.max_restarts).remote(index, self.cfg_dict, m.torch_threads,
                                                                      m.cpu_cores, m.nice)
-            self.version[index], self.incarnation[index] = 0, 0
+            self.loads.added(index)
+            self.incarnation[index] = 0
             added.append(index)
             self.info(f"maker-{index} added ({len(self.makers)} makers)")
         if added:
             if wait:
                 self.wait_ready(added)
             for index in added:  # a maker that joins mid-run starts from the current policy
-                self._send_newest(index)
+                self.loads.send_newest(index)
         while len(self.makers) > target:
             index = max(self.makers)
             maker = self.makers.pop(index)
-            load = self.loads.pop(index, None)
-            if load is not None and not self._collect_load(load, block=False):
-                self.superseded.append((index, load))  # its result is still reported
+            self.loads.removed(index)
             if self._batches_on(index):
                 self.retiring[index] = maker  # killed once its batches are made (nothing in flight is lost)
             else:
@@ -168,80 +162,32 @@ class MakerPool:
 
     @property
     def newest(self) -> int:
-        return self.sync.version if self.sync is not None else 0
+        return self.loads.newest
+
+    @property
+    def awaiting(self) -> dict[int, float]:
+        """Makers waiting for a consistent export (mid-step), since when."""
+        return self.loads.awaiting
 
     def published(self, version: int, received: set) -> None:
         """Version `version` is out: makers in `received` got it by broadcast (they swap it in before their
-        next batch); idle others load it from the object store now, busy ones just before their next batch."""
-        for index in received:
-            if index in self.makers:
-                self.version[index] = version
+        next batch); idle others load it now, busy ones just before their next batch."""
+        self.loads.received(version, received)
         for index in self.idle():
-            self._send_newest(index)
-
-    def _send_newest(self, index: int, wait: bool = True) -> bool:
-        """Queue the newest weights (an object-store handle) on maker `index` unless it holds or awaits them;
-        True when it holds or awaits them now. Without `wait` (mid-step) it is False while no consistent
-        export can be had (see WeightSync.object_store_handle): the maker then takes no batch until one can."""
-        if self.sync is None or self.version[index] >= self.sync.version:
-            self.awaiting.pop(index, None)
-            return True
-        handle = self.sync.handle_for(index, wait=wait)
-        if handle is None:
-            self.awaiting.setdefault(index, time.monotonic())
-            return False
-        self.awaiting.pop(index, None)
-        previous = self.loads.get(index)
-        if previous is not None and not self._collect_load(previous, block=False):
-            self.superseded.append((index, previous))  # still queued behind a batch: collected later
-        self.loads[index] = self.makers[index].load_weights.remote(handle)
-        self.version[index] = handle["version"]
-        return True
+            self.loads.send_newest(index)
 
     def can_take(self, index: int) -> bool:
         """Maker `index` holds, or has been sent, the newest weights, so a batch can follow (mid-step: never
         blocks)."""
-        return self._send_newest(index, wait=False)
-
-    def _collect_load(self, ref, block: bool) -> bool:
-        """Move a finished load's result to `finished`; True when it has run (or its maker died)."""
-        if not block and not ray.wait([ref], timeout=0)[0]:
-            return False
-        try:
-            self.finished.append(ray.get(ref))
-        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
-            pass  # its maker (or the export's owner) died: the next batch finds it behind and recovers it
-        return True
-
-    def _collect_superseded(self, block: bool) -> None:
-        self.superseded = [(i, ref) for i, ref in self.superseded if not self._collect_load(ref, block)]
+        return self.loads.send_newest(index, wait=False)
 
     def wait_loads(self) -> list[dict]:
-        """Every maker holds the newest export: send it where missing, block until loaded; a maker that
-        died meanwhile is recovered (and reloaded)."""
-        for index in list(self.makers):
-            self._send_newest(index)
-        if self.wait_all is not None:
-            self.wait_all(list(self.loads.values()) + [ref for _, ref in self.superseded])
-        self._collect_superseded(block=True)
-        for index, ref in list(self.loads.items()):
-            try:
-                self.finished.append(ray.get(ref))
-            except ray.exceptions.RayActorError:
-                if index in self.makers:
-                    # between steps: it reloads for certain; a maker gone for good leaves the pool
-                    self._recover(index, self.incarnation[index], mid_step=False)
-        self.loads.clear()
-        return self.finished_loads()
+        """Every maker holds the newest export (blocks); the load results since the last report."""
+        return self.loads.wait_loaded()
 
     def finished_loads(self) -> list[dict]:
         """Load results that have come back since the last call, without waiting."""
-        self._collect_superseded(block=False)
-        for index, ref in list(self.loads.items()):
-            if self._collect_load(ref, block=False):
-                self.loads.pop(index)
-        out, self.finished = self.finished, []
-        return out
+        return self.loads.take_finished()
 
     # ------------------------------------------------------------------ batches
 
@@ -254,7 +200,7 @@ class MakerPool:
         batch.maker, batch.incarnation, batch.put_ref, batch.stats = index, self.incarnation[index], None, None
         batch.t_sent = time.perf_counter()
         batch.stats_ref, batch.exp_ref = self.makers[index].make.remote(batch.items, batch.batch_id,
-                                                                        self.version[index])
+                                                                        self.loads.version[index])
         self.running[batch.stats_ref] = batch
 
     def activity(self) -> dict[str, str]:
@@ -265,7 +211,7 @@ class MakerPool:
                 name = f"maker-{batch.maker}"
                 out[name] = out.get(name, "") + ("; " if name in out else "") + \
                     f"make of batch {batch.batch_id}, sent {now - batch.t_sent:.0f}s ago"
-        for index in list(self.loads) + [i for i, _ in self.superseded]:
+        for index in self.loads.busy():
             out.setdefault(f"maker-{index}", "load_weights")
         return out
 
@@ -315,7 +261,7 @@ class MakerPool:
             self.orphans.append(batch)
             return
         self.info(f"maker-{index} {reason} during batch {batch.batch_id}; making it again")
-        if self._recover(index, batch.incarnation):
+        if self.recover(index, batch.incarnation):
             self.submit(index, batch)
         else:
             self.orphans.append(batch)
@@ -327,7 +273,7 @@ class MakerPool:
         self.behind += 1
         self.info(f"maker-{index} was behind during batch {batch.batch_id} (holds version {behind.held}, "
                   f"expected {behind.expected}); loading the newest weights into it and making it again")
-        self.version[index] = min(self.version[index], behind.held)
+        self.loads.behind(index, behind.held)
         self.submit(index, batch)  # the newest weights first, then the batch
 
     def take_orphan(self) -> Optional[Batch]:
@@ -339,10 +285,10 @@ class MakerPool:
 
     # ------------------------------------------------------------------ recovery
 
-    def _recover(self, index: int, incarnation: int, mid_step: bool = True) -> bool:
+    def recover(self, index: int, incarnation: int, mid_step: bool = True) -> bool:
         """Wait for Ray to restart maker `index` and reload the newest weights into it, once per death:
         a batch sent before an earlier recovery of this maker finds the work done and only resubmits.
-        Mid-step the reload waits for nobody (see _send_newest); between steps it is certain.
+        Mid-step the reload waits for nobody (see MakerLoads.send_newest); between steps it is certain.
         Returns False when the maker is gone for good and left the pool (maker.on_exhausted_restarts=drop);
         with `fail`, that ends the run."""
         if index not in self.makers:
@@ -363,14 +309,8 @@ class MakerPool:
                 return self._give_up(index, type(e).__name__)
         self.restarts += 1
         self.incarnation[index] += 1
-        self.loads.pop(index, None)  # loads queued before the death went with the old process
-        self.version[index] = 0      # a restarted maker holds the base weights
-        if self.newest > 0 and self._send_newest(index, wait=not mid_step):  # else: once an export can be had
-            try:
-                self.finished.append(ray.get(self.loads.pop(index)))
-            except ray.exceptions.RayActorError:  # it died again while reloading: the next batch recovers it
-                self.version[index] = 0
-        self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version {self.version[index]}")
+        self.loads.restarted(index, mid_step)  # it holds the base weights: the newest, now or before its next batch
+        self.info(f"maker-{index} restarted ({self.restarts} restarts) and holds version {self.loads.version[index]}")
         return True
 
     def _give_up(self, index: int, why: str) -> bool:
@@ -380,7 +320,7 @@ class MakerPool:
         if len(self.makers) == 1:
             raise self._lost(index, f"{why}; it was the last maker, so maker.on_exhausted_restarts=drop cannot go on")
         ray.kill(self.makers.pop(index), no_restart=True)  # dead already; this frees its name at once
-        self.loads.pop(index, None)
+        self.loads.lost(index)
         self.dropped += 1
         self.info(f"maker-{index} is gone for good ({why}, maker.max_restarts={self.cfg.maker.max_restarts}); "
                   f"it leaves the pool and the run goes on with {len(self.makers)} maker(s) "
@@ -403,14 +343,13 @@ class MakerPool:
 
     def drain(self) -> None:
         """Wait for batches still being made (the closed buffer refuses them) and weight loads."""
-        for ref in list(self.running) + list(self.loads.values()) + [ref for _, ref in self.superseded]:
+        for ref in list(self.running):
             try:
                 ray.get(ref)
             except ray.exceptions.RayError:
                 pass
         self.running.clear()
-        self.loads.clear()
-        self.superseded.clear()
+        self.loads.drain()
         for index in list(self.retiring):
             ray.kill(self.retiring.pop(index), no_restart=True)
 

@@ -26,7 +26,7 @@ import ray
 
 from actors.maker_pool import Batch, MakerPool
 from actors.trainer_groups import TrainerGroups
-from actors.weight_sync import RETRY_S
+from actors.transports.object_store import RETRY_S
 from coati_ray.errors import WorkerLost
 
 QUEUE_DEPTH = 2  # batches sent to a maker at once: the next one starts without a driver round trip

@@ -23,7 +23,7 @@ import ray
 import torch
 
 from actors.collective import SyncGroup
-from coati_ray.models.weight_layout import DTYPES, flatten, from_numpy, plan_buckets, to_numpy, unflatten
+from coati_ray.models.weight_layout import DTYPES, flatten, plan_buckets, to_numpy, unflatten
 
 
 class WeightSender:
@@ -125,27 +125,22 @@ class WeightReceiver:
     # ---------------------------------------------------------------- object store (between batches)
 
     def load(self, handle: dict) -> dict:
-        """Load an object-store handle {version, roles: {role: {ref, dtypes}}}: one copy into each model."""
+        """Load a handle {version, roles: {role: part}} between batches: each part read by the reader of its kind
+        (actors/transports: the object store's arrays, ipc's mapped tensors, ...), one copy into each model."""
+        from actors.transports import read_part
         from coati_ray.models.weights import load_weights
 
-        t, moved, casts, transport = time.perf_counter(), 0, 0, "object_store"
+        t, moved, casts, kinds = time.perf_counter(), 0, 0, set()
         for role, part in handle["roles"].items():
-            if "ipc" in part:  # the sender's tensors, mapped (same node): one copy into the model
-                from coati_ray.models.ipc import open_shared, state_nbytes
-
-                state = open_shared(part["ipc"])
-                casts += load_weights(self.modules[role], state, self.lora_only[role])
-                moved += state_nbytes(state)
-                transport = "ipc"
-                del state  # unmap before the sender may change them
-                continue
-            arrays = ray.get(part["ref"][0])
-            casts += load_weights(self.modules[role], from_numpy(arrays, part["dtypes"]), self.lora_only[role])
-            moved += sum(a.nbytes for a in arrays.values())
+            state = read_part(part)
+            casts += load_weights(self.modules[role], state, self.lora_only[role])
+            moved += sum(v.numel() * v.element_size() for v in state.values())
+            kinds.add(part.get("kind", "object_store"))
+            del state  # unmap (ipc) before the sender may change them
         with self.changed:
             self.version = handle["version"]
             self.changed.notify_all()
-        return self._report(time.perf_counter() - t, moved, casts, transport)
+        return self._report(time.perf_counter() - t, moved, casts, "+".join(sorted(kinds)) or "object_store")
 
     # ---------------------------------------------------------------- collective (on the sync thread)
 

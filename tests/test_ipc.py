@@ -42,16 +42,19 @@ def fake_sync(monkeypatch, maker_place: dict, trainer_place: dict, gpus_per_rank
               export: dict = None):
     from types import SimpleNamespace
 
+    import ray
+
     from actors import weight_sync
+    from actors.transports import ipc
 
     class FakeRay:
-        exceptions = weight_sync.ray.exceptions
+        exceptions = ray.exceptions
 
         @staticmethod
         def get(value, timeout=None):
             return value
 
-    monkeypatch.setattr(weight_sync, "ray", FakeRay)
+    monkeypatch.setattr(ipc, "ray", FakeRay)
 
     def answers(value):
         return SimpleNamespace(remote=lambda *args, **kwargs: value)
@@ -75,15 +78,15 @@ def fake_sync(monkeypatch, maker_place: dict, trainer_place: dict, gpus_per_rank
 ])
 def test_ipc_reaches_a_maker_only_on_the_trainers_node_and_gpu(monkeypatch, maker, trainer, gpus, reaches):
     sync, _ = fake_sync(monkeypatch, maker, trainer, gpus)
-    assert sync.ipc_reaches(0) is reaches
+    assert sync.transports["ipc"].reaches(0) is reaches
 
 
 def test_ipc_refused_for_a_small_shared_memory_falls_back_and_auto_tries_the_collective_next(monkeypatch):
     sync, lines = fake_sync(monkeypatch, {"node": "a", "device": "cpu", "gpus": []}, {"node": "a", "gpus": []}, 0,
                             export={"refused": "/dev/shm has 1 MiB free for 9 MiB of weights", "version": 1})
-    sync.transport, sync.version = "ipc", 1  # auto picked ipc at an earlier sync
+    sync.active, sync.version = sync.transports["ipc"], 1  # auto picked ipc at an earlier sync
     stored = {"version": 1, "roles": {}, "bytes": 9}
-    monkeypatch.setattr(sync, "object_store_handle", lambda wait=True: stored)
+    monkeypatch.setattr(sync.store, "handle_for", lambda index, wait=True: stored)
     assert sync.handle_for(0) is stored
-    assert sync.transport == "auto" and not sync.ipc_reaches_every_maker()
+    assert sync.transport == "collective" and not sync.transports["ipc"].reaches_every_maker()
     assert sync.handle_for(0) is stored and len(lines) == 1 and "/dev/shm has 1 MiB free" in lines[0]

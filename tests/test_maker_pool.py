@@ -9,6 +9,7 @@ import ray
 import pytest
 
 import actors.maker_pool as maker_pool
+import actors.transports.loads as loads
 from actors.maker_pool import MakerPool
 
 
@@ -60,42 +61,43 @@ class FakeSync:
 @pytest.fixture
 def pool(monkeypatch):
     monkeypatch.setattr(maker_pool, "ray", FakeRay)
+    monkeypatch.setattr(loads, "ray", FakeRay)
     p = MakerPool(cfg=None, cfg_dict={}, buffer=None, info=lambda line: None)
-    p.makers, p.version, p.incarnation, p.sync = {0: FakeMaker()}, {0: 0}, {0: 0}, FakeSync()
+    p.makers, p.loads.version, p.incarnation, p.sync = {0: FakeMaker()}, {0: 0}, {0: 0}, FakeSync()
     return p
 
 
 def test_a_busy_maker_is_sent_each_version_once_and_no_load_result_is_lost(pool):
     maker = pool.makers[0]
-    pool._send_newest(0)
-    pool._send_newest(0)                      # it already awaits version 1: nothing sent
+    pool.loads.send_newest(0)
+    pool.loads.send_newest(0)                      # it already awaits version 1: nothing sent
     pool.sync.version = 3                     # two publishes while the maker was busy
-    pool._send_newest(0)                      # only the newest is sent; version 2 is skipped
+    pool.loads.send_newest(0)                      # only the newest is sent; version 2 is skipped
     assert [load.version for load in maker.sent] == [1, 3]
     assert pool.finished_loads() == []        # neither has run: nothing reported, nothing blocked on
     for load in maker.sent:
         load.done = True
     assert sorted(r["version"] for r in pool.finished_loads()) == [1, 3]
-    assert pool.loads == {} and pool.superseded == []  # no ref kept: the exports can be released
+    assert pool.loads.pending == {} and pool.loads.superseded == []  # no ref kept: the exports can be released
 
 
 def test_waiting_for_loads_collects_superseded_ones_too(pool):
-    pool._send_newest(0)
+    pool.loads.send_newest(0)
     pool.sync.version = 2
-    pool._send_newest(0)
+    pool.loads.send_newest(0)
     waited = []
     pool.wait_all = lambda refs: (waited.extend(refs), [setattr(r, "done", True) for r in refs])
     assert sorted(r["version"] for r in pool.wait_loads()) == [1, 2]
-    assert sorted(r.version for r in waited) == [1, 2] and pool.superseded == []
+    assert sorted(r.version for r in waited) == [1, 2] and pool.loads.superseded == []
 
 
 def test_a_removed_makers_unfinished_load_is_still_collected(pool):
     pool.cfg = types.SimpleNamespace(maker=types.SimpleNamespace())
-    pool._send_newest(0)
+    pool.loads.send_newest(0)
     pool.scale_to(0)
-    assert pool.makers == {} and [i for i, _ in pool.superseded] == [0]
-    pool.superseded[0][1].done = True
-    assert [r["version"] for r in pool.finished_loads()] == [1] and pool.superseded == []
+    assert pool.makers == {} and [i for i, _ in pool.loads.superseded] == [0]
+    pool.loads.superseded[0][1].done = True
+    assert [r["version"] for r in pool.finished_loads()] == [1] and pool.loads.superseded == []
 
 
 class FakeTrainer:
@@ -153,7 +155,7 @@ def test_a_maker_back_without_weights_never_holds_back_the_batch_a_trainer_group
     waits for a remade batch the driver must hand out: the driver does not wait (nor export) for it; the
     maker that holds the weights makes the batch, and the restarted one loads once the groups agree."""
     back, holding = MakingMaker(), MakingMaker()
-    pool.version = {0: 0, 1: 1}   # maker 0 came back with its base weights; maker 1 got version 1 by broadcast
+    pool.loads.version = {0: 0, 1: 1}   # maker 0 came back with its base weights; maker 1 got version 1 by broadcast
     scheduler, sync, actor, critic = collective_job(pool, {0: back, 1: holding}, timeout_s=30.0)
 
     t = time.monotonic()
@@ -166,12 +168,12 @@ def test_a_maker_back_without_weights_never_holds_back_the_batch_a_trainer_group
     assert scheduler.stuck_since is None
 
     critic.steps, critic.updating = 2, True                # the batch arrived; the critic's update runs
-    sync._next_probe = 0.0
+    sync.store._next_probe = 0.0
     scheduler.feed(step=2)                                 # equal steps, but an update holds the weights
     assert back.sent == [] and actor.exports == critic.exports == 0 and list(pool.awaiting) == [0]
 
     critic.updating = False                                # the update ended
-    sync._next_probe = 0.0
+    sync.store._next_probe = 0.0
     scheduler.feed(step=2)
     assert [load.version for load in back.sent] == [2] and back.made and pool.awaiting == {}
     assert actor.exports == critic.exports == 1
@@ -179,7 +181,7 @@ def test_a_maker_back_without_weights_never_holds_back_the_batch_a_trainer_group
 
 def test_when_no_maker_can_work_the_run_ends_in_one_line_naming_the_fix(pool):
     back = MakingMaker()
-    pool.version = {0: 0}
+    pool.loads.version = {0: 0}
     scheduler, sync, actor, critic = collective_job(pool, {0: back}, timeout_s=0.0)
     scheduler.feed(step=1)
     assert back.made == [] and pool.running == {} and [b.batch_id for b in pool.orphans] == [3]

@@ -113,7 +113,7 @@ def test_a_peer_that_never_joins_ends_in_one_line_naming_it(local_ray):
     cfg.sync = SyncConfig(transport="collective", timeout_s=3)
     pool = StandInPool([Joiner.remote(), Joiner.remote(hang=True)])
     sync = WeightSync(cfg, StandInTrainers(Joiner.remote()), pool, info=lambda m: None)
-    sync._backend = lambda: "gloo"
+    sync.transports["collective"]._backend = lambda: "gloo"
     t = time.monotonic()
     with pytest.raises(WorkerLost) as e:
         sync.publish(1)
@@ -127,7 +127,8 @@ def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_
     maker-0, whose join starts only after that, leave at once (their actors answer again) instead of
     blocking for sync.timeout_s, and the failure is a membership change (the group forms again at the
     next sync), not a reason to give up the collective for the rest of the run."""
-    from actors.weight_sync import WeightSync, _Broke
+    from actors.transports import TransportBroke
+    from actors.weight_sync import WeightSync
     from coati_ray.config.ppo import SyncConfig
 
     cfg = type("Cfg", (), {})()
@@ -135,10 +136,10 @@ def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_
     sender = Joiner.remote()
     pool = StandInPool([Joiner.remote(delay=3.0), Joiner.remote(die=True)])
     sync = WeightSync(cfg, StandInTrainers(sender), pool, info=lambda m: None)
-    sync._backend = lambda: "gloo"
+    sync.transports["collective"]._backend = lambda: "gloo"
     t = time.monotonic()
-    with pytest.raises(_Broke, match="maker-1 died while joining the actor group"):
-        sync._form("actor", {0: 0, 1: 0})
+    with pytest.raises(TransportBroke, match="maker-1 died while joining the actor group"):
+        sync.transports["collective"]._form("actor", {0: 0, 1: 0})
     ray.get([sender.ping.remote(), pool.makers[0].ping.remote()], timeout=20)  # neither is still joining
     assert time.monotonic() - t < 30  # far below sync.timeout_s=120
 

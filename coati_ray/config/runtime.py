@@ -61,11 +61,12 @@ class BufferConfig:
 class SyncConfig:
     """How the trainers' new weights reach the makers after every update (actors/weight_sync.py)."""
 
-    transport: Literal["auto", "object_store", "collective", "ipc"] = opt(
+    transport: str = opt(
         "auto", "object_store: put once, every maker pulls; collective: a torch.distributed broadcast from each "
                 "trainer group's rank 0 to every maker; ipc (sync mode): makers on the trainers' node map their "
                 "tensors (shared memory / CUDA IPC), others through the object store; auto: ipc where it reaches "
-                "every maker, else collective when the group forms, else object_store")
+                "every maker, else collective when the group forms, else object_store; or 'module:Class' of "
+                "your own (a WeightTransport, actors/transports/, docs/extending.md)")
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "collective backend; auto: nccl when the senders and "
                                                            "every maker have a GPU, else gloo")
     bucket_mb: float = opt(256.0, "collective: megabytes per broadcast bucket (the extra transport memory per side)")
@@ -73,6 +74,20 @@ class SyncConfig:
                                   "the run with one line naming the peer that did not join")
 
     def validate(self, key: str = "sync") -> None:
+        if self.transport not in ("auto", "object_store", "collective", "ipc"):
+            if ":" not in self.transport:
+                import difflib
+
+                close = difflib.get_close_matches(self.transport, ["auto", "object_store", "collective", "ipc"], 1)
+                _fail(f"{key}.transport", f"'{self.transport}' is not a transport",
+                      (f"did you mean '{close[0]}'? " if close else "") + "use one of: auto, object_store, "
+                      "collective, ipc, or 'module:Class' of your own")
+            from coati_ray.utils.plugins import load_callable
+
+            cls = load_callable(self.transport, f"{key}.transport", "my_transports:SharedDisk")
+            if not all(callable(getattr(cls, m, None)) for m in ("publish", "handle_for", "close")):
+                _fail(f"{key}.transport", f"'{self.transport}' has no publish / handle_for / close",
+                      "subclass actors.transports.WeightTransport (docs/extending.md)")
         if self.bucket_mb <= 0:
             _fail(f"{key}.bucket_mb", f"must be > 0, got {self.bucket_mb}", "e.g. 256")
         if self.timeout_s <= 0:
