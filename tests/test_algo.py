@@ -7,7 +7,7 @@ import torch
 
 from coati_ray.algo import (
     action_log_probs,
-    gae,
+    gae_recursion,
     kl_estimate,
     last_token_index,
     log_probs_from_logits,
@@ -87,14 +87,14 @@ def test_per_token_rewards_kl_on_every_token_score_on_last():
 
 
 def test_gae_by_hand():
-    adv, ret = gae(T([[1.0, 0.0, 2.0]]), T([[0.5, 1.0, 1.5]]), T([[1, 1, 1]]), gamma=0.9, lam=0.8)
+    adv, ret = gae_recursion(T([[1.0, 0.0, 2.0]]), T([[0.5, 1.0, 1.5]]), T([[1, 1, 1]]), gamma=0.9, lam=0.8)
     # t2: 2 - 1.5 = 0.5; t1: 0.9*1.5 - 1 = 0.35, + 0.72*0.5 = 0.71; t0: 1 + 0.9 - 0.5 = 1.4, + 0.72*0.71
     assert close(adv, [[1.4 + 0.72 * 0.71, 0.71, 0.5]])
     assert close(ret, [[1.4 + 0.72 * 0.71 + 0.5, 1.71, 2.0]])
 
 
 def test_gae_masked_tail_carries_nothing():
-    adv, ret = gae(T([[1.0, 2.0, 999.0]]), T([[0.5, 1.0, 777.0]]), T([[1, 1, 0]]), gamma=0.9, lam=0.8)
+    adv, ret = gae_recursion(T([[1.0, 2.0, 999.0]]), T([[0.5, 1.0, 777.0]]), T([[1, 1, 0]]), gamma=0.9, lam=0.8)
     assert close(adv, [[1.4 + 0.72 * 1.0, 1.0, 0.0]])
     assert close(ret, [[1.4 + 0.72 + 0.5, 2.0, 0.0]])
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-from coati_ray.algo.rewards import gae as gae_fn
+from coati_ray.algo.rewards import gae_recursion
 
 
 @dataclass
@@ -150,10 +150,10 @@ def discounted_returns(rewards: torch.Tensor, action_mask: torch.Tensor, gamma: 
 
 
 def gae(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's GAE on the per-token rewards with the critic's values (see coati_ray.algo.rewards.gae)."""
+    """PPO's GAE on the per-token rewards with the critic's values (the recursion: coati_ray.algo.rewards.gae_recursion)."""
     if x.values is None:
         raise ValueError("gae needs the critic's values")
-    return gae_fn(x.token_rewards, x.values, x.action_mask, x.gamma, x.lam)
+    return gae_recursion(x.token_rewards, x.values, x.action_mask, x.gamma, x.lam)
 
 
 def grpo(x: AdvantageInputs) -> tuple[torch.Tensor, None]:

@@ -58,8 +58,8 @@ def per_token_rewards(score: torch.Tensor, kl: torch.Tensor, action_mask: torch.
     return rewards * mask
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_recursion(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, gamma: float = 1.0,
+                  lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over the action tokens.
 
     rewards, values, action_mask: (B, A) -> (advantages, returns), each (B, A).
