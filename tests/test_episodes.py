@@ -238,3 +238,19 @@ def test_an_answer_of_the_wrong_kind_is_an_environment_error(answer, message):
 
     with pytest.raises(EnvironmentFailed, match=message):
         as_step_result(answer)
+
+
+def test_an_environment_count_reported_by_one_batch_only_is_averaged_over_every_batch():
+    """`rollout/<info key>` is in a batch's stats only when one of its episodes reported it (here maker 0's, a
+    tool error): the step's mean counts the other batch as 0 instead of failing on the missing key."""
+    from coati_ray.reporting.step_metrics import MAKER_MEANS, step_metrics
+
+    def batch(**rollout):
+        return {**{k: 0.0 for k in MAKER_MEANS}, "samples": 8, "generated_tokens": 80, "flops": 0.0, "batch_id": 0,
+                "rollout/turns": 2.0, "rollout/env_errors": 1.0, **{f"rollout/{k}": v for k, v in rollout.items()}}
+
+    update = {"consumed": {"staleness": [0], "versions": [0]}, "flops/actor": 0.0}
+    m = step_metrics(updates={"actor": update}, makes=[batch(tool_error=0.5), batch()],
+                     sync={"export_seconds": 0.0, "bytes": 0, "transport": "ipc"}, loads=[], step_seconds=1.0,
+                     buffer={"held_samples": 0, "capacity": 16, "dropped": 0}, version=1, makers=2, maker_restarts=0)
+    assert m["rollout/tool_error"] == 0.25 and m["rollout/turns"] == 2.0 and m["rollout/env_errors"] == 2.0

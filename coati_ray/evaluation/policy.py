@@ -125,7 +125,8 @@ def evaluate_episodes(runner, actor, tokenizer, prompt_items: list[dict], gen, *
                              "reward": float(played.env_reward[j])})
     actor.train(was_training)
     mean = lambda xs: float(sum(xs) / len(xs)) if xs else None  # noqa: E731
-    extra = {k: (sum if k == "rollout/env_errors" else mean)([s[k] for s in stats if k in s])
+    # a chunk carries an environment's own count only if one of its episodes reported it: absent, 0 there
+    extra = {k: (sum if k == "rollout/env_errors" else mean)([s.get(k, 0.0) for s in stats])
              for k in sorted({k for s in stats for k in s}) if k != "rollout/episodes"}
     return PolicyEval(gold_score=mean(gold_scores), reward=None, kl_to_initial=mean(kls),
                       response_length=mean(lengths) or 0.0, num_samples=len(items), samples=kept, extra=extra)

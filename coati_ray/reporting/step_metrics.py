@@ -29,9 +29,13 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
         # The fixed keys, each reward source's mean (reward/<source>) and the makers' experience/* (group spread,
         # truncated answers, dynamic sampling's dropped groups and rounds).
         # multi-turn episodes: rollout/* per episode (environment errors: counted over the step's batches)
-        keys = list(MAKER_MEANS) + sorted(k for k in makes[0] if k.startswith(("reward/", "experience/", "rollout/")))
+        keys = list(MAKER_MEANS) + sorted({k for s in makes for k in s if k.startswith(("reward/", "experience/",
+                                                                                       "rollout/"))})
         for key in keys:
-            m[key] = sum(s[key] for s in makes) / (1 if key == "rollout/env_errors" else len(makes))
+            # an environment's own counts (rollout/<info key>) are in a batch only if one of its episodes
+            # reported them: absent, that batch's episodes all had 0
+            values = [s.get(key, 0.0) if key.startswith("rollout/") else s[key] for s in makes]
+            m[key] = sum(values) / (1 if key == "rollout/env_errors" else len(makes))
         m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
         m["throughput/generated_tokens_per_s"] = sum(s["generated_tokens"] for s in makes) / max(step_seconds, 1e-9)
         m["tflops/makers"] = tflops(sum(s["flops"] for s in makes), step_seconds)
