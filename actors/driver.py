@@ -62,9 +62,9 @@ class PPOJob:
                 check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")
         check_reward_sources(cfg.rewards)
         if cfg.placement == "separate":
-            from actors.transports import transport_class
+            from actors.transports import check_transport
 
-            transport_class(cfg.sync.transport)  # one of your own: a WeightTransport, before Ray starts
+            check_transport(cfg.sync.transport)  # one of your own: a WeightTransport, before Ray starts
         if cfg.rollout.multi_turn:
             from coati_ray.experience.episodes import check_tool_turns
 

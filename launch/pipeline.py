@@ -118,9 +118,9 @@ def preflight(cfg: PipelineConfig) -> None:
     prompts, _, _ = read_prompt_data(cfg.ppo.data, tokenizer)
     check_reward_sources(cfg.ppo.rewards)
     if cfg.ppo.placement == "separate":
-        from actors.transports import transport_class
+        from actors.transports import check_transport
 
-        transport_class(cfg.ppo.sync.transport)  # a WeightTransport of your own: said before SFT runs
+        check_transport(cfg.ppo.sync.transport)  # a WeightTransport of your own: said before SFT runs
     if cfg.ppo.rollout.multi_turn:
         from coati_ray.experience.episodes import check_tool_turns
 

@@ -129,10 +129,12 @@ def test_a_wrong_transport_is_one_line_naming_the_key(user_transport, spec, need
 
 
 def test_a_class_that_is_not_a_transport_is_one_line_before_ray(user_transport):
-    from actors.transports import transport_class
+    from actors.transports import check_transport, transport_class
     from coati_ray.errors import ConfigError
 
     assert transport_class(f"{user_transport}:SharedDisk").name == f"{user_transport}:SharedDisk"
+    for spec in ("auto", "object_store", "collective", "ipc", f"{user_transport}:SharedDisk"):
+        check_transport(spec)
     with pytest.raises(ConfigError) as e:
-        transport_class(f"{user_transport}:Duck")  # PPOJob asks this before Ray starts
+        check_transport(f"{user_transport}:Duck")  # PPOJob and the pipeline ask this before Ray starts
     assert "is not a WeightTransport subclass" in str(e.value) and "\n" not in str(e.value)

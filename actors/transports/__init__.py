@@ -71,6 +71,13 @@ def transport_class(spec: str) -> type:
     return cls
 
 
+def check_transport(spec: str) -> None:
+    """Before Ray starts: `sync.transport` is auto, a registered name, or a WeightTransport of one's own (one line
+    when not)."""
+    if spec != "auto" and spec not in TRANSPORTS:
+        transport_class(spec)
+
+
 def read_part(part: dict) -> dict:
     """Inside a maker: the tensors of one role's part of a handle, by its reader."""
     kind = part.get("kind") or ("ipc" if "ipc" in part else "object_store")
