@@ -185,6 +185,10 @@ class PPOTrainerRank(ColocatedRollout):
             out["export"]["version"] = self.steps_done
         return out
 
+    def release_shared(self) -> int:
+        """Before this rank is killed: the /dev/shm files its ipc exports made (see WeightSender.release_shared)."""
+        return self.sender.release_shared() if getattr(self, "sender", None) is not None else 0
+
     def leave_sync(self) -> None:
         self.sender.leave()
 

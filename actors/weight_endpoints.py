@@ -30,6 +30,7 @@ class WeightSender:
     def __init__(self, strategy, model, lora_only: bool, gathers: bool):
         self.strategy, self.model, self.lora_only, self.gathers = strategy, model, lora_only, gathers
         self.group: Optional[SyncGroup] = None
+        self.shared: set[str] = set()  # /dev/shm files ipc moved weights into (unlinked by release_shared)
 
     def state(self) -> dict:
         """name -> tensor of what makers load, without a copy where the strategy allows (rank 0; {} elsewhere,
@@ -69,7 +70,19 @@ class WeightSender:
         free = shutil.disk_usage("/dev/shm").free - _object_store_bytes() if unshared else 0
         if unshared and unshared > 0.8 * free:
             return {"refused": f"/dev/shm has {free / 2**20:.0f} MiB free for {unshared / 2**20:.0f} MiB of weights"}
-        return {"ipc": share(state), "bytes": state_nbytes(state)}
+        blob = share(state)
+        from coati_ray.models.ipc import shared_files
+
+        self.shared |= shared_files(state)
+        return {"ipc": blob, "bytes": state_nbytes(state)}
+
+    def release_shared(self) -> int:
+        """Unlink the shared-memory files ipc made (torch leaves them behind, even when this process exits);
+        the weights stay mapped here until it does. Bytes freed."""
+        from coati_ray.models.ipc import unlink_shared
+
+        freed, self.shared = unlink_shared(self.shared), set()
+        return freed
 
     def plan(self, bucket_bytes: int) -> list:
         """The bucket layout of this sender's state (rank 0): what receivers allocate and expect."""

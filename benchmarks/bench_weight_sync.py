@@ -88,6 +88,9 @@ class Sender:
     def leave_sync(self):
         self.sender.leave()
 
+    def release_shared(self) -> int:
+        return self.sender.release_shared()  # as a trainer rank does before it is killed
+
 
 
 @ray.remote(num_cpus=0, concurrency_groups={"sync": 1})
@@ -148,6 +151,11 @@ class RawPeer:
         if not hasattr(self, "tensor"):
             self.tensor = torch.from_numpy(self.array)
         return share({"buffer": self.tensor})
+
+    def release_shared(self) -> int:
+        from coati_ray.models.ipc import shared_files, unlink_shared
+
+        return unlink_shared(shared_files({"buffer": self.tensor})) if hasattr(self, "tensor") else 0
 
     def copy_shared(self, blob: bytes) -> int:
         """ipc's floor, the receiver's side: map the buffer and copy it once into memory of its own."""
@@ -264,6 +272,7 @@ def raw(makers: int, nbytes: int, repeats: int) -> tuple[float, float, float]:
     bcast = ray.get([sender.broadcast.remote(meeting, 0, size, nbytes)] +
                     [r.broadcast.remote(meeting, i + 1, size, nbytes) for i, r in enumerate(receivers)])[0]
     ray.kill(meeting[0])
+    ray.get(sender.release_shared.remote())
     for a in [sender, *receivers]:
         ray.kill(a)
     return min(puts), bcast, min(maps[1:])  # the first copy also allocates the receivers' buffers
@@ -279,6 +288,7 @@ def measure(size: str, lora: bool, makers: int, repeats: int) -> dict:
         row["bytes"] = r.pop("bytes")
         row[transport] = {**r, "gb_per_s": row["bytes"] / r["seconds"] / 1e9,
                           "publish_gb_per_s": row["bytes"] / r["publish_seconds"] / 1e9}
+    ray.get(sender.release_shared.remote())
     for a in [sender, *receivers]:
         ray.kill(a)
     put_s, bcast_s, map_s = raw(makers, row["bytes"], repeats)

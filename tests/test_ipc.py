@@ -35,6 +35,24 @@ def test_a_process_on_the_node_maps_the_senders_tensors():
     assert model.weight.data.is_shared()
 
 
+def test_the_sender_unlinks_the_shared_memory_files_it_made_and_keeps_its_weights():
+    import os
+
+    from actors.weight_endpoints import WeightSender
+    from coati_ray.strategies import make_strategy
+    from coati_ray.config.strategy import StrategyConfig
+
+    model = torch.nn.Linear(64, 32)
+    sender = WeightSender(make_strategy(StrategyConfig()), model, lora_only=False, gathers=False)
+    assert "ipc" in sender.export_ipc()
+    files = [os.path.join("/dev/shm", f) for f in sender.shared]
+    assert files and all(os.path.exists(f) for f in files)  # torch left them there, even past this process
+    freed = sender.release_shared()
+    assert freed >= 64 * 32 * 4 and not any(os.path.exists(f) for f in files) and sender.shared == set()
+    model.weight.data.add_(1.0)  # still mapped here: the weights keep working in place
+    assert model(torch.ones(1, 64)).shape == (1, 32)
+
+
 # ---------------------------------------------------------------- where the weight sync uses it (no Ray)
 
 

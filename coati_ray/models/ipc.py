@@ -10,6 +10,10 @@ tensor keeps working in place, and later shares of it cost nothing), a CUDA tens
 CUDA IPC handle. Each blob holds one reference for one receiver, taken back when that receiver opens it:
 make one blob per receiver. The receiver must copy what it needs while the sender leaves the tensors
 alone (the weight sync only uses this between steps in sync mode).
+
+torch never removes those files itself (not when the sender exits, not when it is killed): the sender lists
+them (`shared_files`) and unlinks them when it is done (`unlink_shared`); its own mappings stay valid until it
+exits, and the memory goes back then.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ def share(state: dict[str, torch.Tensor]) -> bytes:
     buf = io.BytesIO()
     ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump({name: t.detach() for name, t in state.items()})
     return buf.getvalue()
+
+
+def shared_files(state: dict[str, torch.Tensor]) -> set[str]:
+    """The /dev/shm files behind the CPU tensors of `state` that `share` moved into shared memory."""
+    names = set()
+    for t in state.values():
+        if t.device.type == "cpu" and t.is_shared():
+            names.add(t.untyped_storage()._share_filename_cpu_()[1].decode().lstrip("/"))
+    return names
+
+
+def unlink_shared(names: set[str]) -> int:
+    """Remove the named shared-memory files (those already gone are skipped); the bytes freed once unmapped."""
+    import os
+
+    freed = 0
+    for name in names:
+        path = os.path.join("/dev/shm", name)
+        try:
+            freed += os.path.getsize(path)
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return freed
 
 
 def open_shared(blob: bytes) -> dict[str, torch.Tensor]:
