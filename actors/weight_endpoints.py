@@ -121,6 +121,8 @@ class WeightSender:
 def _object_store_bytes() -> int:
     """This node's Ray object store capacity: it usually lives in /dev/shm, sparse, so the free space counts room
     the store will take as it fills."""
+    if not ray.is_initialized():  # outside Ray (a test, a tool): asking would start one
+        return 0
     node = ray.get_runtime_context().get_node_id()
     return int(next((n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["NodeID"] == node), 0))
 

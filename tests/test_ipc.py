@@ -35,13 +35,16 @@ def test_a_process_on_the_node_maps_the_senders_tensors():
     assert model.weight.data.is_shared()
 
 
-def test_the_sender_unlinks_the_shared_memory_files_it_made_and_keeps_its_weights():
+def test_the_sender_unlinks_the_shared_memory_files_it_made_and_keeps_its_weights(monkeypatch):
     import os
 
+    from actors import weight_endpoints
     from actors.weight_endpoints import WeightSender
     from coati_ray.strategies import make_strategy
     from coati_ray.config.strategy import StrategyConfig
 
+    # outside a Ray actor: asking Ray for the object store's size would start a Ray in this test process
+    monkeypatch.setattr(weight_endpoints, "_object_store_bytes", lambda: 0)
     model = torch.nn.Linear(64, 32)
     sender = WeightSender(make_strategy(StrategyConfig()), model, lora_only=False, gathers=False)
     assert "ipc" in sender.export_ipc()
