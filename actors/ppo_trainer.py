@@ -19,7 +19,7 @@ from actors.colocated_rank import ColocatedRollout
 STATE_FILE = "trainer_state.json"
 
 
-@ray.remote(concurrency_groups={"sync": 1})
+@ray.remote(concurrency_groups={"sync": 1, "release": 1})
 class PPOTrainerRank(ColocatedRollout):
     def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None,
                  cpu_cores: Optional[list] = None, nice: int = 0):
@@ -185,6 +185,7 @@ class PPOTrainerRank(ColocatedRollout):
             out["export"]["version"] = self.steps_done
         return out
 
+    @ray.method(concurrency_group="release")  # never queued behind an update stuck on a dead peer
     def release_shared(self) -> int:
         """Before this rank is killed: the /dev/shm files its ipc exports made (see WeightSender.release_shared)."""
         return self.sender.release_shared() if getattr(self, "sender", None) is not None else 0

@@ -136,7 +136,7 @@ class TrainerGroups:
         # ipc's shared-memory files outlive the processes that made them: each rank unlinks its own first
         releases = [r.release_shared.remote() for ranks in self.ranks.values() for r in ranks]
         if releases:
-            ray.wait(releases, num_returns=len(releases), timeout=10.0)
+            ray.wait(releases, num_returns=len(releases), timeout=5.0)
         for ranks in self.ranks.values():
             for r in ranks:
                 ray.kill(r, no_restart=True)
