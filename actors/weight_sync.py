@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from actors.transports import TRANSPORTS, TransportBroke, TransportDown, WeightTransport, transport_class
+from actors.transports import TransportBroke, TransportDown, WeightTransport, transport_class
 from coati_ray.errors import WorkerLost
 
 AUTO_ORDER = ("ipc", "collective", "object_store")  # what auto tries, best first
@@ -172,6 +172,3 @@ class WeightSync:
             result[role] = out[i]
             i += len(role_refs)
         return result
-
-
-__all__ = ["WeightSync", "TRANSPORTS"]

@@ -35,7 +35,6 @@ from typing import Callable, Optional
 
 TRANSPORTS: dict[str, type] = {}
 READERS: dict[str, Callable[[dict], dict]] = {}
-BUILTIN = ("object_store", "collective", "ipc")
 
 
 def register_transport(name: str):
