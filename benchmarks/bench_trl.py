@@ -200,13 +200,23 @@ def run_trl(version: str, steps: int, script: str = "trl_ppo.py", layout: TrlLay
     return {**run_rate(raw.pop("step_ends"), raw["samples_per_step"]), **raw}
 
 
-def side_by_side(algo: str, steps: int, repeats: int, versions: list[str], layouts: list[TrlLayout]) -> dict:
-    """Every configuration of both sides, `repeats` interleaved rounds (benchmarks.side_by_side.interleave)."""
+def our_configs(algo: str, ours: list[str] | None) -> list[str]:
+    """Our configurations of `algo` to run, in OURS_SETUPS' order: those named in `ours`, every one if None."""
+    unknown = sorted(set(ours or ()) - set(OURS_SETUPS[algo]))
+    if unknown:
+        raise ValueError(f"--ours: no {algo} configuration {unknown}; choose from {sorted(OURS_SETUPS[algo])}")
+    return [c for c in OURS_SETUPS[algo] if ours is None or c in ours]
+
+
+def side_by_side(algo: str, steps: int, repeats: int, versions: list[str], layouts: list[TrlLayout],
+                 ours: list[str] | None = None) -> dict:
+    """Every configuration of both sides (ours: those named, default all), `repeats` interleaved rounds
+    (benchmarks.side_by_side.interleave)."""
     ours_run = run_ours if algo == "ppo" else run_ours_grpo
     script = "trl_ppo.py" if algo == "ppo" else "trl_grpo.py"
     trl_configs = {f"{v} {lay.name}": (v, lay) for v in versions for lay in layouts}
     runs = []
-    for side, config, rnd in interleave(list(OURS_SETUPS[algo]), list(trl_configs), repeats):
+    for side, config, rnd in interleave(our_configs(algo, ours), list(trl_configs), repeats):
         print(f"[bench] {algo} round {rnd + 1}/{repeats}: {side} {config}", flush=True)
         row = {"side": side, "config": config, "round": rnd}
         try:
@@ -251,6 +261,8 @@ def main(argv=None) -> dict:
     p.add_argument("--layouts", nargs="*", default=None,
                    help="TRL layouts as <processes>x<threads> (default: every one of side_by_side.trl_layouts)")
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
+    p.add_argument("--ours", nargs="*", choices=sorted(OURS_SETUPS["ppo"]), default=None,
+                   help="our configurations to run (default: every one); the best of those run is compared")
     args = p.parse_args(argv)
     if args.steps < WARMUP_STEPS + 1:
         p.error(f"--steps must leave a steady step after {WARMUP_STEPS} warm-up steps")
@@ -265,12 +277,13 @@ def main(argv=None) -> dict:
               "grpo_workload": {"rollout": GRPO_ROLLOUT, "group": GRPO_GROUP, "micro": GRPO_MICRO,
                                 "new_tokens": NEW_TOKENS, "kl_coef": GRPO_KL, "reward": "sorting verifier"},
               "protocol": {"steps": args.steps, "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
+                           "ours": args.ours or sorted(OURS_SETUPS["ppo"]),
                            "trl_versions": args.trl, "trl_layouts": [lay.name for lay in layouts]},
               "cpu": {"native_bf16": cpu_has_native_bf16(flags),
                       "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))},
               "command": "python -m benchmarks.bench_trl " + " ".join(argv or sys.argv[1:])}
     for algo in args.algos:
-        found = side_by_side(algo, args.steps, args.repeats, args.trl, layouts)
+        found = side_by_side(algo, args.steps, args.repeats, args.trl, layouts, args.ours)
         found.update(measured_at=time.strftime("%Y-%m-%d %H:%M:%S"), commit=commit(), command=result["command"])
         result[algo] = found
         result[f"{algo}_ratio"] = found["summary"]["ratio"]

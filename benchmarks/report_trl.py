@@ -35,7 +35,8 @@ def trl_section(r) -> list[str]:
            "its `on_step_end`). TRL (" + ", ".join(pr["trl_versions"]) + ") in fp32 explicitly, PPO stopping at EOS "
            f"as ours does, in each layout: {', '.join(pr['trl_layouts'])} (p = processes under `accelerate launch`, "
            f"t = torch threads each); {bf16}. Each side counts its best configuration (highest median); the ratio is "
-           "ours ÷ TRL's within each round, its median and range over the rounds.", ""]
+           "ours ÷ TRL's within each round, its median and range over the rounds."
+           + (f" Ours run in: {', '.join(pr['ours'])} (`--ours`)." if pr.get("ours") else ""), ""]
     if "ppo" in r:
         out += [f"**PPO**{measured_when(r['ppo'])}: `{w['model']}`, {w['rollout']} prompts per step, {w['new_tokens']} new tokens, generation "
                 f"batches of {w['maker_batch']}, one PPO epoch over one mini-batch of {w['rollout']} in micro-batches "

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from benchmarks import side_by_side as sbs
-from benchmarks.bench_trl import OURS_SETUPS, trl_command
+from benchmarks.bench_trl import OURS_SETUPS, our_configs, trl_command
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -181,3 +181,17 @@ def test_the_colocated_placement_is_paired_with_trls_best_round_by_round():
     assert sbs.config_ratio(runs, "colocated", "t 2p") == {"ratio": 1.25, "ratio_range": [1.0, 1.5]}
     assert sbs.config_ratio(runs, "async", "t 2p") == {"ratio": None, "ratio_range": None}
     assert set(OURS_SETUPS["ppo"]) == set(OURS_SETUPS["grpo"]) == {"sync", "async", "colocated"}
+
+
+def test_ours_runs_the_named_configurations_in_setup_order_and_the_report_says_which():
+    from benchmarks import report
+
+    assert our_configs("grpo", None) == list(OURS_SETUPS["grpo"])
+    assert our_configs("ppo", ["colocated", "sync"]) == ["sync", "colocated"]
+    with pytest.raises(ValueError, match="--ours: no ppo configuration"):
+        our_configs("ppo", ["hybrid"])
+    result = {"workload": {"model": "m", "rollout": 8, "micro": 4, "epochs": 1, "new_tokens": 8, "maker_batch": 8},
+              "protocol": {"steps": 12, "warmup_steps": 2, "repeats": 1, "trl_versions": ["0.19.1"],
+                           "trl_layouts": ["2p x 1t fp32"], "ours": ["sync", "colocated"]},
+              "cpu": {"native_bf16": False, "flags": ["avx2"]}, "command": "python -m benchmarks.bench_trl"}
+    assert "Ours run in: sync, colocated (`--ours`)." in "\n".join(report.trl_section(result))
