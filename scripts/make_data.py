@@ -10,7 +10,7 @@ ptx/train.jsonl                    correct demonstrations for the PPO-ptx pretra
 pretrain/*.jsonl                   `source`/`target`/`category` rows (English and Chinese) for launch.prepare_data --mode pretrain
 sft_bilingual/train.jsonl          `messages` rows in English and Chinese with a `category`, for --mode sft
 vocab/pieces.jsonl                 `piece` rows (English and Chinese) for launch.expand_vocab
-calc/sft.jsonl                     `messages` rows with a `tool` turn: the calc task's tool use (~35% flawed)
+calc/sft.jsonl                     `messages` rows with a `tool` turn: the calc task's tool use (~25% flawed)
 calc/prompts.jsonl, calc/eval.jsonl  `prompt` rows of the calc task (make demo-tools)
 """
 
@@ -101,7 +101,7 @@ def calc_rows(rng: random.Random, out: str) -> None:
     """The calc task (coati_ray/tasks/calc.py), with its own generator so the files above do not change."""
     from coati_ray.tasks import calc
 
-    write(f"{out}/calc/sft.jsonl", [calc.demonstration(rng, flawed=rng.random() < 0.35) for _ in range(1200)])
+    write(f"{out}/calc/sft.jsonl", [calc.demonstration(rng, flawed=rng.random() < 0.25) for _ in range(1200)])
     write(f"{out}/calc/prompts.jsonl", [{"prompt": calc.prompt_text(*calc.sample_operands(rng))} for _ in range(800)])
     write(f"{out}/calc/eval.jsonl", [{"prompt": calc.prompt_text(*calc.sample_operands(rng))} for _ in range(100)])
 
