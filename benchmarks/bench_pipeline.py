@@ -109,13 +109,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def standalone(steps: int, workload: str = "tiny") -> dict:
+def standalone(steps: int, workload: str = "tiny", *overrides: str, name: str = "standalone") -> dict:
     """Maker rate and trainer rate, each measured with the other stage idle, on the real actors, with the
-    core-seconds per sample each stage's processes used."""
+    core-seconds per sample each stage's processes used (`overrides`: config keys of the job)."""
     from actors.driver import PPOJob
 
-    cfg = ppo_config(os.path.join(OUT, "standalone"), f"ppo.max_steps={steps}",
-                     f"buffer.capacity={ROLLOUT * (steps + 1)}", workload=workload)
+    cfg = ppo_config(os.path.join(OUT, name), f"ppo.max_steps={steps}",
+                     f"buffer.capacity={ROLLOUT * (steps + 1)}", *overrides, workload=workload)
     job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()

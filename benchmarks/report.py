@@ -258,6 +258,29 @@ def generation_section(rows) -> list[str]:
     return out
 
 
+def efficiency_section(r) -> list[str]:
+    """benchmarks.bench_efficiency's result: core-seconds per sample with and without the compacting decode
+    and packed updates, per stage, and the fraction of the work left."""
+    if r is None or "settings" not in r:
+        return ["*Not measured in this run* (`python -m benchmarks.bench_efficiency`)."]
+    s, o = r["settings"], r["settings_overrides"]
+    out = [f"The PPO job's stages alone (as in the table above), {r['repeats']} interleaved rounds of {r['steps']} "
+           "steps each, medians; core-seconds per sample:", "",
+           "| setting | overrides | generation | training | total | rounds |", "|---|---|---|---|---|---|"]
+    for name in ("baseline", "efficient"):
+        if name in s:
+            out.append(f"| {name} | `{' '.join(o[name])}` | {f(s[name]['generation'], 4)} | "
+                       f"{f(s[name]['training'], 4)} | {f(s[name]['total'], 4)} | {s[name]['rounds']} |")
+    if "fraction_of_baseline" in r:
+        out += ["", f"Work left: **{f(r['fraction_of_baseline'])}** of the baseline's core-seconds per sample "
+                f"(generation {f(r['generation_fraction'])}, training {f(r['training_fraction'])}); target ≤ 0.75. "
+                "The compacting decode saves what rows that end before their batch's longest would have cost; "
+                "packing saves the padding of micro-batches whose samples differ in length. Both save nothing on "
+                "samples that all run to the same length."]
+    out += ["", f"Command: `{r['command']}`"]
+    return out
+
+
 def write() -> str:
     m = machine()
     v = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
@@ -272,6 +295,8 @@ def write() -> str:
              "## 2. Pipeline efficiency and maker scaling", "", "### Tiny workload (4 x 128 llama, 16 new tokens)", "",
              *pipeline_section(load("pipeline")), "", "### Medium workload (10 x 512 llama, 39M parameters, 64 new tokens)", "",
              *pipeline_section(load("pipeline_medium")), "",
+             "### Work per sample: the compacting decode and packed updates (medium workload)", "",
+             *efficiency_section(load("efficiency_medium")), "",
              "## 3. Weight sync", "", *sync_section(load("weight_sync")), "",
              "## 4. Soak (reliability)", "", *soak_section(load("soak")), "",
              "## 5. Quantized inference (`launch.generate --quantize`)", "", *quantize_section(load("quantize")), "",

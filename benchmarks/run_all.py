@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks import bench_generation, bench_pipeline, bench_quantize, bench_trl, bench_weight_sync, report, soak
+from benchmarks import bench_efficiency, bench_generation, bench_pipeline, bench_quantize, bench_trl, bench_weight_sync, report, soak
 
 
 def main() -> None:
@@ -18,6 +18,8 @@ def main() -> None:
                       ("pipeline efficiency and maker scaling", lambda: bench_pipeline.main(["--steps", "8"])),
                       ("pipeline efficiency, 39M llama x 64 tokens",
                        lambda: bench_pipeline.main(["--steps", "8", "--workload", "medium", "--no-scaling"])),
+                      ("work per sample with and without compaction and packing, 39M llama",
+                       lambda: bench_efficiency.main(["--workload", "medium"])),
                       ("generation against forward passes", lambda: bench_generation.main(["--workload", "tiny"])),
                       ("generation against forward passes, 39M llama",
                        lambda: bench_generation.main(["--workload", "medium"])),

@@ -195,3 +195,29 @@ def test_ours_runs_the_named_configurations_in_setup_order_and_the_report_says_w
                            "trl_layouts": ["2p x 1t fp32"], "ours": ["sync", "colocated"]},
               "cpu": {"native_bf16": False, "flags": ["avx2"]}, "command": "python -m benchmarks.bench_trl"}
     assert "Ours run in: sync, colocated (`--ours`)." in "\n".join(report.trl_section(result))
+
+
+def test_the_efficiency_summary_takes_medians_per_setting_and_the_fraction_of_the_baseline_left():
+    from benchmarks import report
+    from benchmarks.bench_efficiency import settings, summarize
+
+    def run(setting, rnd, gen, train):
+        return {"setting": setting, "round": rnd, "generation_core_seconds_per_sample": gen,
+                "training_core_seconds_per_sample": train}
+
+    runs = [run("baseline", 0, 0.6, 0.4), run("baseline", 1, 0.8, 0.4), run("baseline", 2, 0.7, 0.5),
+            run("efficient", 0, 0.4, 0.3), run("efficient", 1, 0.5, 0.3), run("efficient", 2, 0.6, 0.2)]
+    s = summarize(runs)
+    assert s["baseline_core_seconds_per_sample"] == pytest.approx(1.2)  # median of 1.0, 1.2, 1.2
+    assert s["core_seconds_per_sample"] == pytest.approx(0.8)  # median of 0.7, 0.8, 0.8
+    assert s["fraction_of_baseline"] == pytest.approx(0.8 / 1.2)
+    assert s["generation_fraction"] == pytest.approx(0.5 / 0.7) and s["training_fraction"] == pytest.approx(0.3 / 0.4)
+    assert "fraction_of_baseline" not in summarize(runs[:3])  # one setting alone: nothing to compare
+    over = settings("medium")
+    assert over["baseline"] == ["generation.backend=hf"]
+    assert "generation.backend=compact" in over["efficient"] and any(
+        o.startswith("ppo.micro_batch_tokens=") for o in over["efficient"])
+    text = "\n".join(report.efficiency_section({**s, "settings_overrides": over, "repeats": 3, "steps": 8,
+                                                "command": "python -m benchmarks.bench_efficiency"}))
+    assert "**0.67** of the baseline" in text and "| efficient |" in text
+    assert "Not measured" in report.efficiency_section(None)[0]
