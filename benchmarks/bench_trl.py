@@ -252,6 +252,16 @@ def carry_unmeasured(result: dict, before: dict, measured: list[str]) -> None:
                 result.setdefault("colocated", {})[key] = before["colocated"][key]
 
 
+def keep_full_run(before: dict, partial: dict) -> dict:
+    """The section as it was (every configuration of ours against TRL), with the partial run (`--ours`
+    naming some of them) kept whole under "colocated" beside the colocated ratios it measured: the headline
+    ratios stay those of the run that tried all of ours."""
+    kept = dict(before)
+    run = {k: v for k, v in partial.items() if k not in ("colocated", "previous")}
+    kept["colocated"] = {**(partial.get("colocated") or {}), "run": run}
+    return kept
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up (>= 12: 10 steady)")
@@ -295,6 +305,10 @@ def main(argv=None) -> dict:
                                                        f"{algo}_ratio_range": pair["ratio_range"]})
     name = "vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}"
     before = load(name) or {}
+    if args.ours is not None and set(args.ours) != set(OURS_SETUPS["ppo"]) and "protocol" in before:
+        result = keep_full_run(before, result)  # a run of some of ours never replaces the run of all of them
+        save(name, result)
+        return result
     carry_unmeasured(result, before, args.algos)
     # what the section said before, so RESULTS.md can say what moved (kept across re-runs of this protocol)
     result["previous"] = before.get("previous") if "protocol" in before else {

@@ -49,7 +49,20 @@ def trl_section(r) -> list[str]:
                 f"the loss, one update over all {g['rollout']} in micro-batches of {g['micro']}; no critic on either "
                 "side.", "", *side_by_side_rows(r["grpo"], r.get("grpo_ratio"), r.get("grpo_ratio_range"), "grpo")]
     colocated = r.get("colocated") or {}
-    if any(colocated.get(f"{a}_ratio") is not None for a in ("ppo", "grpo")):
+    run = colocated.get("run")
+    if run and any(colocated.get(f"{a}_ratio") is not None for a in ("ppo", "grpo")):
+        rp = run["protocol"]
+        out += ["", f"**Colocated** (`placement: colocated`), measured in a run of its own ({run['measured_at']}, "
+                f"{rp['repeats']} round(s) of {rp['steps']} steps; ours: {', '.join(rp.get('ours', []))}; TRL: "
+                f"{', '.join(rp['trl_layouts'])}), against TRL's best of that run:"]
+        for algo in ("ppo", "grpo"):
+            if algo in run and colocated.get(f"{algo}_ratio") is not None:
+                out += ["", f"{algo.upper()}:", "", *side_by_side_rows(run[algo], run.get(f"{algo}_ratio"),
+                                                                      run.get(f"{algo}_ratio_range"), algo)]
+        out += ["", "Colocated against TRL: " + "; ".join(
+            f"{a.upper()} **{f(colocated[f'{a}_ratio'])}×**" for a in ("ppo", "grpo")
+            if colocated.get(f"{a}_ratio") is not None) + f" (target ≥ 1.3× for both). Command: `{run['command']}`"]
+    elif any(colocated.get(f"{a}_ratio") is not None for a in ("ppo", "grpo")):
         out += ["", "**Colocated** (`placement: colocated`, our `colocated` rows above) against TRL's best, round by "
                 "round: " + "; ".join(
                     f"{a.upper()} {f(colocated[f'{a}_ratio'])}× ({f(colocated[f'{a}_ratio_range'][0])}–"

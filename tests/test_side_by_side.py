@@ -221,3 +221,30 @@ def test_the_efficiency_summary_takes_medians_per_setting_and_the_fraction_of_th
                                                 "command": "python -m benchmarks.bench_efficiency"}))
     assert "**0.67** of the baseline" in text and "| efficient |" in text
     assert "Not measured" in report.efficiency_section(None)[0]
+
+
+def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_both():
+    from benchmarks import report
+    from benchmarks.bench_trl import keep_full_run
+
+    def row(side, config, rate):
+        return {"side": side, "config": config, "round": 0, "samples_per_s": rate, "step_seconds": 16 / rate}
+
+    full = {"protocol": {"steps": 12, "warmup_steps": 2, "repeats": 3, "trl_versions": ["0.19.1"],
+                         "trl_layouts": ["2p x 1t fp32"]},
+            "workload": {"model": "m", "rollout": 16, "micro": 4, "epochs": 1, "new_tokens": 64, "maker_batch": 8},
+            "cpu": {"native_bf16": False, "flags": ["avx2"]}, "command": "bench_trl --workload medium",
+            "measured_at": "then", "ppo_ratio": 0.91, "ppo_ratio_range": [0.89, 0.96], "previous": None}
+    runs = [row("ours", "colocated", 0.8), row("trl", "0.19.1 2p x 1t fp32", 0.9)]
+    found = {"runs": runs, "summary": sbs.summarize(runs)}
+    partial = {**full, "protocol": {**full["protocol"], "repeats": 1, "ours": ["colocated"]}, "measured_at": "now",
+               "command": "bench_trl --ours colocated", "ppo": found, "ppo_ratio": found["summary"]["ratio"],
+               "ppo_ratio_range": found["summary"]["ratio_range"],
+               "colocated": {"ppo_ratio": 0.8 / 0.9, "ppo_ratio_range": [0.8 / 0.9] * 2}, "previous": {"x": 1}}
+    kept = keep_full_run(full, partial)
+    assert kept["ppo_ratio"] == 0.91 and kept["measured_at"] == "then"  # the headline stays the full run's
+    assert kept["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3)
+    assert kept["colocated"]["run"]["measured_at"] == "now" and "previous" not in kept["colocated"]["run"]
+    text = "\n".join(report.trl_section(kept))
+    assert "measured in a run of its own (now, 1 round(s) of 12 steps; ours: colocated" in text
+    assert "PPO **0.89×** (target ≥ 1.3× for both)" in text
