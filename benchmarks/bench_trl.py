@@ -135,7 +135,9 @@ def run_ours(steps: int, mode: str = "sync") -> dict:
     length = steady([r["response_length"] for r in rows if "response_length" in r])  # async: steps with batches
     return {**rate, "mode": mode, "setup": OURS_SETUPS["ppo"][mode], "mean_response_tokens": length,
             "generated_tokens_per_s": rate["samples_per_s"] * length,
-            "driver_timing_step": steady([r["timing/step"] for r in rows])}
+            "driver_timing_step": steady([r["timing/step"] for r in rows]),
+            "timing": {k[len("timing/"):]: steady([r.get(k, 0.0) for r in rows if r.get("experience/batches")])
+                       for k in sorted(rows[-1]) if k.startswith("timing/") and k != "timing/step"}}
 
 
 def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
@@ -250,15 +252,30 @@ def carry_unmeasured(result: dict, before: dict, measured: list[str]) -> None:
             result[key] = before.get(key)
             if key in before.get("colocated", {}):
                 result.setdefault("colocated", {})[key] = before["colocated"][key]
+        run = before.get("colocated", {}).get("run")
+        if run and algo in run:  # the colocated ratio came from a run of its own: its rows come along
+            result.setdefault("colocated", {}).setdefault("run", {k: v for k, v in run.items()
+                                                                 if k not in ("ppo", "grpo")})[algo] = run[algo]
 
 
 def keep_full_run(before: dict, partial: dict) -> dict:
     """The section as it was (every configuration of ours against TRL), with the partial run (`--ours`
-    naming some of them) kept whole under "colocated" beside the colocated ratios it measured: the headline
+    naming some of them, colocated among them) kept under "colocated" beside the colocated ratios it
+    measured, algorithm by algorithm (a later `--algos grpo` run keeps the earlier PPO rows): the headline
     ratios stay those of the run that tried all of ours."""
     kept = dict(before)
-    run = {k: v for k, v in partial.items() if k not in ("colocated", "previous")}
-    kept["colocated"] = {**(partial.get("colocated") or {}), "run": run}
+    old = dict(before.get("colocated") or {})
+    run = dict(old.get("run") or {})
+    run.update({k: v for k, v in partial.items() if k not in ("colocated", "previous", "ppo", "grpo")})
+    run.setdefault("measured_at", time.strftime("%Y-%m-%d %H:%M:%S"))
+    run.setdefault("commit", commit())
+    for algo in ("ppo", "grpo"):
+        if algo in partial:
+            run[algo] = partial[algo]
+            for key in (f"{algo}_ratio", f"{algo}_ratio_range"):
+                run[key] = partial.get(key)
+                old[key] = (partial.get("colocated") or {}).get(key)
+    kept["colocated"] = {**old, "run": run}
     return kept
 
 
@@ -271,9 +288,12 @@ def main(argv=None) -> dict:
     p.add_argument("--layouts", nargs="*", default=None,
                    help="TRL layouts as <processes>x<threads> (default: every one of side_by_side.trl_layouts)")
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
-    p.add_argument("--ours", nargs="*", choices=sorted(OURS_SETUPS["ppo"]), default=None,
-                   help="our configurations to run (default: every one); the best of those run is compared")
+    p.add_argument("--ours", nargs="+", choices=sorted(OURS_SETUPS["ppo"]), default=None,
+                   help="our configurations to run (default: every one), colocated among them: the run is kept "
+                        "beside the full run's section, under its colocated key")
     args = p.parse_args(argv)
+    if args.ours is not None and "colocated" not in args.ours:
+        p.error("--ours must name colocated: a run of some of ours measures the colocated placement")
     if args.steps < WARMUP_STEPS + 1:
         p.error(f"--steps must leave a steady step after {WARMUP_STEPS} warm-up steps")
     flags = cpu_flags()
@@ -287,7 +307,7 @@ def main(argv=None) -> dict:
               "grpo_workload": {"rollout": GRPO_ROLLOUT, "group": GRPO_GROUP, "micro": GRPO_MICRO,
                                 "new_tokens": NEW_TOKENS, "kl_coef": GRPO_KL, "reward": "sorting verifier"},
               "protocol": {"steps": args.steps, "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
-                           "ours": args.ours or sorted(OURS_SETUPS["ppo"]),
+                           **({"ours": args.ours} if args.ours else {}),
                            "trl_versions": args.trl, "trl_layouts": [lay.name for lay in layouts]},
               "cpu": {"native_bf16": cpu_has_native_bf16(flags),
                       "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))},

@@ -266,17 +266,20 @@ def efficiency_section(r) -> list[str]:
     s, o = r["settings"], r["settings_overrides"]
     out = [f"The PPO job's stages alone (as in the table above), {r['repeats']} interleaved rounds of {r['steps']} "
            "steps each, medians; core-seconds per sample:", "",
-           "| setting | overrides | generation | training | total | rounds |", "|---|---|---|---|---|---|"]
+           "| setting | overrides | maker stage (generate, reference, reward, values) | training | total | rounds |",
+           "|---|---|---|---|---|---|"]
     for name in ("baseline", "efficient"):
         if name in s:
             out.append(f"| {name} | `{' '.join(o[name])}` | {f(s[name]['generation'], 4)} | "
                        f"{f(s[name]['training'], 4)} | {f(s[name]['total'], 4)} | {s[name]['rounds']} |")
     if "fraction_of_baseline" in r:
         out += ["", f"Work left: **{f(r['fraction_of_baseline'])}** of the baseline's core-seconds per sample "
-                f"(generation {f(r['generation_fraction'])}, training {f(r['training_fraction'])}); target ≤ 0.75. "
-                "The compacting decode saves what rows that end before their batch's longest would have cost; "
-                "packing saves the padding of micro-batches whose samples differ in length. Both save nothing on "
-                "samples that all run to the same length."]
+                f"(maker stage {f(r['generation_fraction'])}, training {f(r['training_fraction'])}); target ≤ 0.75. "
+                "The compacting decode saves, in the decode alone, what rows that end before their batch's longest "
+                "would have cost; packing saves the padding of micro-batches whose prompts or responses differ in "
+                "length. Neither saves anything where every row has the same prompt length and runs to "
+                "max_new_tokens. The two settings sample with different streams (compact: one seeded stream per "
+                "row), so their responses are not the same tokens."]
     out += ["", f"Command: `{r['command']}`"]
     return out
 

@@ -52,7 +52,7 @@ def trl_section(r) -> list[str]:
     run = colocated.get("run")
     if run and any(colocated.get(f"{a}_ratio") is not None for a in ("ppo", "grpo")):
         rp = run["protocol"]
-        out += ["", f"**Colocated** (`placement: colocated`), measured in a run of its own ({run['measured_at']}, "
+        out += ["", f"**Colocated** (`placement: colocated`), measured in a run of its own ({run.get('measured_at', '?')}, "
                 f"{rp['repeats']} round(s) of {rp['steps']} steps; ours: {', '.join(rp.get('ours', []))}; TRL: "
                 f"{', '.join(rp['trl_layouts'])}), against TRL's best of that run:"]
         for algo in ("ppo", "grpo"):

@@ -219,13 +219,13 @@ def test_the_efficiency_summary_takes_medians_per_setting_and_the_fraction_of_th
         o.startswith("ppo.micro_batch_tokens=") for o in over["efficient"])
     text = "\n".join(report.efficiency_section({**s, "settings_overrides": over, "repeats": 3, "steps": 8,
                                                 "command": "python -m benchmarks.bench_efficiency"}))
-    assert "**0.67** of the baseline" in text and "| efficient |" in text
+    assert "**0.67** of the baseline" in text and "| efficient |" in text and "maker stage 0.71" in text
     assert "Not measured" in report.efficiency_section(None)[0]
 
 
 def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_both():
     from benchmarks import report
-    from benchmarks.bench_trl import keep_full_run
+    from benchmarks.bench_trl import carry_unmeasured, keep_full_run
 
     def row(side, config, rate):
         return {"side": side, "config": config, "round": 0, "samples_per_s": rate, "step_seconds": 16 / rate}
@@ -237,14 +237,27 @@ def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_
             "measured_at": "then", "ppo_ratio": 0.91, "ppo_ratio_range": [0.89, 0.96], "previous": None}
     runs = [row("ours", "colocated", 0.8), row("trl", "0.19.1 2p x 1t fp32", 0.9)]
     found = {"runs": runs, "summary": sbs.summarize(runs)}
-    partial = {**full, "protocol": {**full["protocol"], "repeats": 1, "ours": ["colocated"]}, "measured_at": "now",
-               "command": "bench_trl --ours colocated", "ppo": found, "ppo_ratio": found["summary"]["ratio"],
-               "ppo_ratio_range": found["summary"]["ratio_range"],
-               "colocated": {"ppo_ratio": 0.8 / 0.9, "ppo_ratio_range": [0.8 / 0.9] * 2}, "previous": {"x": 1}}
+    # as bench_trl.main builds it: no date of its own at the top (save() stamps the section it writes)
+    partial = {k: v for k, v in full.items() if k != "measured_at"}
+    partial.update(protocol={**full["protocol"], "repeats": 1, "ours": ["colocated"]},
+                   command="bench_trl --ours colocated", ppo=found, ppo_ratio=found["summary"]["ratio"],
+                   ppo_ratio_range=found["summary"]["ratio_range"], previous={"x": 1},
+                   colocated={"ppo_ratio": 0.8 / 0.9, "ppo_ratio_range": [0.8 / 0.9] * 2})
     kept = keep_full_run(full, partial)
     assert kept["ppo_ratio"] == 0.91 and kept["measured_at"] == "then"  # the headline stays the full run's
     assert kept["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3)
-    assert kept["colocated"]["run"]["measured_at"] == "now" and "previous" not in kept["colocated"]["run"]
+    assert kept["colocated"]["run"]["measured_at"] != "then" and "previous" not in kept["colocated"]["run"]
     text = "\n".join(report.trl_section(kept))
-    assert "measured in a run of its own (now, 1 round(s) of 12 steps; ours: colocated" in text
+    assert "measured in a run of its own (2" in text and "1 round(s) of 12 steps; ours: colocated" in text
     assert "PPO **0.89×** (target ≥ 1.3× for both)" in text
+    # a later run of GRPO alone keeps the PPO rows and ratio of the earlier one
+    grpo = {**partial, "ppo": None, "grpo": found, "grpo_ratio": 1.0, "grpo_ratio_range": [1.0, 1.0],
+            "colocated": {"grpo_ratio": 0.8 / 0.9, "grpo_ratio_range": [0.8 / 0.9] * 2}}
+    del grpo["ppo"], grpo["ppo_ratio"], grpo["ppo_ratio_range"]
+    both = keep_full_run(kept, grpo)
+    assert both["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3) and "ppo" in both["colocated"]["run"]
+    assert both["colocated"]["grpo_ratio"] == pytest.approx(0.889, abs=1e-3) and "grpo" in both["colocated"]["run"]
+    # a full run of PPO alone later carries the GRPO colocated rows along with their ratio
+    fresh = {"ppo": {"runs": []}}
+    carry_unmeasured(fresh, {**both, "grpo": {"runs": []}}, ["ppo"])
+    assert fresh["colocated"]["grpo_ratio"] == pytest.approx(0.889, abs=1e-3) and "grpo" in fresh["colocated"]["run"]
