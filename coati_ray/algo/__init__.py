@@ -10,7 +10,8 @@ from coati_ray.algo.functional import (
     masked_whiten,
 )
 from coati_ray.algo.losses import IGNORE_INDEX, kl_loss, policy_loss, ptx_mix, reward_model_loss, sft_loss, value_loss
-from coati_ray.algo.rewards import gae_recursion, kl_estimate, last_token_index, per_token_rewards
+from coati_ray.algo.advantages import gae_recursion
+from coati_ray.algo.rewards import kl_estimate, last_token_index, per_token_rewards
 
 __all__ = [
     "action_log_probs", "entropy_from_logits", "log_probs_from_logits", "masked_mean", "masked_sum",

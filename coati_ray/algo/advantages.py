@@ -24,8 +24,6 @@ from typing import Callable, Optional
 
 import torch
 
-from coati_ray.algo.rewards import gae_recursion
-
 
 @dataclass
 class AdvantageInputs:
@@ -149,8 +147,36 @@ def discounted_returns(rewards: torch.Tensor, action_mask: torch.Tensor, gamma: 
 # ---------------------------------------------------------------- the estimators
 
 
+def gae_recursion(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, gamma: float = 1.0,
+                  lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the action tokens.
+
+    rewards, values, action_mask: (B, A) -> (advantages, returns), each (B, A).
+    delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lam * A_{t+1}, where V and A
+    after the last valid token are 0 (the episode ends there). returns = advantages + values.
+    Masked positions get 0 advantage and 0 return.
+    """
+    mask = action_mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    B, A = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(A)):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv_t = delta + gamma * lam * next_adv
+        advantages[:, t] = adv_t * m
+        # A masked (padding) position must not carry value or advantage backwards.
+        next_value = torch.where(m > 0, values[:, t], next_value)
+        next_adv = torch.where(m > 0, adv_t, next_adv)
+    returns = (advantages + values) * mask
+    return advantages.detach(), returns.detach()
+
+
 def gae(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's GAE on the per-token rewards with the critic's values (the recursion: coati_ray.algo.rewards.gae_recursion)."""
+    """PPO's GAE on the per-token rewards with the critic's values (the recursion: gae_recursion above)."""
     if x.values is None:
         raise ValueError("gae needs the critic's values")
     return gae_recursion(x.token_rewards, x.values, x.action_mask, x.gamma, x.lam)

@@ -1,4 +1,5 @@
-"""KL estimators, the per-token reward, and generalised advantage estimation.
+"""KL estimators, the per-token reward and the rows a length limit cut (GAE lives with the other advantage
+estimators, in coati_ray.algo.advantages).
 
 Shapes: B = batch, A = number of action (response) tokens.
 """
@@ -56,34 +57,6 @@ def per_token_rewards(score: torch.Tensor, kl: torch.Tensor, action_mask: torch.
     last = last_token_index(action_mask)
     rewards[torch.arange(rewards.size(0), device=rewards.device), last] += score
     return rewards * mask
-
-
-def gae_recursion(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, gamma: float = 1.0,
-                  lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the action tokens.
-
-    rewards, values, action_mask: (B, A) -> (advantages, returns), each (B, A).
-    delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lam * A_{t+1}, where V and A
-    after the last valid token are 0 (the episode ends there). returns = advantages + values.
-    Masked positions get 0 advantage and 0 return.
-    """
-    mask = action_mask.to(values.dtype)
-    values = values * mask
-    rewards = rewards * mask
-    B, A = rewards.shape
-    advantages = torch.zeros_like(rewards)
-    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)
-    next_adv = torch.zeros_like(next_value)
-    for t in reversed(range(A)):
-        m = mask[:, t]
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        adv_t = delta + gamma * lam * next_adv
-        advantages[:, t] = adv_t * m
-        # A masked (padding) position must not carry value or advantage backwards.
-        next_value = torch.where(m > 0, values[:, t], next_value)
-        next_adv = torch.where(m > 0, adv_t, next_adv)
-    returns = (advantages + values) * mask
-    return advantages.detach(), returns.detach()
 
 
 def truncated_rows(action_mask: torch.Tensor, actions: torch.Tensor, eos_ids: list[int],
