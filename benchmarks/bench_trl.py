@@ -92,6 +92,10 @@ OURS_SETUPS = {
 }
 COLOCATED = ["placement=colocated", "actor_trainer.strategy.name=ddp", "actor_trainer.resources.num_ranks=2",
              "actor_trainer.resources.num_cpus_per_rank=0.5", "actor_trainer.resources.torch_threads=1"]
+# PPO's critic as 2 ddp ranks too: with one rank its update (the whole batch on one core) outlasted the actor
+# ranks' (half each), and the step waited on it (9.3 s against 6.5 s of a 19.9 s step, 2026-12-02)
+COLOCATED_CRITIC = ["critic_trainer.strategy.name=ddp", "critic_trainer.resources.num_ranks=2",
+                    "critic_trainer.resources.num_cpus_per_rank=0.5", "critic_trainer.resources.torch_threads=1"]
 
 
 def _run_job(cfg) -> tuple[list[float], list[dict]]:
@@ -126,7 +130,7 @@ def run_ours(steps: int, mode: str = "sync") -> dict:
     both stages want goes mostly to the makers, who set the pace."""
     setup_overrides = {"sync": ["maker.num_makers=2"],
                        "async": ["maker.num_makers=2", "ppo.mode=async", "ppo.max_staleness=1", *niced_overrides()],
-                       "colocated": COLOCATED}[mode]
+                       "colocated": [*COLOCATED, *COLOCATED_CRITIC]}[mode]
     cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
                      f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *setup_overrides,
                      workload=WORKLOAD)
@@ -267,11 +271,13 @@ def keep_full_run(before: dict, partial: dict) -> dict:
     old = dict(before.get("colocated") or {})
     run = dict(old.get("run") or {})
     run.update({k: v for k, v in partial.items() if k not in ("colocated", "previous", "ppo", "grpo")})
-    run.setdefault("measured_at", time.strftime("%Y-%m-%d %H:%M:%S"))
-    run.setdefault("commit", commit())
+    # the run's stamp is the latest partial run's (an earlier one's date must not outlive its rows); each
+    # algorithm's rows keep the machine they ran on, since a later run of the other may be on another box
+    run["measured_at"] = partial.get("measured_at") or time.strftime("%Y-%m-%d %H:%M:%S")
+    run["commit"] = partial.get("commit") or commit()
     for algo in ("ppo", "grpo"):
         if algo in partial:
-            run[algo] = partial[algo]
+            run[algo] = {**partial[algo], "cpu": (partial[algo] or {}).get("cpu", partial.get("cpu"))}
             for key in (f"{algo}_ratio", f"{algo}_ratio_range"):
                 run[key] = partial.get(key)
                 old[key] = (partial.get("colocated") or {}).get(key)

@@ -247,6 +247,7 @@ def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_
     assert kept["ppo_ratio"] == 0.91 and kept["measured_at"] == "then"  # the headline stays the full run's
     assert kept["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3)
     assert kept["colocated"]["run"]["measured_at"] != "then" and "previous" not in kept["colocated"]["run"]
+    assert kept["colocated"]["run"]["ppo"]["cpu"] == {"native_bf16": False, "flags": ["avx2"]}
     text = "\n".join(report.trl_section(kept))
     assert "measured in a run of its own (2" in text and "1 round(s) of 12 steps; ours: colocated" in text
     assert "PPO **0.89×** (target ≥ 1.3× for both)" in text
@@ -254,7 +255,11 @@ def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_
     grpo = {**partial, "ppo": None, "grpo": found, "grpo_ratio": 1.0, "grpo_ratio_range": [1.0, 1.0],
             "colocated": {"grpo_ratio": 0.8 / 0.9, "grpo_ratio_range": [0.8 / 0.9] * 2}}
     del grpo["ppo"], grpo["ppo_ratio"], grpo["ppo_ratio_range"]
+    grpo.update(cpu={"native_bf16": True, "flags": ["amx_bf16"]}, measured_at="later", commit="abc")
     both = keep_full_run(kept, grpo)
+    run = both["colocated"]["run"]  # the stamp is the later run's; each algorithm keeps the box it ran on
+    assert run["measured_at"] == "later" and run["commit"] == "abc" and run["grpo"]["cpu"]["native_bf16"]
+    assert run["ppo"]["cpu"] == {"native_bf16": False, "flags": ["avx2"]}
     assert both["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3) and "ppo" in both["colocated"]["run"]
     assert both["colocated"]["grpo_ratio"] == pytest.approx(0.889, abs=1e-3) and "grpo" in both["colocated"]["run"]
     # a full run of PPO alone later carries the GRPO colocated rows along with their ratio
