@@ -14,6 +14,16 @@ def measured_when(algo_result: dict) -> str:
     return f" (measured {algo_result['measured_at']} at {algo_result['commit']})"
 
 
+def cpu_note(run_cpu, section_cpu) -> str:
+    """', on a CPU with ...' when a partial run ran on another kind of CPU than the section's full run (boxes of one
+    kind differ: compare its rows with each other, not with the full run's)."""
+    if not run_cpu or run_cpu == section_cpu:
+        return ""
+    kind = ("native bf16: " + ", ".join(x for x in run_cpu["flags"] if "bf16" in x) if run_cpu["native_bf16"]
+            else "no native bf16")
+    return f"; on another box than the run above ({kind}): compare its rows with each other only"
+
+
 def trl_section(r) -> list[str]:
     """Section 1 from bench_trl's result: the protocol, then for PPO and GRPO every configuration of each side
     (median and range over the rounds) and the median ratio with its range."""
@@ -54,7 +64,7 @@ def trl_section(r) -> list[str]:
         rp = run["protocol"]
         out += ["", f"**Colocated** (`placement: colocated`), measured in a run of its own ({run.get('measured_at', '?')}, "
                 f"{rp['repeats']} round(s) of {rp['steps']} steps; ours: {', '.join(rp.get('ours', []))}; TRL: "
-                f"{', '.join(rp['trl_layouts'])}), against TRL's best of that run:"]
+                f"{', '.join(rp['trl_layouts'])}{cpu_note(run.get('cpu'), cpu)}), against TRL's best of that run:"]
         for algo in ("ppo", "grpo"):
             if algo in run and colocated.get(f"{algo}_ratio") is not None:
                 out += ["", f"{algo.upper()}:", "", *side_by_side_rows(run[algo], run.get(f"{algo}_ratio"),
