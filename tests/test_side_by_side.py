@@ -260,6 +260,8 @@ def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_
     run = both["colocated"]["run"]  # the stamp is the later run's; each algorithm keeps the box it ran on
     assert run["measured_at"] == "later" and run["commit"] == "abc" and run["grpo"]["cpu"]["native_bf16"]
     assert run["ppo"]["cpu"] == {"native_bf16": False, "flags": ["avx2"]}
+    assert "on another box than the run above (native bf16: amx_bf16)" in "\n".join(report.trl_section(both))
+    assert "on another box" not in text  # the first partial run ran on the full run's box
     assert both["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3) and "ppo" in both["colocated"]["run"]
     assert both["colocated"]["grpo_ratio"] == pytest.approx(0.889, abs=1e-3) and "grpo" in both["colocated"]["run"]
     # a full run of PPO alone later carries the GRPO colocated rows along with their ratio
