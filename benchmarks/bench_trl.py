@@ -93,7 +93,8 @@ OURS_SETUPS = {
 COLOCATED = ["placement=colocated", "actor_trainer.strategy.name=ddp", "actor_trainer.resources.num_ranks=2",
              "actor_trainer.resources.num_cpus_per_rank=0.5", "actor_trainer.resources.torch_threads=1"]
 # PPO's critic as 2 ddp ranks too: with one rank its update (the whole batch on one core) outlasted the actor
-# ranks' (half each), and the step waited on it (9.3 s against 6.5 s of a 19.9 s step, 2026-12-02)
+# ranks' (half each), and the step waited on it (9.3 s against 6.5 s of a 19.9 s step on an AVX2 box; 3.5 s against
+# 2.6 s on an AVX-512/AMX one, 2026-12-02)
 COLOCATED_CRITIC = ["critic_trainer.strategy.name=ddp", "critic_trainer.resources.num_ranks=2",
                     "critic_trainer.resources.num_cpus_per_rank=0.5", "critic_trainer.resources.torch_threads=1"]
 
@@ -276,8 +277,8 @@ def keep_full_run(before: dict, partial: dict) -> dict:
     run["measured_at"] = partial.get("measured_at") or time.strftime("%Y-%m-%d %H:%M:%S")
     run["commit"] = partial.get("commit") or commit()
     for algo in ("ppo", "grpo"):
-        if algo in partial:
-            run[algo] = {**partial[algo], "cpu": (partial[algo] or {}).get("cpu", partial.get("cpu"))}
+        if partial.get(algo):
+            run[algo] = {**partial[algo], "cpu": partial[algo].get("cpu", partial.get("cpu"))}
             for key in (f"{algo}_ratio", f"{algo}_ratio_range"):
                 run[key] = partial.get(key)
                 old[key] = (partial.get("colocated") or {}).get(key)
@@ -333,7 +334,7 @@ def main(argv=None) -> dict:
     before = load(name) or {}
     if args.ours is not None and set(args.ours) != set(OURS_SETUPS["ppo"]) and "protocol" in before:
         result = keep_full_run(before, result)  # a run of some of ours never replaces the run of all of them
-        save(name, result)
+        save(name, result, stamp_machine=False)  # its rows name their CPU; the file's machine stays the full run's
         return result
     carry_unmeasured(result, before, args.algos)
     # what the section said before, so RESULTS.md can say what moved (kept across re-runs of this protocol)

@@ -115,10 +115,11 @@ def versions(*names: str) -> dict:
 RESULTS_JSON = os.path.join(REPO, "benchmarks", "RESULTS.json")
 
 
-def save(name: str, result: dict) -> str:
+def save(name: str, result: dict, stamp_machine: bool = True) -> str:
     """Keep `result` as runs/bench/results/<name>.json and as section `name` of the committed
     benchmarks/RESULTS.json, which RESULTS.md is written from: a benchmark run alone (`make soak`)
-    replaces its own section and leaves the others as they were measured."""
+    replaces its own section and leaves the others as they were measured. `stamp_machine=False` (a partial run
+    kept beside a full one, naming its own CPU) leaves RESULTS.json's machine and versions as they were."""
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
     result = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit(), **result}
@@ -126,8 +127,9 @@ def save(name: str, result: dict) -> str:
         json.dump(result, f, indent=2)
     data = read_results()
     data[name] = result
-    data["machine"] = machine()
-    data["versions"] = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
+    if stamp_machine or "machine" not in data:
+        data["machine"] = machine()
+        data["versions"] = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
     with open(RESULTS_JSON + ".tmp", "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
     os.replace(RESULTS_JSON + ".tmp", RESULTS_JSON)

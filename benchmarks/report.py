@@ -286,7 +286,7 @@ def efficiency_section(r) -> list[str]:
 
 def write() -> str:
     m = load("machine") or machine()  # the box the benchmarks ran on, not the one writing the report
-    v = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
+    v = load("versions") or versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
     lines = ["# Benchmark results", "",
              f"Written from [`RESULTS.json`](RESULTS.json) on {time.strftime('%Y-%m-%d %H:%M')}: `make bench` measures "
              "every section, `make soak` the soak alone; each section says when it was measured.", "",

@@ -21,7 +21,7 @@ def cpu_note(run_cpu, section_cpu) -> str:
         return ""
     kind = ("native bf16: " + ", ".join(x for x in run_cpu["flags"] if "bf16" in x) if run_cpu["native_bf16"]
             else "no native bf16")
-    return f"; on another box than the run above ({kind}): compare its rows with each other only"
+    return f" (on another box than the run above, {kind}: compare these rows with each other only)"
 
 
 def trl_section(r) -> list[str]:
@@ -64,10 +64,11 @@ def trl_section(r) -> list[str]:
         rp = run["protocol"]
         out += ["", f"**Colocated** (`placement: colocated`), measured in a run of its own ({run.get('measured_at', '?')}, "
                 f"{rp['repeats']} round(s) of {rp['steps']} steps; ours: {', '.join(rp.get('ours', []))}; TRL: "
-                f"{', '.join(rp['trl_layouts'])}{cpu_note(run.get('cpu'), cpu)}), against TRL's best of that run:"]
+                f"{', '.join(rp['trl_layouts'])}), against TRL's best of that run:"]
         for algo in ("ppo", "grpo"):
             if algo in run and colocated.get(f"{algo}_ratio") is not None:
-                out += ["", f"{algo.upper()}:", "", *side_by_side_rows(run[algo], run.get(f"{algo}_ratio"),
+                where = cpu_note(run[algo].get("cpu") or run.get("cpu"), cpu)  # each algorithm's rows: their box
+                out += ["", f"{algo.upper()}{where}:", "", *side_by_side_rows(run[algo], run.get(f"{algo}_ratio"),
                                                                       run.get(f"{algo}_ratio_range"), algo)]
         out += ["", "Colocated against TRL: " + "; ".join(
             f"{a.upper()} **{f(colocated[f'{a}_ratio'])}×**" for a in ("ppo", "grpo")

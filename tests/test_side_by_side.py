@@ -260,7 +260,9 @@ def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_
     run = both["colocated"]["run"]  # the stamp is the later run's; each algorithm keeps the box it ran on
     assert run["measured_at"] == "later" and run["commit"] == "abc" and run["grpo"]["cpu"]["native_bf16"]
     assert run["ppo"]["cpu"] == {"native_bf16": False, "flags": ["avx2"]}
-    assert "on another box than the run above (native bf16: amx_bf16)" in "\n".join(report.trl_section(both))
+    both_text = "\n".join(report.trl_section(both))  # the note heads the rows of the algorithm that ran elsewhere
+    assert "GRPO (on another box than the run above, native bf16: amx_bf16: compare" in both_text
+    assert "\nPPO:\n" in both_text
     assert "on another box" not in text  # the first partial run ran on the full run's box
     assert both["colocated"]["ppo_ratio"] == pytest.approx(0.889, abs=1e-3) and "ppo" in both["colocated"]["run"]
     assert both["colocated"]["grpo_ratio"] == pytest.approx(0.889, abs=1e-3) and "grpo" in both["colocated"]["run"]
@@ -268,3 +270,22 @@ def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_
     fresh = {"ppo": {"runs": []}}
     carry_unmeasured(fresh, {**both, "grpo": {"runs": []}}, ["ppo"])
     assert fresh["colocated"]["grpo_ratio"] == pytest.approx(0.889, abs=1e-3) and "grpo" in fresh["colocated"]["run"]
+
+
+def test_a_partial_run_leaves_the_files_machine_as_the_full_runs(tmp_path, monkeypatch):
+    """save(stamp_machine=False), as a run of some of ours saves: its rows name their CPU, RESULTS.json's machine
+    and versions (RESULTS.md's Machine line) stay those of the runs measured before."""
+    import json
+
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(common, "RESULTS_JSON", str(tmp_path / "RESULTS.json"))
+    (tmp_path / "RESULTS.json").write_text(json.dumps({"machine": {"cpu": "the full run's box"},
+                                                       "versions": {"torch": "x"}}))
+    common.save("vs_trl_medium", {"ppo_ratio": 1.0}, stamp_machine=False)
+    data = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert data["machine"] == {"cpu": "the full run's box"} and data["versions"] == {"torch": "x"}
+    assert data["vs_trl_medium"]["ppo_ratio"] == 1.0
+    common.save("vs_trl_medium", {"ppo_ratio": 2.0})  # a full run stamps the box it ran on
+    assert json.loads((tmp_path / "RESULTS.json").read_text())["machine"]["cpu"] != "the full run's box"
