@@ -15,8 +15,8 @@ def measured_when(algo_result: dict) -> str:
 
 
 def cpu_note(run_cpu, section_cpu) -> str:
-    """', on a CPU with ...' when a partial run ran on another kind of CPU than the section's full run (boxes of one
-    kind differ: compare its rows with each other, not with the full run's)."""
+    """' (on another box than the run above, ...)' when a partial run's rows ran on another CPU than the section's
+    full run (boxes differ ~2x: compare those rows with each other, not with the full run's); '' otherwise."""
     if not run_cpu or run_cpu == section_cpu:
         return ""
     kind = ("native bf16: " + ", ".join(x for x in run_cpu["flags"] if "bf16" in x) if run_cpu["native_bf16"]
