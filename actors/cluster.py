@@ -121,7 +121,7 @@ def check_shared_output(handles: dict, output_dir: str, timeout_s: float = 60.0)
         raise WorkerLost(unshared_message(output_dir, missing))
 
 
-def _write_probe(_actor, output_dir: str, name: str, token: str) -> dict:
+def _write_probe(_worker, output_dir: str, name: str, token: str) -> dict:
     from coati_ray.utils.shared_storage import write_probe
 
     return write_probe(output_dir, name, token)

@@ -1,4 +1,4 @@
-"""The weight-sync process group, formed inside Ray actors beside their trainer worlds.
+"""The weight-broadcast process group, formed inside Ray actors beside their trainer worlds.
 
 A trainer rank 0 (the sender) and every maker form a torch.distributed group of their own: a standalone
 `ProcessGroupGloo` (CPU) or `ProcessGroupNCCL` (GPU) built on the driver's rendezvous actor
@@ -29,14 +29,14 @@ class GroupAbandoned(RuntimeError):
     """The driver gave up on forming this group; a member that was waiting for the others leaves."""
 
 
-class SyncGroup:
+class WeightBroadcastGroup:
     def __init__(self, meeting: tuple, rank: int, size: int, backend: str, timeout_s: float):
-        from actors.rendezvous import ActorStore, node_bind_ip
+        from actors.rendezvous import RendezvousStore, node_bind_ip
 
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank, self.size, self.backend = rank, size, backend
         rendezvous, secret = meeting
-        self.store = ActorStore(rendezvous, secret, timeout_s)
+        self.store = RendezvousStore(rendezvous, secret, timeout_s)
         self.store.set(f"joined/{rank}", "1")
         self._wait_for_members(timeout_s)
         if backend == "nccl":
@@ -56,9 +56,9 @@ class SyncGroup:
         deadline, marks = time.monotonic() + timeout_s, [f"joined/{r}" for r in range(self.size)]
         while not self.store.check(marks):
             if self.store.check([ABANDONED]):
-                raise GroupAbandoned("the driver abandoned this weight-sync group: a member did not join")
+                raise GroupAbandoned("the driver abandoned this weight-broadcast group: a member did not join")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"weight-sync group: not every member joined within {timeout_s:g}s")
+                raise TimeoutError(f"weight-broadcast group: not every member joined within {timeout_s:g}s")
             time.sleep(0.05)
 
     def broadcast(self, tensor: torch.Tensor, root: int = 0) -> None:

@@ -57,8 +57,8 @@ class ColocatedRollout:
         return self._rollout().evaluate(prompt_items, greedy, seed, samples_per_prompt, self.steps_done)
 
     def _make_metrics(self):
-        from actors.metrics import ActorMetrics
+        from actors.metrics import WorkerMetrics
 
         if getattr(self, "_rollout_metrics", None) is None:
-            self._rollout_metrics = ActorMetrics("colocated_maker", self.rank)
+            self._rollout_metrics = WorkerMetrics("colocated_maker", self.rank)
         return self._rollout_metrics

@@ -29,7 +29,7 @@ from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
 from actors.experience_source import ExperienceSource, experience_source
 from actors.replay_buffer import ReplayBuffer
-from actors.trainer_groups import TrainerGroups
+from actors.ppo_trainer_groups import PPOTrainerGroups
 from actors.watchdog import Watchdog
 from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
@@ -86,7 +86,7 @@ class PPOJob:
         self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
                                          cfg.ppo.eval_samples_per_prompt, self.logger)
         self.source: Optional[ExperienceSource] = None  # makers (placement: separate) or the actor group's ranks
-        self.trainers: Optional[TrainerGroups] = None
+        self.trainers: Optional[PPOTrainerGroups] = None
         self.max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
         self.watchdog: Optional[Watchdog] = None
         self.target_makers = cfg.maker.num_makers
@@ -99,9 +99,9 @@ class PPOJob:
     def metrics(self):
         """The driver's own `coati_*` series (role=driver); created once Ray is connected."""
         if self._metrics is None:
-            from actors.metrics import ActorMetrics
+            from actors.metrics import WorkerMetrics
 
-            self._metrics = ActorMetrics("driver", 0)
+            self._metrics = WorkerMetrics("driver", 0)
         return self._metrics
 
     # ------------------------------------------------------------------ public API
@@ -194,7 +194,7 @@ class PPOJob:
         self.started_ray = connect(self.ray_address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port,
                                    info=self.logger.info)
         check_cluster_fits(cfg)
-        self.trainers = TrainerGroups(cfg, self.cfg_dict, self.roles)
+        self.trainers = PPOTrainerGroups(cfg, self.cfg_dict, self.roles)
         # On the driver's node: it lives exactly as long as the job's driver, whichever node is lost.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.buffer = ReplayBuffer.options(name="replay-buffer", namespace=NAMESPACE, scheduling_strategy=here).remote(
@@ -205,7 +205,7 @@ class PPOJob:
         self.trainers.start()
         check_shared_output(dict(self.trainers.names()), cfg.output_dir)
         self.source.start(lambda: self.trainers.setup(self.resume_from, first_step=self.step))
-        self.watchdog = Watchdog(cfg.watchdog, cfg.output_dir, self.actor_handles, self.activity)
+        self.watchdog = Watchdog(cfg.watchdog, cfg.output_dir, self.worker_handles, self.activity)
         self.watchdog.locate()
         self.source.attach(self.watchdog)
         if self.resume_from:
@@ -259,7 +259,7 @@ class PPOJob:
             with self.lock:
                 self.target_makers = self.num_makers
 
-    def actor_handles(self) -> dict:
+    def worker_handles(self) -> dict:
         """{name: handle} of every actor of the job (the watchdog pings them)."""
         out = self.source.handles()
         out.update(dict(self.trainers.names()))

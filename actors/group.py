@@ -32,13 +32,13 @@ class RankWorker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def run(self, fn: Callable, *args, rendezvous=None, secret: str = "", **kwargs) -> Any:
-        """fn(*args, **kwargs), with `store=` the group's rendezvous (an ActorStore) when one is given; the
+        """fn(*args, **kwargs), with `store=` the group's rendezvous (an RendezvousStore) when one is given; the
         rank's gloo connections listen on the interface Ray uses on this node."""
         if rendezvous is not None:
-            from actors.rendezvous import ActorStore, bind_gloo_to, node_bind_ip
+            from actors.rendezvous import RendezvousStore, bind_gloo_to, node_bind_ip
 
             bind_gloo_to(node_bind_ip())
-            kwargs["store"] = ActorStore(rendezvous, secret)
+            kwargs["store"] = RendezvousStore(rendezvous, secret)
         return fn(*args, **kwargs)
 
 

@@ -3,7 +3,7 @@
 Weights arrive through a `WeightReceiver` (actors/weight_endpoints.py) and are swapped in between
 batches, never during one: an object-store handle is loaded by a call queued behind the running
 `make` (Ray runs the default group's methods one at a time); broadcast buckets are received on the
-actor's own `sync` thread while it generates and swapped in before the next batch. A batch's
+actor's own `weights` thread while it generates and swapped in before the next batch. A batch's
 Experience is the task's second return value: it is stored once in the object store, owned by the
 driver, and the buffer only ever sees its ObjectRef.
 """
@@ -30,7 +30,7 @@ class MakerBehind(RuntimeError):
         return MakerBehind, (self.index, self.held, self.expected, self.restarted)
 
 
-@ray.remote(concurrency_groups={"sync": 1})
+@ray.remote(concurrency_groups={"weights": 1})
 class ExperienceMaker:
     def __init__(self, index: int, cfg_dict: dict, torch_threads: Optional[int] = None,
                  cpu_cores: Optional[list] = None, nice: int = 0):
@@ -59,10 +59,10 @@ class ExperienceMaker:
         self.worker = RolloutWorker(cfg, self.models, self.tokenizer, RewardSources(cfg.rewards, self.models.reward),
                                     self.device, index)
         self.batches_made = 0
-        from actors.metrics import ActorMetrics
+        from actors.metrics import WorkerMetrics
         from actors.weight_endpoints import WeightReceiver
 
-        self.metrics = ActorMetrics("maker", index)
+        self.metrics = WorkerMetrics("maker", index)
         roles = {"actor": self.models.actor, **({"critic": self.models.critic} if self.models.critic is not None else {})}
         lora = {"actor": cfg.actor.lora_rank > 0, "critic": cfg.critic is not None and cfg.critic.lora_rank > 0}
         self.receiver = WeightReceiver(roles, lora, self.metrics)
@@ -88,19 +88,19 @@ class ExperienceMaker:
         """An object-store handle from the driver's WeightSync: loaded now (this call runs between batches)."""
         return {**self.receiver.load(handle), "maker": self.index}
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def join_sync(self, role: str, buckets: list, meeting: tuple, rank: int, size: int, backend: str,
                   timeout_s: float) -> int:
-        """Join the collective weight-sync group of `role` (on the sync thread: a running batch goes on)."""
+        """Join the weight-broadcast group of `role` (on the weights thread: a running batch goes on)."""
         self.receiver.join(role, buckets, meeting, rank, size, backend, timeout_s)
         return rank
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def receive_weights(self, role: str, buckets: list, version: int) -> dict:
         """Receive one broadcast into staging while generation may go on; swapped in before the next batch."""
         return {**self.receiver.receive(role, buckets, version), "maker": self.index}
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def leave_sync(self) -> None:
         self.receiver.leave()
 

@@ -269,7 +269,7 @@ class MakerPool:
     def _catch_up(self, index: int, behind: MakerBehind, batch: Batch) -> None:
         """A live maker without the weights it was promised (a load superseded, a broadcast that did not land
         in time): not a restart. It gets the newest weights through the object store and the batch again; its
-        process and its place in the weight-sync groups stay as they are."""
+        process and its place in the weight-broadcast groups stay as they are."""
         self.behind += 1
         self.info(f"maker-{index} was behind during batch {batch.batch_id} (holds version {behind.held}, "
                   f"expected {behind.expected}); loading the newest weights into it and making it again")

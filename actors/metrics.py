@@ -46,7 +46,7 @@ SERIES = {
 }
 
 
-class ActorMetrics:
+class WorkerMetrics:
     """The `coati_*` series of one actor; create it inside the actor (metrics live in its process)."""
 
     def __init__(self, role: str, index: int = 0):

@@ -1,4 +1,4 @@
-"""One placement for every trainer group (SFT/RM/pretrain's TrainerGroup, PPO's TrainerGroups): its ranks packed
+"""One placement for every trainer group (SFT/RM/pretrain's TrainerGroup, PPO's PPOTrainerGroups): its ranks packed
 into one placement group, one named actor per bundle, in the `coati` namespace so the dashboard reads clearly."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.cluster import NAMESPACE
 
 
-def place_ranks(actor_cls, name: str, num_ranks: int, num_cpus: float, num_gpus: float, timeout_s: float,
+def place_ranks(worker_cls, name: str, num_ranks: int, num_cpus: float, num_gpus: float, timeout_s: float,
                 unplaceable: Callable[[dict], Exception], args_of: Callable[[int], tuple]) -> tuple:
     """(placement group, [actor per rank]): `<name>-pg` holding `num_ranks` bundles of {CPU, GPU}, rank r's actor
     `<name>-<r>` built with `args_of(r)` in bundle r. A group that cannot be placed within `timeout_s` is removed
@@ -23,7 +23,7 @@ def place_ranks(actor_cls, name: str, num_ranks: int, num_cpus: float, num_gpus:
     if not ready:
         remove_placement_group(pg)
         raise unplaceable(bundle)
-    handles = [actor_cls.options(name=f"{name}-{rank}", namespace=NAMESPACE, num_cpus=num_cpus, num_gpus=num_gpus,
+    handles = [worker_cls.options(name=f"{name}-{rank}", namespace=NAMESPACE, num_cpus=num_cpus, num_gpus=num_gpus,
                                  scheduling_strategy=PlacementGroupSchedulingStrategy(pg, rank)).remote(*args_of(rank))
                for rank in range(num_ranks)]
     return pg, handles

@@ -19,7 +19,7 @@ from actors.colocated_rank import ColocatedRollout
 STATE_FILE = "trainer_state.json"
 
 
-@ray.remote(concurrency_groups={"sync": 1, "release": 1})
+@ray.remote(concurrency_groups={"weights": 1, "release": 1})
 class PPOTrainerRank(ColocatedRollout):
     def __init__(self, role: str, cfg_dict: dict, rank: int, world_size: int, torch_threads: Optional[int] = None,
                  cpu_cores: Optional[list] = None, nice: int = 0):
@@ -39,17 +39,17 @@ class PPOTrainerRank(ColocatedRollout):
         self.group_cfg = getattr(self.cfg, f"{role}_trainer")
         self.model_cfg = getattr(self.cfg, role)
         self.trainer = None
-        # An export may run on the sync thread while a step is under way (a maker catching up mid-step):
+        # An export may run on the weights thread while a step is under way (a maker catching up mid-step):
         # it waits for the update in progress, so it always reads the weights of a whole number of steps.
         self.update_lock = threading.Lock()
         self.steps_done = 0
 
-    metrics = None  # ActorMetrics, created on first use inside the actor process
+    metrics = None  # WorkerMetrics, created on first use inside the actor process
 
     def setup(self, meeting: tuple, resume_dir: Optional[str] = None, first_step: int = 0) -> int:
         """Join the group's process group (through the meeting place: actors/rendezvous.py) and build model,
         optimiser and (for the actor) PPO-ptx data."""
-        from actors.rendezvous import ActorStore, bind_gloo_to, node_bind_ip
+        from actors.rendezvous import RendezvousStore, bind_gloo_to, node_bind_ip
         from coati_ray.strategies import make_strategy
         from coati_ray.trainers.ppo import make_group_trainer
 
@@ -59,7 +59,7 @@ class PPOTrainerRank(ColocatedRollout):
             accum = max(2, accum)
         bind_gloo_to(node_bind_ip())
         self.strategy = make_strategy(self.group_cfg.strategy, self.rank, self.world_size, grad_accum_steps=accum,
-                                      store=ActorStore(*meeting))
+                                      store=RendezvousStore(*meeting))
         self.strategy.setup_distributed()
         model_dir = os.path.join(resume_dir, self.role, "model") if resume_dir else None
         self.trainer = make_group_trainer(self.role, self.cfg, self.strategy, model_dir)
@@ -129,9 +129,9 @@ class PPOTrainerRank(ColocatedRollout):
         from coati_ray.utils.flops import tflops
 
         if self.metrics is None:
-            from actors.metrics import ActorMetrics
+            from actors.metrics import WorkerMetrics
 
-            self.metrics = ActorMetrics(f"{self.role}_trainer", self.rank)
+            self.metrics = WorkerMetrics(f"{self.role}_trainer", self.rank)
         r = self.role
         self.metrics.set("policy_loss" if r == "actor" else "value_loss",
                          m.get("actor/policy_loss") if r == "actor" else m.get("critic/loss"))
@@ -143,16 +143,16 @@ class PPOTrainerRank(ColocatedRollout):
 
     # ---------------------------------------------------------------- weight sync (the sender's end)
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def steps_trained(self) -> dict:
         """The steps this rank's weights have seen, and whether an update is running (answers mid-step,
         without waiting for the update)."""
         return {"steps": self.steps_done, "busy": self.update_lock.locked()}
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def export_weights(self, block: bool = True) -> Optional[dict]:
         """Object store: rank 0 puts its weights once as numpy views ({ref, dtypes, bytes, version}); others
-        None. Under Gemini every rank joins the gather first. Runs on the sync thread, so it also answers
+        None. Under Gemini every rank joins the gather first. Runs on the weights thread, so it also answers
         mid-step (after the update in progress), labelled with the steps its weights have seen; without
         `block` it answers {"busy": True} at once instead of waiting for an update in progress."""
         if not self.update_lock.acquire(blocking=block):
@@ -163,7 +163,7 @@ class PPOTrainerRank(ColocatedRollout):
         finally:
             self.update_lock.release()
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def export_ipc(self) -> Optional[dict]:
         """ipc: rank 0's blob for one maker on this node to map its weights (never mid-update); others None."""
         with self.update_lock:
@@ -226,7 +226,7 @@ class PPOTrainerRank(ColocatedRollout):
         """This rank's weights (for tests and checks); `merged`: LoRA folded into the (dequantized) base."""
         from coati_ray.models.weights import export_view
 
-        with self.update_lock:  # not during an update, nor beside a sync's gather on the sync thread
+        with self.update_lock:  # not during an update, nor beside a sync's gather on the weights thread
             if self.sender.gathers and not merged:
                 # Gemini keeps parameters in chunks: gather them as a sync does (a collective, so tests call
                 # this on one-rank Gemini groups only).

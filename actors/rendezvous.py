@@ -2,14 +2,14 @@
 
 torch's `TCPStore` listens on every interface of its host, with no authentication, and its port is picked
 free, closed and bound later (a race). Every group this job forms (each trainer group's world, each
-weight-sync group) meets through a `Rendezvous` actor instead: members reach it only through Ray's
+weight-broadcast group) meets through a `Rendezvous` actor instead: members reach it only through Ray's
 authenticated channel, holding its handle (the actor has no name to look it up by), and every key lives
-under the group's random secret prefix, which travels only in Ray calls. `ActorStore` is the
+under the group's random secret prefix, which travels only in Ray calls. `RendezvousStore` is the
 `torch.distributed.Store` the process groups are built on. The data connections of a gloo group are then
 bound to the interface Ray uses on the member's node (`bind_ip`: loopback for a local run).
 
     rendezvous = new_rendezvous()                       # the driver (or a group's owner)
-    store = ActorStore(rendezvous, secret)              # in every member, before its process group
+    store = RendezvousStore(rendezvous, secret)              # in every member, before its process group
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _bytes(value) -> bytes:
     return bytes(value) if isinstance(value, (bytes, bytearray)) else str(value).encode()
 
 
-class ActorStore(dist.Store):
+class RendezvousStore(dist.Store):
     """A torch.distributed Store over a Rendezvous actor, every key under `secret`/."""
 
     def __init__(self, rendezvous, secret: str, timeout_s: float = 300.0):

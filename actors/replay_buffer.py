@@ -86,9 +86,9 @@ class ReplayBuffer:
         self.peak_samples = 0
         self.closed = False
         self.changed = asyncio.Condition()
-        from actors.metrics import ActorMetrics
+        from actors.metrics import WorkerMetrics
 
-        self.metrics = ActorMetrics("replay_buffer", 0)
+        self.metrics = WorkerMetrics("replay_buffer", 0)
         self._publish_fill()
 
     # ------------------------------------------------------------------ producers

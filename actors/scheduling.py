@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import ray
 
 from actors.maker_pool import Batch, MakerPool
-from actors.trainer_groups import TrainerGroups
+from actors.ppo_trainer_groups import PPOTrainerGroups
 from actors.transports.object_store import RETRY_S
 from coati_ray.errors import WorkerLost
 
@@ -40,7 +40,7 @@ class StepResult:
 
 
 class StepScheduler:
-    def __init__(self, pool: MakerPool, groups: TrainerGroups, buffer, prompts, items_per_step: int,
+    def __init__(self, pool: MakerPool, groups: PPOTrainerGroups, buffer, prompts, items_per_step: int,
                  max_staleness: int, capacity_items: int, last_ticket: int, first_step: int = 0,
                  wait: Optional[Callable[[list], list]] = None):
         """`wait(refs, timeout=None)`: the refs of `refs` that finished, at least one unless `timeout` seconds

@@ -27,10 +27,10 @@ RECENT_STEPS = 10
 
 
 class Watchdog:
-    def __init__(self, cfg, run_dir: str, actors: Callable[[], dict], activity: Callable[[], dict]):
-        """`actors()`: {name: handle} of every actor of the job; `activity()`: {name: what the driver last
+    def __init__(self, cfg, run_dir: str, workers: Callable[[], dict], activity: Callable[[], dict]):
+        """`workers()`: {name: handle} of every actor of the job; `activity()`: {name: what the driver last
         asked it to do, e.g. 'make (batch 12) for 40s'}."""
-        self.cfg, self.run_dir, self.actors, self.activity = cfg, run_dir, actors, activity
+        self.cfg, self.run_dir, self.workers, self.activity = cfg, run_dir, workers, activity
         self.recent: deque[float] = deque(maxlen=RECENT_STEPS)
         self.step = 0
         self.last_progress = time.monotonic()
@@ -39,7 +39,7 @@ class Watchdog:
     def locate(self) -> None:
         """Ask every actor for its pid and node, without waiting: a hung actor cannot answer later, so the
         driver calls this at start-up and whenever the set of processes changed (a maker restarted)."""
-        self.where = {name: handle.__ray_call__.remote(_where) for name, handle in self.actors().items()}
+        self.where = {name: handle.__ray_call__.remote(_where) for name, handle in self.workers().items()}
 
     def bound(self) -> float:
         """Seconds without progress that end the run."""
@@ -82,15 +82,15 @@ class Watchdog:
 
     def stalled(self) -> RunStalled:
         bound = self.bound()
-        actors = self.actors()
-        silent = unresponsive(actors)
-        running = running_methods(actors, silent)
+        workers = self.workers()
+        silent = unresponsive(workers)
+        running = running_methods(workers, silent)
         record = self.activity()
         parts = []
         for name in silent:
             doing = running.get(name) or record.get(name) or "no call from the driver"
             parts.append(f"{name} ({doing})")
-        stacks = self.write_stacks({name: actors[name] for name in silent}) if self.cfg.stacks and silent else None
+        stacks = self.write_stacks({name: workers[name] for name in silent}) if self.cfg.stacks and silent else None
         how = "derived from recent steps; set watchdog.stall_s" if self.cfg.stall_s is None else "watchdog.stall_s"
         line = (f"run error: step {self.step + 1} made no progress for {bound:.0f}s ({how}); "
                 + (f"not responding: {', '.join(parts)}" if parts else "every actor answers, so the driver waits "
@@ -101,12 +101,12 @@ class Watchdog:
                  "(`ray logs actor --id <id>`, or the dashboard's Actors page)")
         return RunStalled(line)
 
-    def write_stacks(self, actors: dict) -> Optional[str]:
-        """py-spy dumps of `actors` that run on this node into <run>/stall/; the directory, or None."""
+    def write_stacks(self, workers: dict) -> Optional[str]:
+        """py-spy dumps of `workers` that run on this node into <run>/stall/; the directory, or None."""
         spy = shutil.which("py-spy") or _beside_python("py-spy")
         if spy is None:
             return None
-        info = self.processes(actors)
+        info = self.processes(workers)
         here = ray.get_runtime_context().get_node_id()
         out = os.path.join(self.run_dir, "stall")
         os.makedirs(out, exist_ok=True)
@@ -125,10 +125,10 @@ class Watchdog:
         return out if wrote else None
 
 
-    def processes(self, actors: dict) -> dict[str, tuple[Optional[int], Optional[str]]]:
-        """{name: (pid, node id)} of `actors` as they answered `locate` (None, None when they never did)."""
+    def processes(self, workers: dict) -> dict[str, tuple[Optional[int], Optional[str]]]:
+        """{name: (pid, node id)} of `workers` as they answered `locate` (None, None when they never did)."""
         out = {}
-        for name in actors:
+        for name in workers:
             ref = self.where.get(name)
             found = ref is not None and ray.wait([ref], timeout=0)[0]
             try:
@@ -138,14 +138,14 @@ class Watchdog:
         return out
 
 
-def _where(actor) -> tuple[int, str]:
+def _where(worker) -> tuple[int, str]:
     """Run inside an actor (through __ray_call__): its process id and node id."""
     return os.getpid(), ray.get_runtime_context().get_node_id()
 
 
-def unresponsive(actors: dict) -> list[str]:
-    """Names of `actors` that do not answer a no-op call within PING_S (busy in a call, hung, or dead)."""
-    refs = {handle.__ray_ready__.remote(): name for name, handle in actors.items()}
+def unresponsive(workers: dict) -> list[str]:
+    """Names of `workers` that do not answer a no-op call within PING_S (busy in a call, hung, or dead)."""
+    refs = {handle.__ray_ready__.remote(): name for name, handle in workers.items()}
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=PING_S)
     answered = set()
     for ref in ready:
@@ -154,7 +154,7 @@ def unresponsive(actors: dict) -> list[str]:
             answered.add(refs[ref])
         except ray.exceptions.RayError:
             pass
-    return [name for name in actors if name not in answered]
+    return [name for name in workers if name not in answered]
 
 
 def _state_api():
@@ -174,14 +174,14 @@ def _state_api():
         return None
 
 
-def running_methods(actors: dict, silent: list[str]) -> dict[str, str]:
+def running_methods(workers: dict, silent: list[str]) -> dict[str, str]:
     """{name: 'running ExperienceMaker.make'} for the `silent` actors, with what each waits on when that is a
-    call into another of `actors` ('waiting on ReplayBuffer.get'), from Ray's state API ({} when unavailable)."""
+    call into another of `workers` ('waiting on ReplayBuffer.get'), from Ray's state API ({} when unavailable)."""
     api = _state_api()
     if api is None or not silent:
         return {}
     list_tasks, url = api
-    by_id = {handle._actor_id.hex(): name for name, handle in actors.items()}
+    by_id = {handle._actor_id.hex(): name for name, handle in workers.items()}
     try:
         tasks = list_tasks(address=url, filters=[("state", "=", "RUNNING")], timeout=STATE_API_S,
                            raise_on_missing_output=False)

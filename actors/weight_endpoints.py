@@ -7,7 +7,7 @@ sender holds one bucket beyond its model; over ipc (a maker on the same node, be
 maker maps them where they are (shared memory on CPU, CUDA IPC on GPU) and copies them into its model.
 
 Receiver (`WeightReceiver`, in a maker): an object-store handle is loaded between batches (one copy
-into the model); broadcast buckets are received on the maker's `sync` thread while it may be
+into the model); broadcast buckets are received on the maker's `weights` thread while it may be
 generating, one bucket at a time into a staging copy on the host (device memory: one bucket), and
 swapped into the models between batches (`swap`), never during a generation. Keys and shapes are
 strict; floating tensors are cast to the maker's dtype and counted.
@@ -22,14 +22,14 @@ from typing import Optional
 import ray
 import torch
 
-from actors.collective import SyncGroup
+from actors.collective import WeightBroadcastGroup
 from coati_ray.models.weight_layout import DTYPES, flatten, plan_buckets, to_numpy, unflatten
 
 
 class WeightSender:
     def __init__(self, strategy, model, lora_only: bool, gathers: bool):
         self.strategy, self.model, self.lora_only, self.gathers = strategy, model, lora_only, gathers
-        self.group: Optional[SyncGroup] = None
+        self.group: Optional[WeightBroadcastGroup] = None
         self.shared: set[str] = set()  # /dev/shm files ipc moved weights into (unlinked by release_shared)
 
     def state(self) -> dict:
@@ -90,7 +90,7 @@ class WeightSender:
 
     def join(self, meeting: tuple, rank: int, size: int, backend: str, timeout_s: float) -> None:
         self.leave()
-        self.group = SyncGroup(meeting, rank, size, backend, timeout_s)
+        self.group = WeightBroadcastGroup(meeting, rank, size, backend, timeout_s)
 
     def send(self, buckets: list, export: bool = False) -> dict:
         """Broadcast `buckets` of the current weights from rank 0 of the sync group, one flat bucket at a time
@@ -132,7 +132,7 @@ class WeightReceiver:
         """`modules`: role -> the maker's model that role's sender updates ('actor', 'critic')."""
         self.modules, self.lora_only, self.metrics = modules, lora_only, metrics
         self.version = 0                               # what the models hold now
-        self.groups: dict[str, SyncGroup] = {}
+        self.groups: dict[str, WeightBroadcastGroup] = {}
         self.staging: dict[str, tuple] = {}            # role -> (buckets, one flat host buffer per bucket)
         self.staged: dict[str, int] = {}               # role -> version fully received into staging
         self.changed = threading.Condition()
@@ -157,7 +157,7 @@ class WeightReceiver:
             self.changed.notify_all()
         return self._report(time.perf_counter() - t, moved, casts, "+".join(sorted(kinds)) or "object_store")
 
-    # ---------------------------------------------------------------- collective (on the sync thread)
+    # ---------------------------------------------------------------- collective (on the weights thread)
 
     def join(self, role: str, buckets: list, meeting: tuple, rank: int, size: int, backend: str,
              timeout_s: float) -> None:
@@ -169,7 +169,7 @@ class WeightReceiver:
                   for b in buckets for name, shape in b.shapes.items()}
         check_compatible(module, layout, self.lora_only[role])
         self.leave(role)
-        self.groups[role] = SyncGroup(meeting, rank, size, backend, timeout_s)
+        self.groups[role] = WeightBroadcastGroup(meeting, rank, size, backend, timeout_s)
 
     def leave(self, role: Optional[str] = None) -> None:
         for r in [role] if role else list(self.groups):

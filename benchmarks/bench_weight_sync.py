@@ -172,9 +172,9 @@ class RawPeer:
     def broadcast(self, meeting, rank, size, nbytes) -> float:
         import torch
 
-        from actors.collective import SyncGroup
+        from actors.collective import WeightBroadcastGroup
 
-        group = SyncGroup(meeting, rank, size, "gloo", 600)
+        group = WeightBroadcastGroup(meeting, rank, size, "gloo", 600)
         buf = torch.ones(nbytes // 4, dtype=torch.float32)
         group.broadcast(buf)  # warm-up: connections
         t = time.perf_counter()

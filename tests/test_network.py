@@ -41,10 +41,10 @@ class Member:
     """One weight-sync member: forms the group, broadcasts, reports the sockets the group made it open."""
 
     def form(self, meeting, rank, size):
-        from actors.collective import SyncGroup
+        from actors.collective import WeightBroadcastGroup
 
         before = listening()
-        self.group = SyncGroup(meeting, rank, size, "gloo", 60)
+        self.group = WeightBroadcastGroup(meeting, rank, size, "gloo", 60)
         import torch
 
         t = torch.full((8,), float(rank))
@@ -101,7 +101,7 @@ def test_a_trainer_groups_world_meets_through_the_rendezvous_and_listens_on_loop
 
     with TrainerGroup("net-trainer", 2, num_cpus_per_rank=0.5, torch_threads=1) as group:
         out = group.run(_report_sockets)
-    assert [o["total"] for o in out] == [3.0, 3.0] and {o["tcpstore"] for o in out} == {"ActorStore"}
+    assert [o["total"] for o in out] == [3.0, 3.0] and {o["tcpstore"] for o in out} == {"RendezvousStore"}
     opened = [sock for o in out for sock in o["opened"]]
     assert opened and all(ip == "127.0.0.1" for ip, _ in opened), opened
 

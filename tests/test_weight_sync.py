@@ -54,7 +54,7 @@ def local_ray():
 
 @ray.remote(num_cpus=0)
 class Joiner:
-    """Runs the real SyncGroup; `hang=True` stands for a peer that never turns up (never calls it), `die=True`
+    """Runs the real WeightBroadcastGroup; `hang=True` stands for a peer that never turns up (never calls it), `die=True`
     for a maker whose process dies as it is asked to join, `delay` for one whose join call starts late."""
 
     def __init__(self, hang=False, die=False, delay=0.0):
@@ -71,10 +71,10 @@ class Joiner:
 
             os._exit(1)
         time.sleep(self.delay)
-        from actors.collective import SyncGroup
+        from actors.collective import WeightBroadcastGroup
 
         meeting, rank, size, backend, timeout = args[-5:]
-        self.group = SyncGroup(meeting, rank, size, backend, timeout)
+        self.group = WeightBroadcastGroup(meeting, rank, size, backend, timeout)
         return rank
 
     def sync_plan(self, bucket_bytes):

@@ -1,6 +1,6 @@
 """collective: one torch.distributed group per synced role, {that group's rank 0, every maker}, formed inside the
 actors with its own TCPStore (gloo on CPU, nccl on GPU, the same code). Rank 0 broadcasts bucket by bucket; makers
-receive on their `sync` thread into staging and swap in between batches (WeightReceiver.receive / swap). The group
+receive on their `weights` thread into staging and swap in between batches (WeightReceiver.receive / swap). The group
 is re-formed at the next sync when makers join, leave or restart; a maker that joins or restarts catches up from
 the object store first. A group that does not form within sync.timeout_s is TransportDown (auto: the object store
 from then on; chosen by name: the run ends with one line naming the peer); a broadcast that breaks because a

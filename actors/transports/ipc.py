@@ -80,7 +80,7 @@ class Ipc(WeightTransport):
         return not self.refused and bool(makers) and all(self.reaches(i) for i in makers)
 
 
-def _place_of(actor) -> dict:
+def _place_of(worker) -> dict:
     """Run inside an actor (through __ray_call__): its node and GPUs."""
     return {"node": ray.get_runtime_context().get_node_id(), "gpus": sorted(str(g) for g in ray.get_gpu_ids())}
 

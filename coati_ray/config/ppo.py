@@ -1,4 +1,4 @@
-"""Configuration of stage 3: PPO run as Ray actor groups (makers, trainer groups, replay buffer)."""
+"""Configuration of stage 3: PPO on Ray (makers, trainer groups, replay buffer)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ class PPOAlgoConfig:
         "gae", "a registered estimator: gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, "
                "reinforce_pp, reinforce_pp_baseline (coati_ray/algo/advantages.py); or 'module:function' of your "
                "own (docs/extending.md)")
-    n_samples_per_prompt: int = opt(1, "samples generated per prompt (a group; group-relative estimators need >= 2)")
+    n_samples_per_prompt: int = opt(1, "samples generated per prompt (a prompt group; group-relative "
+                                       "estimators need >= 2)")
     kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy")
     kl_penalty: Literal["reward", "loss"] = opt(
         "reward", "where the KL goes: reward (Coati/PPO: -kl_coef * KL on every token's reward) or loss (GRPO: "
@@ -129,9 +130,9 @@ class PPOAlgoConfig:
                 "weighted by trainer / maker probability, truncated at behaviour_cap (tis) or dropped above it "
                 "(mis); costs one forward pass per sample on the trainer")
     behaviour_cap: float = opt(2.0, "the cap of behaviour_correction's importance weight (>= 1)")
-    filter_groups: bool = opt(False, "DAPO's dynamic sampling: drop groups whose samples all got the same reward "
-                                     "(no signal for a group-relative estimator) and sample more prompts until "
-                                     "the maker batch is full again")
+    filter_groups: bool = opt(False, "DAPO's dynamic sampling: drop prompt groups whose samples all got the same "
+                                     "reward (no signal for a group-relative estimator) and sample more prompts "
+                                     "until the maker batch is full again")
     max_sampling_rounds: int = opt(3, "filter_groups: rounds of prompts one maker batch may sample; a batch still "
                                       "short after the last is filled with dropped groups (advantage 0)")
     overlong_filter: bool = opt(False, "leave responses cut at generation.max_new_tokens without an end token out "
@@ -173,7 +174,7 @@ class TrainerGroupConfig:
 
 @dataclass
 class PPOConfig(JobConfig):
-    """Stage 3: PPO with a KL penalty (and optional PPO-ptx) on Ray actor groups."""
+    """Stage 3: PPO with a KL penalty (and optional PPO-ptx): makers, trainer groups and a replay buffer on Ray."""
 
     output_dir: str = opt("runs/ppo", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
     actor: ModelConfig = opt(None, "the policy to optimise (usually the SFT checkpoint); also the initial policy")

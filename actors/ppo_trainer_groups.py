@@ -1,6 +1,6 @@
 """The PPO trainer groups of one job: one placement group and one torch.distributed world per role.
 
-    groups = TrainerGroups(cfg, cfg_dict, roles=("actor", "critic"))
+    groups = PPOTrainerGroups(cfg, cfg_dict, roles=("actor", "critic"))
     groups.start(); groups.setup(resume_from)
     refs = groups.train(buffer, items_per_step, step)   # {role: [ref per rank]}
     groups.get(all refs)                                 # fails fast, naming a dead rank
@@ -23,7 +23,7 @@ from coati_ray.errors import WorkerLost
 PLACEMENT_TIMEOUT_S = 120.0
 
 
-class TrainerGroups:
+class PPOTrainerGroups:
     def __init__(self, cfg, cfg_dict: dict, roles: tuple[str, ...]):
         self.cfg, self.cfg_dict, self.roles = cfg, cfg_dict, roles
         self.ranks: dict[str, list] = {}
