@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -43,24 +44,27 @@ def connect() -> None:
     ray.init(num_cpus=CORES, include_dashboard=False, log_to_driver=False, namespace="coati")
 
 
-def make_tickets(job, tickets: range) -> None:
+def make_tickets(job, tickets: range) -> list[dict]:
     """Batches `tickets` sent at once, round robin over the makers, and waited for until all are in the
-    buffer, with the trainers idle."""
+    buffer, with the trainers idle; their makers' statistics."""
     from actors.maker_pool import Batch
 
     makers = sorted(job.pool.makers)
     for j, ticket in enumerate(tickets):
         job.pool.submit(makers[j % len(makers)], Batch(ticket, job.prompts.batch(ticket)))
-    landed = 0
-    while landed < len(tickets):
+    landed = []
+    while len(landed) < len(tickets):
         done, _ = ray.wait(job.pool.refs(), num_returns=1)
-        landed += job.pool.on_ready(done[0]) is not None
+        stats = job.pool.on_ready(done[0])
+        if stats is not None:
+            landed.append(stats)
+    return landed
 
 
-def make_step(job, step: int) -> None:
-    """Step `step`'s batches made and put in the buffer, with the trainers idle."""
+def make_step(job, step: int) -> list[dict]:
+    """Step `step`'s batches made and put in the buffer, with the trainers idle; their statistics."""
     k = job.items_per_step
-    make_tickets(job, range(step * k, (step + 1) * k))
+    return make_tickets(job, range(step * k, (step + 1) * k))
 
 
 def maker_rate(makers: int, steps: int, workload: str = "tiny") -> dict:
@@ -121,10 +125,10 @@ def standalone(steps: int, workload: str = "tiny", *overrides: str, name: str = 
         job.start()
         makers = actor_pids(list(job.pool.makers.values()))
         trainers = actor_pids([r for ranks in job.groups.values() for r in ranks])
-        make_step(job, 0)  # warm-up, consumed below
+        made = make_step(job, 0)  # warm-up, consumed below
         t, c = time.perf_counter(), cpu_seconds(makers)
         for step in range(1, steps):
-            make_step(job, step)
+            made += make_step(job, step)
         maker_s = (time.perf_counter() - t) / (steps - 1)
         maker_cs = (cpu_seconds(makers) - c) / ((steps - 1) * ROLLOUT)
         times, cores = [], []
@@ -137,9 +141,12 @@ def standalone(steps: int, workload: str = "tiny", *overrides: str, name: str = 
         trainer_s = steady(times, skip=1)
     finally:
         job.shutdown()
+    waste = {k: statistics.mean(s[f"experience/{k}"] for s in made) for k in ("finished_row_fraction",
+                                                                               "padding_fraction")}
     return {"maker_samples_per_s": ROLLOUT / maker_s, "trainer_samples_per_s": ROLLOUT / trainer_s,
             "maker_step_seconds": maker_s, "trainer_step_seconds": trainer_s,
-            "generation_core_seconds_per_sample": maker_cs, "training_core_seconds_per_sample": steady(cores, skip=1)}
+            "generation_core_seconds_per_sample": maker_cs, "training_core_seconds_per_sample": steady(cores, skip=1),
+            **waste, "response_length": statistics.mean(s["response_length"] for s in made)}
 
 
 def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny", name: str = "") -> dict:

@@ -54,6 +54,11 @@ def test_cut_answers_are_masked_out_of_the_loss_and_penalised_in_the_reward(grpo
     cut = truncated_rows(plain.action_mask, actions, eos, 3)
     assert cut.any(), "a random tiny model answers 3 tokens without an end token"
     assert stats["experience/truncated"] == pytest.approx(float(cut.float().mean()))
+    # what compaction and packing could remove, measured on this batch's own masks
+    lengths = plain.action_mask.sum(dim=1).float()
+    assert stats["experience/finished_row_fraction"] == pytest.approx(1 - float(lengths.sum()) / (len(lengths) *
+                                                                                                  float(lengths.max())))
+    assert stats["experience/padding_fraction"] == pytest.approx(1 - float(plain.attention_mask.float().mean()))
 
     filtered, fstats = make(grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "ppo.overlong_filter=true"),
                             grpo_models, tokenizer, items)

@@ -3,8 +3,10 @@ step rule for both sides, the ratio and its range, and how RESULTS.md reports th
 
 import importlib.util
 import os
+import statistics
 
 import pytest
+import torch
 
 from benchmarks import side_by_side as sbs
 from benchmarks.bench_trl import OURS_SETUPS, our_configs, trl_command
@@ -221,6 +223,36 @@ def test_the_efficiency_summary_takes_medians_per_setting_and_the_fraction_of_th
                                                 "command": "python -m benchmarks.bench_efficiency"}))
     assert "**0.67** of the baseline" in text and "| efficient |" in text and "maker stage 0.71" in text
     assert "Not measured" in report.efficiency_section(None)[0]
+    assert "best_case_fraction" not in s  # runs that did not measure the batches: no bound
+
+
+def test_the_efficiency_bound_comes_from_the_baselines_own_batches():
+    from benchmarks import report
+    from benchmarks.bench_efficiency import summarize
+    from coati_ray.experience.waste import best_case_fraction, finished_row_fraction, padding_fraction
+
+    # rows of 2, 4 and 8 tokens decoded to the longest: 24 row-steps, 14 of them real
+    assert finished_row_fraction(torch.tensor([2, 4, 8])) == pytest.approx(1 - 14 / 24)
+    assert finished_row_fraction(torch.tensor([8, 8])) == 0.0 and finished_row_fraction(torch.tensor([0, 0])) == 0.0
+    assert padding_fraction(torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]])) == pytest.approx(0.25)
+    # 0.6 core-s of decode-bound generation with 30% finished rows, 0.4 of updates with 10% padding
+    assert best_case_fraction(0.6, 0.4, 0.3, 0.1) == pytest.approx((0.6 * 0.7 + 0.4 * 0.9) / 1.0)
+    with pytest.raises(ValueError):
+        best_case_fraction(0.0, 0.0, 0.1, 0.1)
+
+    def run(setting, rnd, gen, train, rows, pad):
+        return {"setting": setting, "round": rnd, "generation_core_seconds_per_sample": gen,
+                "training_core_seconds_per_sample": train, "finished_row_fraction": rows, "padding_fraction": pad}
+
+    runs = [run("baseline", 0, 1.2, 0.8, 0.10, 0.20), run("baseline", 1, 1.4, 0.6, 0.12, 0.10),
+            run("efficient", 0, 1.1, 0.8, 0.0, 0.0)]
+    s = summarize(runs)
+    assert s["finished_row_fraction"] == pytest.approx(0.11) and s["padding_fraction"] == pytest.approx(0.15)
+    assert s["best_case_fraction"] == pytest.approx(statistics.median(
+        [(1.2 * 0.9 + 0.8 * 0.8) / 2.0, (1.4 * 0.88 + 0.6 * 0.9) / 2.0]))
+    text = "\n".join(report.efficiency_section({**s, "settings_overrides": {"baseline": [], "efficient": []},
+                                                "repeats": 1, "steps": 8, "command": "c"}))
+    assert "11.0% of its decode's row-steps" in text and f"**{s['best_case_fraction']:.2f}**" in text
 
 
 def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_both():

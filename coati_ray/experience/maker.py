@@ -17,6 +17,7 @@ from coati_ray.algo.advantages import AdvantageInputs, algorithm
 from coati_ray.algo.functional import masked_mean
 from coati_ray.algo.rewards import kl_estimate, overlong_penalty, truncated_rows
 from coati_ray.experience.batch import Experience, group_indices
+from coati_ray.experience.waste import finished_row_fraction, padding_fraction
 
 
 @dataclass
@@ -221,6 +222,9 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
              "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan"),
              **timings, "timing/values": 0.0, "generated_tokens": float(lengths.sum()),
              **group_stats(score.float().cpu(), n), **(played.stats if played is not None else {})}
+    if played is None:  # what compaction and packing could remove from this batch (an episode's turns differ)
+        stats["experience/finished_row_fraction"] = finished_row_fraction(lengths)
+        stats["experience/padding_fraction"] = padding_fraction(mask)
     for name, value in parts.items():
         stats[f"reward/{name}"] = float(value.mean())
     return ScoredRollout(sequences=sequences, mask=mask, action_mask=action_mask, ref_log_probs=ref_log_probs,
