@@ -28,7 +28,8 @@ import sys
 import ray
 
 from benchmarks.bench_pipeline import connect, standalone
-from benchmarks.common import MICRO, ROLLOUT, WORKLOADS, save
+from benchmarks.common import MICRO, ROLLOUT, WORKLOADS, machine, save
+from benchmarks.side_by_side import cpu_flags, cpu_has_native_bf16
 from coati_ray.experience.waste import best_case_fraction
 
 PROMPT_TOKENS = 32  # data.max_prompt_length of benchmarks.common.ppo_config
@@ -39,6 +40,13 @@ def settings(workload: str) -> dict[str, list[str]]:
     budget = MICRO * (PROMPT_TOKENS + WORKLOADS[workload]["new_tokens"])
     return {"baseline": ["generation.backend=hf"],
             "efficient": ["generation.backend=compact", f"ppo.micro_batch_tokens={budget}"]}
+
+
+def cpu_record() -> dict:
+    """The box's CPU and the flags that decide its speed here (boxes of one kind differ ~2x)."""
+    flags = cpu_flags()
+    return {"model": machine()["cpu"], "native_bf16": cpu_has_native_bf16(flags),
+            "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -96,7 +104,7 @@ def main(argv=None) -> dict:
     result = {**summarize(runs), "runs": runs, "settings_overrides": settings(args.workload),
               "workload": {"name": args.workload, "new_tokens": WORKLOADS[args.workload]["new_tokens"],
                            "rollout": ROLLOUT, "micro": MICRO},
-              "steps": args.steps, "repeats": args.repeats,
+              "steps": args.steps, "repeats": args.repeats, "cpu": cpu_record(),
               "command": "python -m benchmarks.bench_efficiency " + " ".join(sys.argv[1:] if argv is None else argv)}
     save(f"efficiency_{args.workload}", result)
     return result

@@ -264,8 +264,12 @@ def efficiency_section(r) -> list[str]:
     if r is None or "settings" not in r:
         return ["*Not measured in this run* (`python -m benchmarks.bench_efficiency`)."]
     s, o = r["settings"], r["settings_overrides"]
+    cpu = r.get("cpu")
+    kind = (("native bf16: " + ", ".join(x for x in cpu["flags"] if "bf16" in x)) if cpu["native_bf16"] else
+            "no native bf16: " + (", ".join(x for x in cpu["flags"] if x.startswith("avx")) or "no AVX")) if cpu else ""
+    box = f" on {cpu['model']} ({kind}; boxes of one kind differ ~2x)" if cpu else ""
     out = [f"The PPO job's stages alone (as in the table above), {r['repeats']} interleaved rounds of {r['steps']} "
-           "steps each, medians; core-seconds per sample:", "",
+           f"steps each, medians, measured {r.get('measured_at', '?')}{box}; core-seconds per sample:", "",
            "| setting | overrides | maker stage (generate, reference, reward, values) | training | total | rounds |",
            "|---|---|---|---|---|---|"]
     for name in ("baseline", "efficient"):

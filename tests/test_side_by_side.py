@@ -251,8 +251,11 @@ def test_the_efficiency_bound_comes_from_the_baselines_own_batches():
     assert s["best_case_fraction"] == pytest.approx(statistics.median(
         [(1.2 * 0.9 + 0.8 * 0.8) / 2.0, (1.4 * 0.88 + 0.6 * 0.9) / 2.0]))
     text = "\n".join(report.efficiency_section({**s, "settings_overrides": {"baseline": [], "efficient": []},
-                                                "repeats": 1, "steps": 8, "command": "c"}))
+                                                "repeats": 1, "steps": 8, "command": "c",
+                                                "cpu": {"model": "Xeon", "native_bf16": False,
+                                                        "flags": ["avx", "avx2", "fma"]}}))
     assert "11.0% of its decode's row-steps" in text and f"**{s['best_case_fraction']:.2f}**" in text
+    assert "on Xeon (no native bf16: avx, avx2;" in text  # the box is named: boxes of one kind differ ~2x
 
 
 def test_a_run_of_some_of_ours_is_kept_beside_the_full_run_and_the_report_shows_both():
