@@ -94,7 +94,7 @@ class RolloutWorker:
         stats.update({"timing/make": busy, "reward": float(reward.mean()), "samples": int(mask.size(0)),
                       "digest": digest(out.sequences),
                       "version": version, "maker": self.index, "batch_id": batch_id,
-                      "memory/peak_gb": peak_device_memory_gb(),
+                      "memory/peak_gb": peak_device_memory_gb(), **device_peak(self.models.actor),
                       "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],
                                                 self.n_params["critic"], float(mask.sum()))})
         return out, stats
@@ -141,6 +141,23 @@ class RolloutWorker:
         out = dataclasses.asdict(result)
         out.update(version=version, seconds=time.perf_counter() - t)
         return out
+
+
+def device_peak(model: torch.nn.Module) -> dict:
+    """{peak_tflops, device} of the GPU that generates with `model` (in the dtype of its weights), for the makers'
+    MFU: `device` names the physical GPU (host and visible device), so makers sharing one count its peak once.
+    {} on CPU or on a GPU coati_ray.utils.flops does not know."""
+    import os
+    import socket
+
+    from coati_ray.utils.flops import device_peak_tflops
+
+    peak = device_peak_tflops(str(next(model.parameters()).dtype).replace("torch.", ""))
+    if peak is None:
+        return {}
+    where = os.environ.get("CUDA_VISIBLE_DEVICES", "") or str(torch.cuda.current_device()
+                                                               if torch.cuda.is_available() else "cpu")
+    return {"peak_tflops": peak, "device": f"{socket.gethostname()}:{where}"}
 
 
 def digest(sequences: torch.Tensor) -> str:

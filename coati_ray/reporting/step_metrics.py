@@ -1,7 +1,8 @@
 """One PPO step's metrics record, from what each part of the system reported (no Ray here).
 
-The names are stable (verl style): `timing/*` seconds of each stage, `throughput/*`, `tflops/*`,
-the trainers' `actor/*` and `critic/*`, `experience/*`, `buffer/*`, `sync/*`.
+The names are stable (verl style): `timing/*` seconds of each stage, `throughput/*`, `tflops/*`, `mfu/*` (on a
+GPU of known peak: coati_ray/utils/flops.py), the trainers' `actor/*` and `critic/*`, `experience/*`, `buffer/*`,
+`sync/*`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
     loads: object-store loads reported by makers since the last step; buffer: the buffer's stats().
     """
     m = {k: v for role_m in updates.values() for k, v in role_m.items()
-         if k != "consumed" and not k.startswith("flops/")}
+         if k != "consumed" and not k.startswith(("flops/", "peak_tflops/"))}
     for role, role_m in updates.items():
         # Each group's estimated FLOPs over the step's wall time: the groups and makers add up to the job's rate.
         m[f"tflops/{role}_trainer"] = tflops(role_m[f"flops/{role}"], step_seconds)
+        if role_m.get(f"peak_tflops/{role}"):  # a GPU of known peak: groups sharing one GPU add up to its use
+            m[f"mfu/{role}_trainer"] = m[f"tflops/{role}_trainer"] / role_m[f"peak_tflops/{role}"]
     if makes:
         # The fixed keys, each reward source's mean (reward/<source>) and the makers' experience/* (group spread,
         # truncated answers, dynamic sampling's dropped groups and rounds).
@@ -39,6 +42,9 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
         m["throughput/samples_per_s"] = sum(s["samples"] for s in makes) / max(step_seconds, 1e-9)
         m["throughput/generated_tokens_per_s"] = sum(s["generated_tokens"] for s in makes) / max(step_seconds, 1e-9)
         m["tflops/makers"] = tflops(sum(s["flops"] for s in makes), step_seconds)
+        if all("peak_tflops" in s for s in makes):  # each GPU the step's batches were made on, counted once
+            peak = sum({s["device"]: s["peak_tflops"] for s in makes}.values())
+            m["mfu/makers"] = m["tflops/makers"] / peak
         m["memory/makers_peak_gb"] = max(s.get("memory/peak_gb", 0.0) for s in makes)
     else:  # async: no maker batch landed during this step, so nothing was produced in it
         m.update({key: 0.0 for key in MAKER_MEANS if key.startswith("timing/")})

@@ -20,7 +20,7 @@ from coati_ray.algo.loss_agg import MiniBatch, local_counts, share
 from coati_ray.algo.losses import kl_loss, policy_loss, ptx_mix, sft_loss, value_loss
 from coati_ray.experience.batch import Experience
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
-from coati_ray.utils.flops import num_params, training_flops
+from coati_ray.utils.flops import device_peak_tflops, num_params, training_flops
 
 
 class PPOGroupTrainer:
@@ -35,6 +35,7 @@ class PPOGroupTrainer:
         self.reduce, self.chunks = masked_mean, 1  # set per mini-batch by train()
         oc = group_cfg.optim
         self.n_params = num_params(model)  # before the strategy shards it
+        self.peak_tflops = group_peak_tflops(strategy, model)
         model.pack_sequences = ppo_cfg.micro_batch_tokens is not None  # before a wrapper hides the attribute
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], oc, strategy.name)
         updates = total_steps * ppo_cfg.ppo_epochs * (ppo_cfg.rollout_batch_size // ppo_cfg.train_batch_size)
@@ -118,6 +119,8 @@ class PPOGroupTrainer:
         out[f"{self.role}/lr"] = self.scheduler.get_last_lr()[0]
         out[f"{self.role}/micro_batches"] = totals[-2] / self.strategy.world_size  # per rank, every epoch
         out[f"memory/{self.role}_peak_gb"] = peak_device_memory_gb()
+        if self.peak_tflops is not None:
+            out[f"peak_tflops/{self.role}"] = self.peak_tflops
         return out
 
 
@@ -262,6 +265,21 @@ class _PtxData:
         from coati_ray.data.loading import HubSource
 
         return HubSource(None, "train")  # a hub pretraining dataset: its train split
+
+
+def compute_dtype(strategy, model) -> str:
+    """The dtype a group's matmuls run in: a ColossalAI plugin's mixed precision, else the weights' own."""
+    precision = getattr(getattr(strategy, "cfg", None), "precision", "fp32")
+    if getattr(strategy, "name", "").startswith("colossalai") and precision in ("bf16", "fp16"):
+        return {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    return str(next(model.parameters()).dtype).replace("torch.", "")
+
+
+def group_peak_tflops(strategy, model) -> Optional[float]:
+    """The dense peak of the group's devices in its compute dtype, one device per rank (MFU's denominator);
+    None on CPU or on a GPU coati_ray.utils.flops does not know."""
+    peak = device_peak_tflops(compute_dtype(strategy, model))
+    return peak * strategy.world_size if peak is not None else None
 
 
 def peak_device_memory_gb() -> float:

@@ -1,8 +1,12 @@
 """FLOP estimates for throughput figures: the usual 2N per token for a forward pass (inference)
 and 6N for forward + backward (training), N = parameters. Attention's sequence-length term and
-padding are ignored, so these are lower bounds on the work done and comparable across runs."""
+padding are ignored, so these are lower bounds on the work done and comparable across runs. MFU divides them by
+the devices' dense peak in the dtype the work runs in (a table of data-centre GPUs, or COATI_PEAK_TFLOPS)."""
 
 from __future__ import annotations
+
+import os
+from typing import Optional
 
 
 def num_params(module) -> int:
@@ -27,3 +31,45 @@ def experience_flops(n_actor: int, n_reward: int, n_critic: int, tokens: float) 
 
 def tflops(flops: float, seconds: float) -> float:
     return flops / max(seconds, 1e-12) / 1e12
+
+
+# Dense peak TFLOP/s of data-centre GPUs (vendor datasheets, no sparsity), by the name torch reports: "half" is
+# bf16/fp16 on tensor cores, "fp32" plain fp32 (torch leaves TF32 matmuls off by default). First match wins, so a
+# longer name comes before a shorter one it contains ("L40S" before "L4").
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"half": 756.0, "fp32": 51.0}),
+    ("H100 NVL", {"half": 835.0, "fp32": 60.0}),
+    ("H100", {"half": 989.0, "fp32": 67.0}),
+    ("H200", {"half": 989.0, "fp32": 67.0}),
+    ("A100", {"half": 312.0, "fp32": 19.5}),
+    ("L40S", {"half": 362.0, "fp32": 91.6}),
+    ("L4", {"half": 121.0, "fp32": 30.3}),
+    ("A10G", {"half": 125.0, "fp32": 31.2}),
+    ("A10", {"half": 125.0, "fp32": 31.2}),
+)
+PEAK_ENV = "COATI_PEAK_TFLOPS"  # a device the table does not know: its peak in the dtype the job computes in
+
+
+def peak_tflops(device_name: str, dtype: str) -> Optional[float]:
+    """The dense peak of GPU `device_name` (as torch.cuda.get_device_name reports it) in `dtype` ('bfloat16',
+    'float16' or 'float32'); COATI_PEAK_TFLOPS when set; None when unknown (a CPU, a GPU not in the table)."""
+    if os.environ.get(PEAK_ENV):
+        return float(os.environ[PEAK_ENV])
+    kind = "fp32" if dtype in ("float32", "fp32") else "half"
+    for name, peaks in PEAK_TFLOPS:
+        if name in device_name:
+            return peaks[kind]
+    return None
+
+
+def device_peak_tflops(dtype: str) -> Optional[float]:
+    """peak_tflops of this process's current GPU in `dtype`; None on CPU (unless COATI_PEAK_TFLOPS is set)."""
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return peak_tflops(name, dtype)
+
+
+def mfu(achieved_tflops: float, peak: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilisation: the model FLOP/s achieved (the 2N/6N estimates above) / the devices' peak."""
+    return achieved_tflops / peak if peak else None
