@@ -20,7 +20,7 @@ def test_tis_truncates_and_mis_drops_tokens_over_the_cap():
     assert ratio.tolist()[0] == pytest.approx([1.0, 5.0, 3.0, 0.5], rel=1e-5)
     assert behaviour_weights(ratio, mask, "tis", 2.0).tolist()[0] == pytest.approx([1.0, 2.0, 2.0, 0.0])
     assert behaviour_weights(ratio, mask, "mis", 2.0).tolist()[0] == pytest.approx([1.0, 0.0, 0.0, 0.0])
-    assert ratio_sums(ratio, mask, 2.0) == pytest.approx([9.0, 3.0, 2.0], rel=1e-5)
+    assert ratio_sums(ratio, mask, 2.0) == pytest.approx([9.0, 3.0, 2.0, math.log(5) + math.log(3)], rel=1e-5)
     assert importance_ratio(torch.zeros(1, 1), torch.full((1, 1), -1e4)).isfinite().all()  # never inf
 
 
@@ -108,6 +108,15 @@ def test_behaviour_correction_against_a_maker_that_drifted(tiny_llama):
     assert m_tis["behaviour/ratio_mean"] == pytest.approx(1 + share * (math.e - 1), rel=1e-3)
     assert max_diff(tis, plain) > 1e-5  # the drifted tokens weigh twice as much
 
+    assert m_tis["behaviour/log_ratio_abs_mean"] == pytest.approx(share, rel=1e-3)  # 1 nat on the drifted tokens
+
+    # measure: the same metrics, and the update `none` makes from the maker's log-probs
+    measured, m_measured = trained(tiny_llama, maker, "ppo.behaviour_correction=measure")
+    uncorrected, _ = trained(tiny_llama, maker)
+    assert max_diff(measured, uncorrected) < 1e-6 and max_diff(measured, tis) > 1e-5
+    assert {k: v for k, v in m_measured.items() if k.startswith("behaviour/")} == pytest.approx(
+        {k: v for k, v in m_tis.items() if k.startswith("behaviour/")})
+
     mis, _ = trained(tiny_llama, maker, "ppo.behaviour_correction=mis")
     silenced, _ = trained(tiny_llama, exp._replace({"advantages": exp.advantages * (~drifted).float()}))
     assert max_diff(mis, silenced) < 1e-6 and max_diff(mis, plain) > 1e-5
@@ -118,3 +127,5 @@ def test_behaviour_correction_against_a_maker_that_drifted(tiny_llama):
     assert cfg.trainer_log_probs_are_behaviour  # without a correction the makers skip their log-prob pass
     cfg.ppo.behaviour_correction = "tis"
     assert not cfg.trainer_log_probs_are_behaviour  # with one they must send theirs
+    cfg.ppo.behaviour_correction = "measure"
+    assert not cfg.trainer_log_probs_are_behaviour  # and to be measured, too

@@ -8,6 +8,8 @@ trainer / behaviour, bounded by a cap so that one unlikely token cannot blow up 
   tis  truncated importance sampling: w = min(ratio, cap)
   mis  masked importance sampling:    w = ratio where ratio <= cap, else 0 (the token drops out of the loss;
                                        it still counts in ppo.loss_agg's denominators)
+  measure  no correction: the metrics alone (how far the makers' weights are from the trainer's: a broken
+           weight sync or export shows as a large |log ratio| at lr 0)
 
 Shapes: B = samples, A = action tokens.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-CORRECTIONS = ("none", "tis", "mis")
+CORRECTIONS = ("none", "tis", "mis", "measure")
 MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: a finite ratio for a token the behaviour all but ruled out
 
 
@@ -39,7 +41,8 @@ def behaviour_weights(ratio: torch.Tensor, action_mask: torch.Tensor, how: str, 
 
 
 def ratio_sums(ratio: torch.Tensor, action_mask: torch.Tensor, cap: float) -> list[float]:
-    """[sum of ratios, tokens, tokens over the cap] over `action_mask` (B, A): what ranks all-reduce for
-    the metrics (their maximum is reduced apart)."""
+    """[sum of ratios, tokens, tokens over the cap, sum of |log ratio|] over `action_mask` (B, A): what ranks
+    all-reduce for the metrics (their maximum is reduced apart)."""
     m = action_mask.bool()
-    return [float(ratio[m].sum()), float(m.sum()), float((ratio[m] > cap).sum())]
+    log_ratio = ratio[m].clamp(min=torch.finfo(torch.float32).tiny).log()
+    return [float(ratio[m].sum()), float(m.sum()), float((ratio[m] > cap).sum()), float(log_ratio.abs().sum())]

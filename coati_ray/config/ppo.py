@@ -120,11 +120,12 @@ class PPOAlgoConfig:
                                               "0.2 with clip_eps_high 0.28); null: clip_eps")
     clip_eps_high: Optional[float] = opt(None, "upper policy ratio clip, 1 + clip_eps_high (DAPO's clip-higher, "
                                                "e.g. 0.28); null: clip_eps")
-    behaviour_correction: Literal["none", "tis", "mis"] = opt(
+    behaviour_correction: Literal["none", "tis", "mis", "measure"] = opt(
         "none", "off-policy correction for the gap between the makers' log-probs and the trainer's own (async "
                 "staleness, a bf16 maker): the ratio against the trainer's recomputed log-probs, each token "
                 "weighted by trainer / maker probability, truncated at behaviour_cap (tis) or dropped above it "
-                "(mis); costs one forward pass per sample on the trainer")
+                "(mis), or only measured (measure: behaviour/* metrics, the update of none); costs one forward "
+                "pass per sample on the trainer")
     behaviour_cap: float = opt(2.0, "the cap of behaviour_correction's importance weight (>= 1)")
     filter_groups: bool = opt(False, "DAPO's dynamic sampling: drop prompt groups whose samples all got the same "
                                      "reward (no signal for a group-relative estimator) and sample more prompts "

@@ -148,12 +148,15 @@ class PolicyTrainer(PPOGroupTrainer):
         if how != "none" and shard.action_log_probs is not None:
             proximal = self.recompute_log_probs(shard)
             ratio = importance_ratio(proximal, shard.action_log_probs)
-            total, tokens, capped = self.strategy.all_reduce_sum(ratio_sums(ratio, shard.action_mask, cap))
+            total, tokens, capped, gap = self.strategy.all_reduce_sum(ratio_sums(ratio, shard.action_mask, cap))
             mine = ratio[shard.action_mask.bool()]
             top = mine.max().item() if mine.numel() else 0.0
             self.behaviour_metrics = {"behaviour/ratio_mean": total / max(tokens, 1.0),
                                       "behaviour/ratio_max": self.strategy.all_reduce_max([top])[0],
-                                      "behaviour/capped_frac": capped / max(tokens, 1.0)}
+                                      "behaviour/capped_frac": capped / max(tokens, 1.0),
+                                      "behaviour/log_ratio_abs_mean": gap / max(tokens, 1.0)}
+            if how == "measure":  # the metrics alone: the update is the one `none` makes
+                return shard
             shard = shard._replace({"action_log_probs": proximal,
                                     "behaviour_weights": behaviour_weights(ratio, shard.action_mask, how, cap)})
         return shard
