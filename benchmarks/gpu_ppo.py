@@ -3,7 +3,14 @@ weight-sync seconds / GB/s per transport, for opt-125m/350m/1.3b-shaped models u
 TRL's PPO trainer on the same GPU and workload as the side-by-side (when trl is importable).
 
     python -m benchmarks.gpu_ppo [--sizes opt-125m opt-350m opt-1.3b] [--strategies ddp colossalai_zero2 colossalai_gemini]
-                                 [--transports object_store collective] [--trl] [--repeats 3] [--out gpu.json]
+                                 [--placements separate colocated] [--transports object_store ipc collective]
+                                 [--trl [--trl-precisions fp32 bf16]] [--set KEY=VALUE ...] [--per-step] [--tag T]
+                                 [--repeats 3] [--out gpu.json]
+
+`--placements colocated` runs the actor group's ranks as generators (no maker, no weight copy; the two groups
+take 0.45 of the GPU each). `--set` overrides every run of ours (the Gemini diagnosis: actor_trainer.optim.lr=0
+ppo.behaviour_correction=measure), and `--per-step` keeps each step's KL, response length, grad norm and
+behaviour gap in the row. `mfu_*` are each group's MFU (coati_ray/utils/flops.py) where the GPU's peak is known.
 
 Models are built locally from OPT configs of those shapes (random weights, the repo's tokenizer: throughput
 does not depend on the values) and saved in Hugging Face format. One GPU is shared by fractions: the maker
@@ -52,12 +59,22 @@ def build(name: str) -> tuple[str, str]:
     return path, rm
 
 
-def run(name: str, strategy: str, steps: int, transport: str) -> dict:
-    from actors.driver import PPOJob
+PER_STEP = ("kl", "response_length", "reward", "actor/grad_norm", "actor/loss", "timing/sync", "behaviour/ratio_max",
+            "behaviour/log_ratio_abs_mean", "behaviour/capped_frac")  # --per-step: the Gemini diagnosis's series
+
+
+def our_runs(strategies: list, placements: list, transports: list) -> list[tuple[str, str, str]]:
+    """(strategy, placement, transport) of every run of ours: a transport only where weights move (separate)."""
+    return [(strategy, placement, transport) for strategy in strategies for placement in placements
+            for transport in (transports if placement == "separate" else ["none"])]
+
+
+def job_config(path: str, rm: str, name: str, strategy: str, steps: int, transport: str, placement: str = "separate",
+               extra: tuple = ()):
+    """The validated PPOConfig of one run of ours on one GPU: actor and critic from `path`, reward model `rm`."""
     from coati_ray.config import load_config
     from coati_ray.config.ppo import PPOConfig
 
-    path, rm = build(name)
     precision = "fp32" if strategy == "ddp" else "bf16"
     dtype = "float32" if strategy == "ddp" else "bfloat16"
     cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
@@ -66,12 +83,25 @@ def run(name: str, strategy: str, steps: int, transport: str) -> dict:
         f"generation.max_new_tokens={NEW_TOKENS}",
         f"ppo.rollout_batch_size={ROLLOUT}", f"ppo.train_batch_size={ROLLOUT}", f"ppo.micro_batch_size={MICRO}",
         f"ppo.max_steps={steps}", "maker.num_makers=1", f"maker.batch_size={ROLLOUT}", "maker.num_gpus=0.3",
-        "maker.num_cpus=1", "maker.torch_threads=4", "buffer.capacity=128", f"sync.transport={transport}"] + [
+        "maker.num_cpus=1", "maker.torch_threads=4", "buffer.capacity=128", f"placement={placement}"] + (
+        [f"sync.transport={transport}"] if placement == "separate" else ["maker.num_gpus=0", "maker.dtype=auto"]) + [
         f"{g}.{k}" for g in ("actor_trainer", "critic_trainer") for k in (
             f"strategy.name={strategy}", f"strategy.precision={precision}", "resources.num_ranks=1",
-            "resources.num_gpus_per_rank=0.3", "resources.num_cpus_per_rank=1", "resources.torch_threads=4")],
-        output_dir=os.path.join(OUT, "gpu", f"{name}-{strategy}-{transport}"))
+            # colocated: no maker, so the two groups take the GPU between them
+            f"resources.num_gpus_per_rank={0.3 if placement == 'separate' else 0.45}", "resources.num_cpus_per_rank=1",
+            "resources.torch_threads=4")] + list(extra),
+        output_dir=os.path.join(OUT, "gpu", f"{name}-{strategy}-{placement}-{transport}"))
     cfg.validate()
+    return cfg
+
+
+def run(name: str, strategy: str, steps: int, transport: str, placement: str = "separate",
+        extra: tuple = (), per_step: bool = False) -> dict:
+    from actors.driver import PPOJob
+
+    path, rm = build(name)
+    cfg = job_config(path, rm, name, strategy, steps, transport, placement, extra)
+    precision = cfg.actor_trainer.strategy.precision
     rows, ends = [], []
 
     def on_step(job, step, metrics):  # after everything the driver does per step, as TRL's on_step_end
@@ -84,7 +114,8 @@ def run(name: str, strategy: str, steps: int, transport: str) -> dict:
     step_s = rate["step_seconds"]
     sync_s = steady([r["timing/sync"] for r in rows])
     sync_bytes = rows[-1]["sync/bytes"]
-    return {"model": name, "strategy": strategy, "transport": transport, "precision": precision, "steps": len(rows),
+    out = {"model": name, "strategy": strategy, "placement": placement,
+           "transport": transport if placement == "separate" else "none", "precision": precision, "steps": len(rows),
             "wall_seconds": time.perf_counter() - t0, "step_seconds": step_s, "steady_steps": rate["steady_steps"],
             "driver_timing_step": steady([r["timing/step"] for r in rows]),
             "samples_per_s_per_gpu": ROLLOUT / step_s,
@@ -94,7 +125,13 @@ def run(name: str, strategy: str, steps: int, transport: str) -> dict:
             **{f"tflops_{g}": steady([r[f"tflops/{g}"] for r in rows]) for g in (
                 "makers", "actor_trainer", "critic_trainer")},
             **{f"peak_gb_{g}": max(r.get(f"memory/{g}_peak_gb", 0.0) for r in rows) for g in (
-                "makers", "actor", "critic")}}
+                "makers", "actor", "critic")},
+            **{f"mfu_{g}": steady([r[f"mfu/{g}"] for r in rows]) for g in ("makers", "actor_trainer", "critic_trainer")
+               if all(f"mfu/{g}" in r for r in rows)},
+            **({"overrides": list(extra)} if extra else {})}
+    if per_step:
+        out["per_step"] = [{k: r[k] for k in PER_STEP if k in r} for r in rows]
+    return out
 
 
 def run_trl(name: str, steps: int, precision: str = "fp32") -> dict:
@@ -139,7 +176,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", nargs="*", default=list(SHAPES))
     p.add_argument("--strategies", nargs="*", default=["ddp", "colossalai_zero2", "colossalai_gemini"])
-    p.add_argument("--transports", nargs="*", default=["object_store"])
+    p.add_argument("--transports", nargs="*", default=["object_store"], help="of the separate placement")
+    p.add_argument("--placements", nargs="*", default=["separate"], choices=["separate", "colocated"])
+    p.add_argument("--trl-precisions", nargs="*", default=["fp32", "bf16"], help="with --trl")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides of every run of ours, e.g. actor_trainer.optim.lr=0 "
+                        "ppo.behaviour_correction=measure (the Gemini diagnosis)")
+    p.add_argument("--per-step", action="store_true", help="keep each step's KL, response length, grad norm, "
+                                                           "behaviour gap and sync seconds in the row")
+    p.add_argument("--tag", default="", help="a label kept in every row (e.g. lr0)")
     p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up")
     p.add_argument("--trl", action="store_true", help="also TRL's PPO on each size, in fp32 and in bf16")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every configuration per size")
@@ -154,18 +199,20 @@ def main(argv=None) -> None:
             with open(args.out, "w") as f:
                 json.dump({"rows": rows}, f, indent=2)
 
-    ours = [(strategy, transport) for strategy in args.strategies for transport in args.transports]
-    theirs = ["fp32", "bf16"] if args.trl else []
+    ours = our_runs(args.strategies, args.placements, args.transports)
+    theirs = list(args.trl_precisions) if args.trl else []
     ray.init(include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
         for name in args.sizes:
-            for side, config, rnd in interleave([f"{s}/{t}" for s, t in ours], theirs, args.repeats):
+            for side, config, rnd in interleave(["/".join(c) for c in ours], theirs, args.repeats):
+                tag = {"tag": args.tag} if args.tag else {}
                 try:
                     if side == "ours":
-                        strategy, transport = config.split("/")
-                        keep({"round": rnd, **run(name, strategy, args.steps, transport)})
+                        strategy, placement, transport = config.split("/")
+                        keep({"round": rnd, **tag, **run(name, strategy, args.steps, transport, placement,
+                                                         tuple(args.set), args.per_step)})
                     else:
-                        keep({"round": rnd, **run_trl(name, args.steps, config)})
+                        keep({"round": rnd, **tag, **run_trl(name, args.steps, config)})
                 except Exception as e:  # one failing combination is a result, not the end of the sweep
                     keep({"model": name, "strategy": config.split("/")[0] if side == "ours" else f"trl-{config}",
                           "round": rnd, "error": f"{type(e).__name__}: {e}"[:600]})

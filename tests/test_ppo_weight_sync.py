@@ -165,3 +165,22 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
                                                        output_loading_info=True)
     assert not any(info.values()) and final.dtype == torch.float32
     assert_no_leaks()
+
+
+def test_at_lr_0_measure_sees_no_gap_between_makers_and_trainer_and_a_bf16_maker_shows_one(local_ray, tiny_llama,
+                                                                                           reward_dir, tmp_path):
+    """The Gemini diagnosis of the GPU issue, on CPU: frozen weights (actor lr 0) and ppo.behaviour_correction
+    measure. A sound sync leaves the makers' log-probs equal to the trainer's up to float noise from batch shapes;
+    the same weights cast to bfloat16 in the maker (what a broken export would look like, only milder) show a gap
+    orders of magnitude above it, on every step."""
+    from actors.driver import PPOJob
+
+    gaps = {}
+    for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        cfg = ppo_config(tiny_llama, reward_dir, tmp_path / name, "actor_trainer.optim.lr=0", "ppo.max_steps=2",
+                         "ppo.behaviour_correction=measure", "maker.num_makers=1", f"maker.dtype={dtype}")
+        rows = []
+        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append(m))
+        gaps[name] = [r["behaviour/log_ratio_abs_mean"] for r in rows]
+    assert len(gaps["fp32"]) == 2 and max(gaps["fp32"]) < 1e-4, gaps
+    assert min(gaps["bf16"]) > 100 * max(max(gaps["fp32"]), 1e-7), gaps

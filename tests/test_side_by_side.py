@@ -324,3 +324,23 @@ def test_a_partial_run_leaves_the_files_machine_as_the_full_runs(tmp_path, monke
     assert data["vs_trl_medium"]["ppo_ratio"] == 1.0
     common.save("vs_trl_medium", {"ppo_ratio": 2.0})  # a full run stamps the box it ran on
     assert json.loads((tmp_path / "RESULTS.json").read_text())["machine"]["cpu"] != "the full run's box"
+
+
+def test_the_gpu_sweep_runs_colocated_without_a_transport_and_every_override_reaches_the_config(tiny_llama,
+                                                                                                reward_dir):
+    """benchmarks.gpu_ppo's plumbing, which a short GPU loan cannot afford to debug: which runs a sweep makes,
+    and that each run's config validates (ddp here: ZeRO-2 and Gemini assert CUDA) with its overrides."""
+    from benchmarks.gpu_ppo import job_config, our_runs
+
+    runs = our_runs(["colossalai_zero2", "colossalai_gemini"], ["separate", "colocated"], ["object_store", "ipc"])
+    assert runs == [("colossalai_zero2", "separate", "object_store"), ("colossalai_zero2", "separate", "ipc"),
+                    ("colossalai_zero2", "colocated", "none"), ("colossalai_gemini", "separate", "object_store"),
+                    ("colossalai_gemini", "separate", "ipc"), ("colossalai_gemini", "colocated", "none")]
+    diagnose = ("actor_trainer.optim.lr=0", "ppo.behaviour_correction=measure")
+    separate = job_config(tiny_llama, reward_dir, "tiny", "ddp", 3, "ipc", "separate", diagnose)
+    assert separate.sync.transport == "ipc" and separate.maker.num_gpus == 0.3 and separate.maker.dtype == "float32"
+    assert separate.actor_trainer.optim.lr == 0 and separate.ppo.behaviour_correction == "measure"
+    assert not separate.trainer_log_probs_are_behaviour  # the makers send their log-probs, to be measured
+    colocated = job_config(tiny_llama, reward_dir, "tiny", "ddp", 3, "none", "colocated")
+    assert colocated.placement == "colocated" and colocated.maker.num_gpus == 0
+    assert colocated.actor_trainer.resources.num_gpus_per_rank == 0.45

@@ -140,7 +140,7 @@ class DataConfig:
 class OptimizerConfig:
     """AdamW and its learning-rate schedule."""
 
-    lr: float = opt(5e-5, "peak learning rate")
+    lr: float = opt(5e-5, "peak learning rate (0 freezes the weights: a diagnosis run, e.g. of a weight sync)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
@@ -150,8 +150,8 @@ class OptimizerConfig:
     min_lr_ratio: float = opt(0.0, "final lr as a fraction of lr (cosine/linear)")
 
     def validate(self, key: str = "optim") -> None:
-        if self.lr <= 0:
-            _fail(f"{key}.lr", f"must be > 0, got {self.lr}", "e.g. 5e-5")
+        if self.lr < 0:
+            _fail(f"{key}.lr", f"must be >= 0, got {self.lr}", "e.g. 5e-5 (0 freezes the weights)")
         if self.warmup_steps < 0:
             _fail(f"{key}.warmup_steps", f"must be >= 0, got {self.warmup_steps}", "e.g. 0")
 

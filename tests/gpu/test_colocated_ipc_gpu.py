@@ -38,3 +38,7 @@ def test_colocated_zero2_generates_on_the_actor_ranks_and_publishes_nothing(gpu_
     assert summary["steps"] == 3 and summary["placement"] == "colocated"
     assert all(r["sync/bytes"] == 0 and r["makers"] == 0 and r["memory/makers_peak_gb"] > 0 for r in rows)
     assert all(r["response_length"] > 0 and r["critic/loss"] == r["critic/loss"] for r in rows)
+    from coati_ray.utils.flops import device_peak_tflops
+
+    if device_peak_tflops("bfloat16") is not None:  # a GPU of the table: every group's MFU, a fraction of it
+        assert all(0 < r[f"mfu/{g}"] < 1 for r in rows for g in ("makers", "actor_trainer", "critic_trainer"))
