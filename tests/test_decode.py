@@ -145,3 +145,27 @@ def test_what_the_loop_cannot_reproduce_goes_through_generate(assets, tokenizer)
         sample_rows(torch.tensor([[float("nan"), 1.0]]), [torch.Generator().manual_seed(0)])
     zero_first = torch.tensor([[0.0, 0.5, 0.5]])  # a leading token cut by top-k is never drawn, even at u = 0
     assert sample_rows(zero_first, [torch.Generator().manual_seed(s) for s in [0]]).item() in (1, 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_static_cache_backend_generates_hfs_tokens_and_falls_back_where_there_is_none(assets, tokenizer,
+                                                                                         family):
+    """generation.backend: static — Hugging Face's generate over a static KV cache (compiled on CUDA) gives the
+    dynamic cache's greedy tokens; gpt2 has no static cache in transformers 4.51, so it goes through plain
+    generate."""
+    from types import SimpleNamespace
+
+    from coati_ray.models.generators import generator
+
+    actor = varied(Actor.from_pretrained(os.path.join(assets, "models", f"tiny-{family}")).eval())
+    assert bool(getattr(actor.model, "_supports_static_cache", False)) == (family != "gpt2")
+    b = batch_of(tokenizer)
+    ids, mask = b["input_ids"], b["attention_mask"]
+    gen = SimpleNamespace(max_new_tokens=10, do_sample=False, temperature=1.0, top_k=0, top_p=1.0)
+    plain = generator("hf")(actor, gen, ids, mask, tokenizer)
+    caches, generate = [], actor.model.generate
+    actor.model.generate = lambda **kw: caches.append(kw.get("cache_implementation")) or generate(**kw)
+    static = generator("static")(actor, gen, ids, mask, tokenizer)
+    assert caches == [None if family == "gpt2" else "static"]
+    for a, b_ in zip(plain, static):
+        assert torch.equal(a, b_)

@@ -71,8 +71,9 @@ class GenerationConfig:
     top_p: float = opt(1.0, "nucleus sampling mass (1.0: off)")
     backend: str = opt("compact", "compact: finished rows leave the decode batch (a batch costs its rows' own "
                                   "lengths, each row samples from its own seeded stream); hf: Hugging Face's generate, "
-                                  "every row decoded until the longest ends; or 'module:function' of your own "
-                                  "(coati_ray/models/generators.py)")
+                                  "every row decoded until the longest ends; static: hf over a static KV cache, "
+                                  "compiled with CUDA graphs on a GPU (many batches of one shape); or "
+                                  "'module:function' of your own (coati_ray/models/generators.py)")
 
     def validate(self, key: str = "generation") -> None:
         from coati_ray.models.generators import generator

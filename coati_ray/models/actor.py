@@ -77,14 +77,15 @@ class Actor(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None, *,
                  max_new_tokens: int = 32, do_sample: bool = True, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id: Optional[int] = None,
-                 streamer=None, compact: bool = True,
-                 row_seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 streamer=None, compact: bool = True, row_seeds: Optional[list[int]] = None,
+                 hf_options: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample continuations of left-padded prompts (B, P).
 
         `compact` (default) decodes with coati_ray.models.decode: finished rows leave the batch, each row
         samples from its own stream (`row_seeds`, default drawn from torch's generator); greedy output is
         `generate`'s token for token. A `streamer`, a family outside decode.COMPACTABLE or a checkpoint whose
-        generation config adds processors go through Hugging Face's `generate`.
+        generation config adds processors go through Hugging Face's `generate`, with `hf_options` (e.g.
+        cache_implementation='static') passed to it.
 
         Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
         longest response in the batch; tokens after a sequence's EOS are padding with mask 0
@@ -100,7 +101,7 @@ class Actor(nn.Module):
             pad_token_id = first if first is not None else 0
         from coati_ray.models.decode import can_compact, generate_compacting
 
-        if compact and streamer is None and can_compact(self.model):
+        if compact and streamer is None and not hf_options and can_compact(self.model):
             eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else \
                 ([] if eos_token_id is None else [eos_token_id])
             sequences = generate_compacting(
@@ -114,6 +115,7 @@ class Actor(nn.Module):
             kwargs.update(temperature=temperature, top_k=top_k if top_k > 0 else None, top_p=top_p)
         if streamer is not None:  # e.g. transformers.TextStreamer: tokens printed as they come
             kwargs["streamer"] = streamer
+        kwargs.update(hf_options or {})
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return self._masks(sequences, input_ids, attention_mask, eos_token_id)
 

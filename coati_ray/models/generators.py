@@ -10,6 +10,10 @@ action_mask (B, A)) for left-padded prompts (B, P), each response ending at its 
              greedy output equals hf's token for token); falls back to hf for a family it does not cover,
              a streamer, or a checkpoint whose generation config adds logits processors
     hf       Hugging Face `generate`: every row decoded until the longest ends
+    static   Hugging Face `generate` over a static KV cache (allocated once at prompt + max_new_tokens): on CUDA,
+             transformers compiles the decode step on the first call (torch.compile, CUDA graphs), which pays
+             back over many batches of one shape; greedy output equals hf's; families without a static cache
+             use hf
 
 A backend of your own is `module:function` with the same signature (docs/extending.md).
 """
@@ -35,7 +39,15 @@ def hf(actor, gen, input_ids, attention_mask, tokenizer=None, **extra) -> tuple:
     return actor.generate(input_ids, attention_mask, tokenizer, compact=False, **_sampling(gen), **extra)
 
 
-GENERATORS: dict[str, GeneratorFn] = {"compact": compact, "hf": hf}
+def static(actor, gen, input_ids, attention_mask, tokenizer=None, **extra) -> tuple:
+    if not getattr(actor.model, "_supports_static_cache", False):
+        return hf(actor, gen, input_ids, attention_mask, tokenizer, **extra)
+    extra.pop("row_seeds", None)
+    return actor.generate(input_ids, attention_mask, tokenizer, compact=False, **_sampling(gen),
+                          hf_options={"cache_implementation": "static"}, **extra)
+
+
+GENERATORS: dict[str, GeneratorFn] = {"compact": compact, "hf": hf, "static": static}
 
 
 def register_generator(name: str, fn: GeneratorFn) -> None:
