@@ -170,9 +170,7 @@ def run_trl(name: str, steps: int, precision: str = "fp32") -> dict:
     return {"model": name, "strategy": f"trl-{precision}", **raw, **rate, "samples_per_s_per_gpu": rate["samples_per_s"]}
 
 
-def main(argv=None) -> None:
-    import ray
-
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", nargs="*", default=list(SHAPES))
     p.add_argument("--strategies", nargs="*", default=["ddp", "colossalai_zero2", "colossalai_gemini"])
@@ -189,7 +187,26 @@ def main(argv=None) -> None:
     p.add_argument("--trl", action="store_true", help="also TRL's PPO on each size, in fp32 and in bf16")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every configuration per size")
     p.add_argument("--out", default=None, help="also write the rows to this JSON file")
-    args = p.parse_args(argv)
+    p.add_argument("--plan", action="store_true", help="print the runs this command would make, and stop")
+    return p.parse_args(argv)
+
+
+def plan(args) -> list[tuple[str, str, str, int]]:
+    """(model, side, configuration, round) of every run, in the order they run."""
+    ours = ["/".join(c) for c in our_runs(args.strategies, args.placements, args.transports)]
+    theirs = list(args.trl_precisions) if args.trl else []
+    return [(name, side, config, rnd) for name in args.sizes for side, config, rnd in
+            interleave(ours, theirs, args.repeats)]
+
+
+def main(argv=None) -> None:
+    import ray
+
+    args = parse_args(argv)
+    if args.plan:
+        for run_ in plan(args):
+            print(" ".join(map(str, run_)))
+        return
     rows = []
 
     def keep(row):
@@ -199,23 +216,20 @@ def main(argv=None) -> None:
             with open(args.out, "w") as f:
                 json.dump({"rows": rows}, f, indent=2)
 
-    ours = our_runs(args.strategies, args.placements, args.transports)
-    theirs = list(args.trl_precisions) if args.trl else []
     ray.init(include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
-        for name in args.sizes:
-            for side, config, rnd in interleave(["/".join(c) for c in ours], theirs, args.repeats):
-                tag = {"tag": args.tag} if args.tag else {}
-                try:
-                    if side == "ours":
-                        strategy, placement, transport = config.split("/")
-                        keep({"round": rnd, **tag, **run(name, strategy, args.steps, transport, placement,
-                                                         tuple(args.set), args.per_step)})
-                    else:
-                        keep({"round": rnd, **tag, **run_trl(name, args.steps, config)})
-                except Exception as e:  # one failing combination is a result, not the end of the sweep
-                    keep({"model": name, "strategy": config.split("/")[0] if side == "ours" else f"trl-{config}",
-                          "round": rnd, "error": f"{type(e).__name__}: {e}"[:600]})
+        for name, side, config, rnd in plan(args):
+            tag = {"tag": args.tag} if args.tag else {}
+            try:
+                if side == "ours":
+                    strategy, placement, transport = config.split("/")
+                    keep({"round": rnd, **tag, **run(name, strategy, args.steps, transport, placement,
+                                                     tuple(args.set), args.per_step)})
+                else:
+                    keep({"round": rnd, **tag, **run_trl(name, args.steps, config)})
+            except Exception as e:  # one failing combination is a result, not the end of the sweep
+                keep({"model": name, "strategy": config.split("/")[0] if side == "ours" else f"trl-{config}",
+                      "round": rnd, **tag, "error": f"{type(e).__name__}: {e}"[:600]})
     finally:
         ray.shutdown()
     import torch

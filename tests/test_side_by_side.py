@@ -344,3 +344,42 @@ def test_the_gpu_sweep_runs_colocated_without_a_transport_and_every_override_rea
     colocated = job_config(tiny_llama, reward_dir, "tiny", "ddp", 3, "none", "colocated")
     assert colocated.placement == "colocated" and colocated.maker.num_gpus == 0
     assert colocated.actor_trainer.resources.num_gpus_per_rank == 0.45
+
+
+def test_the_gpu_generation_sweep_times_every_backend_and_compares_their_tokens(tiny_llama, tmp_path):
+    """benchmarks.gpu_generate on CPU with the tiny model (its GPU run has no time to be debugged): a row per
+    backend, every row run to the full length, and greedy tokens equal across hf, compact and static."""
+    import json
+
+    from benchmarks.gpu_generate import main
+
+    out = tmp_path / "gen.json"
+    result = main(["--model", tiny_llama, "--device", "cpu", "--dtype", "float32", "--batches", "3",
+                   "--new-tokens", "5", "--repeats", "1", "--out", str(out), "--no-save"])
+    rows = result["rows"]
+    assert [r["backend"] for r in rows] == ["hf", "compact", "static"] and all("error" not in r for r in rows)
+    assert all(r["tokens_per_s"] > 0 and r["batch"] == 3 and r["same_tokens_as_first_backend"] for r in rows)
+    assert json.loads(out.read_text())["device"] == "cpu"
+
+
+def test_the_gpu_checks_runs_of_the_gpu_issue_parse_and_plan_what_they_say():
+    """scripts/gpu/check.sh's diagnose and colocated phases, their gpu_ppo arguments as the script writes them:
+    they parse, and they plan the runs the GPU issue asks for (a typo would cost a GPU loan)."""
+    import re
+    import shlex
+
+    from benchmarks.gpu_ppo import parse_args, plan
+    from tests.conftest import REPO
+
+    script = open(os.path.join(REPO, "scripts", "gpu", "check.sh")).read().replace("\\\n", " ")
+    commands = [shlex.split(m.split("2>&1")[0].replace('"$OUT', '"/tmp'))
+                for m in re.findall(r"python3 -m benchmarks\.gpu_ppo (--[^\n]*)", script)]  # not bench's
+    plans = {parse_args(c).tag or "colocated": (parse_args(c), plan(parse_args(c))) for c in commands}
+    lr0, runs = plans["lr0"]
+    assert lr0.set == ["actor_trainer.optim.lr=0", "ppo.behaviour_correction=measure"] and lr0.per_step
+    assert runs == [("opt-1.3b", "ours", "colossalai_gemini/separate/object_store", 0)]
+    assert [r[2] for r in plans["lr1e-6"][1]] == ["colossalai_zero2/separate/object_store",
+                                                 "colossalai_gemini/separate/object_store"]
+    colocated = plans["colocated"][1]
+    assert sorted(r[2] for r in colocated) == ["bf16", "colossalai_zero2/colocated/none",
+                                               "colossalai_zero2/separate/ipc", "colossalai_zero2/separate/object_store"]

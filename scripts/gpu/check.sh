@@ -7,6 +7,13 @@
 #   tests     pytest tests/gpu (GPU_TEST_ARGS overrides its arguments)
 #   bench     python -m benchmarks.gpu_ppo: opt-125m, ddp and ZeRO-2 against TRL fp32/bf16, 3 interleaved rounds
 #             (about 7 min; GPU_BENCH_ARGS overrides its arguments, e.g. --sizes opt-1.3b --strategies colossalai_zero2)
+# and the runs of the GPU issue (each writes its JSON as it goes, so a run cut short still returns what it did):
+#   diagnose  Gemini at opt-1.3b: lr 0 (a collapse there is the export or the sync), then ZeRO-2 and Gemini at
+#             1e-6, 6 steps each, each step's KL, response length, grad norm and maker-trainer log-prob gap
+#             (ppo.behaviour_correction=measure) -> diagnose_lr0.json, diagnose_lr1e-6.json
+#   colocated opt-1.3b ZeRO-2 bf16: colocated, separate over the object store and over ipc, TRL bf16; 8 steps,
+#             one round -> colocated.json
+#   generate  tokens/s of the hf, compact and static backends at opt-125m/1.3b, batch 32 and 128 -> generate.json
 # Logs and JSON go to $OUT (the device tool's folder) or runs/gpu_check.
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
@@ -53,7 +60,26 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
       timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
         | grep -v "warn" | tee "$OUT/bench.log" | tail -40
       status=${PIPESTATUS[0]} ;;
-    *) echo "[gpu-check] unknown phase '$phase' (versions, kernels, tests, bench)"; exit 2 ;;
+    diagnose)
+      timeout 600 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_gemini --steps 6 --repeats 1 \
+        --per-step --set actor_trainer.optim.lr=0 ppo.behaviour_correction=measure --tag lr0 \
+        --out "$OUT/diagnose_lr0.json" 2>&1 | grep -v "warn" | tee "$OUT/diagnose.log" | tail -8
+      status=${PIPESTATUS[0]}
+      timeout 900 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 colossalai_gemini \
+        --steps 6 --repeats 1 --per-step --set actor_trainer.optim.lr=1e-6 ppo.behaviour_correction=measure \
+        --tag lr1e-6 --out "$OUT/diagnose_lr1e-6.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -8
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    colocated)
+      timeout 1200 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 \
+        --placements colocated separate --transports object_store ipc --trl --trl-precisions bf16 --steps 8 \
+        --repeats 1 --out "$OUT/colocated.json" 2>&1 | grep -v "warn" | tee "$OUT/colocated.log" | tail -8
+      status=${PIPESTATUS[0]} ;;
+    generate)
+      timeout 900 python3 -m benchmarks.gpu_generate --sizes opt-125m opt-1.3b --batches 32 128 \
+        --out "$OUT/generate.json" 2>&1 | grep -v "warn" | tee "$OUT/generate.log" | tail -14
+      status=${PIPESTATUS[0]} ;;
+    *) echo "[gpu-check] unknown phase '$phase' (versions, kernels, tests, bench, diagnose, colocated, generate)"
+       exit 2 ;;
   esac
   echo "[gpu-check] $phase took $(( $(date +%s) - t )) s (exit $status)"
   [ "$status" = 0 ] || failed="$failed $phase"
