@@ -140,7 +140,7 @@ def test_3d_boosts_the_hugging_face_model_shardformer_has_a_policy_for(tiny_llam
 
     from coati_ray.models import Actor, Critic
     from coati_ray.models.actor import forward_parameters
-    from coati_ray.strategies.strategy import hf_attribute, with_unwrapped_hf
+    from coati_ray.strategies.model_state import hf_attribute, with_unwrapped_hf
 
     actor, critic = Actor.from_pretrained(tiny_llama), Critic.from_pretrained(tiny_llama)
     with pytest.raises(NotImplementedError):
@@ -174,7 +174,7 @@ def test_mixed_precision_boost_keeps_the_computed_float32_buffers(tiny_llama):
     bf16 (makers, export readers) keeps it float32: on an H100 the trained model's logits differed from its
     own export's by one bf16 ulp. prepare() puts the float32 buffers back; here the cast is done by hand."""
     from coati_ray.models import Actor
-    from coati_ray.strategies.strategy import float32_buffers, restore_buffers
+    from coati_ray.strategies.model_state import float32_buffers, restore_buffers
 
     torch.manual_seed(0)
     ids = torch.randint(3, 200, (2, 24))
