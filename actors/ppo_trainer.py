@@ -45,6 +45,7 @@ class PPOTrainerRank(ColocatedRollout):
         self.steps_done = 0
 
     metrics = None  # WorkerMetrics, created on first use inside the actor process
+    offload = None  # OptimizerOffload under colocated.offload_optimizer
 
     def setup(self, meeting: tuple, resume_dir: Optional[str] = None, first_step: int = 0) -> int:
         """Join the group's process group (through the meeting place: actors/rendezvous.py) and build model,
@@ -70,6 +71,11 @@ class PPOTrainerRank(ColocatedRollout):
         self.sender = WeightSender(self.strategy, self.trainer.model, self.model_cfg.lora_rank > 0,
                                    gathers=self.group_cfg.strategy.name.startswith("colossalai_gemini"))
         self.steps_done = first_step
+        if self.cfg.placement == "colocated" and self.cfg.colocated.offload_optimizer:
+            from coati_ray.strategies.offload import OptimizerOffload
+
+            self.offload = OptimizerOffload(self.trainer.optimizer, self.strategy.unwrap(self.trainer.model))
+            self.offload.out()  # until the first update: the first rollout comes before it
         if self.cfg.placement == "colocated" and self.role == "actor":
             self._rollout()  # the reference and reward models beside the policy, loaded with the group
         return self.rank
@@ -115,8 +121,13 @@ class PPOTrainerRank(ColocatedRollout):
         got.sort(key=lambda pair: pair[0]["batch_id"])
         shards = [exp.shard(self.rank, self.world_size) for _, exp in got]
         with self.update_lock:
+            back = self.offload.back() if self.offload is not None else None
             metrics = self.trainer.train(concat(shards), step)
             self.steps_done = step + 1
+            if self.offload is not None:  # between updates the GPU memory is generation's
+                out = self.offload.out()
+                metrics[f"memory/{self.role}_offloaded_gb"] = out["bytes"] / 2**30
+                metrics[f"timing/offload_{self.role}"] = back["seconds"] + out["seconds"]
         metrics[f"timing/wait_{self.role}"] = waited
         metrics["consumed"] = {"versions": [g["version"] for g, _ in got],
                                "staleness": [g["staleness"] for g, _ in got],
@@ -216,7 +227,11 @@ class PPOTrainerRank(ColocatedRollout):
                 json.dump(self.trainer.state(), f)
         self.strategy.barrier()
         if not final:
+            if self.offload is not None:  # a plugin's optimizer state dict gathers over the group's devices
+                self.offload.back()
             self.strategy.save_optimizer(self.trainer.optimizer, os.path.join(root, "optimizer"))
+            if self.offload is not None:
+                self.offload.out()
             torch.save(torch.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}.pt"))
             if torch.cuda.is_available():
                 torch.save(torch.cuda.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}_cuda.pt"))

@@ -60,12 +60,16 @@ def assert_same_training(separate: dict, colocated: dict, compared: tuple) -> No
 @pytest.mark.slow
 def test_colocated_ppo_trains_the_policy_a_separate_job_trains(local_ray, tiny_llama, reward_dir, tmp_path):
     """gae: 2 ddp actor ranks generate one 4-sample batch each (as 2 makers of batch 4 would), the critic rank
-    adds the values; 3 steps later both jobs hold the same actor and critic."""
+    adds the values; 3 steps later both jobs hold the same actor and critic. The colocated job also runs
+    colocated.offload_optimizer's path (on a CPU nothing moves: 0 GiB, the same training)."""
     common = [f"ppo.max_steps={STEPS}", "generation.max_new_tokens=6"]
     separate = run_job(ppo_config(tiny_llama, reward_dir, tmp_path / "separate", *common))
-    colocated = run_job(ppo_config(tiny_llama, reward_dir, tmp_path / "colocated", *common, "placement=colocated"))
+    colocated = run_job(ppo_config(tiny_llama, reward_dir, tmp_path / "colocated", *common, "placement=colocated",
+                                   "colocated.offload_optimizer=true"))
     assert_same_training(separate, colocated, COMPARED + ("critic/loss",))
     assert colocated["metrics"][-1]["critic/loss"] > 0
+    assert all(m["memory/actor_offloaded_gb"] == 0.0 and m["memory/critic_offloaded_gb"] == 0.0
+               for m in colocated["metrics"])
 
 
 @pytest.mark.slow

@@ -17,6 +17,14 @@ def check_placement(cfg) -> None:
         if gemini:
             _fail("sync.transport", f"ipc maps rank 0's tensors, but the {gemini[0]} group's Gemini export is a "
                   "gather of every rank", "use sync.transport=auto or object_store with Gemini")
+    if cfg.colocated.offload_optimizer:
+        if cfg.placement != "colocated":
+            _fail("colocated.offload_optimizer", "frees the trainer ranks' GPU memory for generation, and with "
+                  "placement=separate the makers generate elsewhere", "set placement=colocated, or remove the key")
+        cpu = [r for r in cfg.roles if getattr(cfg, f"{r}_trainer").strategy.name == "colossalai_zero2_cpu"]
+        if cpu:
+            _fail("colocated.offload_optimizer", f"the {cpu[0]} group's colossalai_zero2_cpu keeps its optimizer "
+                  "state on the CPU already", "use colossalai_zero2 with the key, or remove it")
     if cfg.placement == "separate":
         return
     if cfg.ppo.mode != "sync":

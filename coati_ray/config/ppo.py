@@ -8,7 +8,8 @@ from typing import Literal, Optional
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
 from coati_ray.config.rollout import RolloutConfig
 from coati_ray.config.rewards import RewardSourceSpec, RewardSourcesConfig  # noqa: F401 (re-exported)
-from coati_ray.config.runtime import BufferConfig, MakerConfig, SyncConfig, WatchdogConfig  # noqa: F401 (re-exported)
+from coati_ray.config.runtime import (BufferConfig, ColocatedConfig, MakerConfig, SyncConfig,  # noqa: F401 (re-exported)
+                                      WatchdogConfig)
 from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt
 
 
@@ -189,6 +190,7 @@ class PPOConfig(JobConfig):
     placement: Literal["separate", "colocated"] = opt(
         "separate", "where generation runs: separate (maker actors; weights sent to them after every update) or "
         "colocated (the actor group's ranks generate with their own weights: no weight copy; sync mode)")
+    colocated: ColocatedConfig = opt(None, "placement: colocated's memory")
     maker: MakerConfig = opt(None, "experience makers (placement: separate)")
     buffer: BufferConfig = opt(None, "replay buffer")
     sync: SyncConfig = opt(None, "weight sync from the trainers to the makers")

@@ -95,6 +95,16 @@ class SyncConfig:
 
 
 @dataclass
+class ColocatedConfig:
+    """placement: colocated's memory: the trainer ranks that generate (coati_ray/strategies/offload.py)."""
+
+    offload_optimizer: bool = opt(False, "move each trainer group's optimizer state (Adam's moments, ZeRO-2's fp32 "
+                                         "master shards) to pinned host memory after every update and back before "
+                                         "the next, so generation has that GPU memory; costs two copies per step; "
+                                         "nothing moves on a CPU")
+
+
+@dataclass
 class WatchdogConfig:
     """A PPO step that makes no progress (no maker batch lands, no trainer rank or weight load finishes) for
     this long ends the run with one line naming the actors that do not respond and what they run."""
