@@ -380,6 +380,8 @@ def test_the_gpu_checks_runs_of_the_gpu_issue_parse_and_plan_what_they_say():
     assert runs == [("opt-1.3b", "ours", "colossalai_gemini/separate/object_store", 0)]
     assert [r[2] for r in plans["lr1e-6"][1]] == ["colossalai_zero2/separate/object_store",
                                                  "colossalai_gemini/separate/object_store"]
+    assert plans["offload"][0].set == ["colocated.offload_optimizer=true"]
+    assert [r[2] for r in plans["offload"][1]] == ["colossalai_zero2/colocated/none"]
     colocated = plans["colocated"][1]
     assert sorted(r[2] for r in colocated) == ["bf16", "colossalai_zero2/colocated/none",
                                                "colossalai_zero2/separate/ipc", "colossalai_zero2/separate/object_store"]

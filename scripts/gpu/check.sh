@@ -12,7 +12,7 @@
 #             1e-6, 6 steps each, each step's KL, response length, grad norm and maker-trainer log-prob gap
 #             (ppo.behaviour_correction=measure) -> diagnose_lr0.json, diagnose_lr1e-6.json
 #   colocated opt-1.3b ZeRO-2 bf16: colocated, separate over the object store and over ipc, TRL bf16; 8 steps,
-#             one round -> colocated.json
+#             one round -> colocated.json; then colocated with colocated.offload_optimizer -> colocated_offload.json
 #   generate  tokens/s of the hf, compact and static backends at opt-125m/1.3b, batch 32 and 128 -> generate.json
 # Logs and JSON go to $OUT (the device tool's folder) or runs/gpu_check.
 set -uo pipefail
@@ -73,7 +73,11 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
       timeout 1200 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 \
         --placements colocated separate --transports object_store ipc --trl --trl-precisions bf16 --steps 8 \
         --repeats 1 --out "$OUT/colocated.json" 2>&1 | grep -v "warn" | tee "$OUT/colocated.log" | tail -8
-      status=${PIPESTATUS[0]} ;;
+      status=${PIPESTATUS[0]}
+      timeout 600 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 --placements colocated \
+        --set colocated.offload_optimizer=true --tag offload --steps 8 --repeats 1 \
+        --out "$OUT/colocated_offload.json" 2>&1 | grep -v "warn" | tee -a "$OUT/colocated.log" | tail -4
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     generate)
       timeout 900 python3 -m benchmarks.gpu_generate --sizes opt-125m opt-1.3b --batches 32 128 \
         --out "$OUT/generate.json" 2>&1 | grep -v "warn" | tee "$OUT/generate.log" | tail -14
