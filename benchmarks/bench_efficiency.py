@@ -65,11 +65,15 @@ def summarize(runs: list[dict]) -> dict:
     result = {"settings": out}
     if "baseline" in out and all("padding_fraction" in r for r in by["baseline"]):
         base_rows = by["baseline"]
+
+        def trained_padding(r):  # the batches the trainers train on (maker batches merged), where measured
+            return r.get("training_padding_fraction", r["padding_fraction"])
+
         result.update(finished_row_fraction=statistics.median(r["finished_row_fraction"] for r in base_rows),
-                      padding_fraction=statistics.median(r["padding_fraction"] for r in base_rows),
+                      padding_fraction=statistics.median(trained_padding(r) for r in base_rows),
                       best_case_fraction=statistics.median(best_case_fraction(
                           r["generation_core_seconds_per_sample"], r["training_core_seconds_per_sample"],
-                          r["finished_row_fraction"], r["padding_fraction"]) for r in base_rows))
+                          r["finished_row_fraction"], trained_padding(r)) for r in base_rows))
     if "baseline" in out and "efficient" in out:
         base, eff = out["baseline"], out["efficient"]
         result.update(core_seconds_per_sample=eff["total"], baseline_core_seconds_per_sample=base["total"],

@@ -80,7 +80,7 @@ def maker_rate(makers: int, steps: int, workload: str = "tiny") -> dict:
     job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()
-        pids = actor_pids(list(job.pool.makers.values()))
+        pids = worker_pids(list(job.pool.makers.values()))
         make_tickets(job, range(makers))  # each maker's first batch: warm-up
         timed = range(makers, makers + 4 * (steps - 1))
         t, c, busy = time.perf_counter(), cpu_seconds(pids), busy_core_seconds()
@@ -102,8 +102,8 @@ def busy_core_seconds() -> float:
     return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
-def actor_pids(actors) -> list[int]:
-    return ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
+def worker_pids(workers) -> list[int]:
+    return ray.get([w.__ray_call__.remote(lambda self: os.getpid()) for w in workers])
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -123,19 +123,20 @@ def standalone(steps: int, workload: str = "tiny", *overrides: str, name: str = 
     job = PPOJob(cfg, log=False, overwrite=True)
     try:
         job.start()
-        makers = actor_pids(list(job.pool.makers.values()))
-        trainers = actor_pids([r for ranks in job.groups.values() for r in ranks])
+        makers = worker_pids(list(job.pool.makers.values()))
+        trainers = worker_pids([r for ranks in job.groups.values() for r in ranks])
         made = make_step(job, 0)  # warm-up, consumed below
         t, c = time.perf_counter(), cpu_seconds(makers)
         for step in range(1, steps):
             made += make_step(job, step)
         maker_s = (time.perf_counter() - t) / (steps - 1)
         maker_cs = (cpu_seconds(makers) - c) / ((steps - 1) * ROLLOUT)
-        times, cores = [], []
+        times, cores, padding = [], [], []
         for step in range(steps):
             t, c = time.perf_counter(), cpu_seconds(trainers)
-            ray.get([r.train_step.remote(job.buffer, job.items_per_step, step)
-                     for ranks in job.groups.values() for r in ranks])
+            results = ray.get([r.train_step.remote(job.buffer, job.items_per_step, step)
+                               for ranks in job.groups.values() for r in ranks])
+            padding.append(results[0].get("actor/padding_fraction", float("nan")))
             times.append(time.perf_counter() - t)
             cores.append((cpu_seconds(trainers) - c) / ROLLOUT)
         trainer_s = steady(times, skip=1)
@@ -146,7 +147,8 @@ def standalone(steps: int, workload: str = "tiny", *overrides: str, name: str = 
     return {"maker_samples_per_s": ROLLOUT / maker_s, "trainer_samples_per_s": ROLLOUT / trainer_s,
             "maker_step_seconds": maker_s, "trainer_step_seconds": trainer_s,
             "generation_core_seconds_per_sample": maker_cs, "training_core_seconds_per_sample": steady(cores, skip=1),
-            **waste, "response_length": statistics.mean(s["response_length"] for s in made)}
+            **waste, "training_padding_fraction": statistics.mean(padding),
+            "response_length": statistics.mean(s["response_length"] for s in made)}
 
 
 def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny", name: str = "") -> dict:
@@ -164,8 +166,8 @@ def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny", nam
     def on_step(job, step, m):
         rows.append(m)
         if not pids:
-            pids["makers"] = actor_pids(list(job.pool.makers.values()))
-            pids["trainers"] = actor_pids([r for ranks in job.groups.values() for r in ranks])
+            pids["makers"] = worker_pids(list(job.pool.makers.values()))
+            pids["trainers"] = worker_pids([r for ranks in job.groups.values() for r in ranks])
         idle = psutil.cpu_times()
         marks.append((time.perf_counter(), cpu_seconds(pids["makers"]), cpu_seconds(pids["trainers"]),
                       idle.idle + idle.iowait))

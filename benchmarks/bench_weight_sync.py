@@ -48,7 +48,7 @@ def build(size: str, lora: bool):
     return Actor(model)
 
 
-@ray.remote(num_cpus=0, concurrency_groups={"sync": 1})
+@ray.remote(num_cpus=0, concurrency_groups={"weights": 1})
 class Sender:
     def __init__(self, size: str, lora: bool):
         import torch
@@ -73,15 +73,15 @@ class Sender:
     def send_weights(self, buckets, export=False):
         return self.sender.send(buckets, export)
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def steps_trained(self):
         return {"steps": 1, "busy": False}
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def export_weights(self, block=True):
         return {**self.sender.export(), "version": 1}
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def export_ipc(self):
         return {**self.sender.export_ipc(), "version": self.version}
 
@@ -93,7 +93,7 @@ class Sender:
 
 
 
-@ray.remote(num_cpus=0, concurrency_groups={"sync": 1})
+@ray.remote(num_cpus=0, concurrency_groups={"weights": 1})
 class Receiver:
     def __init__(self, size: str, lora: bool):
         import torch
@@ -103,15 +103,15 @@ class Receiver:
         torch.set_num_threads(1)
         self.receiver = WeightReceiver({"actor": build(size, lora)}, {"actor": lora})
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def join_sync(self, role, buckets, *args):
         self.receiver.join(role, buckets, *args)
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def receive_weights(self, role, buckets, version):
         return self.receiver.receive(role, buckets, version)
 
-    @ray.method(concurrency_group="sync")
+    @ray.method(concurrency_group="weights")
     def leave_sync(self):
         self.receiver.leave()
 

@@ -64,8 +64,9 @@ def measure(actor, tokenizer, backend: str, input_ids, attention_mask, new_token
 
 
 def sweep(models: dict, batches: list, backends: list, new_tokens: int, repeats: int, device: str,
-          dtype: str) -> list[dict]:
-    """models: {name: checkpoint path} -> one row per (model, batch, backend)."""
+          dtype: str, keep=None) -> list[dict]:
+    """models: {name: checkpoint path} -> one row per (model, batch, backend); `keep(rows)` after each (a run cut
+    short keeps what it measured)."""
     import torch
 
     from coati_ray.models import Actor
@@ -84,6 +85,8 @@ def sweep(models: dict, batches: list, backends: list, new_tokens: int, repeats:
                 except Exception as e:  # one backend failing on this GPU is a result, not the end of the sweep
                     rows.append({"model": name, "batch": batch, "backend": backend,
                                  "error": f"{type(e).__name__}: {e}"[:400]})
+                    if keep:
+                        keep(rows)
                     continue
                 sequences = r.pop("sequences")
                 reference = sequences if reference is None else reference
@@ -91,6 +94,8 @@ def sweep(models: dict, batches: list, backends: list, new_tokens: int, repeats:
                              "dtype": dtype, "device": str(device), **r,
                              "same_tokens_as_first_backend": bool(torch.equal(sequences, reference))})
                 print(json.dumps(rows[-1]), flush=True)
+                if keep:
+                    keep(rows)
         del actor
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -110,20 +115,24 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="also write the result to this JSON file")
     p.add_argument("--no-save", action="store_true", help="leave benchmarks/RESULTS.json alone")
     args = p.parse_args(argv)
+    import torch
+
     if args.model:
         models = {args.model.rstrip("/").split("/")[-1]: args.model}
     else:
-        from benchmarks.gpu_ppo import build
+        from benchmarks.gpu_ppo import build_policy
 
-        models = {name: build(name)[0] for name in args.sizes}
-    rows = sweep(models, args.batches, args.backends, args.new_tokens, args.repeats, args.device, args.dtype)
-    import torch
-
-    result = {"rows": rows, "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+        models = {name: build_policy(name) for name in args.sizes}
+    result = {"rows": [], "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
               "command": "python -m benchmarks.gpu_generate " + " ".join(argv if argv is not None else sys.argv[1:])}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+
+    def keep(rows):
+        result["rows"] = rows
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+
+    keep(sweep(models, args.batches, args.backends, args.new_tokens, args.repeats, args.device, args.dtype, keep))
     if not args.no_save:
         save("gpu_generate", result)
     return result

@@ -38,15 +38,15 @@ SHAPES = {"opt-125m": (768, 12, 12), "opt-350m": (1024, 24, 16), "opt-1.3b": (20
 ROLLOUT, NEW_TOKENS, MICRO = 32, 64, 8
 
 
-def build(name: str) -> tuple[str, str]:
+def build_policy(name: str) -> str:
+    """The OPT-shaped causal LM of `name` (random weights, the repo's tokenizer), built once."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    from coati_ray.models import RewardModel
     from coati_ray.models.loading import load_tokenizer
 
-    path, rm = os.path.join(OUT, "gpu_models", name), os.path.join(OUT, "gpu_models", name + "-rm")
-    if not os.path.isfile(os.path.join(rm, "value_head.safetensors")):
+    path = os.path.join(OUT, "gpu_models", name)
+    if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):  # written last: a complete model
         tok = load_tokenizer(os.path.join(REPO, "assets", "tokenizer"))
         hidden, layers, heads = SHAPES[name]
         cfg = OPTConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, ffn_dim=4 * hidden,
@@ -55,6 +55,15 @@ def build(name: str) -> tuple[str, str]:
         torch.manual_seed(0)
         OPTForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
         tok.save_pretrained(path)
+    return path
+
+
+def build(name: str) -> tuple[str, str]:
+    """(policy, reward model) of `name`: the policy and a value head on it, built once."""
+    from coati_ray.models import RewardModel
+
+    path, rm = build_policy(name), os.path.join(OUT, "gpu_models", name + "-rm")
+    if not os.path.isfile(os.path.join(rm, "value_head.safetensors")):
         RewardModel.from_pretrained(path).save_pretrained(rm)
     return path, rm
 
@@ -188,6 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every configuration per size")
     p.add_argument("--out", default=None, help="also write the rows to this JSON file")
     p.add_argument("--plan", action="store_true", help="print the runs this command would make, and stop")
+    p.add_argument("--section", default="gpu", help="the benchmarks/RESULTS.json section this run writes (a "
+                                                     "diagnosis run must not replace the sweep's)")
     return p.parse_args(argv)
 
 
@@ -234,7 +245,7 @@ def main(argv=None) -> None:
         ray.shutdown()
     import torch
 
-    save("gpu", {"rows": rows, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    save(args.section, {"rows": rows, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                  "command": "python -m benchmarks.gpu_ppo " + " ".join(argv or sys.argv[1:])})
 
 

@@ -287,10 +287,10 @@ def efficiency_section(r) -> list[str]:
     if "best_case_fraction" in r:
         out += ["", f"What there was to cut, from the baseline's own batches: rows that had ended took "
                 f"{f(100 * r['finished_row_fraction'], 1)}% of its decode's row-steps and padding "
-                f"{f(100 * r['padding_fraction'], 1)}% of its positions, so even if both cost nothing and the rest of "
-                f"the work stayed as it was, **{f(r['best_case_fraction'])}** of the baseline would be left (an "
-                "optimistic bound: a maker stage is more than its decode, a packed row's attention costs more than "
-                "its rows'). A fraction below that needs a workload whose lengths vary more."]
+                f"{f(100 * r['padding_fraction'], 1)}% of the positions it trained on, so if both cost nothing and "
+                f"the rest of the work stayed as it was, **{f(r['best_case_fraction'])}** of the baseline would be "
+                "left: an estimate of the least the two can leave (coati_ray/experience/waste.py says where it leans "
+                "each way). A fraction well below it needs a workload whose lengths vary more."]
     out += ["", f"Command: `{r['command']}`"]
     return out
 

@@ -149,12 +149,16 @@ def gpu_section(r) -> list[str]:
            "| model | strategy | step (s) | samples/s/GPU | generated tok/s | TFLOP/s maker / actor / critic | "
            "peak GiB maker / actor / critic | sync (s) | sync GB/s | vs TRL samples/s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    groups = {}  # (model, strategy) -> its successful rows, one per round
+    def label(x):  # one line per configuration: placement, transport and the run's tag when not the defaults
+        extra = [x[k] for k in ("placement", "transport") if x.get(k) not in (None, "separate", "object_store", "none")]
+        return " ".join([x["strategy"], *extra] + ([f"[{x['tag']}]"] if x.get("tag") else []))
+
+    groups = {}  # (model, configuration) -> its successful rows, one per round
     for x in r["rows"]:
         if "error" in x:
-            out.append(f"| {x['model']} | {x['strategy']} | {x['error'][:90]} |||||||")
+            out.append(f"| {x['model']} | {label(x)} | {x['error'][:90]} |||||||")
         else:
-            groups.setdefault((x["model"], x["strategy"]), []).append(x)
+            groups.setdefault((x["model"], label(x)), []).append(x)
 
     def med(rows, key):
         values = sorted(x[key] for x in rows if x.get(key) is not None)

@@ -28,7 +28,7 @@ class RewardError(CoatiError):
 
 
 class RunStalled(CoatiError):
-    """A PPO step made no progress for watchdog.stall_s: the line names the actors that do not respond."""
+    """A PPO step made no progress for watchdog.stall_s: the line names the Ray actors that do not respond."""
 
 
 class RolloutError(CoatiError):

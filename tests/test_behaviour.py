@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from coati_ray.algo.behaviour import behaviour_weights, importance_ratio, ratio_sums
+from coati_ray.algo.behaviour import behaviour_weights, importance_ratio, log_gap_sum, ratio_sums
 from coati_ray.algo.losses import policy_loss
 
 
@@ -20,7 +20,10 @@ def test_tis_truncates_and_mis_drops_tokens_over_the_cap():
     assert ratio.tolist()[0] == pytest.approx([1.0, 5.0, 3.0, 0.5], rel=1e-5)
     assert behaviour_weights(ratio, mask, "tis", 2.0).tolist()[0] == pytest.approx([1.0, 2.0, 2.0, 0.0])
     assert behaviour_weights(ratio, mask, "mis", 2.0).tolist()[0] == pytest.approx([1.0, 0.0, 0.0, 0.0])
-    assert ratio_sums(ratio, mask, 2.0) == pytest.approx([9.0, 3.0, 2.0, math.log(5) + math.log(3)], rel=1e-5)
+    assert ratio_sums(ratio, mask, 2.0) == pytest.approx([9.0, 3.0, 2.0], rel=1e-5)
+    assert log_gap_sum(trainer, behaviour, mask) == pytest.approx(math.log(5) + math.log(3), rel=1e-6)
+    tiny = torch.full((1, 1), 1e-9, dtype=torch.float64)  # a gap float32's ratio would round to 0
+    assert log_gap_sum(tiny, torch.zeros(1, 1), torch.ones(1, 1)) == pytest.approx(1e-9, rel=1e-6)
     assert importance_ratio(torch.zeros(1, 1), torch.full((1, 1), -1e4)).isfinite().all()  # never inf
 
 
@@ -100,6 +103,7 @@ def test_behaviour_correction_against_a_maker_that_drifted(tiny_llama):
     same, m_same = trained(tiny_llama, exp, "ppo.behaviour_correction=tis")
     assert max_diff(same, plain) < 1e-6 and m_same["behaviour/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
     assert m_same["behaviour/capped_frac"] == 0.0
+    assert m_same["actor/padding_fraction"] == pytest.approx(1 - exp.attention_mask.float().mean().item())
 
     tis, m_tis = trained(tiny_llama, maker, "ppo.behaviour_correction=tis")
     share = drifted.float().mean().item()

@@ -167,6 +167,7 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
     assert_no_leaks()
 
 
+@pytest.mark.slow
 def test_at_lr_0_measure_sees_no_gap_between_makers_and_trainer_and_a_bf16_maker_shows_one(local_ray, tiny_llama,
                                                                                            reward_dir, tmp_path):
     """The Gemini diagnosis of the GPU issue, on CPU: frozen weights (actor lr 0) and ppo.behaviour_correction

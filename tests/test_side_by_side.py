@@ -154,6 +154,15 @@ def test_the_gpu_table_takes_medians_over_rounds_and_compares_equal_precisions()
                                          "rows": rows}))
     assert "| opt-125m | ddp | 1.52 | 21.0 |" in text and "2.10× (fp32)" in text  # median of 20, 21, 22 over 10
     assert "1.50× (bf16)" in text and "TRL 0.19.1 PPOTrainer (bf16)" in text and "Medians over" in text
+    # the GPU issue's runs: colocated, ipc and tagged diagnosis rows each keep a line of their own
+    extra = [{**ours("colossalai_zero2", "bf16", 0, 40.0), "placement": "colocated", "transport": "none"},
+             {**ours("colossalai_zero2", "bf16", 0, 35.0), "placement": "separate", "transport": "ipc"},
+             {**ours("colossalai_gemini", "bf16", 0, 5.0), "tag": "lr0"},
+             {"model": "opt-125m", "strategy": "colossalai_gemini", "round": 0, "tag": "lr1e-6", "error": "boom"}]
+    text = "\n".join(report.gpu_section({"measured_at": "now", "gpu": "H200", "command": "c", "rows": rows + extra}))
+    assert "| opt-125m | colossalai_zero2 colocated |" in text and "| opt-125m | colossalai_zero2 ipc |" in text
+    assert "| opt-125m | colossalai_zero2 |" in text and "| opt-125m | colossalai_gemini [lr0] |" in text
+    assert "| opt-125m | colossalai_gemini [lr1e-6] | boom" in text and "2.00× (bf16)" in text  # colocated 40 / 20
 
 
 def test_a_run_of_one_algorithm_keeps_the_other_algorithms_rows_with_their_own_stamp():
@@ -255,6 +264,8 @@ def test_the_efficiency_bound_comes_from_the_baselines_own_batches():
                                                 "cpu": {"model": "Xeon", "native_bf16": False,
                                                         "flags": ["avx", "avx2", "fma"]}}))
     assert "11.0% of its decode's row-steps" in text and f"**{s['best_case_fraction']:.2f}**" in text
+    trained = [{**r, "training_padding_fraction": 0.5} for r in runs]  # the trainers' merged batches, measured
+    assert summarize(trained)["padding_fraction"] == 0.5
     assert "on Xeon (no native bf16: avx, avx2;" in text  # the box is named: boxes of one kind differ ~2x
 
 
@@ -346,6 +357,25 @@ def test_the_gpu_sweep_runs_colocated_without_a_transport_and_every_override_rea
     assert colocated.actor_trainer.resources.num_gpus_per_rank == 0.45
 
 
+def test_the_gpu_sweeps_zero2_and_gemini_configs_validate_as_a_gpu_machine_would(tiny_llama, reward_dir,
+                                                                                 monkeypatch):
+    """The exact configurations of check.sh's GPU-issue phases, validated as on a GPU machine (ZeRO-2 and Gemini
+    check for CUDA): a refusal there would end the run in its first second of a short loan."""
+    from benchmarks.gpu_ppo import job_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    diagnose = ("ppo.behaviour_correction=measure",)
+    for strategy, lr in (("colossalai_gemini", "0"), ("colossalai_gemini", "1e-6"), ("colossalai_zero2", "1e-6")):
+        cfg = job_config(tiny_llama, reward_dir, "tiny", strategy, 6, "object_store", "separate",
+                         diagnose + (f"actor_trainer.optim.lr={lr}",))
+        assert cfg.actor_trainer.strategy.precision == "bf16" and cfg.maker.dtype == "bfloat16"
+    for transport in ("object_store", "ipc"):
+        assert job_config(tiny_llama, reward_dir, "tiny", "colossalai_zero2", 8, transport).sync.transport == transport
+    offload = job_config(tiny_llama, reward_dir, "tiny", "colossalai_zero2", 8, "none", "colocated",
+                         ("colocated.offload_optimizer=true",))
+    assert offload.colocated.offload_optimizer and offload.maker.dtype == "auto"
+
+
 def test_the_gpu_generation_sweep_times_every_backend_and_compares_their_tokens(tiny_llama, tmp_path):
     """benchmarks.gpu_generate on CPU with the tiny model (its GPU run has no time to be debugged): a row per
     backend, every row run to the full length, and greedy tokens equal across hf, compact and static."""
@@ -363,8 +393,9 @@ def test_the_gpu_generation_sweep_times_every_backend_and_compares_their_tokens(
 
 
 def test_the_gpu_checks_runs_of_the_gpu_issue_parse_and_plan_what_they_say():
-    """scripts/gpu/check.sh's diagnose and colocated phases, their gpu_ppo arguments as the script writes them:
-    they parse, and they plan the runs the GPU issue asks for (a typo would cost a GPU loan)."""
+    """scripts/gpu/check.sh's phases for the GPU issue, their gpu_ppo arguments as the script writes them: they
+    parse, plan the runs the issue asks for (Gemini first: a loan cut short must not spend itself on the
+    control) and write sections of their own (a typo would cost a GPU loan)."""
     import re
     import shlex
 
@@ -372,16 +403,22 @@ def test_the_gpu_checks_runs_of_the_gpu_issue_parse_and_plan_what_they_say():
     from tests.conftest import REPO
 
     script = open(os.path.join(REPO, "scripts", "gpu", "check.sh")).read().replace("\\\n", " ")
-    commands = [shlex.split(m.split("2>&1")[0].replace('"$OUT', '"/tmp'))
-                for m in re.findall(r"python3 -m benchmarks\.gpu_ppo (--[^\n]*)", script)]  # not bench's
-    plans = {parse_args(c).tag or "colocated": (parse_args(c), plan(parse_args(c))) for c in commands}
-    lr0, runs = plans["lr0"]
+    commands = []
+    for m in re.findall(r"python3 -m benchmarks\.gpu_ppo (--[^\n]*)", script):  # not the bench phase's
+        for lr in (("0", "1e-6") if "$lr" in m else ("",)):
+            commands.append(shlex.split(m.split("2>&1")[0].replace('"$OUT', '"/tmp').replace("$lr", lr)))
+    plans = {parse_args(c).section: (parse_args(c), plan(parse_args(c))) for c in commands}
+    assert sorted(plans) == ["gpu_colocated", "gpu_diagnose_lr0", "gpu_diagnose_lr1e-6", "gpu_diagnose_zero2",
+                             "gpu_offload", "gpu_separate"]
+    lr0, runs = plans["gpu_diagnose_lr0"]
     assert lr0.set == ["actor_trainer.optim.lr=0", "ppo.behaviour_correction=measure"] and lr0.per_step
-    assert runs == [("opt-1.3b", "ours", "colossalai_gemini/separate/object_store", 0)]
-    assert [r[2] for r in plans["lr1e-6"][1]] == ["colossalai_zero2/separate/object_store",
-                                                 "colossalai_gemini/separate/object_store"]
-    assert plans["offload"][0].set == ["colocated.offload_optimizer=true"]
-    assert [r[2] for r in plans["offload"][1]] == ["colossalai_zero2/colocated/none"]
-    colocated = plans["colocated"][1]
-    assert sorted(r[2] for r in colocated) == ["bf16", "colossalai_zero2/colocated/none",
-                                               "colossalai_zero2/separate/ipc", "colossalai_zero2/separate/object_store"]
+    assert lr0.tag == "lr0" and runs == [("opt-1.3b", "ours", "colossalai_gemini/separate/object_store", 0)]
+    assert plans["gpu_diagnose_lr1e-6"][0].set[0] == "actor_trainer.optim.lr=1e-6"
+    assert [r[2] for r in plans["gpu_diagnose_zero2"][1]] == ["colossalai_zero2/separate/object_store"]
+    assert [r[2] for r in plans["gpu_colocated"][1]] == ["colossalai_zero2/colocated/none", "bf16"]
+    assert [r[2] for r in plans["gpu_separate"][1]] == ["colossalai_zero2/separate/object_store",
+                                                       "colossalai_zero2/separate/ipc"]
+    assert plans["gpu_offload"][0].set == ["colocated.offload_optimizer=true"]
+    assert [r[2] for r in plans["gpu_offload"][1]] == ["colossalai_zero2/colocated/none"]
+    phases = script.split("# and the runs of the GPU issue")[1].split("# Logs and JSON")[0]
+    assert phases.index("diagnose_gemini") < phases.index("colocated ") < phases.index("diagnose_zero2")

@@ -41,8 +41,15 @@ def behaviour_weights(ratio: torch.Tensor, action_mask: torch.Tensor, how: str, 
 
 
 def ratio_sums(ratio: torch.Tensor, action_mask: torch.Tensor, cap: float) -> list[float]:
-    """[sum of ratios, tokens, tokens over the cap, sum of |log ratio|] over `action_mask` (B, A): what ranks
-    all-reduce for the metrics (their maximum is reduced apart)."""
+    """[sum of ratios, tokens, tokens over the cap] over `action_mask` (B, A): what ranks all-reduce for
+    the metrics (their maximum is reduced apart)."""
     m = action_mask.bool()
-    log_ratio = ratio[m].clamp(min=torch.finfo(torch.float32).tiny).log()
-    return [float(ratio[m].sum()), float(m.sum()), float((ratio[m] > cap).sum()), float(log_ratio.abs().sum())]
+    return [float(ratio[m].sum()), float(m.sum()), float((ratio[m] > cap).sum())]
+
+
+def log_gap_sum(trainer_log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor,
+                action_mask: torch.Tensor) -> float:
+    """Sum over `action_mask` (B, A) of |trainer - behaviour| log-probs (B, A), in float64 from the log-probs
+    themselves (through the ratio, float32 would round gaps under ~6e-8 to 0 and cap large ones)."""
+    gap = (trainer_log_probs.detach().double() - behaviour_log_probs.detach().double()).abs()
+    return float(gap[action_mask.bool()].sum())

@@ -126,8 +126,8 @@ class PPOAlgoConfig:
         "none", "off-policy correction for the gap between the makers' log-probs and the trainer's own (async "
                 "staleness, a bf16 maker): the ratio against the trainer's recomputed log-probs, each token "
                 "weighted by trainer / maker probability, truncated at behaviour_cap (tis) or dropped above it "
-                "(mis), or only measured (measure: behaviour/* metrics, the update of none); costs one forward "
-                "pass per sample on the trainer")
+                "(mis), or only measured (measure: behaviour/* metrics, no correction; the makers' log-probs "
+                "are the old ones); costs one forward pass per sample on the trainer")
     behaviour_cap: float = opt(2.0, "the cap of behaviour_correction's importance weight (>= 1)")
     filter_groups: bool = opt(False, "DAPO's dynamic sampling: drop prompt groups whose samples all got the same "
                                      "reward (no signal for a group-relative estimator) and sample more prompts "

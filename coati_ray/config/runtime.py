@@ -107,14 +107,14 @@ class ColocatedConfig:
 @dataclass
 class WatchdogConfig:
     """A PPO step that makes no progress (no maker batch lands, no trainer rank or weight load finishes) for
-    this long ends the run with one line naming the actors that do not respond and what they run."""
+    this long ends the run with one line naming the Ray actors that do not respond and what they run."""
 
     stall_s: Optional[float] = opt(None, "seconds without progress that end the run; null: derived, "
                                          "max(min_stall_s, factor x the slowest of the last 10 steps)")
     min_stall_s: float = opt(900.0, "the derived bound's floor (and the bound of a run's first step)")
     factor: float = opt(10.0, "the derived bound in multiples of the slowest recent step")
-    stacks: bool = opt(True, "write the Python stacks of the actors that do not respond to <run>/stall/ "
-                             "(py-spy, which ray[default] installs; actors on the driver's node)")
+    stacks: bool = opt(True, "write the Python stacks of the Ray actors that do not respond to <run>/stall/ "
+                             "(py-spy, which ray[default] installs; those on the driver's node)")
 
     def validate(self, key: str = "watchdog") -> None:
         if self.stall_s is not None and self.stall_s <= 0:

@@ -23,17 +23,19 @@ def finished_row_fraction(lengths: torch.Tensor) -> float:
 def padding_fraction(mask: torch.Tensor) -> float:
     """mask: (B, T) 1 for a real token, 0 for padding -> the share of positions that are padding. A padded
     forward or update over this batch computes them all; packed micro-batches (`ppo.micro_batch_tokens`)
-    compute only the real ones, so this is what packing can remove (a micro-batch cut from a wider merged
-    batch has at least this much)."""
+    compute only the real ones, so this is what packing can remove from that batch (the trainers report it
+    for the merged batches they train on: `<role>/padding_fraction`)."""
     return 1.0 - float(mask.float().mean()) if mask.numel() else 0.0
 
 
 def best_case_fraction(generation: float, training: float, finished_rows: float, padding: float) -> float:
     """generation, training: core-seconds per sample of the two stages (padded decode, padded updates);
     finished_rows, padding: the fractions above -> the share of the work left if decoding cost nothing for
-    finished rows and updates nothing for padding, and nothing else changed. An optimistic bound (a maker
-    stage is more than decoding, a packed row's attention costs more than its rows'): the two options cannot
-    do better than this."""
+    finished rows and updates nothing for padding, and nothing else changed: an estimate of the least work the
+    two options can leave, not a strict bound. It leans optimistic (a maker stage is more than its decode; on CPU
+    and SDPA a packed row's attention costs more than its rows'), and misses that the steps after a row ends are
+    the decode's longest-cache ones and, on a GPU with varlen attention, that packing also saves attention's
+    quadratic term."""
     total = generation + training
     if total <= 0:
         raise ValueError("generation + training core-seconds must be positive")

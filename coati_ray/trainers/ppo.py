@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from coati_ray.algo.behaviour import behaviour_weights, importance_ratio, ratio_sums
+from coati_ray.algo.behaviour import behaviour_weights, importance_ratio, log_gap_sum, ratio_sums
 from coati_ray.algo.functional import action_log_probs, masked_mean, masked_moments, whiten_from_moments
 from coati_ray.algo.loss_agg import MiniBatch, local_counts, share
 from coati_ray.algo.losses import kl_loss, policy_loss, ptx_mix, sft_loss, value_loss
@@ -110,8 +110,11 @@ class PPOGroupTrainer:
                 self.updates += 1
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * len(chunks)
         keys = sorted(sums)
-        totals = self.strategy.all_reduce_sum([sums[k] for k in keys] + [count, float(shard.attention_mask.sum())])
+        totals = self.strategy.all_reduce_sum([sums[k] for k in keys] + [float(shard.attention_mask.numel()), count,
+                                                                         float(shard.attention_mask.sum())])
         out = {f"{self.role}/{k}": totals[i] / max(totals[-2], 1) for i, k in enumerate(keys)}
+        # the share of the trained batch's positions that are padding: what ppo.micro_batch_tokens removes
+        out[f"{self.role}/padding_fraction"] = 1.0 - totals[-1] / max(totals[-3], 1.0)
         elapsed = time.perf_counter() - t0
         out[f"timing/update_{self.role}"] = elapsed
         out[f"throughput/{self.role}_tokens_per_s"] = totals[-1] * self.ppo.ppo_epochs / max(elapsed, 1e-9)
@@ -148,14 +151,16 @@ class PolicyTrainer(PPOGroupTrainer):
         if how != "none" and shard.action_log_probs is not None:
             proximal = self.recompute_log_probs(shard)
             ratio = importance_ratio(proximal, shard.action_log_probs)
-            total, tokens, capped, gap = self.strategy.all_reduce_sum(ratio_sums(ratio, shard.action_mask, cap))
+            total, tokens, capped, gap = self.strategy.all_reduce_sum(
+                ratio_sums(ratio, shard.action_mask, cap) + [log_gap_sum(proximal, shard.action_log_probs,
+                                                                         shard.action_mask)])
             mine = ratio[shard.action_mask.bool()]
             top = mine.max().item() if mine.numel() else 0.0
             self.behaviour_metrics = {"behaviour/ratio_mean": total / max(tokens, 1.0),
                                       "behaviour/ratio_max": self.strategy.all_reduce_max([top])[0],
                                       "behaviour/capped_frac": capped / max(tokens, 1.0),
                                       "behaviour/log_ratio_abs_mean": gap / max(tokens, 1.0)}
-            if how == "measure":  # the metrics alone: the update is the one `none` makes
+            if how == "measure":  # the metrics alone: the update takes the makers' log-probs as the old ones
                 return shard
             shard = shard._replace({"action_log_probs": proximal,
                                     "behaviour_weights": behaviour_weights(ratio, shard.action_mask, how, cap)})

@@ -35,14 +35,17 @@ def tflops(flops: float, seconds: float) -> float:
 
 # Dense peak TFLOP/s of data-centre GPUs (vendor datasheets, no sparsity), by the name torch reports: "half" is
 # bf16/fp16 on tensor cores, "fp32" plain fp32 (torch leaves TF32 matmuls off by default). First match wins, so a
-# longer name comes before a shorter one it contains ("L40S" before "L4").
+# longer name comes before a shorter one it contains ("L40S", "L40" before "L4"; "H200 NVL" before "H200"). The 6N
+# estimate counts a LoRA group's frozen base as trained, so its MFU reads high.
 PEAK_TFLOPS = (
     ("H100 PCIe", {"half": 756.0, "fp32": 51.0}),
     ("H100 NVL", {"half": 835.0, "fp32": 60.0}),
     ("H100", {"half": 989.0, "fp32": 67.0}),
+    ("H200 NVL", {"half": 835.0, "fp32": 60.0}),
     ("H200", {"half": 989.0, "fp32": 67.0}),
     ("A100", {"half": 312.0, "fp32": 19.5}),
     ("L40S", {"half": 362.0, "fp32": 91.6}),
+    ("L40", {"half": 181.0, "fp32": 90.5}),
     ("L4", {"half": 121.0, "fp32": 30.3}),
     ("A10G", {"half": 125.0, "fp32": 31.2}),
     ("A10", {"half": 125.0, "fp32": 31.2}),
@@ -54,7 +57,11 @@ def peak_tflops(device_name: str, dtype: str) -> Optional[float]:
     """The dense peak of GPU `device_name` (as torch.cuda.get_device_name reports it) in `dtype` ('bfloat16',
     'float16' or 'float32'); COATI_PEAK_TFLOPS when set; None when unknown (a CPU, a GPU not in the table)."""
     if os.environ.get(PEAK_ENV):
-        return float(os.environ[PEAK_ENV])
+        try:
+            return float(os.environ[PEAK_ENV])
+        except ValueError:
+            raise ValueError(f"{PEAK_ENV}={os.environ[PEAK_ENV]!r} is not a number; set it to the GPU's dense peak "
+                             "TFLOP/s in the dtype the job computes in (e.g. 989 for an H100's bf16)") from None
     kind = "fp32" if dtype in ("float32", "fp32") else "half"
     for name, peaks in PEAK_TFLOPS:
         if name in device_name:

@@ -7,13 +7,17 @@
 #   tests     pytest tests/gpu (GPU_TEST_ARGS overrides its arguments)
 #   bench     python -m benchmarks.gpu_ppo: opt-125m, ddp and ZeRO-2 against TRL fp32/bf16, 3 interleaved rounds
 #             (about 7 min; GPU_BENCH_ARGS overrides its arguments, e.g. --sizes opt-1.3b --strategies colossalai_zero2)
-# and the runs of the GPU issue (each writes its JSON as it goes, so a run cut short still returns what it did):
-#   diagnose  Gemini at opt-1.3b: lr 0 (a collapse there is the export or the sync), then ZeRO-2 and Gemini at
-#             1e-6, 6 steps each, each step's KL, response length, grad norm and maker-trainer log-prob gap
-#             (ppo.behaviour_correction=measure) -> diagnose_lr0.json, diagnose_lr1e-6.json
-#   colocated opt-1.3b ZeRO-2 bf16: colocated, separate over the object store and over ipc, TRL bf16; 8 steps,
-#             one round -> colocated.json; then colocated with colocated.offload_optimizer -> colocated_offload.json
-#   generate  tokens/s of the hf, compact and static backends at opt-125m/1.3b, batch 32 and 128 -> generate.json
+# and the runs of the GPU issue, one device call each (a phase stops itself GPU_PHASE_S after it starts, 540 s by
+# default, under the device's 600 s; each writes its JSON as it goes, so a run cut short returns what it did),
+# in the order to run them:
+#   diagnose_gemini     Gemini at opt-1.3b, lr 0 (a collapse there is the export or the sync) then 1e-6: 6 steps,
+#                       each step's KL, response length, grad norm and maker-trainer log-prob gap
+#                       (ppo.behaviour_correction=measure) -> diagnose_gemini.json
+#   colocated           opt-1.3b ZeRO-2 bf16 colocated, then TRL bf16; 8 steps -> colocated.json
+#   generate            tokens/s of the hf, compact and static backends at opt-125m/1.3b, batch 32/128 -> generate.json
+#   diagnose_zero2      the control: ZeRO-2 at lr 1e-6, as diagnose_gemini -> diagnose_zero2.json
+#   colocated_separate  opt-1.3b ZeRO-2 separate, over the object store and over ipc -> colocated_separate.json
+#   colocated_offload   opt-1.3b ZeRO-2 colocated with colocated.offload_optimizer -> colocated_offload.json
 # Logs and JSON go to $OUT (the device tool's folder) or runs/gpu_check.
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
@@ -37,6 +41,8 @@ if [ -f .devsite/kernels.tar.gz ] && [ ! -d ~/.cache/colossalai ]; then mkdir -p
 for phase in $phases; do
   t=$(date +%s)
   status=0
+  deadline=$(( t + ${GPU_PHASE_S:-540} ))
+  left() { local s=$(( deadline - $(date +%s) )); [ "$s" -gt 1 ] && echo "$s" || echo 1; }
   case "$phase" in
     versions)
       python3 scripts/gpu/versions.py 2>&1 | tee "$OUT/versions.txt"
@@ -60,29 +66,39 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
       timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
         | grep -v "warn" | tee "$OUT/bench.log" | tail -40
       status=${PIPESTATUS[0]} ;;
-    diagnose)
-      timeout 600 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_gemini --steps 6 --repeats 1 \
-        --per-step --set actor_trainer.optim.lr=0 ppo.behaviour_correction=measure --tag lr0 \
-        --out "$OUT/diagnose_lr0.json" 2>&1 | grep -v "warn" | tee "$OUT/diagnose.log" | tail -8
-      status=${PIPESTATUS[0]}
-      timeout 900 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 colossalai_gemini \
-        --steps 6 --repeats 1 --per-step --set actor_trainer.optim.lr=1e-6 ppo.behaviour_correction=measure \
-        --tag lr1e-6 --out "$OUT/diagnose_lr1e-6.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -8
-      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    diagnose_gemini)
+      for lr in 0 1e-6; do
+        timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_gemini --steps 6 --per-step \
+          --set actor_trainer.optim.lr=$lr ppo.behaviour_correction=measure --tag lr$lr --section gpu_diagnose_lr$lr \
+          --out "$OUT/diagnose_gemini_lr$lr.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -4
+        [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      done ;;
+    diagnose_zero2)
+      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --steps 6 --per-step \
+        --set actor_trainer.optim.lr=1e-6 ppo.behaviour_correction=measure --tag lr1e-6 --section gpu_diagnose_zero2 \
+        --out "$OUT/diagnose_zero2.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -4
+      status=${PIPESTATUS[0]} ;;
     colocated)
-      timeout 1200 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 \
-        --placements colocated separate --transports object_store ipc --trl --trl-precisions bf16 --steps 8 \
-        --repeats 1 --out "$OUT/colocated.json" 2>&1 | grep -v "warn" | tee "$OUT/colocated.log" | tail -8
-      status=${PIPESTATUS[0]}
-      timeout 600 python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --strategies colossalai_zero2 --placements colocated \
-        --set colocated.offload_optimizer=true --tag offload --steps 8 --repeats 1 \
+      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements colocated --trl --trl-precisions bf16 \
+        --steps 8 --section gpu_colocated --out "$OUT/colocated.json" 2>&1 | grep -v "warn" \
+        | tee -a "$OUT/colocated.log" | tail -4
+      status=${PIPESTATUS[0]} ;;
+    colocated_separate)
+      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements separate --transports object_store ipc \
+        --steps 8 --section gpu_separate --out "$OUT/colocated_separate.json" 2>&1 | grep -v "warn" \
+        | tee -a "$OUT/colocated.log" | tail -4
+      status=${PIPESTATUS[0]} ;;
+    colocated_offload)
+      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements colocated \
+        --set colocated.offload_optimizer=true --tag offload --steps 8 --section gpu_offload \
         --out "$OUT/colocated_offload.json" 2>&1 | grep -v "warn" | tee -a "$OUT/colocated.log" | tail -4
-      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+      status=${PIPESTATUS[0]} ;;
     generate)
-      timeout 900 python3 -m benchmarks.gpu_generate --sizes opt-125m opt-1.3b --batches 32 128 \
+      timeout "$(left)" python3 -m benchmarks.gpu_generate --sizes opt-125m opt-1.3b --batches 32 128 \
         --out "$OUT/generate.json" 2>&1 | grep -v "warn" | tee "$OUT/generate.log" | tail -14
       status=${PIPESTATUS[0]} ;;
-    *) echo "[gpu-check] unknown phase '$phase' (versions, kernels, tests, bench, diagnose, colocated, generate)"
+    *) echo "[gpu-check] unknown phase '$phase' (versions kernels tests bench diagnose_gemini colocated generate"\
+            "diagnose_zero2 colocated_separate colocated_offload)"
        exit 2 ;;
   esac
   echo "[gpu-check] $phase took $(( $(date +%s) - t )) s (exit $status)"
