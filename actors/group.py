@@ -32,7 +32,7 @@ class RankWorker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def run(self, fn: Callable, *args, rendezvous=None, secret: str = "", **kwargs) -> Any:
-        """fn(*args, **kwargs), with `store=` the group's rendezvous (an RendezvousStore) when one is given; the
+        """fn(*args, **kwargs), with `store=` the group's rendezvous (a RendezvousStore) when one is given; the
         rank's gloo connections listen on the interface Ray uses on this node."""
         if rendezvous is not None:
             from actors.rendezvous import RendezvousStore, bind_gloo_to, node_bind_ip

@@ -8,8 +8,8 @@ trainer / behaviour, bounded by a cap so that one unlikely token cannot blow up 
   tis  truncated importance sampling: w = min(ratio, cap)
   mis  masked importance sampling:    w = ratio where ratio <= cap, else 0 (the token drops out of the loss;
                                        it still counts in ppo.loss_agg's denominators)
-  measure  no correction: the metrics alone (how far the makers' weights are from the trainer's: a broken
-           weight sync or export shows as a large |log ratio| at lr 0)
+  measure  no correction: the metrics alone (how far the makers' weights are from the trainer's: at lr 0 a
+           broken weight sync or export shows as a large |log ratio| from step 2, the first after a sync)
 
 Shapes: B = samples, A = action tokens.
 """
