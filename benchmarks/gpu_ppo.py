@@ -72,6 +72,40 @@ PER_STEP = ("kl", "response_length", "reward", "actor/grad_norm", "actor/loss", 
             "behaviour/log_ratio_abs_mean", "behaviour/capped_frac")  # --per-step: the Gemini diagnosis's series
 
 
+WATCHED = ("sync/max_abs_delta", "sync/max_abs_delta_key", "sync/trainer_version", "sync/maker_version",
+           "actor/max_abs_update", "actor/max_abs_update_key")
+
+
+class WeightWatch:
+    """--per-step's weight series, read after each step (the driver's on_step; not timed: a 1.3B model crosses the
+    object store twice per step). `sync/max_abs_delta` (and `_key`): the largest |Δ| between the actor trainer's
+    weights (Gemini: gathered, as a sync sends them) cast to the maker's dtype and the maker's own, where both hold
+    the same step's weights (else only the two versions are kept); a non-zero value puts the fault in the transport
+    or the load. `actor/max_abs_update`: the largest |Δ| of the trainer's weights since the step before: 0 at lr 0
+    (a change there puts the fault in the trainer's update or Gemini's gather). Colocated runs have no maker."""
+
+    def __init__(self):
+        self.previous = None
+
+    def __call__(self, job) -> dict:
+        import ray
+
+        from coati_ray.models.weights import max_abs_delta
+
+        rank0 = job.groups["actor"][0]
+        trainer = ray.get(rank0.weights.remote())
+        out = {"sync/trainer_version": ray.get(rank0.steps_trained.remote())["steps"]}
+        if job.makers:
+            maker = ray.get(next(iter(job.makers.values())).weights.remote())
+            out["sync/maker_version"] = maker["version"]
+            if maker["version"] == out["sync/trainer_version"]:
+                out["sync/max_abs_delta"], out["sync/max_abs_delta_key"] = max_abs_delta(trainer, maker["actor"])
+        if self.previous is not None:
+            out["actor/max_abs_update"], out["actor/max_abs_update_key"] = max_abs_delta(self.previous, trainer)
+        self.previous = trainer
+        return out
+
+
 def our_runs(strategies: list, placements: list, transports: list) -> list[tuple[str, str, str]]:
     """(strategy, placement, transport) of every run of ours: a transport only where weights move (separate)."""
     return [(strategy, placement, transport) for strategy in strategies for placement in placements
@@ -111,11 +145,15 @@ def run(name: str, strategy: str, steps: int, transport: str, placement: str = "
     path, rm = build(name)
     cfg = job_config(path, rm, name, strategy, steps, transport, placement, extra)
     precision = cfg.actor_trainer.strategy.precision
-    rows, ends = [], []
+    rows, ends, watch, watched = [], [], WeightWatch() if per_step else None, [0.0]
 
     def on_step(job, step, metrics):  # after everything the driver does per step, as TRL's on_step_end
-        ends.append(time.perf_counter())
+        ends.append(time.perf_counter() - watched[0])  # the clock stops while the weights are watched
         rows.append(metrics)
+        if watch is not None:
+            t = time.perf_counter()
+            metrics.update(watch(job))
+            watched[0] += time.perf_counter() - t
 
     t0 = time.perf_counter()
     PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
@@ -139,7 +177,7 @@ def run(name: str, strategy: str, steps: int, transport: str, placement: str = "
                if all(f"mfu/{g}" in r for r in rows)},
             **({"overrides": list(extra)} if extra else {})}
     if per_step:
-        out["per_step"] = [{k: r[k] for k in PER_STEP if k in r} for r in rows]
+        out["per_step"] = [{k: r[k] for k in PER_STEP + WATCHED if k in r} for r in rows]
     return out
 
 
@@ -190,7 +228,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="config overrides of every run of ours, e.g. actor_trainer.optim.lr=0 "
                         "ppo.behaviour_correction=measure (the Gemini diagnosis)")
     p.add_argument("--per-step", action="store_true", help="keep each step's KL, response length, grad norm, "
-                                                           "behaviour gap and sync seconds in the row")
+                                                           "behaviour gap and sync seconds in the row, "
+                                                           "and the weights' max |Δ| trainer-maker and step to step "
+                                                           "(WeightWatch; slows the steps it follows)")
     p.add_argument("--tag", default="", help="a label kept in every row (e.g. lr0)")
     p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up")
     p.add_argument("--trl", action="store_true", help="also TRL's PPO on each size, in fp32 and in bf16")

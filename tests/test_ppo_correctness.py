@@ -56,6 +56,23 @@ def test_fp32_trainer_weights_load_into_a_bf16_maker_as_their_exact_cast(tiny_ll
     assert (casts == 0) if lora else (casts == len(state))
 
 
+def test_max_abs_delta_is_zero_for_the_exact_cast_and_names_the_worst_tensor():
+    """The GPU issue's sync check: 0 between fp32 weights and a bf16 copy holding exactly their cast; otherwise
+    the largest gap and where it is; a NaN (a diverged model) is the worst; index buffers do not count."""
+    from coati_ray.models.weights import max_abs_delta
+
+    torch.manual_seed(0)
+    fp32 = {"a.weight": torch.randn(4, 3), "b.weight": torch.randn(5), "ids": torch.arange(3)}
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v + 1 for k, v in fp32.items()}
+    assert max_abs_delta(fp32, bf16) == (0.0, "")
+    assert max_abs_delta(fp32, {k: v.float() for k, v in bf16.items()})[0] > 0  # rounding shows in fp32
+    moved = {**bf16, "b.weight": bf16["b.weight"] + torch.tensor([0, 0, 0.5, 0, 0], dtype=torch.bfloat16)}
+    assert max_abs_delta(fp32, moved) == (0.5, "b.weight")
+    broken = {**bf16, "a.weight": torch.full((4, 3), float("nan"), dtype=torch.bfloat16)}
+    value, key = max_abs_delta(fp32, broken)
+    assert value != value and key == "a.weight"
+
+
 def test_non_floating_dtype_mismatch_is_still_refused(tiny_llama):
     from coati_ray.errors import ModelError
     from coati_ray.models.weights import check_compatible

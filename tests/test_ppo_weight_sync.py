@@ -173,15 +173,24 @@ def test_at_lr_0_measure_sees_no_gap_between_makers_and_trainer_and_a_bf16_maker
     """The Gemini diagnosis of the GPU issue, on CPU: frozen weights (actor lr 0) and ppo.behaviour_correction
     measure. A sound sync leaves the makers' log-probs equal to the trainer's up to float noise from batch shapes;
     the same weights cast to bfloat16 in the maker (what a broken export would look like, only milder) show a gap
-    orders of magnitude above it, on every step."""
+    orders of magnitude above it, on every step. The weights' own series (benchmarks.gpu_ppo's WeightWatch):
+    the makers hold exactly the (cast) trainer weights and the trainer's weights do not move."""
     from actors.driver import PPOJob
+    from benchmarks.gpu_ppo import WeightWatch
 
-    gaps = {}
+    gaps, watched = {}, {}
     for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
         cfg = ppo_config(tiny_llama, reward_dir, tmp_path / name, "actor_trainer.optim.lr=0", "ppo.max_steps=2",
                          "ppo.behaviour_correction=measure", "maker.num_makers=1", f"maker.dtype={dtype}")
-        rows = []
-        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append(m))
+        rows, watch = [], WeightWatch()
+        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append({**m, **watch(job)}))
         gaps[name] = [r["behaviour/log_ratio_abs_mean"] for r in rows]
+        watched[name] = [{k: r.get(k) for k in ("sync/trainer_version", "sync/maker_version", "sync/max_abs_delta",
+                                                "actor/max_abs_update")} for r in rows]
     assert len(gaps["fp32"]) == 2 and max(gaps["fp32"]) < 1e-4, gaps
     assert min(gaps["bf16"]) > 100 * max(max(gaps["fp32"]), 1e-7), gaps
+    for name in ("fp32", "bf16"):
+        assert [w["sync/trainer_version"] for w in watched[name]] == [1, 2], watched
+        assert [w["sync/maker_version"] for w in watched[name]] == [1, 2], watched
+        assert [w["sync/max_abs_delta"] for w in watched[name]] == [0.0, 0.0], watched
+        assert [w["actor/max_abs_update"] for w in watched[name]] == [None, 0.0], watched

@@ -90,6 +90,26 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], lora_only: b
     return casts
 
 
+@torch.no_grad()
+def max_abs_delta(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """The largest elementwise |reference - other| over the floating tensors both hold, and its key ("" if none).
+
+    `reference` is cast to each tensor's dtype in `other` first: a trainer's fp32 weights against a bf16 maker's
+    show 0 when the maker holds exactly their cast. Shapes: each pair equal (any shape). Computed in float32 on
+    the tensors' device, one tensor at a time (a 1.3B model's copy is never made whole)."""
+    worst, where = 0.0, ""
+    for key in sorted(reference.keys() & other.keys()):
+        a, b = reference[key], other[key]
+        if not (a.is_floating_point() and b.is_floating_point()):
+            continue
+        delta = float((a.to(b.dtype).float() - b.float()).abs().max()) if a.numel() else 0.0
+        if delta > worst or delta != delta:  # NaN (a diverged model) counts as the worst
+            worst, where = delta, key
+            if delta != delta:
+                break
+    return worst, where
+
+
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() * v.element_size() for v in state.values())
 
