@@ -130,11 +130,26 @@ def save(name: str, result: dict, stamp_machine: bool = True) -> str:
     if stamp_machine or "machine" not in data:
         data["machine"] = machine()
         data["versions"] = versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
+    write_results(data)
+    print(f"[bench] {name}: " + json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
+    return path
+
+
+def update_section(name: str, values: dict, replaces: tuple = ()) -> None:
+    """Set `values` in section `name` of RESULTS.json, keeping the rest of it (and when it was measured) except the
+    keys of `replaces` that `values` no longer holds."""
+    data = read_results()
+    section = data.setdefault(name, {})
+    for key in replaces:
+        section.pop(key, None)
+    section.update(values)
+    write_results(data)
+
+
+def write_results(data: dict) -> None:
     with open(RESULTS_JSON + ".tmp", "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
     os.replace(RESULTS_JSON + ".tmp", RESULTS_JSON)
-    print(f"[bench] {name}: " + json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
-    return path
 
 
 def commit() -> str:

@@ -6,6 +6,7 @@ import os
 import time
 
 from benchmarks.common import REPO, f, load, machine, versions
+from benchmarks.gpu_results import lines as gpu_issue_lines
 from benchmarks.report_trl import gpu_section, side_by_side_rows, trl_section  # noqa: F401 (sections 1 and 6)
 
 PATH = os.path.join(REPO, "benchmarks", "RESULTS.md")
@@ -314,7 +315,7 @@ def write() -> str:
              "## 3. Weight sync", "", *sync_section(load("weight_sync")), "",
              "## 4. Soak (reliability)", "", *soak_section(load("soak")), "",
              "## 5. Quantized inference (`launch.generate --quantize`)", "", *quantize_section(load("quantize")), "",
-             "## 6. GPU", "", *gpu_section(load("gpu")), "",
+             "## 6. GPU", "", *gpu_section(load("gpu")), "", *gpu_issue_lines(load),
              "## 7. Generation against plain forward passes", "",
              *generation_section([load("generation"), load("generation_medium")]), ""]
     with open(PATH, "w") as fh:

@@ -139,8 +139,8 @@ def side_by_side_rows(found: dict, ratio, ratio_range, algo: str) -> list[str]:
 
 
 def gpu_section(r) -> list[str]:
-    if r is None:
-        return ["*Not measured: `make gpu-check` runs on a GPU machine (README, GPU).*"]
+    if r is None or "rows" not in r:  # (the GPU issue's phases alone: benchmarks/gpu_results.py writes them)
+        return ["*The sweep was not measured: `make gpu-check` runs on a GPU machine (README, GPU).*"]
     # gpu_ppo writes rows, gpu and command; the GPU session's notes (stack, tests, what it met) are added by hand
     v = r.get("versions", {})
     out = [f"Measured {r['measured_at']} on {r.get('device') or r.get('gpu')} by `make gpu-check` ({r['command']}). "

@@ -420,5 +420,10 @@ def test_the_gpu_checks_runs_of_the_gpu_issue_parse_and_plan_what_they_say():
                                                        "colossalai_zero2/separate/ipc"]
     assert plans["gpu_offload"][0].set == ["colocated.offload_optimizer=true"]
     assert [r[2] for r in plans["gpu_offload"][1]] == ["colossalai_zero2/colocated/none"]
+    from benchmarks.gpu_results import PHASES  # what reads the files back expects each where check.sh writes it
+
+    assert {os.path.basename(a.out): a.section for a, _ in plans.values()} == {
+        k: v for k, v in PHASES.items() if k != "generate.json"}
+    assert '--out "$OUT/generate.json"' in script
     phases = script.split("# and the runs of the GPU issue")[1].split("# Logs and JSON")[0]
     assert phases.index("diagnose_gemini") < phases.index("colocated ") < phases.index("diagnose_zero2")
