@@ -20,8 +20,12 @@
 #   diagnose_zero2      the control: ZeRO-2 at lr 1e-6, as diagnose_gemini -> diagnose_zero2.json
 #   colocated_separate  opt-1.3b ZeRO-2 separate, over the object store and over ipc -> colocated_separate.json
 #   colocated_offload   opt-1.3b ZeRO-2 colocated with colocated.offload_optimizer -> colocated_offload.json
+# GPU_CALL_S bounds the whole call (seconds from its start): each phase stops by then too, and a phase with under
+# 30 s left is skipped, so one call can hold several phases (`GPU_CALL_S=570 make gpu-check GPU_PHASES="versions
+# kernels diagnose_gemini colocated"`) and returns what fitted.
 # Logs and JSON go to $OUT (the device tool's folder) or runs/gpu_check.
 set -uo pipefail
+call_deadline=$(( $(date +%s) + ${GPU_CALL_S:-86400} ))
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 phases=${*:-versions kernels tests bench}
@@ -44,14 +48,20 @@ for phase in $phases; do
   t=$(date +%s)
   status=0
   deadline=$(( t + ${GPU_PHASE_S:-540} ))
+  [ "$deadline" -gt "$call_deadline" ] && deadline=$call_deadline
   left() { local s=$(( deadline - $(date +%s) )); [ "$s" -gt 1 ] && echo "$s" || echo 1; }
+  # the phases without a GPU_PHASE_S bound of their own (versions, kernels, tests, bench): their limit or the call's
+  upto() { local s=$(( call_deadline - $(date +%s) )); [ "$s" -lt "$1" ] && echo "$(( s > 1 ? s : 1 ))" || echo "$1"; }
+  if [ $(( call_deadline - t )) -lt 30 ]; then
+    echo "[gpu-check] $phase skipped: GPU_CALL_S is spent"; failed="$failed $phase(skipped)"; continue
+  fi
   case "$phase" in
     versions)
       python3 scripts/gpu/versions.py 2>&1 | tee "$OUT/versions.txt"
-      timeout 120 python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt"
+      timeout "$(upto 120)" python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt"
       status=${PIPESTATUS[0]} ;;
     kernels)
-      timeout 900 python3 -c "
+      timeout "$(upto 900)" python3 -c "
 from colossalai.nn.optimizer import HybridAdam
 import torch
 HybridAdam([torch.nn.Parameter(torch.zeros(4, device='cuda'))])
@@ -60,12 +70,12 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
       tar -czf "$OUT/kernels.tar.gz" -C ~/.cache colossalai ;;
     tests)
       # shellcheck disable=SC2086
-      timeout 1500 python3 -m pytest -q -rs -p no:cacheprovider ${GPU_TEST_ARGS:-tests/gpu} --junitxml="$OUT/junit.xml" -s 2>&1 \
+      timeout "$(upto 1500)" python3 -m pytest -q -rs -p no:cacheprovider ${GPU_TEST_ARGS:-tests/gpu} --junitxml="$OUT/junit.xml" -s 2>&1 \
         | grep -v "^\s*warnings.warn\|UserWarning\|FutureWarning\|DeprecationWarning" | tee "$OUT/tests.log" | tail -60
       status=${PIPESTATUS[0]} ;;
     bench)
       # shellcheck disable=SC2086
-      timeout 1500 python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
+      timeout "$(upto 1500)" python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
         | grep -v "warn" | tee "$OUT/bench.log" | tail -40
       status=${PIPESTATUS[0]} ;;
     diagnose_gemini)
@@ -103,6 +113,8 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
             "diagnose_zero2 colocated_separate colocated_offload)"
        exit 2 ;;
   esac
+  case "$phase" in versions|kernels) ;; *)  # a phase its timeout stopped may leave Ray's processes (and GPU memory)
+    python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1 || true ;; esac
   echo "[gpu-check] $phase took $(( $(date +%s) - t )) s (exit $status)"
   [ "$status" = 0 ] || failed="$failed $phase"
 done
