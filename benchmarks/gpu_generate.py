@@ -124,7 +124,8 @@ def main(argv=None) -> dict:
 
         models = {name: build_policy(name) for name in args.sizes}
     result = {"rows": [], "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-              "command": "python -m benchmarks.gpu_generate " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": "python -m benchmarks.gpu_generate " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # when it ran (the file is filed later, elsewhere)
 
     def keep(rows):
         result["rows"] = rows

@@ -73,7 +73,7 @@ PER_STEP = ("kl", "response_length", "reward", "actor/grad_norm", "actor/loss", 
 
 
 WATCHED = ("sync/max_abs_delta", "sync/max_abs_delta_key", "sync/trainer_version", "sync/maker_version",
-           "actor/max_abs_update", "actor/max_abs_update_key")
+           "actor/max_abs_update", "actor/max_abs_update_key", "watch_seconds")
 
 
 class WeightWatch:
@@ -81,8 +81,11 @@ class WeightWatch:
     object store twice per step). `sync/max_abs_delta` (and `_key`): the largest |Δ| between the actor trainer's
     weights (Gemini: gathered, as a sync sends them) cast to the maker's dtype and the maker's own, where both hold
     the same step's weights (else only the two versions are kept); a non-zero value puts the fault in the transport
-    or the load. `actor/max_abs_update`: the largest |Δ| of the trainer's weights since the step before: 0 at lr 0
-    (a change there puts the fault in the trainer's update or Gemini's gather). Colocated runs have no maker."""
+    or the load. `actor/max_abs_update`: the largest |Δ| of the trainer's weights since the step before: exactly 0 at
+    lr 0 (a change there puts the fault in the trainer's update or Gemini's gather). Under bf16 the weights read are
+    bf16 working copies, so at lr 1e-6 a change shows as whole bf16 steps (up to |w|/128 of the largest weights:
+    about 1e-3 at |w| 0.1); far above that, or NaN, is the fault. Colocated runs have no maker. `watch_seconds`:
+    what the watch cost (outside the step time, inside the phase's)."""
 
     def __init__(self):
         self.previous = None
@@ -139,13 +142,22 @@ def job_config(path: str, rm: str, name: str, strategy: str, steps: int, transpo
 
 
 def run(name: str, strategy: str, steps: int, transport: str, placement: str = "separate",
-        extra: tuple = (), per_step: bool = False) -> dict:
+        extra: tuple = (), per_step: bool = False, progress=None) -> dict:
+    """One run of ours -> its row. With `per_step`, each step's series (PER_STEP, WeightWatch's) are kept, handed to
+    `progress(row so far)` after every step (a run its timeout stops leaves them in the --out file), and kept in the
+    error row of a run that fails part way (a diverging model is what the series are for)."""
     from actors.driver import PPOJob
 
     path, rm = build(name)
     cfg = job_config(path, rm, name, strategy, steps, transport, placement, extra)
     precision = cfg.actor_trainer.strategy.precision
     rows, ends, watch, watched = [], [], WeightWatch() if per_step else None, [0.0]
+    label = {"model": name, "strategy": strategy, "placement": placement,
+             "transport": transport if placement == "separate" else "none", "precision": precision,
+             **({"overrides": list(extra)} if extra else {})}
+
+    def series() -> list:
+        return [{k: r[k] for k in PER_STEP + WATCHED if k in r} for r in rows]
 
     def on_step(job, step, metrics):  # after everything the driver does per step, as TRL's on_step_end
         ends.append(time.perf_counter() - watched[0])  # the clock stops while the weights are watched
@@ -153,16 +165,23 @@ def run(name: str, strategy: str, steps: int, transport: str, placement: str = "
         if watch is not None:
             t = time.perf_counter()
             metrics.update(watch(job))
-            watched[0] += time.perf_counter() - t
+            metrics["watch_seconds"] = time.perf_counter() - t
+            watched[0] += metrics["watch_seconds"]
+            if progress is not None:
+                progress({**label, "error": f"cut short after {len(rows)} of {steps} steps", "per_step": series()})
 
     t0 = time.perf_counter()
-    PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
+    try:
+        PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
+    except Exception as e:
+        if not per_step:
+            raise
+        return {**label, "error": f"{type(e).__name__}: {e}"[:600], "per_step": series()}
     rate = run_rate(ends, ROLLOUT)
     step_s = rate["step_seconds"]
     sync_s = steady([r["timing/sync"] for r in rows])
     sync_bytes = rows[-1]["sync/bytes"]
-    out = {"model": name, "strategy": strategy, "placement": placement,
-           "transport": transport if placement == "separate" else "none", "precision": precision, "steps": len(rows),
+    out = {**label, "steps": len(rows),
             "wall_seconds": time.perf_counter() - t0, "step_seconds": step_s, "steady_steps": rate["steady_steps"],
             "driver_timing_step": steady([r["timing/step"] for r in rows]),
             "samples_per_s_per_gpu": ROLLOUT / step_s,
@@ -174,10 +193,9 @@ def run(name: str, strategy: str, steps: int, transport: str, placement: str = "
             **{f"peak_gb_{g}": max(r.get(f"memory/{g}_peak_gb", 0.0) for r in rows) for g in (
                 "makers", "actor", "critic")},
             **{f"mfu_{g}": steady([r[f"mfu/{g}"] for r in rows]) for g in ("makers", "actor_trainer", "critic_trainer")
-               if all(f"mfu/{g}" in r for r in rows)},
-            **({"overrides": list(extra)} if extra else {})}
+               if all(f"mfu/{g}" in r for r in rows)}}
     if per_step:
-        out["per_step"] = [{k: r[k] for k in PER_STEP + WATCHED if k in r} for r in rows]
+        out["per_step"] = series()
     return out
 
 
@@ -258,14 +276,22 @@ def main(argv=None) -> None:
         for run_ in plan(args):
             print(" ".join(map(str, run_)))
         return
+    import torch
+
     rows = []
+    stamp = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+             "command": "python -m benchmarks.gpu_ppo " + " ".join(argv or sys.argv[1:]),
+             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def write(partial=None):  # the --out file, brought back from the GPU machine (benchmarks/gpu_results.py)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({**stamp, "rows": rows + ([partial] if partial else [])}, f, indent=2)
 
     def keep(row):
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump({"rows": rows}, f, indent=2)
+        write()
 
     ray.init(include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
@@ -275,7 +301,8 @@ def main(argv=None) -> None:
                 if side == "ours":
                     strategy, placement, transport = config.split("/")
                     keep({"round": rnd, **tag, **run(name, strategy, args.steps, transport, placement,
-                                                     tuple(args.set), args.per_step)})
+                                                     tuple(args.set), args.per_step,
+                                                     lambda row: write({"round": rnd, **tag, **row}))})
                 else:
                     keep({"round": rnd, **tag, **run_trl(name, args.steps, config)})
             except Exception as e:  # one failing combination is a result, not the end of the sweep
@@ -283,10 +310,7 @@ def main(argv=None) -> None:
                       "round": rnd, **tag, "error": f"{type(e).__name__}: {e}"[:600]})
     finally:
         ray.shutdown()
-    import torch
-
-    save(args.section, {"rows": rows, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                 "command": "python -m benchmarks.gpu_ppo " + " ".join(argv or sys.argv[1:])})
+    save(args.section, {**stamp, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ machine. This reads what came back (one folder per device call; a later folder w
 its own section (`gpu_diagnose_lr0`, `gpu_colocated`, ...; a phase not run leaves its section as it was), the GPU
 and versions come from `versions.txt`, and the GPU issue's figures go into the `gpu` section under
 `colocated_vs_trl`, `gemini_1p3b_tokens_per_s` (with `gemini_1p3b_diagnosis`, the per-step evidence) and
-`generate_tokens_per_s`. RESULTS.md is then written again; section 6 shows them (`lines`).
+`generate_tokens_per_s`. The bench phase's `gpu.json` replaces the sweep's rows in `gpu`, keeping the notes written
+there by hand. RESULTS.md is then written again; section 6 shows them (`lines`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PHASES = {"diagnose_gemini_lr0.json": "gpu_diagnose_lr0", "diagnose_gemini_lr1e-
           "diagnose_zero2.json": "gpu_diagnose_zero2", "colocated.json": "gpu_colocated",
           "colocated_separate.json": "gpu_separate", "colocated_offload.json": "gpu_offload",
           "generate.json": "gpu_generate"}
+SWEEP_FILE = "gpu.json"  # the bench phase's: the sweep's own `gpu` section (its hand-written notes kept)
 HEADLINE = ("colocated_vs_trl", "gemini_1p3b_tokens_per_s", "gemini_1p3b_diagnosis", "generate_tokens_per_s")
 DIAGNOSES = ("gpu_diagnose_lr0", "gpu_diagnose_lr1e-6", "gpu_diagnose_zero2")
 SERIES = (("response length", "response_length"), ("KL", "kl"), ("actor grad norm", "actor/grad_norm"),
@@ -44,19 +46,20 @@ def read_versions(text: str) -> dict:
     return out
 
 
-def read_folders(folders: list) -> tuple[dict, dict]:
-    """({section: the phase's JSON}, versions) of the phase files found in `folders`, later folders winning."""
+def read_folders(folders: list) -> dict:
+    """{section: the phase's JSON} of the phase files found in `folders`, later folders winning; each names the GPU
+    and stack of its call's versions.txt (or of the latest call before it that ran the versions phase)."""
     sections, stack = {}, {}
     for folder in folders:
-        for name, section in PHASES.items():
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path) as fh:
-                    sections[section] = json.load(fh)
         if os.path.isfile(os.path.join(folder, "versions.txt")):
             with open(os.path.join(folder, "versions.txt")) as fh:
                 stack = read_versions(fh.read())
-    return sections, stack
+        for name, section in [*PHASES.items(), (SWEEP_FILE, "gpu")]:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path) as fh:
+                    sections[section] = {**stack, **json.load(fh)}
+    return sections
 
 
 def _ok(rows: list) -> list:
@@ -91,19 +94,30 @@ def headline(sections: dict) -> dict:
                 "colocated_vs_this": _median(ours, "samples_per_s_per_gpu") / r["samples_per_s_per_gpu"]}
                 for r in separate}
     tokens, diagnosis = {}, {}
-    for section in DIAGNOSES:
-        for r in _ok(sections.get(section, {}).get("rows", [])):
+    for section in DIAGNOSES:  # a run cut short or failed part way: its steps, no rate
+        for r in sections.get(section, {}).get("rows", []):
             label = f"{r['strategy']} lr {r.get('tag', '').removeprefix('lr') or '?'}"
-            tokens[label] = r["generated_tokens_per_s"]
-            diagnosis[label] = {key: [s.get(key) for s in r.get("per_step", [])] for _, key in SERIES}
+            if "error" not in r:
+                tokens[label] = r["generated_tokens_per_s"]
+            if r.get("per_step"):
+                diagnosis[label] = {key: [s.get(key) for s in r["per_step"]] for _, key in SERIES}
+                if "error" in r:
+                    diagnosis[label]["error"] = r["error"]
     if tokens:
-        out["gemini_1p3b_tokens_per_s"], out["gemini_1p3b_diagnosis"] = tokens, diagnosis
+        out["gemini_1p3b_tokens_per_s"] = tokens
+    if diagnosis:
+        out["gemini_1p3b_diagnosis"] = diagnosis
     generated = {}
     for r in _ok(sections.get("gpu_generate", {}).get("rows", [])):
         generated.setdefault(r["model"], {}).setdefault(str(r["batch"]), {})[r["backend"]] = r["tokens_per_s"]
     if generated:
         out["generate_tokens_per_s"] = generated
     return out
+
+
+def _cell(text: str, limit: int = 90) -> str:
+    """Free text (an error) inside a table cell: a `|` or a line break would end the cell or the row."""
+    return " ".join(str(text)[:limit].split()).replace("|", "\\|")
 
 
 def _g(x, digits=3) -> str:
@@ -129,8 +143,9 @@ def lines(load) -> list[str]:
         if top.get("gemini_1p3b_tokens_per_s"):
             out.append("- Generated tokens/s at opt-1.3b: " + ", ".join(
                 f"{k} {_g(v)}" for k, v in top["gemini_1p3b_tokens_per_s"].items()) + ".")
-        out.append("")
-    diagnoses = [(s, r) for s in DIAGNOSES for r in _ok((load(s) or {}).get("rows", []))]
+        if out[-1]:
+            out.append("")
+    diagnoses = [(s, r) for s in DIAGNOSES for r in (load(s) or {}).get("rows", []) if r.get("per_step")]
     if diagnoses:
         out += ["### Gemini at opt-1.3b: the diagnosis", "",
                 "Per step, PPO at the learning rate named (ZeRO-2 the control); `ppo.behaviour_correction: measure`.",
@@ -141,6 +156,8 @@ def lines(load) -> list[str]:
                 out.append(f"| {r['strategy']} [{r.get('tag', '')}] | {i} | "
                            + " | ".join(_g(s.get(key)) for _, key in SERIES) + " |")
         out.append("")
+        out += [f"- {r['strategy']} [{r.get('tag', '')}] did not finish: {_cell(r['error'], 300)}"
+                for _, r in diagnoses if "error" in r] + ([""] if any("error" in r for _, r in diagnoses) else [])
     runs = [r for s in ("gpu_colocated", "gpu_separate", "gpu_offload") for r in (load(s) or {}).get("rows", [])]
     if runs:
         trl = [r for r in _ok(runs) if str(r.get("strategy", "")).startswith("trl")]
@@ -151,7 +168,7 @@ def lines(load) -> list[str]:
             name = " ".join(str(r[k]) for k in ("strategy", "placement", "transport") if r.get(k) not in (None, "none"))
             name += f" [{r['tag']}]" if r.get("tag") else ""
             if "error" in r:
-                out.append(f"| {name} | {r['error'][:90]} ||||||")
+                out.append(f"| {name} | {_cell(r['error'])} ||||||")
                 continue
             mfu = " / ".join(_g(r.get(f"mfu_{g}")) for g in ("makers", "actor_trainer", "critic_trainer"))
             vs = "1.00×" if r in trl else (f"{_ratio([r], trl):.2f}×" if trl else "—")
@@ -165,7 +182,7 @@ def lines(load) -> list[str]:
                 "|---|---|---|---|---|---|"]
         for r in generate["rows"]:
             if "error" in r:
-                out.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {r['error'][:90]} |||")
+                out.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {_cell(r['error'])} |||")
             else:
                 out.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {r['tokens_per_s']:.0f} | "
                            f"{r['first_call_seconds']:.2f} | {'yes' if r['same_tokens_as_first_backend'] else 'NO'} |")
@@ -177,11 +194,14 @@ def merge(folders: list) -> dict:
     """Write every phase found into its RESULTS.json section and the headline into `gpu`; returns the headline."""
     from benchmarks import common
 
-    sections, stack = read_folders(folders)
+    sections = read_folders(folders)
     if not sections:
-        raise SystemExit(f"gpu_results: no phase file ({', '.join(PHASES)}) in {', '.join(folders)}")
-    for section, result in sections.items():
-        common.save(section, {**stack, **result}, stamp_machine=False)
+        raise SystemExit(f"gpu_results: no phase file ({', '.join([*PHASES, SWEEP_FILE])}) in {', '.join(folders)}")
+    for section, result in sections.items():  # the file's measured_at (when it ran) wins over save's (now)
+        if section == "gpu":
+            common.update_section("gpu", result)
+        else:
+            common.save(section, result, stamp_machine=False)
     top = headline({s: r for s in PHASES.values() if (r := common.load(s))})  # with phases merged before
     common.update_section("gpu", top, replaces=HEADLINE)  # a figure the phases no longer give is not kept
     return top

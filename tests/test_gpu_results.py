@@ -37,9 +37,10 @@ def diagnosis(strategy: str, tag: str, lengths: list) -> dict:
                          for i, n in enumerate(lengths)]}
 
 
-def write(folder, name: str, result: dict) -> None:
+def write(folder, name: str, result) -> None:
+    """A phase's JSON, or a text file (versions.txt) as it is."""
     folder.mkdir(exist_ok=True)
-    (folder / name).write_text(json.dumps(result))
+    (folder / name).write_text(result if isinstance(result, str) else json.dumps(result))
 
 
 @pytest.fixture
@@ -63,8 +64,7 @@ def test_the_phases_of_two_calls_become_sections_the_issues_keys_and_tables(resu
     from benchmarks.gpu_results import main
 
     first, second = results / "call1", results / "call2"
-    write(first, "versions.txt", "")
-    (first / "versions.txt").write_text(VERSIONS_TXT)
+    write(first, "versions.txt", VERSIONS_TXT)
     write(first, "diagnose_gemini_lr0.json", {"rows": [diagnosis("colossalai_gemini", "lr0", [64, 64, 63])]})
     write(first, "diagnose_gemini_lr1e-6.json", {"rows": [diagnosis("colossalai_gemini", "lr1e-6", [64, 2, 1])]})
     write(second, "colocated.json", {"rows": [ours(samples=9.0), trl(4.0)]})
@@ -117,3 +117,67 @@ def test_a_later_call_replaces_only_its_phase_and_a_folder_without_phases_is_one
     assert "| trl-bf16 | OOM |" in (results / "RESULTS.md").read_text()
     with pytest.raises(SystemExit, match="no phase file .* in .*empty"):
         main([str(results / "empty")])
+
+
+def test_a_run_cut_short_keeps_its_steps_a_later_calls_stack_names_its_own_and_the_sweep_keeps_its_notes(results):
+    from benchmarks.common import read_results
+    from benchmarks.gpu_results import main
+
+    cut = {**diagnosis("colossalai_gemini", "lr1e-6", [64, 1]), "error": "RuntimeError: probability tensor | inf"}
+    cut.pop("generated_tokens_per_s")
+    write(results / "a", "versions.txt", VERSIONS_TXT)
+    write(results / "a", "diagnose_gemini_lr1e-6.json", {"rows": [cut], "measured_at": "2026-12-24 09:00:00"})
+    write(results / "b", "versions.txt", VERSIONS_TXT.replace("H200", "H100"))
+    write(results / "b", "gpu.json", {"rows": [ours("separate", "object_store", samples=7.0, strategy="ddp")],
+                                      "command": "python -m benchmarks.gpu_ppo --trl", "gpu": "NVIDIA H100"})
+    data = read_results()
+    data["gpu"]["bugs_fixed"] = ["a note written by hand"]
+    (results / "RESULTS.json").write_text(json.dumps(data))
+    main([str(results / "a"), str(results / "b")])
+
+    data = read_results()
+    lr = data["gpu_diagnose_lr1e-6"]
+    assert lr["device"] == "NVIDIA H200" and lr["measured_at"] == "2026-12-24 09:00:00"  # when it ran, not merged
+    gpu = data["gpu"]
+    assert gpu["device"] == "NVIDIA H100" and gpu["bugs_fixed"] == ["a note written by hand"]
+    assert gpu["rows"][0]["samples_per_s_per_gpu"] == 7.0 and gpu["command"] == "python -m benchmarks.gpu_ppo --trl"
+    # no rate from a run that did not finish, but its steps and why it stopped
+    assert "gemini_1p3b_tokens_per_s" not in gpu
+    assert gpu["gemini_1p3b_diagnosis"]["colossalai_gemini lr 1e-6"]["response_length"] == [64, 1]
+    assert gpu["gemini_1p3b_diagnosis"]["colossalai_gemini lr 1e-6"]["error"].startswith("RuntimeError")
+    md = (results / "RESULTS.md").read_text()
+    assert "| colossalai_gemini [lr1e-6] | 2 | 1 |" in md
+    assert "did not finish: RuntimeError: probability tensor \\| inf" in md
+
+
+def test_gpu_ppo_keeps_the_steps_of_a_run_that_fails_and_hands_each_to_progress(monkeypatch):
+    """benchmarks.gpu_ppo.run's per-step bookkeeping, without the GPU its jobs need: a job that makes two steps and
+    then fails (a diverging model) returns an error row with both steps' series; progress saw the row grow."""
+    import types
+
+    from benchmarks import gpu_ppo
+
+    class Job:
+        def __init__(self, cfg, **kw):
+            pass
+
+        def run(self, on_step):
+            for step in (1, 2):
+                on_step(self, step, {"kl": 0.1 * step, "response_length": 64 // step, "timing/sync": 1.0})
+            raise RuntimeError("probability tensor contains inf")
+
+    monkeypatch.setattr(gpu_ppo, "build", lambda name: ("policy", "rm"))
+    monkeypatch.setattr(gpu_ppo, "job_config", lambda *a: types.SimpleNamespace(
+        actor_trainer=types.SimpleNamespace(strategy=types.SimpleNamespace(precision="bf16"))))
+    monkeypatch.setattr(gpu_ppo, "WeightWatch", lambda: lambda job: {"sync/max_abs_delta": 0.0})
+    monkeypatch.setattr("actors.driver.PPOJob", Job)
+    seen = []
+    row = gpu_ppo.run("opt-1.3b", "colossalai_gemini", 6, "object_store", extra=("actor_trainer.optim.lr=1e-6",),
+                      per_step=True, progress=seen.append)
+    assert row["error"] == "RuntimeError: probability tensor contains inf"
+    assert [s["response_length"] for s in row["per_step"]] == [64, 32]
+    assert all(s["sync/max_abs_delta"] == 0.0 and s["watch_seconds"] >= 0 for s in row["per_step"])
+    assert [len(p["per_step"]) for p in seen] == [1, 2] and seen[-1]["error"] == "cut short after 2 of 6 steps"
+    assert row["overrides"] == ["actor_trainer.optim.lr=1e-6"] and row["precision"] == "bf16"
+    with pytest.raises(RuntimeError):  # a timing run (no per-step series) fails as before
+        gpu_ppo.run("opt-1.3b", "colossalai_gemini", 6, "object_store")

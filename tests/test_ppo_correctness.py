@@ -71,6 +71,10 @@ def test_max_abs_delta_is_zero_for_the_exact_cast_and_names_the_worst_tensor():
     broken = {**bf16, "a.weight": torch.full((4, 3), float("nan"), dtype=torch.bfloat16)}
     value, key = max_abs_delta(fp32, broken)
     assert value != value and key == "a.weight"
+    assert max_abs_delta(broken, broken) == (0.0, "")  # the same NaNs on both sides: an exact copy
+    assert max_abs_delta(fp32, {**bf16, "b.weight": torch.zeros(6)}) == (float("inf"), "b.weight")
+    value, key = max_abs_delta(fp32, {"other": torch.zeros(1)})
+    assert value != value and key == ""  # nothing compared is not a perfect sync
 
 
 def test_non_floating_dtype_mismatch_is_still_refused(tiny_llama):

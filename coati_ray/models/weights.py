@@ -92,22 +92,31 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], lora_only: b
 
 @torch.no_grad()
 def max_abs_delta(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> tuple[float, str]:
-    """The largest elementwise |reference - other| over the floating tensors both hold, and its key ("" if none).
+    """The largest elementwise |reference - other| over the floating tensors both hold, and its key.
 
     `reference` is cast to each tensor's dtype in `other` first: a trainer's fp32 weights against a bf16 maker's
-    show 0 when the maker holds exactly their cast. Shapes: each pair equal (any shape). Computed in float32 on
-    the tensors' device, one tensor at a time (a 1.3B model's copy is never made whole)."""
-    worst, where = 0.0, ""
+    show 0 when the maker holds exactly their cast. A NaN on one side only is NaN (a diverged copy: the worst);
+    NaN on both sides at the same place is equal (the copy is exact, whatever it holds). Shapes: each pair equal;
+    a pair that differs is inf at its key; no floating tensor in common is (nan, ""): nothing was compared.
+    Computed in float32, one tensor at a time (a 1.3B model's copy is never made whole)."""
+    worst, where, compared = 0.0, "", 0
     for key in sorted(reference.keys() & other.keys()):
         a, b = reference[key], other[key]
         if not (a.is_floating_point() and b.is_floating_point()):
             continue
-        delta = float((a.to(b.dtype).float() - b.float()).abs().max()) if a.numel() else 0.0
-        if delta > worst or delta != delta:  # NaN (a diverged model) counts as the worst
+        compared += 1
+        if a.shape != b.shape:
+            return float("inf"), key
+        if not a.numel():
+            continue
+        x, y = a.to(b.dtype).float(), b.float()
+        diff = torch.where(x.isnan() & y.isnan(), 0.0, (x - y).abs())
+        delta = float(diff.max())
+        if delta != delta:
+            return delta, key
+        if delta > worst:
             worst, where = delta, key
-            if delta != delta:
-                break
-    return worst, where
+    return (worst, where) if compared else (float("nan"), "")
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:

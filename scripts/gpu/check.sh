@@ -58,55 +58,56 @@ for phase in $phases; do
   case "$phase" in
     versions)
       python3 scripts/gpu/versions.py 2>&1 | tee "$OUT/versions.txt"
-      timeout "$(upto 120)" python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt"
+      timeout -k 10 "$(upto 120)" python3 scripts/gpu/nccl_probe.py 2>&1 | tail -5 | tee "$OUT/nccl_probe.txt"
       status=${PIPESTATUS[0]} ;;
     kernels)
-      timeout "$(upto 900)" python3 -c "
+      timeout -k 10 "$(upto 900)" python3 -c "
 from colossalai.nn.optimizer import HybridAdam
 import torch
 HybridAdam([torch.nn.Parameter(torch.zeros(4, device='cuda'))])
 print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
       status=${PIPESTATUS[0]}
-      tar -czf "$OUT/kernels.tar.gz" -C ~/.cache colossalai ;;
+      # a build cut short may leave torch's lock file: carried into the next call, it would hang that call's build
+      [ "$status" = 0 ] && tar -czf "$OUT/kernels.tar.gz" -C ~/.cache colossalai ;;
     tests)
       # shellcheck disable=SC2086
-      timeout "$(upto 1500)" python3 -m pytest -q -rs -p no:cacheprovider ${GPU_TEST_ARGS:-tests/gpu} --junitxml="$OUT/junit.xml" -s 2>&1 \
+      timeout -k 10 "$(upto 1500)" python3 -m pytest -q -rs -p no:cacheprovider ${GPU_TEST_ARGS:-tests/gpu} --junitxml="$OUT/junit.xml" -s 2>&1 \
         | grep -v "^\s*warnings.warn\|UserWarning\|FutureWarning\|DeprecationWarning" | tee "$OUT/tests.log" | tail -60
       status=${PIPESTATUS[0]} ;;
     bench)
       # shellcheck disable=SC2086
-      timeout "$(upto 1500)" python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
+      timeout -k 10 "$(upto 1500)" python3 -m benchmarks.gpu_ppo ${GPU_BENCH_ARGS:---trl --sizes opt-125m --strategies ddp colossalai_zero2} --out "$OUT/gpu.json" 2>&1 \
         | grep -v "warn" | tee "$OUT/bench.log" | tail -40
       status=${PIPESTATUS[0]} ;;
     diagnose_gemini)
       for lr in 0 1e-6; do
-        timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_gemini --steps 6 --per-step \
+        timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_gemini --steps 6 --per-step \
           --set actor_trainer.optim.lr=$lr ppo.behaviour_correction=measure --tag lr$lr --section gpu_diagnose_lr$lr \
           --out "$OUT/diagnose_gemini_lr$lr.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -4
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
       done ;;
     diagnose_zero2)
-      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --steps 6 --per-step \
+      timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --steps 6 --per-step \
         --set actor_trainer.optim.lr=1e-6 ppo.behaviour_correction=measure --tag lr1e-6 --section gpu_diagnose_zero2 \
         --out "$OUT/diagnose_zero2.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -4
       status=${PIPESTATUS[0]} ;;
     colocated)
-      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements colocated --trl --trl-precisions bf16 \
+      timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements colocated --trl --trl-precisions bf16 \
         --steps 8 --section gpu_colocated --out "$OUT/colocated.json" 2>&1 | grep -v "warn" \
         | tee -a "$OUT/colocated.log" | tail -4
       status=${PIPESTATUS[0]} ;;
     colocated_separate)
-      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements separate --transports object_store ipc \
+      timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements separate --transports object_store ipc \
         --steps 8 --section gpu_separate --out "$OUT/colocated_separate.json" 2>&1 | grep -v "warn" \
         | tee -a "$OUT/colocated.log" | tail -4
       status=${PIPESTATUS[0]} ;;
     colocated_offload)
-      timeout "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements colocated \
+      timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --placements colocated \
         --set colocated.offload_optimizer=true --tag offload --steps 8 --section gpu_offload \
         --out "$OUT/colocated_offload.json" 2>&1 | grep -v "warn" | tee -a "$OUT/colocated.log" | tail -4
       status=${PIPESTATUS[0]} ;;
     generate)
-      timeout "$(left)" python3 -m benchmarks.gpu_generate --sizes opt-125m opt-1.3b --batches 32 128 \
+      timeout -k 10 "$(left)" python3 -m benchmarks.gpu_generate --sizes opt-125m opt-1.3b --batches 32 128 \
         --out "$OUT/generate.json" 2>&1 | grep -v "warn" | tee "$OUT/generate.log" | tail -14
       status=${PIPESTATUS[0]} ;;
     *) echo "[gpu-check] unknown phase '$phase' (versions kernels tests bench diagnose_gemini colocated generate"\
