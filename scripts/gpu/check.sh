@@ -13,7 +13,7 @@
 #   diagnose_gemini     Gemini at opt-1.3b, lr 0 (a collapse there is the export or the sync) then 1e-6: 6 steps,
 #                       each step's KL, response length, grad norm, maker-trainer log-prob gap
 #                       (ppo.behaviour_correction=measure) and the weights' max |delta| trainer-maker and
-#                       step to step (Adam moves a weight about lr per step; gpu_ppo.WeightWatch)
+#                       step to step (0 at lr 0; bf16 steps only at 1e-6: gpu_ppo.WeightWatch)
 #                       -> diagnose_gemini_lr*.json
 #   colocated           opt-1.3b ZeRO-2 bf16 colocated, then TRL bf16; 8 steps -> colocated.json
 #   generate            tokens/s of the hf, compact and static backends at opt-125m/1.3b, batch 32/128 -> generate.json
