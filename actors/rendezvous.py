@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import threading
 import time
 
 import ray
@@ -25,44 +26,61 @@ import torch.distributed as dist
 POLL_S = 0.01
 
 
-@ray.remote(num_cpus=0, max_concurrency=64)
-class Rendezvous:
-    """The store's data: bytes by key. Threaded, so a member polling never blocks another one's set."""
+class KeyValues:
+    """The store's data: bytes by key, every method under one lock. The actor serving it is threaded (a member
+    polling never blocks another one's set), so without the lock two `add`s read the same count and one is
+    lost, two `compare_set`s both see the key unset and both win, and `count` or `forget` walking the keys
+    fails when another thread sets one meanwhile (torch's rendezvous counts its members with `add`)."""
 
     def __init__(self):
         self.data: dict[str, bytes] = {}
+        self.lock = threading.Lock()
 
     def set(self, key: str, value: bytes) -> None:
-        self.data[key] = value
+        with self.lock:
+            self.data[key] = value
 
     def get(self, key: str):
-        return self.data.get(key)
+        with self.lock:
+            return self.data.get(key)
 
     def add(self, key: str, amount: int) -> int:
-        value = int(self.data.get(key, b"0")) + amount
-        self.data[key] = str(value).encode()
-        return value
+        with self.lock:
+            value = int(self.data.get(key, b"0")) + amount
+            self.data[key] = str(value).encode()
+            return value
 
     def compare_set(self, key: str, expected: bytes, desired: bytes) -> bytes:
-        current = self.data.get(key)
-        if current == expected or (current is None and expected == b""):
-            self.data[key] = desired
-            return desired
-        return current if current is not None else expected
+        """As torch's stores: set `desired` when the value is `expected` (b"" for unset); the value after."""
+        with self.lock:
+            current = self.data.get(key)
+            if current == expected or (current is None and expected == b""):
+                self.data[key] = desired
+                return desired
+            return current if current is not None else expected
 
     def check(self, keys: list) -> bool:
-        return all(k in self.data for k in keys)
+        with self.lock:
+            return all(k in self.data for k in keys)
 
     def delete(self, key: str) -> bool:
-        return self.data.pop(key, None) is not None
+        with self.lock:
+            return self.data.pop(key, None) is not None
 
     def count(self, prefix: str) -> int:
-        return sum(1 for k in self.data if k.startswith(prefix))
+        with self.lock:
+            return sum(1 for k in self.data if k.startswith(prefix))
 
     def forget(self, prefix: str) -> None:
         """Drop a finished group's keys."""
-        for key in [k for k in self.data if k.startswith(prefix)]:
-            del self.data[key]
+        with self.lock:
+            for key in [k for k in self.data if k.startswith(prefix)]:
+                del self.data[key]
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class Rendezvous(KeyValues):
+    """KeyValues as the Ray actor every member of a group reaches through its handle."""
 
 
 def new_rendezvous():

@@ -80,6 +80,22 @@ def test_a_weight_sync_group_opens_no_store_and_listens_on_loopback_only(embedde
         ray.kill(m)
 
 
+def test_the_rendezvous_actor_hands_out_each_add_once_under_concurrent_calls(embedded_ray):
+    """The threaded actor itself (not only its class, tests/test_outside_services.py): calls in flight at once
+    get each count once (torch numbers members by them), and one compare_set of many wins."""
+    from actors.rendezvous import RendezvousStore, new_rendezvous, new_secret
+
+    rendezvous, secret = new_rendezvous(), new_secret()
+    try:
+        values = ray.get([rendezvous.add.remote(f"{secret}/count", 1) for _ in range(2000)])
+        assert sorted(values) == list(range(1, 2001))
+        won = ray.get([rendezvous.compare_set.remote(f"{secret}/leader", b"", f"m{i}".encode()) for i in range(64)])
+        assert len(set(won)) == 1
+        assert RendezvousStore(rendezvous, secret).add("count", 1) == 2001  # the store torch sees, same key
+    finally:
+        ray.kill(rendezvous)
+
+
 def _report_sockets(rank, world_size, store, before=None):
     """A trainer rank: join the group's world (ddp over gloo) through its store; the sockets that opened."""
     import torch.distributed as dist

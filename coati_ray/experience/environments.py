@@ -13,6 +13,8 @@ An environment is one instance per episode, made by `Class(**rollout.options)`:
 
 `rollout.environment: http` is the same over HTTP: POST {"episode", "row", "options"} to <url>/reset answered by
 {"observation"}, POST {"episode", "text"} to <url>/step answered by {"observation", "reward", "done", "info"}.
+The URL's query string is kept (<url>?token=... posts to <url>/step?token=...), credentials in it are sent as
+Basic auth, and a redirect is an error, never followed (give the final URL).
 A call that raises, times out (`rollout.timeout_s`) or answers wrongly ends its episode as an error.
 """
 
@@ -23,7 +25,6 @@ import inspect
 import json
 import math
 import numbers
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -129,17 +130,26 @@ class EnvironmentCalls:
 
 
 class HttpEnvironment:
-    """An environment served over HTTP (`rollout.environment: http`), one episode per instance."""
+    """An environment served over HTTP (`rollout.environment: http`), one episode per instance. Each call is one
+    POST (coati_ray/utils/http.py): `rollout.url`'s query string kept after /reset and /step, its credentials
+    sent as Basic auth and redacted in every error, a redirect never followed, the whole call bounded by
+    `rollout.timeout_s`."""
+
+    MAX_ANSWER_BYTES = 4 << 20
 
     def __init__(self, url: str, episode: str, timeout_s: float = 30.0, options: dict = None):
-        self.url, self.episode, self.timeout_s = url.rstrip("/"), episode, timeout_s
+        self.url, self.episode, self.timeout_s = url, episode, timeout_s
         self.options = dict(options or {})
 
     def _post(self, path: str, payload: dict) -> dict:
-        request = urllib.request.Request(f"{self.url}/{path}", data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 (the user's URL)
-            answer = json.loads(response.read(4 << 20))
+        from coati_ray.utils.http import BadUrl, endpoint, post
+
+        try:
+            data = post(endpoint(self.url, path), json.dumps(payload).encode(), {"Content-Type": "application/json"},
+                        self.timeout_s, self.MAX_ANSWER_BYTES, url_key="rollout.url")
+        except BadUrl as e:  # its own words: what to fix in rollout.url
+            raise EnvironmentFailed(str(e)) from None
+        answer = json.loads(data)
         if not isinstance(answer, dict):
             raise EnvironmentFailed(f"{path} answered {type(answer).__name__}, not a JSON object")
         return answer

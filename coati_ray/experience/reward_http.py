@@ -10,12 +10,12 @@ import http.client
 import json
 import os
 import socket
-import threading
 import time
-import urllib.parse
 from typing import Optional
 
 from coati_ray.errors import ConfigError, RewardError
+from coati_ray.utils.http import BadUrl, TooLarge
+from coati_ray.utils.http import post as http_post
 from coati_ray.utils.redact import redact_url
 
 # the config keys named in error lines for the shorthand `rewards.http_*` keys
@@ -65,48 +65,18 @@ class HttpReward:
                 return rewards
             except RewardError:
                 raise
+            except BadUrl as e:  # a redirect, ambiguous credentials: the URL to fix, not a failure to retry
+                raise RewardError(f"reward error: {e}") from None
             except (OSError, ValueError, http.client.HTTPException) as e:
-                last = str(e) if isinstance(e, _TooLarge) else f"{type(e).__name__}: {e}"
+                last = str(e) if isinstance(e, TooLarge) else f"{type(e).__name__}: {e}"
         raise RewardError(f"reward error: POST {self.shown} failed {self.retries + 1} time(s) ({last}); check that "
                           f"the reward service runs and answers within {self.keys['timeout_s']}")
 
     def _post(self, body: bytes, headers: dict) -> bytes:
-        """One request; the connection is shut at the deadline whatever it is doing, so a service that drips
-        its answer a byte at a time still ends within timeout_s; a body past max_response_bytes is refused."""
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.username or parts.password:
-            import base64
-
-            user = urllib.parse.unquote(parts.username or "") + ":" + urllib.parse.unquote(parts.password or "")
-            headers = {**headers, "Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
-        held: list = []  # the socket, kept: http.client hands it to the response and forgets it
-        fired = threading.Event()  # set before the socket is shut, so a read cut short always sees it
-        timer = threading.Timer(self.timeout_s, _shut, args=(conn, held, fired))
-        timer.start()
-        try:
-            conn.connect()
-            held.append(conn.sock)
-            path = parts.path or "/"
-            conn.request("POST", path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
-            response = conn.getresponse()
-            if response.status >= 400:
-                raise http.client.HTTPException(f"HTTP {response.status} {response.reason}")
-            data = response.read(self.max_response_bytes + 1)
-            if len(data) > self.max_response_bytes:
-                raise _TooLarge(f"the answer is larger than {self.keys['max_response_bytes']}="
-                                f"{self.max_response_bytes}")
-            if fired.is_set():
-                raise TimeoutError(f"no complete answer within {self.timeout_s:g}s")
-            return data
-        except (OSError, http.client.HTTPException) as e:  # a read cut short: IncompleteRead, reset, ...
-            if fired.is_set():
-                raise TimeoutError(f"no complete answer within {self.timeout_s:g}s") from None
-            raise e
-        finally:
-            timer.cancel()
-            conn.close()
+        """One request (coati_ray/utils/http.py): bounded as a whole by timeout_s and by max_response_bytes,
+        the URL's query kept and its credentials sent as Basic auth, a redirect never followed."""
+        return http_post(self.url, body, headers, self.timeout_s, self.max_response_bytes,
+                         self.keys["max_response_bytes"], self.keys["url"])
 
     def check(self) -> None:
         """Before Ray starts: the service answers an empty batch (one try, at most 10 seconds)."""
@@ -115,19 +85,3 @@ class HttpReward:
                        self.keys)([], [], [])
         except RewardError as e:
             raise ConfigError(f"config error: {self.keys['url']}: {str(e).split(': ', 1)[1]}") from None
-
-
-class _TooLarge(ValueError):
-    pass
-
-
-def _shut(conn, held: list, fired: threading.Event) -> None:
-    """At the deadline: end the connection under a blocked connect or read (which then fails at once, or
-    returns what it has: `fired` is set first, so the caller knows it was cut short)."""
-    fired.set()
-    for sock in held or [getattr(conn, "sock", None)]:
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
