@@ -53,6 +53,12 @@ def check(args) -> None:
 
 
 def main(argv=None) -> int:
+    from launch.seed_flags import seed_argv
+
+    try:  # the seed's own flags (launch/seed_flags.py)
+        argv = seed_argv("expand_vocab", argv)
+    except CoatiError as e:
+        return fail(e)
     args = parser().parse_args(argv)
     quiet_libraries()
     try:

@@ -82,7 +82,13 @@ def load_judge(cfg, policy):
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    from launch.seed_flags import seed_argv
+
+    try:  # the seed's own flags (launch/seed_flags.py)
+        argv = seed_argv("generate", argv)
+    except CoatiError as e:
+        return fail(e)
+    args = parser().parse_intermixed_args(argv)
     quiet_libraries()
     try:
         cfg = load(args)

@@ -36,6 +36,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from launch.seed_flags import seed_argv
+
+    try:  # the seed's own flags (launch/seed_flags.py)
+        argv = seed_argv("prepare_data", argv)
+    except CoatiError as e:
+        return fail(e)
     args = parser().parse_args(argv)
     quiet_libraries()
     try:

@@ -2,7 +2,8 @@
 
 Trains a causal LM on `launch.prepare_data` output (data.train_path: prepared folders, comma-separated),
 loss on target tokens, batches in bucket order. `load_checkpoint` takes a step checkpoint (resumes
-everything) or a model folder (weights only, for the next stage).
+everything) or a model folder (weights only, for the next stage). Colossal-LLaMA's train.py flags (--pretrained,
+--dataset A B, --plugin, --save_dir, --use_neft, ...) are taken as typed: launch/seed_flags.py's PRETRAIN table.
 """
 
 import os

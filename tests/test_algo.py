@@ -86,6 +86,59 @@ def test_per_token_rewards_kl_on_every_token_score_on_last():
     assert close(clipped, [[0.0, 1.0]])
 
 
+def coati_compute_reward(r, kl_coef, log_probs, log_probs_base, action_mask):
+    """Coati's train_prompts.py reward (coati/models/utils.py), written out: one sequence-level approximate KL,
+    the mean over the response's tokens, subtracted once from the reward."""
+    if kl_coef <= 0.0:
+        return r
+    log_ratio = log_probs - log_probs_base
+    approx_kl = (log_ratio.exp() - 1) - log_ratio
+    approx_kl = (approx_kl * action_mask).sum(dim=1) / action_mask.sum(dim=1)
+    return r - kl_coef * approx_kl
+
+
+def test_coatis_sequence_kl_penalty_by_hand():
+    from coati_ray.algo import coati_token_kl, on_last_token, sequence_kl_penalty
+
+    # pi / pi_ref = 2 and 1/2 on the two response tokens: (2 - 1 - ln 2) and (1/2 - 1 + ln 2), mean 1/4; the
+    # third token is padding (its ratio of 9 would add 9 - 1 - ln 9 = 5.8 if it counted)
+    logp, ref = T([[0.5, 0.25, 0.9]]).log(), T([[0.25, 0.5, 0.1]]).log()
+    mask = T([[1, 1, 0]])
+    ln2 = math.log(2.0)
+    assert close(coati_token_kl(logp, ref)[:, :2], [[1 - ln2, ln2 - 0.5]])
+    assert close(sequence_kl_penalty(logp, ref, mask, kl_coef=0.2), [0.2 * 0.25])
+    assert close(on_last_token(T([-0.05]), mask), [[0.0, -0.05, 0.0]])
+    assert close(on_last_token(T([-0.05, 1.0]), T([[1, 1, 0], [0, 1, 1]])), [[0.0, -0.05, 0.0], [0.0, 0.0, 1.0]])
+    assert close(sequence_kl_penalty(logp, ref, torch.zeros_like(mask), kl_coef=0.2), [0.0])  # no tokens: 0
+
+
+def test_coatis_sequence_kl_penalty_is_coatis_compute_reward():
+    from coati_ray.algo import sequence_kl_penalty
+
+    torch.manual_seed(0)
+    logp, ref = -torch.rand(4, 7) * 3, -torch.rand(4, 7) * 3
+    mask = (torch.arange(7)[None, :] < T([[7], [5], [1], [3]])).float()
+    r = torch.randn(4)
+    assert close(r - sequence_kl_penalty(logp, ref, mask, 0.1), coati_compute_reward(r, 0.1, logp, ref, mask))
+
+
+def test_the_sequence_penalty_is_taken_once_where_the_per_token_one_is_summed():
+    """The penalty of issue 47: 100 tokens at a 0.05-nat gap. Per token (k1, in the reward) the returns carry
+    the sum, 100 x 0.05 x kl_coef; Coati's takes the mean of (e^r - 1) - r once, ~0.00125 x kl_coef."""
+    from coati_ray.algo import coati_token_kl, on_last_token, sequence_kl_penalty
+
+    logp, ref, mask = torch.full((1, 100), -1.0), torch.full((1, 100), -1.05), torch.ones(1, 100)
+    zero = torch.zeros(1, 100)
+    _, per_token = gae_recursion(-0.1 * kl_estimate(logp, ref, "k1"), zero, mask, gamma=1.0, lam=1.0)
+    _, sequence = gae_recursion(on_last_token(-sequence_kl_penalty(logp, ref, mask, 0.1), mask), zero, mask,
+                                gamma=1.0, lam=1.0)
+    assert close(per_token[0, 0], -0.1 * 100 * 0.05, tol=1e-4)
+    assert close(sequence[0, 0], -0.1 * (math.exp(0.05) - 1 - 0.05), tol=1e-7)
+    assert close(sequence[0, 0], sequence[0, -1], tol=1e-7)  # nothing taken per token
+    assert per_token[0, 0] / sequence[0, 0] > 3900
+    assert close(coati_token_kl(logp, ref).mean(), math.exp(0.05) - 1 - 0.05, tol=1e-7)
+
+
 def test_gae_by_hand():
     adv, ret = gae_recursion(T([[1.0, 0.0, 2.0]]), T([[0.5, 1.0, 1.5]]), T([[1, 1, 1]]), gamma=0.9, lam=0.8)
     # t2: 2 - 1.5 = 0.5; t1: 0.9*1.5 - 1 = 0.35, + 0.72*0.5 = 0.71; t0: 1 + 0.9 - 0.5 = 1.4, + 0.72*0.71

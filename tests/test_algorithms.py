@@ -165,7 +165,7 @@ def grpo_cfg(tiny_llama, tmp_path, *overrides):
     return cfg
 
 
-@pytest.mark.parametrize("where", ["reward", "loss"])
+@pytest.mark.parametrize("where", ["reward", "sequence", "loss"])
 def test_kl_in_the_reward_or_in_the_loss(grpo_models, tokenizer, tiny_llama, tmp_path, where):
     from coati_ray.experience import make_experience
     from coati_ray.experience.prompts import read_prompt_data
@@ -191,6 +191,19 @@ def test_kl_in_the_reward_or_in_the_loss(grpo_models, tokenizer, tiny_llama, tmp
     loss, m = trainer.micro_loss(exp.select(slice(0, 4)))
     if where == "reward":  # the penalty shapes the advantages token by token; the loss has no KL term
         assert not per_sample_constant and "kl_loss" not in m
+        assert loss.item() == pytest.approx(m["policy_loss"], abs=1e-6)
+    elif where == "sequence":  # Coati's: one penalty per sample, kl_coef x its mean KL, on all its tokens alike
+        from coati_ray.algo import masked_mean, sequence_kl_penalty
+        from coati_ray.algo.advantages import AdvantageInputs, algorithm
+
+        penalty = sequence_kl_penalty(exp.action_log_probs, exp.ref_log_probs, exp.action_mask, 0.5)
+        plain, _ = algorithm("grpo").estimate(AdvantageInputs(
+            scores=exp.reward, kl_rewards=torch.zeros_like(exp.advantages), action_mask=exp.action_mask,
+            group_size=cfg.ppo.n_samples_per_prompt))
+        assert per_sample_constant and "kl_loss" not in m and float(penalty.min()) > 0
+        assert torch.allclose(exp.advantages[:, 0], plain[:, 0] - penalty, atol=1e-5)
+        assert stats["kl"] == pytest.approx(float(penalty.mean()) / 0.5, rel=1e-4)
+        assert float(masked_mean(exp.kl, exp.action_mask, dim=1).mean()) == pytest.approx(stats["kl"], rel=1e-5)
         assert loss.item() == pytest.approx(m["policy_loss"], abs=1e-6)
     else:  # GRPO: advantages constant per sample, kl_coef * k3 added to the loss
         assert per_sample_constant and m["kl_loss"] > 0

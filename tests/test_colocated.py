@@ -90,18 +90,19 @@ def test_colocated_grpo_trains_the_policy_a_separate_job_trains(local_ray, tiny_
     assert "critic" not in colocated
 
 
+@pytest.mark.parametrize("kl_penalty", ["reward", "sequence"])
 def test_a_batch_scored_without_the_critic_then_valued_elsewhere_is_the_makers_experience(tiny_llama, reward_dir,
-                                                                                          tmp_path):
+                                                                                          tmp_path, kl_penalty):
     """What an actor rank makes (a ScoredRollout, CPU tensors) plus what a critic rank adds (values, advantages)
-    is the Experience a maker holding all four models makes, tensor for tensor, and sampling leaves the caller's
-    random stream where it was."""
+    is the Experience a maker holding all four models makes, tensor for tensor (with the KL penalty per token or
+    Coati's once per sequence), and sampling leaves the caller's random stream where it was."""
     from coati_ray.experience.maker import build_experience_models
     from coati_ray.experience.prompts import read_prompt_data
     from coati_ray.experience.rewards import RewardSources
     from coati_ray.experience.rollout import RolloutWorker, finish_with_values
     from coati_ray.models import load_tokenizer
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path, "generation.max_new_tokens=6")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path, "generation.max_new_tokens=6", f"ppo.kl_penalty={kl_penalty}")
     tok = load_tokenizer(tiny_llama)
     items, _, _ = read_prompt_data(cfg.data, tok)
     models = build_experience_models(cfg)

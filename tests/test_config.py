@@ -200,10 +200,28 @@ def ppo_cfg(tiny_llama, reward_dir, *overrides):
     (["ppo.clip_eps=1.5"], "ppo.clip_eps"),
     (["ppo.behaviour_correction=is"], "did you mean 'tis'"),
     (["ppo.loss_agg=mean"], "use one of: token_mean"),
+    (["ppo.kl_penalty=sequence", "ppo.kl_estimator=k3"], "config error: ppo.kl_estimator: 'k3' is not used with "
+                                                         "kl_penalty=sequence"),
+    (["ppo.kl_coef=-0.1"], "config error: ppo.kl_coef: must be >= 0, got -0.1"),
+    (["ppo.kl_penalty=tokens"], "use one of: reward, sequence, loss"),
 ])
 def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
     msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, *overrides))
     assert expected in msg
+
+
+@pytest.mark.parametrize("overrides, makers_skip_log_probs", [
+    (["ppo.kl_penalty=sequence"], False), (["ppo.kl_penalty=reward"], False), (["ppo.kl_penalty=loss"], True),
+    (["ppo.kl_penalty=sequence", "ppo.kl_coef=0"], True),
+])
+def test_makers_take_log_probs_whenever_a_kl_penalty_is_in_the_reward(overrides, makers_skip_log_probs):
+    """Coati's sequence-level penalty needs the behaviour log-probs as the per-token one does (the shortcut of
+    sync, one-epoch, whole-batch updates is for a KL outside the reward only)."""
+    from coati_ray.config.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, None, ["actor.path=m", "critic.path=c", *overrides])
+    assert (cfg.ppo.kl_in_reward, cfg.trainer_log_probs_are_behaviour) == (not makers_skip_log_probs,
+                                                                           makers_skip_log_probs)
 
 
 def test_ppo_reward_without_value_head(tiny_llama, reward_dir):

@@ -46,6 +46,62 @@ def test_make_experience_shapes_and_invariants(models, tokenizer):
     assert set(timings) >= {"timing/generate", "timing/ref", "timing/reward", "timing/values"}
 
 
+def scored_by_hand(score: float = 1.0):
+    """One sample: pi / pi_ref = 2 and 1/2 on its two response tokens (Coati's mean KL 1/4), padding after."""
+    from coati_ray.algo import coati_token_kl
+    from coati_ray.experience.maker import ScoredRollout
+
+    logp, ref, mask = torch.tensor([[0.5, 0.25, 0.9]]).log(), torch.tensor([[0.25, 0.5, 0.1]]).log(), \
+        torch.tensor([[1, 1, 0]])
+    return ScoredRollout(sequences=torch.zeros(1, 5, dtype=torch.long), mask=torch.ones(1, 5), action_mask=mask,
+                         ref_log_probs=ref, score=torch.tensor([score]), truncated=torch.tensor([False]),
+                         group_size=1, stats={}, log_probs=logp, kl=coati_token_kl(logp, ref) * mask)
+
+
+@pytest.mark.parametrize("kl_coef, penalty", [(0.2, 0.2 * 0.25), (0.0, 0.0)])
+def test_coatis_sequence_kl_comes_off_the_reward_once_at_the_last_token(kl_coef, penalty):
+    """ppo.kl_penalty=sequence: with V = 0, gamma = lam = 1 the return of every token is the sequence's reward
+    minus kl_coef x the mean KL, once; kl_coef 0 takes nothing (and needs no behaviour log-probs)."""
+    from coati_ray.experience.maker import finish_experience, kl_rewards
+
+    ppo = from_dict(PPOAlgoConfig, {"kl_coef": kl_coef, "kl_penalty": "sequence", "gamma": 1.0, "lam": 1.0})
+    assert torch.allclose(kl_rewards(scored_by_hand(), ppo), torch.tensor([[0.0, -penalty, 0.0]]))
+    exp, _ = finish_experience(scored_by_hand(score=1.0), torch.zeros(1, 3), ppo)
+    assert torch.allclose(exp.returns, torch.tensor([[1.0 - penalty, 1.0 - penalty, 0.0]]))
+    assert exp.reward.tolist() == [1.0]  # the reward metric stays the reward; the KL metric is the KL
+
+
+def test_the_per_token_penalty_is_still_there_for_kl_penalty_reward():
+    from coati_ray.experience.maker import kl_rewards
+
+    scored = scored_by_hand()
+    scored.kl = torch.tensor([[0.1, 0.2, 0.0]])
+    ppo = from_dict(PPOAlgoConfig, {"kl_coef": 0.5, "kl_penalty": "reward"})
+    assert torch.allclose(kl_rewards(scored, ppo), torch.tensor([[-0.05, -0.1, 0.0]]))
+    assert torch.equal(kl_rewards(scored, from_dict(PPOAlgoConfig, {"kl_coef": 0.5, "kl_penalty": "loss"})),
+                       torch.zeros(1, 3))
+
+
+def test_a_maker_reports_coatis_kl_when_the_penalty_is_sequence_level(models, tokenizer, tiny_llama):
+    """make_experience with a reference that differs from the actor: the `kl` metric is the batch mean of
+    Coati's sequence KL, and Experience.kl holds its per-token terms."""
+    from coati_ray.algo import coati_token_kl, masked_mean
+
+    initial = Actor.from_pretrained(tiny_llama).eval().requires_grad_(False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in initial.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    moved = ExperienceModels(actor=models.actor, initial=initial, reward=models.reward, critic=models.critic)
+    gen = from_dict(GenerationConfig, {"max_new_tokens": 6})
+    ppo = from_dict(PPOAlgoConfig, {"kl_coef": 0.1, "kl_penalty": "sequence"})
+    exp, stats = make_experience(moved, tokenizer, prompt_items(tokenizer), gen, ppo)
+    expected = coati_token_kl(exp.action_log_probs, exp.ref_log_probs) * exp.action_mask
+    assert torch.allclose(exp.kl, expected, atol=1e-6)
+    assert stats["kl"] == pytest.approx(float(masked_mean(expected, exp.action_mask, dim=1).mean()), rel=1e-5)
+    assert stats["kl"] > 0
+
+
 def test_shard_and_concat():
     def fake(B, P, A, version):
         return Experience(sequences=torch.arange(B * (P + A)).view(B, P + A), attention_mask=torch.ones(B, P + A),

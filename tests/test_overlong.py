@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from coati_ray.algo.loss_agg import MiniBatch, local_counts, share
-from coati_ray.algo.rewards import overlong_penalty, truncated_rows
+from coati_ray.algo.rewards import overlong_penalty, produced_limit, truncated_rows
 from tests.test_algorithms import grpo_cfg, grpo_models  # noqa: F401  (a module fixture)
 
 EOS = 2
@@ -17,12 +17,18 @@ def test_the_penalty_falls_linearly_over_the_buffer_to_minus_the_factor_at_the_l
     assert overlong_penalty(lengths, 10, 4, 0.5)[-1] == -0.5
 
 
-def test_a_row_is_cut_when_it_reaches_the_limit_without_an_end_token():
-    actions = torch.tensor([[5, 6, 7, 8], [5, 6, 7, EOS], [5, EOS, 0, 0], [5, 6, 7, 9]])
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
-    assert truncated_rows(mask, actions, [EOS], max_new_tokens=4).tolist() == [True, False, False, True]
-    assert truncated_rows(mask, actions, [EOS, 9], max_new_tokens=4).tolist() == [True, False, False, False]
-    assert truncated_rows(mask, actions, [], max_new_tokens=4).tolist() == [True, True, False, True]
+def test_a_row_is_cut_when_it_ends_without_an_end_token_at_whatever_length_the_backend_stopped():
+    actions = torch.tensor([[5, 6, 7, 8], [5, 6, 7, EOS], [5, EOS, 0, 0], [5, 6, 7, 9], [5, 6, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    # the last row: a backend that stopped at 2 tokens (its own cap) cut it, though generation allowed 4
+    assert truncated_rows(mask, actions, [EOS]).tolist() == [True, False, False, True, True]
+    assert truncated_rows(mask, actions, [EOS, 9]).tolist() == [True, False, False, False, True]
+    assert truncated_rows(mask, actions, [], limit=4).tolist() == [True, True, False, True, False]
+    lengths = mask.sum(1)
+    cut = truncated_rows(mask, actions, [EOS])
+    assert produced_limit(lengths, cut, 4) == 4
+    assert produced_limit(lengths[2:3], cut[2:3], 4) == 4  # nothing cut: the limit the backend said
+    assert produced_limit(lengths[4:], cut[4:], 4) == 2  # only the short cut row: the backend stopped at 2
 
 
 def test_a_sample_left_out_of_the_loss_counts_in_no_denominator():
@@ -51,7 +57,7 @@ def test_cut_answers_are_masked_out_of_the_loss_and_penalised_in_the_reward(grpo
     plain, stats = make(base, grpo_models, tokenizer, items)
     eos = grpo_models.actor.eos_token_ids(tokenizer)
     actions = plain.sequences[:, -plain.action_mask.size(1):]
-    cut = truncated_rows(plain.action_mask, actions, eos, 3)
+    cut = truncated_rows(plain.action_mask, actions, eos)
     assert cut.any(), "a random tiny model answers 3 tokens without an end token"
     assert stats["experience/truncated"] == pytest.approx(float(cut.float().mean()))
     # what compaction and packing could remove, measured on this batch's own masks

@@ -38,6 +38,19 @@ def traced_generate(actor, gen, input_ids, attention_mask, tokenizer=None, **ext
 
     calls.append(int(input_ids.size(0)))
     return hf(actor, gen, input_ids, attention_mask, tokenizer, **extra)
+
+
+def capped_generate(actor, gen, input_ids, attention_mask, tokenizer=None, **extra):
+    """A served engine with a cap of its own: 2 new tokens, whatever generation.max_new_tokens says."""
+    import dataclasses
+
+    from coati_ray.models.generators import hf
+
+    return hf(actor, dataclasses.replace(gen, max_new_tokens=2), input_ids, attention_mask, tokenizer, **extra)
+
+
+def capped_and_says_so(actor, gen, input_ids, attention_mask, tokenizer=None, **extra):
+    return capped_generate(actor, gen, input_ids, attention_mask, tokenizer, **extra) + ({"max_new_tokens": 2},)
 '''
 
 
@@ -156,3 +169,33 @@ def test_a_generation_backend_of_ones_own_takes_the_generation_config_whole(user
     assert all(torch.equal(a, b) for a, b in zip(ours, built_in))  # greedy: hf and compact agree token for token
     with pytest.raises(ConfigError, match="generation.backend: unknown backend 'vllm'; use one of: compact, hf"):
         dataclasses.replace(gen, backend="vllm").validate()
+
+
+@pytest.mark.parametrize("backend", ["capped_generate", "capped_and_says_so"])
+def test_truncation_and_the_overlong_penalty_follow_what_the_backend_produced(user_module, backend, tiny_llama, tmp_path,
+                                                                               tokenizer, caplog):
+    """A backend that stops responses at 2 tokens under generation.max_new_tokens=8: the cut responses count as
+    truncated, the overlong penalty reaches its full -factor at 2 (the backend's limit), and the log says once
+    that the limit differs (a backend may also say it: a fourth item {max_new_tokens: 2})."""
+    import logging
+
+    from coati_ray.experience import make_experience
+    from coati_ray.experience.prompts import read_prompt_data
+    from coati_ray.experience.maker import ExperienceModels
+    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.models import Actor
+
+    cfg = grpo_cfg(tiny_llama, tmp_path, f"generation.backend={user_module}:{backend}", "generation.max_new_tokens=8",
+                   "ppo.overlong_penalty=1.0", "ppo.overlong_buffer=1", "generation.do_sample=false")
+    models = ExperienceModels(actor=Actor.from_pretrained(tiny_llama).eval(),
+                              initial=Actor.from_pretrained(tiny_llama).eval())
+    items = read_prompt_data(cfg.data, tokenizer)[0][:2]
+    with caplog.at_level(logging.WARNING, logger="coati_ray"):
+        exp, stats = make_experience(models, tokenizer, items, cfg.generation, cfg.ppo, RewardSources(cfg.rewards))
+    lengths = exp.action_mask.sum(1)
+    assert int(lengths.max()) == 2 and stats["experience/max_new_tokens"] == 2.0
+    cut = lengths == 2  # the tiny random model writes no end token in 2 tokens
+    assert cut.all() and stats["experience/truncated"] == 1.0  # the config's 8 would call none of them cut
+    assert stats["reward/overlong_penalty"] == pytest.approx(-1.0)  # at the backend's limit: the full factor
+    if backend == "capped_generate":
+        assert "cut responses at 2 tokens, fewer than generation.max_new_tokens=8" in caplog.text

@@ -87,7 +87,7 @@ def test_the_seeds_ppo_schedule_and_positional_prompt_file():
     assert argv.index("reward.path=rm") > argv.index("reward.path=base")  # the trained RM wins
     for expected in ("ppo.max_steps=2", "ppo.rollout_batch_size=12", "buffer.capacity=64", "maker.batch_size=4",
                      "actor_trainer.strategy.precision=fp16", "ppo.train_batch_size=6",
-                     "ppo.kl_coef=0.2", "ppo.ptx_coef=0.1", "data.ptx_path=ptx.jsonl",
+                     "ppo.kl_coef=0.2", "ppo.kl_penalty=sequence", "ppo.ptx_coef=0.1", "data.ptx_path=ptx.jsonl",
                      "actor_trainer.strategy.name=colossalai_zero2", "critic_trainer.strategy.name=colossalai_zero2"):
         assert expected in argv, expected
 

@@ -30,7 +30,8 @@ class AdvantageInputs:
     """What a maker has when it estimates advantages for one batch."""
 
     scores: torch.Tensor              # (B,): the sequence-level reward (clipped), before any KL
-    kl_rewards: torch.Tensor          # (B, A): -kl_coef * KL per token when the KL is in the reward, else 0
+    kl_rewards: torch.Tensor          # (B, A): the KL penalty as rewards (per token, or Coati's once at the
+    #                                   last token: ppo.kl_penalty reward / sequence), else 0
     action_mask: torch.Tensor         # (B, A)
     values: Optional[torch.Tensor] = None  # (B, A) critic values, or None
     group_size: int = 1               # n samples per prompt, consecutive rows
@@ -40,7 +41,7 @@ class AdvantageInputs:
 
     @property
     def token_rewards(self) -> torch.Tensor:
-        """(B, A): the KL penalty on every token plus the score on each sample's last token."""
+        """(B, A): the KL penalty's rewards plus the score on each sample's last token."""
         from coati_ray.algo.rewards import last_token_index
 
         out = self.kl_rewards.clone().float()
@@ -48,8 +49,8 @@ class AdvantageInputs:
         return out * self.action_mask.float()
 
     def with_kl(self, sequence_advantage: torch.Tensor) -> torch.Tensor:
-        """A sequence-level advantage (B,) on every token, plus the returns-to-go of the per-token KL
-        penalty when it is in the reward (as OpenRLHF shapes group estimators): (B, A)."""
+        """A sequence-level advantage (B,) on every token, plus the returns-to-go of the KL penalty when it
+        is in the reward (as OpenRLHF shapes group estimators): (B, A)."""
         return per_token(sequence_advantage, self.action_mask) + discounted_returns(self.kl_rewards.float(),
                                                                                    self.action_mask, self.gamma)
 

@@ -123,7 +123,8 @@ class PipelineConfig(JobConfig):
 
     def pin(self) -> None:
         """Resolve every hub id the stages name (not the links, which are this run's checkpoints) to its commit,
-        in place, so every stage and actor loads the commit the checks read."""
+        in place, so every stage and actor loads the commit the checks read: models, tokenizers and the hub
+        datasets of sft.data, rm.data and ppo.data."""
         from coati_ray.config.schema import ModelConfig
 
         if self.expand_vocab is not None:
@@ -137,10 +138,14 @@ class PipelineConfig(JobConfig):
                 if model.path != PLACEHOLDER and (stage, name, "path") not in self.links():
                     model.pin(f"{stage}.{name}")
                 elif model.tokenizer_path is not None:  # a linked model's own tokenizer may be a hub id too
-                    from coati_ray.models.hub import pin
+                    from coati_ray.models.hub import TOKENIZER, pin
 
-                    resolved = pin(model.tokenizer_path, model.tokenizer_revision, f"{stage}.{name}.tokenizer_path")
+                    resolved = pin(model.tokenizer_path, model.tokenizer_revision, f"{stage}.{name}.tokenizer_path",
+                                   selection=TOKENIZER)
                     model.tokenizer_revision = resolved.commit or model.tokenizer_revision
+        for stage in ("sft", "rm", "ppo"):  # the stand-ins validate copies: the stages keep these commits
+            if getattr(self, stage) is not None:
+                getattr(self, stage).data.pin(f"{stage}.data")
 
     def link(self) -> None:
         """Point each stage at its own directory and at the previous stage's output; one seed for all; the

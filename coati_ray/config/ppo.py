@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
 from coati_ray.config.rollout import RolloutConfig
@@ -20,11 +20,24 @@ class PromptDataConfig:
     prompt_path: str = opt("data/prompts/train.jsonl", "prompts: `prompt`, `instruction` or `messages` rows in a local "
                                                        "file (.jsonl/.json/.csv/.parquet/.arrow) or a hub dataset name")
     eval_prompt_path: Optional[str] = opt(None, "held-out prompts scored every ppo.eval_every steps (eval/* metrics)")
-    subset: Optional[str] = opt(None, "hub datasets: the subset (configuration) of prompt_path / eval_prompt_path")
+    revision: Optional[str] = opt(None, "hub datasets: revision of prompt_path (branch, tag or commit; null: main); "
+                                        "the driver pins it to the commit it resolves, which every maker and rank "
+                                        "loads and config.yaml keeps")
+    eval_revision: Optional[str] = opt(None, "hub datasets: revision of eval_prompt_path (null: data.revision's "
+                                             "commit when it is prompt_path, else main); pinned like data.revision")
+    ptx_revision: Optional[str] = opt(None, "hub datasets: revision of ptx_path (null: main); pinned like "
+                                            "data.revision")
+    subset: Optional[str] = opt(None, "hub datasets: a directory of the prompt_path / eval_prompt_path repo, read as "
+                                      "load_dataset(name, data_dir=subset) as Coati's --subset is")
+    config_name: Optional[str] = opt(None, "hub datasets: a configuration of the prompt_path / eval_prompt_path "
+                                           "card, read as load_dataset(name, config_name) (null: its default)")
     split: str = opt("train", "hub datasets: the split prompt_path is read from")
     eval_split: str = opt("test", "hub datasets: the split eval_prompt_path is read from")
     chat_template: str = opt("auto", "how prompts become text: auto (the actor tokenizer's chat template, else "
                                      "Coati's), coati, or a .jinja file; its end-of-turn token ends a response")
+    chat_template_kwargs: Optional[dict[str, Any]] = opt(None, "extra variables the template is rendered with, e.g. "
+                                                     "{enable_thinking: false} for Qwen3 (None: the tokenizer's own, "
+                                                     "kept from the SFT checkpoint; {}: none)")
     eval_max_samples: Optional[int] = opt(None, "use at most this many held-out prompts")
     gold_task: Optional[str] = opt(None, "programmatic gold scorer that judges held-out answers (e.g. 'sorting'); "
                                          "never used for training")
@@ -36,17 +49,41 @@ class PromptDataConfig:
     max_samples: Optional[int] = opt(None, "use at most this many prompts")
     on_bad_row: Literal["error", "skip"] = opt("error", "a row missing its fields: stop, or skip and count it")
 
-    def source(self, which: str = "train"):
-        """How a hub dataset name in prompt_path / eval_prompt_path is read."""
+    def source(self, which: str = "train", key: str = "data"):
+        """How a hub dataset name in prompt_path ("train"), eval_prompt_path ("eval") or ptx_path ("ptx", its
+        train split) is read, at its pinned commit."""
         from coati_ray.data.loading import HubSource
 
-        return HubSource(self.subset, self.split if which == "train" else self.eval_split)
+        if which == "ptx":
+            return HubSource(None, "train", self.ptx_revision, None, key, f"{key}.ptx_revision", f"{key}.ptx_path")
+        train = which == "train"
+        return HubSource(self.subset, self.split if train else self.eval_split,
+                         self.revision if train else self.eval_revision, self.config_name, key,
+                         f"{key}.{'revision' if train else 'eval_revision'}",
+                         f"{key}.{'prompt_path' if train else 'eval_prompt_path'}")
+
+    def pin(self, key: str = "data") -> None:
+        """Resolve the hub datasets prompt_path / eval_prompt_path / ptx_path name to the commits every maker
+        and trainer rank loads, in place."""
+        from coati_ray.data.loading import pin_hub_data
+
+        self.revision = pin_hub_data(self.prompt_path, self.revision, self.source("train", key))
+        if self.eval_prompt_path is not None:
+            if self.eval_revision is None and self.eval_prompt_path == self.prompt_path:
+                self.eval_revision = self.revision
+            self.eval_revision = pin_hub_data(self.eval_prompt_path, self.eval_revision, self.source("eval", key))
+        if self.ptx_path is not None:
+            self.ptx_revision = pin_hub_data(self.ptx_path, self.ptx_revision, self.source("ptx", key))
 
     def validate(self, key: str = "data") -> None:
+        from coati_ray.config.schema import check_hub_data_keys
+
         _require_data(f"{key}.prompt_path", self.prompt_path)
         for name in ("eval_prompt_path", "ptx_path"):
             if getattr(self, name) is not None:
                 _require_data(f"{key}.{name}", getattr(self, name))
+        check_hub_data_keys(self, key, {"revision": self.prompt_path, "eval_revision": self.eval_prompt_path,
+                                        "ptx_revision": self.ptx_path})
         check_chat_template(self.chat_template, f"{key}.chat_template")
         if self.gold_task is not None:
             from coati_ray.tasks import GOLD_SCORERS
@@ -59,6 +96,7 @@ class PromptDataConfig:
             _fail(f"{key}.eval_max_samples", f"must be >= 1 or null, got {self.eval_max_samples}", "e.g. 64")
         if self.max_prompt_length < 4:
             _fail(f"{key}.max_prompt_length", f"must be >= 4, got {self.max_prompt_length}", "e.g. 64")
+        self.pin(key)
 
 
 @dataclass
@@ -110,11 +148,14 @@ class PPOAlgoConfig:
                "own (docs/extending.md)")
     n_samples_per_prompt: int = opt(1, "samples generated per prompt (a prompt group; group-relative "
                                        "estimators need >= 2)")
-    kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy")
-    kl_penalty: Literal["reward", "loss"] = opt(
-        "reward", "where the KL goes: reward (Coati/PPO: -kl_coef * KL on every token's reward) or loss (GRPO: "
-                  "kl_coef * k3 added to the policy loss)")
-    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward (the loss uses k3)")
+    kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy (0: none)")
+    kl_penalty: Literal["reward", "sequence", "loss"] = opt(
+        "reward", "where the KL goes: reward (PPO: -kl_coef * KL on every token's reward), sequence (Coati's "
+                  "train_prompts.py --kl_coef: kl_coef * the response's mean of (e^r - 1) - r, r = log pi - log "
+                  "pi_ref, taken once from the sequence's reward at its last token) or loss (GRPO: kl_coef * k3 "
+                  "added to the policy loss)")
+    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator of kl_penalty=reward and of the kl "
+                                                        "metric (sequence uses Coati's, the loss k3)")
     gamma: float = opt(1.0, "discount")
     lam: float = opt(0.95, "GAE lambda")
     clip_eps: float = opt(0.2, "policy ratio clip: [1 - clip_eps, 1 + clip_eps]")
@@ -160,6 +201,12 @@ class PPOAlgoConfig:
     eval_greedy: bool = opt(False, "evaluate with greedy decoding instead of the training sampler")
     eval_samples_per_prompt: int = opt(1, "sampled answers per held-out prompt (more: a less noisy mean)")
     seed: int = opt(42, "driver seed: prompt order and sampling")
+
+    @property
+    def kl_in_reward(self) -> bool:
+        """The makers subtract a KL penalty from the rewards (per token, or once per sequence): they need
+        the behaviour policy's log-probs."""
+        return self.kl_penalty in ("reward", "sequence") and self.kl_coef != 0
 
 
 @dataclass
@@ -223,7 +270,7 @@ class PPOConfig(JobConfig):
         same when num_iterations / ppo_epochs is 1). Saves one forward pass per sample."""
         p = self.ppo
         return (p.mode == "sync" and p.ppo_epochs == 1 and p.train_batch_size == p.rollout_batch_size
-                and (p.kl_penalty == "loss" or p.kl_coef == 0) and p.behaviour_correction == "none")
+                and not p.kl_in_reward and p.behaviour_correction == "none")
 
     @property
     def response_tokens(self) -> int:

@@ -54,6 +54,7 @@ def check_ppo(cfg, check_reward_head: bool = True) -> None:
         _fail("ppo.clip_eps_high", f"must be > 0, got {p.clip_eps_high}", "e.g. 0.28, or null for ppo.clip_eps")
     if p.behaviour_cap < 1:
         _fail("ppo.behaviour_cap", f"must be >= 1, got {p.behaviour_cap}", "e.g. 2.0")
+    check_kl_penalty(p)
     check_sample_options(cfg)  # packing, dynamic sampling, overlong: coati_ray/config/sample_options.py
     check_placement(cfg)
     if p.rollout_batch_size % cfg.maker.batch_size:
@@ -133,6 +134,15 @@ def check_algorithm(cfg) -> None:
         _fail("maker.batch_size", f"{cfg.maker.batch_size} samples cannot hold whole groups of "
               f"ppo.n_samples_per_prompt={n} (a prompt's samples stay in one maker batch)",
               f"use a multiple of {n}")
+
+def check_kl_penalty(p) -> None:
+    """ppo.kl_coef / kl_penalty / kl_estimator agree: a penalty, not a bonus; no estimator that is not used."""
+    if p.kl_coef < 0:
+        _fail("ppo.kl_coef", f"must be >= 0, got {p.kl_coef}", "e.g. 0.1 (0: no KL penalty)")
+    if p.kl_penalty == "sequence" and p.kl_estimator != "k1":
+        _fail("ppo.kl_estimator", f"'{p.kl_estimator}' is not used with kl_penalty=sequence, whose KL is Coati's "
+              "(e^r - 1) - r", "remove ppo.kl_estimator, or use kl_penalty=reward for a per-token penalty with it")
+
 
 def check_maker_dtype(cfg) -> None:
     if cfg.maker.num_gpus > 0 or cfg.placement == "colocated":  # colocated: no makers, the groups' devices

@@ -8,7 +8,7 @@ each class's `validate()`, which runs before any model loads or Ray resource is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from coati_ray.config.checks import (
     _fail,
@@ -61,11 +61,11 @@ class ModelConfig:
 
     @property
     def local_tokenizer_path(self) -> str:
-        from coati_ray.models.hub import local_dir
+        from coati_ray.models.hub import TOKENIZER, local_dir
 
         if self.tokenizer_path is None:
             return self.local_path
-        return local_dir(self.tokenizer_path, self.tokenizer_revision, "tokenizer_path")
+        return local_dir(self.tokenizer_path, self.tokenizer_revision, "tokenizer_path", selection=TOKENIZER)
 
     @property
     def attn_implementation(self) -> Optional[str]:
@@ -73,12 +73,12 @@ class ModelConfig:
 
     def pin(self, key: str = "model") -> None:
         """Resolve hub ids to the commits every process will load (on the driver, before Ray starts)."""
-        from coati_ray.models.hub import pin
+        from coati_ray.models.hub import TOKENIZER, pin
 
         resolved = pin(self.path, self.revision, f"{key}.path")
         self.revision = resolved.commit or self.revision
-        if self.tokenizer_path is not None:
-            resolved = pin(self.tokenizer_path, self.tokenizer_revision, f"{key}.tokenizer_path")
+        if self.tokenizer_path is not None:  # a tokenizer's repo: its tokenizer files, not its weights
+            resolved = pin(self.tokenizer_path, self.tokenizer_revision, f"{key}.tokenizer_path", selection=TOKENIZER)
             self.tokenizer_revision = resolved.commit or self.tokenizer_revision
 
     def validate(self, key: str = "model", trained: bool = True) -> None:
@@ -103,10 +103,20 @@ class DataConfig:
     """Where the training data lives and how to read it."""
 
     train_path: str = required("dataset: a local .jsonl/.json/.csv/.parquet/.arrow file, a `save_to_disk` directory, "
-                               "or a hub dataset name (org/name, read with datasets.load_dataset and its cache)")
+                               "or a hub dataset name (org/name: pinned to a commit, see data.revision, and read "
+                               "from the hub cache with datasets.load_dataset)")
     eval_path: Optional[str] = opt(None, "held-out dataset in the same layout (a hub name: its data.eval_split); "
                                          "None disables evaluation")
-    subset: Optional[str] = opt(None, "hub datasets: the subset (configuration) name, e.g. harmless-base")
+    revision: Optional[str] = opt(None, "hub datasets: revision of train_path (branch, tag or commit; null: main); "
+                                        "the driver pins it to the commit it resolves, which every rank loads and "
+                                        "config.yaml keeps")
+    eval_revision: Optional[str] = opt(None, "hub datasets: revision of eval_path (null: data.revision's commit when "
+                                             "eval_path is train_path, else main); pinned like data.revision")
+    subset: Optional[str] = opt(None, "hub datasets: a directory of the repo, read as load_dataset(name, "
+                                      "data_dir=subset) as Coati's --subset is (e.g. harmless-base of "
+                                      "Anthropic/hh-rlhf)")
+    config_name: Optional[str] = opt(None, "hub datasets: a configuration of the dataset card, read as "
+                                           "load_dataset(name, config_name) (null: the card's default)")
     split: str = opt("train", "hub datasets: the split train_path is read from")
     eval_split: str = opt("test", "hub datasets: the split eval_path is read from")
     format: Literal["auto", "messages", "instruction", "prompt_completion", "pairs", "hh_rlhf", "rm_static",
@@ -115,25 +125,63 @@ class DataConfig:
     chat_template: str = opt("auto", "how conversations become text: auto (the tokenizer's own chat template, "
                                      "else Coati's), coati (\"Human: ... Assistant: ...\"), or a .jinja file; the "
                                      "checkpoints keep it")
+    chat_template_kwargs: Optional[dict[str, Any]] = opt(None, "extra variables the template is rendered with in every stage, "
+                                                     "e.g. {enable_thinking: false} for Qwen3; the checkpoints keep "
+                                                     "them (None: the tokenizer's own, {}: none)")
+    rewritten_history: Literal["per_turn", "last_turn"] = opt(
+        "per_turn", "a template that rewrites earlier turns (Qwen3, R1-distill drop their reasoning): per_turn "
+                    "trains each assistant turn as its own sample, its history as the template renders it then; "
+                    "last_turn trains the final turn only")
     max_length: int = opt(256, "maximum tokens per sequence (prompt + response)")
     max_samples: Optional[int] = opt(None, "use at most this many rows (None: all)")
     on_bad_row: Literal["error", "skip"] = opt("error", "a row missing its fields: stop with an error, or skip and count it")
 
-    def source(self, which: str = "train"):
-        """How a hub dataset name in train_path / eval_path is read."""
+    def source(self, which: str = "train", key: str = "data"):
+        """How a hub dataset name in train_path / eval_path is read (at its pinned commit)."""
         from coati_ray.data.loading import HubSource
 
-        return HubSource(self.subset, self.split if which == "train" else self.eval_split)
+        train = which == "train"
+        return HubSource(self.subset, self.split if train else self.eval_split,
+                         self.revision if train else self.eval_revision, self.config_name, key,
+                         f"{key}.{'revision' if train else 'eval_revision'}",
+                         f"{key}.{'train_path' if train else 'eval_path'}")
+
+    def pin(self, key: str = "data") -> None:
+        """Resolve the hub datasets train_path / eval_path name to the commits every rank loads, in place."""
+        from coati_ray.data.loading import pin_hub_data
+
+        self.revision = pin_hub_data(self.train_path, self.revision, self.source("train", key))
+        if self.eval_path is not None:
+            if self.eval_revision is None and self.eval_path == self.train_path:
+                self.eval_revision = self.revision  # one dataset, one commit: its eval split from the same one
+            self.eval_revision = pin_hub_data(self.eval_path, self.eval_revision, self.source("eval", key))
 
     def validate(self, key: str = "data") -> None:
         _require_data(f"{key}.train_path", self.train_path)
         if self.eval_path is not None:
             _require_data(f"{key}.eval_path", self.eval_path)
+        check_hub_data_keys(self, key, {"revision": self.train_path, "eval_revision": self.eval_path})
         check_chat_template(self.chat_template, f"{key}.chat_template")
         if self.max_length < 8:
             _fail(f"{key}.max_length", f"must be >= 8, got {self.max_length}", "e.g. 256")
         if self.max_samples is not None and self.max_samples < 1:
             _fail(f"{key}.max_samples", f"must be >= 1 or null, got {self.max_samples}", "remove it to use all rows")
+        self.pin(key)
+
+
+def check_hub_data_keys(cfg, key: str, paths: dict) -> None:
+    """A revision key of `cfg` only beside a hub dataset name (`paths`: revision key -> the dataset path it
+    pins, or None); `cfg.subset`, a directory of the repo, relative to its root."""
+    from coati_ray.data.loading import is_hub_data
+
+    subset = cfg.subset
+    for revision_key, path in paths.items():
+        if getattr(cfg, revision_key) is not None and path is not None and not is_hub_data(path):
+            _fail(f"{key}.{revision_key}", f"'{getattr(cfg, revision_key)}' is a hub revision, but '{path}' is a "
+                  "local path", f"remove {key}.{revision_key} (a local file has no revisions)")
+    if subset is not None and (not subset.strip("/") or subset.startswith(("/", "~")) or ".." in subset.split("/")):
+        _fail(f"{key}.subset", f"'{subset}' is not a directory inside a dataset repo",
+              "name one relative to the repo's root, e.g. harmless-base (Coati's --subset)")
 
 
 @dataclass

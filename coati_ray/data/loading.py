@@ -1,5 +1,12 @@
 """Reading datasets with HF `datasets` (local files, or hub datasets by name) and validating every row
-before training starts."""
+before training starts.
+
+A hub dataset is pinned like a model (coati_ray.models.hub): the driver resolves its revision once to a commit
+(`pin_hub_data`), the config carries the commit, and every process reads that commit's snapshot from its node's
+hub cache with `datasets.load_dataset(<snapshot>, name=config_name, data_dir=subset, split=...)`. Loading the
+snapshot directory (rather than `load_dataset(name, revision=...)`) is what makes offline mode exact: offline,
+`datasets` ignores the revision of a hub name and falls back to the latest build it cached.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +21,46 @@ EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow"
 
 @dataclass(frozen=True)
 class HubSource:
-    """How to read a path that names a hub dataset: its subset (config name) and split."""
+    """How to read a path that names a hub dataset.
+
+    subset: a directory of the repo (`load_dataset(..., data_dir=subset)`, Coati's `--subset`, e.g. hh-rlhf's
+    harmless-base); split: the split; revision: the commit the driver pinned (None: main, for a config that was
+    never pinned); config_name: a configuration of the dataset card (`load_dataset(..., name=...)`); section,
+    revision_key and path_key: the config keys an error names.
+    """
 
     subset: Optional[str] = None
     split: str = "train"
+    revision: Optional[str] = None
+    config_name: Optional[str] = None
+    section: str = "data"
+    revision_key: str = "data.revision"
+    path_key: str = "data.train_path"
+
+    def selection(self):
+        """The files of the repo this source reads (coati_ray.models.hub.Selection)."""
+        from coati_ray.models.hub import Selection
+
+        return Selection("dataset", self.subset, self.config_name, self.section, self.revision_key)
+
+
+def pin_hub_data(path: Optional[str], revision: Optional[str], source: HubSource) -> Optional[str]:
+    """The commit every process will read `path` at, when it names a hub dataset (resolved now, downloading
+    the files `source` reads into the hub cache, or read from it offline); else `revision` unchanged.
+    Ends in one line when it cannot be resolved, or when source's subset / config_name is not in that commit."""
+    from coati_ray.models.hub import pin
+
+    if path is None or not is_hub_data(path):
+        return revision
+    return pin(path, revision, source.path_key, "dataset", source.selection()).commit
+
+
+def is_hub_data(path: str) -> bool:
+    """True when a dataset path names a hub dataset: not a local path, of a repo id's shape, and without a
+    data file's extension (a missing `train.jsonl` is a missing file, not a hub id)."""
+    from coati_ray.models.hub import is_hub_id
+
+    return is_hub_id(path) and os.path.splitext(path)[1].lower() not in EXTENSIONS
 
 
 def load_rows(path: str, max_samples: Optional[int] = None):
@@ -40,17 +83,21 @@ def read_hub_rows(name: str, source: HubSource):
     """A hub dataset's split through `datasets.load_dataset` and its cache (offline: the cached copy)."""
     import datasets
 
-    from coati_ray.models.hub import offline
+    from coati_ray.models.hub import local_dir, offline
 
+    snapshot = local_dir(name, source.revision, source.path_key, "dataset", source.selection())
+    commit = os.path.basename(os.path.normpath(snapshot))
     cache = datasets_cache_dir()
-    where = (f"hub dataset '{name}'" + (f" subset '{source.subset}'" if source.subset else "") +
+    where = (f"hub dataset '{name}' at {commit[:12]}" + (f" subset '{source.subset}'" if source.subset else "") +
+             (f" config '{source.config_name}'" if source.config_name else "") +
              f" split '{source.split}' (cache {cache}{', HF_HUB_OFFLINE=1' if offline() else ''})")
     try:
-        return datasets.load_dataset(name, source.subset, split=source.split, cache_dir=cache)
-    except Exception as e:  # datasets raises ConnectionError, ValueError, DatasetNotFoundError, FileNotFoundError...
+        return datasets.load_dataset(snapshot, source.config_name, data_dir=source.subset, split=source.split,
+                                     cache_dir=cache)
+    except Exception as e:  # datasets raises ValueError (an unknown split), FileNotFoundError, DataFilesNotFound...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
-        raise DataError(f"data error: {where} cannot be loaded ({first}); check the name, data.subset and "
-                        "data.split, or download it first while online") from None
+        raise DataError(f"data error: {where} cannot be loaded ({first}); check the name, {source.section}.subset "
+                        f"(a directory), {source.section}.config_name and the split") from None
 
 
 def read_rows(path: str, max_samples: Optional[int] = None, on_bad_row: str = "error",
@@ -63,12 +110,10 @@ def read_rows(path: str, max_samples: Optional[int] = None, on_bad_row: str = "e
     """
     import datasets
 
-    from coati_ray.models.hub import is_hub_id
-
     datasets.disable_progress_bars()
     # datasets logs a parse failure itself before raising; the DataError below is the one line we show
     datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
-    if is_hub_id(path) and not os.path.splitext(path)[1].lower() in EXTENSIONS:
+    if is_hub_data(path):
         return _limit(read_hub_rows(path, source or HubSource()), path, max_samples), 0
     if not os.path.exists(path):
         raise DataError(f"data error: '{path}' does not exist; check data.train_path / data.eval_path")

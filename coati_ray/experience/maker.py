@@ -2,7 +2,8 @@
 
     generate n samples per prompt (actor) -> log-probs (actor) and reference log-probs (initial)
     -> training reward (reward model, function, HTTP service: weighted) -> values (critic, gae only)
-    -> per-token KL penalty (when it goes in the reward) -> advantages (the configured estimator)
+    -> KL penalty (when it goes in the reward: on every token, or once per sequence as Coati's)
+    -> advantages (the configured estimator)
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 
 from coati_ray.algo.advantages import AdvantageInputs, algorithm
 from coati_ray.algo.functional import masked_mean
-from coati_ray.algo.rewards import kl_estimate, overlong_penalty, truncated_rows
+from coati_ray.algo.rewards import (coati_token_kl, kl_estimate, on_last_token, overlong_penalty, produced_limit,
+                                    sequence_kl_penalty, truncated_rows)
 from coati_ray.experience.batch import Experience, group_indices
 from coati_ray.experience.waste import finished_row_fraction, padding_fraction
 
@@ -177,7 +179,8 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     else:
         batch = collate_prompts(rows, tokenizer.pad_token_id)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        sequences, mask, action_mask = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer)
+        generated = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer)
+        sequences, mask, action_mask = generated
         prompt_length = input_ids.size(1)
     timings["timing/generate"] = time.perf_counter() - t
     A = action_mask.size(1)
@@ -206,19 +209,24 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     if played is not None and bool(played.failed.any()):  # nothing of a failed episode trains: keep it out of its
         score = neutral_scores(score, played.failed.to(score.device), n)  # group's baseline too
     lengths = action_mask.sum(dim=1)
+    limit = gen.max_new_tokens
     if played is not None:
         truncated = played.truncated.to(device)
-    else:
+    else:  # judged on what the backend produced: a response it cut, at the limit it ran with
         truncated = truncated_rows(action_mask, sequences[:, prompt_length:], models.actor.eos_token_ids(tokenizer),
-                                   gen.max_new_tokens)
+                                   generated.max_new_tokens)
+        limit = produced_limit(lengths, truncated, generated.max_new_tokens)
+        if limit < gen.max_new_tokens:
+            _say_backend_limit(gen, limit)
     if ppo.overlong_penalty > 0:  # DAPO: a soft penalty over the last tokens before the limit
-        buffer = ppo.overlong_buffer or max(1, gen.max_new_tokens // 5)
-        penalty = overlong_penalty(lengths, gen.max_new_tokens, buffer, ppo.overlong_penalty).to(score.device)
+        buffer = min(ppo.overlong_buffer or max(1, gen.max_new_tokens // 5), limit)
+        penalty = overlong_penalty(lengths, limit, buffer, ppo.overlong_penalty).to(score.device)
         score = score + penalty.to(score.dtype)
         parts = {**parts, "overlong_penalty": penalty}
     timings["timing/reward"] = time.perf_counter() - t
-    kl = kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator) * action_mask if log_probs is not None else None
+    kl = token_kl(log_probs, ref_log_probs, ppo) * action_mask if log_probs is not None else None
     stats = {"response_length": float(lengths.float().mean()), "experience/truncated": float(truncated.float().mean()),
+             "experience/max_new_tokens": float(limit),
              "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan"),
              **timings, "timing/values": 0.0, "generated_tokens": float(lengths.sum()),
              **group_stats(score.float().cpu(), n), **(played.stats if played is not None else {})}
@@ -230,6 +238,44 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     return ScoredRollout(sequences=sequences, mask=mask, action_mask=action_mask, ref_log_probs=ref_log_probs,
                          score=score.float(), truncated=truncated, group_size=n, stats=stats, log_probs=log_probs,
                          kl=kl, version=version, maker=maker, batch_id=batch_id)
+
+
+_SAID: set = set()
+
+
+def _say_backend_limit(gen, limit: int) -> None:
+    """Once per backend and limit: the backend cut responses before generation.max_new_tokens (truncation and the
+    overlong options follow what it produced; Dr. GRPO's constant is the config's)."""
+    if (gen.backend, limit) in _SAID:
+        return
+    _SAID.add((gen.backend, limit))
+    import logging
+
+    logging.getLogger("coati_ray").warning(
+        f"generation.backend {gen.backend} cut responses at {limit} tokens, fewer than generation.max_new_tokens="
+        f"{gen.max_new_tokens}: experience/truncated and the overlong options use {limit}; set "
+        f"generation.max_new_tokens={limit} so that Dr. GRPO's constant (loss_agg seq_mean_token_sum_norm) does too")
+
+
+def token_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, ppo) -> torch.Tensor:
+    """(B, A) per-token KL to the initial policy, the one the penalty uses: Coati's (e^r - 1) - r for
+    kl_penalty=sequence, else ppo.kl_estimator's."""
+    if ppo.kl_penalty == "sequence":
+        return coati_token_kl(log_probs, ref_log_probs)
+    return kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator)
+
+
+def kl_rewards(s: ScoredRollout, ppo) -> torch.Tensor:
+    """(B, A) the KL penalty as rewards: -kl_coef * KL on every token (kl_penalty=reward), Coati's
+    sequence-level penalty once at each response's last token (sequence), or 0 (loss, or kl_coef 0)."""
+    if not ppo.kl_in_reward:
+        return torch.zeros_like(s.ref_log_probs, dtype=torch.float32)
+    if s.log_probs is None:
+        raise ValueError("a KL penalty in the reward needs the behaviour log-probs")
+    if ppo.kl_penalty == "sequence":
+        penalty = sequence_kl_penalty(s.log_probs, s.ref_log_probs, s.action_mask, ppo.kl_coef)
+        return on_last_token(-penalty, s.action_mask)
+    return -ppo.kl_coef * s.kl
 
 
 def neutral_scores(scores: torch.Tensor, failed: torch.Tensor, n: int) -> torch.Tensor:
@@ -248,15 +294,9 @@ def finish_experience(scored: ScoredRollout, values: Optional[torch.Tensor], ppo
     s = scored
     device = s.action_mask.device
     values = values.to(device) if values is not None else None
-    if ppo.kl_penalty == "reward" and ppo.kl_coef != 0:
-        if s.kl is None:
-            raise ValueError("a KL penalty in the reward needs the behaviour log-probs")
-        kl_rewards = -ppo.kl_coef * s.kl
-    else:
-        kl_rewards = torch.zeros_like(s.ref_log_probs)
     advantages, returns = algorithm(ppo.advantage_estimator).estimate(AdvantageInputs(
-        scores=s.score, kl_rewards=kl_rewards, action_mask=s.action_mask, values=values, group_size=s.group_size,
-        gamma=ppo.gamma, lam=ppo.lam))
+        scores=s.score, kl_rewards=kl_rewards(s, ppo), action_mask=s.action_mask, values=values,
+        group_size=s.group_size, gamma=ppo.gamma, lam=ppo.lam))
     action_mask = s.action_mask
     if ppo.overlong_filter and bool(s.truncated.any()):  # DAPO: a cut answer is left out of the loss, not punished
         action_mask = action_mask * (~s.truncated.to(device)).to(action_mask.dtype)[:, None]

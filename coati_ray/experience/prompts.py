@@ -52,12 +52,10 @@ def read_prompt_data(d, tokenizer) -> tuple[list[dict], object, list[dict]]:
     """
     from coati_ray.data.datasets import build_prompt_dataset, build_sft_dataset
 
-    from coati_ray.data.loading import HubSource
-
     prompts, report = build_prompt_dataset(d.prompt_path, tokenizer, d.max_prompt_length, d.format, d.max_samples,
                                            d.on_bad_row, source=d.source("train"))
     if d.ptx_path:
-        build_sft_dataset(d.ptx_path, tokenizer, d.ptx_max_length, "auto", None, d.on_bad_row, source=HubSource())
+        build_sft_dataset(d.ptx_path, tokenizer, d.ptx_max_length, "auto", None, d.on_bad_row, source=d.source("ptx"))
     eval_items: list[dict] = []
     if d.eval_prompt_path:
         eval_items, _ = build_prompt_dataset(d.eval_prompt_path, tokenizer, d.max_prompt_length, d.format,

@@ -120,12 +120,19 @@ class Actor(nn.Module):
         return self._masks(sequences, input_ids, attention_mask, eos_token_id)
 
     def generate_with(self, gen, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None,
-                      **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      **extra) -> "Generated":
         """Generate with a GenerationConfig `gen` taken whole, through its backend (`gen.backend`:
-        coati_ray/models/generators.py), as the maker, the evaluation and the CLI do."""
+        coati_ray/models/generators.py), as the maker, the evaluation and the CLI do: (sequences, attention_mask,
+        action_mask), whose `max_new_tokens` is the longest response the backend allowed (a backend may say it
+        ran with fewer than gen.max_new_tokens by returning a fourth item, {"max_new_tokens": N})."""
         from coati_ray.models.generators import generator
 
-        return generator(gen.backend)(self, gen, input_ids, attention_mask, tokenizer, **extra)
+        out = generator(gen.backend)(self, gen, input_ids, attention_mask, tokenizer, **extra)
+        limit = gen.max_new_tokens
+        if len(out) == 4:
+            out, info = out[:3], out[3] or {}
+            limit = min(limit, int(info.get("max_new_tokens", limit)))
+        return Generated(*out, max_new_tokens=limit)
 
     @staticmethod
     def _masks(sequences, input_ids, attention_mask, eos_token_id):
@@ -159,3 +166,14 @@ def forward_parameters(model: nn.Module) -> set:
         model = model.unwrap()
     base = getattr(model, "get_base_model", lambda: model)()
     return set(inspect.signature(base.forward).parameters)
+
+
+class Generated(tuple):
+    """(sequences, attention_mask, action_mask) of a generation, and the longest response the backend allowed."""
+
+    max_new_tokens: int
+
+    def __new__(cls, sequences, attention_mask, action_mask, max_new_tokens: int):
+        out = super().__new__(cls, (sequences, attention_mask, action_mask))
+        out.max_new_tokens = max_new_tokens
+        return out

@@ -255,7 +255,7 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
     if p.ptx_coef > 0:
         from coati_ray.trainers.sft import SFTTrainer
 
-        tok = tokenizer_for(cfg.actor, cfg.data.chat_template)
+        tok = tokenizer_for(cfg.actor, cfg.data.chat_template, cfg.data.chat_template_kwargs)
         ptx_items, _ = SFTTrainer.build_dataset(cfg.data.ptx_path, tok, _PtxData(cfg.data), None)
         ptx_collate = SFTTrainer.collator(tok)
     temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0
@@ -268,11 +268,10 @@ class _PtxData:
 
     def __init__(self, data):
         self.max_length, self.format, self.on_bad_row = data.ptx_max_length, "auto", data.on_bad_row
+        self._data = data
 
     def source(self, which: str = "train"):
-        from coati_ray.data.loading import HubSource
-
-        return HubSource(None, "train")  # a hub pretraining dataset: its train split
+        return self._data.source("ptx")  # a hub pretraining dataset: its train split, at the pinned commit
 
 
 def compute_dtype(strategy, model) -> str:
