@@ -37,13 +37,19 @@ test-slow: setup
 # The main job on the embedded default: SFT -> RM (from the SFT model, as Coati does) -> PPO, one
 # Ray job, then a report judged by the task's gold score. A rerun starts again (--overwrite).
 # MODEL: a model of assets/models (tiny-qwen2-chatml-h128, tiny-llama3-h128, ...), a directory or a hub id.
+# SYSTEM: a system turn for every conversation (sft.data.system_prompt; the checkpoints carry it to RM and PPO).
 DEMO_DIR ?= runs/demo
 SEED ?= 1
 MODEL ?= tiny-llama-h128
+SYSTEM ?=
 MODEL_PATH = $$(test -d assets/models/$(MODEL) && echo assets/models/$(MODEL) || echo $(MODEL))
+SYSTEM_ARG = $(if $(SYSTEM),"sft.data.system_prompt=$(SYSTEM)")
+# a model's own demo settings: Qwen3's template has the policy write an empty think block, and its tokenizer
+# splits numbers digit by digit, so an answer needs more than the demo's 12 new tokens
+DEMO_tiny-qwen3-h128 = ppo.generation.max_new_tokens=40
 demo: setup
 	$(VPY) -m launch.pipeline --config configs/demo.yaml --output-dir $(DEMO_DIR) --overwrite seed=$(SEED) \
-		sft.model.path=$(MODEL_PATH)
+		sft.model.path=$(MODEL_PATH) $(SYSTEM_ARG) $(DEMO_$(MODEL))
 
 # RLVR: SFT -> GRPO on the sorting task's verifier (no reward model, no critic), judged by the gold score.
 RLVR_DIR ?= runs/demo_rlvr

@@ -23,7 +23,7 @@ class ColocatedRollout:
             device = next(actor.parameters()).device
             with seeded(None):  # building them must not move this rank's random stream either
                 models = build_reference_models(self.cfg, actor, device)
-            tokenizer = tokenizer_for(self.cfg.actor, self.cfg.data.chat_template)
+            tokenizer = tokenizer_for(self.cfg.actor, self.cfg.data)
             self.rollout = RolloutWorker(self.cfg, models, tokenizer, RewardSources(self.cfg.rewards, models.reward),
                                          device, index=-1 - self.rank)  # not a maker: actor rank r shows as -1 - r
         return self.rollout

@@ -56,7 +56,7 @@ class PPOJob:
         self.cfg_dict = to_dict(cfg)
         self.roles = cfg.roles  # ("actor", "critic") for gae, ("actor",) for a critic-free estimator
         # Everything the user can get wrong in the data is read here, before any Ray resource.
-        tokenizer = tokenizer_for(cfg.actor, cfg.data.chat_template)
+        tokenizer = tokenizer_for(cfg.actor, cfg.data)
         for key in ("actor", "critic", "reward"):
             if getattr(cfg, key) is not None:
                 check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")

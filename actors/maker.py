@@ -53,7 +53,7 @@ class ExperienceMaker:
         self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
         # the prompts' chat template: its end-of-turn token ends a response
-        self.tokenizer = tokenizer_for(cfg.actor, cfg.data.chat_template)
+        self.tokenizer = tokenizer_for(cfg.actor, cfg.data)
         # Makers infer in their own dtype (maker.dtype); weight syncs cast the trainers' weights to it.
         self.models = build_experience_models(cfg, self.device)
         self.worker = RolloutWorker(cfg, self.models, self.tokenizer, RewardSources(cfg.rewards, self.models.reward),

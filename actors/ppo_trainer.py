@@ -220,7 +220,7 @@ class PPOTrainerRank(ColocatedRollout):
                 from coati_ray.models.loading import tokenizer_for
 
                 # the checkpoint keeps the chat template its prompts were rendered with
-                tok = tokenizer_for(self.cfg.actor, self.cfg.data.chat_template)
+                tok = tokenizer_for(self.cfg.actor, self.cfg.data)
             export_model(self.strategy.unwrap(self.trainer.model), os.path.join(root, "model"), merge_lora=final,
                          state_dict=state, tokenizer=tok)
             with open(os.path.join(root, STATE_FILE), "w") as f:

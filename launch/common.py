@@ -187,7 +187,7 @@ def stage_tokenizer(cfg):
     """The tokenizer a supervised stage trains with, carrying the chat template it renders with."""
     from coati_ray.models.loading import check_tokenizer_fits, tokenizer_for
 
-    tokenizer = tokenizer_for(cfg.model, getattr(cfg.data, "chat_template", None))
+    tokenizer = tokenizer_for(cfg.model, cfg.data)
     check_tokenizer_fits(tokenizer, cfg.model.local_path, "model.path")
     return tokenizer
 

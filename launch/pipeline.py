@@ -113,7 +113,7 @@ def preflight(cfg: PipelineConfig) -> None:
             rm.data.chat_template = cfg.sft.data.chat_template
         preflight_data(rm, RMTrainer)
     # PPO's actor is SFT's checkpoint, whose tokenizer carries the template SFT trained with (auto keeps it)
-    tokenizer = tokenizer_for(cfg.stand_in("sft", base).model, cfg.sft.data.chat_template)
+    tokenizer = tokenizer_for(cfg.stand_in("sft", base).model, cfg.sft.data)
     use_chat_template(tokenizer, cfg.ppo.data.chat_template)
     prompts, _, _ = read_prompt_data(cfg.ppo.data, tokenizer)
     check_reward_sources(cfg.ppo.rewards)

@@ -47,7 +47,7 @@ def inspect_prompts(cfg, n: int) -> int:
     from coati_ray.models.loading import tokenizer_for
 
     d = cfg.data
-    tokenizer = tokenizer_for(cfg.actor, d.chat_template)
+    tokenizer = tokenizer_for(cfg.actor, d)
     items, _ = build_prompt_dataset(d.prompt_path, tokenizer, d.max_prompt_length, d.format, n, d.on_bad_row,
                                     source=d.source("train"))
     chat = ChatFormat.of(tokenizer)

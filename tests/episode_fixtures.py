@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from coati_ray.data.template import ChatFormat
 from coati_ray.tasks import calc
 
 
@@ -33,7 +34,8 @@ def oracle(actor, gen, input_ids, attention_mask, tokenizer, eos_token_id=None, 
             text = calc.answer_text(value)
         else:
             text = calc.call_text(*calc.parse_prompt(context))
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [end]
+        # as a policy trained on the template writes it: the generation prompt's trailing space is its first token's
+        ids = tokenizer(ChatFormat.of(tokenizer).probe.reply_lead + text, add_special_tokens=False)["input_ids"] + [end]
         turns.append(ids[:gen.max_new_tokens])
     A = max(len(t) for t in turns)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end

@@ -25,24 +25,26 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def test_coati_template_reproduces_the_legacy_layout_token_for_token(tokenizer):
-    """BOS, "Human: <u>\\nAssistant: " as context, "<a>" + EOS trained, "\\nHuman: ..." before later turns."""
+def test_coati_template_trains_the_replies_as_the_whole_text_tokenizes(tokenizer):
+    """BOS, "Human: <u>\\nAssistant:" as context, " <a>" + EOS trained (the space before a reply is its first
+    token's, as byte-level BPE writes " 1"), "\\nHuman: ..." before later turns; the ids are the rendered text's."""
     def ids(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     rows = [{"from": "human", "content": "sort: 3 1 2"}, {"from": "gpt", "content": "1 2 3"},
             {"from": "human", "content": "sort: 9 7"}, {"from": "assistant", "content": "7 9"}]
     messages = sft_messages({"messages": rows}, "messages")["messages"]
-    context1 = [tokenizer.bos_token_id] + ids("Human: sort: 3 1 2\nAssistant: ")
-    reply1 = ids("1 2 3") + [tokenizer.eos_token_id]
-    context2 = ids("\nHuman: sort: 9 7\nAssistant: ")
-    reply2 = ids("7 9") + [tokenizer.eos_token_id]
+    text = "Human: sort: 3 1 2\nAssistant: 1 2 3</s>\nHuman: sort: 9 7\nAssistant: 7 9</s>"
+    context1 = [tokenizer.bos_token_id] + ids("Human: sort: 3 1 2\nAssistant:")
+    reply1 = ids(" 1 2 3") + [tokenizer.eos_token_id]
+    context2 = ids("\nHuman: sort: 9 7\nAssistant:")
+    reply2 = ids(" 7 9") + [tokenizer.eos_token_id]
     chat = ChatFormat.of(tokenizer)
     assert chat.template == COATI_TEMPLATE and chat.stop_token_ids == [tokenizer.eos_token_id]
     got_ids, got_labels = chat.tokenize(messages)
-    assert got_ids == context1 + reply1 + context2 + reply2
+    assert got_ids == [tokenizer.bos_token_id] + ids(text) == context1 + reply1 + context2 + reply2
     assert got_labels == [IGNORE_INDEX] * len(context1) + reply1 + [IGNORE_INDEX] * len(context2) + reply2
-    assert chat.prompt_ids(messages[:1]) == context1
+    assert chat.prompt_ids(messages[:1]) == context1  # generation continues where the context ends
 
 
 def test_chatml_trains_exactly_the_assistant_turns_and_their_end_of_turn(tiny_chatml):
@@ -94,7 +96,7 @@ def test_role_and_from_rows_are_one_layout_and_bad_roles_name_the_message():
     assert prompt_only(with_system, "messages") == {"prompt": "a", "messages": with_system["messages"][:2]}
 
 
-def test_a_template_refusing_a_row_or_rewriting_earlier_turns_names_the_row(tokenizer, tmp_path):
+def test_a_template_refusing_a_row_names_the_row_and_one_rewriting_history_trains_every_turn(tokenizer, tmp_path):
     late_system = write_jsonl(tmp_path / "s.jsonl", [
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
         {"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
@@ -102,13 +104,20 @@ def test_a_template_refusing_a_row_or_rewriting_earlier_turns_names_the_row(toke
     with pytest.raises(DataError, match=r"s.jsonl row 2: .*system turn only at the start"):
         build_sft_dataset(late_system, tokenizer, 64)
     rewrites = tmp_path / "rewrites.jinja"  # the last turn is rendered differently from the same turn later on
-    rewrites.write_text("{% for m in messages %}{% if loop.last %}LAST {% endif %}{{ m['content'] }}{{ eos_token }}"
-                        "{% endfor %}")
+    rewrites.write_text("{% for m in messages %}{% if m['role'] == 'user' %}U: {{ m['content'] }}\n{% elif loop.last %}"
+                        "A: (final) {{ m['content'] }}{{ eos_token }}\n{% else %}A: {{ m['content'] }}{{ eos_token }}\n"
+                        "{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
     tok = load_tokenizer(tokenizer.name_or_path)
     use_chat_template(tok, str(rewrites))
     two = write_jsonl(tmp_path / "two.jsonl", [{"messages": TWO_TURNS[1:]}])
-    with pytest.raises(DataError, match="row 1: the chat template does not render this conversation turn by turn"):
-        build_sft_dataset(two, tok, 64)
+    chat = ChatFormat.of(tok)
+    items, report = build_sft_dataset(two, tok, 64)  # per_turn: each turn with its history as rendered then
+    assert report.rows == 2
+    assert [chat.trained_spans(it["input_ids"], it["labels"]) for it in items] == [[" (final) 1 2 3</s>"],
+                                                                                   [" (final) 7 9</s>"]]
+    assert chat.decode(items[1]["input_ids"]).startswith("U: sort: 3 1 2\nA: 1 2 3</s>\nU: sort: 9 7\nA:")
+    items, _ = build_sft_dataset(two, tok, 64, rewritten_history="last_turn")
+    assert [chat.trained_spans(it["input_ids"], it["labels"]) for it in items] == [[" (final) 7 9</s>"]]
 
 
 def test_a_template_without_an_end_of_turn_token_trains_eos_after_the_reply(tokenizer, tmp_path):
@@ -121,7 +130,7 @@ def test_a_template_without_an_end_of_turn_token_trains_eos_after_the_reply(toke
     chat = ChatFormat.of(tok)
     assert chat.end_of_turn is None and chat.stop_token_ids == [tok.eos_token_id]
     ids, labels = chat.tokenize(TWO_TURNS[1:])
-    assert chat.trained_spans(ids, labels) == ["1 2 3</s>", "7 9</s>"]
+    assert chat.trained_spans(ids, labels) == [" 1 2 3</s>", " 7 9</s>"]  # the reply's space is its own
 
 
 def test_generation_stops_at_and_strips_the_templates_end_of_turn(tiny_chatml):
@@ -232,3 +241,26 @@ def test_flash_attention_is_refused_where_it_cannot_run():
         check_flash_attn_precision(ModelConfig(path="m", use_flash_attn=True), StrategyConfig(name="ddp"), "model")
     check_flash_attn_precision(ModelConfig(path="m", use_flash_attn=True, dtype="bfloat16"),
                                StrategyConfig(name="ddp"), "model")
+
+
+def test_template_variables_and_a_default_system_turn_travel_with_the_checkpoint(tmp_path):
+    """data.chat_template_kwargs (Qwen3's enable_thinking) and data.system_prompt are rendered in every stage and
+    saved in the tokenizer, so the next stage (and launch.generate) renders as this one did; a conversation's own
+    system turn is kept; an empty value clears them."""
+    from coati_ray.models.tiny_chat import family_tokenizer
+
+    tok = family_tokenizer("qwen3")
+    use_chat_template(tok, "auto", {"enable_thinking": False}, "Be brief.")
+    chat = ChatFormat.of(tok)
+    ids, labels = chat.tokenize(TWO_TURNS[1:3])
+    assert chat.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    assert chat.trained_spans(ids, labels) == ["1 2 3<|im_end|>"]  # no thinking: the prompt holds the empty block
+    assert chat.decode(chat.prompt_ids(TWO_TURNS[1:2])).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert "Sort numbers." in chat.decode(chat.tokenize(TWO_TURNS[:3])[0])  # its own system turn wins
+    assert "Be brief." not in chat.decode(chat.tokenize(TWO_TURNS[:3])[0])
+    tok.save_pretrained(tmp_path / "ckpt")
+    again = load_tokenizer(str(tmp_path / "ckpt"))
+    use_chat_template(again, "auto")  # the next stage, its data section silent on both
+    assert ChatFormat.of(again).prompt_ids(TWO_TURNS[1:2]) == chat.prompt_ids(TWO_TURNS[1:2])
+    use_chat_template(again, "auto", {}, "")
+    assert "Be brief." not in ChatFormat.of(again).decode(ChatFormat.of(again).prompt_ids(TWO_TURNS[1:2]))

@@ -30,8 +30,9 @@ def test_sft_loss_only_on_assistant_tokens(tokenizer, tmp_path):
     items, report = build_sft_dataset(path, tokenizer, max_length=128)
     ids, labels = items[0]["input_ids"], items[0]["labels"]
     learned = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
-    answer1 = tokenizer("1 2 3", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    answer2 = tokenizer("4 5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # the whole text's tokens: the space after "Assistant:" is the reply's first token's (" 1")
+    answer1 = tokenizer(" 1 2 3", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer2 = tokenizer(" 4 5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert learned == answer1 + answer2
     assert tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX]).count("sort:") == 2
     assert report.rows == 1 and report.skipped_bad == 0
@@ -102,7 +103,7 @@ def test_prompts_left_padded(tokenizer):
     batch = collate_prompts(items, tokenizer.pad_token_id)
     assert report.rows == 5
     assert batch["attention_mask"][:, -1].all()  # every prompt ends at the right edge
-    assert tokenizer.decode(items[0]["input_ids"]).endswith("Assistant: ")
+    assert tokenizer.decode(items[0]["input_ids"]).endswith("Assistant:")  # the reply writes the space
 
 
 @pytest.mark.parametrize("kind", ["parquet", "arrow_file", "save_to_disk", "json"])

@@ -48,7 +48,7 @@ def _run(tok, actor, environment, items=None, **rollout):
     from coati_ray.experience.episodes import EpisodeRunner
 
     cfg = from_dict(RolloutConfig, {"environment": environment, **rollout})
-    gen = from_dict(GenerationConfig, {"max_new_tokens": 24, "backend": "tests.episode_fixtures:oracle"})
+    gen = from_dict(GenerationConfig, {"max_new_tokens": 32, "backend": "tests.episode_fixtures:oracle"})
     runner = EpisodeRunner(cfg)
     return runner(actor, tok, items or _items(tok), gen, torch.device("cpu"), 0), runner
 
@@ -94,13 +94,13 @@ def test_tool_tokens_are_context_outside_the_kl_and_the_loss(tiny_llama):
         for p in initial.parameters():
             p.add_(0.05 * torch.randn_like(p))
     ppo = from_dict(PPOAlgoConfig, {"advantage_estimator": "grpo", "n_samples_per_prompt": 2, "kl_coef": 0.1})
-    gen = from_dict(GenerationConfig, {"max_new_tokens": 24, "backend": "tests.episode_fixtures:oracle"})
+    gen = from_dict(GenerationConfig, {"max_new_tokens": 32, "backend": "tests.episode_fixtures:oracle"})
     runner = EpisodeRunner(from_dict(RolloutConfig, {"environment": "coati_ray.tasks.calc:CalcEnvironment"}))
     exp, stats = make_experience(ExperienceModels(actor=actor, initial=initial), tok, _items(tok, 1), gen, ppo,
                                  episodes=runner)
-    call = tok(calc.call_text(A, B), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    tool = tok(f"\nTool: = {A + B}\nAssistant: ", add_special_tokens=False)["input_ids"]
-    answer = tok(f"The sum is {A + B}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    call = tok(" " + calc.call_text(A, B), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    tool = tok(f"\nTool: = {A + B}\nAssistant:", add_special_tokens=False)["input_ids"]
+    answer = tok(f" The sum is {A + B}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     expected = [1] * len(call) + [0] * len(tool) + [1] * len(answer)
     assert exp.action_mask[0].tolist() == expected
     context = exp.action_mask == 0
@@ -209,9 +209,9 @@ def test_a_stop_string_ends_the_turn_and_the_template_closes_it_as_context(tiny_
     it, and the end-of-turn token the policy did not write is appended as context (mask 0), not as its token."""
     tok, actor = _setup(tiny_llama)
     out, _ = _run(tok, actor, "coati_ray.tasks.calc:CalcEnvironment", stop=["</calc>"])
-    call = tok(calc.call_text(A, B), add_special_tokens=False)["input_ids"]
-    close = tok(f"</s>\nTool: = {A + B}\nAssistant: ", add_special_tokens=False)["input_ids"]
-    answer = tok(calc.answer_text(A + B), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    call = tok(" " + calc.call_text(A, B), add_special_tokens=False)["input_ids"]
+    close = tok(f"</s>\nTool: = {A + B}\nAssistant:", add_special_tokens=False)["input_ids"]
+    answer = tok(" " + calc.answer_text(A + B), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     P = out.prompt_length
     assert out.sequences[0, P:].tolist() == call + close + answer
     assert out.action_mask[0].tolist() == [1] * len(call) + [0] * len(close) + [1] * len(answer)
@@ -254,3 +254,27 @@ def test_an_environment_count_reported_by_one_batch_only_is_averaged_over_every_
                      sync={"export_seconds": 0.0, "bytes": 0, "transport": "ipc"}, loads=[], step_seconds=1.0,
                      buffer={"held_samples": 0, "capacity": 16, "dropped": 0}, version=1, makers=2, maker_restarts=0)
     assert m["rollout/tool_error"] == 0.25 and m["rollout/turns"] == 2.0 and m["rollout/env_errors"] == 2.0
+
+
+def test_a_tool_call_cut_by_max_new_tokens_is_counted_and_said_once(tiny_llama, caplog):
+    """The call is longer than generation.max_new_tokens: it never reaches the environment, the episode ends as
+    truncated, rollout/turn_truncated counts it, and the log says so once (not per episode)."""
+    import logging
+
+    from coati_ray.config.loader import from_dict
+    from coati_ray.config.ppo import GenerationConfig
+    from coati_ray.config.rollout import RolloutConfig
+    from coati_ray.experience import episodes as episodes_module
+    from coati_ray.experience.episodes import EpisodeRunner
+
+    episodes_module._SAID_TURN_CUT.clear()
+    tok, actor = _setup(tiny_llama)
+    runner = EpisodeRunner(from_dict(RolloutConfig, {"environment": "coati_ray.tasks.calc:CalcEnvironment"}))
+    gen = from_dict(GenerationConfig, {"max_new_tokens": 6, "backend": "tests.episode_fixtures:oracle"})
+    with caplog.at_level(logging.WARNING, logger="coati_ray"):
+        out = runner(actor, tok, _items(tok), gen, torch.device("cpu"), 0)
+    assert out.truncated.all() and out.stats["rollout/turn_truncated"] == 1.0
+    assert out.stats["rollout/tool_calls"] == 0 and out.env_reward.tolist() == [0.0, 0.0]
+    assert caplog.text.count("a policy turn was cut at 6 new tokens") == 1
+    full, _ = _run(tok, actor, "coati_ray.tasks.calc:CalcEnvironment")
+    assert full.stats["rollout/turn_truncated"] == 0.0

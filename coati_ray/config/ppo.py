@@ -35,6 +35,8 @@ class PromptDataConfig:
     eval_split: str = opt("test", "hub datasets: the split eval_prompt_path is read from")
     chat_template: str = opt("auto", "how prompts become text: auto (the actor tokenizer's chat template, else "
                                      "Coati's), coati, or a .jinja file; its end-of-turn token ends a response")
+    system_prompt: Optional[str] = opt(None, "a system turn rendered before every conversation that has none "
+                                             "(the checkpoints keep it; None: the tokenizer's own, \"\": none)")
     chat_template_kwargs: Optional[dict[str, Any]] = opt(None, "extra variables the template is rendered with, e.g. "
                                                      "{enable_thinking: false} for Qwen3 (None: the tokenizer's own, "
                                                      "kept from the SFT checkpoint; {}: none)")

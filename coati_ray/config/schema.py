@@ -125,9 +125,11 @@ class DataConfig:
     chat_template: str = opt("auto", "how conversations become text: auto (the tokenizer's own chat template, "
                                      "else Coati's), coati (\"Human: ... Assistant: ...\"), or a .jinja file; the "
                                      "checkpoints keep it")
-    chat_template_kwargs: Optional[dict[str, Any]] = opt(None, "extra variables the template is rendered with in every stage, "
-                                                     "e.g. {enable_thinking: false} for Qwen3; the checkpoints keep "
-                                                     "them (None: the tokenizer's own, {}: none)")
+    chat_template_kwargs: Optional[dict[str, Any]] = opt(
+        None, "extra variables the template is rendered with in every stage, e.g. {enable_thinking: false} for "
+              "Qwen3; the checkpoints keep them (None: the tokenizer's own, {}: none)")
+    system_prompt: Optional[str] = opt(None, "a system turn rendered before every conversation that has none "
+                                             "(the checkpoints keep it; None: the tokenizer's own, \"\": none)")
     rewritten_history: Literal["per_turn", "last_turn"] = opt(
         "per_turn", "a template that rewrites earlier turns (Qwen3, R1-distill drop their reasoning): per_turn "
                     "trains each assistant turn as its own sample, its history as the template renders it then; "

@@ -48,24 +48,29 @@ def _resolve_format(ds, fmt: str, stage: str, path: str) -> str:
 
 def tokenize_conversation(messages: list[dict], tokenizer, max_length: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of role messages rendered with the tokenizer's chat template (Coati's when it has
-    none): labels are IGNORE_INDEX everywhere except the assistant turns' tokens and their end-of-turn token."""
+    none), as one sequence: labels are IGNORE_INDEX everywhere except the assistant turns' tokens and their
+    end-of-turn token (a template that rewrites earlier turns: the final turn's)."""
     return ChatFormat.of(tokenizer).tokenize(messages, max_length)
 
 
-def sft_item(row: dict, tokenizer, max_length: int) -> dict:
-    """A normalised SFT row -> {input_ids, labels, truncated}."""
-    ids, labels = tokenize_conversation(row["messages"], tokenizer, None)
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length}
+def sft_items(row: dict, tokenizer, max_length: int, rewritten_history: str = "per_turn") -> list[dict]:
+    """A normalised SFT row -> its samples [{input_ids, labels, truncated}]: one, or one per assistant turn
+    when the chat template rewrites earlier turns and `rewritten_history` is per_turn."""
+    out = []
+    for ids, labels in ChatFormat.of(tokenizer).samples(row["messages"], None, rewritten_history):
+        out.append({"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length})
+    return out
 
 
 def build_sft_dataset(path: str, tokenizer, max_length: int, fmt: str = "auto", max_samples: Optional[int] = None,
-                      on_bad_row: str = "error", source: Optional[HubSource] = None) -> tuple[list[dict], LoadReport]:
+                      on_bad_row: str = "error", source: Optional[HubSource] = None,
+                      rewritten_history: str = "per_turn") -> tuple[list[dict], LoadReport]:
     ds, malformed = read_rows(path, max_samples, on_bad_row, source)
     fmt = _resolve_format(ds, fmt, "sft", path)
-    rows, skipped = normalize_rows(ds, lambda r: sft_item(sft_messages(r, fmt), tokenizer, max_length), path,
-                                   on_bad_row)
+    rows, skipped = normalize_rows(
+        ds, lambda r: sft_items(sft_messages(r, fmt), tokenizer, max_length, rewritten_history), path, on_bad_row)
     out, truncated, empty = [], 0, 0
-    for item in rows:
+    for item in (item for items in rows for item in items):
         truncated += item.pop("truncated")
         if all(label == IGNORE_INDEX for label in item["labels"]):
             empty += 1  # the reply was cut off entirely: no loss to learn from

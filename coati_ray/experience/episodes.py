@@ -21,50 +21,56 @@ import torch
 
 from coati_ray.experience.environments import EnvironmentCalls, EnvironmentFailed, as_step_result
 
-_MARK = "\u2063OBSERVATION\u2063"  # a placeholder no template rewrites, to cut the tool turn's text around it
+_REPLY = "\u2063REPLY\u2063"  # a policy turn no template rewrites, to cut the text around it
+_OBSERVATION = "\u2063OBSERVATION\u2063"
 
 
 @dataclass(frozen=True)
 class ToolTurnFormat:
-    """What the chat template writes around a tool turn, found by rendering once (as the SFT stage's
-    `ChatFormat.segments` does, so an episode's tokens are those SFT trains on for the same conversation).
-
-    after_end_of_turn: the template's text after the policy's end-of-turn token (ChatML's newline)
-    close_turn:        the end-of-turn token and that text, for a turn that ended at a `rollout.stop` string
-    prefix, suffix:    the text before and after the observation, the suffix through the next generation prompt
+    """What the chat template writes between a policy turn and the next: the turn's closing, the `tool` turn
+    holding the environment's answer, the next generation prompt. Rendered for each answer (a template may
+    quote or escape it: Llama-3.1 writes a tool's text as JSON) after the conversation [user, assistant], in
+    which the template renders the assistant turn as it renders any turn followed by a tool's answer.
     """
 
-    after_end_of_turn: str
-    close_turn: str
-    prefix: str
-    suffix: str
+    chat: object  # the ChatFormat
 
     @classmethod
     def of(cls, tokenizer) -> "ToolTurnFormat":
-        """Raises ValueError when the template has no tool turn or does not render it incrementally."""
+        """Raises ValueError when the template has no tool turn."""
         from coati_ray.data.template import ChatFormat
 
-        fmt = ChatFormat.of(tokenizer)
-        user = [{"role": "user", "content": "1"}]
-        turn = user + [{"role": "assistant", "content": "2"}]
-        context, with_turn = fmt.render(user, add_generation_prompt=True), fmt.render(turn)
-        reply = with_turn[len(context):]
-        if not with_turn.startswith(context) or not reply.startswith("2"):
-            raise ValueError("the chat template does not render an assistant turn after its generation prompt")
-        close = reply[1:]
-        eot = fmt.end_of_turn
-        after = close[close.index(eot) + len(eot):] if eot and eot in close else close
-        full = fmt.render(turn + [{"role": "tool", "content": _MARK}], add_generation_prompt=True)
-        if not full.startswith(with_turn) or _MARK not in full[len(with_turn):]:
-            raise ValueError("the chat template does not render a `tool` turn after an assistant turn (give "
-                             "data.chat_template a template with a tool role)")
-        prefix, suffix = full[len(with_turn):].split(_MARK, 1)
-        return cls(after, close, prefix, suffix)
+        fmt = cls(ChatFormat.of(tokenizer))
+        text, _, closed = fmt._cut(_OBSERVATION)
+        if _OBSERVATION not in text[closed:]:
+            raise ValueError("the chat template does not render a `tool` turn's content after an assistant turn "
+                             "(give data.chat_template a template with a tool role)")
+        return fmt
+
+    def _cut(self, observation: str) -> tuple[str, int, int]:
+        """(text, after the reply, after its end-of-turn token) of [user, assistant, tool] with the next
+        generation prompt."""
+        chat = self.chat
+        messages = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _REPLY},
+                    {"role": "tool", "content": observation}]
+        try:
+            text = chat.generation_prompt(messages)
+        except ValueError as e:
+            raise ValueError(f"the chat template has no `tool` turn ({e}); give data.chat_template a template with "
+                             "a tool role") from None
+        at = text.find(_REPLY)
+        if at < 0:
+            raise ValueError("the chat template does not render an assistant turn followed by a tool turn")
+        at += len(_REPLY)
+        eot = chat.end_of_turn
+        closed = text.find(eot, at) + len(eot) if eot and eot in text[at:] else at
+        return text, at, closed
 
     def context(self, observation: str, ended_by_end_of_turn: bool) -> str:
-        """The text between a policy turn and the next: the turn's closing, the tool turn, the generation prompt."""
-        lead = self.after_end_of_turn if ended_by_end_of_turn else self.close_turn
-        return lead + self.prefix + observation + self.suffix
+        """The text between a policy turn and the next: the turn's closing (its end-of-turn token too when the
+        turn ended at a `rollout.stop` string), the tool turn, the generation prompt."""
+        text, at, closed = self._cut(observation)
+        return text[closed if ended_by_end_of_turn else at:]
 
 
 def check_tool_turns(tokenizer, key: str = "data.chat_template") -> None:
@@ -111,6 +117,7 @@ class _Episode:
     last_text: str = ""
     done: bool = False
     truncated: bool = False
+    turn_cut: bool = False  # the last policy turn was cut by a length limit before it ended (no step was taken)
     error: Optional[str] = None
 
     def add(self, ids: list, trained: bool) -> None:
@@ -133,6 +140,30 @@ def _cut_at_stop(tokenizer, ids: list, stops: list) -> Optional[int]:
         if any(s in tokenizer.decode(ids[:k]) for s in stops):
             return k
     return None
+
+
+def _turn_text(text: str, lead: str) -> str:
+    """A policy turn's text as the environment reads it: without the space the template's layout puts before a
+    reply (the generation prompt's, which the reply's first token carries)."""
+    return text[len(lead):] if lead and text.startswith(lead) else text
+
+
+_SAID_TURN_CUT: list = []
+
+
+def _say_turn_cut(max_new_tokens: int, max_total_tokens: int) -> None:
+    """Once per process: a policy turn reached its length limit before it ended, so the environment never saw it
+    (a tool call without its closing tag is lost); rollout/turn_truncated counts them."""
+    if _SAID_TURN_CUT:
+        return
+    _SAID_TURN_CUT.append(True)
+    import logging
+
+    logging.getLogger("coati_ray").warning(
+        f"a policy turn was cut at {max_new_tokens} new tokens (generation.max_new_tokens, or what is left of "
+        f"rollout.max_total_tokens={max_total_tokens}) before its end-of-turn token or a rollout.stop string: its "
+        "episode ends as truncated and the environment never sees that turn (a tool call cut before its closing "
+        "tag is lost); rollout/turn_truncated counts them; raise generation.max_new_tokens if they are many")
 
 
 def run_episodes(actor, tokenizer, items: list[dict], gen, cfg, make_env: Callable, calls: EnvironmentCalls,
@@ -191,9 +222,10 @@ def run_episodes(actor, tokenizer, items: list[dict], gen, cfg, make_env: Callab
             ep.turns += 1
             by_end_of_turn = bool(ids) and ids[-1] == end_of_turn
             text_ids = ids[:-1] if ids and ids[-1] in end_ids else ids
-            ep.last_text = tokenizer.decode(text_ids, skip_special_tokens=False)
+            ep.last_text = _turn_text(tokenizer.decode(text_ids, skip_special_tokens=False), fmt.probe.reply_lead)
             if not ended:  # cut by generation.max_new_tokens or max_total_tokens: no complete turn to answer
-                ep.truncated = ep.done = True
+                ep.truncated = ep.done = ep.turn_cut = True
+                _say_turn_cut(turn_gen.max_new_tokens, cfg.max_total_tokens)
                 continue
             stepping.append((ep, by_end_of_turn))
             texts.append(ep.last_text)
@@ -242,6 +274,7 @@ def _assemble(episodes: list, pad_id: int, end_ids: list) -> Episodes:
     total = torch.tensor([len(ep.tokens) for ep in episodes], dtype=torch.float)
     stats = {"rollout/turns": _mean([ep.turns for ep in episodes]),
              "rollout/tool_calls": _mean([ep.tool_calls for ep in episodes]),
+             "rollout/turn_truncated": _mean([ep.turn_cut for ep in episodes]),
              "rollout/env_errors": float(failed.float().sum()),
              "rollout/trained_tokens": float(trained.mean()),
              "rollout/context_tokens": float((total - trained).mean()),

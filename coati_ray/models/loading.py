@@ -35,16 +35,19 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def tokenizer_for(model_cfg, chat_template: Optional[str] = None, template_kwargs: Optional[dict] = None):
+def tokenizer_for(model_cfg, rendering=None):
     """The tokenizer of a ModelConfig (its tokenizer_path or path, local or the pinned hub commit, with its
-    trust_remote_code), carrying the chat template a stage renders with (`auto`, `coati` or a .jinja file;
-    None leaves the tokenizer's own) and the variables it renders with (data.chat_template_kwargs; None keeps
-    the tokenizer's): both then travel with it into every checkpoint it saves."""
+    trust_remote_code), carrying how a stage renders conversations: `rendering` a data config (its
+    chat_template, chat_template_kwargs and system_prompt), or a `data.chat_template` value (`auto`, `coati` or
+    a .jinja file); None leaves the tokenizer as saved. They travel with it into every checkpoint it saves."""
     tok = load_tokenizer(model_cfg.local_tokenizer_path, model_cfg.trust_remote_code)
-    if chat_template is not None or template_kwargs is not None:
-        from coati_ray.data.template import use_chat_template
+    from coati_ray.data.template import use_chat_template
 
-        use_chat_template(tok, chat_template or "auto", template_kwargs)
+    if isinstance(rendering, str):
+        use_chat_template(tok, rendering)
+    elif getattr(rendering, "chat_template", None) is not None:  # a stage that renders conversations
+        use_chat_template(tok, rendering.chat_template, getattr(rendering, "chat_template_kwargs", None),
+                          getattr(rendering, "system_prompt", None))
     return tok
 
 

@@ -18,6 +18,8 @@ from typing import Iterable, Optional
 import torch
 
 FAMILIES = ("gpt2", "opt", "bloom", "llama", "qwen2")
+# families of data/chat_templates built as tiny models beside the chat families (the others: tokenizers in tests)
+BUILT_TEMPLATE_FAMILIES = ("qwen3",)
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -85,6 +87,13 @@ def tiny_config(family: str, tokenizer, hidden: int = 64, layers: int = 2, heads
         return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
                            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                            max_position_embeddings=max_positions, tie_word_embeddings=False, **ids)
+    if family == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                           num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=hidden // heads,
+                           max_position_embeddings=max_positions, tie_word_embeddings=False,
+                           use_sliding_window=False, sliding_window=None, **ids)
     if family == "qwen2":
         return Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
                            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
@@ -112,7 +121,7 @@ def build_assets(out: str, families: Optional[Iterable[str]] = None, hidden: int
                  chat: Optional[Iterable[str]] = None) -> dict[str, str]:
     """Tokenizer at `out/tokenizer`, models at `out/models/tiny-<family><suffix>` and, for the chat families
     (coati_ray.models.tiny_chat; None: all), `out/models/tiny-<name><suffix>`; returns the model dirs."""
-    from coati_ray.models.tiny_chat import CHAT_FAMILIES, build_chat_model
+    from coati_ray.models.tiny_chat import CHAT_FAMILIES, build_chat_model, build_family_model
 
     tok_dir = os.path.join(out, "tokenizer")
     if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
@@ -126,9 +135,12 @@ def build_assets(out: str, families: Optional[Iterable[str]] = None, hidden: int
     for family in families or FAMILIES:
         paths[family] = build_tiny_model(family, tokenizer, os.path.join(out, "models", f"tiny-{family}{suffix}"),
                                          hidden=hidden, layers=layers, heads=heads)
-    for name in CHAT_FAMILIES if chat is None else chat:
-        paths[name] = build_chat_model(name, tok_dir, os.path.join(out, "models", f"tiny-{name}{suffix}"),
-                                       hidden=hidden, layers=layers, heads=heads)
+    for name in list(CHAT_FAMILIES) + list(BUILT_TEMPLATE_FAMILIES) if chat is None else chat:
+        target = os.path.join(out, "models", f"tiny-{name}{suffix}")
+        if name in CHAT_FAMILIES:
+            paths[name] = build_chat_model(name, tok_dir, target, hidden=hidden, layers=layers, heads=heads)
+        else:
+            paths[name] = build_family_model(name, target, hidden=hidden, layers=layers, heads=heads)
     return paths
 
 

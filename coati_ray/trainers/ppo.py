@@ -255,7 +255,7 @@ def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = Non
     if p.ptx_coef > 0:
         from coati_ray.trainers.sft import SFTTrainer
 
-        tok = tokenizer_for(cfg.actor, cfg.data.chat_template, cfg.data.chat_template_kwargs)
+        tok = tokenizer_for(cfg.actor, cfg.data)
         ptx_items, _ = SFTTrainer.build_dataset(cfg.data.ptx_path, tok, _PtxData(cfg.data), None)
         ptx_collate = SFTTrainer.collator(tok)
     temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0

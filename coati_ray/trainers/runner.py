@@ -25,7 +25,7 @@ def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_
     strategy.setup_distributed()
     try:
         d = cfg.data
-        tokenizer = tokenizer_for(cfg.model, getattr(d, "chat_template", None))
+        tokenizer = tokenizer_for(cfg.model, d)
         train, report = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
         evaluation = trainer_cls.build_dataset(d.eval_path, tokenizer, d, None, "eval")[0] if d.eval_path else None
         model = trainer_cls.build_model(cfg.model, os.path.join(resume_from, "model") if resume_from else None)

@@ -26,7 +26,8 @@ class SFTTrainer(SupervisedTrainer):
         from coati_ray.data.datasets import build_sft_dataset
 
         return build_sft_dataset(path, tokenizer, data_cfg.max_length, data_cfg.format, max_samples,
-                                 data_cfg.on_bad_row, source=_source(data_cfg, which))
+                                 data_cfg.on_bad_row, source=_source(data_cfg, which),
+                                 rewritten_history=getattr(data_cfg, "rewritten_history", "per_turn"))
 
     @staticmethod
     def inspect(item: dict, tokenizer) -> dict:
