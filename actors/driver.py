@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.cluster import NAMESPACE, check_shared_output, connect
 from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
-from actors.experience_source import ExperienceSource, experience_source
+from actors.experience_source import ExperienceSource, check_source, experience_source
 from actors.replay_buffer import ReplayBuffer
 from actors.ppo_trainer_groups import PPOTrainerGroups
 from actors.watchdog import Watchdog
@@ -61,7 +61,9 @@ class PPOJob:
             if getattr(cfg, key) is not None:
                 check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")
         check_reward_sources(cfg.rewards)
-        if cfg.placement == "separate":
+        self.placement = cfg.placement_spec
+        check_source(self.placement)  # one of your own: an ExperienceSource, before Ray starts
+        if self.placement.makers:
             from actors.transports import check_transport
 
             check_transport(cfg.sync.transport)  # one of your own: a WeightTransport, before Ray starts
@@ -112,9 +114,9 @@ class PPOJob:
         not got the free resources for them."""
         if n < 1:
             raise ConfigError(f"config error: scale_makers({n}): at least one maker is needed")
-        if self.cfg.placement != "separate":
-            raise ConfigError(f"config error: scale_makers({n}): placement: {self.cfg.placement} has no makers (the "
-                              "actor group's ranks generate); scale makers under placement: separate")
+        if not self.placement.makers:
+            raise ConfigError(f"config error: scale_makers({n}): placement: {self.cfg.placement} has no makers; "
+                              "scale makers under a placement that has them (placement: separate)")
         if self.source is not None:
             self.source.check_fits(n)
         with self.lock:
@@ -213,7 +215,7 @@ class PPOJob:
             truncate_metrics(cfg.output_dir, self.step)
             self.evaluator.restore(self.step)
             self._sync_weights()
-        self.logger.info((f"{self.num_makers} makers, " if cfg.placement == "separate" else "colocated, ") + ", ".join(
+        self.logger.info((f"{self.num_makers} makers, " if self.placement.makers else f"{cfg.placement}, ") + ", ".join(
             f"{role} group {len(ranks)} rank(s) [{self.trainers.group_cfg(role).strategy.name}]"
             for role, ranks in self.trainers.ranks.items())
             + f", mode={cfg.ppo.mode}, {len(self.prompts.items)} prompts")
@@ -222,7 +224,7 @@ class PPOJob:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        if self.cfg.placement == "separate":
+        if self.placement.makers:
             self._scale()
         self.watchdog.begin_step(self.step)
         result = self.source.run(self.step)  # generate and update, overlapped as the mode allows
@@ -331,7 +333,7 @@ class PPOJob:
 
 def ppo_resources(cfg) -> tuple[float, float]:
     """(CPUs, GPUs) a PPO job reserves: its makers and its trainer groups."""
-    makers = cfg.maker.num_makers if cfg.placement == "separate" else 0
+    makers = cfg.maker.num_makers if cfg.placement_spec.makers else 0
     cpus, gpus = makers * cfg.maker.num_cpus, makers * cfg.maker.num_gpus
     for group in (getattr(cfg, f"{role}_trainer") for role in cfg.roles):
         cpus += group.resources.num_ranks * group.resources.num_cpus_per_rank
@@ -343,7 +345,7 @@ def check_cluster_fits(cfg, extra: str = "") -> None:
     """Refuse a PPO config the connected cluster cannot host, before any actor starts."""
     need_cpu, need_gpu = ppo_resources(cfg)
     have = ray.cluster_resources()
-    for name, amount in (cfg.maker.resources if cfg.placement == "separate" else {}).items():
+    for name, amount in (cfg.maker.resources if cfg.placement_spec.makers else {}).items():
         need = cfg.maker.num_makers * amount
         if need > have.get(name, 0) + 1e-9:
             raise ConfigError(f"config error: maker.resources: {cfg.maker.num_makers} maker(s) need {need:g} "

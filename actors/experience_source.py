@@ -11,7 +11,9 @@
 `MakerSource` is today's shape: separate maker actors fed by the scheduler, weights published to them
 after every update (object store or collective). `ColocatedSource` (actors/colocated.py) lets the
 actor group's ranks generate with their own weights, so nothing is published. A new placement is one
-new class with these methods, added to `experience_source` below.
+new class with these methods and a coati_ray.seams.Placement naming it (its name, `source="module:Class"`,
+whether it runs makers, supports async mode, has the trainers generate), registered or named
+`placement: module:attr`; the two built-in ones are registered the same way (coati_ray/config/placement.py).
 """
 
 from __future__ import annotations
@@ -177,9 +179,24 @@ class MakerSource(ExperienceSource):
             self.pool.kill_all()
 
 
-def experience_source(job) -> ExperienceSource:
-    """The source of `job.cfg.placement`."""
-    from actors.colocated import ColocatedSource
+def source_class(placement) -> type:
+    """The ExperienceSource class of a coati_ray.seams.Placement (one line when it is not one)."""
+    from coati_ray.errors import ConfigError
+    from coati_ray.seams import import_path
 
-    sources = {"separate": MakerSource, "colocated": ColocatedSource}
-    return sources[job.cfg.placement](job)
+    cls = import_path(placement.source, "placement", "my_pkg.placements:RingSource")
+    if not isinstance(cls, type) or not issubclass(cls, ExperienceSource):
+        raise ConfigError(f"config error: placement: {placement.name}'s source '{placement.source}' is not an "
+                          "ExperienceSource subclass; subclass actors.experience_source.ExperienceSource "
+                          "(docs/extending.md)")
+    return cls
+
+
+def check_source(placement) -> None:
+    """Before Ray starts: the placement's source imports and is an ExperienceSource."""
+    source_class(placement)
+
+
+def experience_source(job) -> ExperienceSource:
+    """The source of the job's placement (coati_ray.seams.PLACEMENTS: built in, or one of your own)."""
+    return source_class(job.placement)(job)

@@ -36,10 +36,10 @@ class ExperienceMaker:
                  cpu_cores: Optional[list] = None, nice: int = 0):
         import torch
 
-        from coati_ray.utils.cpu import place_threads
-
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
+        from coati_ray.seams import import_plugins
+        from coati_ray.utils.cpu import place_threads
         from coati_ray.experience.maker import build_experience_models
         from coati_ray.experience.rewards import RewardSources
         from coati_ray.experience.rollout import RolloutWorker
@@ -51,6 +51,7 @@ class ExperienceMaker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.index = index
         self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
+        import_plugins(self.cfg.plugins)  # the user's registrations, in this process too
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
         # the prompts' chat template: its end-of-turn token ends a response
         self.tokenizer = tokenizer_for(cfg.actor, cfg.data)

@@ -25,10 +25,10 @@ class PPOTrainerRank(ColocatedRollout):
                  cpu_cores: Optional[list] = None, nice: int = 0):
         import torch
 
-        from coati_ray.utils.cpu import place_threads
-
         from coati_ray.config import from_dict
         from coati_ray.config.ppo import PPOConfig
+        from coati_ray.seams import import_plugins
+        from coati_ray.utils.cpu import place_threads
 
         place_threads(cpu_cores, nice, f"{role}_trainer.resources")
         if torch_threads:
@@ -36,6 +36,7 @@ class PPOTrainerRank(ColocatedRollout):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.role, self.rank, self.world_size = role, rank, world_size
         self.cfg = from_dict(PPOConfig, cfg_dict)
+        import_plugins(self.cfg.plugins)  # the user's registrations, in this process too
         self.group_cfg = getattr(self.cfg, f"{role}_trainer")
         self.model_cfg = getattr(self.cfg, role)
         self.trainer = None
@@ -71,12 +72,12 @@ class PPOTrainerRank(ColocatedRollout):
         self.sender = WeightSender(self.strategy, self.trainer.model, self.model_cfg.lora_rank > 0,
                                    gathers=self.group_cfg.strategy.name.startswith("colossalai_gemini"))
         self.steps_done = first_step
-        if self.cfg.placement == "colocated" and self.cfg.colocated.offload_optimizer:
+        if self.cfg.placement_spec.trainers_generate and self.cfg.colocated.offload_optimizer:
             from coati_ray.strategies.offload import OptimizerOffload
 
             self.offload = OptimizerOffload(self.trainer.optimizer, self.strategy.unwrap(self.trainer.model))
             self.offload.out()  # until the first update: the first rollout comes before it
-        if self.cfg.placement == "colocated" and self.role == "actor":
+        if self.cfg.placement_spec.trainers_generate and self.role == "actor":
             self._rollout()  # the reference and reward models beside the policy, loaded with the group
         return self.rank
 

@@ -117,10 +117,13 @@ def preflight(cfg: PipelineConfig) -> None:
     use_chat_template(tokenizer, cfg.ppo.data.chat_template)
     prompts, _, _ = read_prompt_data(cfg.ppo.data, tokenizer)
     check_reward_sources(cfg.ppo.rewards)
-    if cfg.ppo.placement == "separate":
+    from actors.experience_source import check_source
+
+    check_source(cfg.ppo.placement_spec)  # placements and transports of your own: said before SFT runs
+    if cfg.ppo.placement_spec.makers:
         from actors.transports import check_transport
 
-        check_transport(cfg.ppo.sync.transport)  # a WeightTransport of your own: said before SFT runs
+        check_transport(cfg.ppo.sync.transport)
     if cfg.ppo.rollout.multi_turn:
         from coati_ray.experience.episodes import check_tool_turns
 

@@ -183,10 +183,6 @@ CASES = [
                                                  "data.gold_task=chess"), "data.gold_task"),
     # ---- algorithms and reward sources
     ("unknown advantage estimator", "ppo", lambda c: c.ppo("ppo.advantage_estimator=ppo2"), "grpo"),
-    ("critic keys for a critic-free estimator", "ppo",
-     lambda c: c.ppo("ppo.advantage_estimator=grpo", "ppo.n_samples_per_prompt=4"), "trains no critic"),
-    ("critic_trainer keys for a critic-free estimator", "ppo",
-     lambda c: c.grpo("critic_trainer.optim.lr=1e-3"), "critic_trainer"),
     ("gae without a critic", "ppo", lambda c: c.grpo("ppo.advantage_estimator=gae", "ppo.n_samples_per_prompt=1"),
      "needs a critic"),
     ("group size that does not divide the maker batch", "ppo", lambda c: c.grpo("ppo.n_samples_per_prompt=3"),

@@ -238,3 +238,35 @@ def test_ppo_asks_more_than_the_cluster_has_before_any_actor(tiny_llama, reward_
     ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(ours) == 1 and "GPUs" in ours[0] and "cluster has" in ours[0], ours
     assert not ray.is_initialized()  # the embedded Ray it had to start to count resources is gone again
+
+
+def test_one_override_switches_a_ppo_config_to_a_critic_free_estimator(tiny_llama, reward_dir, capsys):
+    """ppo.advantage_estimator=grpo on the PPO config (critic sections and all): the critic sections are set aside
+    with one line saying so, and the job builds the actor group alone."""
+    cfg = ppo_cfg(tiny_llama, reward_dir, "ppo.advantage_estimator=grpo", "ppo.n_samples_per_prompt=4",
+                  "critic_trainer.optim.lr=1e-3")
+    assert cfg.critic is None and cfg.roles == ("actor",)
+    err = capsys.readouterr().err
+    assert err.count("note: ppo.advantage_estimator=grpo trains no critic: the critic and critic_trainer section(s) "
+                     "are set aside") == 1
+
+
+@pytest.mark.parametrize("placement, expected", [
+    ("colocted", "config error: placement: 'colocted' is not a placement; did you mean 'colocated'?"),
+    ("my_missing_module:SPEC", "config error: placement: cannot import 'my_missing_module'"),
+])
+def test_a_placement_is_a_registered_name_or_a_module_path(tiny_llama, reward_dir, placement, expected):
+    assert expected in error_of(lambda: ppo_cfg(tiny_llama, reward_dir, f"placement={placement}"))
+
+
+def test_a_registered_transport_and_plugins_imported_before_the_checks(tiny_llama, reward_dir, tmp_path, monkeypatch):
+    """A transport registered by name from the user's module is accepted once the module is in `plugins`
+    (SyncConfig read a hand-kept list of names before); without it, refused in one line naming plugins."""
+    (tmp_path / "my_transports_by_name.py").write_text(
+        "from actors.transports import register_transport\nfrom actors.transports.object_store import ObjectStore\n\n\n"
+        "@register_transport('shared_disk')\nclass SharedDisk(ObjectStore):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, "sync.transport=shared_disk"))
+    assert "config error: sync.transport: 'shared_disk' is not a weight transport" in msg and "plugins" in msg
+    cfg = ppo_cfg(tiny_llama, reward_dir, "sync.transport=shared_disk", "plugins=[my_transports_by_name]")
+    assert cfg.sync.transport == "shared_disk"

@@ -33,7 +33,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-TRANSPORTS: dict[str, type] = {}
+from coati_ray.seams import TRANSPORTS  # the one registry of transport names (Ray-free, so the config knows them)
+
 READERS: dict[str, Callable[[dict], dict]] = {}
 
 
@@ -41,7 +42,7 @@ def register_transport(name: str):
     """Class decorator: `sync.transport: <name>` builds this transport."""
     def add(cls):
         cls.name = name
-        TRANSPORTS[name] = cls
+        TRANSPORTS.register(name, cls)
         return cls
     return add
 
@@ -55,13 +56,11 @@ def register_reader(kind: str):
 
 
 def transport_class(spec: str) -> type:
-    """A registered name, or `module:Class` (the module is imported, which registers its readers too)."""
-    if spec in TRANSPORTS:
-        return TRANSPORTS[spec]
+    """A registered name, or `module:Class` (the module is imported, which registers its readers too): a
+    WeightTransport subclass, else one line."""
     from coati_ray.errors import ConfigError
-    from coati_ray.utils.plugins import load_callable
 
-    cls = load_callable(spec, "sync.transport", "my_pkg.transports:SharedDisk")
+    cls = TRANSPORTS.resolve(spec)
     if not isinstance(cls, type) or not issubclass(cls, WeightTransport):
         raise ConfigError(f"config error: sync.transport: '{spec}' is not a WeightTransport subclass; subclass "
                           "actors.transports.WeightTransport (docs/extending.md)")
@@ -73,7 +72,7 @@ def transport_class(spec: str) -> type:
 def check_transport(spec: str) -> None:
     """Before Ray starts: `sync.transport` is auto, a registered name, or a WeightTransport of one's own (one line
     when not)."""
-    if spec != "auto" and spec not in TRANSPORTS:
+    if spec != "auto":
         transport_class(spec)
 
 

@@ -115,7 +115,8 @@ def algorithm(name: str) -> AlgorithmSpec:
 
     close = difflib.get_close_matches(name, list(REGISTRY), n=1)
     raise KeyError(f"unknown advantage estimator '{name}'; " + (f"did you mean '{close[0]}'? " if close else "")
-                   + f"use one of: {', '.join(REGISTRY)}, or 'module:function' for one of your own")
+                   + f"use one of: {', '.join(REGISTRY)}, or 'module:function' for one of your own (a module of "
+                   "yours that registers one by name goes in plugins: [...])")
 
 
 # ---------------------------------------------------------------- group statistics

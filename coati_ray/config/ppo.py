@@ -236,9 +236,13 @@ class PPOConfig(JobConfig):
     ppo: PPOAlgoConfig = opt(None, "algorithm")
     rollout: RolloutConfig = opt(None, "multi-turn episodes in an environment (tools); without one, one response "
                                        "per sample")
-    placement: Literal["separate", "colocated"] = opt(
-        "separate", "where generation runs: separate (maker actors; weights sent to them after every update) or "
-        "colocated (the actor group's ranks generate with their own weights: no weight copy; sync mode)")
+    placement: str = opt(
+        "separate", "where generation runs: separate (maker actors; weights sent to them after every update), "
+        "colocated (the actor group's ranks generate with their own weights: no weight copy; sync mode), or a "
+        "placement of your own (coati_ray.seams.Placement: a registered name, or 'module:attr')")
+    plugins: list[str] = opt([], "modules of your own imported before the config is checked and in every actor: "
+                                 "they register plug-ins by name (estimators, reward kinds, backends, transports, "
+                                 "placements; coati_ray/seams.py)")
     colocated: ColocatedConfig = opt(None, "placement: colocated's memory")
     maker: MakerConfig = opt(None, "experience makers (placement: separate)")
     buffer: BufferConfig = opt(None, "replay buffer")
@@ -246,6 +250,13 @@ class PPOConfig(JobConfig):
     watchdog: WatchdogConfig = opt(None, "ending a run whose step stopped making progress")
     actor_trainer: TrainerGroupConfig = opt(None, "the actor trainer group")
     critic_trainer: TrainerGroupConfig = opt(None, "the critic trainer group")
+
+    @property
+    def placement_spec(self):
+        """The coati_ray.seams.Placement `placement` names (what the driver and the checks read)."""
+        from coati_ray.config.placement import placement_of
+
+        return placement_of(self.placement)
 
     @property
     def algorithm(self):
@@ -291,7 +302,9 @@ class PPOConfig(JobConfig):
         """`check_reward_head=False` when the reward model is yet to be trained (the pipeline); the checks are
         coati_ray/config/ppo_checks.py."""
         from coati_ray.config.ppo_checks import check_ppo
+        from coati_ray.seams import import_plugins
 
+        import_plugins(self.plugins)  # before any section looks a name up: the modules register theirs
         super().validate()
         check_ppo(self, check_reward_head)
 

@@ -117,13 +117,17 @@ def check_algorithm(cfg) -> None:
     if spec.needs_critic and cfg.critic is None:
         _fail("critic.path", f"{name} needs a critic", "set critic.path (e.g. the RM stage's checkpoint) or "
               "choose a critic-free estimator: grpo, dr_grpo, rloo, reinforce_pp")
-    if not spec.needs_critic:
-        if cfg.critic is not None:
-            _fail("critic", f"{name} trains no critic, but a critic is configured",
-                  "remove the critic section (and critic_trainer), or use ppo.advantage_estimator=gae")
-        if cfg.critic_trainer != from_dict(type(cfg.critic_trainer), {}):
-            _fail("critic_trainer", f"{name} trains no critic, but critic_trainer keys are set",
-                  "remove the critic_trainer section, or use ppo.advantage_estimator=gae")
+    if not spec.needs_critic:  # one override switches a PPO config to a critic-free estimator: said, not refused
+        idle_group = from_dict(type(cfg.critic_trainer), {})
+        unused = (["critic"] if cfg.critic is not None else []) + \
+            (["critic_trainer"] if cfg.critic_trainer != idle_group else [])
+        if unused:
+            from coati_ray.config.notes import note
+
+            note(f"{name} trains no critic: the {' and '.join(unused)} section(s) are set aside (not built, not in "
+                 "config.yaml)")
+            cfg.critic = None
+            cfg.critic_trainer = idle_group
     n = p.n_samples_per_prompt
     if n < 1:
         _fail("ppo.n_samples_per_prompt", f"must be >= 1, got {n}", "e.g. 4")
@@ -145,7 +149,7 @@ def check_kl_penalty(p) -> None:
 
 
 def check_maker_dtype(cfg) -> None:
-    if cfg.maker.num_gpus > 0 or cfg.placement == "colocated":  # colocated: no makers, the groups' devices
+    if cfg.maker.num_gpus > 0 or not cfg.placement_spec.makers:  # no makers: the groups' devices generate
         return
     for model in ("actor", "critic", "reward"):
         if getattr(cfg, model) is not None and getattr(cfg, model).use_flash_attn:

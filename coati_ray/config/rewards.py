@@ -45,7 +45,8 @@ class RewardSourceSpec:
 
             if self.kind not in REWARD_KINDS and ":" not in self.kind:
                 _fail(f"{key}.kind", f"unknown reward kind '{self.kind}'",
-                      f"use one of: {', '.join(REWARD_KINDS)}, or 'module:factory' of your own")
+                      f"use one of: {', '.join(REWARD_KINDS)}, or 'module:factory' of your own (a module of yours "
+                      "that registers one by name goes in plugins: [...])")
             if ":" in self.kind and self.kind not in REWARD_KINDS:
                 from coati_ray.utils.plugins import load_callable
 

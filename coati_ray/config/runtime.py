@@ -74,20 +74,9 @@ class SyncConfig:
                                   "the run with one line naming the peer that did not join")
 
     def validate(self, key: str = "sync") -> None:
-        if self.transport not in ("auto", "object_store", "collective", "ipc"):
-            if ":" not in self.transport:
-                import difflib
+        from coati_ray.seams import TRANSPORTS
 
-                close = difflib.get_close_matches(self.transport, ["auto", "object_store", "collective", "ipc"], 1)
-                _fail(f"{key}.transport", f"'{self.transport}' is not a transport",
-                      (f"did you mean '{close[0]}'? " if close else "") + "use one of: auto, object_store, "
-                      "collective, ipc, or 'module:Class' of your own")
-            from coati_ray.utils.plugins import load_callable
-
-            cls = load_callable(self.transport, f"{key}.transport", "my_transports:SharedDisk")
-            if not all(callable(getattr(cls, m, None)) for m in ("publish", "handle_for", "close")):
-                _fail(f"{key}.transport", f"'{self.transport}' has no publish / handle_for / close",
-                      "subclass actors.transports.WeightTransport (docs/extending.md)")
+        TRANSPORTS.check(self.transport, f"{key}.transport")  # the driver checks the class, before Ray starts
         if self.bucket_mb <= 0:
             _fail(f"{key}.bucket_mb", f"must be > 0, got {self.bucket_mb}", "e.g. 256")
         if self.timeout_s <= 0:

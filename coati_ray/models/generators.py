@@ -65,4 +65,5 @@ def generator(name: str) -> GeneratorFn:
     from coati_ray.errors import ConfigError
 
     raise ConfigError(f"config error: generation.backend: unknown backend '{name}'; use one of: "
-                      f"{', '.join(GENERATORS)}, or 'module:function' of your own")
+                      f"{', '.join(GENERATORS)}, or 'module:function' of your own (a module of yours that registers "
+                      "one by name goes in plugins: [...])")
