@@ -2,7 +2,7 @@
 
 Each step (sync mode only): the step's maker batches (tickets `[s*k, (s+1)*k)`, the same prompts and
 seeds a separate job's makers get) are dealt round-robin to the actor group's ranks; a rank makes a
-batch as a maker would (coati_ray/experience/rollout.py: its own weights as the policy, a reference
+batch as a maker would (coati_ray/experience/rollout_worker.py: its own weights as the policy, a reference
 model and the reward sources it holds itself). Under gae the scored batch goes on to a critic rank,
 which adds its values and the advantages. The finished Experience goes into the replay buffer by
 reference, as a maker's does, and then both groups train on the step as in the separate placement.

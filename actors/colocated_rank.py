@@ -12,12 +12,12 @@ class ColocatedRollout:
 
     def _rollout(self):
         if self.rollout is None:
-            from coati_ray.experience.maker import build_reference_models
-            from coati_ray.experience.rewards import RewardSources
-            from coati_ray.experience.rollout import RolloutWorker
+            from coati_ray.experience.make import build_reference_models
+            from coati_ray.experience.reward_sources import RewardSources
+            from coati_ray.experience.rollout_worker import RolloutWorker
             from coati_ray.models.loading import tokenizer_for
 
-            from coati_ray.experience.rollout import seeded
+            from coati_ray.experience.rollout_worker import seeded
 
             actor = self.strategy.unwrap(self.trainer.model)
             device = next(actor.parameters()).device
@@ -47,7 +47,7 @@ class ColocatedRollout:
     @ray.method(num_returns=2)
     def add_values(self, stats: dict, scored) -> tuple:
         """A critic rank: (statistics, Experience) of a ScoredRollout with this rank's values."""
-        from coati_ray.experience.rollout import finish_with_values
+        from coati_ray.experience.rollout_worker import finish_with_values
 
         exp, stats = finish_with_values(self.strategy.unwrap(self.trainer.model), scored, self.cfg.ppo, stats)
         return stats, exp

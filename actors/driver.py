@@ -47,7 +47,7 @@ class PPOJob:
                  log: bool = True, overwrite: bool = False):
         """`overwrite`: replace an earlier run's results in cfg.output_dir (refused otherwise, unless resuming)."""
         from coati_ray.experience.prompts import PromptStream, read_prompt_data
-        from coati_ray.experience.rewards import check_reward_sources
+        from coati_ray.experience.reward_sources import check_reward_sources
         from coati_ray.models.loading import check_tokenizer_fits, tokenizer_for
 
         self.cfg, self.resume_from, self.ray_address = cfg, resume_from, ray_address

@@ -40,9 +40,9 @@ class ExperienceMaker:
         from coati_ray.config.ppo import PPOConfig
         from coati_ray.seams import import_plugins
         from coati_ray.utils.cpu import place_threads
-        from coati_ray.experience.maker import build_experience_models
-        from coati_ray.experience.rewards import RewardSources
-        from coati_ray.experience.rollout import RolloutWorker
+        from coati_ray.experience.make import build_experience_models
+        from coati_ray.experience.reward_sources import RewardSources
+        from coati_ray.experience.rollout_worker import RolloutWorker
         from coati_ray.models.loading import tokenizer_for
 
         place_threads(cpu_cores, nice, "maker")

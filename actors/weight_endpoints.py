@@ -22,7 +22,7 @@ from typing import Optional
 import ray
 import torch
 
-from actors.collective import WeightBroadcastGroup
+from actors.broadcast_group import WeightBroadcastGroup
 from coati_ray.models.weight_layout import DTYPES, flatten, plan_buckets, to_numpy, unflatten
 
 
@@ -54,11 +54,11 @@ class WeightSender:
         return {"ref": [ray.put(arrays)], "dtypes": dtypes, "bytes": sum(a.nbytes for a in arrays.values())}
 
     def export_ipc(self) -> Optional[dict]:
-        """Same node, between steps: a blob one maker opens to map these tensors (coati_ray/models/ipc.py) instead
+        """Same node, between steps: a blob one maker opens to map these tensors (coati_ray/models/shared_tensors.py) instead
         of a copy through the object store; rank 0 only. One blob per receiver (each holds one reference)."""
         import shutil
 
-        from coati_ray.models.ipc import share, state_nbytes
+        from coati_ray.models.shared_tensors import share, state_nbytes
 
         state = self.state()
         if not self.strategy.is_rank0:
@@ -71,7 +71,7 @@ class WeightSender:
         if unshared and unshared > 0.8 * free:
             return {"refused": f"/dev/shm has {free / 2**20:.0f} MiB free for {unshared / 2**20:.0f} MiB of weights"}
         blob = share(state)
-        from coati_ray.models.ipc import shared_files
+        from coati_ray.models.shared_tensors import shared_files
 
         self.shared |= shared_files(state)
         return {"ipc": blob, "bytes": state_nbytes(state)}
@@ -79,7 +79,7 @@ class WeightSender:
     def release_shared(self) -> int:
         """Unlink the shared-memory files ipc made (torch leaves them behind, even when this process exits);
         the weights stay mapped here until it does. Bytes freed."""
-        from coati_ray.models.ipc import unlink_shared
+        from coati_ray.models.shared_tensors import unlink_shared
 
         freed, self.shared = unlink_shared(self.shared), set()
         return freed

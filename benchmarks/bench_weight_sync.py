@@ -143,17 +143,17 @@ class RawPeer:
         return int(ray.get(ref[0]).nbytes)
 
     def share(self) -> bytes:
-        """ipc's floor, the sender's side: the buffer as a blob one receiver maps (coati_ray/models/ipc.py)."""
+        """ipc's floor, the sender's side: the buffer as a blob one receiver maps (coati_ray/models/shared_tensors.py)."""
         import torch
 
-        from coati_ray.models.ipc import share
+        from coati_ray.models.shared_tensors import share
 
         if not hasattr(self, "tensor"):
             self.tensor = torch.from_numpy(self.array)
         return share({"buffer": self.tensor})
 
     def release_shared(self) -> int:
-        from coati_ray.models.ipc import shared_files, unlink_shared
+        from coati_ray.models.shared_tensors import shared_files, unlink_shared
 
         return unlink_shared(shared_files({"buffer": self.tensor})) if hasattr(self, "tensor") else 0
 
@@ -161,7 +161,7 @@ class RawPeer:
         """ipc's floor, the receiver's side: map the buffer and copy it once into memory of its own."""
         import torch
 
-        from coati_ray.models.ipc import open_shared
+        from coati_ray.models.shared_tensors import open_shared
 
         mapped = open_shared(blob)["buffer"]
         if getattr(self, "own", None) is None or self.own.numel() != mapped.numel():
@@ -172,7 +172,7 @@ class RawPeer:
     def broadcast(self, meeting, rank, size, nbytes) -> float:
         import torch
 
-        from actors.collective import WeightBroadcastGroup
+        from actors.broadcast_group import WeightBroadcastGroup
 
         group = WeightBroadcastGroup(meeting, rank, size, "gloo", 600)
         buf = torch.ones(nbytes // 4, dtype=torch.float32)

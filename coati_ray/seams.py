@@ -4,7 +4,7 @@ registry of names, chosen by a config key, extended by a module of your own with
 | seam                | config key                   | register (or name `module:attr`)                | file                                 |
 |---------------------|------------------------------|-------------------------------------------------|--------------------------------------|
 | advantage estimator | ppo.advantage_estimator      | `register(name, fn)` / `@estimator(...)`        | coati_ray/algo/advantages.py         |
-| reward kind         | rewards.sources[].kind       | `register_reward_kind(kind, factory)`           | coati_ray/experience/rewards.py     |
+| reward kind         | rewards.sources[].kind       | `register_reward_kind(kind, factory)`           | coati_ray/experience/reward_sources.py     |
 | generation backend  | generation.backend           | `register_generator(name, fn)`                  | coati_ray/models/generators.py       |
 | environment         | rollout.environment          | `module:Class` (`http` built in)                | coati_ray/experience/environments.py |
 | weight transport    | sync.transport               | `@register_transport(name)` / `TRANSPORTS`      | actors/transports/                   |

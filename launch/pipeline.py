@@ -91,7 +91,7 @@ def preflight(cfg: PipelineConfig) -> None:
     """Read the tokenizer and every data file of every stage now, so a bad row in the PPO prompts
     stops the job before SFT runs, not ten minutes after."""
     from coati_ray.experience.prompts import read_prompt_data
-    from coati_ray.experience.rewards import check_reward_sources
+    from coati_ray.experience.reward_sources import check_reward_sources
     from coati_ray.data.template import use_chat_template
     from coati_ray.models.hub import local_dir
     from coati_ray.models.loading import load_tokenizer, tokenizer_for

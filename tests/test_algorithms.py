@@ -127,7 +127,7 @@ def test_kl_loss_is_the_masked_k3_and_pulls_towards_the_reference():
 
 
 def test_group_stats_spread_and_equal_groups():
-    from coati_ray.experience.maker import group_stats
+    from coati_ray.experience.make import group_stats
 
     s = group_stats(T([1.0, 1.0, 0.0, 2.0]), 2)
     assert s["experience/groups_all_equal"] == 0.5
@@ -169,7 +169,7 @@ def grpo_cfg(tiny_llama, tmp_path, *overrides):
 def test_kl_in_the_reward_or_in_the_loss(grpo_models, tokenizer, tiny_llama, tmp_path, where):
     from coati_ray.experience import make_experience
     from coati_ray.experience.prompts import read_prompt_data
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
     from coati_ray.strategies import make_strategy
     from coati_ray.trainers.ppo import make_group_trainer
 
@@ -255,7 +255,7 @@ class RewardServer:
 
 
 def test_sorting_verifier_is_a_reward_function():
-    from coati_ray.experience.rewards import load_reward_function
+    from coati_ray.experience.reward_sources import load_reward_function
 
     fn = load_reward_function("coati_ray.tasks.sorting:reward")
     assert fn(["sort: 3 1 2", "sort: 3 1 2"], ["1 2 3", "3 1 2"], [{}, {}]) == [1.0, 0.5]
@@ -268,7 +268,7 @@ def test_sorting_verifier_is_a_reward_function():
     ("coati_ray.tasks.sorting:gold_score", "cannot be called as function(prompts, responses, rows)"),
 ])
 def test_bad_reward_function_is_one_line(spec, needle):
-    from coati_ray.experience.rewards import load_reward_function
+    from coati_ray.experience.reward_sources import load_reward_function
 
     with pytest.raises(ConfigError) as e:
         load_reward_function(spec)
@@ -276,7 +276,7 @@ def test_bad_reward_function_is_one_line(spec, needle):
 
 
 def test_http_reward_with_retries_and_weights(tiny_llama, reward_dir):
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
     from coati_ray.models import RewardModel
 
     server = RewardServer(fail_first=1)  # the first request fails: the retry answers
@@ -294,7 +294,7 @@ def test_http_reward_with_retries_and_weights(tiny_llama, reward_dir):
 
 
 def test_failing_or_unreachable_reward_service_is_one_line_naming_the_url():
-    from coati_ray.experience.rewards import HttpReward, check_reward_sources
+    from coati_ray.experience.reward_sources import HttpReward, check_reward_sources
 
     server = RewardServer(fail_first=100)
     try:
@@ -309,7 +309,7 @@ def test_failing_or_unreachable_reward_service_is_one_line_naming_the_url():
 
 
 def test_a_raising_reward_function_is_one_line():
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
 
     rs = RewardSources(sources(function="tests.reward_fixtures:raises"))
     with pytest.raises(RewardError) as e:

@@ -96,10 +96,10 @@ def test_a_batch_scored_without_the_critic_then_valued_elsewhere_is_the_makers_e
     """What an actor rank makes (a ScoredRollout, CPU tensors) plus what a critic rank adds (values, advantages)
     is the Experience a maker holding all four models makes, tensor for tensor (with the KL penalty per token or
     Coati's once per sequence), and sampling leaves the caller's random stream where it was."""
-    from coati_ray.experience.maker import build_experience_models
+    from coati_ray.experience.make import build_experience_models
     from coati_ray.experience.prompts import read_prompt_data
-    from coati_ray.experience.rewards import RewardSources
-    from coati_ray.experience.rollout import RolloutWorker, finish_with_values
+    from coati_ray.experience.reward_sources import RewardSources
+    from coati_ray.experience.rollout_worker import RolloutWorker, finish_with_values
     from coati_ray.models import load_tokenizer
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path, "generation.max_new_tokens=6", f"ppo.kl_penalty={kl_penalty}")

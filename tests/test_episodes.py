@@ -85,7 +85,7 @@ def test_tool_tokens_are_context_outside_the_kl_and_the_loss(tiny_llama):
     from coati_ray.config.ppo import GenerationConfig, PPOAlgoConfig
     from coati_ray.config.rollout import RolloutConfig
     from coati_ray.experience.episodes import EpisodeRunner
-    from coati_ray.experience.maker import ExperienceModels, make_experience
+    from coati_ray.experience.make import ExperienceModels, make_experience
     from coati_ray.models import Actor
 
     tok, actor = _setup(tiny_llama)
@@ -219,7 +219,7 @@ def test_a_stop_string_ends_the_turn_and_the_template_closes_it_as_context(tiny_
 
 
 def test_a_failed_episode_moves_neither_its_groups_mean_nor_another_groups():
-    from coati_ray.experience.maker import neutral_scores
+    from coati_ray.experience.make import neutral_scores
 
     scores = torch.tensor([1.0, 0.0, 1.0, 5.0, 2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 0.0, 1.0])
     failed = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0]).bool()

@@ -49,7 +49,7 @@ def test_make_experience_shapes_and_invariants(models, tokenizer):
 def scored_by_hand(score: float = 1.0):
     """One sample: pi / pi_ref = 2 and 1/2 on its two response tokens (Coati's mean KL 1/4), padding after."""
     from coati_ray.algo import coati_token_kl
-    from coati_ray.experience.maker import ScoredRollout
+    from coati_ray.experience.make import ScoredRollout
 
     logp, ref, mask = torch.tensor([[0.5, 0.25, 0.9]]).log(), torch.tensor([[0.25, 0.5, 0.1]]).log(), \
         torch.tensor([[1, 1, 0]])
@@ -62,7 +62,7 @@ def scored_by_hand(score: float = 1.0):
 def test_coatis_sequence_kl_comes_off_the_reward_once_at_the_last_token(kl_coef, penalty):
     """ppo.kl_penalty=sequence: with V = 0, gamma = lam = 1 the return of every token is the sequence's reward
     minus kl_coef x the mean KL, once; kl_coef 0 takes nothing (and needs no behaviour log-probs)."""
-    from coati_ray.experience.maker import finish_experience, kl_rewards
+    from coati_ray.experience.make import finish_experience, kl_rewards
 
     ppo = from_dict(PPOAlgoConfig, {"kl_coef": kl_coef, "kl_penalty": "sequence", "gamma": 1.0, "lam": 1.0})
     assert torch.allclose(kl_rewards(scored_by_hand(), ppo), torch.tensor([[0.0, -penalty, 0.0]]))
@@ -72,7 +72,7 @@ def test_coatis_sequence_kl_comes_off_the_reward_once_at_the_last_token(kl_coef,
 
 
 def test_the_per_token_penalty_is_still_there_for_kl_penalty_reward():
-    from coati_ray.experience.maker import kl_rewards
+    from coati_ray.experience.make import kl_rewards
 
     scored = scored_by_hand()
     scored.kl = torch.tensor([[0.1, 0.2, 0.0]])

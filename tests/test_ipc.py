@@ -1,4 +1,4 @@
-"""coati_ray/models/ipc.py: another process on the node maps the sender's tensors (no copy through the object
+"""coati_ray/models/shared_tensors.py: another process on the node maps the sender's tensors (no copy through the object
 store): it reads exactly the sender's values, and what it writes is in the sender's memory."""
 
 import multiprocessing
@@ -6,7 +6,7 @@ import multiprocessing
 import pytest
 import torch
 
-from coati_ray.models.ipc import open_shared, share
+from coati_ray.models.shared_tensors import open_shared, share
 
 
 def _receiver(blob: bytes, expected: dict, out) -> None:

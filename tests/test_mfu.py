@@ -73,7 +73,7 @@ def test_each_groups_mfu_is_its_flops_over_the_step_divided_by_its_devices_peak(
 
 
 def test_a_cpu_rollout_reports_no_peak_and_a_known_gpu_its_device(monkeypatch):
-    from coati_ray.experience.rollout import device_peak
+    from coati_ray.experience.rollout_worker import device_peak
 
     model = torch.nn.Linear(2, 2)
     monkeypatch.delenv(PEAK_ENV, raising=False)

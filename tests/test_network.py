@@ -41,7 +41,7 @@ class Member:
     """One weight-sync member: forms the group, broadcasts, reports the sockets the group made it open."""
 
     def form(self, meeting, rank, size):
-        from actors.collective import WeightBroadcastGroup
+        from actors.broadcast_group import WeightBroadcastGroup
 
         before = listening()
         self.group = WeightBroadcastGroup(meeting, rank, size, "gloo", 60)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from coati_ray.algo.loss_agg import MiniBatch, local_counts, share
-from coati_ray.algo.rewards import overlong_penalty, produced_limit, truncated_rows
+from coati_ray.algo.reward_shaping import overlong_penalty, produced_limit, truncated_rows
 from tests.test_algorithms import grpo_cfg, grpo_models  # noqa: F401  (a module fixture)
 
 EOS = 2
@@ -42,7 +42,7 @@ def test_a_sample_left_out_of_the_loss_counts_in_no_denominator():
 
 def make(cfg, models, tokenizer, items):
     from coati_ray.experience import make_experience
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
 
     torch.manual_seed(0)
     return make_experience(models, tokenizer, items, cfg.generation, cfg.ppo, RewardSources(cfg.rewards))

@@ -65,7 +65,7 @@ def user_module(tmp_path, monkeypatch):
 
 
 def rewards_for(cfg, responses):
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
 
     sources = RewardSources(cfg.rewards)
     seqs = torch.zeros(len(responses), 4, dtype=torch.long)
@@ -136,7 +136,7 @@ def test_a_factory_that_raises_is_one_line_naming_it(user_module, tiny_llama, tm
 
 
 def test_a_factory_given_options_it_does_not_take_is_one_line_before_ray(user_module, tiny_llama, tmp_path):
-    from coati_ray.experience.rewards import check_reward_sources
+    from coati_ray.experience.reward_sources import check_reward_sources
 
     cfg = grpo_cfg(tiny_llama, tmp_path, "rewards.function=null",
                    f"rewards.sources=[{{kind: '{user_module}:length_bonus', options: {{scael: 2}}}}]")
@@ -181,8 +181,8 @@ def test_truncation_and_the_overlong_penalty_follow_what_the_backend_produced(us
 
     from coati_ray.experience import make_experience
     from coati_ray.experience.prompts import read_prompt_data
-    from coati_ray.experience.maker import ExperienceModels
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.make import ExperienceModels
+    from coati_ray.experience.reward_sources import RewardSources
     from coati_ray.models import Actor
 
     cfg = grpo_cfg(tiny_llama, tmp_path, f"generation.backend={user_module}:{backend}", "generation.max_new_tokens=8",

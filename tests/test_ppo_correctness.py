@@ -243,7 +243,7 @@ def test_first_on_policy_minibatch_has_ratio_one_with_dropout_and_temperature(as
                                                                               keep_dropout):
     """tiny-gpt2 has dropout 0.1 (as gpt2 and opt do) and the makers sample at temperature 0.7."""
     from coati_ray.experience import make_experience
-    from coati_ray.experience.maker import build_experience_models
+    from coati_ray.experience.make import build_experience_models
     from coati_ray.experience.prompts import read_prompt_data
     from coati_ray.models import load_tokenizer
     from coati_ray.strategies import make_strategy

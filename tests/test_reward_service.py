@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from coati_ray.errors import ConfigError, RewardError
-from coati_ray.experience.rewards import HttpReward, check_reward_sources
+from coati_ray.experience.reward_sources import HttpReward, check_reward_sources
 
 
 class Service:
@@ -79,7 +79,7 @@ def test_an_answer_past_the_size_limit_is_refused():
 @pytest.mark.parametrize("rewards, kind", [(["1.0"], "str"), ([True], "bool"), ([None], "NoneType")])
 def test_rewards_must_be_numbers(rewards, kind):
     from coati_ray.config.ppo import RewardSourcesConfig
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
 
     import torch
 

@@ -71,7 +71,7 @@ class Joiner:
 
             os._exit(1)
         time.sleep(self.delay)
-        from actors.collective import WeightBroadcastGroup
+        from actors.broadcast_group import WeightBroadcastGroup
 
         meeting, rank, size, backend, timeout = args[-5:]
         self.group = WeightBroadcastGroup(meeting, rank, size, backend, timeout)

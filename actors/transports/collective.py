@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import ray
 
-from actors.collective import abandon, missing_members
+from actors.broadcast_group import abandon, missing_members
 from actors.transports import Published, TransportBroke, TransportDown, WeightTransport, register_transport
 from actors.transports.object_store import store_handle
 from coati_ray.errors import WorkerLost

@@ -1,5 +1,5 @@
 """ipc (sync mode): a maker on the node of every trainer group's rank 0 maps rank 0's tensors where they are
-(coati_ray/models/ipc.py: shared memory on CPU, CUDA IPC handles on GPU, the same code) and copies them into its
+(coati_ray/models/shared_tensors.py: shared memory on CPU, CUDA IPC handles on GPU, the same code) and copies them into its
 model, between steps while the trainers wait. Each maker gets a blob of its own (each holds one reference). A
 maker on another node or device kind, a Gemini group (its export gathers on every rank) and a catch-up mid-step
 go through the object store; a /dev/shm too small for the weights refuses it (TransportDown)."""
@@ -88,6 +88,6 @@ def _place_of(worker) -> dict:
 @register_reader("ipc")
 def read(part: dict) -> dict:
     """In the maker: the sender's tensors, mapped (no copy until the model's own)."""
-    from coati_ray.models.ipc import open_shared
+    from coati_ray.models.shared_tensors import open_shared
 
     return open_shared(part["ipc"])

@@ -11,7 +11,7 @@ from coati_ray.algo.functional import (
 )
 from coati_ray.algo.losses import IGNORE_INDEX, kl_loss, policy_loss, ptx_mix, reward_model_loss, sft_loss, value_loss
 from coati_ray.algo.advantages import gae_recursion
-from coati_ray.algo.rewards import (coati_token_kl, kl_estimate, last_token_index, on_last_token, per_token_rewards,
+from coati_ray.algo.reward_shaping import (coati_token_kl, kl_estimate, last_token_index, on_last_token, per_token_rewards,
                                     sequence_kl_penalty)
 
 __all__ = [

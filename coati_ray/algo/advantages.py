@@ -42,7 +42,7 @@ class AdvantageInputs:
     @property
     def token_rewards(self) -> torch.Tensor:
         """(B, A): the KL penalty's rewards plus the score on each sample's last token."""
-        from coati_ray.algo.rewards import last_token_index
+        from coati_ray.algo.reward_shaping import last_token_index
 
         out = self.kl_rewards.clone().float()
         out[torch.arange(out.size(0)), last_token_index(self.action_mask)] += self.scores.float()

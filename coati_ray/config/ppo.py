@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
 from coati_ray.config.rollout import RolloutConfig
-from coati_ray.config.rewards import RewardSourceSpec, RewardSourcesConfig  # noqa: F401 (re-exported)
+from coati_ray.config.reward_sources import RewardSourceSpec, RewardSourcesConfig  # noqa: F401 (re-exported)
 from coati_ray.config.runtime import (BufferConfig, ColocatedConfig, MakerConfig, SyncConfig,  # noqa: F401 (re-exported)
                                       WatchdogConfig)
 from coati_ray.config.schema import JobConfig, ModelConfig, OptimizerConfig, ResourceConfig, StrategyConfig, opt

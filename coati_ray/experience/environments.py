@@ -36,7 +36,7 @@ class EnvironmentFailed(Exception):
 
 
 @dataclass
-class StepResult:
+class EnvironmentStep:
     observation: Optional[str]
     reward: float
     done: bool
@@ -81,8 +81,8 @@ def check_environment_options(cfg, key: str = "rollout") -> None:
             return
 
 
-def as_step_result(answer) -> StepResult:
-    """What step returned -> StepResult; EnvironmentFailed naming what is wrong."""
+def as_step_result(answer) -> EnvironmentStep:
+    """What step returned -> EnvironmentStep; EnvironmentFailed naming what is wrong."""
     if not isinstance(answer, (tuple, list)) or len(answer) not in (3, 4):
         raise EnvironmentFailed(f"step returned {type(answer).__name__}, not (observation, reward, done[, info])")
     observation, reward, done = answer[:3]
@@ -95,7 +95,7 @@ def as_step_result(answer) -> StepResult:
         raise EnvironmentFailed(f"step's done is {done!r}, not a bool")
     if not isinstance(info, dict):
         raise EnvironmentFailed(f"step's info is {type(info).__name__}, not a dict")
-    return StepResult(observation, float(reward), bool(done), {k: float(v) for k, v in info.items()
+    return EnvironmentStep(observation, float(reward), bool(done), {k: float(v) for k, v in info.items()
                                                              if isinstance(v, numbers.Real)})
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from coati_ray.algo.rewards import last_token_index
+from coati_ray.algo.reward_shaping import last_token_index
 from coati_ray.models.actor import forward_parameters
 from coati_ray.errors import ModelError
 

@@ -35,13 +35,13 @@ class RewardSourceSpec:
         if self.kind == "function":
             if not self.function:
                 _fail(f"{key}.function", "kind function needs 'module:function'", "e.g. coati_ray.tasks.sorting:reward")
-            from coati_ray.experience.rewards import check_reward_function
+            from coati_ray.experience.reward_sources import check_reward_function
 
             check_reward_function(self.function, f"{key}.function")
         if self.kind == "http":
             check_http(key, self.url, self.max_response_bytes, self.timeout_s, self.retries, "url", "")
         if self.kind not in ("model", "function", "http"):
-            from coati_ray.experience.rewards import REWARD_KINDS
+            from coati_ray.experience.reward_sources import REWARD_KINDS
 
             if self.kind not in REWARD_KINDS and ":" not in self.kind:
                 _fail(f"{key}.kind", f"unknown reward kind '{self.kind}'",
@@ -116,7 +116,7 @@ class RewardSourcesConfig:
             _fail(key, "no training reward: no reward model (reward.path), function or http_url",
                   f"set reward.path, {key}.function (e.g. coati_ray.tasks.sorting:reward) or {key}.http_url")
         if self.function:
-            from coati_ray.experience.rewards import check_reward_function
+            from coati_ray.experience.reward_sources import check_reward_function
 
             check_reward_function(self.function, f"{key}.function")
         if self.http_url and not self.http_url.startswith(("http://", "https://")):

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from coati_ray.experience.maker import ExperienceModels, ScoredRollout, finish_experience, make_experience, score_rollout
+from coati_ray.experience.make import ExperienceModels, ScoredRollout, finish_experience, make_experience, score_rollout
 
 
 def batch_seed(seed: int, batch_id: int) -> int:
@@ -170,7 +170,7 @@ def digest(sequences: torch.Tensor) -> str:
 def finish_with_values(critic: torch.nn.Module, scored: ScoredRollout, ppo, stats: dict) -> tuple:
     """A ScoredRollout made by a worker without the critic -> (Experience, statistics) with the critic's values:
     the same Experience make_experience would have made with this critic beside the actor."""
-    from coati_ray.experience.maker import critic_values
+    from coati_ray.experience.make import critic_values
     from coati_ray.utils.flops import inference_flops, num_params
 
     t = time.perf_counter()

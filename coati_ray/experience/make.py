@@ -16,7 +16,7 @@ import torch
 
 from coati_ray.algo.advantages import AdvantageInputs, algorithm
 from coati_ray.algo.functional import masked_mean
-from coati_ray.algo.rewards import (coati_token_kl, kl_estimate, on_last_token, overlong_penalty, produced_limit,
+from coati_ray.algo.reward_shaping import (coati_token_kl, kl_estimate, on_last_token, overlong_penalty, produced_limit,
                                     sequence_kl_penalty, truncated_rows)
 from coati_ray.experience.batch import Experience, group_indices
 from coati_ray.experience.waste import finished_row_fraction, padding_fraction
@@ -157,7 +157,7 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     without the critic."""
     from coati_ray.data.datasets import collate_prompts
     from coati_ray.evaluation.policy import decode_responses
-    from coati_ray.experience.rewards import RewardSources
+    from coati_ray.experience.reward_sources import RewardSources
 
     n = ppo.n_samples_per_prompt
     if rewards is None:
