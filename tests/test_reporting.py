@@ -32,6 +32,9 @@ def test_gold_scorer_reads_chat_wrapped_prompts():
     assert score("Human: sort: 3 1 2\nAssistant: ", "1 2 3") == 1.0
     assert score("sort: 3 1 2", "3 2 1") == 0.0
     assert 0 < score("sort: 3 1 2", "1 2") < 1
+    # a reasoning model's think block (Qwen3's, even empty) is not the answer: what follows it is judged
+    assert score("sort: 3 1 2", "<think>\n\n</think>\n\n1 2 3") == 1.0
+    assert gold_scorer("calc")("add: 2 + 3", "<think>2 and 3 make 5</think>The sum is 5") == 1.0
 
 
 def test_replace_flaw_looks_sorted_but_scores_below_one():

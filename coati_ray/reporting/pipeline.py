@@ -80,10 +80,11 @@ def format_table(summary: dict) -> str:
 def samples_table(before: list[dict], after: list[dict], limit: int = 8) -> str:
     """Markdown: the same held-out prompts answered by the SFT policy and by the PPO policy."""
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    cell = lambda text: "`" + text.replace("\n", "⏎").replace("|", "\\|") + "`"  # noqa: E731 (one table row)
     lines = ["| prompt | SFT answer | gold | PPO answer | gold |", "|---|---|---|---|---|"]
     for b, a in list(zip(before, after))[:limit]:
-        lines.append(f"| `{b['prompt']}` | `{b['response']}` | {fmt(b.get('gold_score'))} | "
-                     f"`{a['response']}` | {fmt(a.get('gold_score'))} |")
+        lines.append(f"| {cell(b['prompt'])} | {cell(b['response'])} | {fmt(b.get('gold_score'))} | "
+                     f"{cell(a['response'])} | {fmt(a.get('gold_score'))} |")
     return "\n".join(lines)
 
 

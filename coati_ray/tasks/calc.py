@@ -58,7 +58,11 @@ def evaluate(expression: str) -> int:
 
 
 def gold_score(a: int, b: int, answer: str) -> float:
-    """1.0 when the final answer is the sum (the answer's only number), else 0.0."""
+    """1.0 when the final answer is the sum (the answer's only number), else 0.0; a reasoning block
+    (`<think>...</think>`) before it is not the answer."""
+    from coati_ray.tasks.sorting import final_answer
+
+    answer = final_answer(answer)
     numbers = re.findall(r"-?\d+", answer)
     return float(len(numbers) == 1 and int(numbers[0]) == a + b and "<calc>" not in answer)
 

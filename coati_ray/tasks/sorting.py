@@ -26,6 +26,12 @@ def parse_prompt(prompt: str) -> list[int]:
     return [int(t) for t in body.split() if t.lstrip("-").isdigit()]
 
 
+def final_answer(response: str) -> str:
+    """The answer of a response: what follows its reasoning block (`<think>...</think>`, as Qwen3 and R1 write
+    it), or the whole response."""
+    return response.rsplit("</think>", 1)[-1] if "</think>" in response else response
+
+
 def answer_text(numbers: list[int]) -> str:
     return " ".join(map(str, sorted(numbers)))
 
@@ -36,8 +42,9 @@ def gold_score(numbers: list[int], response: str) -> float:
     order   = fraction of adjacent pairs in non-decreasing order among the response's integers
     content = |multiset(response) ∩ multiset(prompt)| / max(len(response), len(prompt))
     score   = order * content (a non-integer token counts as a wrong element).
+    A reasoning model's `<think>...</think>` block is not the answer: what follows it is judged.
     """
-    tokens = response.split()
+    tokens = final_answer(response).split()
     values = [int(t) if t.lstrip("-").isdigit() else None for t in tokens]
     ints = [v for v in values if v is not None]
     if not numbers or not tokens:
