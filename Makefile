@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test test-slow demo demo-rlvr demo-tools sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
+.PHONY: setup assets test test-slow demo demo-rlvr demo-tools serve evaluate sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -63,6 +63,23 @@ TOOLS_DIR ?= runs/demo_tools
 demo-tools: setup
 	$(VPY) -m launch.pipeline --config configs/demo_tools.yaml --output-dir $(TOOLS_DIR) --overwrite seed=$(SEED) \
 		sft.model.path=$(MODEL_PATH)
+
+# After `make demo`: its final policy behind an OpenAI-compatible API on Ray Serve (launch.serve), on loopback,
+# model name coati-demo: http://127.0.0.1:$(PORT)/v1 (README "Serve and evaluate"). Ctrl-C stops it.
+# SERVE_MODEL: another checkpoint; SERVE_ARGS: more flags (--replicas 2, --quantize int8, --host H --api-key-env NAME).
+SERVE_MODEL ?= $(DEMO_DIR)/ppo/checkpoints/final/actor/model
+PORT ?= 8000
+SERVE_ARGS ?=
+serve: setup
+	@test -f $(SERVE_MODEL)/config.json || { echo "error: no model in $(SERVE_MODEL); run make demo first (or SERVE_MODEL=DIR)" >&2; exit 2; }
+	$(VPY) -m launch.serve --model $(SERVE_MODEL) --served-model-name coati-demo --port $(PORT) $(SERVE_ARGS)
+
+# lm-evaluation-harness on the demo's final policy (launch.evaluate): TASKS from this repo (coati_sorting,
+# coati_calc) or your own YAML (EVAL_ARGS="--include-path DIR"); results in runs/eval.
+TASKS ?= coati_sorting
+EVAL_ARGS ?=
+evaluate: setup
+	$(VPY) -m launch.evaluate --model $(SERVE_MODEL) --tasks $(TASKS) --output-dir runs/eval --overwrite $(EVAL_ARGS)
 
 sft: setup
 	$(VPY) -m launch.sft --config configs/sft_tiny.yaml

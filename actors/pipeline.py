@@ -21,6 +21,7 @@ from actors.cluster import connect
 from actors.driver import PPOJob, check_cluster_fits
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
+from coati_ray.evaluation.lm_eval_stages import evaluate_after
 from coati_ray.utils.progress import MetricsTail
 from coati_ray.utils.run_dir import clear_run_dir, latest_checkpoint
 
@@ -44,12 +45,14 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
     try:
         with user_errors():
             check_cluster_fits(cfg.ppo, extra="ppo.")  # before minutes of SFT and RM, not after
+            evaluate_after(cfg, "base", resume, info)  # lm-eval's "before" column (when cfg.evaluate asks)
             for stage in cfg.stages:
                 stage_cfg = getattr(cfg, stage)
                 done = completed_stage(stage_cfg.output_dir) if resume else None
                 if done is not None:
                     info(f"[pipeline] {stage}: already complete in {stage_cfg.output_dir}, reused")
                     summaries[stage], seconds[stage] = done, 0.0
+                    evaluate_after(cfg, stage, resume, info)
                     continue
                 resume_from = latest_checkpoint(stage_cfg.output_dir) if resume else None
                 if resume_from is None:  # interrupted before its first checkpoint: that stage starts again
@@ -63,6 +66,7 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
                 summaries[stage] = _run_stage(stage, stage_cfg, resume_from, ray_address)
                 seconds[stage] = time.time() - t
                 info(f"[pipeline] {stage}: done in {seconds[stage]:.0f}s")
+                evaluate_after(cfg, stage, resume, info)
     finally:
         if started:
             ray.shutdown()

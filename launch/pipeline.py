@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     except CoatiError as e:
         return fail(e)
     if args.overwrite:
-        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots"), cfg.prepared_dir]:
+        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots"), cfg.prepared_dir,
+                                                         os.path.join(cfg.output_dir, "lm_eval")]:
             shutil.rmtree(path, ignore_errors=True)
     os.makedirs(cfg.output_dir, exist_ok=True)
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
@@ -54,10 +55,19 @@ def main(argv=None) -> int:
                  f"top_p {g.generation.top_p}", "estimator": g.ppo.advantage_estimator,
                  "training_reward": training_reward(g)}
     summary = pipeline_summary(stages, seconds, time.time() - t0, cfg.seed, eval_info)
+    if cfg.evaluate is not None:  # lm-eval before / after stages (coati_ray/evaluation/lm_eval_stages.py)
+        from coati_ray.evaluation.lm_eval_stages import collect
+
+        summary["lm_eval"] = {"tasks": cfg.evaluate.tasks, "limit": cfg.evaluate.limit,
+                              "stages": collect(cfg.output_dir)}
     paths = write_pipeline_report(cfg.output_dir, summary)
     summary["files"] = {k: v for k, v in paths.items() if v}
     write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
     print(format_table(summary))
+    if summary.get("lm_eval", {}).get("stages"):
+        from coati_ray.reporting.lm_eval_table import terminal_table
+
+        print("lm-evaluation-harness:\n" + terminal_table(summary["lm_eval"]["stages"]))
     print(f"report: {paths['report_md']}  (plots in {os.path.join(cfg.output_dir, 'plots')}, "
           f"samples in {os.path.join(cfg.output_dir, 'samples.md')})")
     return 0

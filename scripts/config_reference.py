@@ -18,6 +18,7 @@ from coati_ray.config.generate import GenerateConfig  # noqa: E402
 from coati_ray.config.pretrain import PretrainConfig  # noqa: E402
 from coati_ray.config.pipeline import PipelineConfig  # noqa: E402
 from coati_ray.config.ppo import PPOConfig  # noqa: E402
+from coati_ray.config.serve import ServeConfig  # noqa: E402
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
@@ -33,7 +34,7 @@ def reference() -> str:
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in rows]
         lines.append("")
-    own = [r for r in describe(PipelineConfig) if "." not in r[0] or r[0].split(".")[0] in ("expand_vocab", "prepare")]
+    own = [r for r in describe(PipelineConfig) if "." not in r[0] or r[0].split(".")[0] in ("expand_vocab", "prepare", "evaluate")]
     lines += ["**Pipeline (`launch.pipeline`)**: `pretrain.*`, `sft.*`, `rm.*` and `ppo.*` take the keys of the tables "
               "above; the pipeline sets each stage's `output_dir`, `pretrain.model.path` (after expand_vocab), "
               "`pretrain.data.train_path` (`<output_dir>/prepared`), `sft.model.path` (after expand_vocab or pretrain), "
@@ -43,6 +44,13 @@ def reference() -> str:
     lines += ["", "**Generate (`launch.generate`)**: `--model`, `--lora`, `--quantize`, `--n` and `--reward-model` set "
               "the keys of the same names", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in describe(GenerateConfig)]
+    lines.append("")
+    generate_keys = {row[0] for row in describe(GenerateConfig)}
+    lines += ["**Serve (`launch.serve`)**: the Generate keys that load the model (`model`, `revision`, `lora`, "
+              "`quantize`, `tokenizer_path`, `chat_template`, `dtype`), plus", "", "| key | type | default | meaning |",
+              "|---|---|---|---|"]
+    lines += [f"| `{k}` | {t.replace('|', '/')} | `{d}` | {h} |" for k, t, d, h in describe(ServeConfig)
+              if k not in generate_keys]
     lines.append("")
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from coati_ray.config.evaluate import EvaluateStageConfig
 from coati_ray.config.ppo import PPOConfig
 from coati_ray.config.pretrain import PretrainConfig
 from coati_ray.config.checks import _fail, _require_model_dir
@@ -94,6 +95,9 @@ class PipelineConfig(JobConfig):
     rm: Optional[RMConfig] = opt(None, "stage 2 (keys of configs/rm_*.yaml, minus output_dir and model.path); leave it "
                                        "out for RLVR (rewards from ppo.rewards.function / http_url)")
     ppo: PPOConfig = opt(None, "stage 3 (keys of configs/ppo_*.yaml, minus output_dir and actor/critic/reward paths)")
+    evaluate: Optional[EvaluateStageConfig] = opt(None, "lm-evaluation-harness tasks run on the base model and after "
+                                                        "stages (keys tasks, after, include_path, limit); the report "
+                                                        "gets a before/after table")
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -190,6 +194,8 @@ class PipelineConfig(JobConfig):
         if self.rm is not None:
             self.stand_in("rm", base).validate()
         self.stand_in("ppo", base).validate(check_reward_head=False)
+        if self.evaluate is not None:
+            self.evaluate.validate(self.stages)
         if self.ppo.data.gold_task and not self.ppo.data.eval_prompt_path:
             _fail("ppo.data.eval_prompt_path", "the report's gold scores need held-out prompts",
                   "set ppo.data.eval_prompt_path")

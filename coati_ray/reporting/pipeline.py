@@ -113,6 +113,10 @@ def write_pipeline_report(run_dir: str, summary: dict) -> dict[str, Optional[str
           f"{ev.get('prompts')} held-out prompts x {ev.get('samples_per_prompt')} answers ({ev.get('decoding')}); "
           f"{judge}.", "",
           "```", format_table(summary), "```", ""]
+    if summary.get("lm_eval", {}).get("stages"):  # the pipeline's evaluate section: lm-eval beside the gold score
+        from coati_ray.reporting.lm_eval_table import report_section
+
+        md += report_section(summary["lm_eval"]["stages"], summary["lm_eval"].get("limit"), ev.get("task"))
     for key, title in (("ppo_png", "PPO"), ("sft_png", "SFT"), ("rm_png", "Reward model")):
         if paths[key]:
             md += [f"## {title}", "", f"![{title}]({os.path.relpath(paths[key], run_dir)})", ""]
