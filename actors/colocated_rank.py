@@ -38,7 +38,7 @@ class ColocatedRollout:
         import torch
 
         out, stats = self._rollout().make(prompt_items, batch_id, self.steps_done,
-                                          defer_values=self.cfg.algorithm.needs_critic)
+                                          defer_values=self.cfg.estimator.needs_critic)
         if torch.cuda.is_available():  # the KV cache and activations go back before the update needs the memory
             torch.cuda.empty_cache()
         publish_make_metrics(self._make_metrics(), stats)
@@ -49,7 +49,7 @@ class ColocatedRollout:
         """A critic rank: (statistics, Experience) of a ScoredRollout with this rank's values."""
         from coati_ray.experience.rollout_worker import finish_with_values
 
-        exp, stats = finish_with_values(self.strategy.unwrap(self.trainer.model), scored, self.cfg.ppo, stats)
+        exp, stats = finish_with_values(self.strategy.unwrap(self.trainer.model), scored, self.cfg.algorithm, stats)
         return stats, exp
 
     def evaluate(self, prompt_items: list[dict], greedy: bool, seed: int, samples_per_prompt: int = 1) -> dict:

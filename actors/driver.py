@@ -1,6 +1,6 @@
 """The PPO job: builds the actor groups, runs the steps, syncs weights, checkpoints, cleans up.
 
-    job = PPOJob(cfg)            # validates config and data before touching Ray
+    job = RLJob(cfg)            # validates config and data before touching Ray
     summary = job.run()          # starts Ray actors, trains, always releases actors and placement groups
     job.scale_makers(3)          # from a callback or another thread: takes effect at the next step
 
@@ -9,7 +9,7 @@ source: under placement: separate the scheduler feeds the makers admissible tick
 groups update; under colocated the actor group's ranks generate, actors/colocated.py), publish the new
 weights where generation happens next, and turn what everyone reported into one metrics record. sync mode: each step's experience
 is generated with the weights after the previous update. async mode: makers keep generating while
-trainers train, never further ahead than ppo.max_staleness versions (actors/scheduling.py).
+trainers train, never further ahead than algorithm.max_staleness versions (actors/scheduling.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac",
                  "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
 
 
-class PPOJob:
+class RLJob:
     def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
                  log: bool = True, overwrite: bool = False):
         """`overwrite`: replace an earlier run's results in cfg.output_dir (refused otherwise, unless resuming)."""
@@ -57,7 +57,7 @@ class PPOJob:
         self.roles = cfg.roles  # ("actor", "critic") for gae, ("actor",) for a critic-free estimator
         # Everything the user can get wrong in the data is read here, before any Ray resource.
         tokenizer = tokenizer_for(cfg.actor, cfg.data)
-        for key in ("actor", "critic", "reward"):
+        for key in ("actor", "critic", "reward_model"):
             if getattr(cfg, key) is not None:
                 check_tokenizer_fits(tokenizer, getattr(cfg, key).local_path, f"{key}.path")
         check_reward_sources(cfg.rewards)
@@ -66,7 +66,7 @@ class PPOJob:
         if self.placement.makers:
             from actors.transports import check_transport
 
-            check_transport(cfg.sync.transport)  # one of your own: a WeightTransport, before Ray starts
+            check_transport(cfg.weight_sync.transport)  # one of your own: a WeightTransport, before Ray starts
         if cfg.rollout.multi_turn:
             from coati_ray.experience.episodes import check_tool_turns
 
@@ -77,19 +77,19 @@ class PPOJob:
             with open(os.path.join(resume_from, "driver_state.json")) as f:
                 state = json.load(f)
             self.step, self.version = state["step"], state["version"]
-        self.items_per_step = cfg.ppo.rollout_batch_size // cfg.maker.batch_size
+        self.items_per_step = cfg.algorithm.rollout_batch_size // cfg.maker.batch_size
         # Batch b holds stream positions b*batch_size...; step s trains on batches [s*k, (s+1)*k), so a
         # resumed run remakes exactly the batches the interrupted one had not trained on.
-        self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.ppo.seed, self.step * self.items_per_step,
-                                    spare_rounds=cfg.ppo.max_sampling_rounds - 1 if cfg.ppo.filter_groups else 0)
-        self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.ppo.log_every,
+        self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.algorithm.seed, self.step * self.items_per_step,
+                                    spare_rounds=cfg.algorithm.max_sampling_rounds - 1 if cfg.algorithm.filter_groups else 0)
+        self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.algorithm.log_every,
                                 wandb=cfg.logging.wandb, config=redact_config(self.cfg_dict),
                                 show=PROGRESS_KEYS)
-        self.evaluator = PolicyEvaluator(eval_items, cfg.ppo.eval_greedy, cfg.ppo.seed,
-                                         cfg.ppo.eval_samples_per_prompt, self.logger)
+        self.evaluator = PolicyEvaluator(eval_items, cfg.algorithm.eval_greedy, cfg.algorithm.seed,
+                                         cfg.algorithm.eval_samples_per_prompt, self.logger)
         self.source: Optional[ExperienceSource] = None  # makers (placement: separate) or the actor group's ranks
         self.trainers: Optional[PPOTrainerGroups] = None
-        self.max_staleness = cfg.ppo.max_staleness if cfg.ppo.mode == "async" else 0
+        self.max_staleness = cfg.algorithm.max_staleness if cfg.algorithm.mode == "async" else 0
         self.watchdog: Optional[Watchdog] = None
         self.target_makers = cfg.maker.num_makers
         self.lock = threading.Lock()
@@ -150,7 +150,7 @@ class PPOJob:
         """Trainer rank handles by role (read-only view, for callbacks and tests)."""
         return dict(self.trainers.ranks) if self.trainers else {}
 
-    def run(self, on_step: Optional[Callable[["PPOJob", int, dict], None]] = None) -> dict:
+    def run(self, on_step: Optional[Callable[["RLJob", int, dict], None]] = None) -> dict:
         t_start = time.time()
         try:
             with user_errors():
@@ -159,7 +159,7 @@ class PPOJob:
             self.shutdown()
 
     def _run(self, on_step, t_start: float) -> dict:
-        p = self.cfg.ppo
+        p = self.cfg.algorithm
         if self.overwrite and not self.resume_from:
             clear_run_dir(self.cfg.output_dir)
         if self.logger.enabled:  # `--config <run>/config.yaml` reproduces the run, for scripts too
@@ -218,7 +218,7 @@ class PPOJob:
         self.logger.info((f"{self.num_makers} makers, " if self.placement.makers else f"{cfg.placement}, ") + ", ".join(
             f"{role} group {len(ranks)} rank(s) [{self.trainers.group_cfg(role).strategy.name}]"
             for role, ranks in self.trainers.ranks.items())
-            + f", mode={cfg.ppo.mode}, {len(self.prompts.items)} prompts")
+            + f", mode={cfg.algorithm.mode}, {len(self.prompts.items)} prompts")
 
     # ------------------------------------------------------------------ one step
 
@@ -241,7 +241,7 @@ class PPOJob:
         buffer = ray.get(self.buffer.stats.remote())
         if buffer["over_staleness"]:  # admission control is what bounds staleness: never let a breach pass quietly
             raise RuntimeError(f"internal error: {buffer['over_staleness']} batch(es) reached the trainers more than "
-                               f"ppo.max_staleness versions old (staleness counts {buffer['staleness_counts']}); "
+                               f"algorithm.max_staleness versions old (staleness counts {buffer['staleness_counts']}); "
                                "please report this with the run's config.yaml")
         m = step_metrics(updates=result.results, makes=result.makes, sync=sync, loads=loads,
                          step_seconds=step_s, buffer=buffer, version=self.version,
@@ -322,7 +322,7 @@ class PPOJob:
         last = history[-1] if history else {}
         first = history[0] if history else {}
         idle = [m["trainer/idle_fraction"] for m in history]
-        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.ppo.mode, "placement": self.cfg.placement,
+        return {"stage": "ppo", "steps": self.step, "mode": self.cfg.algorithm.mode, "placement": self.cfg.placement,
                 **self.source.summary(),
                 "reward_first": first.get("reward"), "reward_last": last.get("reward"), "kl_last": last.get("kl"),
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),

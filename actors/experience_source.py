@@ -26,7 +26,7 @@ from actors.weight_sync import WeightSync
 
 
 class ExperienceSource:
-    """The interface PPOJob drives (see the module docstring); the defaults suit a source without makers."""
+    """The interface RLJob drives (see the module docstring); the defaults suit a source without makers."""
 
     name = "?"
 
@@ -118,7 +118,7 @@ class MakerSource(ExperienceSource):
         self.pool.wait_all = watchdog.wait_all
         self.scheduler = StepScheduler(self.pool, job.trainers, job.buffer, job.prompts, job.items_per_step,
                                        job.max_staleness, cfg.buffer.capacity // cfg.maker.batch_size,
-                                       last_ticket=cfg.ppo.max_steps * job.items_per_step, first_step=job.step,
+                                       last_ticket=cfg.algorithm.max_steps * job.items_per_step, first_step=job.step,
                                        wait=watchdog.wait)
 
     def run(self, step: int) -> StepResult:
@@ -128,7 +128,7 @@ class MakerSource(ExperienceSource):
         return self.sync.publish(version)
 
     def collect_loads(self) -> list:
-        return self.pool.wait_loads() if self.job.cfg.ppo.mode == "sync" else self.pool.finished_loads()
+        return self.pool.wait_loads() if self.job.cfg.algorithm.mode == "sync" else self.pool.finished_loads()
 
     def finish(self) -> None:
         self.pool.drain()

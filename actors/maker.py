@@ -37,7 +37,7 @@ class ExperienceMaker:
         import torch
 
         from coati_ray.config import from_dict
-        from coati_ray.config.ppo import PPOConfig
+        from coati_ray.config.rl import RLConfig
         from coati_ray.seams import import_plugins
         from coati_ray.utils.cpu import place_threads
         from coati_ray.experience.make import build_experience_models
@@ -50,7 +50,7 @@ class ExperienceMaker:
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.index = index
-        self.cfg = cfg = from_dict(PPOConfig, cfg_dict)
+        self.cfg = cfg = from_dict(RLConfig, cfg_dict)
         import_plugins(self.cfg.plugins)  # the user's registrations, in this process too
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.maker.num_gpus > 0 else "cpu")
         # the prompts' chat template: its end-of-turn token ends a response
@@ -107,7 +107,7 @@ class ExperienceMaker:
 
     def _current(self, expected: Optional[int] = None) -> None:
         """Between batches: swap in weights that have fully arrived (waiting for `expected` if promised)."""
-        self.receiver.swap(expected, timeout_s=self.cfg.sync.timeout_s if expected is not None else 0.0)
+        self.receiver.swap(expected, timeout_s=self.cfg.weight_sync.timeout_s if expected is not None else 0.0)
 
     @ray.method(num_returns=2)
     def make(self, prompt_items: list[dict], batch_id: int, expected_version: Optional[int] = None) -> tuple:

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import ray
 
 from actors.cluster import connect
-from actors.driver import PPOJob, check_cluster_fits
+from actors.driver import RLJob, check_cluster_fits
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
 from coati_ray.evaluation.lm_eval_stages import evaluate_after
@@ -98,7 +98,7 @@ def _expand_vocab(stage_cfg) -> dict:
 
 def _run_stage(stage: str, stage_cfg, resume_from: Optional[str], ray_address: Optional[str]) -> dict:
     if stage == "ppo":  # a fresh stage's directory was cleared above; an interrupted one resumes its checkpoint
-        return PPOJob(stage_cfg, resume_from=resume_from, ray_address=ray_address,
+        return RLJob(stage_cfg, resume_from=resume_from, ray_address=ray_address,
                       overwrite=resume_from is None).run()
     if stage == "expand_vocab":
         return _expand_vocab(stage_cfg)

@@ -26,7 +26,7 @@ class PPOTrainerRank(ColocatedRollout):
         import torch
 
         from coati_ray.config import from_dict
-        from coati_ray.config.ppo import PPOConfig
+        from coati_ray.config.rl import RLConfig
         from coati_ray.seams import import_plugins
         from coati_ray.utils.cpu import place_threads
 
@@ -35,7 +35,7 @@ class PPOTrainerRank(ColocatedRollout):
             torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.role, self.rank, self.world_size = role, rank, world_size
-        self.cfg = from_dict(PPOConfig, cfg_dict)
+        self.cfg = from_dict(RLConfig, cfg_dict)
         import_plugins(self.cfg.plugins)  # the user's registrations, in this process too
         self.group_cfg = getattr(self.cfg, f"{role}_trainer")
         self.model_cfg = getattr(self.cfg, role)
@@ -55,7 +55,7 @@ class PPOTrainerRank(ColocatedRollout):
         from coati_ray.strategies import make_strategy
         from coati_ray.trainers.ppo import make_group_trainer
 
-        p = self.cfg.ppo
+        p = self.cfg.algorithm
         accum = p.train_batch_size // self.world_size // p.micro_batch_size
         if p.micro_batch_tokens is not None:  # the token budget decides how many: Gemini must expect several
             accum = max(2, accum)

@@ -121,7 +121,7 @@ class PPOTrainerGroups:
         dead = dead or ["a trainer rank"]
         ckpt = latest_checkpoint(self.cfg.output_dir)
         how = (f"resume with --resume (latest checkpoint: {ckpt})" if ckpt else
-               "no checkpoint was saved yet (set ppo.save_every), so rerun from the start")
+               "no checkpoint was saved yet (set algorithm.save_every), so rerun from the start")
         return (f"run error: {', '.join(dead)} died at step {self.step + 1} ({type(err).__name__}); a trainer group "
                 f"cannot lose a rank, so the run stops; {how}")
 

@@ -80,7 +80,7 @@ class StepScheduler:
     def check_not_deadlocked(self, step: int) -> None:
         """End the run in one line when no maker can work: work is waiting, nothing is in flight, and every
         maker waits for a consistent export (the trainer groups at different steps, or one updating while it
-        waits for experience only a maker can make) for longer than sync.timeout_s."""
+        waits for experience only a maker can make) for longer than weight_sync.timeout_s."""
         every_maker_waits = bool(self.pool.makers) and all(i in self.pool.awaiting for i in self.pool.makers)
         work_waits = self.pool.orphans or self.next_ticket < self.limit(step, max(self.pool.newest, step))
         stuck = not self.pool.running and every_maker_waits and work_waits
@@ -89,13 +89,13 @@ class StepScheduler:
             return
         now = time.monotonic()
         self.stuck_since = self.stuck_since or now
-        if now - self.stuck_since > self.pool.cfg.sync.timeout_s:
+        if now - self.stuck_since > self.pool.cfg.weight_sync.timeout_s:
             waiting = ", ".join(str(i) for i in sorted(self.pool.awaiting) if i in self.pool.makers)
             raise WorkerLost(
                 f"run error: weight sync: no maker can make the batches the trainers wait for: maker(s) "
                 f"{waiting} came back without weights, and the trainer "
                 f"groups (steps {self.pool.sync.uneven}) have not allowed a consistent export for "
-                f"{now - self.stuck_since:.0f}s under sync.transport=collective; use sync.transport=object_store "
+                f"{now - self.stuck_since:.0f}s under weight_sync.transport=collective; use weight_sync.transport=object_store "
                 "(which keeps each published version) or more than one maker")
 
     def remake_lost(self, batch_ids: list[int]) -> None:

@@ -5,7 +5,7 @@
 Routes (under cfg.route_prefix): GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both also with
 `stream: true`, server-sent events), GET /stats (this replica's batch sizes and token counts), GET /health.
 
-Each replica loads the model as `launch.generate` does (coati_ray.generation.Policy: LoRA adapters, int8/int4,
+Each replica loads the model as `launch.generate` does (coati_ray.inference.Policy: LoRA adapters, int8/int4,
 the chat template it trained with) and answers through Serve's request batching: every sequence a request asks
 for (n of them) is one item of `_decode`, a streaming batch handler that decodes up to max_batch_size sequences
 together (coati_ray/serving/engine.py) and hands each caller its own steps. Requests are checked and tokenized
@@ -74,7 +74,7 @@ class OpenAIServer:
         from ray.util import metrics
 
         from coati_ray.data.template import ChatFormat
-        from coati_ray.generation import Policy
+        from coati_ray.inference import Policy
         from coati_ray.serving.engine import Engine
 
         torch.set_num_threads(cfg.threads())

@@ -3,7 +3,7 @@
     from actors.testing import tiny_job
 
     def test_my_estimator():
-        run = tiny_job("ppo.advantage_estimator=my_pkg.estimators:centred", steps=2)
+        run = tiny_job("algorithm.advantage_estimator=my_pkg.estimators:centred", steps=2)
         assert run.metrics[-1]["reward"] is not None
 
 `tiny_job` runs GRPO (`algorithm="grpo"`: the sorting task's verifier as the reward, no critic) or PPO
@@ -49,24 +49,24 @@ def tiny_models(root: Optional[str] = None) -> dict:
     actor = build_assets(root, families=["llama"], chat=[])["llama"]
     torch.manual_seed(0)
     reward = os.path.join(root, "reward")
-    RewardModel.from_pretrained(actor).save_pretrained(reward)
+    RewardModel.from_pretrained(actor, trust_remote_code=False).save_pretrained(reward)  # built here: no custom code
     _MODELS.update(actor=actor, reward=reward)
     return _MODELS
 
 
 def tiny_config(*overrides: str, algorithm: str = "grpo", steps: int = 2, output_dir: Optional[str] = None):
-    """The validated PPOConfig of a tiny job (configs/grpo_tiny.yaml or ppo_tiny.yaml on the tiny models)."""
+    """The validated RLConfig of a tiny job (configs/grpo_tiny.yaml or ppo_tiny.yaml on the tiny models)."""
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     if algorithm not in ("grpo", "ppo"):
         raise ValueError(f"algorithm must be 'grpo' or 'ppo', not {algorithm!r}")
     models = tiny_models()
     base = [f"actor.path={models['actor']}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
-            f"ppo.max_steps={steps}", "generation.max_new_tokens=6", "buffer.timeout_s=120"]
+            f"algorithm.max_steps={steps}", "generation.max_new_tokens=6", "buffer.timeout_s=120"]
     if algorithm == "ppo":
-        base += [f"critic.path={models['actor']}", f"reward.path={models['reward']}"]
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", f"{algorithm}_tiny.yaml"), base + list(overrides),
+        base += [f"critic.path={models['actor']}", f"reward_model.path={models['reward']}"]
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", f"{algorithm}_tiny.yaml"), base + list(overrides),
                       output_dir=output_dir or tempfile.mkdtemp(prefix=f"coati-{algorithm}-"))
     cfg.validate()
     return cfg
@@ -79,10 +79,10 @@ def tiny_job(*overrides: str, algorithm: str = "grpo", steps: int = 2, output_di
 
     import ray
 
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     cfg = tiny_config(*overrides, algorithm=algorithm, steps=steps, output_dir=output_dir)
-    job = PPOJob(cfg, log=True, overwrite=True)  # data and plug-ins checked here, before Ray
+    job = RLJob(cfg, log=True, overwrite=True)  # data and plug-ins checked here, before Ray
     started = not ray.is_initialized()
     if started:
         paths = os.pathsep.join(p for p in sys.path if p)

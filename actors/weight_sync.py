@@ -4,7 +4,7 @@
     stats = sync.publish(version)          # the trainers' weights of `version` on their way to every maker
 
 The transports are actors/transports/ (one file each): object_store, collective, ipc, or one of your own
-(`sync.transport: module:Class`). This file is the policy over them:
+(`weight_sync.transport: module:Class`). This file is the policy over them:
 
   object_store  the transport of last resort: every other one falls back to it for a maker it cannot serve
                 (a maker that joins or restarts, a catch-up mid-step, a maker on another node).
@@ -31,15 +31,15 @@ class WeightSync:
     def __init__(self, cfg, trainers, pool, info: Callable[[str], None]):
         self.cfg, self.trainers, self.pool, self.info = cfg, trainers, pool, info
         self.version = 0
-        self.auto = cfg.sync.transport == "auto"
-        names = AUTO_ORDER if self.auto else (cfg.sync.transport, "object_store")
+        self.auto = cfg.weight_sync.transport == "auto"
+        names = AUTO_ORDER if self.auto else (cfg.weight_sync.transport, "object_store")
         self.transports: dict[str, WeightTransport] = {}
         for name in names:
             if name not in self.transports:
                 self.transports[name] = transport_class(name)(self)
         self.store = self.transports["object_store"]
         # auto starts on the collective; the first publish moves to ipc if it reaches every maker (_pick)
-        self.active: WeightTransport = self.transports["collective" if self.auto else cfg.sync.transport]
+        self.active: WeightTransport = self.transports["collective" if self.auto else cfg.weight_sync.transport]
         pool.sync = self
 
     @property
@@ -151,7 +151,7 @@ class WeightSync:
             raise WorkerLost(f"run error: {e}") from None  # nothing left to fall back on
         following = AUTO_ORDER[AUTO_ORDER.index(self.active.name) + 1]
         self.active = self.transports[following]
-        self.info(f"{e}; " + ("using the object store from now on (sync.transport=auto)" if following == "object_store"
+        self.info(f"{e}; " + ("using the object store from now on (weight_sync.transport=auto)" if following == "object_store"
                               else f"the {following} or the object store from the next sync"))
 
     # ---------------------------------------------------------------- the trainer ranks

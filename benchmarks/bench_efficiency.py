@@ -7,9 +7,9 @@ benchmarks.bench_pipeline's `standalone` measures it: a maker alone, then the tr
 stage's CPU time per sample read from /proc for its actors' pids. Two settings, interleaved over the rounds:
 
 - baseline: `generation.backend: hf` (Hugging Face's generate: every row is decoded until the longest
-  row of its batch ends) and padded micro-batches of `ppo.micro_batch_size`;
+  row of its batch ends) and padded micro-batches of `algorithm.micro_batch_size`;
 - efficient: `generation.backend: compact` (finished rows leave the decode batch) and
-  `ppo.micro_batch_tokens` (each micro-batch packed into one row, no padding), the budget the padded
+  `algorithm.micro_batch_tokens` (each micro-batch packed into one row, no padding), the budget the padded
   micro-batch's own size: micro_batch_size x (prompt + new tokens).
 
 `core_seconds_per_sample` is generation + training core-seconds per sample of the efficient setting (median
@@ -39,7 +39,7 @@ def settings(workload: str) -> dict[str, list[str]]:
     """name -> the config overrides of that setting."""
     budget = MICRO * (PROMPT_TOKENS + WORKLOADS[workload]["new_tokens"])
     return {"baseline": ["generation.backend=hf"],
-            "efficient": ["generation.backend=compact", f"ppo.micro_batch_tokens={budget}"]}
+            "efficient": ["generation.backend=compact", f"algorithm.micro_batch_tokens={budget}"]}
 
 
 def cpu_record() -> dict:

@@ -20,7 +20,7 @@ from benchmarks.common import PROMPTS, WORKLOADS, save, workload_model
 
 
 def prompts(tokenizer, batch: int):
-    from coati_ray.config.ppo import PromptDataConfig
+    from coati_ray.config.rl import PromptDataConfig
     from coati_ray.data.datasets import collate_prompts
     from coati_ray.experience.prompts import read_prompt_data
 

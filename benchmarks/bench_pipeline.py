@@ -72,12 +72,12 @@ def maker_rate(makers: int, steps: int, workload: str = "tiny") -> dict:
     batches at once (as many on each maker for 1, 2 and 4), after one warm-up batch each; with the
     core-seconds per sample the makers used and the rest of the machine used meanwhile (driver, buffer,
     raylet): benchmarks/scaling_model.py predicts the other counts from the 1-maker run's."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(os.path.join(OUT, f"scaling_{makers}"), f"ppo.max_steps={4 * steps}",
+    cfg = ppo_config(os.path.join(OUT, f"scaling_{makers}"), f"algorithm.max_steps={4 * steps}",
                      f"maker.num_makers={makers}", "maker.num_cpus=0.25",
                      f"buffer.capacity={ROLLOUT * 4 * steps}", workload=workload)
-    job = PPOJob(cfg, log=False, overwrite=True)
+    job = RLJob(cfg, log=False, overwrite=True)
     try:
         job.start()
         pids = worker_pids(list(job.pool.makers.values()))
@@ -116,11 +116,11 @@ def cpu_seconds(pids: list[int]) -> float:
 def standalone(steps: int, workload: str = "tiny", *overrides: str, name: str = "standalone") -> dict:
     """Maker rate and trainer rate, each measured with the other stage idle, on the real actors, with the
     core-seconds per sample each stage's processes used (`overrides`: config keys of the job)."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(os.path.join(OUT, name), f"ppo.max_steps={steps}",
+    cfg = ppo_config(os.path.join(OUT, name), f"algorithm.max_steps={steps}",
                      f"buffer.capacity={ROLLOUT * (steps + 1)}", *overrides, workload=workload)
-    job = PPOJob(cfg, log=False, overwrite=True)
+    job = RLJob(cfg, log=False, overwrite=True)
     try:
         job.start()
         makers = worker_pids(list(job.pool.makers.values()))
@@ -157,10 +157,10 @@ def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny", nam
     sample they made, of the trainers' per sample trained, and the machine's idle cores, from /proc)."""
     import psutil
 
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(os.path.join(OUT, f"job_{name or mode}"), f"ppo.mode={mode}", f"ppo.max_steps={steps}",
-                     "ppo.log_every=100", *overrides, workload=workload)
+    cfg = ppo_config(os.path.join(OUT, f"job_{name or mode}"), f"algorithm.mode={mode}", f"algorithm.max_steps={steps}",
+                     "algorithm.log_every=100", *overrides, workload=workload)
     rows, marks, pids = [], [], {}
 
     def on_step(job, step, m):
@@ -172,7 +172,7 @@ def full_job(mode: str, steps: int, *overrides: str, workload: str = "tiny", nam
         marks.append((time.perf_counter(), cpu_seconds(pids["makers"]), cpu_seconds(pids["trainers"]),
                       idle.idle + idle.iowait))
 
-    PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
+    RLJob(cfg, log=False, overwrite=True).run(on_step=on_step)
     step_s = steady([r["timing/step"] for r in rows])
     produced = steady([r["throughput/samples_per_s"] for r in rows])
     timing = {k[len("timing/"):]: steady([r.get(k, 0.0) for r in rows]) for k in sorted(rows[-1])

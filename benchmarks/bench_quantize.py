@@ -91,7 +91,7 @@ def tokens_per_s(actor, tok, prompts: list[str], new_tokens: int, repeats: int =
     import torch
 
     from coati_ray.data.datasets import collate_prompts
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
 
     batch = collate_prompts([{"input_ids": render_prompt(tok, p)} for p in prompts], tok.pad_token_id)
     best = 0.0

@@ -49,7 +49,7 @@ def prepare() -> None:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from coati_ray.config.ppo import PromptDataConfig
+    from coati_ray.config.rl import PromptDataConfig
     from coati_ray.experience.prompts import read_prompt_data
     from coati_ray.models.loading import load_tokenizer
 
@@ -105,7 +105,7 @@ def _run_job(cfg) -> tuple[list[float], list[dict]]:
     metrics, logging), as TRL's is read in its on_step_end."""
     import ray
 
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     ends, rows = [], []
 
@@ -115,7 +115,7 @@ def _run_job(cfg) -> tuple[list[float], list[dict]]:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     try:
-        PPOJob(cfg, overwrite=True).run(on_step=on_step)
+        RLJob(cfg, overwrite=True).run(on_step=on_step)
     finally:
         ray.shutdown()
     return ends, rows
@@ -130,10 +130,10 @@ def run_ours(steps: int, mode: str = "sync") -> dict:
     batches while the trainers update, the trainers at nice 19 (Ray runs actors at 15), so that a core
     both stages want goes mostly to the makers, who set the pace."""
     setup_overrides = {"sync": ["maker.num_makers=2"],
-                       "async": ["maker.num_makers=2", "ppo.mode=async", "ppo.max_staleness=1", *niced_overrides()],
+                       "async": ["maker.num_makers=2", "algorithm.mode=async", "algorithm.max_staleness=1", *niced_overrides()],
                        "colocated": [*COLOCATED, *COLOCATED_CRITIC]}[mode]
-    cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"ppo.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
-                     f"ppo.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "ppo.log_every=100", *setup_overrides,
+    cfg = ppo_config(os.path.join(OUT, f"vs_trl_{mode}"), f"algorithm.max_steps={steps}", f"maker.batch_size={MAKER_BATCH}",
+                     f"algorithm.kl_coef={KL}", f"actor_trainer.optim.lr={LR}", "algorithm.log_every=100", *setup_overrides,
                      workload=WORKLOAD)
     ends, rows = _run_job(cfg)
     rate = run_rate(ends, ROLLOUT)
@@ -153,19 +153,19 @@ def run_ours_grpo(steps: int, mode: str = "sync") -> dict:
     make the next step's batches while the trainer updates (one version stale at most), the trainer at
     nice 19, so that a core both want goes mostly to the makers."""
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
         f"actor.path={MODEL}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
-        f"generation.max_new_tokens={NEW_TOKENS}", f"ppo.max_steps={steps}", f"ppo.rollout_batch_size={GRPO_ROLLOUT}",
-        f"ppo.train_batch_size={GRPO_ROLLOUT}", f"ppo.micro_batch_size={GRPO_MICRO}",
-        f"ppo.n_samples_per_prompt={GRPO_GROUP}", f"ppo.kl_coef={GRPO_KL}", "maker.num_makers=1",
+        f"generation.max_new_tokens={NEW_TOKENS}", f"algorithm.max_steps={steps}", f"algorithm.rollout_batch_size={GRPO_ROLLOUT}",
+        f"algorithm.train_batch_size={GRPO_ROLLOUT}", f"algorithm.micro_batch_size={GRPO_MICRO}",
+        f"algorithm.n_samples_per_prompt={GRPO_GROUP}", f"algorithm.kl_coef={GRPO_KL}", "maker.num_makers=1",
         f"maker.batch_size={GRPO_ROLLOUT}", "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
-        f"actor_trainer.optim.lr={LR}", f"buffer.capacity={2 * GRPO_ROLLOUT}", "ppo.log_every=100",
-        f"ppo.mode={'async' if mode == 'async' else 'sync'}", "ray.dashboard=false", "buffer.timeout_s=1200",
+        f"actor_trainer.optim.lr={LR}", f"buffer.capacity={2 * GRPO_ROLLOUT}", "algorithm.log_every=100",
+        f"algorithm.mode={'async' if mode == 'async' else 'sync'}", "ray.dashboard=false", "buffer.timeout_s=1200",
         *{"sync": ["maker.torch_threads=2", "maker.num_cpus=1", "actor_trainer.resources.torch_threads=2",
                    "actor_trainer.resources.num_cpus_per_rank=1"],
-          "async": ["ppo.max_staleness=1", "maker.num_makers=2", f"maker.batch_size={GRPO_ROLLOUT // 2}",
+          "async": ["algorithm.max_staleness=1", "maker.num_makers=2", f"maker.batch_size={GRPO_ROLLOUT // 2}",
                     "maker.num_cpus=0.5", *niced_overrides(roles=("actor",))],
           "colocated": [*COLOCATED, f"maker.batch_size={GRPO_ROLLOUT // 2}"]}[mode]],
         output_dir=os.path.join(OUT, f"vs_trl_grpo_{mode}_{WORKLOAD}"))

@@ -210,13 +210,13 @@ def ours(transport: str, sender, receivers, repeats: int) -> dict:
     every receiver has it in staging), of the makers' part between batches (object store: get and copy
     into the model; collective: the swap from staging), and of both; and the bytes moved."""
     from actors.weight_sync import WeightSync
-    from coati_ray.config.ppo import SyncConfig
+    from coati_ray.config.rl import SyncConfig
 
     from types import SimpleNamespace
 
     cfg = type("Cfg", (), {})()
-    cfg.sync = SyncConfig(transport=transport, bucket_mb=BUCKET_MB, timeout_s=600, backend="gloo")
-    cfg.ppo = SimpleNamespace(mode="sync")
+    cfg.weight_sync = SyncConfig(transport=transport, bucket_mb=BUCKET_MB, timeout_s=600, backend="gloo")
+    cfg.algorithm = SimpleNamespace(mode="sync")
     cfg.actor_trainer = SimpleNamespace(resources=SimpleNamespace(num_gpus_per_rank=0),
                                         strategy=SimpleNamespace(name="naive"))
     sync = WeightSync(cfg, _Trainers(sender), _Pool(receivers), info=lambda m: None)

@@ -53,14 +53,14 @@ def reward_model_dir(workload: str = "tiny") -> str:
 
 def ppo_config(out_dir: str, *overrides: str, workload: str = "tiny"):
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     model, new_tokens = workload_model(workload), WORKLOADS[workload]["new_tokens"]
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={model}", f"critic.path={model}", f"reward.path={reward_model_dir(workload)}",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={model}", f"critic.path={model}", f"reward_model.path={reward_model_dir(workload)}",
         f"data.prompt_path={PROMPTS}", "data.max_prompt_length=32", f"generation.max_new_tokens={new_tokens}",
-        f"ppo.rollout_batch_size={ROLLOUT}", f"ppo.train_batch_size={ROLLOUT}", f"ppo.micro_batch_size={MICRO}",
-        f"ppo.ppo_epochs={EPOCHS}", "maker.batch_size=8", "maker.num_makers=1", "maker.num_cpus=0.5",
+        f"algorithm.rollout_batch_size={ROLLOUT}", f"algorithm.train_batch_size={ROLLOUT}", f"algorithm.micro_batch_size={MICRO}",
+        f"algorithm.ppo_epochs={EPOCHS}", "maker.batch_size=8", "maker.num_makers=1", "maker.num_cpus=0.5",
         "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive", "buffer.capacity=64",
         "buffer.timeout_s=600", *overrides], output_dir=out_dir)
     cfg.validate()

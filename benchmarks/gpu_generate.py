@@ -24,7 +24,7 @@ from benchmarks.common import PROMPTS, save
 
 def prompt_batch(tokenizer, batch: int):
     """(input_ids, attention_mask) of `batch` prompts, the repo's cycled to fill it, left-padded."""
-    from coati_ray.config.ppo import PromptDataConfig
+    from coati_ray.config.rl import PromptDataConfig
     from coati_ray.data.datasets import collate_prompts
     from coati_ray.experience.prompts import read_prompt_data
 

@@ -9,7 +9,7 @@ TRL's PPO trainer on the same GPU and workload as the side-by-side (when trl is 
 
 `--placements colocated` runs the actor group's ranks as generators (no maker, no weight copy; the two groups
 take 0.45 of the GPU each). `--set` overrides every run of ours (the Gemini diagnosis: actor_trainer.optim.lr=0
-ppo.behaviour_correction=measure), and `--per-step` keeps each step's KL, response length, grad norm and
+algorithm.behaviour_correction=measure), and `--per-step` keeps each step's KL, response length, grad norm and
 behaviour gap in the row. `mfu_*` are each group's MFU (coati_ray/utils/flops.py) where the GPU's peak is known.
 
 Models are built locally from OPT configs of those shapes (random weights, the repo's tokenizer: throughput
@@ -117,20 +117,20 @@ def our_runs(strategies: list, placements: list, transports: list) -> list[tuple
 
 def job_config(path: str, rm: str, name: str, strategy: str, steps: int, transport: str, placement: str = "separate",
                extra: tuple = ()):
-    """The validated PPOConfig of one run of ours on one GPU: actor and critic from `path`, reward model `rm`."""
+    """The validated RLConfig of one run of ours on one GPU: actor and critic from `path`, reward model `rm`."""
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     precision = "fp32" if strategy == "ddp" else "bf16"
     dtype = "float32" if strategy == "ddp" else "bfloat16"
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={path}", f"critic.path={path}", f"reward.path={rm}", f"maker.dtype={dtype}",
-        f"reward.dtype={dtype}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={path}", f"critic.path={path}", f"reward_model.path={rm}", f"maker.dtype={dtype}",
+        f"reward_model.dtype={dtype}", f"data.prompt_path={os.path.join(REPO, 'data', 'prompts', 'train.jsonl')}",
         f"generation.max_new_tokens={NEW_TOKENS}",
-        f"ppo.rollout_batch_size={ROLLOUT}", f"ppo.train_batch_size={ROLLOUT}", f"ppo.micro_batch_size={MICRO}",
-        f"ppo.max_steps={steps}", "maker.num_makers=1", f"maker.batch_size={ROLLOUT}", "maker.num_gpus=0.3",
+        f"algorithm.rollout_batch_size={ROLLOUT}", f"algorithm.train_batch_size={ROLLOUT}", f"algorithm.micro_batch_size={MICRO}",
+        f"algorithm.max_steps={steps}", "maker.num_makers=1", f"maker.batch_size={ROLLOUT}", "maker.num_gpus=0.3",
         "maker.num_cpus=1", "maker.torch_threads=4", "buffer.capacity=128", f"placement={placement}"] + (
-        [f"sync.transport={transport}"] if placement == "separate" else ["maker.num_gpus=0", "maker.dtype=auto"]) + [
+        [f"weight_sync.transport={transport}"] if placement == "separate" else ["maker.num_gpus=0", "maker.dtype=auto"]) + [
         f"{g}.{k}" for g in ("actor_trainer", "critic_trainer") for k in (
             f"strategy.name={strategy}", f"strategy.precision={precision}", "resources.num_ranks=1",
             # colocated: no maker, so the two groups take the GPU between them
@@ -146,7 +146,7 @@ def run(name: str, strategy: str, steps: int, transport: str, placement: str = "
     """One run of ours -> its row. With `per_step`, each step's series (PER_STEP, WeightWatch's) are kept, handed to
     `progress(row so far)` after every step (a run its timeout stops leaves them in the --out file), and kept in the
     error row of a run that fails part way (a diverging model is what the series are for)."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     path, rm = build(name)
     cfg = job_config(path, rm, name, strategy, steps, transport, placement, extra)
@@ -172,7 +172,7 @@ def run(name: str, strategy: str, steps: int, transport: str, placement: str = "
 
     t0 = time.perf_counter()
     try:
-        PPOJob(cfg, log=False, overwrite=True).run(on_step=on_step)
+        RLJob(cfg, log=False, overwrite=True).run(on_step=on_step)
     except Exception as e:
         if not per_step:
             raise
@@ -205,7 +205,7 @@ def run_trl(name: str, steps: int, precision: str = "fp32") -> dict:
     policy, reference, reward and value models on one device)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from coati_ray.config.ppo import PromptDataConfig
+    from coati_ray.config.rl import PromptDataConfig
     from coati_ray.experience.prompts import read_prompt_data
     from coati_ray.models.loading import load_tokenizer
 
@@ -244,7 +244,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trl-precisions", nargs="*", default=["fp32", "bf16"], help="with --trl")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides of every run of ours, e.g. actor_trainer.optim.lr=0 "
-                        "ppo.behaviour_correction=measure (the Gemini diagnosis)")
+                        "algorithm.behaviour_correction=measure (the Gemini diagnosis)")
     p.add_argument("--per-step", action="store_true", help="keep each step's KL, response length, grad norm, "
                                                            "behaviour gap and sync seconds in the row, "
                                                            "and the weights' max |Δ| trainer-maker and step to step "

@@ -148,7 +148,7 @@ def lines(load) -> list[str]:
     diagnoses = [(s, r) for s in DIAGNOSES for r in (load(s) or {}).get("rows", []) if r.get("per_step")]
     if diagnoses:
         out += ["### Gemini at opt-1.3b: the diagnosis", "",
-                "Per step, PPO at the learning rate named (ZeRO-2 the control); `ppo.behaviour_correction: measure`.",
+                "Per step, PPO at the learning rate named (ZeRO-2 the control); `algorithm.behaviour_correction: measure`.",
                 "", "| run | step | " + " | ".join(name for name, _ in SERIES) + " |",
                 "|---|---|" + "---|" * len(SERIES)]
         for _, r in diagnoses:

@@ -161,7 +161,7 @@ def sync_misses(rows: list[dict]) -> list[str]:
             "full-model syncs: LoRA rows move 10 MB or less, where a call's fixed cost dominates both transports. The collective's worst bandwidth row is "
             f"{worst['size']} with {worst['makers']} maker(s) ({f(worst['collective_over_raw_bandwidth'])} of the raw "
             "broadcast), where the broadcast takes tens of milliseconds and 2-core scheduling noise moves the ratio "
-            "from run to run; `sync.transport=auto` uses the collective whenever the group forms."]
+            "from run to run; `weight_sync.transport=auto` uses the collective whenever the group forms."]
 
 
 def soak_section(r) -> list[str]:

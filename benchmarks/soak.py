@@ -62,7 +62,7 @@ def growth_by_half(series: list[float]) -> dict:
 def main(argv=None) -> dict:
     import ray
 
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=1000)
@@ -70,9 +70,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="seeds the kill schedule: which maker, when, and how")
     args = p.parse_args(argv)
     kills = kill_schedule(args.steps, args.kill_every, args.seed)
-    cfg = ppo_config(os.path.join(OUT, "soak"), "ppo.mode=async", "ppo.max_staleness=1", f"ppo.max_steps={args.steps}",
-                     "maker.num_makers=2", "buffer.capacity=32", "ppo.log_every=50", "generation.max_new_tokens=8",
-                     "ppo.rollout_batch_size=8", "ppo.train_batch_size=8", f"maker.max_restarts={len(kills) + 1}")
+    cfg = ppo_config(os.path.join(OUT, "soak"), "algorithm.mode=async", "algorithm.max_staleness=1", f"algorithm.max_steps={args.steps}",
+                     "maker.num_makers=2", "buffer.capacity=32", "algorithm.log_every=50", "generation.max_new_tokens=8",
+                     "algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", f"maker.max_restarts={len(kills) + 1}")
     samples, fills, driver_rss, idle, stale, killed = [], [], [], [], [], []
     import psutil
 
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="coati")
     t = time.time()
     try:
-        summary = PPOJob(cfg, overwrite=True).run(on_step=on_step)
+        summary = RLJob(cfg, overwrite=True).run(on_step=on_step)
     finally:
         ray.shutdown()
     warm = max(1, len(samples) // 10)  # after warm-up: allocator pools and caches are full
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
               "buffer_capacity": acc["capacity"], "buffer_peak_samples": acc["peak_samples"],
               "buffer_max_fill_seen": max(fills), "produced": acc["produced"], "delivered": acc["delivered"],
               "dropped": acc["dropped"], "dropped_fraction": acc["dropped"] / max(acc["produced"], 1),
-              "max_staleness": cfg.ppo.max_staleness, "staleness_counts": acc["staleness_counts"],
+              "max_staleness": cfg.algorithm.max_staleness, "staleness_counts": acc["staleness_counts"],
               "over_staleness": acc["over_staleness"], "trainer_idle_fraction": round(sum(idle) / len(idle), 4),
               "steps_with_stale_experience": sum(s > 0 for s in stale),
               "books_balance": all(acc["produced"] == d + acc["dropped"] for d in acc["delivered"].values())}

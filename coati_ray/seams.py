@@ -3,11 +3,11 @@ registry of names, chosen by a config key, extended by a module of your own with
 
 | seam                | config key                   | register (or name `module:attr`)                | file                                 |
 |---------------------|------------------------------|-------------------------------------------------|--------------------------------------|
-| advantage estimator | ppo.advantage_estimator      | `register(name, fn)` / `@estimator(...)`        | coati_ray/algo/advantages.py         |
+| advantage estimator | algorithm.advantage_estimator      | `register(name, fn)` / `@estimator(...)`        | coati_ray/algo/advantages.py         |
 | reward kind         | rewards.sources[].kind       | `register_reward_kind(kind, factory)`           | coati_ray/experience/reward_sources.py     |
 | generation backend  | generation.backend           | `register_generator(name, fn)`                  | coati_ray/models/generators.py       |
 | environment         | rollout.environment          | `module:Class` (`http` built in)                | coati_ray/experience/environments.py |
-| weight transport    | sync.transport               | `@register_transport(name)` / `TRANSPORTS`      | actors/transports/                   |
+| weight transport    | weight_sync.transport               | `@register_transport(name)` / `TRANSPORTS`      | actors/transports/                   |
 | placement           | placement                    | `register_placement(Placement(...))`            | actors/experience_source.py          |
 
 Each registry is the one source of truth for its names: the config checks read it, the job resolves from it.
@@ -109,7 +109,7 @@ class Registry:
 
 # ---------------------------------------------------------------------------------- weight transports
 
-TRANSPORTS = Registry("sync.transport", "weight transport", "my_pkg.transports:SharedDisk",
+TRANSPORTS = Registry("weight_sync.transport", "weight transport", "my_pkg.transports:SharedDisk",
                       extra_names=("auto",))
 for _name, _path in (("object_store", "actors.transports.object_store:ObjectStore"),
                      ("collective", "actors.transports.collective:Collective"),
@@ -125,9 +125,9 @@ class Placement:
     class under actors/, named by `source`) does the work.
 
     makers:            it runs maker actors: maker.* reserves them, scale_makers() works, and the weights are
-                       published to them after every update (sync.*)
+                       published to them after every update (weight_sync.*)
     trainers_generate: the actor group's ranks generate with the weights they train (no copy of the policy)
-    supports_async:    ppo.mode=async can run (generation ahead of the trainers)
+    supports_async:    algorithm.mode=async can run (generation ahead of the trainers)
     check:             its own checks of a job config, before Ray starts (one ConfigError line)
     """
 

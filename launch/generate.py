@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     try:
         cfg = load(args)
         rows, prompts = read_prompts(args.input) if args.input else ([], [])
-        from coati_ray.generation import Policy
+        from coati_ray.inference import Policy
 
         policy = Policy.load(cfg)
         judge = load_judge(cfg, policy) if cfg.reward_model else None

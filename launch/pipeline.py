@@ -49,10 +49,10 @@ def main(argv=None) -> int:
         return fail(e)
     g = cfg.ppo
     eval_info = {"task": g.data.gold_task, "prompts": stages["ppo"].get("eval_prompts"),
-                 "samples_per_prompt": 1 if g.ppo.eval_greedy else g.ppo.eval_samples_per_prompt,
-                 "decoding": "greedy" if g.ppo.eval_greedy else
+                 "samples_per_prompt": 1 if g.algorithm.eval_greedy else g.algorithm.eval_samples_per_prompt,
+                 "decoding": "greedy" if g.algorithm.eval_greedy else
                  f"sampled, temperature {g.generation.temperature}, top_k {g.generation.top_k}, "
-                 f"top_p {g.generation.top_p}", "estimator": g.ppo.advantage_estimator,
+                 f"top_p {g.generation.top_p}", "estimator": g.algorithm.advantage_estimator,
                  "training_reward": training_reward(g)}
     summary = pipeline_summary(stages, seconds, time.time() - t0, cfg.seed, eval_info)
     if cfg.evaluate is not None:  # lm-eval before / after stages (coati_ray/evaluation/lm_eval_stages.py)
@@ -133,7 +133,7 @@ def preflight(cfg: PipelineConfig) -> None:
     if cfg.ppo.placement_spec.makers:
         from actors.transports import check_transport
 
-        check_transport(cfg.ppo.sync.transport)
+        check_transport(cfg.ppo.weight_sync.transport)
     if cfg.ppo.rollout.multi_turn:
         from coati_ray.experience.episodes import check_tool_turns
 

@@ -7,7 +7,7 @@ embedded local Ray; runs unchanged under `ray job submit --working-dir . -- pyth
 import json
 import sys
 
-from coati_ray.config.ppo import PPOConfig
+from coati_ray.config.rl import RLConfig
 from coati_ray.errors import CoatiError
 from launch.common import (fail, load_job, parse_args, parser_for, print_config_help, quiet_libraries,
                            resolve_resume, stop_cleanly_on_sigterm)
@@ -20,15 +20,15 @@ def main(argv=None) -> int:
     quiet_libraries()
     stop_cleanly_on_sigterm()
     if args.help_config:
-        return print_config_help(PPOConfig)
+        return print_config_help(RLConfig)
     try:
-        cfg = load_job(PPOConfig, args)
+        cfg = load_job(RLConfig, args)
         if args.inspect_data is not None:
             return inspect_prompts(cfg, args.inspect_data)
         resume_from = resolve_resume(args.resume, cfg.output_dir)
-        from actors.driver import PPOJob
+        from actors.driver import RLJob
 
-        job = PPOJob(cfg, resume_from=resume_from, ray_address=args.ray_address, overwrite=args.overwrite)
+        job = RLJob(cfg, resume_from=resume_from, ray_address=args.ray_address, overwrite=args.overwrite)
     except CoatiError as e:
         return fail(e)
     try:

@@ -8,7 +8,7 @@ Each flag becomes a `key=value` override with the meaning it had in the seed (pr
 name for it), or our launcher's option of that meaning; a known flag with no equivalent is refused in one line
 saying why. Coati's `--batch_size` is per process, so it is our micro_batch_size, and the global batch follows
 from --accumulation_steps and the ranks; Coati's `--kl_coef` weighs one sequence-level KL taken from the reward
-(ppo.kl_penalty=sequence), not a per-token one. SCRIPTS says which launcher stands for each seed script
+(algorithm.kl_penalty=sequence), not a per-token one. SCRIPTS says which launcher stands for each seed script
 (Colossal-LLaMA's train.py: launch.pretrain; inference_example.py: launch.generate; init_tokenizer.py and
 init_model.py: launch.expand_vocab; prepare_*_dataset.py: launch.prepare_data); tests/test_seed_commands.py
 walks every command line of the seeds' READMEs through these tables.
@@ -134,29 +134,29 @@ PRETRAIN = {  # Colossal-LLaMA's train.py (pretraining, and SFT on prepare_sft_d
     "--benchmark": _switch("data.benchmark"), "--num_samples": _keys("data.num_samples"),
 }
 
-PPO_SCHEDULE = ("with --max_timesteps and --update_timesteps: ppo.max_steps = episodes x timesteps / update_timesteps, "
-                "ppo.rollout_batch_size = update_timesteps x experience_batch_size")
+PPO_SCHEDULE = ("with --max_timesteps and --update_timesteps: algorithm.max_steps = episodes x timesteps / update_timesteps, "
+                "algorithm.rollout_batch_size = update_timesteps x experience_batch_size")
 PPO = {
     "--pretrain": _keys("actor.path"), "--model": _feeds(CHECKED_MODEL_TYPE), "--rm_model": _feeds(CHECKED_MODEL_TYPE),
-    "--rm_pretrain": _keys("reward.path", "critic.path"), "--rm_path": _keys("reward.path", "critic.path"),
+    "--rm_pretrain": _keys("reward_model.path", "critic.path"), "--rm_path": _keys("reward_model.path", "critic.path"),
     "--strategy": _keys("actor_trainer.strategy.name", "critic_trainer.strategy.name", convert=_strategy),
     "--plugin": _keys("actor_trainer.strategy.name", "critic_trainer.strategy.name", convert=_strategy),
     "--lora_rank": _keys("actor.lora_rank", "critic.lora_rank"), "--prompt_path": _keys("data.prompt_path"),
     "--prompt_dataset": _keys("data.prompt_path"), "--pretrain_dataset": _keys("data.ptx_path"),
-    "--save_path": _keys("output_dir"), "--max_epochs": _keys("ppo.ppo_epochs"),
-    "--train_batch_size": _keys("ppo.train_batch_size"), "--ptx_batch_size": _keys("ppo.ptx_batch_size"),
+    "--save_path": _keys("output_dir"), "--max_epochs": _keys("algorithm.ppo_epochs"),
+    "--train_batch_size": _keys("algorithm.train_batch_size"), "--ptx_batch_size": _keys("algorithm.ptx_batch_size"),
     "--experience_batch_size": _keys("maker.batch_size"),
-    "--kl_coef": _keys("ppo.kl_coef", also=("ppo.kl_penalty=sequence",),
+    "--kl_coef": _keys("algorithm.kl_coef", also=("algorithm.kl_penalty=sequence",),
                        why="Coati's penalty: kl_coef x the response's mean of (e^r - 1) - r, r = log pi - log pi_ref, "
                            "taken once from the sequence's reward"),
-    "--ptx_coef": _keys("ppo.ptx_coef"), "--lr": _keys("actor_trainer.optim.lr"),
+    "--ptx_coef": _keys("algorithm.ptx_coef"), "--lr": _keys("actor_trainer.optim.lr"),
     "--num_episodes": _feeds(PPO_SCHEDULE), "--max_timesteps": _feeds(PPO_SCHEDULE),
     "--update_timesteps": _feeds(PPO_SCHEDULE),
     "--need_optim_ckpt": _feeds("checked: PPO checkpoints always hold the optimizer states (False is refused)"),
     "--max_input_len": _keys("data.max_prompt_length"),
     "--max_seq_len": _no("set data.max_prompt_length and generation.max_new_tokens (their sum is a sequence's "
                          "length)"),
-    "--test": _no("a small run is ppo.max_steps=N and data.max_samples=N", takes_value=False),
+    "--test": _no("a small run is algorithm.max_steps=N and data.max_samples=N", takes_value=False),
     "--use_wandb": SUPERVISED["--use_wandb"],
 }
 GENERATE = {  # Colossal-LLaMA's inference_example.py
@@ -236,7 +236,7 @@ def translate(stage: str, argv: list[str], note: Callable[[str], None]) -> tuple
     if stage == "ppo":
         if "--rm_path" in found:  # the trained reward model wins over the definition it was trained from
             found["--rm_path"] = found.pop("--rm_path")
-    types = {("actor" if stage == "ppo" else "model"): found.get("--model"), "reward": found.get("--rm_model")}
+    types = {("actor" if stage == "ppo" else "model"): found.get("--model"), "reward_model": found.get("--rm_model")}
     return rest + _overrides(stage, table, found, note), types
 
 
@@ -341,17 +341,17 @@ def _ppo_schedule(found: dict, note: Callable[[str], None]) -> list[str]:
     update = int(found.get("--update_timesteps", 10))
     if "--update_timesteps" in found or "--experience_batch_size" in found:
         rollout = update * batch
-        out += [f"ppo.rollout_batch_size={rollout}", f"buffer.capacity={max(64, rollout)}"]
-        note(f"--update_timesteps {update} x --experience_batch_size {batch} -> ppo.rollout_batch_size={rollout} "
+        out += [f"algorithm.rollout_batch_size={rollout}", f"buffer.capacity={max(64, rollout)}"]
+        note(f"--update_timesteps {update} x --experience_batch_size {batch} -> algorithm.rollout_batch_size={rollout} "
              f"(buffer.capacity={max(64, rollout)} holds it)")
     if "--num_episodes" in found or "--max_timesteps" in found:
         episodes, timesteps = int(found.get("--num_episodes", 10)), int(found.get("--max_timesteps", 10))
         if (episodes * timesteps) % update:
             raise ConfigError(f"config error: --num_episodes {episodes} x --max_timesteps {timesteps} is not a multiple "
-                              f"of --update_timesteps {update}; our steps are whole updates (set ppo.max_steps)")
-        out.append(f"ppo.max_steps={episodes * timesteps // update}")
+                              f"of --update_timesteps {update}; our steps are whole updates (set algorithm.max_steps)")
+        out.append(f"algorithm.max_steps={episodes * timesteps // update}")
         note(f"--num_episodes {episodes} x --max_timesteps {timesteps} / --update_timesteps {update} -> "
-             f"ppo.max_steps={episodes * timesteps // update}")
+             f"algorithm.max_steps={episodes * timesteps // update}")
     if "--need_optim_ckpt" in found:
         if _bool("--need_optim_ckpt", found["--need_optim_ckpt"]) == "false":
             raise ConfigError("config error: --need_optim_ckpt False has no equivalent here: PPO checkpoints always "

@@ -17,7 +17,7 @@ from coati_ray.config import RMConfig, SFTConfig, describe  # noqa: E402
 from coati_ray.config.generate import GenerateConfig  # noqa: E402
 from coati_ray.config.pretrain import PretrainConfig  # noqa: E402
 from coati_ray.config.pipeline import PipelineConfig  # noqa: E402
-from coati_ray.config.ppo import PPOConfig  # noqa: E402
+from coati_ray.config.rl import RLConfig  # noqa: E402
 from coati_ray.config.serve import ServeConfig  # noqa: E402
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
@@ -28,7 +28,7 @@ def reference() -> str:
     sft_rows = {row[0]: row for row in describe(SFTConfig)}
     for title, cls in (("SFT (`launch.sft`)", SFTConfig), ("RM (`launch.rm`): every SFT key (but `use_neft`, refused), plus", RMConfig),
                        ("Pretrain (`launch.pretrain`): every SFT key, plus these (and their own defaults)", PretrainConfig),
-                       ("PPO (`launch.ppo`)", PPOConfig)):
+                       ("PPO (`launch.ppo`)", RLConfig)):
         extends_sft = cls in (RMConfig, PretrainConfig)
         rows = [r for r in describe(cls) if not extends_sft or sft_rows.get(r[0]) != r or r[0] == "output_dir"]
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]

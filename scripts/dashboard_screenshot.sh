@@ -36,7 +36,7 @@ trap cleanup EXIT
 export RAY_ADDRESS="http://127.0.0.1:$dash"
 job=$("$ray_cli" job submit --no-wait --working-dir . -- python -m launch.ppo --config configs/ppo_tiny.yaml \
   actor.path="$PWD/assets/models/tiny-llama" critic.path="$PWD/assets/models/tiny-llama" \
-  reward.path="$PWD/$work/rm" data.prompt_path="$PWD/data/prompts/train.jsonl" ppo.max_steps=3000 \
+  reward_model.path="$PWD/$work/rm" data.prompt_path="$PWD/data/prompts/train.jsonl" algorithm.max_steps=3000 \
   --output-dir "$PWD/$work/ppo" --overwrite 2>&1 | grep -o "raysubmit_[A-Za-z0-9]*" | head -1)
 echo "submitted $job; waiting for its actors"
 for _ in $(seq 1 90); do

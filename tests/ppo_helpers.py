@@ -6,7 +6,7 @@ import os
 import pytest
 
 from coati_ray.config import load_config
-from coati_ray.config.ppo import PPOConfig
+from coati_ray.config.rl import RLConfig
 from tests.conftest import REPO, data_path
 
 ray = pytest.importorskip("ray")
@@ -20,9 +20,9 @@ def local_ray():
     ray.shutdown()
 
 
-def ppo_config(tiny_llama, reward_dir, out_dir, *overrides) -> PPOConfig:
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
+def ppo_config(tiny_llama, reward_dir, out_dir, *overrides) -> RLConfig:
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward_model.path={reward_dir}",
         f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "generation.max_new_tokens=6",
         "buffer.timeout_s=120", *overrides], output_dir=str(out_dir))
     cfg.validate()

@@ -28,7 +28,7 @@ def estimate(name, x):
 
 def test_the_config_takes_every_registered_estimator_and_refuses_others_in_one_line():
     from coati_ray.config import from_dict
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     assert [n for n, s in REGISTRY.items() if s.needs_critic] == ["gae"]
     assert algorithm("gae").trainer_roles == ("actor", "critic") and algorithm("grpo").trainer_roles == ("actor",)
@@ -39,17 +39,17 @@ def test_the_config_takes_every_registered_estimator_and_refuses_others_in_one_l
         algorithm("grpoo")
     from coati_ray.config.pipeline import prepare_pipeline_dict
 
-    with pytest.raises(ConfigError, match=r"^config error: ppo.ppo.advantage_estimator: unknown advantage estimator "
+    with pytest.raises(ConfigError, match=r"^config error: ppo.algorithm.advantage_estimator: unknown advantage estimator "
                                           r"'grpoo'; did you mean 'grpo'"):  # a pipeline says it before any stage
         prepare_pipeline_dict({"ppo": {"ppo": {"advantage_estimator": "grpoo"}}})
     from coati_ray.config.ppo_checks import check_algorithm
 
-    cfg = from_dict(PPOConfig, {"actor": {"path": "any"}})
+    cfg = from_dict(RLConfig, {"actor": {"path": "any"}})
     for name in REGISTRY:  # the registry is the list of choices: nothing to keep in step by hand
-        cfg.ppo.advantage_estimator = name
-        assert cfg.algorithm.name == name
-    cfg.ppo.advantage_estimator = "ppo2"
-    with pytest.raises(ConfigError, match=r"^config error: ppo.advantage_estimator: unknown advantage estimator "
+        cfg.algorithm.advantage_estimator = name
+        assert cfg.estimator.name == name
+    cfg.algorithm.advantage_estimator = "ppo2"
+    with pytest.raises(ConfigError, match=r"^config error: algorithm.advantage_estimator: unknown advantage estimator "
                                           r"'ppo2'; use one of: gae, grpo.*module:function"):
         check_algorithm(cfg)
 
@@ -154,12 +154,12 @@ def grpo_cfg(tiny_llama, tmp_path, *overrides):
     import os
 
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from tests.conftest import REPO, data_path
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
         f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
-        "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1", "ppo.kl_coef=0.5",
+        "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1", "algorithm.kl_coef=0.5",
         *overrides], output_dir=str(tmp_path))
     cfg.validate()
     return cfg
@@ -173,10 +173,10 @@ def test_kl_in_the_reward_or_in_the_loss(grpo_models, tokenizer, tiny_llama, tmp
     from coati_ray.strategies import make_strategy
     from coati_ray.trainers.ppo import make_group_trainer
 
-    cfg = grpo_cfg(tiny_llama, tmp_path, f"ppo.kl_penalty={where}")
+    cfg = grpo_cfg(tiny_llama, tmp_path, f"algorithm.kl_penalty={where}")
     items, _, _ = read_prompt_data(cfg.data, tokenizer)
     torch.manual_seed(0)
-    exp, stats = make_experience(grpo_models, tokenizer, items[:2], cfg.generation, cfg.ppo,
+    exp, stats = make_experience(grpo_models, tokenizer, items[:2], cfg.generation, cfg.algorithm,
                                  RewardSources(cfg.rewards))
     assert exp.num_samples == 8 and exp.values is None and exp.returns is None
     assert "experience/group_reward_std" in stats and "reward/function" in stats
@@ -199,7 +199,7 @@ def test_kl_in_the_reward_or_in_the_loss(grpo_models, tokenizer, tiny_llama, tmp
         penalty = sequence_kl_penalty(exp.action_log_probs, exp.ref_log_probs, exp.action_mask, 0.5)
         plain, _ = algorithm("grpo").estimate(AdvantageInputs(
             scores=exp.reward, kl_rewards=torch.zeros_like(exp.advantages), action_mask=exp.action_mask,
-            group_size=cfg.ppo.n_samples_per_prompt))
+            group_size=cfg.algorithm.n_samples_per_prompt))
         assert per_sample_constant and "kl_loss" not in m and float(penalty.min()) > 0
         assert torch.allclose(exp.advantages[:, 0], plain[:, 0] - penalty, atol=1e-5)
         assert stats["kl"] == pytest.approx(float(penalty.mean()) / 0.5, rel=1e-4)
@@ -215,7 +215,7 @@ def test_kl_in_the_reward_or_in_the_loss(grpo_models, tokenizer, tiny_llama, tmp
 
 def sources(**keys):
     from coati_ray.config import from_dict
-    from coati_ray.config.ppo import RewardSourcesConfig
+    from coati_ray.config.rl import RewardSourcesConfig
 
     return from_dict(RewardSourcesConfig, keys)
 

@@ -97,7 +97,7 @@ class Ctx:
 
     def ppo(self, *overrides: str) -> list[str]:
         return ["--config", PPO_YAML, f"actor.path={self.model}", f"critic.path={self.model}",
-                f"reward.path={self.reward}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides]
+                f"reward_model.path={self.reward}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides]
 
     def grpo(self, *overrides: str) -> list[str]:
         return ["--config", GRPO_YAML, f"actor.path={self.model}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
@@ -121,26 +121,26 @@ def vocab_plus(n):
 
 CASES = [
     # ---- config: keys, types, values
-    ("typo in a key", "ppo", lambda c: c.ppo("ppo.max_step=3"), "ppo.max_steps"),
+    ("typo in a key", "ppo", lambda c: c.ppo("algorithm.max_step=3"), "algorithm.max_steps"),
     ("unknown section", "ppo", lambda c: c.ppo("trainr.lr=1"), "trainr"),
-    ("wrong type", "ppo", lambda c: c.ppo("ppo.max_steps=ten"), "ppo.max_steps"),
-    ("choice typo", "ppo", lambda c: c.ppo("ppo.mode=asynk"), "async"),
-    ("override without =", "ppo", lambda c: c.ppo("ppo.max_steps"), "key=value"),
+    ("wrong type", "ppo", lambda c: c.ppo("algorithm.max_steps=ten"), "algorithm.max_steps"),
+    ("choice typo", "ppo", lambda c: c.ppo("algorithm.mode=asynk"), "async"),
+    ("override without =", "ppo", lambda c: c.ppo("algorithm.max_steps"), "key=value"),
     ("config file missing", "ppo", lambda c: ["--config", str(c.tmp / "nope.yaml")], "nope.yaml"),
     ("config file not YAML", "ppo", lambda c: ["--config", c.write("bad.yaml", "ppo: [unclosed\n")], "bad.yaml"),
     ("zero makers", "ppo", lambda c: c.ppo("maker.num_makers=0"), "maker.num_makers"),
-    ("rollout not a multiple of the maker batch", "ppo", lambda c: c.ppo("ppo.rollout_batch_size=6"),
+    ("rollout not a multiple of the maker batch", "ppo", lambda c: c.ppo("algorithm.rollout_batch_size=6"),
      "multiple of maker.batch_size"),
     ("train batch not divisible over ranks", "ppo", lambda c: c.ppo("actor_trainer.resources.num_ranks=3"),
-     "ppo.train_batch_size"),
+     "algorithm.train_batch_size"),
     ("negative learning rate", "ppo", lambda c: c.ppo("actor_trainer.optim.lr=-1e-4"), "actor_trainer.optim.lr"),
     ("zero new tokens", "ppo", lambda c: c.ppo("generation.max_new_tokens=0"), "generation.max_new_tokens"),
     ("zero temperature", "ppo", lambda c: c.ppo("generation.temperature=0"), "generation.temperature"),
-    ("async without staleness", "ppo", lambda c: c.ppo("ppo.mode=async", "ppo.max_staleness=0"), "max_staleness"),
-    ("PPO-ptx without data", "ppo", lambda c: c.ppo("ppo.ptx_coef=0.5"), "data.ptx_path"),
+    ("async without staleness", "ppo", lambda c: c.ppo("algorithm.mode=async", "algorithm.max_staleness=0"), "max_staleness"),
+    ("PPO-ptx without data", "ppo", lambda c: c.ppo("algorithm.ptx_coef=0.5"), "data.ptx_path"),
     ("buffer smaller than a batch", "ppo", lambda c: c.ppo("buffer.capacity=2"), "buffer.capacity"),
-    ("unknown KL estimator", "ppo", lambda c: c.ppo("ppo.kl_estimator=k5"), "k1, k2, k3"),
-    ("LoRA on the frozen reward model", "ppo", lambda c: c.ppo("reward.lora_rank=4"), "reward.lora_rank"),
+    ("unknown KL estimator", "ppo", lambda c: c.ppo("algorithm.kl_estimator=k5"), "k1, k2, k3"),
+    ("LoRA on the frozen reward model", "ppo", lambda c: c.ppo("reward_model.lora_rank=4"), "reward_model.lora_rank"),
     ("CUDA-only strategy on CPU", "ppo", lambda c: c.ppo("actor_trainer.strategy.name=colossalai_zero2"),
      "CUDA"),
     # ---- precision, dtype, LoRA and strategy combinations ColossalAI cannot run (refused before the
@@ -182,12 +182,12 @@ CASES = [
     ("unknown gold task", "ppo", lambda c: c.ppo(f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}",
                                                  "data.gold_task=chess"), "data.gold_task"),
     # ---- algorithms and reward sources
-    ("unknown advantage estimator", "ppo", lambda c: c.ppo("ppo.advantage_estimator=ppo2"), "grpo"),
-    ("gae without a critic", "ppo", lambda c: c.grpo("ppo.advantage_estimator=gae", "ppo.n_samples_per_prompt=1"),
+    ("unknown advantage estimator", "ppo", lambda c: c.ppo("algorithm.advantage_estimator=ppo2"), "grpo"),
+    ("gae without a critic", "ppo", lambda c: c.grpo("algorithm.advantage_estimator=gae", "algorithm.n_samples_per_prompt=1"),
      "needs a critic"),
-    ("group size that does not divide the maker batch", "ppo", lambda c: c.grpo("ppo.n_samples_per_prompt=3"),
+    ("group size that does not divide the maker batch", "ppo", lambda c: c.grpo("algorithm.n_samples_per_prompt=3"),
      "whole groups"),
-    ("group-relative estimator with one sample per prompt", "ppo", lambda c: c.grpo("ppo.n_samples_per_prompt=1"),
+    ("group-relative estimator with one sample per prompt", "ppo", lambda c: c.grpo("algorithm.n_samples_per_prompt=1"),
      "needs at least 2"),
     ("no training reward at all", "ppo", lambda c: c.grpo("rewards.function=null"), "no training reward"),
     ("reward function that does not import", "ppo", lambda c: c.grpo("rewards.function=no_such_module_xyz:reward"),
@@ -237,7 +237,7 @@ CASES = [
      lambda c: c.ppo(f"actor.path={c.model_copy('noweights', drop=['model.safetensors'])}"), "no weights"),
     ("model config.json not JSON", "ppo", lambda c: c.ppo(f"actor.path={c.model_copy('badjson', raw_config='{')}"),
      "not valid JSON"),
-    ("reward model without a value head", "ppo", lambda c: c.ppo(f"reward.path={c.model}"), "not a reward model"),
+    ("reward model without a value head", "ppo", lambda c: c.ppo(f"reward_model.path={c.model}"), "not a reward model"),
     ("prompts longer than the context", "ppo", lambda c: c.ppo("data.max_prompt_length=600"), "context of 512"),
     ("SFT sequences longer than the context", "sft", lambda c: c.sft("data.max_length=4096"), "context of 512"),
     ("tokenizer larger than the model's vocabulary", "ppo",
@@ -251,7 +251,7 @@ CASES = [
     ("unknown hub model id", "sft", lambda c: c.empty_hub(*c.sft("model.path=nobody/no-such-model")),
      "hub model 'nobody/no-such-model' at revision 'main'"),
     ("hub reward model at a revision not cached", "ppo",
-     lambda c: c.empty_hub(*c.ppo("reward.path=nobody/rm", "reward.revision=v2")), "reward.path: hub model 'nobody/rm'"),
+     lambda c: c.empty_hub(*c.ppo("reward_model.path=nobody/rm", "reward_model.revision=v2")), "reward_model.path: hub model 'nobody/rm'"),
     ("unknown hub dataset", "rm", lambda c: c.empty_hub(*c.rm("data.train_path=nobody/no-such-pairs",
                                                               "data.subset=helpful")), "subset 'helpful'"),
     ("chat template file missing", "sft", lambda c: c.sft(f"data.chat_template={c.tmp / 'none.jinja'}"),
@@ -262,7 +262,7 @@ CASES = [
      lambda c: ["--model", c.model, "--reward-model", c.reward_copy("rm_vocab_gen", vocab_plus(10)), "--n", "2",
                 "--prompt", "sort: 2 1"], "the policy's has"),
     ("reward model with another vocabulary", "ppo",
-     lambda c: c.ppo(f"reward.path={c.reward_copy('rm_vocab', vocab_plus(10))}"), "the actor's has"),
+     lambda c: c.ppo(f"reward_model.path={c.reward_copy('rm_vocab', vocab_plus(10))}"), "the actor's has"),
 ]
 
 

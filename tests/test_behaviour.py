@@ -1,4 +1,4 @@
-"""ppo.clip_eps_high (clip-higher) and ppo.behaviour_correction (tis / mis against the makers' log-probs)."""
+"""algorithm.clip_eps_high (clip-higher) and algorithm.behaviour_correction (tis / mis against the makers' log-probs)."""
 
 from __future__ import annotations
 
@@ -60,15 +60,15 @@ def test_clip_eps_low_sets_the_lower_bound_on_its_own():
 def trained(tiny_llama, exp, *overrides):
     """The actor's weights after one update on `exp`, and its metrics."""
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from coati_ray.strategies import make_strategy
     from coati_ray.trainers.ppo import make_group_trainer
     from tests.conftest import REPO
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
-                      [f"actor.path={tiny_llama}", "ppo.advantage_estimator=grpo", "ppo.n_samples_per_prompt=2",
-                       "ppo.rollout_batch_size=8", "ppo.train_batch_size=8", "ppo.micro_batch_size=4",
-                       "ppo.whiten_advantages=false", "ppo.kl_coef=0", "actor_trainer.strategy.name=naive",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
+                      [f"actor.path={tiny_llama}", "algorithm.advantage_estimator=grpo", "algorithm.n_samples_per_prompt=2",
+                       "algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", "algorithm.micro_batch_size=4",
+                       "algorithm.whiten_advantages=false", "algorithm.kl_coef=0", "actor_trainer.strategy.name=naive",
                        "actor_trainer.resources.num_ranks=1", "actor_trainer.optim.eps=1.0",
                        "actor_trainer.optim.lr=1e-2", "maker.batch_size=8", *overrides])
     strategy = make_strategy(cfg.actor_trainer.strategy)
@@ -88,7 +88,7 @@ def test_behaviour_correction_against_a_maker_that_drifted(tiny_llama):
     e times less probability (ratio e > cap 2). tis: those tokens' weight is 2, the metrics say so; mis: the
     update equals one in which those tokens carry no advantage; a maker equal to the trainer changes nothing."""
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from coati_ray.models import Actor
     from tests.conftest import REPO
     from tests.test_ppo_correctness import synthetic_experience
@@ -100,12 +100,12 @@ def test_behaviour_correction_against_a_maker_that_drifted(tiny_llama):
     maker = exp._replace({"action_log_probs": exp.action_log_probs - drifted.float()})
 
     plain, _ = trained(tiny_llama, exp)
-    same, m_same = trained(tiny_llama, exp, "ppo.behaviour_correction=tis")
+    same, m_same = trained(tiny_llama, exp, "algorithm.behaviour_correction=tis")
     assert max_diff(same, plain) < 1e-6 and m_same["behaviour/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
     assert m_same["behaviour/capped_frac"] == 0.0
     assert m_same["actor/padding_fraction"] == pytest.approx(1 - exp.attention_mask.float().mean().item())
 
-    tis, m_tis = trained(tiny_llama, maker, "ppo.behaviour_correction=tis")
+    tis, m_tis = trained(tiny_llama, maker, "algorithm.behaviour_correction=tis")
     share = drifted.float().mean().item()
     assert m_tis["behaviour/capped_frac"] == pytest.approx(share)
     assert m_tis["behaviour/ratio_max"] == pytest.approx(math.e, rel=1e-3)
@@ -115,21 +115,21 @@ def test_behaviour_correction_against_a_maker_that_drifted(tiny_llama):
     assert m_tis["behaviour/log_ratio_abs_mean"] == pytest.approx(share, rel=1e-3)  # 1 nat on the drifted tokens
 
     # measure: the same metrics, and the update `none` makes from the maker's log-probs
-    measured, m_measured = trained(tiny_llama, maker, "ppo.behaviour_correction=measure")
+    measured, m_measured = trained(tiny_llama, maker, "algorithm.behaviour_correction=measure")
     uncorrected, _ = trained(tiny_llama, maker)
     assert max_diff(measured, uncorrected) < 1e-6 and max_diff(measured, tis) > 1e-5
     assert {k: v for k, v in m_measured.items() if k.startswith("behaviour/")} == pytest.approx(
         {k: v for k, v in m_tis.items() if k.startswith("behaviour/")})
 
-    mis, _ = trained(tiny_llama, maker, "ppo.behaviour_correction=mis")
+    mis, _ = trained(tiny_llama, maker, "algorithm.behaviour_correction=mis")
     silenced, _ = trained(tiny_llama, exp._replace({"advantages": exp.advantages * (~drifted).float()}))
     assert max_diff(mis, silenced) < 1e-6 and max_diff(mis, plain) > 1e-5
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
-                      [f"actor.path={tiny_llama}", "ppo.advantage_estimator=grpo", "ppo.n_samples_per_prompt=2",
-                       "ppo.kl_coef=0", "ppo.rollout_batch_size=8", "ppo.train_batch_size=8", "maker.batch_size=8"])
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
+                      [f"actor.path={tiny_llama}", "algorithm.advantage_estimator=grpo", "algorithm.n_samples_per_prompt=2",
+                       "algorithm.kl_coef=0", "algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", "maker.batch_size=8"])
     assert cfg.trainer_log_probs_are_behaviour  # without a correction the makers skip their log-prob pass
-    cfg.ppo.behaviour_correction = "tis"
+    cfg.algorithm.behaviour_correction = "tis"
     assert not cfg.trainer_log_probs_are_behaviour  # with one they must send theirs
-    cfg.ppo.behaviour_correction = "measure"
+    cfg.algorithm.behaviour_correction = "measure"
     assert not cfg.trainer_log_probs_are_behaviour  # and to be measured, too

@@ -62,7 +62,7 @@ def test_a_tool_episode_runs_in_the_families_own_tool_turns(family, tmp_path):
     """An episode on a tiny model of the family: the call, the tool turn the template writes around the answer,
     the answer copied out; every policy token trained, every template/tool token context."""
     from coati_ray.config.loader import from_dict
-    from coati_ray.config.ppo import GenerationConfig
+    from coati_ray.config.rl import GenerationConfig
     from coati_ray.config.rollout import RolloutConfig
     from coati_ray.data.template import ChatFormat
     from coati_ray.experience.episodes import EpisodeRunner

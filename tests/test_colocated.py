@@ -22,7 +22,7 @@ COMPARED = ("reward", "kl", "response_length", "actor/loss", "actor/policy_loss"
 
 def run_job(cfg) -> dict:
     """Run `cfg`; keep each step's metrics, the consumed batch ids and rank 0's parameters after the last step."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     seen = {"metrics": [], "makers": []}
 
@@ -34,7 +34,7 @@ def run_job(cfg) -> dict:
             if "critic" in job.groups:
                 seen["critic"] = ray.get(job.groups["critic"][0].weights.remote())
 
-    seen["summary"] = PPOJob(cfg).run(on_step=after_step)
+    seen["summary"] = RLJob(cfg).run(on_step=after_step)
     return seen
 
 
@@ -62,7 +62,7 @@ def test_colocated_ppo_trains_the_policy_a_separate_job_trains(local_ray, tiny_l
     """gae: 2 ddp actor ranks generate one 4-sample batch each (as 2 makers of batch 4 would), the critic rank
     adds the values; 3 steps later both jobs hold the same actor and critic. The colocated job also runs
     colocated.offload_optimizer's path (on a CPU nothing moves: 0 GiB, the same training)."""
-    common = [f"ppo.max_steps={STEPS}", "generation.max_new_tokens=6"]
+    common = [f"algorithm.max_steps={STEPS}", "generation.max_new_tokens=6"]
     separate = run_job(ppo_config(tiny_llama, reward_dir, tmp_path / "separate", *common))
     colocated = run_job(ppo_config(tiny_llama, reward_dir, tmp_path / "colocated", *common, "placement=colocated",
                                    "colocated.offload_optimizer=true"))
@@ -75,12 +75,12 @@ def test_colocated_ppo_trains_the_policy_a_separate_job_trains(local_ray, tiny_l
 @pytest.mark.slow
 def test_colocated_grpo_trains_the_policy_a_separate_job_trains(local_ray, tiny_llama, tmp_path):
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     def cfg(name, *extra):
-        c = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+        c = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
             f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
-            "generation.max_new_tokens=6", f"ppo.max_steps={STEPS}", *extra], output_dir=str(tmp_path / name))
+            "generation.max_new_tokens=6", f"algorithm.max_steps={STEPS}", *extra], output_dir=str(tmp_path / name))
         c.validate()
         return c
 
@@ -102,7 +102,7 @@ def test_a_batch_scored_without_the_critic_then_valued_elsewhere_is_the_makers_e
     from coati_ray.experience.rollout_worker import RolloutWorker, finish_with_values
     from coati_ray.models import load_tokenizer
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path, "generation.max_new_tokens=6", f"ppo.kl_penalty={kl_penalty}")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path, "generation.max_new_tokens=6", f"algorithm.kl_penalty={kl_penalty}")
     tok = load_tokenizer(tiny_llama)
     items, _, _ = read_prompt_data(cfg.data, tok)
     models = build_experience_models(cfg)
@@ -115,7 +115,7 @@ def test_a_batch_scored_without_the_critic_then_valued_elsewhere_is_the_makers_e
     before = torch.get_rng_state()
     scored, stats = split.make(items[:4], batch_id=7, version=3, defer_values=True)
     assert torch.equal(torch.get_rng_state(), before)
-    exp, stats = finish_with_values(models.critic, scored, cfg.ppo, stats)
+    exp, stats = finish_with_values(models.critic, scored, cfg.algorithm, stats)
     assert stats["digest"] == whole_stats["digest"] and stats["samples"] == 4
     assert set(exp.tensors()) == set(whole.tensors())
     for name, tensor in whole.tensors().items():
@@ -124,8 +124,8 @@ def test_a_batch_scored_without_the_critic_then_valued_elsewhere_is_the_makers_e
 
 
 def test_colocated_is_refused_in_one_line_where_it_cannot_run(tiny_llama, reward_dir, tmp_path):
-    with pytest.raises(ConfigError, match="placement.*ppo.mode=sync"):
-        ppo_config(tiny_llama, reward_dir, tmp_path / "a", "placement=colocated", "ppo.mode=async")
+    with pytest.raises(ConfigError, match="placement.*algorithm.mode=sync"):
+        ppo_config(tiny_llama, reward_dir, tmp_path / "a", "placement=colocated", "algorithm.mode=async")
     with pytest.raises(ConfigError, match="actor_trainer.strategy.name.*Gemini"):
         ppo_config(tiny_llama, reward_dir, tmp_path / "b", "placement=colocated",
                    "actor_trainer.strategy.name=colossalai_gemini", "actor_trainer.strategy.precision=bf16")
@@ -135,8 +135,8 @@ def test_colocated_is_refused_in_one_line_where_it_cannot_run(tiny_llama, reward
 
     # filter_groups with a critic: only an estimator of one's own marked group-relative and needing a critic
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "e", "placement=colocated")
-    cfg.ppo.filter_groups = True
-    with pytest.raises(ConfigError, match="ppo.filter_groups: colocated"):
+    cfg.algorithm.filter_groups = True
+    with pytest.raises(ConfigError, match="algorithm.filter_groups: colocated"):
         check_placement(cfg)
-    with pytest.raises(ConfigError, match="sync.transport: ipc maps the trainers' own tensors"):
-        ppo_config(tiny_llama, reward_dir, tmp_path / "d", "sync.transport=ipc", "ppo.mode=async")
+    with pytest.raises(ConfigError, match="weight_sync.transport: ipc maps the trainers' own tensors"):
+        ppo_config(tiny_llama, reward_dir, tmp_path / "d", "weight_sync.transport=ipc", "algorithm.mode=async")

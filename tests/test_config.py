@@ -50,11 +50,11 @@ def test_unknown_key_in_yaml_file(tmp_path):
 
 
 def test_a_renamed_key_in_an_older_runs_config_says_what_it_is_now(tmp_path):
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     path = tmp_path / "config.yaml"  # a run's config.yaml written before generation.backend
     path.write_text(yaml.safe_dump({"actor": {"path": "x"}, "generation": {"compact": False}}))
-    msg = error_of(lambda: load_config(PPOConfig, str(path)))
+    msg = error_of(lambda: load_config(RLConfig, str(path)))
     assert "'generation.compact' was renamed" in msg and "false -> backend: hf" in msg and "\n" not in msg
 
 
@@ -168,10 +168,10 @@ def test_readme_config_reference_is_current():
 
 
 def ppo_cfg(tiny_llama, reward_dir, *overrides):
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
-                      [f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
+                      [f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward_model.path={reward_dir}",
                        f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides])
     cfg.validate()
     return cfg
@@ -179,31 +179,31 @@ def ppo_cfg(tiny_llama, reward_dir, *overrides):
 
 @pytest.mark.parametrize("overrides,expected", [
     (["maker.num_makers=0"], "maker.num_makers"),
-    (["ppo.rollout_batch_size=6"], "multiple of maker.batch_size"),
-    (["ppo.train_batch_size=3", "ppo.rollout_batch_size=12"], "ppo.train_batch_size"),
-    (["actor_trainer.resources.num_ranks=3"], "ppo.train_batch_size"),
-    (["ppo.ptx_coef=0.5"], "data.ptx_path"),
-    (["ppo.mode=async", "ppo.max_staleness=0"], "ppo.max_staleness"),
+    (["algorithm.rollout_batch_size=6"], "multiple of maker.batch_size"),
+    (["algorithm.train_batch_size=3", "algorithm.rollout_batch_size=12"], "algorithm.train_batch_size"),
+    (["actor_trainer.resources.num_ranks=3"], "algorithm.train_batch_size"),
+    (["algorithm.ptx_coef=0.5"], "data.ptx_path"),
+    (["algorithm.mode=async", "algorithm.max_staleness=0"], "algorithm.max_staleness"),
     (["buffer.capacity=2"], "buffer.capacity"),
-    (["reward.lora_rank=4"], "reward.lora_rank"),
+    (["reward_model.lora_rank=4"], "reward_model.lora_rank"),
     (["generation.temperature=0"], "generation.temperature"),
     (["critic_trainer.strategy.name=naive", "critic_trainer.resources.num_ranks=2"], "naive"),
-    (["ppo.kl_estimator=k5"], "use one of: k1, k2, k3"),
+    (["algorithm.kl_estimator=k5"], "use one of: k1, k2, k3"),
     (["maker.cpu_cores=[]"], "maker.cpu_cores"),
     (["actor_trainer.resources.cpu_cores=[1, 1]"], "actor_trainer.resources.cpu_cores"),
     (["critic_trainer.resources.cpu_cores=[-1]"], "critic_trainer.resources.cpu_cores"),
     (["maker.nice=20"], "maker.nice"),
     (["actor_trainer.resources.nice=-5"], "actor_trainer.resources.nice"),
-    (["ppo.behaviour_cap=0.5"], "ppo.behaviour_cap"),
-    (["ppo.clip_eps_high=0"], "ppo.clip_eps_high"),
-    (["ppo.clip_eps_low=1"], "ppo.clip_eps_low"),
-    (["ppo.clip_eps=1.5"], "ppo.clip_eps"),
-    (["ppo.behaviour_correction=is"], "did you mean 'tis'"),
-    (["ppo.loss_agg=mean"], "use one of: token_mean"),
-    (["ppo.kl_penalty=sequence", "ppo.kl_estimator=k3"], "config error: ppo.kl_estimator: 'k3' is not used with "
+    (["algorithm.behaviour_cap=0.5"], "algorithm.behaviour_cap"),
+    (["algorithm.clip_eps_high=0"], "algorithm.clip_eps_high"),
+    (["algorithm.clip_eps_low=1"], "algorithm.clip_eps_low"),
+    (["algorithm.clip_eps=1.5"], "algorithm.clip_eps"),
+    (["algorithm.behaviour_correction=is"], "did you mean 'tis'"),
+    (["algorithm.loss_agg=mean"], "use one of: token_mean"),
+    (["algorithm.kl_penalty=sequence", "algorithm.kl_estimator=k3"], "config error: algorithm.kl_estimator: 'k3' is not used with "
                                                          "kl_penalty=sequence"),
-    (["ppo.kl_coef=-0.1"], "config error: ppo.kl_coef: must be >= 0, got -0.1"),
-    (["ppo.kl_penalty=tokens"], "use one of: reward, sequence, loss"),
+    (["algorithm.kl_coef=-0.1"], "config error: algorithm.kl_coef: must be >= 0, got -0.1"),
+    (["algorithm.kl_penalty=tokens"], "use one of: reward, sequence, loss"),
 ])
 def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
     msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, *overrides))
@@ -211,21 +211,21 @@ def test_ppo_bad_configs(tiny_llama, reward_dir, overrides, expected):
 
 
 @pytest.mark.parametrize("overrides, makers_skip_log_probs", [
-    (["ppo.kl_penalty=sequence"], False), (["ppo.kl_penalty=reward"], False), (["ppo.kl_penalty=loss"], True),
-    (["ppo.kl_penalty=sequence", "ppo.kl_coef=0"], True),
+    (["algorithm.kl_penalty=sequence"], False), (["algorithm.kl_penalty=reward"], False), (["algorithm.kl_penalty=loss"], True),
+    (["algorithm.kl_penalty=sequence", "algorithm.kl_coef=0"], True),
 ])
 def test_makers_take_log_probs_whenever_a_kl_penalty_is_in_the_reward(overrides, makers_skip_log_probs):
     """Coati's sequence-level penalty needs the behaviour log-probs as the per-token one does (the shortcut of
     sync, one-epoch, whole-batch updates is for a KL outside the reward only)."""
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
-    cfg = load_config(PPOConfig, None, ["actor.path=m", "critic.path=c", *overrides])
-    assert (cfg.ppo.kl_in_reward, cfg.trainer_log_probs_are_behaviour) == (not makers_skip_log_probs,
+    cfg = load_config(RLConfig, None, ["actor.path=m", "critic.path=c", *overrides])
+    assert (cfg.algorithm.kl_in_reward, cfg.trainer_log_probs_are_behaviour) == (not makers_skip_log_probs,
                                                                            makers_skip_log_probs)
 
 
 def test_ppo_reward_without_value_head(tiny_llama, reward_dir):
-    assert "not a reward model" in error_of(lambda: ppo_cfg(tiny_llama, reward_dir, f"reward.path={tiny_llama}"))
+    assert "not a reward model" in error_of(lambda: ppo_cfg(tiny_llama, reward_dir, f"reward_model.path={tiny_llama}"))
 
 
 def test_ppo_asks_more_than_the_cluster_has_before_any_actor(tiny_llama, reward_dir, tmp_path, capsys):
@@ -233,7 +233,7 @@ def test_ppo_asks_more_than_the_cluster_has_before_any_actor(tiny_llama, reward_
 
     ray = pytest.importorskip("ray")
     code = main(["--config", os.path.join(REPO, "configs", "ppo_tiny.yaml"), "--output-dir", str(tmp_path / "r"),
-                 f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
+                 f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward_model.path={reward_dir}",
                  f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "maker.num_gpus=1", "ray.dashboard=false"])
     ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(ours) == 1 and "GPUs" in ours[0] and "cluster has" in ours[0], ours
@@ -241,13 +241,16 @@ def test_ppo_asks_more_than_the_cluster_has_before_any_actor(tiny_llama, reward_
 
 
 def test_one_override_switches_a_ppo_config_to_a_critic_free_estimator(tiny_llama, reward_dir, capsys):
-    """ppo.advantage_estimator=grpo on the PPO config (critic sections and all): the critic sections are set aside
+    """algorithm.advantage_estimator=grpo on the PPO config (critic sections and all): the critic sections are set aside
     with one line saying so, and the job builds the actor group alone."""
-    cfg = ppo_cfg(tiny_llama, reward_dir, "ppo.advantage_estimator=grpo", "ppo.n_samples_per_prompt=4",
+    from coati_ray.config import notes
+
+    notes._SAID.clear()
+    cfg = ppo_cfg(tiny_llama, reward_dir, "algorithm.advantage_estimator=grpo", "algorithm.n_samples_per_prompt=4",
                   "critic_trainer.optim.lr=1e-3")
     assert cfg.critic is None and cfg.roles == ("actor",)
     err = capsys.readouterr().err
-    assert err.count("note: ppo.advantage_estimator=grpo trains no critic: the critic and critic_trainer section(s) "
+    assert err.count("note: algorithm.advantage_estimator=grpo trains no critic: the critic and critic_trainer section(s) "
                      "are set aside") == 1
 
 
@@ -266,7 +269,31 @@ def test_a_registered_transport_and_plugins_imported_before_the_checks(tiny_llam
         "from actors.transports import register_transport\nfrom actors.transports.object_store import ObjectStore\n\n\n"
         "@register_transport('shared_disk')\nclass SharedDisk(ObjectStore):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, "sync.transport=shared_disk"))
-    assert "config error: sync.transport: 'shared_disk' is not a weight transport" in msg and "plugins" in msg
-    cfg = ppo_cfg(tiny_llama, reward_dir, "sync.transport=shared_disk", "plugins=[my_transports_by_name]")
-    assert cfg.sync.transport == "shared_disk"
+    msg = error_of(lambda: ppo_cfg(tiny_llama, reward_dir, "weight_sync.transport=shared_disk"))
+    assert "config error: weight_sync.transport: 'shared_disk' is not a weight transport" in msg and "plugins" in msg
+    cfg = ppo_cfg(tiny_llama, reward_dir, "weight_sync.transport=shared_disk", "plugins=[my_transports_by_name]")
+    assert cfg.weight_sync.transport == "shared_disk"
+
+
+def test_an_old_config_still_loads_with_one_line_per_renamed_key(tiny_llama, reward_dir, tmp_path, capsys):
+    """ppo: -> algorithm:, reward: -> reward_model:, sync: -> weight_sync: (one meaning per word): a config.yaml
+    written before, and overrides in the old spelling, load under the new names, each said once."""
+    from coati_ray.config import notes
+    from coati_ray.config.rl import RLConfig
+
+    notes._SAID.clear()  # once per process: this test counts its own
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"actor": {"path": tiny_llama}, "critic": {"path": tiny_llama},
+                                   "reward": {"path": reward_dir}, "ppo": {"kl_coef": 0.2, "max_steps": 3},
+                                   "sync": {"transport": "object_store"},
+                                   "data": {"prompt_path": data_path("prompts", "train.jsonl")}}))
+    cfg = load_config(RLConfig, str(old), ["ppo.kl_coef=0.3", "sync.bucket_mb=64"])
+    cfg.validate()
+    assert (cfg.algorithm.kl_coef, cfg.algorithm.max_steps, cfg.reward_model.path) == (0.3, 3, reward_dir)
+    assert (cfg.weight_sync.transport, cfg.weight_sync.bucket_mb) == ("object_store", 64)
+    err = capsys.readouterr().err
+    for old_key, new_key in (("ppo", "algorithm"), ("reward", "reward_model"), ("sync", "weight_sync")):
+        assert err.count(f"note: config key '{old_key}' is now '{new_key}'") == 1, err
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({"ppo": {"kl_coef": 0.2}, "algorithm": {"kl_coef": 0.1}}))
+    assert "'ppo' and 'algorithm' are both set" in error_of(lambda: load_config(RLConfig, str(both)))

@@ -15,7 +15,7 @@ PROMPTS = ["sort: 3 1 2", "sort: 9 8 7 6 5 4", "what is a reward model?", "sort:
 
 
 def batch_of(tokenizer, prompts=PROMPTS):
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
 
     return collate_prompts([{"input_ids": render_prompt(tokenizer, p)} for p in prompts], tokenizer.pad_token_id)
 

@@ -1,4 +1,4 @@
-"""DAPO's dynamic sampling (ppo.filter_groups): groups with one reward for all their samples are dropped and
+"""DAPO's dynamic sampling (algorithm.filter_groups): groups with one reward for all their samples are dropped and
 spare prompts sampled until the maker batch is full; the batch keeps its size, spares follow from the ticket."""
 
 import pytest
@@ -73,10 +73,10 @@ def test_filter_groups_needs_a_group_relative_estimator(tiny_llama, tmp_path):
     from coati_ray.errors import ConfigError
     from tests.test_algorithms import grpo_cfg
 
-    cfg = grpo_cfg(tiny_llama, tmp_path, "ppo.filter_groups=true")
-    assert cfg.ppo.filter_groups
-    with pytest.raises(ConfigError, match="ppo.filter_groups: needs a group-relative estimator"):
-        grpo_cfg(tiny_llama, tmp_path, "ppo.filter_groups=true", "ppo.advantage_estimator=reinforce_pp")
+    cfg = grpo_cfg(tiny_llama, tmp_path, "algorithm.filter_groups=true")
+    assert cfg.algorithm.filter_groups
+    with pytest.raises(ConfigError, match="algorithm.filter_groups: needs a group-relative estimator"):
+        grpo_cfg(tiny_llama, tmp_path, "algorithm.filter_groups=true", "algorithm.advantage_estimator=reinforce_pp")
 
 
 def test_groups_are_read_from_the_group_index_whatever_the_row_order():

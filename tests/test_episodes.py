@@ -43,7 +43,7 @@ def _items(tok, n=2, prompt=PROMPT):
 
 def _run(tok, actor, environment, items=None, **rollout):
     from coati_ray.config.loader import from_dict
-    from coati_ray.config.ppo import GenerationConfig
+    from coati_ray.config.rl import GenerationConfig
     from coati_ray.config.rollout import RolloutConfig
     from coati_ray.experience.episodes import EpisodeRunner
 
@@ -82,7 +82,7 @@ def test_tool_tokens_are_context_outside_the_kl_and_the_loss(tiny_llama):
     """Through make_experience with a real actor and a different reference: the KL and the advantages are 0 on
     every tool token, and the hand-built mask (1 on the two turns, 0 on the tool turn between) is the one used."""
     from coati_ray.config.loader import from_dict
-    from coati_ray.config.ppo import GenerationConfig, PPOAlgoConfig
+    from coati_ray.config.rl import GenerationConfig, AlgorithmConfig
     from coati_ray.config.rollout import RolloutConfig
     from coati_ray.experience.episodes import EpisodeRunner
     from coati_ray.experience.make import ExperienceModels, make_experience
@@ -93,7 +93,7 @@ def test_tool_tokens_are_context_outside_the_kl_and_the_loss(tiny_llama):
     with torch.no_grad():
         for p in initial.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ppo = from_dict(PPOAlgoConfig, {"advantage_estimator": "grpo", "n_samples_per_prompt": 2, "kl_coef": 0.1})
+    ppo = from_dict(AlgorithmConfig, {"advantage_estimator": "grpo", "n_samples_per_prompt": 2, "kl_coef": 0.1})
     gen = from_dict(GenerationConfig, {"max_new_tokens": 32, "backend": "tests.episode_fixtures:oracle"})
     runner = EpisodeRunner(from_dict(RolloutConfig, {"environment": "coati_ray.tasks.calc:CalcEnvironment"}))
     exp, stats = make_experience(ExperienceModels(actor=actor, initial=initial), tok, _items(tok, 1), gen, ppo,
@@ -262,7 +262,7 @@ def test_a_tool_call_cut_by_max_new_tokens_is_counted_and_said_once(tiny_llama, 
     import logging
 
     from coati_ray.config.loader import from_dict
-    from coati_ray.config.ppo import GenerationConfig
+    from coati_ray.config.rl import GenerationConfig
     from coati_ray.config.rollout import RolloutConfig
     from coati_ray.experience import episodes as episodes_module
     from coati_ray.experience.episodes import EpisodeRunner

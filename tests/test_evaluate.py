@@ -104,7 +104,7 @@ def sorting_choice_rows(n: int, seed: int = 0, split: str = "eval") -> list[dict
 def greedy_answers(model: str, texts: list[str], max_new_tokens: int = 8) -> list[str]:
     from coati_ray.config import load_config
     from coati_ray.config.generate import GenerateConfig
-    from coati_ray.generation import Policy
+    from coati_ray.inference import Policy
 
     cfg = load_config(GenerateConfig, None, [f"model={model}", "generation.do_sample=false",
                                              f"generation.max_new_tokens={max_new_tokens}"])

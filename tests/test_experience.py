@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coati_ray.config import from_dict
-from coati_ray.config.ppo import GenerationConfig, PPOAlgoConfig
+from coati_ray.config.rl import GenerationConfig, AlgorithmConfig
 from coati_ray.data.datasets import collate_prompts
 from coati_ray.errors import ModelError
 from coati_ray.experience import Experience, ExperienceModels, concat, make_experience
@@ -20,7 +20,7 @@ def models(tiny_llama):
 
 
 def prompt_items(tokenizer, n=4):
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
 
     texts = [f"sort: {i} {i + 3} 1" for i in range(n)] + ["sort: 9 8 7 6 5 4 3"]
     return [{"input_ids": render_prompt(tokenizer, t), "prompt": t} for t in texts[:n]]
@@ -34,7 +34,7 @@ def test_make_experience_shapes_and_invariants(models, tokenizer):
     torch.manual_seed(0)
     batch = prompts(tokenizer)
     gen = from_dict(GenerationConfig, {"max_new_tokens": 6})
-    ppo = from_dict(PPOAlgoConfig, {"kl_coef": 0.1})
+    ppo = from_dict(AlgorithmConfig, {"kl_coef": 0.1})
     exp, timings = make_experience(models, tokenizer, prompt_items(tokenizer), gen, ppo, version=3)
     B, A = 4, exp.num_actions
     assert exp.sequences.shape == (B, batch["input_ids"].size(1) + A) and exp.version == 3
@@ -60,11 +60,11 @@ def scored_by_hand(score: float = 1.0):
 
 @pytest.mark.parametrize("kl_coef, penalty", [(0.2, 0.2 * 0.25), (0.0, 0.0)])
 def test_coatis_sequence_kl_comes_off_the_reward_once_at_the_last_token(kl_coef, penalty):
-    """ppo.kl_penalty=sequence: with V = 0, gamma = lam = 1 the return of every token is the sequence's reward
+    """algorithm.kl_penalty=sequence: with V = 0, gamma = lam = 1 the return of every token is the sequence's reward
     minus kl_coef x the mean KL, once; kl_coef 0 takes nothing (and needs no behaviour log-probs)."""
     from coati_ray.experience.make import finish_experience, kl_rewards
 
-    ppo = from_dict(PPOAlgoConfig, {"kl_coef": kl_coef, "kl_penalty": "sequence", "gamma": 1.0, "lam": 1.0})
+    ppo = from_dict(AlgorithmConfig, {"kl_coef": kl_coef, "kl_penalty": "sequence", "gamma": 1.0, "lam": 1.0})
     assert torch.allclose(kl_rewards(scored_by_hand(), ppo), torch.tensor([[0.0, -penalty, 0.0]]))
     exp, _ = finish_experience(scored_by_hand(score=1.0), torch.zeros(1, 3), ppo)
     assert torch.allclose(exp.returns, torch.tensor([[1.0 - penalty, 1.0 - penalty, 0.0]]))
@@ -76,9 +76,9 @@ def test_the_per_token_penalty_is_still_there_for_kl_penalty_reward():
 
     scored = scored_by_hand()
     scored.kl = torch.tensor([[0.1, 0.2, 0.0]])
-    ppo = from_dict(PPOAlgoConfig, {"kl_coef": 0.5, "kl_penalty": "reward"})
+    ppo = from_dict(AlgorithmConfig, {"kl_coef": 0.5, "kl_penalty": "reward"})
     assert torch.allclose(kl_rewards(scored, ppo), torch.tensor([[-0.05, -0.1, 0.0]]))
-    assert torch.equal(kl_rewards(scored, from_dict(PPOAlgoConfig, {"kl_coef": 0.5, "kl_penalty": "loss"})),
+    assert torch.equal(kl_rewards(scored, from_dict(AlgorithmConfig, {"kl_coef": 0.5, "kl_penalty": "loss"})),
                        torch.zeros(1, 3))
 
 
@@ -94,7 +94,7 @@ def test_a_maker_reports_coatis_kl_when_the_penalty_is_sequence_level(models, to
             p.add_(torch.randn_like(p) * 0.02)
     moved = ExperienceModels(actor=models.actor, initial=initial, reward=models.reward, critic=models.critic)
     gen = from_dict(GenerationConfig, {"max_new_tokens": 6})
-    ppo = from_dict(PPOAlgoConfig, {"kl_coef": 0.1, "kl_penalty": "sequence"})
+    ppo = from_dict(AlgorithmConfig, {"kl_coef": 0.1, "kl_penalty": "sequence"})
     exp, stats = make_experience(moved, tokenizer, prompt_items(tokenizer), gen, ppo)
     expected = coati_token_kl(exp.action_log_probs, exp.ref_log_probs) * exp.action_mask
     assert torch.allclose(exp.kl, expected, atol=1e-6)
@@ -157,7 +157,7 @@ def test_prompt_stream_is_resumable_and_covers_each_epoch():
 
 
 def test_policy_trainer_with_ptx_and_value_trainer_update(models, tokenizer, tiny_llama):
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from coati_ray.config import load_config
     from coati_ray.strategies import make_strategy
     from coati_ray.trainers.ppo import PolicyTrainer, ValueTrainer
@@ -165,24 +165,24 @@ def test_policy_trainer_with_ptx_and_value_trainer_update(models, tokenizer, tin
     from tests.conftest import REPO, data_path
     import os
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
-                      ["ppo.ptx_coef=0.5", "ppo.micro_batch_size=2", "ppo.train_batch_size=4",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
+                      ["algorithm.ptx_coef=0.5", "algorithm.micro_batch_size=2", "algorithm.train_batch_size=4",
                        "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
-                       "ppo.rollout_batch_size=4", "ppo.ppo_epochs=2"])
+                       "algorithm.rollout_batch_size=4", "algorithm.ppo_epochs=2"])
     torch.manual_seed(0)
-    exp, _ = make_experience(models, tokenizer, prompt_items(tokenizer), cfg.generation, cfg.ppo)
+    exp, _ = make_experience(models, tokenizer, prompt_items(tokenizer), cfg.generation, cfg.algorithm)
     exp.advantages = torch.randn_like(exp.advantages) * exp.action_mask
     ptx, _ = SFTTrainer.build_dataset(data_path("ptx", "train.jsonl"), tokenizer,
                                       type("D", (), {"max_length": 64, "format": "auto", "on_bad_row": "error"}), 16)
     strategy = make_strategy(cfg.actor_trainer.strategy)
     strategy.setup_distributed()
-    policy = PolicyTrainer(Actor.from_pretrained(tiny_llama), strategy, cfg.actor_trainer, cfg.ppo, 1, ptx,
+    policy = PolicyTrainer(Actor.from_pretrained(tiny_llama), strategy, cfg.actor_trainer, cfg.algorithm, 1, ptx,
                            SFTTrainer.collator(tokenizer))
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     m = policy.train(exp, step=0)
     assert policy.updates == 2 and m["actor/ptx_loss"] > 0 and "actor/clip_frac" in m
     assert m["actor/loss"] == pytest.approx(0.5 * m["actor/ptx_loss"] + 0.5 * m["actor/policy_loss"], rel=1e-4)
     assert any(not torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
-    value = ValueTrainer(Critic.from_pretrained(tiny_llama), strategy, cfg.critic_trainer, cfg.ppo, 1)
+    value = ValueTrainer(Critic.from_pretrained(tiny_llama), strategy, cfg.critic_trainer, cfg.algorithm, 1)
     m = value.train(exp, step=0)
     assert m["critic/loss"] > 0 and m["timing/update_critic"] > 0

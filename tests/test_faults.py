@@ -51,9 +51,9 @@ def test_sync_makers_killed_idle_and_mid_batch_recover_on_policy(local_ray, tiny
     """ray.kill of an idle maker, then SIGKILL of a maker while it generates: both are restarted,
     reload the current weights, regenerate their batch, and every step still trains on experience
     of the current policy."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "sync", *SMALL, "ppo.max_steps=5")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "sync", *SMALL, "algorithm.max_steps=5")
     seen, rows, fired = [], [], []
 
     def after_step(job, step, m):
@@ -70,7 +70,7 @@ def test_sync_makers_killed_idle_and_mid_batch_recover_on_policy(local_ray, tiny
             same = all(torch.equal(s["actor"][k], trainer[k]) for s in states for k in trainer)
             seen.append({"step": step, "same": same, "versions": [s["version"] for s in states]})
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert fired[0].is_set()
     assert summary["steps"] == 5 and summary["maker_restarts"] == 2 and summary["maker_batches_regenerated"] == 2
     assert all(s["same"] and s["versions"] == [s["step"]] * 2 for s in seen), seen
@@ -90,10 +90,10 @@ def test_async_makers_killed_mid_batch_regenerate_without_double_delivery(local_
                                                                            tmp_path):
     """Async mode: each maker is killed while it generates (one by ray.kill, one by SIGKILL); the run
     finishes, each lost batch is made again, and no batch reaches a trainer twice."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", *SMALL, "ppo.mode=async", "ppo.max_staleness=2",
-                     "ppo.max_steps=6", "buffer.capacity=8")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", *SMALL, "algorithm.mode=async", "algorithm.max_staleness=2",
+                     "algorithm.max_steps=6", "buffer.capacity=8")
     rows, fired = [], []
 
     def after_step(job, step, m):
@@ -106,7 +106,7 @@ def test_async_makers_killed_mid_batch_regenerate_without_double_delivery(local_
             pid = ray.get(job.makers[1].pid.remote())
             fired.append(kill_when_generating(pid, lambda: os.kill(pid, signal.SIGKILL)))
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert all(f.is_set() for f in fired) and len(fired) == 2
     assert summary["steps"] == 6 and summary["maker_restarts"] == 2 and summary["maker_batches_regenerated"] == 2
     acc = summary["buffer"]
@@ -124,13 +124,13 @@ def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_
     """Rank 1 of a 2-rank ddp actor group dies right before the step-2 checkpoint: the run stops at
     once with one line naming the rank and the checkpoint to resume from; the half-written step 2 is
     never taken for a checkpoint; `--resume` from step 1 reaches step 3."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.errors import WorkerLost
     from coati_ray.utils.run_dir import latest_checkpoint
     from launch.common import resolve_resume
 
     out = tmp_path / "trainer"
-    cfg = ppo_config(tiny_llama, reward_dir, out, "maker.num_makers=1", "ppo.max_steps=3", "ppo.save_every=1")
+    cfg = ppo_config(tiny_llama, reward_dir, out, "maker.num_makers=1", "algorithm.max_steps=3", "algorithm.save_every=1")
 
     def after_step(job, step, m):
         if step == 2:  # the save of step 2 comes next and needs every rank
@@ -138,7 +138,7 @@ def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_
 
     t = time.monotonic()
     with pytest.raises(WorkerLost) as e:
-        PPOJob(cfg).run(on_step=after_step)
+        RLJob(cfg).run(on_step=after_step)
     elapsed = time.monotonic() - t
     msg = str(e.value)
     assert "\n" not in msg and "actor-trainer-1 died" in msg and "--resume" in msg and "step_000001" in msg, msg
@@ -148,7 +148,7 @@ def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_
     assert latest_checkpoint(str(out)) == str(out / "checkpoints" / "step_000001")
 
     resume_from = resolve_resume("latest", str(out))
-    summary = PPOJob(cfg, resume_from=resume_from).run()
+    summary = RLJob(cfg, resume_from=resume_from).run()
     assert summary["steps"] == 3
     assert [r["step"] for r in metrics(out) if "timing/step" in r] == [1, 2, 3]
     assert_no_leaks()
@@ -159,10 +159,10 @@ def test_one_death_with_several_queued_batches_is_one_restart_and_every_batch_re
                                                                                     reward_dir, tmp_path):
     """Sync mode, 4 batches per step over 2 makers (2 queued on each): SIGKILL of maker-1 while it generates
     loses both of its batches. It is restarted and reloaded once, and both batches are made again."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "queued", *SMALL, "ppo.max_steps=3",
-                     "ppo.rollout_batch_size=16", "ppo.train_batch_size=8", "buffer.capacity=16")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "queued", *SMALL, "algorithm.max_steps=3",
+                     "algorithm.rollout_batch_size=16", "algorithm.train_batch_size=8", "buffer.capacity=16")
     rows, fired, lines = [], [], []
 
     def after_step(job, step, m):
@@ -172,7 +172,7 @@ def test_one_death_with_several_queued_batches_is_one_restart_and_every_batch_re
             pid = ray.get(job.makers[1].pid.remote())
             fired.append(kill_when_generating(pid, lambda: os.kill(pid, signal.SIGKILL)))
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert fired[0].is_set()
     assert summary["maker_restarts"] == 1 and summary["maker_batches_regenerated"] == 2, summary
     assert sum("restarted" in line for line in lines) == 1, lines
@@ -188,10 +188,10 @@ def test_a_maker_past_its_restarts_leaves_the_pool_or_ends_the_run(policy, local
                                                                    tmp_path):
     """maker.max_restarts=0 and maker-1 SIGKILLed while it generates: with on_exhausted_restarts=drop the run
     goes on with maker-0, which makes the lost batch; with fail (the default) it ends with one line."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.errors import WorkerLost
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / policy, *SMALL, "ppo.max_steps=4", "maker.max_restarts=0",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / policy, *SMALL, "algorithm.max_steps=4", "maker.max_restarts=0",
                      f"maker.on_exhausted_restarts={policy}")
     rows, fired = [], []
 
@@ -203,12 +203,12 @@ def test_a_maker_past_its_restarts_leaves_the_pool_or_ends_the_run(policy, local
 
     if policy == "fail":
         with pytest.raises(WorkerLost) as e:
-            PPOJob(cfg).run(on_step=after_step)
+            RLJob(cfg).run(on_step=after_step)
         msg = str(e.value)
         assert "maker-1 died and Ray could not restart it" in msg and "on_exhausted_restarts=drop" in msg
         assert "\n" not in msg
     else:
-        summary = PPOJob(cfg).run(on_step=after_step)
+        summary = RLJob(cfg).run(on_step=after_step)
         assert summary["steps"] == 4 and summary["makers_dropped"] == 1 and summary["makers"] == 1, summary
         assert summary["maker_restarts"] == 0 and summary["maker_batches_regenerated"] >= 1
         assert [m["makers"] for m in rows] == [2, 1, 1, 1]
@@ -224,11 +224,11 @@ def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray
     """Sync mode, 16 batches per step on one maker: the critic's only rank is killed as the maker starts the
     step's first batch. The run ends with one line naming it well before the step's generation would have
     finished (it used to wait for every batch, or for buffer.timeout_s when the buffer filled)."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.errors import WorkerLost
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "trainer_dies", *SMALL, "ppo.max_steps=4",
-                     "maker.num_makers=1", "ppo.rollout_batch_size=64", "ppo.train_batch_size=8",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "trainer_dies", *SMALL, "algorithm.max_steps=4",
+                     "maker.num_makers=1", "algorithm.rollout_batch_size=64", "algorithm.train_batch_size=8",
                      "buffer.capacity=64", "buffer.timeout_s=600", "generation.max_new_tokens=48")
     fired, generation, killed_at = [], [], []
 
@@ -244,7 +244,7 @@ def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray
             fired.append(kill_when_generating(pid, lambda: kill(critic)))
 
     with pytest.raises(WorkerLost) as e:
-        PPOJob(cfg).run(on_step=after_step)
+        RLJob(cfg).run(on_step=after_step)
     ended = time.monotonic() - killed_at[0]
     assert fired[0].is_set()
     print(f"run ended {ended:.2f}s after the kill; a step generates for {generation[0]:.2f}s")
@@ -260,11 +260,11 @@ def test_scaling_past_free_resources_is_refused_and_an_unplaceable_maker_ends_th
     """scale_makers(n) checks the cluster's free CPUs before asking Ray (which would queue the actor
     forever); a maker Ray still cannot place (resources taken meanwhile, or fragmented over nodes) ends
     the run after maker.start_timeout_s with one line naming it and what it waits for."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from actors.maker_pool import MakerPool
     from coati_ray.errors import ConfigError, WorkerLost
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", *SMALL, "ppo.max_steps=3", "maker.num_makers=1",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", *SMALL, "algorithm.max_steps=3", "maker.num_makers=1",
                      "maker.num_cpus=0.5", "maker.start_timeout_s=5")
     refused = []
 
@@ -278,7 +278,7 @@ def test_scaling_past_free_resources_is_refused_and_an_unplaceable_maker_ends_th
 
     t = time.monotonic()
     with pytest.raises(WorkerLost) as e:
-        PPOJob(cfg).run(on_step=after_step)
+        RLJob(cfg).run(on_step=after_step)
     assert "scale_makers(20)" in refused[0] and "free" in refused[0]
     msg = str(e.value)
     assert "maker-7" in msg and "did not start within maker.start_timeout_s=5s" in msg and "\n" not in msg, msg
@@ -291,10 +291,10 @@ def test_maker_killed_between_syncs_on_the_collective_catches_up_and_the_group_r
                                                                                       reward_dir, tmp_path):
     """Collective transport: maker-1 is killed after a sync. Ray restarts it; it reloads the current weights
     from the object store, remakes its batch, and the next sync re-forms the group with its new process."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "collective", *SMALL, "ppo.max_steps=4",
-                     "sync.transport=collective")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "collective", *SMALL, "algorithm.max_steps=4",
+                     "weight_sync.transport=collective")
     seen = []
 
     def after_step(job, step, m):
@@ -307,7 +307,7 @@ def test_maker_killed_between_syncs_on_the_collective_catches_up_and_the_group_r
                          "same": all(torch.equal(st["actor"][k], trainer[k]) for st in states for k in trainer),
                          "incarnations": dict(job.sync.groups["actor"].members)})
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 4 and summary["maker_restarts"] == 1 and summary["maker_batches_regenerated"] >= 1
     assert all(s["same"] and s["collective"] for s in seen), seen
     assert seen[0]["incarnations"] == {0: 0, 1: 1}  # the group re-formed around the restarted maker
@@ -319,7 +319,7 @@ def test_watchdog_without_the_state_api_names_the_call_from_the_driver_record(lo
     """This module's Ray has no dashboard, so no state API: the stalled actor is named with what the driver
     sent it, and the bound is watchdog.stall_s."""
     from actors.watchdog import Watchdog
-    from coati_ray.config.ppo import WatchdogConfig
+    from coati_ray.config.rl import WatchdogConfig
     from coati_ray.errors import RunStalled
 
     @ray.remote(num_cpus=0)
@@ -360,10 +360,10 @@ def test_a_maker_merely_behind_catches_up_without_counting_as_a_restart(local_ra
     """A live maker that lacks the weights it was promised refuses its batch (MakerBehind); the pool loads the
     newest weights into it and sends the batch again. Its process was not restarted, so no restart is counted
     and it keeps its place (incarnation) in the pool."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "behind", *SMALL, "ppo.max_steps=3",
-                     "sync.transport=object_store")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "behind", *SMALL, "algorithm.max_steps=3",
+                     "weight_sync.transport=object_store")
     seen = {}
 
     def after_step(job, step, m):
@@ -371,7 +371,7 @@ def test_a_maker_merely_behind_catches_up_without_counting_as_a_restart(local_ra
             ray.get(job.makers[1].__ray_call__.remote(_lose_the_next_load))
         seen[step] = dict(job.pool.incarnation)
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 3 and summary["maker_restarts"] == 0
     assert summary["maker_batches_behind"] >= 1 and summary["maker_batches_regenerated"] >= 1
     assert seen[3] == {0: 0, 1: 0}

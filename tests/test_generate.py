@@ -45,7 +45,7 @@ def test_prompt_file_best_of_n_writes_every_candidate_and_keeps_the_best(tiny_ll
         assert len(scores) == 4 and r["score"] == max(scores)
         assert r["response"] == r["candidates"][0]["response"]
     # the scores are the reward model's on exactly those answers
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
     from coati_ray.models import RewardModel, load_tokenizer
 
     tok, rm = load_tokenizer(tiny_llama), RewardModel.from_pretrained(reward_dir).eval()

@@ -39,7 +39,7 @@ def test_gpu_ppo_runs_separate_with_the_watch_and_colocated_and_its_file_is_file
     out.parent.mkdir()
     gpu_ppo.main(["--sizes", "opt-1.3b", "--strategies", "ddp", "--placements", "separate", "colocated",
                   "--repeats", "1", "--steps", "3", "--per-step", "--tag", "lr1e-6",
-                  "--set", "actor_trainer.optim.lr=1e-6", "ppo.behaviour_correction=measure",
+                  "--set", "actor_trainer.optim.lr=1e-6", "algorithm.behaviour_correction=measure",
                   "--section", "gpu_diagnose_zero2", "--out", str(out)])
 
     written = json.loads(out.read_text())

@@ -170,7 +170,7 @@ def test_gpu_ppo_keeps_the_steps_of_a_run_that_fails_and_hands_each_to_progress(
     monkeypatch.setattr(gpu_ppo, "job_config", lambda *a: types.SimpleNamespace(
         actor_trainer=types.SimpleNamespace(strategy=types.SimpleNamespace(precision="bf16"))))
     monkeypatch.setattr(gpu_ppo, "WeightWatch", lambda: lambda job: {"sync/max_abs_delta": 0.0})
-    monkeypatch.setattr("actors.driver.PPOJob", Job)
+    monkeypatch.setattr("actors.driver.RLJob", Job)
     seen = []
     row = gpu_ppo.run("opt-1.3b", "colossalai_gemini", 6, "object_store", extra=("actor_trainer.optim.lr=1e-6",),
                       per_step=True, progress=seen.append)

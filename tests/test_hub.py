@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from coati_ray.config import SFTConfig, load_config
-from coati_ray.config.ppo import PPOConfig
+from coati_ray.config.rl import RLConfig
 from coati_ray.config.schema import ModelConfig
 from coati_ray.data.loading import HubSource
 from coati_ray.errors import ConfigError, DataError, ModelError
@@ -262,8 +262,8 @@ def test_a_pipeline_pins_the_hub_datasets_of_every_stage(hub, tiny_llama, tmp_pa
     cfg.validate()
     assert (cfg.sft.data.revision, cfg.sft.data.eval_revision) == (sft_data, sft_data)
     assert (cfg.rm.data.revision, cfg.ppo.data.revision, cfg.ppo.data.eval_revision) == (pref, prompts, prompts)
-    save_config(cfg.ppo, str(tmp_path / "ppo.yaml"))
-    assert load_config(PPOConfig, str(tmp_path / "ppo.yaml")).data.revision == prompts
+    save_config(cfg.ppo, str(tmp_path / "algorithm.yaml"))
+    assert load_config(RLConfig, str(tmp_path / "algorithm.yaml")).data.revision == prompts
 
 
 def served_model(source_dir: str, extra: dict) -> dict:
@@ -379,7 +379,7 @@ def test_every_actor_of_a_ppo_job_loads_the_pinned_commit_by_id(hub, hub_ray, ti
     the pinned commit."""
     import torch
 
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.models import RewardModel
 
     rm_dir = tmp_path / "rm"
@@ -393,23 +393,23 @@ def test_every_actor_of_a_ppo_job_loads_the_pinned_commit_by_id(hub, hub_ray, ti
     prompts = add_dataset_snapshot(hub["HF_HUB_CACHE"], "org/ppo-prompts",
                                    {"train.jsonl": data_path("prompts", "train.jsonl")})
     ptx = add_dataset_snapshot(hub["HF_HUB_CACHE"], "org/ppo-ptx", {"train.jsonl": data_path("ptx", "train.jsonl")})
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        "actor.path=org/policy", "critic.path=org/reward", "reward.path=org/reward",
-        "data.prompt_path=org/ppo-prompts", "data.ptx_path=org/ppo-ptx", "ppo.ptx_coef=0.1",
-        "generation.max_new_tokens=4", "ppo.max_steps=1",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        "actor.path=org/policy", "critic.path=org/reward", "reward_model.path=org/reward",
+        "data.prompt_path=org/ppo-prompts", "data.ptx_path=org/ppo-ptx", "algorithm.ptx_coef=0.1",
+        "generation.max_new_tokens=4", "algorithm.max_steps=1",
         "maker.num_makers=1", "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
         "buffer.timeout_s=120"], output_dir=str(tmp_path / "ppo"))
     cfg.validate()
-    assert (cfg.actor.revision, cfg.critic.revision, cfg.reward.revision) == (policy, reward, reward)
+    assert (cfg.actor.revision, cfg.critic.revision, cfg.reward_model.revision) == (policy, reward, reward)
     assert (cfg.data.revision, cfg.data.ptx_revision) == (prompts, ptx)
     for repo in ("org/policy", "org/reward"):
         point_ref(hub["HF_HUB_CACHE"], repo, add_model_snapshot(hub["HF_HUB_CACHE"], repo, broken_snapshot,
                                                                  ref="next"))
     for repo in ("org/ppo-prompts", "org/ppo-ptx"):  # main moves to rows without their fields
         add_dataset_snapshot(hub["HF_HUB_CACHE"], repo, {"train.jsonl": '{"nothing": 1}\n'})
-    summary = PPOJob(cfg, log=True).run()
+    summary = RLJob(cfg, log=True).run()
     assert summary["steps"] == 1
-    saved = load_config(PPOConfig, str(tmp_path / "ppo" / "config.yaml"))
-    assert (saved.actor.path, saved.actor.revision, saved.reward.revision) == ("org/policy", policy, reward)
+    saved = load_config(RLConfig, str(tmp_path / "ppo" / "config.yaml"))
+    assert (saved.actor.path, saved.actor.revision, saved.reward_model.revision) == ("org/policy", policy, reward)
     assert (saved.data.prompt_path, saved.data.revision, saved.data.ptx_revision) == ("org/ppo-prompts", prompts, ptx)
     assert "snapshots" not in (tmp_path / "ppo" / "config.yaml").read_text()  # ids and commits, no local paths

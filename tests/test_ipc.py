@@ -83,7 +83,7 @@ def fake_sync(monkeypatch, maker_place: dict, trainer_place: dict, gpus_per_rank
     rank0 = SimpleNamespace(__ray_call__=answers(trainer_place), export_ipc=answers(export or {}))
     trainers = SimpleNamespace(ranks={"actor": [rank0]}, get=lambda refs: list(refs))
     pool = SimpleNamespace(makers={0: SimpleNamespace(node=answers(maker_place))}, incarnation={0: 0})
-    cfg = SimpleNamespace(sync=SimpleNamespace(transport=transport, timeout_s=5), ppo=SimpleNamespace(mode="sync"),
+    cfg = SimpleNamespace(weight_sync=SimpleNamespace(transport=transport, timeout_s=5), algorithm=SimpleNamespace(mode="sync"),
                           actor_trainer=SimpleNamespace(resources=SimpleNamespace(num_gpus_per_rank=gpus_per_rank),
                                                         strategy=SimpleNamespace(name="ddp")))
     lines = []

@@ -61,8 +61,8 @@ def test_ray_job_stop_releases_every_actor_and_placement_group(head_node, tiny_l
     out_dir = tmp_path / "job"
     submitted = cli("job", "submit", "--no-wait", "--working-dir", ".", "--", "python", "-m", "launch.ppo",
                     "--config", "configs/ppo_tiny.yaml", "--output-dir", str(out_dir),
-                    f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
-                    f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "ppo.max_steps=100000",
+                    f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward_model.path={reward_dir}",
+                    f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "algorithm.max_steps=100000",
                     "generation.max_new_tokens=6", env=env)
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted).group(0)
 

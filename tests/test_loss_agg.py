@@ -1,4 +1,4 @@
-"""ppo.loss_agg: a loss over one optimiser step's whole mini-batch, whatever the micro-batch size and rank count."""
+"""algorithm.loss_agg: a loss over one optimiser step's whole mini-batch, whatever the micro-batch size and rank count."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_the_policy_trainer_updates_the_same_for_any_micro_batch_size(estimator,
     """Answers of different lengths, one optimiser step: micro-batches of 8, 2 and 1 move the weights alike
     (token_mean for grpo, Dr. GRPO's own normalisation for dr_grpo)."""
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from coati_ray.models import Actor
     from coati_ray.strategies import make_strategy
     from coati_ray.trainers.ppo import make_group_trainer
@@ -90,10 +90,10 @@ def test_the_policy_trainer_updates_the_same_for_any_micro_batch_size(estimator,
     exp.action_mask = (torch.arange(6)[None, :] < lengths[:, None]).long()
     params = {}
     for micro in (8, 2, 1):
-        cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
-                          [f"actor.path={tiny_llama}", f"ppo.advantage_estimator={estimator}",
-                           "ppo.n_samples_per_prompt=2", "ppo.rollout_batch_size=8", "ppo.train_batch_size=8",
-                           f"ppo.micro_batch_size={micro}", "ppo.whiten_advantages=false", "ppo.kl_coef=0",
+        cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"),
+                          [f"actor.path={tiny_llama}", f"algorithm.advantage_estimator={estimator}",
+                           "algorithm.n_samples_per_prompt=2", "algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8",
+                           f"algorithm.micro_batch_size={micro}", "algorithm.whiten_advantages=false", "algorithm.kl_coef=0",
                            "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
                            "actor_trainer.optim.eps=1.0", "actor_trainer.optim.lr=1e-2", "maker.batch_size=8"])
         assert cfg.loss_agg() == ("seq_mean_token_sum_norm" if estimator == "dr_grpo" else "token_mean")

@@ -134,7 +134,7 @@ def collective_job(pool, makers: dict, timeout_s: float):
     from actors.scheduling import StepScheduler
     from actors.weight_sync import WeightSync
 
-    cfg = types.SimpleNamespace(sync=types.SimpleNamespace(transport="collective", timeout_s=timeout_s))
+    cfg = types.SimpleNamespace(weight_sync=types.SimpleNamespace(transport="collective", timeout_s=timeout_s))
     actor, critic = FakeTrainer(2), FakeTrainer(1)
     trainers = types.SimpleNamespace(ranks={"actor": [actor], "critic": [critic]}, get=lambda refs: list(refs))
     pool.cfg, pool.makers = cfg, makers
@@ -187,7 +187,7 @@ def test_when_no_maker_can_work_the_run_ends_in_one_line_naming_the_fix(pool):
     assert back.made == [] and pool.running == {} and [b.batch_id for b in pool.orphans] == [3]
     scheduler.check_not_deadlocked(step=1)                 # stuck from now on: the clock starts
     assert scheduler.stuck_since is not None
-    with pytest.raises(maker_pool.WorkerLost, match="sync.transport=object_store") as e:
+    with pytest.raises(maker_pool.WorkerLost, match="weight_sync.transport=object_store") as e:
         time.sleep(0.01)
         scheduler.check_not_deadlocked(step=1)
     assert "\n" not in str(e.value) and "{'actor': 2, 'critic': 1}" in str(e.value)

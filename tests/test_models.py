@@ -22,7 +22,7 @@ def family_dir(assets, family):
 
 
 def prompt_batch(tokenizer):
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
 
     items = [{"input_ids": render_prompt(tokenizer, p)} for p in PROMPTS]
     return collate_prompts(items, tokenizer.pad_token_id)

@@ -43,12 +43,12 @@ def test_a_node_lost_with_experience_in_its_object_store_is_made_again_and_train
     """Async, one maker on a node of its own. Between two steps, while the buffer holds experience that
     maker made (in its node's object store) and no trainer has fetched, the node is killed. The trainers
     cannot fetch that experience; the driver has it made again by the maker Ray restarts on the spare node."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     # 3 PPO epochs make a step's update outlast a batch's generation, so the maker is ahead (staleness 1) and
     # the buffer holds its next batches when a step ends, however loaded the machine is
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "run", *SMALL, "ppo.mode=async", "ppo.max_staleness=1",
-                     "ppo.ppo_epochs=3", "ppo.max_steps=8", "maker.num_makers=1", "maker.num_cpus=1",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "run", *SMALL, "algorithm.mode=async", "algorithm.max_staleness=1",
+                     "algorithm.ppo_epochs=3", "algorithm.max_steps=8", "maker.num_makers=1", "maker.num_cpus=1",
                      "maker.resources={inference: 1}")
     rows, removed = [], []
 
@@ -61,7 +61,7 @@ def test_a_node_lost_with_experience_in_its_object_store_is_made_again_and_train
         cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == where), allow_graceful=False)
         removed.append((step, where, time.monotonic()))
 
-    summary = PPOJob(cfg).run(on_step=on_step)
+    summary = RLJob(cfg).run(on_step=on_step)
     assert removed, "the buffer never held unfetched experience between steps: nothing was lost"
     assert summary["steps"] == 8
     assert summary["batches_lost_with_a_node"] >= 1 and summary["maker_restarts"] == 1, summary

@@ -108,13 +108,13 @@ def test_an_environments_query_string_and_credentials_reach_it_as_the_url_and_ba
 
 def test_an_environments_credentials_never_show_in_a_failure_or_config_yaml(tmp_path):
     from coati_ray.config import load_config, save_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     with Server(lambda path: (503, {}, b"down")) as server:
         url = server.base.replace("http://", "http://alice:pa55word@") + "/env?token=t0ps3cret"
         line = first_line(lambda: HttpEnvironment(url, "e0", timeout_s=5).step("x"))
         assert "HTTP 503" in line and not any(s in line for s in SECRETS)
-    cfg = load_config(PPOConfig, None, ["actor.path=m", "rollout.environment=http", f"rollout.url={url}"])
+    cfg = load_config(RLConfig, None, ["actor.path=m", "rollout.environment=http", f"rollout.url={url}"])
     save_config(cfg, str(tmp_path / "config.yaml"))
     written = (tmp_path / "config.yaml").read_text()
     assert "***@127.0.0.1" in written and "/env?token=***" in written and not any(s in written for s in SECRETS)

@@ -1,5 +1,5 @@
-"""DAPO's overlong handling: responses cut at the length limit left out of the loss (ppo.overlong_filter), and
-the soft penalty over the last tokens before the limit (ppo.overlong_penalty, ppo.overlong_buffer)."""
+"""DAPO's overlong handling: responses cut at the length limit left out of the loss (algorithm.overlong_filter), and
+the soft penalty over the last tokens before the limit (algorithm.overlong_penalty, algorithm.overlong_buffer)."""
 
 import pytest
 import torch
@@ -45,7 +45,7 @@ def make(cfg, models, tokenizer, items):
     from coati_ray.experience.reward_sources import RewardSources
 
     torch.manual_seed(0)
-    return make_experience(models, tokenizer, items, cfg.generation, cfg.ppo, RewardSources(cfg.rewards))
+    return make_experience(models, tokenizer, items, cfg.generation, cfg.algorithm, RewardSources(cfg.rewards))
 
 
 def test_cut_answers_are_masked_out_of_the_loss_and_penalised_in_the_reward(grpo_models, tokenizer,  # noqa: F811
@@ -66,15 +66,15 @@ def test_cut_answers_are_masked_out_of_the_loss_and_penalised_in_the_reward(grpo
                                                                                                   float(lengths.max())))
     assert stats["experience/padding_fraction"] == pytest.approx(1 - float(plain.attention_mask.float().mean()))
 
-    filtered, fstats = make(grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "ppo.overlong_filter=true"),
+    filtered, fstats = make(grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "algorithm.overlong_filter=true"),
                             grpo_models, tokenizer, items)
     assert torch.equal(filtered.sequences, plain.sequences)  # the same answers, only the loss mask differs
     assert torch.equal(filtered.action_mask[cut], torch.zeros_like(filtered.action_mask[cut]))
     assert torch.equal(filtered.action_mask[~cut], plain.action_mask[~cut])
     assert fstats["response_length"] == stats["response_length"]  # what was generated, not what is trained on
 
-    penalised, pstats = make(grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "ppo.overlong_penalty=0.5",
-                                      "ppo.overlong_buffer=1"), grpo_models, tokenizer, items)
+    penalised, pstats = make(grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "algorithm.overlong_penalty=0.5",
+                                      "algorithm.overlong_buffer=1"), grpo_models, tokenizer, items)
     lengths = plain.action_mask.sum(1)
     expected = torch.where(lengths >= 3, -0.5, 0.0)
     assert torch.allclose(penalised.reward - plain.reward, expected, atol=1e-6)
@@ -84,5 +84,5 @@ def test_cut_answers_are_masked_out_of_the_loss_and_penalised_in_the_reward(grpo
 def test_an_overlong_buffer_longer_than_the_answers_is_one_line_before_anything_loads(tiny_llama, tmp_path):
     from coati_ray.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"ppo.overlong_buffer.*max_new_tokens=3"):
-        grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "ppo.overlong_buffer=8")
+    with pytest.raises(ConfigError, match=r"algorithm.overlong_buffer.*max_new_tokens=3"):
+        grpo_cfg(tiny_llama, tmp_path, "generation.max_new_tokens=3", "algorithm.overlong_buffer=8")

@@ -1,4 +1,4 @@
-"""Padding-free updates (ppo.micro_batch_tokens, coati_ray/models/packing.py): a packed forward gives the padded
+"""Padding-free updates (algorithm.micro_batch_tokens, coati_ray/models/packing.py): a packed forward gives the padded
 one's log-probs and values, and an optimiser step over packed micro-batches moves the weights as the padded one
 does, on llama and qwen2."""
 
@@ -78,14 +78,14 @@ def test_a_packed_forward_gives_the_padded_log_probs_and_values(assets, family):
 
 def one_update(family_path, exp, role: str, *overrides):
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from coati_ray.strategies import make_strategy
     from coati_ray.trainers.ppo import make_group_trainer
     from tests.conftest import REPO
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={family_path}", f"critic.path={family_path}", "ppo.rollout_batch_size=6",
-        "ppo.train_batch_size=6", "ppo.whiten_advantages=false", "ppo.kl_coef=0", "maker.batch_size=6",
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={family_path}", f"critic.path={family_path}", "algorithm.rollout_batch_size=6",
+        "algorithm.train_batch_size=6", "algorithm.whiten_advantages=false", "algorithm.kl_coef=0", "maker.batch_size=6",
         f"{role}_trainer.strategy.name=naive", f"{role}_trainer.resources.num_ranks=1",
         f"{role}_trainer.optim.eps=1.0", f"{role}_trainer.optim.lr=1e-2", *overrides])
     strategy = make_strategy(getattr(cfg, f"{role}_trainer").strategy)
@@ -116,8 +116,8 @@ def test_packed_micro_batches_move_the_weights_as_padded_ones(assets, family):
                      values=torch.randn(6, A, generator=g) * 0.1, returns=torch.randn(6, A, generator=g),
                      advantages=adv, kl=torch.zeros(6, A), reward=torch.zeros(6))
     for role in ("actor", "critic"):
-        padded, plain = one_update(path, exp, role, "ppo.micro_batch_size=2")
-        packed, metrics = one_update(path, exp, role, "ppo.micro_batch_tokens=20")
+        padded, plain = one_update(path, exp, role, "algorithm.micro_batch_size=2")
+        packed, metrics = one_update(path, exp, role, "algorithm.micro_batch_tokens=20")
         assert metrics[f"{role}/micro_batches"] >= 2  # the budget cut the 6 samples into several packs
         worst = max((packed[k] - padded[k]).abs().max().item() for k in padded)
         assert plain["moved"] > 1e-4 and worst < 1e-5, (role, plain["moved"], worst)
@@ -128,6 +128,6 @@ def test_packing_a_family_that_cannot_is_one_line_before_anything_loads(assets, 
     from tests.test_algorithms import grpo_cfg
 
     gpt2 = os.path.join(assets, "models", "tiny-gpt2")
-    with pytest.raises(ConfigError, match="ppo.micro_batch_tokens: packs sequences for llama.*actor.path is a gpt2"):
-        grpo_cfg(gpt2, tmp_path, "ppo.micro_batch_tokens=64")
-    grpo_cfg(os.path.join(assets, "models", "tiny-qwen2"), tmp_path, "ppo.micro_batch_tokens=64")  # accepted
+    with pytest.raises(ConfigError, match="algorithm.micro_batch_tokens: packs sequences for llama.*actor.path is a gpt2"):
+        grpo_cfg(gpt2, tmp_path, "algorithm.micro_batch_tokens=64")
+    grpo_cfg(os.path.join(assets, "models", "tiny-qwen2"), tmp_path, "algorithm.micro_batch_tokens=64")  # accepted

@@ -25,7 +25,7 @@ def short_overrides(tiny_llama: str) -> list[str]:
         "sft.trainer.log_every=2", "sft.resources.num_cpus_per_rank=0.5", "sft.resources.torch_threads=1",
         "rm.trainer.max_steps=4", "rm.trainer.save_every=null", "rm.trainer.log_every=2",
         "rm.resources.num_cpus_per_rank=0.5", "rm.resources.torch_threads=1",
-        "ppo.ppo.max_steps=2", "ppo.ppo.eval_every=1", "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1",
+        "ppo.algorithm.max_steps=2", "ppo.algorithm.eval_every=1", "ppo.algorithm.save_every=null", "ppo.algorithm.eval_samples_per_prompt=1",
         "ppo.data.eval_max_samples=8", "ppo.generation.max_new_tokens=6", "ppo.buffer.timeout_s=120",
         "ray.dashboard=false",  # the embedded Ray starts faster without it
     ]
@@ -42,16 +42,16 @@ def test_pipeline_links_stages_and_seeds(tiny_llama, tmp_path):
     sft_final = str(tmp_path / "run" / "sft" / "checkpoints" / "final")
     rm_final = str(tmp_path / "run" / "rm" / "checkpoints" / "final")
     assert cfg.rm.model.path == sft_final and cfg.ppo.actor.path == sft_final
-    assert cfg.ppo.critic.path == rm_final and cfg.ppo.reward.path == rm_final
+    assert cfg.ppo.critic.path == rm_final and cfg.ppo.reward_model.path == rm_final
     assert cfg.sft.output_dir == str(tmp_path / "run" / "sft")
-    assert {cfg.sft.strategy.seed, cfg.rm.strategy.seed, cfg.ppo.ppo.seed,
+    assert {cfg.sft.strategy.seed, cfg.rm.strategy.seed, cfg.ppo.algorithm.seed,
             cfg.ppo.actor_trainer.strategy.seed, cfg.ppo.critic_trainer.strategy.seed} == {7}
     cfg.validate()  # later stages are checked against the SFT base model before they exist
 
 
 @pytest.mark.parametrize("override, needle", [
     ("rm.model.path=/somewhere", "rm.model.path is set by the pipeline"),
-    ("ppo.reward.path=/somewhere", "ppo.reward.path is set by the pipeline"),
+    ("ppo.reward_model.path=/somewhere", "ppo.reward_model.path is set by the pipeline"),
     ("sft.output_dir=/somewhere", "sft.output_dir is set by the pipeline"),
 ])
 def test_pipeline_refuses_keys_it_sets(tiny_llama, tmp_path, override, needle):
@@ -63,7 +63,7 @@ def test_pipeline_refuses_keys_it_sets(tiny_llama, tmp_path, override, needle):
     ("ppo.maker.num_makers=0", "maker.num_makers"),
     ("ppo.data.gold_task=chess", "gold_task"),
     ("rm.trainer.batch_size=3", "trainer.batch_size"),
-    ("ppo.ppo.eval_samples_per_prompt=0", "eval_samples_per_prompt"),
+    ("ppo.algorithm.eval_samples_per_prompt=0", "eval_samples_per_prompt"),
 ])
 def test_pipeline_validates_every_stage_up_front(tiny_llama, tmp_path, override, needle):
     cfg = load(short_overrides(tiny_llama) + [override], str(tmp_path / "run"))
@@ -114,7 +114,7 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_chatml), *chat_overrides(chat_data),
-            "ppo.ppo.save_every=1"]
+            "ppo.algorithm.save_every=1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert not ray.is_initialized()  # the embedded Ray it started is gone
@@ -137,7 +137,7 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     assert (out / "ppo" / "checkpoints" / "final" / "actor" / "model" / "model.safetensors").is_file()
     for name in ("config.yaml", "report.md", "samples.md", "plots/ppo.png", "plots/sft.png", "plots/rm.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert (out / "plots" / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plots" / "algorithm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evals = [r for r in map(json.loads, (out / "ppo" / "metrics.jsonl").read_text().splitlines())
              if "eval/gold_score" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]  # before PPO, every step, after the last
@@ -186,14 +186,14 @@ def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_
 
     rlvr = os.path.join(REPO, "configs", "demo_rlvr.yaml")
     overrides = [f"sft.model.path={tiny_chatml}", *chat_overrides(chat_data, ("sft",)), "sft.trainer.max_steps=4", "sft.trainer.save_every=null",
-                 "sft.resources.num_cpus_per_rank=0.5", "sft.resources.torch_threads=1", "ppo.ppo.max_steps=2",
-                 "ppo.ppo.eval_every=null", "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1",
-                 "ppo.data.eval_max_samples=8", "ppo.generation.max_new_tokens=6", "ppo.ppo.rollout_batch_size=32",
-                 "ppo.ppo.train_batch_size=32", "ppo.maker.batch_size=16", "ray.dashboard=false"]
+                 "sft.resources.num_cpus_per_rank=0.5", "sft.resources.torch_threads=1", "ppo.algorithm.max_steps=2",
+                 "ppo.algorithm.eval_every=null", "ppo.algorithm.save_every=null", "ppo.algorithm.eval_samples_per_prompt=1",
+                 "ppo.data.eval_max_samples=8", "ppo.generation.max_new_tokens=6", "ppo.algorithm.rollout_batch_size=32",
+                 "ppo.algorithm.train_batch_size=32", "ppo.maker.batch_size=16", "ray.dashboard=false"]
     cfg = load_config(PipelineConfig, rlvr, overrides, output_dir=str(tmp_path / "cfg"), prepare=prepare_pipeline_dict)
     cfg.link()
     cfg.validate()
-    assert cfg.stages == ("sft", "ppo") and cfg.ppo.reward is None and cfg.ppo.critic is None
+    assert cfg.stages == ("sft", "ppo") and cfg.ppo.reward_model is None and cfg.ppo.critic is None
     assert cfg.ppo.roles == ("actor",)
     out = tmp_path / "run"
     assert main(["--config", rlvr, "--output-dir", str(out), *overrides]) == 0
@@ -210,10 +210,10 @@ def test_rlvr_pipeline_runs_sft_then_grpo_without_a_reward_model_or_critic(tiny_
 def test_gpu_configs_parse(name):
     """The README's GPU configs name real keys with the right types (they cannot run here: no CUDA,
     no 1B-class checkpoints), and their group sizes divide the batches as validate() requires."""
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "gpu", name))
-    p = cfg.ppo
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "gpu", name))
+    p = cfg.algorithm
     assert p.rollout_batch_size % cfg.maker.batch_size == 0 and p.rollout_batch_size % p.train_batch_size == 0
     for group in (cfg.actor_trainer, cfg.critic_trainer):
         assert p.train_batch_size % (p.micro_batch_size * group.resources.num_ranks) == 0
@@ -235,9 +235,9 @@ def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_chec
                  "pretrain.trainer.micro_batch_size=8", "pretrain.resources.num_cpus_per_rank=0.5",
                  "pretrain.resources.torch_threads=1",
                  "sft.trainer.max_steps=3", "sft.trainer.save_every=null", "sft.resources.num_cpus_per_rank=0.5",
-                 "sft.resources.torch_threads=1", "ppo.ppo.max_steps=1", "ppo.ppo.eval_every=null",
-                 "ppo.ppo.save_every=null", "ppo.ppo.eval_samples_per_prompt=1", "ppo.data.eval_max_samples=8",
-                 "ppo.generation.max_new_tokens=6", "ppo.ppo.rollout_batch_size=32", "ppo.ppo.train_batch_size=32",
+                 "sft.resources.torch_threads=1", "ppo.algorithm.max_steps=1", "ppo.algorithm.eval_every=null",
+                 "ppo.algorithm.save_every=null", "ppo.algorithm.eval_samples_per_prompt=1", "ppo.data.eval_max_samples=8",
+                 "ppo.generation.max_new_tokens=6", "ppo.algorithm.rollout_batch_size=32", "ppo.algorithm.train_batch_size=32",
                  "ppo.maker.batch_size=16", "ray.dashboard=false"]
     for extra, needle in ((f"sft.model.path={tiny_llama}", "sft.model.path is set by the pipeline"),
                           (f"pretrain.load_checkpoint={tiny_llama}", "pretrain.load_checkpoint is not used"),

@@ -76,10 +76,10 @@ def rewards_for(cfg, responses):
 def test_an_estimator_and_a_reward_kind_load_from_a_module_outside_the_package(user_module, tiny_llama, tmp_path):
     from coati_ray.algo.advantages import AdvantageInputs
 
-    cfg = grpo_cfg(tiny_llama, tmp_path, f"ppo.advantage_estimator={user_module}:centred", "rewards.function=null",
+    cfg = grpo_cfg(tiny_llama, tmp_path, f"algorithm.advantage_estimator={user_module}:centred", "rewards.function=null",
                    f"rewards.sources=[{{kind: '{user_module}:length_bonus', weight: 0.5, options: {{scale: 2.0}}}}, "
                    "{kind: function, function: 'coati_ray.tasks.sorting:reward'}]")
-    spec = cfg.algorithm
+    spec = cfg.estimator
     assert spec.group_relative and not spec.needs_critic and cfg.roles == ("actor",)
     x = AdvantageInputs(scores=torch.tensor([1.0, 0.0, 2.0, 2.0]), kl_rewards=torch.zeros(4, 2),
                         action_mask=torch.ones(4, 2), group_size=2)
@@ -120,7 +120,7 @@ def test_two_services_of_one_kind_each_weighted_and_named(tiny_llama, tmp_path):
      "rewards.sources[0].url: 'ftp://x' is not an http(s) URL"),
     (["rewards.function=null", "rewards.sources=[{kind: 'nowhere_module:f'}]"],
      "rewards.sources[0].kind: cannot import 'nowhere_module'"),
-    (["ppo.advantage_estimator=nowhere_module:adv"], "ppo.advantage_estimator: cannot import 'nowhere_module'"),
+    (["algorithm.advantage_estimator=nowhere_module:adv"], "algorithm.advantage_estimator: cannot import 'nowhere_module'"),
 ])
 def test_a_wrong_plugin_or_source_is_one_line_naming_its_key(tiny_llama, tmp_path, overrides, needle):
     with pytest.raises(ConfigError) as e:
@@ -154,7 +154,7 @@ def test_a_generation_backend_of_ones_own_takes_the_generation_config_whole(user
     import importlib
 
     from coati_ray.config import from_dict
-    from coati_ray.config.ppo import GenerationConfig
+    from coati_ray.config.rl import GenerationConfig
     from coati_ray.models import Actor
 
     actor = Actor.from_pretrained(tiny_llama).eval()
@@ -186,12 +186,12 @@ def test_truncation_and_the_overlong_penalty_follow_what_the_backend_produced(us
     from coati_ray.models import Actor
 
     cfg = grpo_cfg(tiny_llama, tmp_path, f"generation.backend={user_module}:{backend}", "generation.max_new_tokens=8",
-                   "ppo.overlong_penalty=1.0", "ppo.overlong_buffer=1", "generation.do_sample=false")
+                   "algorithm.overlong_penalty=1.0", "algorithm.overlong_buffer=1", "generation.do_sample=false")
     models = ExperienceModels(actor=Actor.from_pretrained(tiny_llama).eval(),
                               initial=Actor.from_pretrained(tiny_llama).eval())
     items = read_prompt_data(cfg.data, tokenizer)[0][:2]
     with caplog.at_level(logging.WARNING, logger="coati_ray"):
-        exp, stats = make_experience(models, tokenizer, items, cfg.generation, cfg.ppo, RewardSources(cfg.rewards))
+        exp, stats = make_experience(models, tokenizer, items, cfg.generation, cfg.algorithm, RewardSources(cfg.rewards))
     lengths = exp.action_mask.sum(1)
     assert int(lengths.max()) == 2 and stats["experience/max_new_tokens"] == 2.0
     cut = lengths == 2  # the tiny random model writes no end token in 2 tokens

@@ -10,13 +10,13 @@ import torch
 import torch.multiprocessing as mp
 
 from coati_ray.config import from_dict, load_config, to_dict
-from coati_ray.config.ppo import PPOConfig
+from coati_ray.config.rl import RLConfig
 from tests.conftest import REPO, data_path
 
 
-def ppo_cfg(actor, reward, out, *overrides) -> PPOConfig:
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={actor}", f"critic.path={actor}", f"reward.path={reward}",
+def ppo_cfg(actor, reward, out, *overrides) -> RLConfig:
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={actor}", f"critic.path={actor}", f"reward_model.path={reward}",
         f"data.prompt_path={data_path('prompts', 'train.jsonl')}", *overrides], output_dir=str(out))
     cfg.validate()
     return cfg
@@ -189,8 +189,8 @@ def train_once(cfg_dict, rank, world, port, exp_path, out_path):
     from coati_ray.trainers.ppo import make_group_trainer
 
     torch.set_num_threads(1)
-    cfg = from_dict(PPOConfig, cfg_dict)
-    p = cfg.ppo
+    cfg = from_dict(RLConfig, cfg_dict)
+    p = cfg.algorithm
     strategy = make_strategy(cfg.actor_trainer.strategy, rank, world, "127.0.0.1", port,
                              grad_accum_steps=p.train_batch_size // world // p.micro_batch_size)
     strategy.setup_distributed()
@@ -210,7 +210,7 @@ def _rank(rank, world, port, cfg_dict, exp_path, out_dir):
 def test_two_rank_group_whitens_and_updates_as_one_rank_on_the_union(tiny_llama, reward_dir, tmp_path):
     from coati_ray.models import Actor
 
-    common = ["ppo.rollout_batch_size=8", "ppo.train_batch_size=8", "ppo.micro_batch_size=2",
+    common = ["algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", "algorithm.micro_batch_size=2",
               # eps 1: Adam's first step becomes lr * g / (|g| + 1), linear in g, so float-rounding noise in
               # near-zero gradients cannot flip a sign and hide a real difference
               "actor_trainer.optim.eps=1.0", "actor_trainer.optim.lr=1e-2", "maker.batch_size=8"]
@@ -252,11 +252,11 @@ def test_first_on_policy_minibatch_has_ratio_one_with_dropout_and_temperature(as
     gpt2 = os.path.join(assets, "models", "tiny-gpt2")
     cfg = ppo_cfg(gpt2, gpt2_reward, tmp_path, "generation.temperature=0.7", "generation.max_new_tokens=8",
                   "actor_trainer.strategy.name=naive", "actor_trainer.resources.num_ranks=1",
-                  f"ppo.disable_dropout={str(not keep_dropout).lower()}")
+                  f"algorithm.disable_dropout={str(not keep_dropout).lower()}")
     tok = load_tokenizer(gpt2)
     prompts, _, _ = read_prompt_data(cfg.data, tok)
     torch.manual_seed(0)
-    exp, _ = make_experience(build_experience_models(cfg), tok, prompts[:8], cfg.generation, cfg.ppo)
+    exp, _ = make_experience(build_experience_models(cfg), tok, prompts[:8], cfg.generation, cfg.algorithm)
     # the behaviour log-probs are the tempered policy's (what the sampler drew from) ...
     from coati_ray.models import Actor
 

@@ -17,11 +17,11 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def sync_run(local_ray, tiny_llama, reward_dir, tmp_path_factory):
     """2 makers, ddp actor group of 2 ranks, critic group of 1, sync mode, checkpoint every 2 steps."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.errors import ModelError
 
     out = tmp_path_factory.mktemp("ppo") / "sync"
-    cfg = ppo_config(tiny_llama, reward_dir, out, "ppo.max_steps=4", "ppo.save_every=2")
+    cfg = ppo_config(tiny_llama, reward_dir, out, "algorithm.max_steps=4", "algorithm.save_every=2")
     checks = []
 
     def after_step(job, step, m):
@@ -52,7 +52,7 @@ def sync_run(local_ray, tiny_llama, reward_dir, tmp_path_factory):
             scraped["text"] = scrape_coati_metrics(REQUIRED_SERIES)
 
     scraped = {}
-    summary = PPOJob(cfg, log=True).run(on_step=after_step)
+    summary = RLJob(cfg, log=True).run(on_step=after_step)
     return {"cfg": cfg, "out": out, "summary": summary, "checks": checks, "scraped": scraped.get("text", "")}
 
 
@@ -168,21 +168,21 @@ def test_grpo_job_runs_multi_turn_episodes_in_an_environment(local_ray, tiny_lla
     """rollout.environment on Ray: every sample is an episode (call, tool answer, copied answer) made by the
     makers, rewarded by the environment alone (no rewards.* source), grouped by prompt for GRPO and trained; the
     held-out evaluation runs episodes with the tool and without it (rollout.baseline_options)."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from tests.conftest import REPO
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
         f"actor.path={tiny_llama}", f"data.prompt_path={data_path('calc', 'prompts.jsonl')}",
         f"data.eval_prompt_path={data_path('calc', 'eval.jsonl')}", "data.eval_max_samples=8", "data.gold_task=calc",
         "rewards.function=null", "rollout.environment=coati_ray.tasks.calc:CalcEnvironment",
         "rollout.baseline_options={tools: false}", "rollout.max_total_tokens=64", "rollout.max_turns=3",
         "generation.backend=tests.episode_fixtures:oracle_half_wrong", "generation.max_new_tokens=24",
-        "ppo.max_steps=2", "ppo.eval_every=2", "ppo.eval_greedy=true"], output_dir=str(tmp_path / "tools"))
+        "algorithm.max_steps=2", "algorithm.eval_every=2", "algorithm.eval_greedy=true"], output_dir=str(tmp_path / "tools"))
     cfg.validate()
     seen = []
-    summary = PPOJob(cfg).run(on_step=lambda job, step, m: seen.append(m))
+    summary = RLJob(cfg).run(on_step=lambda job, step, m: seen.append(m))
     assert summary["steps"] == 2
     for m in seen:
         assert m["rollout/turns"] == 2 and m["rollout/tool_calls"] == 1 and m["rollout/env_errors"] == 0
@@ -201,15 +201,15 @@ def test_grpo_job_runs_multi_turn_episodes_in_an_environment(local_ray, tiny_lla
 
 @pytest.mark.slow
 def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     # Makers pinned to the first core, trainers to the last (the same core on a 1-core machine); the
     # makers and the actor group niced, each to its own value, the critic group left as it starts.
     maker_core, trainer_core = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "ppo.mode=async", "ppo.max_staleness=1",
-                     "ppo.max_steps=5", "maker.num_makers=1", "buffer.capacity=16", "sync.transport=collective",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "async", "algorithm.mode=async", "algorithm.max_staleness=1",
+                     "algorithm.max_steps=5", "maker.num_makers=1", "buffer.capacity=16", "weight_sync.transport=collective",
                      f"data.eval_prompt_path={data_path('prompts', 'eval.jsonl')}", "data.eval_max_samples=4",
-                     "data.gold_task=sorting", "ppo.eval_every=2", f"maker.cpu_cores=[{maker_core}]",
+                     "data.gold_task=sorting", "algorithm.eval_every=2", f"maker.cpu_cores=[{maker_core}]",
                      f"actor_trainer.resources.cpu_cores=[{trainer_core}]",
                      f"critic_trainer.resources.cpu_cores=[{trainer_core}]", "maker.nice=3",
                      "actor_trainer.resources.nice=7")
@@ -234,7 +234,7 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
         if step in plan:
             job.scale_makers(plan[step])
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 5
     assert [n for _, n, _ in seen] == [1, 3, 3, 1, 1]
     assert masks["makers"] == [[(maker_core,)]] * 3, masks
@@ -274,19 +274,19 @@ def test_async_mode_respects_staleness_and_scaling_1_3_1(local_ray, tiny_llama, 
 def test_a_core_the_node_lacks_ends_the_run_in_one_line_naming_the_key(local_ray, tiny_llama, reward_dir, tmp_path):
     """Only the node knows its cores: the maker refuses them first thing, and its constructor's error
     reaches the driver as the ConfigError itself, not as a dead actor's traceback."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.errors import ConfigError
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "cores", "maker.num_makers=1", "maker.cpu_cores=[4096]",
                      "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
     with pytest.raises(ConfigError) as e:
-        PPOJob(cfg, log=False).run()
+        RLJob(cfg, log=False).run()
     assert "maker.cpu_cores" in str(e.value) and "[4096]" in str(e.value) and "\n" not in str(e.value)
     assert_no_leaks()
 
 
 def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_llama, reward_dir, tmp_path):
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "fail", "maker.num_makers=1",
                      "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
@@ -295,7 +295,7 @@ def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_lla
         raise RuntimeError("user callback failed")
 
     with pytest.raises(RuntimeError, match="user callback failed"):
-        PPOJob(cfg).run(on_step=explode)
+        RLJob(cfg).run(on_step=explode)
     assert_no_leaks()
     assert ray.is_initialized()  # the job did not own this Ray, so it left it running
 
@@ -303,17 +303,17 @@ def test_failed_run_releases_every_actor_and_placement_group(local_ray, tiny_lla
 def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local_ray, tiny_llama, tmp_path):
     """GRPO (critic-free): no critic model in the makers and no critic trainer group exist; the training
     reward is the sorting verifier plus an HTTP service on 127.0.0.1, weighted; groups of 4 stay whole."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from tests.conftest import REPO
     from tests.test_algorithms import RewardServer
 
     server = RewardServer()
     try:
-        cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+        cfg = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
             f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
-            "generation.max_new_tokens=6", "ppo.max_steps=2", f"rewards.http_url={server.url}",
+            "generation.max_new_tokens=6", "algorithm.max_steps=2", f"rewards.http_url={server.url}",
             "rewards.http_weight=0.5"], output_dir=str(tmp_path / "grpo"))
         cfg.validate()
         seen = []
@@ -326,7 +326,7 @@ def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local
             seen.append({"names": names, "metrics": m, "critic_in_maker": "critic" in maker,
                          "same": all(torch.equal(maker["actor"][k], v) for k, v in trainer.items())})
 
-        summary = PPOJob(cfg).run(on_step=after_step)
+        summary = RLJob(cfg).run(on_step=after_step)
     finally:
         server.close()
     assert summary["steps"] == 2
@@ -347,20 +347,20 @@ def test_grpo_job_builds_no_critic_and_trains_on_function_and_http_rewards(local
 
 @pytest.mark.slow
 def test_rlvr_options_run_in_a_job_dynamic_sampling_packing_and_overlong(local_ray, tiny_llama, tmp_path):
-    """ppo.filter_groups (spare prompts through the driver, groups refilled in the makers), packed updates
+    """algorithm.filter_groups (spare prompts through the driver, groups refilled in the makers), packed updates
     and the overlong filter, together in a 2-step GRPO job: each batch keeps its size and the books balance."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from tests.conftest import REPO
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
         f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
-        "generation.max_new_tokens=6", "ppo.max_steps=2", "ppo.filter_groups=true", "ppo.max_sampling_rounds=2",
-        "ppo.micro_batch_tokens=64", "ppo.overlong_filter=true"], output_dir=str(tmp_path / "rlvr"))
+        "generation.max_new_tokens=6", "algorithm.max_steps=2", "algorithm.filter_groups=true", "algorithm.max_sampling_rounds=2",
+        "algorithm.micro_batch_tokens=64", "algorithm.overlong_filter=true"], output_dir=str(tmp_path / "rlvr"))
     cfg.validate()
     seen = []
-    summary = PPOJob(cfg).run(on_step=lambda job, step, m: seen.append(m))
+    summary = RLJob(cfg).run(on_step=lambda job, step, m: seen.append(m))
     assert summary["steps"] == 2
     for m in seen:
         assert 1 <= m["experience/sampling_rounds"] <= 2 and 0 <= m["experience/dropped_groups"] <= 1
@@ -375,7 +375,7 @@ def test_a_reward_function_that_raises_ends_the_run_in_one_line(local_ray, tiny_
 
     code = main(["--config", os.path.join(REPO, "configs", "grpo_tiny.yaml"), "--output-dir", str(tmp_path / "r"),
                  f"actor.path={tiny_llama}", f"data.prompt_path={data_path('prompts', 'train.jsonl')}",
-                 "generation.max_new_tokens=4", "ppo.max_steps=2", "rewards.function=tests.reward_fixtures:raises"])
+                 "generation.max_new_tokens=4", "algorithm.max_steps=2", "rewards.function=tests.reward_fixtures:raises"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(err) == 1, err
     assert "tests.reward_fixtures:raises raised ZeroDivisionError" in err[0]

@@ -13,10 +13,10 @@ ray = pytest.importorskip("ray")
 
 @pytest.mark.slow
 def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_llama, reward_dir, tmp_path):
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.models.weights import LORA_MARKER
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "lora", "actor.lora_rank=4", "ppo.max_steps=2",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "lora", "actor.lora_rank=4", "algorithm.max_steps=2",
                      "maker.num_makers=1")
     seen = {}
 
@@ -25,7 +25,7 @@ def test_lora_sync_moves_only_adapters_and_equals_full_merge(local_ray, tiny_lla
         trainer_state = ray.get(job.groups["actor"][0].weights.remote())
         seen[step] = {"bytes": m["sync/bytes"], "maker": maker_state, "trainer": trainer_state}
 
-    PPOJob(cfg).run(on_step=after_step)
+    RLJob(cfg).run(on_step=after_step)
     last = seen[2]
     lora_keys = [k for k in last["trainer"] if LORA_MARKER in k]
     assert lora_keys and all(torch.equal(last["maker"][k], last["trainer"][k]) for k in last["trainer"])
@@ -58,11 +58,11 @@ def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_l
     """Every transport, full weights and LoRA adapters only: the trainers keep fp32 weights and the
     makers infer in bfloat16 (maker.dtype); every sync casts on purpose, counted in sync/cast_tensors,
     and the makers hold exactly the cast of the trainers' weights (bit for bit)."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "bf16", "maker.dtype=bfloat16", "ppo.max_steps=2",
-                     f"actor.lora_rank={lora_rank}", f"critic.lora_rank={lora_rank}", f"sync.transport={transport}",
-                     "sync.bucket_mb=0.25")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "bf16", "maker.dtype=bfloat16", "algorithm.max_steps=2",
+                     f"actor.lora_rank={lora_rank}", f"critic.lora_rank={lora_rank}", f"weight_sync.transport={transport}",
+                     "weight_sync.bucket_mb=0.25")
     seen, pids = {}, set()
 
     def after_step(job, step, m):
@@ -75,7 +75,7 @@ def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_l
                                    "actor": ray.get(job.groups["actor"][0].weights.remote()),
                                    "critic": ray.get(job.groups["critic"][0].weights.remote())}
 
-    PPOJob(cfg).run(on_step=after_step)
+    RLJob(cfg).run(on_step=after_step)
     from coati_ray.models.weights import is_lora_synced
 
     assert len(seen) == 4  # 2 steps x 2 makers
@@ -101,9 +101,9 @@ def test_fp32_trainers_sync_into_bf16_makers_as_the_exact_cast(local_ray, tiny_l
 def test_collective_sync_follows_scaling_1_3_1(local_ray, tiny_llama, reward_dir, tmp_path):
     """Sync mode on the collective transport: makers added at step 1 catch up from the object store and
     join the group re-formed at the next sync; after every step every maker equals the trainers."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", "sync.transport=collective", "ppo.max_steps=4",
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "scale", "weight_sync.transport=collective", "algorithm.max_steps=4",
                      "maker.num_makers=1", "actor_trainer.resources.num_ranks=1", "actor_trainer.strategy.name=naive")
     plan, seen, formed = {1: 3, 3: 1}, [], []
 
@@ -117,7 +117,7 @@ def test_collective_sync_follows_scaling_1_3_1(local_ray, tiny_llama, reward_dir
         if step in plan:
             job.scale_makers(plan[step])
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 4
     assert [s["makers"] for s in seen] == [1, 3, 3, 1]
     assert all(s["same"] and s["versions"] == [s["step"]] * s["makers"] and s["collective"] for s in seen), seen
@@ -135,11 +135,11 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
     trainer's; the final export is a full-precision model."""
     from transformers import AutoModelForCausalLM
 
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.models.weights import LORA_MARKER
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "qlora", "actor.quantize=int4", "actor.lora_rank=4",
-                     "ppo.max_steps=2", "maker.num_makers=1", "actor_trainer.resources.num_ranks=1",
+                     "algorithm.max_steps=2", "maker.num_makers=1", "actor_trainer.resources.num_ranks=1",
                      "actor_trainer.strategy.name=naive")
     seen = []
 
@@ -152,7 +152,7 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
             sum(v.numel() * v.element_size() for v in critic.values())
         seen.append((maker, trainer, m["sync/bytes"], synced))
 
-    summary = PPOJob(cfg).run(on_step=after_step)
+    summary = RLJob(cfg).run(on_step=after_step)
     assert summary["steps"] == 2 and len(seen) == 2
     for maker, trainer, moved, synced in seen:
         assert maker.keys() == trainer.keys() and not any("lora_" in k or "absmax" in k for k in maker)
@@ -170,20 +170,20 @@ def test_ppo_with_a_4bit_actor_base_makers_hold_the_trainers_merged_weights(loca
 @pytest.mark.slow
 def test_at_lr_0_measure_sees_no_gap_between_makers_and_trainer_and_a_bf16_maker_shows_one(local_ray, tiny_llama,
                                                                                            reward_dir, tmp_path):
-    """The Gemini diagnosis of the GPU issue, on CPU: frozen weights (actor lr 0) and ppo.behaviour_correction
+    """The Gemini diagnosis of the GPU issue, on CPU: frozen weights (actor lr 0) and algorithm.behaviour_correction
     measure. A sound sync leaves the makers' log-probs equal to the trainer's up to float noise from batch shapes;
     the same weights cast to bfloat16 in the maker (what a broken export would look like, only milder) show a gap
     orders of magnitude above it, on every step. The weights' own series (benchmarks.gpu_ppo's WeightWatch):
     the makers hold exactly the (cast) trainer weights and the trainer's weights do not move."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from benchmarks.gpu_ppo import WeightWatch
 
     gaps, watched = {}, {}
     for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
-        cfg = ppo_config(tiny_llama, reward_dir, tmp_path / name, "actor_trainer.optim.lr=0", "ppo.max_steps=2",
-                         "ppo.behaviour_correction=measure", "maker.num_makers=1", f"maker.dtype={dtype}")
+        cfg = ppo_config(tiny_llama, reward_dir, tmp_path / name, "actor_trainer.optim.lr=0", "algorithm.max_steps=2",
+                         "algorithm.behaviour_correction=measure", "maker.num_makers=1", f"maker.dtype={dtype}")
         rows, watch = [], WeightWatch()
-        PPOJob(cfg).run(on_step=lambda job, step, m: rows.append({**m, **watch(job)}))
+        RLJob(cfg).run(on_step=lambda job, step, m: rows.append({**m, **watch(job)}))
         gaps[name] = [r["behaviour/log_ratio_abs_mean"] for r in rows]
         watched[name] = [{k: r.get(k) for k in ("sync/trainer_version", "sync/maker_version", "sync/max_abs_delta",
                                                 "actor/max_abs_update")} for r in rows]

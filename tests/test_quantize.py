@@ -86,9 +86,9 @@ def test_quantized_bases_refused_where_they_cannot_train(tiny_llama, tmp_path, o
 
 
 def test_a_frozen_reward_model_may_be_quantized_without_lora(tiny_llama, reward_dir, tmp_path):
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
-    cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
-        f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward.path={reward_dir}",
-        f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "reward.quantize=int8"], output_dir=str(tmp_path))
+    cfg = load_config(RLConfig, os.path.join(REPO, "configs", "ppo_tiny.yaml"), [
+        f"actor.path={tiny_llama}", f"critic.path={tiny_llama}", f"reward_model.path={reward_dir}",
+        f"data.prompt_path={data_path('prompts', 'train.jsonl')}", "reward_model.quantize=int8"], output_dir=str(tmp_path))
     cfg.validate()

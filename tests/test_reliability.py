@@ -41,13 +41,13 @@ def test_a_maker_hanging_inside_make_is_reported_within_the_bound(ray_with_dashb
     """After step 2 the maker's reward function sleeps forever inside `make`. The run ends within the derived
     bound (3 x the slowest step, at least 4 s) with one line naming maker-0 and the method it is stuck in
     (from Ray's state API), and its Python stack is written to <run>/stall/."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.errors import RunStalled
 
     prompts, flag = flagged_prompts(tmp_path)
     out = tmp_path / "run"
     cfg = ppo_config(tiny_llama, reward_dir, out, "actor_trainer.resources.num_ranks=1",
-                     "actor_trainer.strategy.name=naive", "maker.num_makers=1", "ppo.max_steps=10",
+                     "actor_trainer.strategy.name=naive", "maker.num_makers=1", "algorithm.max_steps=10",
                      f"data.prompt_path={prompts}", "rewards.function=tests.reward_fixtures:hangs_when_flagged",
                      "watchdog.min_stall_s=4", "watchdog.factor=3")
 
@@ -56,7 +56,7 @@ def test_a_maker_hanging_inside_make_is_reported_within_the_bound(ray_with_dashb
             open(flag, "w").close()
 
     with pytest.raises(RunStalled) as e:
-        PPOJob(cfg).run(on_step=after_step)
+        RLJob(cfg).run(on_step=after_step)
     ended = time.time()
     msg = str(e.value)
     started = float(open(flag + ".started").read())

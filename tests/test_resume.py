@@ -16,12 +16,12 @@ ray = pytest.importorskip("ray")
 def resume_pair(local_ray, tiny_llama, reward_dir, tmp_path_factory):
     """An uninterrupted 4-step run and one resumed from its step-2 checkpoint, both with rollout > train batch,
     2 PPO epochs and PPO-ptx, so the optimiser, the scheduler, the RNG and the ptx position all matter."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     root = tmp_path_factory.mktemp("resume")
-    # LoRA dropout (kept by ppo.disable_dropout) draws from each rank's RNG, so the RNG restore matters too
-    overrides = ("ppo.max_steps=4", "ppo.save_every=2", "ppo.rollout_batch_size=16", "ppo.train_batch_size=8",
-                 "ppo.ppo_epochs=2", "ppo.ptx_coef=0.2", "ppo.ptx_batch_size=2", "actor.lora_rank=4",
+    # LoRA dropout (kept by algorithm.disable_dropout) draws from each rank's RNG, so the RNG restore matters too
+    overrides = ("algorithm.max_steps=4", "algorithm.save_every=2", "algorithm.rollout_batch_size=16", "algorithm.train_batch_size=8",
+                 "algorithm.ppo_epochs=2", "algorithm.ptx_coef=0.2", "algorithm.ptx_batch_size=2", "actor.lora_rank=4",
                  "actor.lora_dropout=0.1",
                  f"data.ptx_path={data_path('ptx', 'train.jsonl')}", "actor_trainer.optim.scheduler=cosine",
                  "buffer.capacity=32")
@@ -34,11 +34,11 @@ def resume_pair(local_ray, tiny_llama, reward_dir, tmp_path_factory):
 
     full, resumed = {}, {}
     cfg = ppo_config(tiny_llama, reward_dir, root / "full", *overrides)
-    PPOJob(cfg, log=True).run(on_step=recorder(full))
+    RLJob(cfg, log=True).run(on_step=recorder(full))
     os.makedirs(root / "resumed" / "checkpoints")
     shutil.copytree(root / "full" / "checkpoints" / "step_000002", root / "resumed" / "checkpoints" / "step_000002")
     cfg = ppo_config(tiny_llama, reward_dir, root / "resumed", *overrides)
-    summary = PPOJob(cfg, resume_from=str(root / "resumed" / "checkpoints" / "step_000002")).run(
+    summary = RLJob(cfg, resume_from=str(root / "resumed" / "checkpoints" / "step_000002")).run(
         on_step=recorder(resumed))
     return {"full": full, "resumed": resumed, "summary": summary, "root": root}
 
@@ -49,20 +49,20 @@ def test_async_resume_remakes_the_batches_in_flight_none_skipped_none_twice(loca
     """Async mode: batches the makers had started for later steps when the checkpoint was written are made
     again on resume (from the checkpoint's weights), so the resumed run trains exactly the batches the
     uninterrupted one trained after the checkpoint."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
-    overrides = ("ppo.mode=async", "ppo.max_staleness=1", "ppo.max_steps=4", "ppo.save_every=2")
+    overrides = ("algorithm.mode=async", "algorithm.max_staleness=1", "algorithm.max_steps=4", "algorithm.save_every=2")
     full, resumed = {}, {}
 
     def recorder(store):
         return lambda job, step, m: store.__setitem__(step, m["consumed"])
 
-    PPOJob(ppo_config(tiny_llama, reward_dir, tmp_path / "full", *overrides)).run(on_step=recorder(full))
+    RLJob(ppo_config(tiny_llama, reward_dir, tmp_path / "full", *overrides)).run(on_step=recorder(full))
     assert any(v < 2 for v in full[3]["actor"]["versions"])  # step 3's experience was in flight at step 2
     os.makedirs(tmp_path / "resumed" / "checkpoints")
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_000002",
                     tmp_path / "resumed" / "checkpoints" / "step_000002")
-    summary = PPOJob(ppo_config(tiny_llama, reward_dir, tmp_path / "resumed", *overrides),
+    summary = RLJob(ppo_config(tiny_llama, reward_dir, tmp_path / "resumed", *overrides),
                      resume_from=str(tmp_path / "resumed" / "checkpoints" / "step_000002")).run(on_step=recorder(resumed))
     assert summary["steps"] == 4 and sorted(resumed) == [3, 4]
     for step in (3, 4):
@@ -98,18 +98,18 @@ def test_resume_continues_exactly_the_uninterrupted_run(resume_pair):
 def test_async_resume_with_episodes_in_flight_remakes_the_same_episodes(local_ray, tiny_llama, tmp_path):
     """Multi-turn episodes (rollout.environment) in async GRPO: the episodes in flight at the step-2 checkpoint
     are played again on resume, the same ones (equal experience digests), none skipped, none twice."""
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
     from coati_ray.config import load_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from tests.conftest import REPO
 
     def config(out):
-        cfg = load_config(PPOConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
+        cfg = load_config(RLConfig, os.path.join(REPO, "configs", "grpo_tiny.yaml"), [
             f"actor.path={tiny_llama}", f"data.prompt_path={data_path('calc', 'prompts.jsonl')}",
             "rewards.function=null", "rollout.environment=coati_ray.tasks.calc:CalcEnvironment",
             "rollout.max_total_tokens=64", "generation.backend=tests.episode_fixtures:oracle_half_wrong",
-            "generation.max_new_tokens=24", "ppo.mode=async", "ppo.max_staleness=1", "ppo.max_steps=4",
-            "ppo.save_every=2"], output_dir=str(out))
+            "generation.max_new_tokens=24", "algorithm.mode=async", "algorithm.max_staleness=1", "algorithm.max_steps=4",
+            "algorithm.save_every=2"], output_dir=str(out))
         cfg.validate()
         return cfg
 
@@ -118,12 +118,12 @@ def test_async_resume_with_episodes_in_flight_remakes_the_same_episodes(local_ra
     def recorder(store):
         return lambda job, step, m: store.__setitem__(step, m)
 
-    PPOJob(config(tmp_path / "full")).run(on_step=recorder(full))
+    RLJob(config(tmp_path / "full")).run(on_step=recorder(full))
     assert any(v < 2 for v in full[3]["consumed"]["actor"]["versions"])  # step 3's episodes were in flight
     os.makedirs(tmp_path / "resumed" / "checkpoints")
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_000002",
                     tmp_path / "resumed" / "checkpoints" / "step_000002")
-    summary = PPOJob(config(tmp_path / "resumed"), resume_from=str(tmp_path / "resumed" / "checkpoints" /
+    summary = RLJob(config(tmp_path / "resumed"), resume_from=str(tmp_path / "resumed" / "checkpoints" /
                                                                    "step_000002")).run(on_step=recorder(resumed))
     assert summary["steps"] == 4 and sorted(resumed) == [3, 4]
     for step in (3, 4):

@@ -78,7 +78,7 @@ def test_an_answer_past_the_size_limit_is_refused():
 
 @pytest.mark.parametrize("rewards, kind", [(["1.0"], "str"), ([True], "bool"), ([None], "NoneType")])
 def test_rewards_must_be_numbers(rewards, kind):
-    from coati_ray.config.ppo import RewardSourcesConfig
+    from coati_ray.config.rl import RewardSourcesConfig
     from coati_ray.experience.reward_sources import RewardSources
 
     import torch
@@ -91,7 +91,7 @@ def test_rewards_must_be_numbers(rewards, kind):
 
 def test_credentials_in_the_url_are_sent_but_never_shown_or_written(tmp_path):
     from coati_ray.config import load_config, save_config
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
 
     with Service(lambda handler, body: handler.send_error(503)) as service:
         url = service.url.replace("http://", "http://alice:pa55word@") + "?token=t0ps3cret&model=a"
@@ -100,7 +100,7 @@ def test_credentials_in_the_url_are_sent_but_never_shown_or_written(tmp_path):
         assert "pa55word" not in str(e.value) and "t0ps3cret" not in str(e.value) and "HTTP 503" in str(e.value)
         assert "***@127.0.0.1" in str(e.value) and "token=***" in str(e.value) and "model=a" in str(e.value)
         assert service.seen[0]["Authorization"] == "Basic YWxpY2U6cGE1NXdvcmQ="  # alice:pa55word, sent
-    cfg = load_config(PPOConfig, None, ["actor.path=m", f"rewards.http_url={url}"])
+    cfg = load_config(RLConfig, None, ["actor.path=m", f"rewards.http_url={url}"])
     save_config(cfg, str(tmp_path / "config.yaml"))
     written = (tmp_path / "config.yaml").read_text()
     assert "pa55word" not in written and "t0ps3cret" not in written and "/reward?token=" in written
@@ -108,7 +108,7 @@ def test_credentials_in_the_url_are_sent_but_never_shown_or_written(tmp_path):
 
 def test_headers_from_environment_variables_are_sent_and_never_written(tmp_path, monkeypatch):
     from coati_ray.config import load_config, save_config
-    from coati_ray.config.ppo import PPOConfig, RewardSourcesConfig
+    from coati_ray.config.rl import RLConfig, RewardSourcesConfig
 
     monkeypatch.setenv("REWARD_API_TOKEN", "Bearer s3cr3t-value")
     with Service(answer(json.dumps({"rewards": [0.25]}).encode())) as service:
@@ -116,7 +116,7 @@ def test_headers_from_environment_variables_are_sent_and_never_written(tmp_path,
         check_reward_sources(cfg)  # the empty batch before Ray starts carries it too
         assert HttpReward(service.url, headers_env=cfg.http_headers_env)(["p"], ["r"], [{}]) == [0.25]
         assert [seen["Authorization"] for seen in service.seen] == ["Bearer s3cr3t-value"] * 2
-    job = load_config(PPOConfig, None, ["actor.path=m", f"rewards.http_url={service.url}",
+    job = load_config(RLConfig, None, ["actor.path=m", f"rewards.http_url={service.url}",
                                         "rewards.http_headers_env={Authorization: REWARD_API_TOKEN}"])
     save_config(job, str(tmp_path / "config.yaml"))
     written = (tmp_path / "config.yaml").read_text()

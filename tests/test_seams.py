@@ -98,11 +98,11 @@ def ran(log) -> set:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seam, overrides", [
-    ("estimator", ["ppo.advantage_estimator=my_seams:centred"]),
+    ("estimator", ["algorithm.advantage_estimator=my_seams:centred"]),
     ("reward", ["rewards.function=null", "rewards.sources=[{kind: 'my_seams:length_bonus', options: {scale: 2}}]"]),
     ("generate", ["generation.backend=my_seams:traced"]),
     ("environment", ["rollout.environment=my_seams:OneTurn"]),
-    ("transport", ["plugins=[my_seams]", "sync.transport=my_disk"]),
+    ("transport", ["plugins=[my_seams]", "weight_sync.transport=my_disk"]),
     ("placement", ["plugins=[my_seams]", "placement=counted"]),
 ])
 def test_a_plugin_of_ones_own_runs_in_a_tiny_job(seams, seam, overrides, tmp_path):
@@ -116,7 +116,7 @@ def test_a_plugin_of_ones_own_runs_in_a_tiny_job(seams, seam, overrides, tmp_pat
 def test_a_name_no_module_registers_is_refused_before_ray(tmp_path):
     from actors.testing import tiny_config
 
-    for overrides, needle in ((["sync.transport=my_disk"], "'my_disk' is not a weight transport"),
+    for overrides, needle in ((["weight_sync.transport=my_disk"], "'my_disk' is not a weight transport"),
                               (["placement=counted"], "'counted' is not a placement")):
         with pytest.raises(ConfigError) as e:
             tiny_config(*overrides, output_dir=str(tmp_path))

@@ -23,11 +23,11 @@ PLACEHOLDER = "--OTHER_CONFIGURATIONS"  # Colossal-LLaMA's `train.py --OTHER_CON
 
 def config_class(stage: str):
     from coati_ray.config.generate import GenerateConfig
-    from coati_ray.config.ppo import PPOConfig
+    from coati_ray.config.rl import RLConfig
     from coati_ray.config.pretrain import PretrainConfig
     from coati_ray.config.schema import RMConfig, SFTConfig
 
-    return {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "pretrain": PretrainConfig,
+    return {"sft": SFTConfig, "rm": RMConfig, "ppo": RLConfig, "pretrain": PretrainConfig,
             "generate": GenerateConfig}.get(stage)
 
 
@@ -149,12 +149,12 @@ def test_each_whole_command_loads_or_is_refused_in_one_line(command):
 def test_the_seeds_kl_coef_is_coatis_sequence_level_penalty_and_says_so():
     notes = []
     argv, _ = translate("ppo", ["--kl_coef", "0.1"], notes.append)
-    assert argv == ["ppo.kl_coef=0.1", "ppo.kl_penalty=sequence"]
-    assert notes == ["--kl_coef 0.1 -> ppo.kl_coef=0.1, ppo.kl_penalty=sequence (Coati's penalty: kl_coef x the "
+    assert argv == ["algorithm.kl_coef=0.1", "algorithm.kl_penalty=sequence"]
+    assert notes == ["--kl_coef 0.1 -> algorithm.kl_coef=0.1, algorithm.kl_penalty=sequence (Coati's penalty: kl_coef x the "
                      "response's mean of (e^r - 1) - r, r = log pi - log pi_ref, taken once from the sequence's "
                      "reward)"]
     cfg = load_config(config_class("ppo"), None, REQUIRED["ppo"] + argv)
-    assert (cfg.ppo.kl_coef, cfg.ppo.kl_penalty) == (0.1, "sequence")
+    assert (cfg.algorithm.kl_coef, cfg.algorithm.kl_penalty) == (0.1, "sequence")
 
 
 def test_the_seeds_subset_is_a_data_dir_and_says_so():

@@ -65,7 +65,7 @@ def test_flags_map_to_keys_and_each_note_says_which():
                     "strategy.name=colossalai_gemini_auto", "loss_fn=log_exp",
                     "data.train_path=Anthropic/hh-rlhf", "data.subset=harmless-base", "data.max_length=512",
                     "trainer.save_optimizer=false", "model.gradient_checkpointing=true"]
-    assert types == {"model": "bloom", "reward": None}
+    assert types == {"model": "bloom", "reward_model": None}
     assert "--plugin gemini_auto -> strategy.name=colossalai_gemini_auto" in notes
 
 
@@ -75,19 +75,19 @@ def test_the_seeds_ppo_schedule_and_positional_prompt_file():
     from launch.seed_flags import positional_prompt_file
 
     prompts = data_path("prompts", "train.jsonl")
-    assert positional_prompt_file([prompts, "ppo.max_steps=3"], print) == [f"data.prompt_path={prompts}",
-                                                                           "ppo.max_steps=3"]
-    assert positional_prompt_file(["ppo.max_steps"], print) == ["ppo.max_steps"]  # refused later: no '='
+    assert positional_prompt_file([prompts, "algorithm.max_steps=3"], print) == [f"data.prompt_path={prompts}",
+                                                                           "algorithm.max_steps=3"]
+    assert positional_prompt_file(["algorithm.max_steps"], print) == ["algorithm.max_steps"]  # refused later: no '='
 
     argv, _ = translate("ppo", ["--pretrain", "sft", "--rm_pretrain", "base", "--rm_path", "rm",
                                 "--strategy", "colossalai_zero2", "--num_episodes", "2", "--max_timesteps", "3",
                                 "--update_timesteps", "3", "--experience_batch_size", "4", "--train_batch_size", "6",
                                 "--kl_coef", "0.2", "--ptx_coef", "0.1", "--pretrain_dataset", "ptx.jsonl"], print)
     assert "actor.path=sft" in argv
-    assert argv.index("reward.path=rm") > argv.index("reward.path=base")  # the trained RM wins
-    for expected in ("ppo.max_steps=2", "ppo.rollout_batch_size=12", "buffer.capacity=64", "maker.batch_size=4",
-                     "actor_trainer.strategy.precision=fp16", "ppo.train_batch_size=6",
-                     "ppo.kl_coef=0.2", "ppo.kl_penalty=sequence", "ppo.ptx_coef=0.1", "data.ptx_path=ptx.jsonl",
+    assert argv.index("reward_model.path=rm") > argv.index("reward_model.path=base")  # the trained RM wins
+    for expected in ("algorithm.max_steps=2", "algorithm.rollout_batch_size=12", "buffer.capacity=64", "maker.batch_size=4",
+                     "actor_trainer.strategy.precision=fp16", "algorithm.train_batch_size=6",
+                     "algorithm.kl_coef=0.2", "algorithm.kl_penalty=sequence", "algorithm.ptx_coef=0.1", "data.ptx_path=ptx.jsonl",
                      "actor_trainer.strategy.name=colossalai_zero2", "critic_trainer.strategy.name=colossalai_zero2"):
         assert expected in argv, expected
 

@@ -76,7 +76,7 @@ def policy(model, lora=None, max_new_tokens=6):
     """What launch.generate loads for the same flags: the answers the server must give."""
     from coati_ray.config import load_config
     from coati_ray.config.generate import GenerateConfig
-    from coati_ray.generation import Policy
+    from coati_ray.inference import Policy
 
     cfg = load_config(GenerateConfig, None, [f"model={model}", "generation.do_sample=false",
                                              f"generation.max_new_tokens={max_new_tokens}",
@@ -93,7 +93,7 @@ def stats(servers):
 def test_models_and_greedy_chat_as_in_training(client, tiny_llama, lora_dir):
     """The answer is launch.generate's greedy answer (the same LoRA checkpoint) to the prompt rendered with the
     model's template; without the adapters the answer differs (they are on)."""
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
 
     assert [m.id for m in client.models.list().data] == [SERVED]
     out = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": PROMPT}],
@@ -285,7 +285,7 @@ def test_engine_rows_keep_their_own_sampling_and_streams(tiny_llama):
     """The batched decode alone: a greedy row is the training generator's answer whatever shares its batch, a
     seeded row's answer does not depend on its batch either, and a stop sequence ends a row without its text."""
     from coati_ray.data.template import ChatFormat
-    from coati_ray.generation import render_prompt
+    from coati_ray.inference import render_prompt
     from coati_ray.serving.engine import Engine, Row
 
     def run(rows):

@@ -227,7 +227,7 @@ def test_the_efficiency_summary_takes_medians_per_setting_and_the_fraction_of_th
     over = settings("medium")
     assert over["baseline"] == ["generation.backend=hf"]
     assert "generation.backend=compact" in over["efficient"] and any(
-        o.startswith("ppo.micro_batch_tokens=") for o in over["efficient"])
+        o.startswith("algorithm.micro_batch_tokens=") for o in over["efficient"])
     text = "\n".join(report.efficiency_section({**s, "settings_overrides": over, "repeats": 3, "steps": 8,
                                                 "command": "python -m benchmarks.bench_efficiency"}))
     assert "**0.67** of the baseline" in text and "| efficient |" in text and "maker stage 0.71" in text
@@ -347,10 +347,10 @@ def test_the_gpu_sweep_runs_colocated_without_a_transport_and_every_override_rea
     assert runs == [("colossalai_zero2", "separate", "object_store"), ("colossalai_zero2", "separate", "ipc"),
                     ("colossalai_zero2", "colocated", "none"), ("colossalai_gemini", "separate", "object_store"),
                     ("colossalai_gemini", "separate", "ipc"), ("colossalai_gemini", "colocated", "none")]
-    diagnose = ("actor_trainer.optim.lr=0", "ppo.behaviour_correction=measure")
+    diagnose = ("actor_trainer.optim.lr=0", "algorithm.behaviour_correction=measure")
     separate = job_config(tiny_llama, reward_dir, "tiny", "ddp", 3, "ipc", "separate", diagnose)
-    assert separate.sync.transport == "ipc" and separate.maker.num_gpus == 0.3 and separate.maker.dtype == "float32"
-    assert separate.actor_trainer.optim.lr == 0 and separate.ppo.behaviour_correction == "measure"
+    assert separate.weight_sync.transport == "ipc" and separate.maker.num_gpus == 0.3 and separate.maker.dtype == "float32"
+    assert separate.actor_trainer.optim.lr == 0 and separate.algorithm.behaviour_correction == "measure"
     assert not separate.trainer_log_probs_are_behaviour  # the makers send their log-probs, to be measured
     colocated = job_config(tiny_llama, reward_dir, "tiny", "ddp", 3, "none", "colocated")
     assert colocated.placement == "colocated" and colocated.maker.num_gpus == 0
@@ -364,13 +364,13 @@ def test_the_gpu_sweeps_zero2_and_gemini_configs_validate_as_a_gpu_machine_would
     from benchmarks.gpu_ppo import job_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    diagnose = ("ppo.behaviour_correction=measure",)
+    diagnose = ("algorithm.behaviour_correction=measure",)
     for strategy, lr in (("colossalai_gemini", "0"), ("colossalai_gemini", "1e-6"), ("colossalai_zero2", "1e-6")):
         cfg = job_config(tiny_llama, reward_dir, "tiny", strategy, 6, "object_store", "separate",
                          diagnose + (f"actor_trainer.optim.lr={lr}",))
         assert cfg.actor_trainer.strategy.precision == "bf16" and cfg.maker.dtype == "bfloat16"
     for transport in ("object_store", "ipc"):
-        assert job_config(tiny_llama, reward_dir, "tiny", "colossalai_zero2", 8, transport).sync.transport == transport
+        assert job_config(tiny_llama, reward_dir, "tiny", "colossalai_zero2", 8, transport).weight_sync.transport == transport
     offload = job_config(tiny_llama, reward_dir, "tiny", "colossalai_zero2", 8, "none", "colocated",
                          ("colocated.offload_optimizer=true",))
     assert offload.colocated.offload_optimizer and offload.maker.dtype == "auto"
@@ -411,7 +411,7 @@ def test_the_gpu_checks_runs_of_the_gpu_issue_parse_and_plan_what_they_say():
     assert sorted(plans) == ["gpu_colocated", "gpu_diagnose_lr0", "gpu_diagnose_lr1e-6", "gpu_diagnose_zero2",
                              "gpu_offload", "gpu_separate"]
     lr0, runs = plans["gpu_diagnose_lr0"]
-    assert lr0.set == ["actor_trainer.optim.lr=0", "ppo.behaviour_correction=measure"] and lr0.per_step
+    assert lr0.set == ["actor_trainer.optim.lr=0", "algorithm.behaviour_correction=measure"] and lr0.per_step
     assert lr0.tag == "lr0" and runs == [("opt-1.3b", "ours", "colossalai_gemini/separate/object_store", 0)]
     assert plans["gpu_diagnose_lr1e-6"][0].set[0] == "actor_trainer.optim.lr=1e-6"
     assert [r[2] for r in plans["gpu_diagnose_zero2"][1]] == ["colossalai_zero2/separate/object_store"]

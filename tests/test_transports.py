@@ -90,7 +90,7 @@ def test_a_transport_of_ones_own_delivers_bit_equal_weights_through_the_seam(use
         pool.loads.added(i)
     trainers = types.SimpleNamespace(ranks={role: [TrainerRank0(m)] for role, m in trained.items()},
                                      get=lambda refs: [FakeRay.get(r) for r in refs])
-    cfg = types.SimpleNamespace(sync=SyncConfig(transport=spec), ppo=types.SimpleNamespace(mode="sync"))
+    cfg = types.SimpleNamespace(weight_sync=SyncConfig(transport=spec), algorithm=types.SimpleNamespace(mode="sync"))
     sync = WeightSync(cfg, trainers, pool, info=lambda line: None)
     assert sync.transport == spec
 
@@ -115,7 +115,7 @@ def test_a_transport_of_ones_own_delivers_bit_equal_weights_through_the_seam(use
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ("colective", "sync.transport: 'colective' is not a weight transport; did you mean 'collective'?"),
+    ("colective", "weight_sync.transport: 'colective' is not a weight transport; did you mean 'collective'?"),
     ("my_transports:Missing", "'my_transports' has no 'Missing'"),
 ])
 def test_a_wrong_transport_is_one_line_naming_the_key(user_transport, spec, needle):
@@ -137,5 +137,5 @@ def test_a_class_that_is_not_a_transport_is_one_line_before_ray(user_transport):
         check_transport(spec)
     for duck in ("Duck", "read"):  # duck-typed or a function: the one rule is a subclass, said before Ray starts
         with pytest.raises(ConfigError) as e:
-            check_transport(f"{user_transport}:{duck}")  # PPOJob and the pipeline ask this before Ray starts
+            check_transport(f"{user_transport}:{duck}")  # RLJob and the pipeline ask this before Ray starts
         assert "is not a WeightTransport subclass" in str(e.value) and "\n" not in str(e.value)

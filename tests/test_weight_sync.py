@@ -1,5 +1,5 @@
 """Weight sync's layout without Ray (buckets, numpy views), and the collective group's failure line with
-stand-in actors that run the real group code: a peer that never joins is named within sync.timeout_s."""
+stand-in actors that run the real group code: a peer that never joins is named within weight_sync.timeout_s."""
 
 import time
 
@@ -106,11 +106,11 @@ class StandInPool:
 
 def test_a_peer_that_never_joins_ends_in_one_line_naming_it(local_ray):
     from actors.weight_sync import WeightSync
-    from coati_ray.config.ppo import SyncConfig
+    from coati_ray.config.rl import SyncConfig
     from coati_ray.errors import WorkerLost
 
     cfg = type("Cfg", (), {})()
-    cfg.sync = SyncConfig(transport="collective", timeout_s=3)
+    cfg.weight_sync = SyncConfig(transport="collective", timeout_s=3)
     pool = StandInPool([Joiner.remote(), Joiner.remote(hang=True)])
     sync = WeightSync(cfg, StandInTrainers(Joiner.remote()), pool, info=lambda m: None)
     sync.transports["collective"]._backend = lambda: "gloo"
@@ -118,21 +118,21 @@ def test_a_peer_that_never_joins_ends_in_one_line_naming_it(local_ray):
     with pytest.raises(WorkerLost) as e:
         sync.publish(1)
     msg = str(e.value)
-    assert "maker-1 did not join the actor group" in msg and "sync.timeout_s=3s" in msg and "\n" not in msg, msg
+    assert "maker-1 did not join the actor group" in msg and "weight_sync.timeout_s=3s" in msg and "\n" not in msg, msg
     assert "maker-0" not in msg and time.monotonic() - t < 30
 
 
 def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_re_forms_next_sync(local_ray):
     """maker-1 dies as the group forms. The driver abandons the group, so the trainer rank that joined and
     maker-0, whose join starts only after that, leave at once (their actors answer again) instead of
-    blocking for sync.timeout_s, and the failure is a membership change (the group forms again at the
+    blocking for weight_sync.timeout_s, and the failure is a membership change (the group forms again at the
     next sync), not a reason to give up the collective for the rest of the run."""
     from actors.transports import TransportBroke
     from actors.weight_sync import WeightSync
-    from coati_ray.config.ppo import SyncConfig
+    from coati_ray.config.rl import SyncConfig
 
     cfg = type("Cfg", (), {})()
-    cfg.sync = SyncConfig(transport="auto", timeout_s=120)
+    cfg.weight_sync = SyncConfig(transport="auto", timeout_s=120)
     sender = Joiner.remote()
     pool = StandInPool([Joiner.remote(delay=3.0), Joiner.remote(die=True)])
     sync = WeightSync(cfg, StandInTrainers(sender), pool, info=lambda m: None)
@@ -141,7 +141,7 @@ def test_a_maker_dying_while_joining_releases_the_members_at_once_and_the_group_
     with pytest.raises(TransportBroke, match="maker-1 died while joining the actor group"):
         sync.transports["collective"]._form("actor", {0: 0, 1: 0})
     ray.get([sender.ping.remote(), pool.makers[0].ping.remote()], timeout=20)  # neither is still joining
-    assert time.monotonic() - t < 30  # far below sync.timeout_s=120
+    assert time.monotonic() - t < 30  # far below weight_sync.timeout_s=120
 
 
 def test_a_swap_takes_only_a_consistent_set_of_roles():

@@ -1,6 +1,6 @@
-"""Weight transports (`sync.transport`): how a version of the trainers' weights reaches the makers.
+"""Weight transports (`weight_sync.transport`): how a version of the trainers' weights reaches the makers.
 
-One file per transport, each registered by name; `sync.transport: module:Class` names one of your own
+One file per transport, each registered by name; `weight_sync.transport: module:Class` names one of your own
 (docs/extending.md):
 
   object_store.py  each trainer group's rank 0 puts its weights once per version; makers load the handle
@@ -39,7 +39,7 @@ READERS: dict[str, Callable[[dict], dict]] = {}
 
 
 def register_transport(name: str):
-    """Class decorator: `sync.transport: <name>` builds this transport."""
+    """Class decorator: `weight_sync.transport: <name>` builds this transport."""
     def add(cls):
         cls.name = name
         TRANSPORTS.register(name, cls)
@@ -62,7 +62,7 @@ def transport_class(spec: str) -> type:
 
     cls = TRANSPORTS.resolve(spec)
     if not isinstance(cls, type) or not issubclass(cls, WeightTransport):
-        raise ConfigError(f"config error: sync.transport: '{spec}' is not a WeightTransport subclass; subclass "
+        raise ConfigError(f"config error: weight_sync.transport: '{spec}' is not a WeightTransport subclass; subclass "
                           "actors.transports.WeightTransport (docs/extending.md)")
     if cls.name == "?":  # not registered under a name of its own: the config's
         cls.name = spec
@@ -70,7 +70,7 @@ def transport_class(spec: str) -> type:
 
 
 def check_transport(spec: str) -> None:
-    """Before Ray starts: `sync.transport` is auto, a registered name, or a WeightTransport of one's own (one line
+    """Before Ray starts: `weight_sync.transport` is auto, a registered name, or a WeightTransport of one's own (one line
     when not)."""
     if spec != "auto":
         transport_class(spec)

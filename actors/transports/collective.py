@@ -2,7 +2,7 @@
 actors with its own TCPStore (gloo on CPU, nccl on GPU, the same code). Rank 0 broadcasts bucket by bucket; makers
 receive on their `weights` thread into staging and swap in between batches (WeightReceiver.receive / swap). The group
 is re-formed at the next sync when makers join, leave or restart; a maker that joins or restarts catches up from
-the object store first. A group that does not form within sync.timeout_s is TransportDown (auto: the object store
+the object store first. A group that does not form within weight_sync.timeout_s is TransportDown (auto: the object store
 from then on; chosen by name: the run ends with one line naming the peer); a broadcast that breaks because a
 member failed is TransportBroke (that version goes through the object store, the group re-forms next sync)."""
 
@@ -63,7 +63,7 @@ class Collective(WeightTransport):
                 senders[r.send_weights.remote(group.buckets, export)] = (role, rank)
             for index in group.members:
                 receivers[sync.pool.makers[index].receive_weights.remote(role, group.buckets, version)] = (role, index)
-        results = _wait_all({**senders, **receivers}, sync.cfg.sync.timeout_s)
+        results = _wait_all({**senders, **receivers}, sync.cfg.weight_sync.timeout_s)
         for ref, out in results.items():  # a failure first: its peers' unfinished calls follow from it
             if not isinstance(out, Exception):
                 continue
@@ -75,15 +75,15 @@ class Collective(WeightTransport):
                                      f"({_last_line(out)})")
             role, index = receivers[ref]
             raise TransportBroke(f"maker-{index} failed receiving version {version} of the {role} ({_last_line(out)})")
-        timeout = f"within sync.timeout_s={sync.cfg.sync.timeout_s:g}s"
+        timeout = f"within weight_sync.timeout_s={sync.cfg.weight_sync.timeout_s:g}s"
         for ref, (role, rank) in senders.items():  # then what hangs: senders before the receivers they feed
             if ref not in results:
                 raise WorkerLost(f"run error: weight sync: {role}-trainer-{rank} did not finish broadcasting version "
-                                 f"{version} {timeout}; see its log, or use sync.transport=object_store")
+                                 f"{version} {timeout}; see its log, or use weight_sync.transport=object_store")
         for ref, (role, index) in receivers.items():
             if ref not in results:
                 raise WorkerLost(f"run error: weight sync: maker-{index} did not receive version {version} of the "
-                                 f"{role} {timeout}; see its log, or use sync.transport=object_store")
+                                 f"{role} {timeout}; see its log, or use weight_sync.transport=object_store")
         casts: dict[int, int] = {}
         for ref, (role, index) in receivers.items():
             casts[index] = casts.get(index, 0) + results[ref]["cast_tensors"]
@@ -104,11 +104,11 @@ class Collective(WeightTransport):
         sync = self.sync
         ranks = sync.trainers.ranks[role]
         meeting = (sync.trainers.rendezvous, new_secret())  # a fresh secret per formation: old members cannot meet
-        bucket_bytes = int(sync.cfg.sync.bucket_mb * 2**20)
+        bucket_bytes = int(sync.cfg.weight_sync.bucket_mb * 2**20)
         plans = sync.trainers.get([r.sync_plan.remote(bucket_bytes) for r in ranks])  # all ranks: Gemini gathers
         buckets, size = plans[0], 1 + len(members)
         backend = self._backend()
-        timeout = sync.cfg.sync.timeout_s
+        timeout = sync.cfg.weight_sync.timeout_s
         # Members give up a little after the driver, which reads who never marked itself joined and then tells
         # the rest to leave.
         member_timeout = timeout + 10
@@ -138,8 +138,8 @@ class Collective(WeightTransport):
                 who = "no one is missing, but the rendezvous of " + ", ".join(
                     refs[r] for r in refs if r not in results) + " did not finish"
             raise TransportDown(f"weight sync: {who} did not join the {role} group ({backend}) within "
-                                f"sync.timeout_s={timeout:g}s; check that every node can reach the others on the "
-                                "interface Ray uses, or use sync.transport=object_store")
+                                f"weight_sync.timeout_s={timeout:g}s; check that every node can reach the others on the "
+                                "interface Ray uses, or use weight_sync.transport=object_store")
         sync.info(f"weight sync: {role} group formed ({backend}, {size} members, {len(buckets)} bucket(s))")
         return _Group(role, dict(members), meeting, buckets, backend)
 
@@ -147,7 +147,7 @@ class Collective(WeightTransport):
         """nccl only when every member owns whole GPUs: NCCL refuses two ranks on one device, which is what
         fractional num_gpus means; gloo otherwise (CPU tensors)."""
         sync = self.sync
-        b = sync.cfg.sync.backend
+        b = sync.cfg.weight_sync.backend
         if b != "auto":
             return b
         senders = all(getattr(sync.cfg, f"{r}_trainer").resources.num_gpus_per_rank >= 1 for r in sync.roles)

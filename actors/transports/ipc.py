@@ -47,7 +47,7 @@ class Ipc(WeightTransport):
     def applies(self) -> bool:
         """Sync mode and no group whose export gathers on every rank (Gemini)."""
         sync = self.sync
-        return sync.cfg.ppo.mode == "sync" and not any(sync.gathers(role) for role in sync.roles)
+        return sync.cfg.algorithm.mode == "sync" and not any(sync.gathers(role) for role in sync.roles)
 
     def reaches(self, index: int) -> bool:
         """Maker `index` runs on the node of every trainer group's rank 0, on the same kind of device (on GPU: the
@@ -58,7 +58,7 @@ class Ipc(WeightTransport):
         key = (index, sync.pool.incarnation.get(index, 0))
         if key not in self.places:
             try:
-                self.places[key] = ray.get(sync.pool.makers[index].node.remote(), timeout=sync.cfg.sync.timeout_s)
+                self.places[key] = ray.get(sync.pool.makers[index].node.remote(), timeout=sync.cfg.weight_sync.timeout_s)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
                 return False  # it died or hangs: the object store, and its recovery, deal with it
         if self.trainer_places is None:

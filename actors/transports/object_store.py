@@ -38,13 +38,13 @@ class ObjectStore(WeightTransport):
         itself wait for that experience (its peer ranks do). So without `wait` this never blocks: it returns
         None while the groups differ or one is updating (asking them at most every RETRY_S, by a cheap probe,
         then an export that answers "busy" rather than wait) and the caller tries again later. With `wait`
-        (between steps, when every group is idle) it retries up to sync.timeout_s."""
+        (between steps, when every group is idle) it retries up to weight_sync.timeout_s."""
         sync = self.sync
         if self.handle is not None and self.handle["version"] >= sync.version:
             return self.handle
         if not wait and any(sync.gathers(role) for role in sync.roles):
             return None  # a gather is a collective of every rank: never mid-step (sync exported it already)
-        deadline = time.monotonic() + sync.cfg.sync.timeout_s
+        deadline = time.monotonic() + sync.cfg.weight_sync.timeout_s
         while True:
             if wait or time.monotonic() >= self._next_probe:
                 probe = sync.each_role("steps_trained")
@@ -62,7 +62,7 @@ class ObjectStore(WeightTransport):
                 return None
             if time.monotonic() > deadline:
                 raise WorkerLost(f"run error: weight sync: the trainer groups stayed at different steps "
-                                 f"{self.uneven} for sync.timeout_s={sync.cfg.sync.timeout_s:g}s; see the trainer "
+                                 f"{self.uneven} for weight_sync.timeout_s={sync.cfg.weight_sync.timeout_s:g}s; see the trainer "
                                  "actors' logs")
             time.sleep(RETRY_S)
 

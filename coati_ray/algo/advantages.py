@@ -1,4 +1,4 @@
-"""Advantage estimators and the algorithm each one makes: a registry chosen by `ppo.advantage_estimator`.
+"""Advantage estimators and the algorithm each one makes: a registry chosen by `algorithm.advantage_estimator`.
 
 Shapes: B = samples, A = action (response) tokens, n = samples per prompt (a group). The samples of
 one prompt are consecutive rows (a maker batch holds whole groups), so groups are `view(-1, n)`.
@@ -31,7 +31,7 @@ class AdvantageInputs:
 
     scores: torch.Tensor              # (B,): the sequence-level reward (clipped), before any KL
     kl_rewards: torch.Tensor          # (B, A): the KL penalty as rewards (per token, or Coati's once at the
-    #                                   last token: ppo.kl_penalty reward / sequence), else 0
+    #                                   last token: algorithm.kl_penalty reward / sequence), else 0
     action_mask: torch.Tensor         # (B, A)
     values: Optional[torch.Tensor] = None  # (B, A) critic values, or None
     group_size: int = 1               # n samples per prompt, consecutive rows
@@ -65,9 +65,9 @@ class AlgorithmSpec:
     name: str
     estimate: Estimator
     needs_critic: bool            # a critic model in the makers and a critic trainer group
-    group_relative: bool          # compares a prompt's samples: needs ppo.n_samples_per_prompt >= 2
-    whiten: bool                  # the default of ppo.whiten_advantages (over the group's whole batch)
-    loss_agg: str = "token_mean"  # the default of ppo.loss_agg (coati_ray/algo/loss_agg.py)
+    group_relative: bool          # compares a prompt's samples: needs algorithm.n_samples_per_prompt >= 2
+    whiten: bool                  # the default of algorithm.whiten_advantages (over the group's whole batch)
+    loss_agg: str = "token_mean"  # the default of algorithm.loss_agg (coati_ray/algo/loss_agg.py)
 
     @property
     def trainer_roles(self) -> tuple[str, ...]:
@@ -86,7 +86,7 @@ def register(name: str, estimate: Estimator, needs_critic: bool = False, group_r
 def estimator(needs_critic: bool = False, group_relative: bool = False, whiten: bool = False,
               loss_agg: str = "token_mean") -> Callable[[Estimator], Estimator]:
     """Mark an estimator in your own module with what the job must build for it; name it in the config as
-    `ppo.advantage_estimator: your.module:function` (docs/extending.md). Unmarked, a function counts as
+    `algorithm.advantage_estimator: your.module:function` (docs/extending.md). Unmarked, a function counts as
     critic-free, not group-relative, unwhitened, token-mean."""
     def mark(fn: Estimator) -> Estimator:
         fn.__coati_estimator__ = dict(needs_critic=needs_critic, group_relative=group_relative, whiten=whiten,
@@ -106,7 +106,7 @@ def algorithm(name: str) -> AlgorithmSpec:
         if name not in _LOADED:
             from coati_ray.utils.plugins import load_callable
 
-            fn = load_callable(name, "ppo.advantage_estimator", "my_pkg.estimators:my_advantage")
+            fn = load_callable(name, "algorithm.advantage_estimator", "my_pkg.estimators:my_advantage")
             marked = getattr(fn, "__coati_estimator__", {})  # unmarked: critic-free, not group-relative
             _LOADED[name] = AlgorithmSpec(name, fn, **{"needs_critic": False, "group_relative": False,
                                                        "whiten": False, **marked})
@@ -198,7 +198,7 @@ def grpo(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
 
 def dr_grpo(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
     """A_i = s_i - mean(s_group): GRPO without the std normalisation, whose question-level difficulty
-    bias Dr. GRPO removes; its loss defaults to Dr. GRPO's own normalisation (ppo.loss_agg=
+    bias Dr. GRPO removes; its loss defaults to Dr. GRPO's own normalisation (algorithm.loss_agg=
     seq_mean_token_sum_norm: no per-answer length in the denominator either)."""
     g = group_view(x.scores, x.group_size)
     return x.with_kl((g - g.mean(dim=1, keepdim=True)).flatten()), None

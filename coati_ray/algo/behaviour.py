@@ -1,4 +1,4 @@
-"""Off-policy correction (`ppo.behaviour_correction`): the maker that sampled an answer is not quite the
+"""Off-policy correction (`algorithm.behaviour_correction`): the maker that sampled an answer is not quite the
 policy the trainer updates. Its weights may be older (async: up to max_staleness versions), or the same
 weights in another precision (a bf16 maker under an fp32 trainer), so its log-probs (the behaviour's) differ
 from the trainer's own at the start of the update. PPO's ratio is then taken against the trainer's
@@ -7,7 +7,7 @@ trainer / behaviour, bounded by a cap so that one unlikely token cannot blow up 
 
   tis  truncated importance sampling: w = min(ratio, cap)
   mis  masked importance sampling:    w = ratio where ratio <= cap, else 0 (the token drops out of the loss;
-                                       it still counts in ppo.loss_agg's denominators)
+                                       it still counts in algorithm.loss_agg's denominators)
   measure  no correction: the metrics alone (how far the makers' weights are from the trainer's: at lr 0 a
            broken weight sync or export shows as a large |log ratio| from step 2, the first after a sync)
 

@@ -1,4 +1,4 @@
-"""How a per-token loss becomes one number for an optimiser step (`ppo.loss_agg`), over the whole mini-batch.
+"""How a per-token loss becomes one number for an optimiser step (`algorithm.loss_agg`), over the whole mini-batch.
 
 Shapes: B = samples in a micro-batch, A = action tokens. A mini-batch is every micro-batch of every rank that
 one optimiser step accumulates. Each micro-batch contributes its *share*: summing the shares of all of them
@@ -30,7 +30,7 @@ class MiniBatch:
 
 def local_counts(action_mask: torch.Tensor) -> tuple[float, float]:
     """(action tokens, samples) of this rank's part of a mini-batch. action_mask: (B, A). A sample with no
-    token in the loss (ppo.overlong_filter left it out) is not counted."""
+    token in the loss (algorithm.overlong_filter left it out) is not counted."""
     return float(action_mask.sum()), float((action_mask.sum(dim=-1) > 0).sum())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from coati_ray.config.ppo import GenerationConfig
+from coati_ray.config.rl import GenerationConfig
 from coati_ray.config.checks import _fail, _require_dir, _require_model_dir, check_chat_template
 from coati_ray.config.schema import opt, required
 

@@ -39,6 +39,7 @@ def load_config(cls: type[T], path: Optional[str], overrides: Optional[list[str]
             raise ConfigError(f"config error: {path}{where} is not valid YAML ({problem}); fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config error: {path} must hold a mapping of sections, got {type(data).__name__}")
+    data = rename_tree(cls, data)  # a file of old names: under today's names before the overrides land
     for item in overrides or []:
         apply_override(data, item, cls)
     if output_dir is not None:
@@ -81,8 +82,65 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def renamed_path(cls: Optional[type], parts: list[str]) -> list[str]:
+    """An override's key path under today's names: a section or key renamed since (a config class's
+    `RENAMES`, old name -> new) is read under its new name, said once."""
+    if cls is None:
+        return parts
+    out, current = [], cls
+    for part in parts:
+        current = _strip_optional(current)
+        new = getattr(current, "RENAMES", {}).get(part) if dataclasses.is_dataclass(current) else None
+        if new is not None:
+            _note_renamed(".".join(out + [part]), ".".join(out + [new]))
+            part = new
+        out.append(part)
+        if not dataclasses.is_dataclass(current):
+            current = None
+            continue
+        current = typing.get_type_hints(current).get(part)
+    return out
+
+
+def _note_renamed(old: str, new: str) -> None:
+    from coati_ray.config.notes import note
+
+    note(f"config key '{old}' is now '{new}' (read under its new name; docs/concepts.md has the renames)")
+
+
+def _rename_keys(cls: type, data: dict, prefix: str) -> dict:
+    """`data` with the keys `cls` renamed (cls.RENAMES) under their new names, said once each; both spellings
+    at once are refused."""
+    renames = getattr(cls, "RENAMES", {})
+    if not any(old in data for old in renames):
+        return data
+    data = dict(data)
+    for old, new in renames.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"config error: '{prefix}{old}' and '{prefix}{new}' are both set, and '{old}' is "
+                                  f"the old name of '{new}'; keep '{new}'")
+            _note_renamed(prefix + old, prefix + new)
+            data[new] = data.pop(old)
+    return data
+
+
+def rename_tree(cls: type, data: dict, prefix: str = "") -> dict:
+    """`data` (a config file's mapping) with every renamed key, at every level, under its new name."""
+    if not dataclasses.is_dataclass(cls) or not isinstance(data, dict):
+        return data
+    data = _rename_keys(cls, data, prefix)
+    hints = typing.get_type_hints(cls)
+    for name, value in list(data.items()):
+        tp = _strip_optional(hints.get(name))
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            data[name] = rename_tree(tp, value, f"{prefix}{name}.")
+    return data
+
+
 def apply_override(data: dict, item: str, cls: Optional[type] = None) -> None:
     parts, value = parse_override(item)
+    parts = renamed_path(cls, parts)
     node = data
     for depth, part in enumerate(parts[:-1]):
         if cls is not None:
@@ -145,6 +203,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(f"config error: '{where}' must be a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = _rename_keys(cls, data, prefix)
     for key in data:
         if key not in fields:
             _unknown_key(prefix.rstrip("."), str(key), list(fields))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from coati_ray.config.evaluate import EvaluateStageConfig
-from coati_ray.config.ppo import PPOConfig
+from coati_ray.config.rl import RLConfig
 from coati_ray.config.pretrain import PretrainConfig
 from coati_ray.config.checks import _fail, _require_model_dir
 from coati_ray.config.schema import JobConfig, RMConfig, SFTConfig, opt, required
@@ -27,7 +27,7 @@ from coati_ray.errors import ConfigError
 STAGES = ("expand_vocab", "pretrain", "sft", "rm", "ppo")
 # (section, key path) -> which stage's final checkpoint it is set to
 CHAINED = {("rm", "model", "path"): "sft", ("ppo", "actor", "path"): "sft",
-           ("ppo", "critic", "path"): "rm", ("ppo", "reward", "path"): "rm"}
+           ("ppo", "critic", "path"): "rm", ("ppo", "reward_model", "path"): "rm"}
 PLACEHOLDER = "<set by the pipeline>"
 
 
@@ -94,7 +94,7 @@ class PipelineConfig(JobConfig):
     sft: SFTConfig = opt(None, "stage 1 (keys of configs/sft_*.yaml, minus output_dir)")
     rm: Optional[RMConfig] = opt(None, "stage 2 (keys of configs/rm_*.yaml, minus output_dir and model.path); leave it "
                                        "out for RLVR (rewards from ppo.rewards.function / http_url)")
-    ppo: PPOConfig = opt(None, "stage 3 (keys of configs/ppo_*.yaml, minus output_dir and actor/critic/reward paths)")
+    ppo: RLConfig = opt(None, "stage 3 (keys of configs/ppo_*.yaml, minus output_dir and actor/critic/reward paths)")
     evaluate: Optional[EvaluateStageConfig] = opt(None, "lm-evaluation-harness tasks run on the base model and after "
                                                         "stages (keys tasks, after, include_path, limit); the report "
                                                         "gets a before/after table")
@@ -114,7 +114,7 @@ class PipelineConfig(JobConfig):
         return os.path.join(self.output_dir, "prepared")
 
     def links(self) -> dict:
-        return chained(self.rm is not None, self.ppo.algorithm.needs_critic, self.expand_vocab is not None,
+        return chained(self.rm is not None, self.ppo.estimator.needs_critic, self.expand_vocab is not None,
                        self.pretrain is not None)
 
     def base_model(self) -> tuple[str, Optional[str]]:
@@ -135,7 +135,7 @@ class PipelineConfig(JobConfig):
             self.expand_vocab.validate()
         for stage in ("pretrain", "sft", "rm", "ppo"):
             cfg = getattr(self, stage)
-            for name in ("model", "actor", "critic", "reward"):
+            for name in ("model", "actor", "critic", "reward_model"):
                 model = getattr(cfg, name, None) if cfg is not None else None
                 if not isinstance(model, ModelConfig):
                     continue
@@ -175,7 +175,7 @@ class PipelineConfig(JobConfig):
             self.rm.strategy.seed = self.seed
         for role in self.ppo.roles:
             getattr(self.ppo, f"{role}_trainer").strategy.seed = self.seed
-        self.ppo.ppo.seed = self.seed
+        self.ppo.algorithm.seed = self.seed
 
     def validate(self) -> None:
         """Every stage's checks, now: later stages are checked against the SFT base model, whose
@@ -221,14 +221,15 @@ def prepare_pipeline_dict(data: dict) -> None:
             raise ConfigError(f"config error: {stage}.output_dir is set by the pipeline (<output_dir>/{stage}); "
                               "remove it and set the top-level output_dir or --output-dir")
     ppo = data.get("ppo") if isinstance(data.get("ppo"), dict) else {}
-    estimator = (ppo.get("ppo") or {}).get("advantage_estimator", "gae") if isinstance(ppo.get("ppo"), dict) else "gae"
+    algo = ppo.get("algorithm", ppo.get("ppo"))  # ppo.ppo: the section's name before it was algorithm
+    estimator = algo.get("advantage_estimator", "gae") if isinstance(algo, dict) else "gae"
     from coati_ray.algo.advantages import algorithm
 
     try:
         needs_critic = algorithm(estimator).needs_critic
     except KeyError as e:  # one line now: the stages' links below would need the estimator's spec
         problem, fix = str(e.args[0]).split("; ", 1)
-        raise ConfigError(f"config error: ppo.ppo.advantage_estimator: {problem}; {fix}") from None
+        raise ConfigError(f"config error: ppo.algorithm.advantage_estimator: {problem}; {fix}") from None
     links = chained(isinstance(data.get("rm"), dict), needs_critic, isinstance(data.get("expand_vocab"), dict),
                     isinstance(data.get("pretrain"), dict))
     pretrain = data.get("pretrain")

@@ -14,7 +14,7 @@ from coati_ray.config.schema import opt
 class RewardSourceSpec:
     """One training reward source of `rewards.sources`."""
 
-    kind: str = opt("model", "model (the reward model of reward.path), function, http, or 'module:factory' of your "
+    kind: str = opt("model", "model (the reward model of reward_model.path), function, http, or 'module:factory' of your "
                              "own: factory(**options) -> callable(prompts, responses, rows) -> list of numbers")
     weight: float = opt(1.0, "its weight in the training reward")
     name: Optional[str] = opt(None, "metrics name reward/<name> (default: the kind; a second of a kind gets _2)")
@@ -31,7 +31,7 @@ class RewardSourceSpec:
 
     def validate(self, key: str, has_reward_model: bool) -> None:
         if self.kind == "model" and not has_reward_model:
-            _fail(f"{key}.kind", "model needs the reward model", "set reward.path, or use another kind")
+            _fail(f"{key}.kind", "model needs the reward model", "set reward_model.path, or use another kind")
         if self.kind == "function":
             if not self.function:
                 _fail(f"{key}.function", "kind function needs 'module:function'", "e.g. coati_ray.tasks.sorting:reward")
@@ -74,7 +74,7 @@ class RewardSourcesConfig:
     """Where the training reward comes from: weighted sum of the reward model, a Python function and an
     HTTP service (any of them). The gold scorer (data.gold_task) only judges and is never one of these."""
 
-    model_weight: float = opt(1.0, "weight of the reward model's score (used when reward.path is set)")
+    model_weight: float = opt(1.0, "weight of the reward model's score (used when reward_model.path is set)")
     function: Optional[str] = opt(None, "'module:function' called as function(prompts, responses, rows) -> list "
                                         "of floats, e.g. coati_ray.tasks.sorting:reward")
     function_weight: float = opt(1.0, "weight of the function's rewards")
@@ -113,8 +113,8 @@ class RewardSourcesConfig:
             self._validate_sources(has_reward_model, key)
             return
         if not (has_reward_model or self.function or self.http_url or has_environment):
-            _fail(key, "no training reward: no reward model (reward.path), function or http_url",
-                  f"set reward.path, {key}.function (e.g. coati_ray.tasks.sorting:reward) or {key}.http_url")
+            _fail(key, "no training reward: no reward model (reward_model.path), function or http_url",
+                  f"set reward_model.path, {key}.function (e.g. coati_ray.tasks.sorting:reward) or {key}.http_url")
         if self.function:
             from coati_ray.experience.reward_sources import check_reward_function
 
@@ -138,8 +138,8 @@ class RewardSourcesConfig:
                   f"list every source in {key}.sources (e.g. {{kind: function, function: ..., weight: 1.0}})")
         kinds = [spec.kind for spec in self.sources]
         if has_reward_model and "model" not in kinds:
-            _fail(f"{key}.sources", "reward.path is set but no source has kind: model",
-                  "add {kind: model, weight: 1.0}, or remove reward.path")
+            _fail(f"{key}.sources", "reward_model.path is set but no source has kind: model",
+                  "add {kind: model, weight: 1.0}, or remove reward_model.path")
         for i, spec in enumerate(self.sources):
             spec.validate(f"{key}.sources[{i}]", has_reward_model)
 

@@ -1,5 +1,5 @@
 """Configuration of a PPO job's Ray runtime: the experience makers, the replay buffer, the weight sync and the
-watchdog (the PPO maths and data are in coati_ray/config/ppo.py)."""
+watchdog (the PPO maths and data are in coati_ray/config/rl.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class MakerConfig:
     """Experience makers: each holds actor, initial, reward and critic models."""
 
     num_makers: int = opt(2, "experience-maker actors (independent of the trainer groups)")
-    batch_size: int = opt(4, "samples per maker batch (one buffer item): batch_size / ppo.n_samples_per_prompt "
+    batch_size: int = opt(4, "samples per maker batch (one buffer item): batch_size / algorithm.n_samples_per_prompt "
                              "prompts, each sampled n times")
     num_cpus: float = opt(0.5, "CPUs per maker")
     num_gpus: float = opt(0.0, "GPUs per maker (fractions colocate with trainers)")
@@ -31,7 +31,7 @@ class MakerConfig:
                 "on with the others (its batches are made by them)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "inference dtype of every maker model; auto: what each trainer group computes in (its "
-                "precision on zero2/gemini, else its model.dtype) and reward.dtype for the reward model")
+                "precision on zero2/gemini, else its model.dtype) and reward_model.dtype for the reward model")
     start_timeout_s: float = opt(120.0, "a maker not scheduled and ready within this many seconds ends the run "
                                         "with one line")
 
@@ -73,7 +73,7 @@ class SyncConfig:
     timeout_s: float = opt(120.0, "a collective sync (or its group forming) that does not finish in time ends "
                                   "the run with one line naming the peer that did not join")
 
-    def validate(self, key: str = "sync") -> None:
+    def validate(self, key: str = "weight_sync") -> None:
         from coati_ray.seams import TRANSPORTS
 
         TRANSPORTS.check(self.transport, f"{key}.transport")  # the driver checks the class, before Ray starts

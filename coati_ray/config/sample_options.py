@@ -1,5 +1,5 @@
-"""Checks of the PPO options that change how much work a sample costs (ppo.micro_batch_tokens, ppo.filter_groups,
-ppo.overlong_*), kept apart from the config's fields: some read the models' configs, all run before Ray starts."""
+"""Checks of the PPO options that change how much work a sample costs (algorithm.micro_batch_tokens, algorithm.filter_groups,
+algorithm.overlong_*), kept apart from the config's fields: some read the models' configs, all run before Ray starts."""
 
 from __future__ import annotations
 
@@ -7,27 +7,27 @@ from coati_ray.config.checks import _fail
 
 
 def check_sample_options(cfg) -> None:
-    """One line for a packing, dynamic-sampling or overlong setting this PPOConfig `cfg` cannot run."""
-    p = cfg.ppo
+    """One line for a packing, dynamic-sampling or overlong setting this RLConfig `cfg` cannot run."""
+    p = cfg.algorithm
     if p.micro_batch_tokens is not None:
         if p.micro_batch_tokens < 1:
-            _fail("ppo.micro_batch_tokens", f"must be >= 1, got {p.micro_batch_tokens}", "e.g. 4096, or null")
-        check_packable(cfg, "ppo.micro_batch_tokens")
+            _fail("algorithm.micro_batch_tokens", f"must be >= 1, got {p.micro_batch_tokens}", "e.g. 4096, or null")
+        check_packable(cfg, "algorithm.micro_batch_tokens")
         for role in cfg.roles:
             if getattr(cfg, f"{role}_trainer").strategy.name == "3d":
-                _fail("ppo.micro_batch_tokens", "packing is not built for the 3d strategy (its sharded forward "
+                _fail("algorithm.micro_batch_tokens", "packing is not built for the 3d strategy (its sharded forward "
                       "builds its own masks)", f"unset it, or use another {role}_trainer.strategy.name")
     if p.filter_groups:
-        if not cfg.algorithm.group_relative or p.n_samples_per_prompt < 2:
-            _fail("ppo.filter_groups", f"needs a group-relative estimator with n_samples_per_prompt >= 2 "
+        if not cfg.estimator.group_relative or p.n_samples_per_prompt < 2:
+            _fail("algorithm.filter_groups", f"needs a group-relative estimator with n_samples_per_prompt >= 2 "
                   f"(got {p.advantage_estimator}, {p.n_samples_per_prompt})",
                   "use grpo, dr_grpo or rloo with n_samples_per_prompt >= 2, or unset it")
         if p.max_sampling_rounds < 1:
-            _fail("ppo.max_sampling_rounds", f"must be >= 1, got {p.max_sampling_rounds}", "e.g. 3")
+            _fail("algorithm.max_sampling_rounds", f"must be >= 1, got {p.max_sampling_rounds}", "e.g. 3")
     if p.overlong_penalty < 0:
-        _fail("ppo.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
+        _fail("algorithm.overlong_penalty", f"must be >= 0, got {p.overlong_penalty}", "e.g. 1.0, or 0 for off")
     if p.overlong_buffer is not None and not 1 <= p.overlong_buffer <= cfg.generation.max_new_tokens:
-        _fail("ppo.overlong_buffer", f"must be in [1, generation.max_new_tokens={cfg.generation.max_new_tokens}]"
+        _fail("algorithm.overlong_buffer", f"must be in [1, generation.max_new_tokens={cfg.generation.max_new_tokens}]"
               f", got {p.overlong_buffer}", "e.g. a fifth of max_new_tokens, or null for that")
 
 
@@ -35,11 +35,11 @@ def check_packable(cfg, key: str) -> None:
     """Packing needs a family whose attention takes a 4D mask and position ids (models/packing.py)."""
     for role in ("actor", "critic"):
         model = getattr(cfg, role)
-        if model is None or (role == "critic" and not cfg.algorithm.needs_critic):
+        if model is None or (role == "critic" and not cfg.estimator.needs_critic):
             continue
         check_model_packable(key, f"{role}.path", model, cfg.data.max_prompt_length + cfg.response_tokens,
                              getattr(cfg, f"{role}_trainer").resources.num_gpus_per_rank > 0,
-                             f"unset {key} (padded micro-batches of ppo.micro_batch_size)",
+                             f"unset {key} (padded micro-batches of algorithm.micro_batch_size)",
                              f"{role}.use_flash_attn=true")
 
 

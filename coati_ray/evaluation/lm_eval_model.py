@@ -8,7 +8,7 @@ a reply's first token carries (the template's `reply_lead`), whatever delimiter 
 are generated with the training generator and stop at the template's end-of-turn token or the task's `until`.
 `chat=False` scores and continues the raw text instead (a base model, a task written for one).
 
-The model loads as launch.generate loads it (coati_ray.generation.Policy: LoRA adapters, int8/int4, hub ids
+The model loads as launch.generate loads it (coati_ray.inference.Policy: LoRA adapters, int8/int4, hub ids
 pinned), or wraps a Policy already in memory (the pipeline's evaluation after each stage).
 """
 
@@ -36,7 +36,7 @@ class CoatiLM(LM):
         if policy is None:
             from coati_ray.config import load_config
             from coati_ray.config.generate import GenerateConfig
-            from coati_ray.generation import Policy
+            from coati_ray.inference import Policy
 
             overrides = [f"model={pretrained}", f"quantize={quantize}", f"chat_template={chat_template}"]
             overrides += [f"lora={lora}"] if lora else []
@@ -140,7 +140,7 @@ class CoatiLM(LM):
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from coati_ray.config.ppo import GenerationConfig
+        from coati_ray.config.rl import GenerationConfig
         from coati_ray.data.datasets import collate_prompts
         from coati_ray.evaluation.policy import decode_responses
 

@@ -1,7 +1,7 @@
 """Judging a policy on held-out prompts: gold score, reward-model score and KL to the initial policy.
 
 No Ray here: the pipeline calls it in-process on checkpoints, and the maker actor calls it on its
-live models for `ppo.eval_every`. Sampling is seeded per batch, so two policies are compared on
+live models for `algorithm.eval_every`. Sampling is seeded per batch, so two policies are compared on
 the same prompts with the same random stream.
 """
 

@@ -14,7 +14,7 @@ class Experience:
 
     sequences, attention_mask: (B, T); action_mask, action_log_probs, ref_log_probs, advantages,
     kl: (B, A) (action_log_probs and kl None when the trainer's first forward stands for the behaviour
-    policy: PPOConfig.trainer_log_probs_are_behaviour); values, returns: (B, A) only when the estimator
+    policy: RLConfig.trainer_log_probs_are_behaviour); values, returns: (B, A) only when the estimator
     uses a critic (else None); reward
     (the training reward, all sources weighted): (B,); group_index (B,): the prompt group of each sample
     (`group_indices`), so a filter or a group-relative estimator never has to infer groups from row order. `version` is the policy version that generated
@@ -31,7 +31,7 @@ class Experience:
     values: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
     ref_log_probs: Optional[torch.Tensor] = None
-    behaviour_weights: Optional[torch.Tensor] = None  # set by the trainer (ppo.behaviour_correction), never a maker
+    behaviour_weights: Optional[torch.Tensor] = None  # set by the trainer (algorithm.behaviour_correction), never a maker
     group_index: Optional[torch.Tensor] = None  # (B,) long: each sample's prompt group, unique within the run
     version: int = 0
     maker: int = 0

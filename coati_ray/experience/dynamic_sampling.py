@@ -1,9 +1,9 @@
-"""DAPO's dynamic sampling (`ppo.filter_groups`): groups whose samples all got the same reward carry no signal
+"""DAPO's dynamic sampling (`algorithm.filter_groups`): groups whose samples all got the same reward carry no signal
 for a group-relative estimator (every advantage is 0), so a maker drops them and samples more prompts until
 its batch is full again.
 
 The batch keeps its size, so the driver's tickets, the buffer's accounting and async staleness are untouched:
-the driver sends each batch its prompts and `ppo.max_sampling_rounds - 1` spare rounds of prompts (drawn from
+the driver sends each batch its prompts and `algorithm.max_sampling_rounds - 1` spare rounds of prompts (drawn from
 the ticket alone, so a remade batch samples the same spares); the maker uses spare rounds only while kept
 groups are short. After the last round a batch still short is filled with dropped groups (their advantages
 are 0: they cost compute, not correctness) and `experience/flat_groups_kept` says how many.

@@ -34,18 +34,18 @@ class ExperienceModels:
 
 
 def build_experience_models(cfg, device=None) -> ExperienceModels:
-    """The models a maker holds for PPOConfig `cfg`: actor and initial always, the reward model when
+    """The models a maker holds for RLConfig `cfg`: actor and initial always, the reward model when
     `reward` is set, the critic when the estimator needs one. Each in its maker dtype
-    (`cfg.maker_dtype`), frozen, in eval mode, with dropout off unless `ppo.disable_dropout` is false."""
+    (`cfg.maker_dtype`), frozen, in eval mode, with dropout off unless `algorithm.disable_dropout` is false."""
     import dataclasses
 
     from coati_ray.models import build_actor, build_critic
 
     actor = _frozen(cfg, build_actor(dataclasses.replace(cfg.actor, dtype=cfg.maker_dtype("actor"))), device)
     models = build_reference_models(cfg, actor, device)
-    if cfg.algorithm.needs_critic:
+    if cfg.estimator.needs_critic:
         models.critic = _frozen(cfg, build_critic(dataclasses.replace(cfg.critic, dtype=cfg.maker_dtype("critic")),
-                                                  head_seed=cfg.ppo.seed), device)
+                                                  head_seed=cfg.algorithm.seed), device)
     return models
 
 
@@ -61,8 +61,8 @@ def build_reference_models(cfg, actor: torch.nn.Module, device=None) -> Experien
     initial = Actor.from_pretrained(cfg.actor.local_path, cfg.maker_dtype("actor"), cfg.actor.trust_remote_code,
                                     quantize=cfg.actor.quantize)
     models = ExperienceModels(actor=actor, initial=_frozen(cfg, initial, device))
-    if cfg.reward is not None:
-        models.reward = _frozen(cfg, build_reward_model(dataclasses.replace(cfg.reward, dtype=cfg.maker_dtype("reward")),
+    if cfg.reward_model is not None:
+        models.reward = _frozen(cfg, build_reward_model(dataclasses.replace(cfg.reward_model, dtype=cfg.maker_dtype("reward")),
                                                         require_head=True), device)
     return models
 
@@ -71,7 +71,7 @@ def _frozen(cfg, model: torch.nn.Module, device) -> torch.nn.Module:
     from coati_ray.models.dropout import disable_dropout
 
     model.to(device or "cpu").eval().requires_grad_(False)
-    if cfg.ppo.disable_dropout:
+    if cfg.algorithm.disable_dropout:
         disable_dropout(model)
     return model
 
@@ -125,7 +125,7 @@ def make_experience(models: ExperienceModels, tokenizer, items: list[dict], gen,
                     behaviour_log_probs: bool = True, episodes=None) -> tuple[Experience, dict]:
     """Prompt items (`input_ids`, `prompt`, `row`) -> (Experience, statistics with timings under stable names).
 
-    Each prompt is sampled `ppo.n_samples_per_prompt` times; its samples are consecutive rows, so a
+    Each prompt is sampled `algorithm.n_samples_per_prompt` times; its samples are consecutive rows, so a
     group-relative estimator sees whole groups. `rewards` is a RewardSources (default: the reward model).
     `behaviour_log_probs=False` skips the actor's log-prob pass (the trainer's first forward stands for it;
     only valid when nothing here needs them: no KL in the reward). `episodes` (an EpisodeRunner, for
@@ -161,7 +161,7 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
 
     n = ppo.n_samples_per_prompt
     if rewards is None:
-        from coati_ray.config.ppo import RewardSourcesConfig
+        from coati_ray.config.rl import RewardSourcesConfig
         from coati_ray.config import from_dict
 
         rewards = RewardSources(from_dict(RewardSourcesConfig, {}), models.reward)
@@ -259,7 +259,7 @@ def _say_backend_limit(gen, limit: int) -> None:
 
 def token_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, ppo) -> torch.Tensor:
     """(B, A) per-token KL to the initial policy, the one the penalty uses: Coati's (e^r - 1) - r for
-    kl_penalty=sequence, else ppo.kl_estimator's."""
+    kl_penalty=sequence, else algorithm.kl_estimator's."""
     if ppo.kl_penalty == "sequence":
         return coati_token_kl(log_probs, ref_log_probs)
     return kl_estimate(log_probs, ref_log_probs, ppo.kl_estimator)

@@ -12,7 +12,7 @@ class PromptStream:
     order of each epoch is computed once."""
 
     def __init__(self, items: list[dict], batch_size: int, seed: int, position: int = 0, spare_rounds: int = 0):
-        """`spare_rounds`: each batch also carries that many rounds of spare prompts (ppo.filter_groups), drawn
+        """`spare_rounds`: each batch also carries that many rounds of spare prompts (algorithm.filter_groups), drawn
         from the batch id alone and never advancing the stream."""
         self.items, self.batch_size, self.seed, self.position = items, batch_size, seed, position
         self.spare_rounds = spare_rounds

@@ -4,7 +4,7 @@
     scores, parts = rewards(sequences, mask, prompts, responses, rows)
 
 `rewards.sources` lists them (`[{kind, weight, ...}]`, any number of each kind); the older keys
-(`rewards.function`, `rewards.http_url`, the reward model of `reward.path`) are shorthand for that list.
+(`rewards.function`, `rewards.http_url`, the reward model of `reward_model.path`) are shorthand for that list.
 Each kind is registered in `REWARD_KINDS` (`register_reward_kind`), or named as `module:factory` of the
 user's own (docs/extending.md). A function is `module:function(prompts, responses, rows) -> list[float]`:
 prompts and responses are texts, rows the prompt data rows (every field of the prompt file, e.g. a
@@ -61,7 +61,7 @@ class RewardSource:
 
 def _model_source(spec, key: str, reward_model) -> RewardSource:
     if reward_model is None:
-        raise ConfigError(f"config error: {key}.kind=model needs the reward model; set reward.path")
+        raise ConfigError(f"config error: {key}.kind=model needs the reward model; set reward_model.path")
     return RewardSource("", spec.weight, lambda seqs, mask, *texts: reward_model(seqs, mask).float().cpu(),
                         needs_text=False, shown="the reward model", checked=False)
 

@@ -47,7 +47,7 @@ def inference_mode(models: list):
 
 class RolloutWorker:
     def __init__(self, cfg, models: ExperienceModels, tokenizer, rewards, device: torch.device, index: int):
-        """`cfg` a PPOConfig; `rewards` a RewardSources; `index` names the worker in each Experience (`maker`)."""
+        """`cfg` a RLConfig; `rewards` a RewardSources; `index` names the worker in each Experience (`maker`)."""
         from coati_ray.utils.flops import num_params
 
         self.cfg, self.models, self.tokenizer, self.rewards = cfg, models, tokenizer, rewards
@@ -68,7 +68,7 @@ class RolloutWorker:
         from coati_ray.trainers.ppo import peak_device_memory_gb
         from coati_ray.utils.flops import experience_flops
 
-        cfg, p = self.cfg, self.cfg.ppo
+        cfg, p = self.cfg, self.cfg.algorithm
         kwargs = dict(version=version, maker=self.index, batch_id=batch_id, device=self.device,
                       behaviour_log_probs=not cfg.trainer_log_probs_are_behaviour, episodes=self.episodes)
         t0 = time.perf_counter()

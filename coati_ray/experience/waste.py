@@ -1,5 +1,5 @@
 """What the two work-cutting options would remove from a batch, measured on the batch itself: a user reads in
-the metrics whether `generation.backend: compact` and `ppo.micro_batch_tokens` have anything to cut.
+the metrics whether `generation.backend: compact` and `algorithm.micro_batch_tokens` have anything to cut.
 
 Shapes: B = batch, T = sequence positions (prompt + response).
 """
@@ -22,7 +22,7 @@ def finished_row_fraction(lengths: torch.Tensor) -> float:
 
 def padding_fraction(mask: torch.Tensor) -> float:
     """mask: (B, T) 1 for a real token, 0 for padding -> the share of positions that are padding. A padded
-    forward or update over this batch computes them all; packed micro-batches (`ppo.micro_batch_tokens`)
+    forward or update over this batch computes them all; packed micro-batches (`algorithm.micro_batch_tokens`)
     compute only the real ones, so this is what packing can remove from that batch (the trainers report it
     for the merged batches they train on: `<role>/padding_fraction`)."""
     return 1.0 - float(mask.float().mean()) if mask.numel() else 0.0

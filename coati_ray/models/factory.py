@@ -71,7 +71,7 @@ def build_reward_model(cfg: ModelConfig, checkpoint: Optional[str] = None, requi
 
 
 def build_critic(cfg: ModelConfig, checkpoint: Optional[str] = None, head_seed: Optional[int] = None) -> Critic:
-    """A PPO critic; its trainer and makers pass the same `head_seed` (ppo.seed), so a critic.path without a
+    """A PPO critic; its trainer and makers pass the same `head_seed` (algorithm.seed), so a critic.path without a
     value head starts with the same fresh head everywhere, before any weight sync."""
     return build_value_model(Critic, cfg, checkpoint, head_seed=head_seed)  # type: ignore[return-value]
 

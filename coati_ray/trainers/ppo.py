@@ -3,7 +3,7 @@ the clipped value loss for the critic (gae only).
 
 Each rank receives its shard of a rollout batch; per PPO epoch the shard is shuffled and cut into
 mini-batches of train_batch_size / num_ranks samples, each one optimiser step accumulated over
-micro-batches. Every loss is aggregated over the whole mini-batch of all ranks (`ppo.loss_agg`,
+micro-batches. Every loss is aggregated over the whole mini-batch of all ranks (`algorithm.loss_agg`,
 coati_ray/algo/loss_agg.py), so micro-batch size and rank count do not change it. Ray-free: an actor in `actors/` builds one of these and calls `train(shard)`.
 """
 
@@ -61,7 +61,7 @@ class PPOGroupTrainer:
 
     def micro_batches(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> list:
         """A mini-batch's samples `idx` (this rank's) cut into micro-batches: `micro_batch_size` samples each,
-        or, with `ppo.micro_batch_tokens`, at most that many real tokens each (packed by the model), in as many
+        or, with `algorithm.micro_batch_tokens`, at most that many real tokens each (packed by the model), in as many
         micro-batches on every rank (one gradient all-reduce per optimiser step, wherever it falls)."""
         budget = self.ppo.micro_batch_tokens
         if budget is None:
@@ -113,7 +113,7 @@ class PPOGroupTrainer:
         totals = self.strategy.all_reduce_sum([sums[k] for k in keys] + [float(shard.attention_mask.numel()), count,
                                                                          float(shard.attention_mask.sum())])
         out = {f"{self.role}/{k}": totals[i] / max(totals[-2], 1) for i, k in enumerate(keys)}
-        # the share of the trained batch's positions that are padding: what ppo.micro_batch_tokens removes
+        # the share of the trained batch's positions that are padding: what algorithm.micro_batch_tokens removes
         out[f"{self.role}/padding_fraction"] = 1.0 - totals[-1] / max(totals[-3], 1.0)
         elapsed = time.perf_counter() - t0
         out[f"timing/update_{self.role}"] = elapsed
@@ -141,7 +141,7 @@ class PolicyTrainer(PPOGroupTrainer):
     def prepare_shard(self, shard: Experience) -> Experience:
         """Whiten advantages over the group's whole rollout batch: every rank all-reduces its sums, so
         N ranks holding 1/N of the batch each normalise exactly as one rank holding all of it. With
-        ppo.behaviour_correction, the old log-probs become the trainer's own and each token gets its
+        algorithm.behaviour_correction, the old log-probs become the trainer's own and each token gets its
         importance weight against the maker's (coati_ray/algo/behaviour.py)."""
         if self.whiten:
             moments = self.strategy.all_reduce_sum(masked_moments(shard.advantages, shard.action_mask))
@@ -233,19 +233,19 @@ class ValueTrainer(PPOGroupTrainer):
 
 
 def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = None) -> PPOGroupTrainer:
-    """The update of trainer group `role` ('actor' or 'critic') of PPOConfig `cfg` on a Strategy that has
+    """The update of trainer group `role` ('actor' or 'critic') of RLConfig `cfg` on a Strategy that has
     joined its world: the model (from `checkpoint` when resuming), dropout off unless
-    `ppo.disable_dropout` is false, the PPO-ptx data, and the sampler's temperature for the ratio."""
+    `algorithm.disable_dropout` is false, the PPO-ptx data, and the sampler's temperature for the ratio."""
     from coati_ray.models import build_actor, build_critic
     from coati_ray.models.loading import tokenizer_for
     from coati_ray.models.dropout import disable_dropout
 
-    p = cfg.ppo
+    p = cfg.algorithm
     group_cfg = getattr(cfg, f"{role}_trainer")
     if role == "actor":
         model = build_actor(cfg.actor, checkpoint=checkpoint)
     else:
-        model = build_critic(cfg.critic, checkpoint=checkpoint, head_seed=cfg.ppo.seed)
+        model = build_critic(cfg.critic, checkpoint=checkpoint, head_seed=cfg.algorithm.seed)
     if p.disable_dropout:
         disable_dropout(model)
     aggregation = {"loss_agg": cfg.loss_agg(), "max_tokens": cfg.response_tokens}

@@ -12,7 +12,7 @@
 # in the order to run them:
 #   diagnose_gemini     Gemini at opt-1.3b, lr 0 (a collapse there is the export or the sync) then 1e-6: 6 steps,
 #                       each step's KL, response length, grad norm, maker-trainer log-prob gap
-#                       (ppo.behaviour_correction=measure) and the weights' max |delta| trainer-maker and
+#                       (algorithm.behaviour_correction=measure) and the weights' max |delta| trainer-maker and
 #                       step to step (0 at lr 0; bf16 steps only at 1e-6: gpu_ppo.WeightWatch)
 #                       -> diagnose_gemini_lr*.json
 #   colocated           opt-1.3b ZeRO-2 bf16 colocated, then TRL bf16; 8 steps -> colocated.json
@@ -82,13 +82,13 @@ print('HybridAdam kernels loaded')" 2>&1 | tail -20 | tee "$OUT/kernels.txt"
     diagnose_gemini)
       for lr in 0 1e-6; do
         timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_gemini --steps 6 --per-step \
-          --set actor_trainer.optim.lr=$lr ppo.behaviour_correction=measure --tag lr$lr --section gpu_diagnose_lr$lr \
+          --set actor_trainer.optim.lr=$lr algorithm.behaviour_correction=measure --tag lr$lr --section gpu_diagnose_lr$lr \
           --out "$OUT/diagnose_gemini_lr$lr.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -4
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
       done ;;
     diagnose_zero2)
       timeout -k 10 "$(left)" python3 -m benchmarks.gpu_ppo --sizes opt-1.3b --repeats 1 --strategies colossalai_zero2 --steps 6 --per-step \
-        --set actor_trainer.optim.lr=1e-6 ppo.behaviour_correction=measure --tag lr1e-6 --section gpu_diagnose_zero2 \
+        --set actor_trainer.optim.lr=1e-6 algorithm.behaviour_correction=measure --tag lr1e-6 --section gpu_diagnose_zero2 \
         --out "$OUT/diagnose_zero2.json" 2>&1 | grep -v "warn" | tee -a "$OUT/diagnose.log" | tail -4
       status=${PIPESTATUS[0]} ;;
     colocated)

@@ -19,7 +19,7 @@ SHARED_GPU = ["actor_trainer.strategy.name=colossalai_zero2", "actor_trainer.str
               "critic_trainer.strategy.name=colossalai_gemini", "critic_trainer.strategy.precision=bf16",
               "actor_trainer.resources.num_ranks=1", "actor_trainer.resources.num_gpus_per_rank=0.3",
               "critic_trainer.resources.num_gpus_per_rank=0.3", "maker.num_makers=1", "maker.num_gpus=0.3",
-              "maker.dtype=bfloat16", "ppo.max_steps=3"]
+              "maker.dtype=bfloat16", "algorithm.max_steps=3"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def gpu_ray():
 
 
 def run_and_compare(cfg) -> tuple[list, dict]:
-    from actors.driver import PPOJob
+    from actors.driver import RLJob
 
     rows, seen = [], {}
 
@@ -42,14 +42,14 @@ def run_and_compare(cfg) -> tuple[list, dict]:
                       "actor": ray.get(job.groups["actor"][0].weights.remote()),
                       "critic": ray.get(job.groups["critic"][0].weights.remote())}
 
-    PPOJob(cfg).run(on_step=after_step)
+    RLJob(cfg).run(on_step=after_step)
     return rows, seen
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_zero2_actor_and_gemini_critic_share_one_gpu_with_a_bf16_maker(gpu_ray, tiny_llama, reward_dir, tmp_path,
                                                                       transport):
-    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / transport, *SHARED_GPU, f"sync.transport={transport}")
+    cfg = ppo_config(tiny_llama, reward_dir, tmp_path / transport, *SHARED_GPU, f"weight_sync.transport={transport}")
     rows, seen = run_and_compare(cfg)
     assert [r["version"] for r in rows] == [1, 2, 3]
     assert all(r["memory/actor_peak_gb"] > 0 and r["memory/critic_peak_gb"] > 0 for r in rows)
@@ -84,8 +84,8 @@ def test_nccl_collective_sync_is_bit_equal_to_the_object_store_path(gpu_ray, tin
              for o in SHARED_GPU]
     results = {}
     for transport in ("object_store", "collective"):
-        cfg = ppo_config(tiny_llama, reward_dir, tmp_path / transport, *whole, f"sync.transport={transport}",
-                         "sync.backend=nccl" if transport == "collective" else "sync.backend=auto")
+        cfg = ppo_config(tiny_llama, reward_dir, tmp_path / transport, *whole, f"weight_sync.transport={transport}",
+                         "weight_sync.backend=nccl" if transport == "collective" else "weight_sync.backend=auto")
         results[transport] = run_and_compare(cfg)[1]
     for step in results["object_store"]:
         a, b = results["object_store"][step]["maker"], results["collective"][step]["maker"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from coati_ray.config.checks import _fail, _require_data, check_chat_template
 from coati_ray.config.rollout import RolloutConfig
@@ -19,7 +19,7 @@ class PromptDataConfig:
 
     prompt_path: str = opt("data/prompts/train.jsonl", "prompts: `prompt`, `instruction` or `messages` rows in a local "
                                                        "file (.jsonl/.json/.csv/.parquet/.arrow) or a hub dataset name")
-    eval_prompt_path: Optional[str] = opt(None, "held-out prompts scored every ppo.eval_every steps (eval/* metrics)")
+    eval_prompt_path: Optional[str] = opt(None, "held-out prompts scored every algorithm.eval_every steps (eval/* metrics)")
     revision: Optional[str] = opt(None, "hub datasets: revision of prompt_path (branch, tag or commit; null: main); "
                                         "the driver pins it to the commit it resolves, which every maker and rank "
                                         "loads and config.yaml keeps")
@@ -43,7 +43,7 @@ class PromptDataConfig:
     eval_max_samples: Optional[int] = opt(None, "use at most this many held-out prompts")
     gold_task: Optional[str] = opt(None, "programmatic gold scorer that judges held-out answers (e.g. 'sorting'); "
                                          "never used for training")
-    ptx_path: Optional[str] = opt(None, "SFT-layout data for the PPO-ptx loss (needs ppo.ptx_coef > 0); a hub name "
+    ptx_path: Optional[str] = opt(None, "SFT-layout data for the PPO-ptx loss (needs algorithm.ptx_coef > 0); a hub name "
                                         "reads its train split")
     format: Literal["auto", "prompt", "instruction", "messages"] = opt("auto", "prompt row layout")
     max_prompt_length: int = opt(64, "prompt tokens kept (from the right: the assistant prefix must stay)")
@@ -129,7 +129,7 @@ class GenerationConfig:
 
 
 @dataclass
-class PPOAlgoConfig:
+class AlgorithmConfig:
     """The PPO update and its rewards."""
 
     mode: Literal["sync", "async"] = opt("sync", "sync: on-policy; async: makers run ahead by <= max_staleness versions")
@@ -221,19 +221,24 @@ class TrainerGroupConfig:
 
 
 @dataclass
-class PPOConfig(JobConfig):
-    """Stage 3: PPO with a KL penalty (and optional PPO-ptx): makers, trainer groups and a replay buffer on Ray."""
+class RLConfig(JobConfig):
+    """Stage 3 (Coati's "PPO" stage, the pipeline's `ppo:`): reinforcement learning of the policy, PPO with a KL
+    penalty (and optional PPO-ptx), GRPO and the other estimators of `algorithm.advantage_estimator`: makers,
+    trainer groups and a replay buffer on Ray."""
+
+    # keys renamed since configs were written: read under their new names, said once (docs/concepts.md)
+    RENAMES: ClassVar[dict] = {"ppo": "algorithm", "reward": "reward_model", "sync": "weight_sync"}
 
     output_dir: str = opt("runs/ppo", "run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/")
     actor: ModelConfig = opt(None, "the policy to optimise (usually the SFT checkpoint); also the initial policy")
     critic: Optional[ModelConfig] = opt(None, "the critic (usually initialised from the reward model); only for "
-                                              "ppo.advantage_estimator=gae")
-    reward: Optional[ModelConfig] = opt(None, "the frozen reward model (the RM stage's checkpoint); none when "
-                                              "rewards come from a function or HTTP service only")
+                                              "algorithm.advantage_estimator=gae")
+    reward_model: Optional[ModelConfig] = opt(None, "the frozen reward model (the RM stage's checkpoint); none "
+                                                    "when rewards come from a function or HTTP service only")
     rewards: RewardSourcesConfig = opt(None, "training reward sources and their weights")
     data: PromptDataConfig = opt(None, "prompts and PPO-ptx data")
     generation: GenerationConfig = opt(None, "sampling")
-    ppo: PPOAlgoConfig = opt(None, "algorithm")
+    algorithm: AlgorithmConfig = opt(None, "the RL algorithm: estimator, losses, KL, schedule")
     rollout: RolloutConfig = opt(None, "multi-turn episodes in an environment (tools); without one, one response "
                                        "per sample")
     placement: str = opt(
@@ -246,7 +251,7 @@ class PPOConfig(JobConfig):
     colocated: ColocatedConfig = opt(None, "placement: colocated's memory")
     maker: MakerConfig = opt(None, "experience makers (placement: separate)")
     buffer: BufferConfig = opt(None, "replay buffer")
-    sync: SyncConfig = opt(None, "weight sync from the trainers to the makers")
+    weight_sync: SyncConfig = opt(None, "weight sync from the trainers to the makers")
     watchdog: WatchdogConfig = opt(None, "ending a run whose step stopped making progress")
     actor_trainer: TrainerGroupConfig = opt(None, "the actor trainer group")
     critic_trainer: TrainerGroupConfig = opt(None, "the critic trainer group")
@@ -259,21 +264,21 @@ class PPOConfig(JobConfig):
         return placement_of(self.placement)
 
     @property
-    def algorithm(self):
-        """The AlgorithmSpec of ppo.advantage_estimator: which models and trainer groups the job builds."""
+    def estimator(self):
+        """The AlgorithmSpec of algorithm.advantage_estimator: which models and trainer groups the job builds."""
         from coati_ray.algo.advantages import algorithm
 
-        return algorithm(self.ppo.advantage_estimator)
+        return algorithm(self.algorithm.advantage_estimator)
 
     @property
     def roles(self) -> tuple[str, ...]:
         """The trainer groups (and buffer consumer groups) of this job: ('actor', 'critic') or ('actor',)."""
-        return self.algorithm.trainer_roles
+        return self.estimator.trainer_roles
 
     @property
     def prompts_per_batch(self) -> int:
         """Prompts in one maker batch: maker.batch_size samples are n_samples_per_prompt per prompt."""
-        return self.maker.batch_size // self.ppo.n_samples_per_prompt
+        return self.maker.batch_size // self.algorithm.n_samples_per_prompt
 
     @property
     def trainer_log_probs_are_behaviour(self) -> bool:
@@ -281,7 +286,7 @@ class PPOConfig(JobConfig):
         that sampled is exactly the one the trainer's first forward computes, so makers skip their own
         log-prob pass and the trainer takes its detached log-probs as the behaviour's (TRL and verl do the
         same when num_iterations / ppo_epochs is 1). Saves one forward pass per sample."""
-        p = self.ppo
+        p = self.algorithm
         return (p.mode == "sync" and p.ppo_epochs == 1 and p.train_batch_size == p.rollout_batch_size
                 and not p.kl_in_reward and p.behaviour_correction == "none")
 
@@ -292,11 +297,11 @@ class PPOConfig(JobConfig):
         return self.rollout.max_total_tokens if self.rollout.multi_turn else self.generation.max_new_tokens
 
     def whiten(self) -> bool:
-        w = self.ppo.whiten_advantages
-        return self.algorithm.whiten if w is None else w
+        w = self.algorithm.whiten_advantages
+        return self.estimator.whiten if w is None else w
 
     def loss_agg(self) -> str:
-        return self.ppo.loss_agg or self.algorithm.loss_agg
+        return self.algorithm.loss_agg or self.estimator.loss_agg
 
     def validate(self, check_reward_head: bool = True) -> None:
         """`check_reward_head=False` when the reward model is yet to be trained (the pipeline); the checks are
@@ -316,8 +321,8 @@ class PPOConfig(JobConfig):
         """
         if self.maker.dtype != "auto":
             return self.maker.dtype
-        if model == "reward":
-            return self.reward.dtype
+        if model in ("reward", "reward_model"):
+            return self.reward_model.dtype
         key = "critic" if model == "critic" else "actor"
         strategy = getattr(self, f"{key}_trainer").strategy
         if strategy.name.startswith("colossalai") and strategy.precision != "fp32":
