@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ASSETS  := assets/.built
 
-.PHONY: setup assets test test-slow demo demo-rlvr demo-tools serve evaluate sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
+.PHONY: setup assets test test-slow docs demo demo-rlvr demo-tools serve evaluate sft rm pretrain colossal-llama bench soak gpu-stage gpu-check grafana dashboard-screenshot clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -33,6 +33,17 @@ test: setup
 
 test-slow: setup
 	$(VPY) -m pytest -q --durations=30 -m slow tests
+
+# The documentation site: its generated pages checked current (config reference, benchmarks), then built strictly
+# into site/ (a broken link or a page missing from the nav fails). `mkdocs serve` browses it.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(VPY) -m pip install -q -e ".[docs]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VPY) scripts/config_reference.py --check
+	$(VPY) -m mkdocs build --strict --quiet
 
 # The main job on the embedded default: SFT -> RM (from the SFT model, as Coati does) -> PPO, one
 # Ray job, then a report judged by the task's gold score. A rerun starts again (--overwrite).

@@ -1,7 +1,9 @@
-"""Generate the README's config reference from the config dataclasses, so it cannot drift.
+"""The documentation's generated pages, so they cannot drift: the config reference from the config dataclasses
+(docs/reference/config.md) and the benchmark results from benchmarks/RESULTS.md (docs/benchmarks.md, itself
+written from RESULTS.json by `python -m benchmarks.report`).
 
-    python scripts/config_reference.py           # rewrite README.md between the markers
-    python scripts/config_reference.py --check   # exit 1 if README.md is stale
+    python scripts/config_reference.py           # rewrite both pages
+    python scripts/config_reference.py --check   # exit 1 if either is stale (`make docs` and a test run it)
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from coati_ray.config.pipeline import PipelineConfig  # noqa: E402
 from coati_ray.config.rl import RLConfig  # noqa: E402
 from coati_ray.config.serve import ServeConfig  # noqa: E402
 
-START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+CONFIG_PAGE = os.path.join(ROOT, "docs", "reference", "config.md")
+BENCH_PAGE = os.path.join(ROOT, "docs", "benchmarks.md")
+CONFIG_INTRO = """# Config reference
+
+Every key of every launcher's config, generated from the config dataclasses (`coati_ray/config/`) by
+`python scripts/config_reference.py`, so it cannot drift: a test fails when this page is stale. Each key is
+`section.key=value` on the command line or nested YAML in `--config`; `--help-config` on a launcher prints the
+same. Keys renamed since a config was written are read under their new names, said once
+([Concepts: renames](../concepts.md#renames)).
+
+"""
 
 
 def reference() -> str:
@@ -55,19 +67,42 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+def benchmarks_page() -> str:
+    """docs/benchmarks.md: the measured results (benchmarks/RESULTS.md), its links pointed at the repository."""
+    import re
+
+    with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), encoding="utf-8") as f:
+        results = f.read()
+    body = results.split("\n", 1)[1]  # its own title: the page's is below
+    # links relative to benchmarks/ (RESULTS.json, the scripts) point at files, not pages: named as code instead
+    body = re.sub(r"\[([^\]]+)\]\((?!https?://|#)([^)]+)\)",
+                  lambda m: m.group(1) if m.group(1).startswith("`") else f"{m.group(1)} (`benchmarks/{m.group(2)}`)",
+                  body)
+    with open(os.path.join(ROOT, "docs", "benchmarks-overview.md"), encoding="utf-8") as f:
+        overview = f.read()
+    return overview.rstrip("\n") + "\n\n## The measured results\n\n" + re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)
+
+
+def pages() -> dict:
+    return {CONFIG_PAGE: CONFIG_INTRO + reference(), BENCH_PAGE: benchmarks_page()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    path = os.path.join(ROOT, "README.md")
-    text = open(path, encoding="utf-8").read()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{reference()}\n{END}{tail}"
-    if args.check:
-        return 0 if new == text else 1
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
+    stale = []
+    for path, text in pages().items():
+        old = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
+        if old != text:
+            stale.append(os.path.relpath(path, ROOT))
+            if not args.check:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+    if args.check and stale:
+        print(f"stale: {', '.join(stale)}; run python scripts/config_reference.py", file=sys.stderr)
+        return 1
     return 0
 
 

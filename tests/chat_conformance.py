@@ -7,7 +7,7 @@ hand from reading the template: `Expect.reply`) is located in the rendered text,
 tokenizer's offset mapping puts it over one of those character spans. The ids must be the tokenization of the
 whole rendered text.
 
-`results()` runs every check and gives the table docs/chat_templates.md shows (a test keeps the two equal).
+`results()` runs every check and gives the table docs/guides/chat-templates.md shows (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def results(names=None) -> dict[str, dict[str, Cell]]:
 
 
 def table(res: dict) -> str:
-    """The markdown table of docs/chat_templates.md."""
+    """The markdown table of docs/guides/chat-templates.md."""
     from coati_ray.models.tiny_chat import TEMPLATE_FAMILIES, template_sources
 
     lines = ["| family | template source | tokenizer | " + " | ".join(COLUMNS) + " | notes |",
@@ -296,5 +296,5 @@ def table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m tests.chat_conformance: the table docs/chat_templates.md shows
+if __name__ == "__main__":  # python -m tests.chat_conformance: the table docs/guides/chat-templates.md shows
     print(table(results()), end="")

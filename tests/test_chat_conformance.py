@@ -19,8 +19,8 @@ def test_every_stage_trains_what_the_model_generates(name):
 
 
 def test_the_docs_table_is_what_the_suite_finds():
-    """docs/chat_templates.md shows the suite's own results (regenerate: python -m tests.chat_conformance)."""
-    with open(os.path.join(REPO, "docs", "chat_templates.md"), encoding="utf-8") as f:
+    """docs/guides/chat-templates.md shows the suite's own results (regenerate: python -m tests.chat_conformance)."""
+    with open(os.path.join(REPO, "docs", "guides", "chat-templates.md"), encoding="utf-8") as f:
         doc = f.read()
     assert cc.table(cc.results()) in doc
 

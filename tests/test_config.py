@@ -159,12 +159,13 @@ def test_cli_refuses_bad_config_with_one_line_before_any_run_dir(tiny_llama, tmp
     assert not out_dir.exists()
 
 
-def test_readme_config_reference_is_current():
+def test_the_generated_docs_pages_are_current():
+    """docs/reference/config.md (from the config dataclasses) and docs/benchmarks.md (from RESULTS.md)."""
     import subprocess
     import sys
 
     code = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "config_reference.py"), "--check"])
-    assert code == 0, "README's config reference is stale: run python scripts/config_reference.py"
+    assert code == 0, "the generated docs pages are stale: run python scripts/config_reference.py"
 
 
 def ppo_cfg(tiny_llama, reward_dir, *overrides):

@@ -165,8 +165,9 @@ def _check_known(cls: type, parts: list[str]) -> None:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"config error: '{'.'.join(parts[:depth])}' is a value, not a section")
         hints = typing.get_type_hints(current)
-        if part not in hints:
-            _unknown_key(".".join(parts[:depth]), part, list(hints))
+        fields = [f.name for f in dataclasses.fields(current)]  # not ClassVars (RENAMES)
+        if part not in fields:
+            _unknown_key(".".join(parts[:depth]), part, fields)
         current = _strip_optional(hints[part])
 
 
