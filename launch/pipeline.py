@@ -78,7 +78,7 @@ def training_reward(cfg) -> str:
     from coati_ray.utils.redact import redact_url
 
     parts = []
-    for _, spec in cfg.rewards.specs(cfg.reward is not None):
+    for _, spec in cfg.rewards.specs(cfg.reward_model is not None):
         what = {"model": "the reward model", "function": f"`{spec.function}`",
                 "http": redact_url(spec.url) or ""}.get(spec.kind, f"`{spec.kind}`")
         parts.append(f"{what} (x{spec.weight:g})")

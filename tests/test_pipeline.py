@@ -137,7 +137,7 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     assert (out / "ppo" / "checkpoints" / "final" / "actor" / "model" / "model.safetensors").is_file()
     for name in ("config.yaml", "report.md", "samples.md", "plots/ppo.png", "plots/sft.png", "plots/rm.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert (out / "plots" / "algorithm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plots" / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evals = [r for r in map(json.loads, (out / "ppo" / "metrics.jsonl").read_text().splitlines())
              if "eval/gold_score" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]  # before PPO, every step, after the last

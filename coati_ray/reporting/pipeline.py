@@ -93,7 +93,7 @@ def write_pipeline_report(run_dir: str, summary: dict) -> dict[str, Optional[str
     plots = os.path.join(run_dir, "plots")
     paths = {
         "ppo_png": plot_panels(read_metrics(os.path.join(run_dir, "ppo")), PPO_PANELS,
-                               os.path.join(plots, "algorithm.png"), "PPO: reward, KL and gold score against step"),
+                               os.path.join(plots, "ppo.png"), "PPO: reward, KL and gold score against step"),
         "sft_png": plot_panels(read_metrics(os.path.join(run_dir, "sft")), SUPERVISED_PANELS[:1],
                                os.path.join(plots, "sft.png"), "SFT"),
         "rm_png": plot_panels(read_metrics(os.path.join(run_dir, "rm")), SUPERVISED_PANELS,
