@@ -157,8 +157,9 @@ def publish_make_metrics(m, stats: dict) -> None:
     m.inc("experiences_total", stats["samples"])
     m.inc("generated_tokens_total", stats["generated_tokens"])
     m.set("reward_mean", stats["reward"])
-    if stats["kl"] == stats["kl"]:  # not NaN (makers that skip their log-probs have no KL of their own)
-        m.set("kl_mean", stats["kl"])
+    kl = stats.get("kl", float("nan"))  # none at kl_coef 0 (no reference pass)
+    if kl == kl:  # not NaN (makers that skip their log-probs have no KL of their own)
+        m.set("kl_mean", kl)
     m.set("tflops", tflops(stats["flops"], busy))
     if "rollout/turns" in stats:  # multi-turn episodes (rollout.environment)
         for key in ("turns", "tool_calls", "trained_tokens", "context_tokens"):

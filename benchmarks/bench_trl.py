@@ -286,6 +286,35 @@ def keep_full_run(before: dict, partial: dict) -> dict:
     return kept
 
 
+def machine_limit(algo: str, machine, found: dict) -> dict:
+    """limit_<workload>.<algo>: the work one sample needs (benchmarks/roofline.py says what is counted, with our
+    best run's mean response length for both sides: TRL's scripts do not report theirs) against this machine's
+    limit, and each side's best median samples/s as a fraction of it."""
+    from benchmarks.roofline import ModelShape, limit_row, passes
+
+    summary = found["summary"]
+    best = summary.get("best", {})
+    median = (lambda side: summary.get("configs", {}).get(side, {}).get(best.get(side), {}).get("median"))
+    ours_rows = [r for r in found["runs"] if r.get("side") == "ours" and r.get("config") == best.get("ours")
+                 and "mean_response_tokens" in r]
+    response = sum(r["mean_response_tokens"] for r in ours_rows) / len(ours_rows) if ours_rows else NEW_TOKENS
+    with open(os.path.join(INPUTS, "prompts.jsonl")) as f:
+        lengths = [len(json.loads(line)["input_ids"]) for line in f]
+    prompt = sum(lengths) / len(lengths)
+    actor = ModelShape.of(MODEL)
+    value = ModelShape.of(MODEL, value_head=True)
+    work = passes(algo, actor, value, value, prompt, response,
+                  decode_batch=MAKER_BATCH if algo == "ppo" else GRPO_ROLLOUT,
+                  micro_batch=MICRO if algo == "ppo" else GRPO_MICRO,
+                  kl=(KL if algo == "ppo" else GRPO_KL) != 0)
+    row = limit_row(algo, machine, work, median("ours"), median("trl"))
+    row.update(prompt_tokens=prompt, response_tokens=response, ours_config=best.get("ours"),
+               trl_config=best.get("trl"))
+    print(f"[bench] {algo} limit {row['limit_samples_per_s']:.2f} samples/s ({row['useful_gflop_per_sample']:.1f} "
+          f"GFLOP/sample): ours {row['ours_fraction'] or 0:.2f}, TRL {row['trl_fraction'] or 0:.2f} of it", flush=True)
+    return row
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=12, help="steps per run, the first 2 warm-up (>= 12: 10 steady)")
@@ -319,18 +348,28 @@ def main(argv=None) -> dict:
               "cpu": {"native_bf16": cpu_has_native_bf16(flags),
                       "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))},
               "command": "python -m benchmarks.bench_trl " + " ".join(argv or sys.argv[1:])}
+    from benchmarks.roofline import Machine
+
+    machine = Machine.measure(len(os.sched_getaffinity(0)))  # before the runs, on an idle machine
+    print(f"[bench] machine limit: {machine.gflops:.0f} GFLOP/s fp32 ({machine.matmul_gflops}), "
+          f"{machine.bandwidth_gbps:.1f} GB/s copy, {machine.cores} cores", flush=True)
     for algo in args.algos:
         found = side_by_side(algo, args.steps, args.repeats, args.trl, layouts, args.ours)
         found.update(measured_at=time.strftime("%Y-%m-%d %H:%M:%S"), commit=commit(), command=result["command"])
         result[algo] = found
         result[f"{algo}_ratio"] = found["summary"]["ratio"]
         result[f"{algo}_ratio_range"] = found["summary"]["ratio_range"]
+        result.setdefault("limit", {})[algo] = machine_limit(algo, machine, found)
         best_trl = found["summary"].get("best", {}).get("trl")
         if best_trl and "colocated" in OURS_SETUPS[algo]:  # the colocated placement on its own, against TRL's best
             pair = config_ratio(found["runs"], "colocated", best_trl)
             result.setdefault("colocated", {}).update({f"{algo}_ratio": pair["ratio"],
                                                        f"{algo}_ratio_range": pair["ratio_range"]})
     name = "vs_trl" if args.workload == "tiny" else f"vs_trl_{args.workload}"
+    if result.get("limit"):  # the machine's limit, measured in this run: its own section, per algorithm
+        limit_name = "limit" if args.workload == "tiny" else f"limit_{args.workload}"
+        save(limit_name, {**(load(limit_name) or {}), **result["limit"], "command": result["command"],
+                          "commit": commit(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": result["cpu"]})
     before = load(name) or {}
     if args.ours is not None and set(args.ours) != set(OURS_SETUPS["ppo"]) and "protocol" in before:
         result = keep_full_run(before, result)  # a run of some of ours never replaces the run of all of them

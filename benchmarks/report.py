@@ -296,6 +296,31 @@ def efficiency_section(r) -> list[str]:
     return out
 
 
+def limit_section(r) -> list[str]:
+    """benchmarks.bench_trl's roofline (benchmarks/roofline.py): the work one sample needs, the machine's limit
+    measured in the same run, and each side's samples/s as a fraction of it."""
+    rows = {a: r[a] for a in ("grpo", "ppo") if r and isinstance(r.get(a), dict)}
+    if not rows:
+        return ["*Not measured in this run* (`python -m benchmarks.bench_trl --workload medium`)."]
+    any_row = next(iter(rows.values()))
+    m = any_row["machine"]
+    out = [f"Measured {r.get('measured_at', '?')} in the run of section 1's medium row, on {m['cores']} cores: the "
+           f"fastest fp32 matmul through torch {f(any_row['machine_gflops'], 0)} GFLOP/s (of "
+           + ", ".join(f"{k} {f(v, 0)}" for k, v in m["matmul_gflops"].items())
+           + f"), a large copy {f(any_row['machine_bandwidth_gbps'], 1)} GB/s. What is counted: "
+           "[benchmarks/roofline.py](roofline.py) (2·N FLOPs per real token of a forward, 6·N of a trained one; "
+           "decode bound by the weights and keys/values it reads).", "",
+           "| algorithm | GFLOP per sample (passes) | limit samples/s | ours samples/s (config) | ours fraction | "
+           "TRL samples/s (config) | TRL fraction |", "|---|---|---|---|---|---|---|"]
+    for algo, row in rows.items():
+        passes = ", ".join(f"{k} {f(v, 2)}" for k, v in row["passes_gflop"].items())
+        out.append(f"| {algo} | {f(row['useful_gflop_per_sample'], 2)} ({passes}) | {f(row['limit_samples_per_s'])} | "
+                   f"{f(row['ours_samples_per_s'])} ({row.get('ours_config')}) | **{f(row['ours_fraction'])}** | "
+                   f"{f(row['trl_samples_per_s'])} ({row.get('trl_config')}) | {f(row['trl_fraction'])} |")
+    out += ["", "Goal: GRPO ≥ 0.8 and PPO ≥ 0.7 of the limit.", "", f"Command: `{r.get('command', '?')}`"]
+    return out
+
+
 def write() -> str:
     m = load("machine") or machine()  # the box the benchmarks ran on, not the one writing the report
     v = load("versions") or versions("torch", "transformers", "ray", "colossalai", "peft", "datasets")
@@ -307,6 +332,7 @@ def write() -> str:
              "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
              "## 1. Against TRL's PPO trainer", "", "### Tiny workload", "", *trl_section(load("vs_trl")), "",
              "### Medium workload (39M llama, 64 new tokens)", "", *trl_section(load("vs_trl_medium")), "",
+             "### The machine's limit (medium workload)", "", *limit_section(load("limit_medium")), "",
              "## 2. Pipeline efficiency and maker scaling", "", "### Tiny workload (4 x 128 llama, 16 new tokens)", "",
              *pipeline_section(load("pipeline")), "", "### Medium workload (10 x 512 llama, 39M parameters, 64 new tokens)", "",
              *pipeline_section(load("pipeline_medium")), "",

@@ -115,6 +115,9 @@ class GenerationConfig:
                                   "every row decoded until the longest ends; static: hf over a static KV cache, "
                                   "compiled with CUDA graphs on a GPU (many batches of one shape); or "
                                   "'module:function' of your own (coati_ray/models/generators.py)")
+    sampler_log_probs: bool = opt(True, "take the behaviour log-probs from the logits the sampler drew from (compact "
+                                        "backend): one actor forward fewer per sample, equal to a separate pass "
+                                        "to float noise; false: a separate forward over the sampled sequences")
 
     def validate(self, key: str = "generation") -> None:
         from coati_ray.models.generators import generator
@@ -150,7 +153,8 @@ class AlgorithmConfig:
                "own (docs/extending.md)")
     n_samples_per_prompt: int = opt(1, "samples generated per prompt (a prompt group; group-relative "
                                        "estimators need >= 2)")
-    kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy (0: none)")
+    kl_coef: float = opt(0.1, "weight of the KL penalty to the initial policy (0: none, and the makers skip the "
+                              "initial policy's pass)")
     kl_penalty: Literal["reward", "sequence", "loss"] = opt(
         "reward", "where the KL goes: reward (PPO: -kl_coef * KL on every token's reward), sequence (Coati's "
                   "train_prompts.py --kl_coef: kl_coef * the response's mean of (e^r - 1) - r, r = log pi - log "
@@ -209,6 +213,12 @@ class AlgorithmConfig:
         """The makers subtract a KL penalty from the rewards (per token, or once per sequence): they need
         the behaviour policy's log-probs."""
         return self.kl_penalty in ("reward", "sequence") and self.kl_coef != 0
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the makers run the initial policy's pass: only a KL (in the reward or in the loss) reads it.
+        With kl_coef 0 it is skipped, as TRL does at beta 0, and the `kl` metric is left out."""
+        return self.kl_coef != 0
 
 
 @dataclass

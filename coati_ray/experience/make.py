@@ -92,7 +92,8 @@ class ScoredRollout:
     """A generated and scored batch before its values and advantages: B samples, A response tokens.
 
     sequences, mask: (B, T); action_mask (before the overlong filter), ref_log_probs, log_probs, kl: (B, A)
-    (log_probs and kl None when the maker skips the behaviour pass); score: (B,) the weighted, clipped
+    (log_probs and kl None when the maker skips the behaviour pass, ref_log_probs and kl None when no KL
+    reads them: algorithm.kl_coef 0); score: (B,) the weighted, clipped
     training reward; truncated: (B,) bool. Colocated placement computes values where the critic trains, so
     the batch crosses from the actor group to the critic group in this form (CPU tensors).
     """
@@ -100,7 +101,7 @@ class ScoredRollout:
     sequences: torch.Tensor
     mask: torch.Tensor
     action_mask: torch.Tensor
-    ref_log_probs: torch.Tensor
+    ref_log_probs: Optional[torch.Tensor]
     score: torch.Tensor
     truncated: torch.Tensor
     group_size: int
@@ -179,7 +180,8 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     else:
         batch = collate_prompts(rows, tokenizer.pad_token_id)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        generated = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer)
+        generated = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer,
+                                               sampler_log_probs=behaviour_log_probs and getattr(gen, "sampler_log_probs", True))
         sequences, mask, action_mask = generated
         prompt_length = input_ids.size(1)
     timings["timing/generate"] = time.perf_counter() - t
@@ -188,9 +190,13 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     # The behaviour policy is the tempered one the sampler drew from; the reference is tempered alike
     # so that the KL compares the same kind of distribution (verl does the same).
     temperature = gen.temperature if gen.do_sample else 1.0
-    t = time.perf_counter()
-    log_probs = models.actor.log_probs(sequences, mask, A, temperature) if behaviour_log_probs else None
-    ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature)
+    t = time.perf_counter()  # timing/ref: the behaviour and reference passes together
+    log_probs = None
+    if behaviour_log_probs:  # the sampler's own, where the backend kept them (one forward fewer, as TRL does)
+        sampled = getattr(generated, "log_probs", None) if played is None else None
+        log_probs = sampled.to(device) if sampled is not None else \
+            models.actor.log_probs(sequences, mask, A, temperature)
+    ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature) if ppo.needs_reference else None
     timings["timing/ref"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -224,10 +230,12 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
         score = score + penalty.to(score.dtype)
         parts = {**parts, "overlong_penalty": penalty}
     timings["timing/reward"] = time.perf_counter() - t
-    kl = token_kl(log_probs, ref_log_probs, ppo) * action_mask if log_probs is not None else None
+    kl = token_kl(log_probs, ref_log_probs, ppo) * action_mask \
+        if log_probs is not None and ref_log_probs is not None else None
     stats = {"response_length": float(lengths.float().mean()), "experience/truncated": float(truncated.float().mean()),
              "experience/max_new_tokens": float(limit),
-             "kl": float(masked_mean(kl, action_mask, dim=1).mean()) if kl is not None else float("nan"),
+             **({"kl": float(masked_mean(kl, action_mask, dim=1).mean())} if kl is not None else
+                {} if ref_log_probs is None else {"kl": float("nan")}),
              **timings, "timing/values": 0.0, "generated_tokens": float(lengths.sum()),
              **group_stats(score.float().cpu(), n), **(played.stats if played is not None else {})}
     if played is None:  # what compaction and packing could remove from this batch (an episode's turns differ)
@@ -269,7 +277,7 @@ def kl_rewards(s: ScoredRollout, ppo) -> torch.Tensor:
     """(B, A) the KL penalty as rewards: -kl_coef * KL on every token (kl_penalty=reward), Coati's
     sequence-level penalty once at each response's last token (sequence), or 0 (loss, or kl_coef 0)."""
     if not ppo.kl_in_reward:
-        return torch.zeros_like(s.ref_log_probs, dtype=torch.float32)
+        return torch.zeros_like(s.action_mask, dtype=torch.float32)
     if s.log_probs is None:
         raise ValueError("a KL penalty in the reward needs the behaviour log-probs")
     if ppo.kl_penalty == "sequence":
@@ -302,7 +310,7 @@ def finish_experience(scored: ScoredRollout, values: Optional[torch.Tensor], ppo
         action_mask = action_mask * (~s.truncated.to(device)).to(action_mask.dtype)[:, None]
     cpu = (lambda x: x.cpu() if x is not None else None)
     exp = Experience(sequences=s.sequences.cpu(), attention_mask=s.mask.cpu(), action_mask=action_mask.cpu(),
-                     action_log_probs=cpu(s.log_probs), ref_log_probs=s.ref_log_probs.cpu(), values=cpu(values),
+                     action_log_probs=cpu(s.log_probs), ref_log_probs=cpu(s.ref_log_probs), values=cpu(values),
                      returns=cpu(returns), advantages=advantages.float().cpu(), kl=cpu(s.kl),
                      reward=s.score.float().cpu(), version=s.version, maker=s.maker, batch_id=s.batch_id,
                      group_index=group_indices(s.batch_id, s.sequences.size(0), s.group_size))

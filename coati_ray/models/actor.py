@@ -78,7 +78,7 @@ class Actor(nn.Module):
                  max_new_tokens: int = 32, do_sample: bool = True, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id: Optional[int] = None,
                  streamer=None, compact: bool = True, row_seeds: Optional[list[int]] = None,
-                 hf_options: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 hf_options: Optional[dict] = None, sampler_log_probs: bool = False) -> tuple:
         """Sample continuations of left-padded prompts (B, P).
 
         `compact` (default) decodes with coati_ray.models.decode: finished rows leave the batch, each row
@@ -90,7 +90,9 @@ class Actor(nn.Module):
         Returns (sequences (B, P + A), attention_mask (B, P + A), action_mask (B, A)) where A is the
         longest response in the batch; tokens after a sequence's EOS are padding with mask 0
         (the EOS itself is an action and is kept). `eos_token_id` (an id or a list) defaults to
-        every EOS id of the tokenizer and the generation config.
+        every EOS id of the tokenizer and the generation config. `sampler_log_probs` adds a fourth item where
+        the compact loop runs, {"log_probs": (B, A)}: the behaviour log-probs read from the sampler's logits
+        (decode.generate_compacting); Hugging Face's `generate` path returns three items as before.
         """
         if eos_token_id is None:
             eos_token_id = self.eos_token_ids(tokenizer) or None
@@ -104,11 +106,16 @@ class Actor(nn.Module):
         if compact and streamer is None and not hf_options and can_compact(self.model):
             eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else \
                 ([] if eos_token_id is None else [eos_token_id])
-            sequences = generate_compacting(
+            out = generate_compacting(
                 self.model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
                 pad_token_id=pad_token_id, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                row_seeds=row_seeds, pass_positions="position_ids" in forward_parameters(self.model))
-            return self._masks(sequences, input_ids, attention_mask, eos_token_id)
+                row_seeds=row_seeds, pass_positions="position_ids" in forward_parameters(self.model),
+                return_log_probs=sampler_log_probs)
+            if not sampler_log_probs:
+                return self._masks(out, input_ids, attention_mask, eos_token_id)
+            sequences, log_probs = out
+            sequences, full_mask, action_mask = self._masks(sequences, input_ids, attention_mask, eos_token_id)
+            return sequences, full_mask, action_mask, {"log_probs": log_probs * action_mask}
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_token_id,
                       eos_token_id=eos_token_id)
         if do_sample:
@@ -120,19 +127,28 @@ class Actor(nn.Module):
         return self._masks(sequences, input_ids, attention_mask, eos_token_id)
 
     def generate_with(self, gen, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None,
-                      **extra) -> "Generated":
+                      sampler_log_probs: bool = False, **extra) -> "Generated":
         """Generate with a GenerationConfig `gen` taken whole, through its backend (`gen.backend`:
         coati_ray/models/generators.py), as the maker, the evaluation and the CLI do: (sequences, attention_mask,
         action_mask), whose `max_new_tokens` is the longest response the backend allowed (a backend may say it
-        ran with fewer than gen.max_new_tokens by returning a fourth item, {"max_new_tokens": N})."""
+        ran with fewer than gen.max_new_tokens by returning a fourth item, {"max_new_tokens": N}) and whose
+        `log_probs` (B, A) are the sampler's own behaviour log-probs when asked for (`sampler_log_probs`) and the
+        backend gives them (one that can takes a `sampler_log_probs` argument and returns {"log_probs": ...}
+        in that fourth item), else None."""
+        import inspect
+
         from coati_ray.models.generators import generator
 
-        out = generator(gen.backend)(self, gen, input_ids, attention_mask, tokenizer, **extra)
-        limit = gen.max_new_tokens
+        fn = generator(gen.backend)
+        if sampler_log_probs and "sampler_log_probs" in inspect.signature(fn).parameters:
+            extra["sampler_log_probs"] = True
+        out = fn(self, gen, input_ids, attention_mask, tokenizer, **extra)
+        limit, log_probs = gen.max_new_tokens, None
         if len(out) == 4:
             out, info = out[:3], out[3] or {}
             limit = min(limit, int(info.get("max_new_tokens", limit)))
-        return Generated(*out, max_new_tokens=limit)
+            log_probs = info.get("log_probs")
+        return Generated(*out, max_new_tokens=limit, log_probs=log_probs)
 
     @staticmethod
     def _masks(sequences, input_ids, attention_mask, eos_token_id):
@@ -169,11 +185,14 @@ def forward_parameters(model: nn.Module) -> set:
 
 
 class Generated(tuple):
-    """(sequences, attention_mask, action_mask) of a generation, and the longest response the backend allowed."""
+    """(sequences, attention_mask, action_mask) of a generation, the longest response the backend allowed and,
+    when the backend kept them, the sampler's behaviour log-probs (B, A)."""
 
     max_new_tokens: int
+    log_probs: Optional[torch.Tensor]
 
-    def __new__(cls, sequences, attention_mask, action_mask, max_new_tokens: int):
+    def __new__(cls, sequences, attention_mask, action_mask, max_new_tokens: int,
+                log_probs: Optional[torch.Tensor] = None):
         out = super().__new__(cls, (sequences, attention_mask, action_mask))
-        out.max_new_tokens = max_new_tokens
+        out.max_new_tokens, out.log_probs = max_new_tokens, log_probs
         return out

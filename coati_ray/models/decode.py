@@ -88,9 +88,15 @@ def select_cache_rows(cache, keep: torch.Tensor):
 def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
                         eos_token_id: Optional[list], pad_token_id: int, do_sample: bool = True,
                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                        row_seeds: Optional[list[int]] = None, pass_positions: bool = True) -> torch.Tensor:
+                        row_seeds: Optional[list[int]] = None, pass_positions: bool = True,
+                        return_log_probs: bool = False):
     """Continue left-padded prompts input_ids, attention_mask: (B, P) -> sequences (B, P + A), A the longest
     response; after a row's end token its positions hold `pad_token_id` (as `generate` pads them).
+
+    `return_log_probs` returns (sequences, log_probs (B, A) float32) instead: each sampled token's log-prob
+    under softmax(logits / temperature) (temperature 1 when greedy; no top-k / top-p, as
+    algo.functional.action_log_probs takes them), read from the logits the sampler drew from, so the
+    behaviour policy needs no forward pass of its own; 0 after a row's end token.
 
     `row_seeds` (B,) seed each row's stream (default: drawn from torch's global generator);
     `pass_positions` gives the model position ids that start at each row's first real token (False for
@@ -106,6 +112,8 @@ def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Te
             raise ValueError(f"row_seeds has {len(seeds)} seeds for a batch of {B} rows")
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device)
+    out_log_probs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device) if return_log_probs else None
+    behaviour_temperature = temperature if do_sample else 1.0
     rows = torch.arange(B, device=device)  # the original row of each row still decoding
     mask = attention_mask.long()
     kwargs = {}
@@ -128,6 +136,11 @@ def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Te
         else:
             next_ids = logits.argmax(-1)
         out[rows, t] = next_ids.to(out.dtype)
+        if out_log_probs is not None:
+            from coati_ray.algo.functional import log_probs_from_logits
+
+            tempered = logits / behaviour_temperature if behaviour_temperature != 1.0 else logits
+            out_log_probs[rows, t] = log_probs_from_logits(tempered[:, None, :], next_ids[:, None]).squeeze(1)
         length = t + 1
         done = torch.isin(next_ids, eos) if eos.numel() else torch.zeros_like(next_ids, dtype=torch.bool)
         if bool(done.all()) or t + 1 == max_new_tokens:
@@ -142,4 +155,5 @@ def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Te
         step_ids = next_ids[:, None].to(input_ids.dtype)
         if pass_positions:
             kwargs["position_ids"] = (mask.sum(-1, keepdim=True) - 1)
-    return torch.cat([input_ids, out[:, :length]], dim=1)
+    sequences = torch.cat([input_ids, out[:, :length]], dim=1)
+    return (sequences, out_log_probs[:, :length]) if return_log_probs else sequences

@@ -30,8 +30,12 @@ def _sampling(gen) -> dict:
             "top_k": gen.top_k, "top_p": gen.top_p}
 
 
-def compact(actor, gen, input_ids, attention_mask, tokenizer=None, **extra) -> tuple:
-    return actor.generate(input_ids, attention_mask, tokenizer, compact=True, **_sampling(gen), **extra)
+def compact(actor, gen, input_ids, attention_mask, tokenizer=None, sampler_log_probs: bool = False,
+            **extra) -> tuple:
+    """`sampler_log_probs`: also {"log_probs": (B, A)}, read from the sampler's logits where the compact loop
+    runs (the behaviour policy's, without a forward pass of its own)."""
+    return actor.generate(input_ids, attention_mask, tokenizer, compact=True, sampler_log_probs=sampler_log_probs,
+                          **_sampling(gen), **extra)
 
 
 def hf(actor, gen, input_ids, attention_mask, tokenizer=None, **extra) -> tuple:

@@ -35,6 +35,8 @@ def step_metrics(*, updates: dict[str, dict], makes: list[dict], sync: dict, loa
         keys = list(MAKER_MEANS) + sorted({k for s in makes for k in s if k.startswith(("reward/", "experience/",
                                                                                        "rollout/"))})
         for key in keys:
+            if key == "kl" and not all("kl" in s for s in makes):  # kl_coef 0: no reference pass, no KL to report
+                continue
             # an environment's own counts (rollout/<info key>) are in a batch only if one of its episodes
             # reported them: absent, that batch's episodes all had 0
             values = [s.get(key, 0.0) if key.startswith("rollout/") else s[key] for s in makes]
