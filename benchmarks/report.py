@@ -308,7 +308,7 @@ def limit_section(r) -> list[str]:
            f"fastest fp32 matmul through torch {f(any_row['machine_gflops'], 0)} GFLOP/s (of "
            + ", ".join(f"{k} {f(v, 0)}" for k, v in m["matmul_gflops"].items())
            + f"), a large copy {f(any_row['machine_bandwidth_gbps'], 1)} GB/s. What is counted: "
-           "[benchmarks/roofline.py](roofline.py) (2·N FLOPs per real token of a forward, 6·N of a trained one; "
+           "`benchmarks/roofline.py` (2·N FLOPs per real token of a forward, 6·N of a trained one; "
            "decode bound by the weights and keys/values it reads).", "",
            "| algorithm | GFLOP per sample (passes) | limit samples/s | ours samples/s (config) | ours fraction | "
            "TRL samples/s (config) | TRL fraction |", "|---|---|---|---|---|---|---|"]

@@ -12,7 +12,8 @@ What is counted, per sample (P̄ real prompt tokens, R̄ real response tokens, b
 - PPO: generation 2·N·(P̄+R̄); the reference, the reward model's and the critic's value passes 2·N each; the
   actor and the critic updates 6·N each. The behaviour log-probs come from the sampler's logits (no pass).
 - bytes: decoding reads every weight once per step for the rows that decode together (4·W·R̄ / b bytes per
-  sample, W all parameters, b the decode batch) and each row's keys/values so far (2·layers·kv_dim·4 bytes per
+  sample, W all parameters, b the rows one maker decodes together, R̄ the mean rather than the longest
+  response: both make the limit a little optimistic) and each row's keys/values so far (2·layers·kv_dim·4 bytes per
   cached token per step). The whole-sequence passes read their weights once per micro-batch: counted too,
   though FLOPs bound them.
 
@@ -51,7 +52,8 @@ class ModelShape:
         total = sum(p.numel() for p in model.parameters())
         if value_head:
             head = model.get_output_embeddings().weight.numel()
-            linear, total = linear - head + cfg.hidden_size, total - head + cfg.hidden_size
+            tied = getattr(cfg, "tie_word_embeddings", False)  # a tied head is the embedding, counted once in total
+            linear, total = linear - head + cfg.hidden_size, total - (0 if tied else head) + cfg.hidden_size
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         return cls(linear, total, cfg.num_hidden_layers, cfg.hidden_size // heads * kv_heads)

@@ -108,6 +108,9 @@ def test_kl_coef_0_skips_the_reference_pass(models, tokenizer):
     assert cut_calls == 0 and full_calls == 1
     assert cut.ref_log_probs is None and full.ref_log_probs is not None
     assert "kl" not in stats and "kl" in full_stats
+    # the FLOPs the makers report count the passes run: the generation alone (log-probs from the sampler),
+    # then the generation and the reference
+    assert stats["experience/actor_passes"] == 1 and full_stats["experience/actor_passes"] == 2
     assert torch.equal(cut.sequences, full.sequences)
     assert torch.allclose(cut.advantages, full.advantages, atol=1e-6)
 

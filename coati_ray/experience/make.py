@@ -191,12 +191,15 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     # so that the KL compares the same kind of distribution (verl does the same).
     temperature = gen.temperature if gen.do_sample else 1.0
     t = time.perf_counter()  # timing/ref: the behaviour and reference passes together
-    log_probs = None
+    log_probs, actor_passes = None, 1  # the generation
     if behaviour_log_probs:  # the sampler's own, where the backend kept them (one forward fewer, as TRL does)
         sampled = getattr(generated, "log_probs", None) if played is None else None
-        log_probs = sampled.to(device) if sampled is not None else \
-            models.actor.log_probs(sequences, mask, A, temperature)
+        if sampled is not None and sampled.shape == action_mask.shape:
+            log_probs = sampled.to(device)
+        else:
+            log_probs, actor_passes = models.actor.log_probs(sequences, mask, A, temperature), actor_passes + 1
     ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature) if ppo.needs_reference else None
+    actor_passes += ref_log_probs is not None
     timings["timing/ref"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -237,6 +240,7 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
              **({"kl": float(masked_mean(kl, action_mask, dim=1).mean())} if kl is not None else
                 {} if ref_log_probs is None else {"kl": float("nan")}),
              **timings, "timing/values": 0.0, "generated_tokens": float(lengths.sum()),
+             "experience/actor_passes": float(actor_passes),
              **group_stats(score.float().cpu(), n), **(played.stats if played is not None else {})}
     if played is None:  # what compaction and packing could remove from this batch (an episode's turns differ)
         stats["experience/finished_row_fraction"] = finished_row_fraction(lengths)

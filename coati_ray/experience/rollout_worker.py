@@ -96,7 +96,8 @@ class RolloutWorker:
                       "version": version, "maker": self.index, "batch_id": batch_id,
                       "memory/peak_gb": peak_device_memory_gb(), **device_peak(self.models.actor),
                       "flops": experience_flops(self.n_params["actor"], self.n_params["reward"],
-                                                self.n_params["critic"], float(mask.sum()))})
+                                                self.n_params["critic"], float(mask.sum()),
+                                                int(stats.get("experience/actor_passes", 3)))})
         return out, stats
 
     def evaluate(self, prompt_items: list[dict], greedy: bool, seed: int, samples_per_prompt: int,

@@ -140,14 +140,18 @@ class Actor(nn.Module):
         from coati_ray.models.generators import generator
 
         fn = generator(gen.backend)
-        if sampler_log_probs and "sampler_log_probs" in inspect.signature(fn).parameters:
+        try:
+            takes = "sampler_log_probs" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # a callable without a signature: it cannot be asked
+            takes = False
+        if sampler_log_probs and takes:
             extra["sampler_log_probs"] = True
         out = fn(self, gen, input_ids, attention_mask, tokenizer, **extra)
         limit, log_probs = gen.max_new_tokens, None
         if len(out) == 4:
             out, info = out[:3], out[3] or {}
             limit = min(limit, int(info.get("max_new_tokens", limit)))
-            log_probs = info.get("log_probs")
+            log_probs = info.get("log_probs") if sampler_log_probs else None  # only when asked for
         return Generated(*out, max_new_tokens=limit, log_probs=log_probs)
 
     @staticmethod

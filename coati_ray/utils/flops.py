@@ -23,10 +23,12 @@ def training_flops(n_params: int, tokens: float) -> float:
     return 6.0 * n_params * tokens
 
 
-def experience_flops(n_actor: int, n_reward: int, n_critic: int, tokens: float) -> float:
+def experience_flops(n_actor: int, n_reward: int, n_critic: int, tokens: float, actor_passes: int = 3) -> float:
     """One experience batch of `tokens` (prompt + response) tokens: the actor's generation, the actor's
-    and the initial policy's log-probs, the reward model and the critic: 2 * tokens * (3N_a + N_r + N_c)."""
-    return inference_flops(3 * n_actor + n_reward + n_critic, tokens)
+    and the initial policy's log-probs (`actor_passes` of the actor's size in all: fewer when the behaviour
+    log-probs come from the sampler or no KL needs the reference), the reward model and the critic:
+    2 * tokens * (passes·N_a + N_r + N_c)."""
+    return inference_flops(actor_passes * n_actor + n_reward + n_critic, tokens)
 
 
 def tflops(flops: float, seconds: float) -> float:
