@@ -180,8 +180,8 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
     else:
         batch = collate_prompts(rows, tokenizer.pad_token_id)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        generated = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer,
-                                               sampler_log_probs=behaviour_log_probs and getattr(gen, "sampler_log_probs", True))
+        from_sampler = behaviour_log_probs and getattr(gen, "sampler_log_probs", True)
+        generated = models.actor.generate_with(gen, input_ids, attention_mask, tokenizer, sampler_log_probs=from_sampler)
         sequences, mask, action_mask = generated
         prompt_length = input_ids.size(1)
     timings["timing/generate"] = time.perf_counter() - t

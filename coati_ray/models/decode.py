@@ -122,6 +122,7 @@ def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Te
     step_ids = input_ids
     cache = None
     length = 0
+    from coati_ray.algo.functional import log_probs_from_logits
     from coati_ray.models.actor import forward_parameters
 
     first = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}  # as generate's prefill
@@ -137,8 +138,6 @@ def generate_compacting(model, input_ids: torch.Tensor, attention_mask: torch.Te
             next_ids = logits.argmax(-1)
         out[rows, t] = next_ids.to(out.dtype)
         if out_log_probs is not None:
-            from coati_ray.algo.functional import log_probs_from_logits
-
             tempered = logits / behaviour_temperature if behaviour_temperature != 1.0 else logits
             out_log_probs[rows, t] = log_probs_from_logits(tempered[:, None, :], next_ids[:, None]).squeeze(1)
         length = t + 1
