@@ -110,3 +110,35 @@ def reward_dir(tiny_llama, tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("rm") / "final")
     RewardModel.from_pretrained(tiny_llama).save_pretrained(path)
     return path
+
+
+# AWS settings that would send an S3 client elsewhere than the test server (or sign with other credentials)
+_S3_CLIENT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3-compatible server (moto, its own process) on 127.0.0.1 for this module's tests, with
+    os.environ pointing every S3 client at it (AWS_ENDPOINT_URL, test credentials, AWS_REGION); the previous
+    environment is restored afterwards. Yields tests/s3_server.py's S3Server: .endpoint, .env,
+    .create_bucket(name) -> 's3://name'."""
+    from coati_ray.storage import fs as storage_fs
+    from tests.s3_server import S3Server
+
+    server = S3Server().start()
+    saved = {name: os.environ.get(name) for name in _S3_CLIENT_VARS}
+    try:
+        for name in _S3_CLIENT_VARS:
+            os.environ.pop(name, None)
+        os.environ.update(server.env)
+        storage_fs.reset()  # filesystems built for another endpoint or other credentials
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        storage_fs.reset()
+        server.stop()
