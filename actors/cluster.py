@@ -103,6 +103,39 @@ def started_cluster_running() -> bool:
 
 
 
+def check_output_on_every_node(output_dir: str, timeout_s: float = 60.0) -> None:
+    """Before any actor or placement group: a zero-CPU task on every other alive node writes a probe into
+    `output_dir` and the driver reads it back. A local path that another node does not share, or a URI that
+    another node cannot write (no credentials there, no route to the endpoint), ends the run here in one line
+    naming the node and the fix. One node: nothing to check (the config's checks wrote there already)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from coati_ray.errors import ConfigError
+    from coati_ray.storage.uri import absolute
+    from coati_ray.utils.shared_storage import missing_probes, unshared_message
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not others:
+        return
+    output_dir, token = absolute(output_dir), uuid.uuid4().hex
+    probe = ray.remote(num_cpus=0)(_probe_task)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+        output_dir, f"node-{n['NodeManagerAddress']}", token) for n in others]
+    missing = missing_probes(ray.get(refs, timeout=timeout_s), token)
+    if missing:
+        raise ConfigError(unshared_message(output_dir, missing, before_start=True))
+
+
+def _probe_task(output_dir: str, name: str, token: str) -> dict:
+    from coati_ray.utils.shared_storage import write_probe
+
+    return write_probe(output_dir, name, token)
+
+
 def check_shared_output(handles: dict, output_dir: str, timeout_s: float = 60.0) -> None:
     """Every actor in `handles` ({name: handle}) writes a probe file into `output_dir` on its own node and the
     driver reads each back: a node that does not see the driver's directory ends the run here, in one
@@ -114,7 +147,9 @@ def check_shared_output(handles: dict, output_dir: str, timeout_s: float = 60.0)
     from coati_ray.errors import WorkerLost
     from coati_ray.utils.shared_storage import missing_probes, unshared_message
 
-    output_dir, token = os.path.abspath(output_dir), uuid.uuid4().hex
+    from coati_ray.storage.uri import absolute
+
+    output_dir, token = absolute(output_dir), uuid.uuid4().hex
     refs = [handle.__ray_call__.remote(_write_probe, output_dir, name, token) for name, handle in handles.items()]
     missing = missing_probes(ray.get(refs, timeout=timeout_s), token)
     if missing:

@@ -15,8 +15,6 @@ trainers train, never further ahead than algorithm.max_staleness versions (actor
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import threading
 import time
 from typing import Callable, Optional
@@ -24,7 +22,7 @@ from typing import Callable, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.cluster import NAMESPACE, check_shared_output, connect
+from actors.cluster import NAMESPACE, check_output_on_every_node, check_shared_output, connect
 from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
 from actors.experience_source import ExperienceSource, check_source, experience_source
@@ -35,8 +33,11 @@ from coati_ray.config import save_config, to_dict
 from coati_ray.errors import ConfigError
 from coati_ray.reporting.step_metrics import step_metrics
 from coati_ray.utils.redact import redact_config
+from coati_ray.storage.checkpoint import Checkpoint
+from coati_ray.storage.fs import read_text
+from coati_ray.storage.uri import join, redact
 from coati_ray.utils.run_dir import (COMPLETE_MARKER, RunLogger, check_run_dir, checkpoint_dir, clear_run_dir,
-                                    prune_checkpoints, truncate_metrics)
+                                    prune_checkpoints)
 
 PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac", "response_length",
                  "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
@@ -73,9 +74,8 @@ class RLJob:
             check_tool_turns(tokenizer)
         prompts, self.prompt_report, eval_items = read_prompt_data(cfg.data, tokenizer)
         self.step, self.version = 0, 0
-        if resume_from:
-            with open(os.path.join(resume_from, "driver_state.json")) as f:
-                state = json.load(f)
+        if resume_from:  # a local directory or a URI (read where it is: one small file)
+            state = json.loads(read_text(join(resume_from, "driver_state.json")))
             self.step, self.version = state["step"], state["version"]
         self.items_per_step = cfg.algorithm.rollout_batch_size // cfg.maker.batch_size
         # Batch b holds stream positions b*batch_size...; step s trains on batches [s*k, (s+1)*k), so a
@@ -156,6 +156,7 @@ class RLJob:
             with user_errors():
                 return self._run(on_step, t_start)
         finally:
+            self.logger.discard()  # a remote run directory: what was written is uploaded, the local mirror removed
             self.shutdown()
 
     def _run(self, on_step, t_start: float) -> dict:
@@ -163,7 +164,7 @@ class RLJob:
         if self.overwrite and not self.resume_from:
             clear_run_dir(self.cfg.output_dir)
         if self.logger.enabled:  # `--config <run>/config.yaml` reproduces the run, for scripts too
-            save_config(self.cfg, os.path.join(self.cfg.output_dir, "config.yaml"))
+            save_config(self.cfg, join(self.cfg.output_dir, "config.yaml"))
         self.start()
         if not self.resume_from:
             self._evaluate(block=True)  # the policy before PPO
@@ -196,6 +197,7 @@ class RLJob:
         self.started_ray = connect(self.ray_address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port,
                                    info=self.logger.info)
         check_cluster_fits(cfg)
+        check_output_on_every_node(cfg.output_dir)  # before any actor: every node sees (or can write) output_dir
         self.trainers = PPOTrainerGroups(cfg, self.cfg_dict, self.roles)
         # On the driver's node: it lives exactly as long as the job's driver, whichever node is lost.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -207,12 +209,12 @@ class RLJob:
         self.trainers.start()
         check_shared_output(dict(self.trainers.names()), cfg.output_dir)
         self.source.start(lambda: self.trainers.setup(self.resume_from, first_step=self.step))
-        self.watchdog = Watchdog(cfg.watchdog, cfg.output_dir, self.worker_handles, self.activity)
+        self.watchdog = Watchdog(cfg.watchdog, self.logger.run_dir, self.worker_handles, self.activity)
         self.watchdog.locate()
         self.source.attach(self.watchdog)
         if self.resume_from:
             self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
-            truncate_metrics(cfg.output_dir, self.step)
+            self.logger.continue_from(self.step)
             self.evaluator.restore(self.step)
             self._sync_weights()
         self.logger.info((f"{self.num_makers} makers, " if self.placement.makers else f"{cfg.placement}, ") + ", ".join(
@@ -285,23 +287,23 @@ class RLJob:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, final: bool = False) -> str:
-        """checkpoints/step_N (or final): <role>/ (HF model, optimizer, RNG, trainer state), driver_state.json."""
-        root = os.path.join(self.cfg.output_dir, "checkpoints")
-        path = os.path.join(root, "final") if final else checkpoint_dir(self.cfg.output_dir, self.step)
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        self.trainers.save(tmp, final)
-        with open(os.path.join(tmp, "driver_state.json"), "w") as f:
-            json.dump({"step": self.step, "version": self.version}, f)
-        with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:
-            json.dump({"step": self.step, "stage": "ppo"}, f)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        """checkpoints/step_N (or final): <role>/ (HF model, optimizer, RNG, trainer state), driver_state.json.
+
+        Complete or absent: the ranks write their parts (remote: each uploads from its node), then the driver
+        writes driver_state.json and the marker last (locally a .tmp renamed; remote, a manifest), so a run
+        killed mid-save resumes from the checkpoint before."""
+        target = join(self.cfg.output_dir, "checkpoints", "final") if final else \
+            checkpoint_dir(self.cfg.output_dir, self.step)
+        ckpt = Checkpoint(target)
+        ckpt.begin()
+        self.trainers.save(ckpt.path, final)
+        self.logger.sync()  # the metrics up to this checkpoint, before it becomes the one to resume from
+        ckpt.seal({"driver_state.json": json.dumps({"step": self.step, "version": self.version}),
+                   COMPLETE_MARKER: json.dumps({"step": self.step, "stage": "ppo"})})
         if not final:
             prune_checkpoints(self.cfg.output_dir, 2)
-        self.logger.info(f"checkpoint: {path}")
-        return path
+        self.logger.info(f"checkpoint: {redact(target)}")
+        return target
 
     # ------------------------------------------------------------------ shutdown
 
@@ -328,7 +330,7 @@ class RLJob:
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
                 "trainer_idle_fraction": sum(idle) / len(idle) if idle else None,
                 "wall_seconds": wall, "buffer": accounting, **self.evaluator.summary(),
-                "final_checkpoint": os.path.join(self.cfg.output_dir, "checkpoints", "final")}
+                "final_checkpoint": join(self.cfg.output_dir, "checkpoints", "final")}
 
 
 def ppo_resources(cfg) -> tuple[float, float]:

@@ -17,23 +17,25 @@ from typing import Callable, Optional
 
 import ray
 
-from actors.cluster import connect
+from actors.cluster import check_output_on_every_node, connect
 from actors.driver import RLJob, check_cluster_fits
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
 from coati_ray.evaluation.lm_eval_stages import evaluate_after
 from coati_ray.utils.progress import MetricsTail
+from coati_ray.storage.checkpoint import is_complete, written_whole
+from coati_ray.storage.fs import exists, read_text, write_text
+from coati_ray.storage.uri import is_uri, join
 from coati_ray.utils.run_dir import clear_run_dir, latest_checkpoint
 
 PROGRESS_KEYS = {"pretrain": ("loss", "lr"), "sft": ("loss", "lr"), "rm": ("loss", "acc")}
 
 
 def completed_stage(stage_dir: str) -> Optional[dict]:
-    """The summary of a stage that finished (summary.json and checkpoints/final present), else None."""
-    summary = os.path.join(stage_dir, "summary.json")
-    if os.path.isfile(summary) and os.path.isdir(os.path.join(stage_dir, "checkpoints", "final")):
-        with open(summary, encoding="utf-8") as f:
-            return json.load(f)
+    """The summary of a stage that finished (summary.json and a complete checkpoints/final), else None."""
+    summary = join(stage_dir, "summary.json")
+    if exists(summary) and is_complete(join(stage_dir, "checkpoints", "final")):
+        return json.loads(read_text(summary))
     return None
 
 
@@ -45,6 +47,7 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
     try:
         with user_errors():
             check_cluster_fits(cfg.ppo, extra="ppo.")  # before minutes of SFT and RM, not after
+            check_output_on_every_node(cfg.output_dir)  # before any actor: every node sees (or can write) it
             evaluate_after(cfg, "base", resume, info)  # lm-eval's "before" column (when cfg.evaluate asks)
             for stage in cfg.stages:
                 stage_cfg = getattr(cfg, stage)
@@ -58,8 +61,9 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
                 if resume_from is None:  # interrupted before its first checkpoint: that stage starts again
                     clear_run_dir(stage_cfg.output_dir)
                 info(f"[pipeline] {stage}: starting" + (f" from {resume_from}" if resume_from else ""))
-                os.makedirs(stage_cfg.output_dir, exist_ok=True)
-                save_config(stage_cfg, os.path.join(stage_cfg.output_dir, "config.yaml"))
+                if not is_uri(stage_cfg.output_dir):
+                    os.makedirs(stage_cfg.output_dir, exist_ok=True)
+                save_config(stage_cfg, join(stage_cfg.output_dir, "config.yaml"))
                 t = time.time()
                 if stage == "pretrain":  # its data, tokenized with the tokenizer it trains with (a rerun reuses it)
                     _prepare_pretrain_data(cfg, info)
@@ -87,12 +91,18 @@ def _expand_vocab(stage_cfg) -> dict:
     from coati_ray.models.hub import local_dir
     from coati_ray.models.vocab import expand_checkpoint
 
-    final = os.path.join(stage_cfg.output_dir, "checkpoints", "final")
+    final = join(stage_cfg.output_dir, "checkpoints", "final")
     source = local_dir(stage_cfg.source, stage_cfg.revision, "expand_vocab.source")
-    summary = {"stage": "expand_vocab", **expand_checkpoint(source, stage_cfg.pieces, final),
-               "final_checkpoint": final}
-    with open(os.path.join(stage_cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    if is_uri(final):  # written here, then uploaded and sealed: complete or absent, as the local rename is
+        with written_whole(final) as out:
+            report = expand_checkpoint(source, stage_cfg.pieces, os.path.join(out, "expanded"))
+            for name in os.listdir(os.path.join(out, "expanded")):
+                os.replace(os.path.join(out, "expanded", name), os.path.join(out, name))
+            os.rmdir(os.path.join(out, "expanded"))
+    else:
+        report = expand_checkpoint(source, stage_cfg.pieces, final)
+    summary = {"stage": "expand_vocab", **report, "final_checkpoint": final}
+    write_text(join(stage_cfg.output_dir, "summary.json"), json.dumps(summary, indent=1))
     return summary
 
 

@@ -63,6 +63,10 @@ class PPOTrainerRank(ColocatedRollout):
         self.strategy = make_strategy(self.group_cfg.strategy, self.rank, self.world_size, grad_accum_steps=accum,
                                       store=RendezvousStore(*meeting))
         self.strategy.setup_distributed()
+        if resume_dir:  # a remote checkpoint: this node's copy (downloaded once per node, coati_ray/storage)
+            from coati_ray.storage import readable_path
+
+            resume_dir = readable_path(resume_dir, "--resume")
         model_dir = os.path.join(resume_dir, self.role, "model") if resume_dir else None
         self.trainer = make_group_trainer(self.role, self.cfg, self.strategy, model_dir)
         if resume_dir:
@@ -206,7 +210,16 @@ class PPOTrainerRank(ColocatedRollout):
         self.sender.leave()
 
     def save_checkpoint(self, path: str, final: bool = False) -> None:
-        """<path>/<role>/model (HF; LoRA merged when final, adapters otherwise), optimizer/, rng/, trainer_state.json."""
+        """<path>/<role>/model (HF; LoRA merged when final, adapters otherwise), optimizer/, rng/, trainer_state.json.
+
+        `path` may be a URI: this rank writes its part into a node-local staging directory and uploads it before
+        returning (the driver seals the checkpoint once every rank returned)."""
+        from coati_ray.storage.staging import staged_writes
+
+        with staged_writes(path) as out:
+            self._write_checkpoint(out, final)
+
+    def _write_checkpoint(self, path: str, final: bool) -> None:
         import torch
 
         from coati_ray.models import export_model
@@ -233,6 +246,7 @@ class PPOTrainerRank(ColocatedRollout):
             self.strategy.save_optimizer(self.trainer.optimizer, os.path.join(root, "optimizer"))
             if self.offload is not None:
                 self.offload.out()
+            os.makedirs(os.path.join(root, "rng"), exist_ok=True)  # each rank's own staging dir, when remote
             torch.save(torch.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}.pt"))
             if torch.cuda.is_available():
                 torch.save(torch.cuda.get_rng_state(), os.path.join(root, "rng", f"rank_{self.rank}_cuda.pt"))

@@ -65,18 +65,20 @@ def stop_cleanly_on_sigterm() -> None:
 
 
 def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
-    from coati_ray.utils.run_dir import COMPLETE_MARKER, latest_checkpoint
+    from coati_ray.storage.uri import is_uri, redact
+    from coati_ray.utils.run_dir import COMPLETE_MARKER, is_complete_checkpoint, latest_checkpoint
 
     if resume is None:
         return None
     if resume == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
-            raise CoatiError(f"resume error: no complete checkpoint under '{output_dir}/checkpoints'; "
+            raise CoatiError(f"resume error: no complete checkpoint under '{redact(output_dir)}/checkpoints'; "
                              "run without --resume or pass --resume <checkpoint dir>")
         return found
-    if not os.path.isfile(os.path.join(resume, COMPLETE_MARKER)):
-        raise CoatiError(f"resume error: '{resume}' is not a complete checkpoint (no {COMPLETE_MARKER}); "
+    if not is_complete_checkpoint(resume):
+        marker = "manifest.json: its upload never finished" if is_uri(resume) else COMPLETE_MARKER
+        raise CoatiError(f"resume error: '{redact(resume)}' is not a complete checkpoint (no {marker}); "
                          "pass a checkpoints/step_* directory")
     return resume
 
@@ -164,8 +166,11 @@ def run_supervised_stage(stage: str, cfg_cls, run_fn: Callable, trainer_cls, des
         return fail(e)
     if args.overwrite:  # only now that config and data are known good: a refused run deletes nothing
         clear_run_dir(cfg.output_dir)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    from coati_ray.storage.uri import is_uri, join
+
+    if not is_uri(cfg.output_dir):
+        os.makedirs(cfg.output_dir, exist_ok=True)
+    save_config(cfg, join(cfg.output_dir, "config.yaml"))
     try:
         if cfg.resources.num_ranks == 1:  # the one rank is this process
             from coati_ray.utils.cpu import place_threads
@@ -217,12 +222,13 @@ def preflight_data(cfg, trainer_cls) -> None:
 def run_on_ray(stage: str, cfg, run_fn: Callable, resume_from: Optional[str], address: Optional[str]) -> dict:
     import ray
 
-    from actors.cluster import connect
+    from actors.cluster import check_output_on_every_node, connect
     from actors.group import TrainerGroup, user_errors
 
     started = connect(address, dashboard=cfg.ray.dashboard, dashboard_port=cfg.ray.dashboard_port)
     r = cfg.resources
     try:
+        check_output_on_every_node(cfg.output_dir)  # before any actor: every node sees (or can write) output_dir
         with user_errors(), TrainerGroup(f"{stage}-trainer", r.num_ranks, r.num_cpus_per_rank,
                                          r.num_gpus_per_rank, r.torch_threads, cpu_cores=r.cpu_cores, nice=r.nice) as group:
             group.check_shared_output(cfg.output_dir)

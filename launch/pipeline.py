@@ -8,13 +8,15 @@ summary.json, report.md, samples.md and plots/*.png in the run directory.
 """
 
 import os
-import shutil
 import sys
 import time
 
 from coati_ray.config import load_config, save_config
 from coati_ray.config.pipeline import STAGES, PipelineConfig, prepare_pipeline_dict
 from coati_ray.errors import CoatiError
+from coati_ray.storage.fs import delete
+from coati_ray.storage.mirror import Mirror
+from coati_ray.storage.uri import is_uri, join
 from launch.common import fail, parser_for, print_config_help, quiet_libraries, stop_cleanly_on_sigterm
 
 
@@ -34,12 +36,13 @@ def main(argv=None) -> int:
         preflight(cfg)
     except CoatiError as e:
         return fail(e)
-    if args.overwrite:
-        for path in [cfg.stage_dir(s) for s in STAGES] + [os.path.join(cfg.output_dir, "plots"), cfg.prepared_dir,
-                                                         os.path.join(cfg.output_dir, "lm_eval")]:
-            shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    if args.overwrite:  # local or remote, the same: each stage's directory, the plots, the prepared data
+        for path in [cfg.stage_dir(s) for s in STAGES] + [join(cfg.output_dir, "plots"), cfg.prepared_dir,
+                                                         join(cfg.output_dir, "lm_eval")]:
+            delete(path)
+    if not is_uri(cfg.output_dir):
+        os.makedirs(cfg.output_dir, exist_ok=True)
+    save_config(cfg, join(cfg.output_dir, "config.yaml"))
     from actors.pipeline import run_pipeline
     from coati_ray.reporting.pipeline import format_table, pipeline_summary, write_json, write_pipeline_report
 
@@ -60,16 +63,22 @@ def main(argv=None) -> int:
 
         summary["lm_eval"] = {"tasks": cfg.evaluate.tasks, "limit": cfg.evaluate.limit,
                               "stages": collect(cfg.output_dir)}
-    paths = write_pipeline_report(cfg.output_dir, summary)
-    summary["files"] = {k: v for k, v in paths.items() if v}
-    write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
+    # The report is written into a local mirror of the run directory (the run directory itself when local)
+    # holding the stages' metrics and summaries, then uploaded (a remote run directory).
+    report_dir = Mirror(cfg.output_dir)
+    report_dir.pull()
+    paths = write_pipeline_report(report_dir.local, summary)
+    summary["files"] = {k: report_dir.shown(v) for k, v in paths.items() if v}
+    write_json(os.path.join(report_dir.local, "summary.json"), summary)
+    report_dir.close()
+    paths = {k: report_dir.shown(v) for k, v in paths.items()}
     print(format_table(summary))
     if summary.get("lm_eval", {}).get("stages"):
         from coati_ray.reporting.lm_eval_table import terminal_table
 
         print("lm-evaluation-harness:\n" + terminal_table(summary["lm_eval"]["stages"]))
-    print(f"report: {paths['report_md']}  (plots in {os.path.join(cfg.output_dir, 'plots')}, "
-          f"samples in {os.path.join(cfg.output_dir, 'samples.md')})")
+    print(f"report: {paths['report_md']}  (plots in {join(cfg.output_dir, 'plots')}, "
+          f"samples in {join(cfg.output_dir, 'samples.md')})")
     return 0
 
 
@@ -89,7 +98,9 @@ def training_reward(cfg) -> str:
 
 def check_output_dir(cfg: PipelineConfig, resume: bool, overwrite: bool) -> None:
     """A second run into the same directory must not silently mix with, or destroy, the first."""
-    existing = [s for s in cfg.stages if os.path.exists(cfg.stage_dir(s))]
+    from coati_ray.utils.run_dir import previous_run
+
+    existing = [s for s in cfg.stages if previous_run(cfg.stage_dir(s))]
     if existing and not (resume or overwrite):
         raise CoatiError(f"run error: '{cfg.output_dir}' already holds {', '.join(existing)} results; pass --resume "
                          "to continue that run, --overwrite to start again, or choose another --output-dir")

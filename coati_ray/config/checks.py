@@ -52,6 +52,13 @@ def check_flash_attn_precision(model, strategy, model_key: str) -> None:
 
 
 def _require_path(key: str, path: str) -> None:
+    from coati_ray.storage.uri import is_uri
+
+    if is_uri(path):  # reachable, readable and there, in one line naming the URI (redacted) if not
+        from coati_ray.storage.preflight import check_readable
+
+        check_readable(path, key)
+        return
     problem = job_path_problem(key, path, is_output=False)
     if problem:
         _fail(key, *problem)
@@ -134,6 +141,13 @@ def require_fits_context(key: str, path: str, length: int, what: str, fix: str) 
 
 
 def _require_writable(path: str) -> None:
+    from coati_ray.storage.uri import is_uri
+
+    if is_uri(path):  # write, read back and delete a probe object: endpoint, bucket, credentials, permission
+        from coati_ray.storage.preflight import check_writable
+
+        check_writable(path, "output_dir")
+        return
     problem = job_path_problem("--output-dir", path, is_output=True)
     if problem:
         _fail("output_dir", *problem)

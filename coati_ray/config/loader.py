@@ -308,11 +308,18 @@ def to_dict(cfg: Any) -> dict:
 def save_config(cfg: Any, path: str) -> None:
     """Write the resolved config, so `--config <run>/config.yaml` reproduces the run (credentials in URLs
     redacted: pass them by rewards.http_headers_env instead)."""
+    from coati_ray.storage.uri import is_uri
     from coati_ray.utils.redact import redact_config
 
+    text = yaml.safe_dump(redact_config(to_dict(cfg)), sort_keys=False)
+    if is_uri(path):  # a run directory on object storage
+        from coati_ray.storage.fs import write_text
+
+        write_text(path, text)
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(redact_config(to_dict(cfg)), f, sort_keys=False)
+        f.write(text)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -104,14 +104,20 @@ class PipelineConfig(JobConfig):
         return tuple(s for s in STAGES if getattr(self, s) is not None)
 
     def stage_dir(self, stage: str) -> str:
-        return os.path.join(self.output_dir, stage)
+        from coati_ray.storage.uri import join
+
+        return join(self.output_dir, stage)
 
     def final_checkpoint(self, stage: str) -> str:
-        return os.path.join(self.stage_dir(stage), "checkpoints", "final")
+        from coati_ray.storage.uri import join
+
+        return join(self.stage_dir(stage), "checkpoints", "final")
 
     @property
     def prepared_dir(self) -> str:
-        return os.path.join(self.output_dir, "prepared")
+        from coati_ray.storage.uri import join
+
+        return join(self.output_dir, "prepared")
 
     def links(self) -> dict:
         return chained(self.rm is not None, self.ppo.estimator.needs_critic, self.expand_vocab is not None,
@@ -162,7 +168,8 @@ class PipelineConfig(JobConfig):
         for stage in ("pretrain", "sft", "rm", "ppo"):
             stage_cfg = getattr(self, stage)
             if tracking.enabled and stage_cfg is not None and not stage_cfg.logging.wandb.enabled:
-                run = tracking.name or os.path.basename(os.path.abspath(self.output_dir))
+                run = tracking.name or os.path.basename(self.output_dir.rstrip("/") if "://" in self.output_dir
+                                                        else os.path.abspath(self.output_dir))
                 stage_cfg.logging.wandb = dataclasses.replace(tracking, name=f"{run}-{stage}",
                                                               group=tracking.group or run)
         for (section, *keys), source in self.links().items():
@@ -181,6 +188,11 @@ class PipelineConfig(JobConfig):
         """Every stage's checks, now: later stages are checked against the SFT base model, whose
         architecture and tokenizer their inputs will have (their real inputs do not exist yet)."""
         super().validate()
+        from coati_ray.storage.uri import is_uri
+
+        if is_uri(self.output_dir) and self.pretrain is not None:
+            _fail("output_dir", "a pipeline with a pretrain stage prepares its data on local storage only, for now",
+                  "use a local or NFS output_dir for it, or run launch.prepare_data and launch.pretrain on their own")
         self.pin()
         base = self.base_model()
         if self.pretrain is not None:

@@ -115,6 +115,12 @@ def read_rows(path: str, max_samples: Optional[int] = None, on_bad_row: str = "e
     datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     if is_hub_data(path):
         return _limit(read_hub_rows(path, source or HubSource()), path, max_samples), 0
+    from coati_ray.storage.uri import is_uri
+
+    if is_uri(path):  # s3:// / gs:// / hdfs://: read from this node's copy (downloaded once per node and version)
+        from coati_ray.storage.cache import local_copy
+
+        path = local_copy(path, "data")
     if not os.path.exists(path):
         raise DataError(f"data error: '{path}' does not exist; check data.train_path / data.eval_path")
     try:

@@ -13,17 +13,22 @@ import os
 import time
 from typing import Callable, Optional
 
+from coati_ray.storage import readable_path
+from coati_ray.storage.fs import exists, read_text
+from coati_ray.storage.mirror import Mirror
+from coati_ray.storage.uri import join
+
 LABELS = ("base", "expand_vocab", "pretrain", "sft", "ppo")
 
 
 def results_dir(run_dir: str, label: str) -> str:
-    return os.path.join(run_dir, "lm_eval", label)
+    return join(run_dir, "lm_eval", label)
 
 
 def policy_dir(cfg, stage: str) -> str:
     """Where a stage's policy is, as `from_pretrained` loads it (PPO keeps the actor under actor/model)."""
     final = cfg.final_checkpoint(stage)
-    return os.path.join(final, "actor", "model") if stage == "ppo" else final
+    return join(final, "actor", "model") if stage == "ppo" else final
 
 
 def evaluate_checkpoint(ecfg, label: str, model: str, run_dir: str, revision: Optional[str] = None,
@@ -32,23 +37,27 @@ def evaluate_checkpoint(ecfg, label: str, model: str, run_dir: str, revision: Op
     from coati_ray.evaluation.lm_eval_model import CoatiLM
     from coati_ray.evaluation.lm_eval_run import resolve_tasks, run_harness, write_results
 
-    out = results_dir(run_dir, label)
-    done = os.path.join(out, "lm_eval.json")
-    if reuse and os.path.isfile(done):
-        with open(done, encoding="utf-8") as f:
-            info(f"[pipeline] lm-eval {label}: reused {done}")
-            return json.load(f)["results"]
+    done = join(results_dir(run_dir, label), "lm_eval.json")
+    if reuse and exists(done):
+        info(f"[pipeline] lm-eval {label}: reused {done}")
+        return json.loads(read_text(done))["results"]
     started = time.time()
-    manager, names = resolve_tasks(ecfg.tasks, ecfg.include_path, os.path.join(run_dir, "lm_eval"))
-    lm = CoatiLM(pretrained=model, revision=revision, chat=ecfg.chat, batch_size=ecfg.batch_size)
+    work = Mirror(join(run_dir, "lm_eval"))  # a remote run directory: written here, then uploaded
     try:
-        results = run_harness(lm, names, manager, limit=ecfg.limit, num_fewshot=ecfg.num_fewshot)
+        manager, names = resolve_tasks(ecfg.tasks, ecfg.include_path, work.local)
+        lm = CoatiLM(pretrained=readable_path(model, f"lm-eval {label}"), revision=revision, chat=ecfg.chat,
+                     batch_size=ecfg.batch_size)
+        try:
+            results = run_harness(lm, names, manager, limit=ecfg.limit, num_fewshot=ecfg.num_fewshot)
+        finally:
+            del lm
+            gc.collect()
+        seconds = time.time() - started
+        write_results(os.path.join(work.local, label), results, {"model": model, "label": label, "tasks": names,
+                                                                 "limit": ecfg.limit, "seconds": round(seconds, 1)})
+        work.push()
     finally:
-        del lm
-        gc.collect()
-    seconds = time.time() - started
-    write_results(out, results, {"model": model, "label": label, "tasks": names, "limit": ecfg.limit,
-                                 "seconds": round(seconds, 1)})
+        work.discard()
     info(f"[pipeline] lm-eval {label}: {_headline(results)} in {seconds:.0f}s")
     return results
 
@@ -63,10 +72,9 @@ def collect(run_dir: str) -> dict:
     """{label: results} of every evaluation on disk, base first, stages in pipeline order."""
     out = {}
     for label in LABELS:
-        path = os.path.join(results_dir(run_dir, label), "lm_eval.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                out[label] = json.load(f)["results"]
+        path = join(results_dir(run_dir, label), "lm_eval.json")
+        if exists(path):
+            out[label] = json.loads(read_text(path))["results"]
     return out
 
 

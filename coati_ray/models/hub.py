@@ -168,7 +168,7 @@ def pin(path: str, revision: Optional[str], key: str, repo_type: str = "model",
     (config.json, the tokenizer) is what the actors load; the returned commit is what the config carries.
     An id that cannot be resolved ends here in one line naming the id, the revision and the cache.
     """
-    if not is_hub_id(path):
+    if not is_hub_id(path):  # a local directory, or a URI read through the storage cache (coati_ray/storage)
         return Resolved(path)
     local = _snapshot(path, revision or "main", key, _selection(repo_type, selection))
     return Resolved(local, os.path.basename(os.path.normpath(local)))
@@ -177,7 +177,14 @@ def pin(path: str, revision: Optional[str], key: str, repo_type: str = "model",
 def local_dir(path: str, revision: Optional[str], key: str = "model.path", repo_type: str = "model",
               selection: Optional[Selection] = None) -> str:
     """The directory to load `path` from on this node: `path` itself when local, else the snapshot of the
-    pinned `revision` in this node's cache (downloaded once per node, under the repo's lock)."""
+    pinned `revision` in this node's cache (downloaded once per node, under the repo's lock); a URI
+    (s3://, gs://, hdfs://: a checkpoint an earlier stage uploaded) is its copy in this node's storage cache."""
+    from coati_ray.storage.uri import is_uri
+
+    if is_uri(path):
+        from coati_ray.storage.cache import local_copy
+
+        return local_copy(path, key)
     if not is_hub_id(path):
         return path
     return _cached_snapshot(path, revision or "main", key, _selection(repo_type, selection))

@@ -28,7 +28,10 @@ def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_
         tokenizer = tokenizer_for(cfg.model, d)
         train, report = trainer_cls.build_dataset(d.train_path, tokenizer, d, d.max_samples)
         evaluation = trainer_cls.build_dataset(d.eval_path, tokenizer, d, None, "eval")[0] if d.eval_path else None
-        model = trainer_cls.build_model(cfg.model, os.path.join(resume_from, "model") if resume_from else None)
+        from coati_ray.storage import readable_path
+
+        model = trainer_cls.build_model(cfg.model, os.path.join(readable_path(resume_from, "--resume"), "model")
+                                        if resume_from else None)
         check_vocab(tokenizer, model, cfg.model.local_path)
         trainer = trainer_cls(cfg, strategy, model, tokenizer, train, evaluation, trainer_cls.collator(tokenizer),
                               cfg.output_dir, resume_from=resume_from)

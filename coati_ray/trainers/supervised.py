@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Callable, Optional
 
@@ -28,13 +27,11 @@ from coati_ray.config import to_dict
 from coati_ray.utils.redact import redact_config
 from coati_ray.models.factory import export_model
 from coati_ray.trainers.schedule import make_optimizer, make_scheduler
-from coati_ray.utils.run_dir import (
-    COMPLETE_MARKER,
-    RunLogger,
-    checkpoint_dir,
-    prune_checkpoints,
-    truncate_metrics,
-)
+from coati_ray.storage import readable_path
+from coati_ray.storage.checkpoint import Checkpoint, written_whole
+from coati_ray.storage.staging import staged_writes
+from coati_ray.storage.uri import join
+from coati_ray.utils.run_dir import COMPLETE_MARKER, RunLogger, checkpoint_dir, prune_checkpoints
 
 
 class SupervisedTrainer:
@@ -203,7 +200,7 @@ class SupervisedTrainer:
                 if tc.save_every and self.step % tc.save_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
         final_eval = self.evaluate()
-        final_dir = os.path.join(self.run_dir, "checkpoints", "final")
+        final_dir = join(self.run_dir, "checkpoints", "final")
         self.export(final_dir, merge_lora=True)
         last = history[-1] if history else {}
         summary = {"stage": self.stage, "steps": self.step, "strategy": self.strategy.name,
@@ -220,40 +217,42 @@ class SupervisedTrainer:
         """HF-format model (+ tokenizer) at `path`, written by rank 0."""
         # Gemini's parameters live in chunks and 3d's embeddings are padded: both export a gathered state_dict
         state = self.strategy.full_state_dict(self.model) if self.strategy.name.startswith(("colossalai_gemini", "3d")) else None
-        if self.strategy.is_rank0:
-            tmp = path + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            export_model(self.strategy.unwrap(self.model), tmp, merge_lora=merge_lora, state_dict=state,
-                         tokenizer=self.tokenizer)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
+        if self.strategy.is_rank0:  # complete or absent: a local .tmp renamed, or uploaded and sealed last
+            with written_whole(path) as out:
+                export_model(self.strategy.unwrap(self.model), out, merge_lora=merge_lora, state_dict=state,
+                             tokenizer=self.tokenizer)
         self.strategy.barrier()
 
     def save_checkpoint(self) -> str:
-        """model/ (HF; LoRA adapters only), optimizer/, rng/, then trainer_state.json last, atomically."""
-        final = checkpoint_dir(self.run_dir, self.step)
-        tmp = final + ".tmp"
+        """model/ (HF; LoRA adapters only), optimizer/, rng/, then trainer_state.json last, atomically.
+
+        Each rank writes its part where it stands (a remote run directory: a node-local staging directory,
+        uploaded when the rank's part is written); rank 0 makes the checkpoint complete after every rank's
+        part is there (coati_ray/storage/checkpoint.py)."""
+        ckpt = Checkpoint(checkpoint_dir(self.run_dir, self.step))
         if self.strategy.is_rank0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+            ckpt.begin()
         self.strategy.barrier()
-        self.export(os.path.join(tmp, "model"), merge_lora=False)
-        if self.cfg.trainer.save_optimizer:
-            self.strategy.save_optimizer(self.optimizer, os.path.join(tmp, "optimizer"))
-        torch.save(torch.get_rng_state(), os.path.join(tmp, "rng", f"rank_{self.strategy.rank}.pt"))
-        self.strategy.barrier()
+        with staged_writes(ckpt.path) as out:
+            os.makedirs(os.path.join(out, "rng"), exist_ok=True)
+            self.export(os.path.join(out, "model"), merge_lora=False)
+            if self.cfg.trainer.save_optimizer:
+                self.strategy.save_optimizer(self.optimizer, os.path.join(out, "optimizer"))
+            torch.save(torch.get_rng_state(), os.path.join(out, "rng", f"rank_{self.strategy.rank}.pt"))
+            self.strategy.barrier()
+        self.strategy.barrier()  # every rank's part uploaded
         if self.strategy.is_rank0:
-            with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:
-                json.dump({"step": self.step, "world_size": self.world, "stage": self.stage}, f)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            self.logger.sync()  # the metrics up to this checkpoint, before it becomes the one to resume from
+            ckpt.seal({COMPLETE_MARKER: json.dumps({"step": self.step, "world_size": self.world,
+                                                    "stage": self.stage})})
             prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
-            self.logger.info(f"checkpoint: {final}")
+            self.logger.info(f"checkpoint: {ckpt.target}")
         self.strategy.barrier()
-        return final
+        return ckpt.target
 
     def _load_state(self, ckpt: str) -> None:
         """Restore step, optimiser, lr schedule and RNG from a checkpoint (weights were loaded already)."""
+        shown, ckpt = ckpt, readable_path(ckpt, "--resume")
         with open(os.path.join(ckpt, COMPLETE_MARKER)) as f:
             state = json.load(f)
         self.step = int(state["step"])
@@ -265,6 +264,5 @@ class SupervisedTrainer:
         rng = os.path.join(ckpt, "rng", f"rank_{self.strategy.rank}.pt")
         if os.path.isfile(rng):
             torch.set_rng_state(torch.load(rng, weights_only=True))
-        if self.strategy.is_rank0:
-            truncate_metrics(self.run_dir, self.step)
-        self.logger.info(f"resumed from {ckpt} at step {self.step}")
+        self.logger.continue_from(self.step)  # rank 0: the run's metrics up to the checkpoint, none past it
+        self.logger.info(f"resumed from {shown} at step {self.step}")

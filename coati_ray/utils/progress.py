@@ -17,7 +17,9 @@ class MetricsTail:
     """`with MetricsTail(run_dir, "sft", total=600, keys=("loss",)):` prints the newest step periodically."""
 
     def __init__(self, run_dir: str, stage: str, total: Optional[int], keys: tuple[str, ...], every_s: float = 10.0):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        from coati_ray.storage.uri import join
+
+        self.path = join(run_dir, "metrics.jsonl")
         self.stage, self.total, self.keys, self.every_s = stage, total, keys, every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -50,13 +52,23 @@ class MetricsTail:
 
 
 def last_record(path: str) -> Optional[dict]:
-    """The last complete JSON line of a metrics file, or None."""
-    if not os.path.isfile(path):
+    """The last complete JSON line of a metrics file (local, or a URI as last uploaded), or None."""
+    from coati_ray.storage.uri import is_uri
+
+    if is_uri(path):
+        from coati_ray.storage.fs import StorageError, exists, read_bytes
+
+        try:
+            lines = read_bytes(path)[-8192:].decode("utf-8", errors="ignore").splitlines() if exists(path) else []
+        except StorageError:  # progress lines only: the run itself says what is wrong with its storage
+            return None
+    elif not os.path.isfile(path):
         return None
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 8192))
-        lines = f.read().decode("utf-8", errors="ignore").splitlines()
+    else:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode("utf-8", errors="ignore").splitlines()
     for line in reversed(lines):
         try:
             return json.loads(line)

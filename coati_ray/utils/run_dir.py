@@ -1,7 +1,9 @@
 """The run directory: metrics.jsonl (one JSON object per step), summary.json, checkpoints/.
 
 Checkpoints are written into `<name>.tmp` and renamed when complete, so a crash mid-save never
-leaves a directory that looks like a finished checkpoint.
+leaves a directory that looks like a finished checkpoint. A run directory may be a URI (s3://, gs://,
+hdfs://): its files are written into a node-local mirror and uploaded (coati_ray/storage/mirror.py), and a
+remote checkpoint is complete when its manifest, written last, is there (coati_ray/storage/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 import time
 import uuid
 from typing import Optional
+
+from coati_ray.storage.uri import is_uri, join
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"
@@ -35,16 +39,24 @@ class RunLogger:
     def __init__(self, run_dir: str, enabled: bool = True, stage: str = "", log_every: int = 1,
                  show: Optional[tuple[str, ...]] = None, wandb=None, config: Optional[dict] = None):
         """`show`: the keys of the progress line (None: every scalar except timings); `wandb`: a WandbConfig
-        (its series are the TensorBoard ones), `config`: the run's resolved config for its config panel."""
-        self.run_dir, self.enabled, self.stage, self.log_every = run_dir, enabled, stage, log_every
+        (its series are the TensorBoard ones), `config`: the run's resolved config for its config panel.
+
+        `run_dir` may be a URI: then `self.run_dir` is this process's node-local mirror of it, where every file
+        of the run is written and from where it is uploaded (after a record at most every COATI_SYNC_EVERY_S
+        seconds, at each checkpoint and at the end); `self.target` is the URI."""
+        from coati_ray.storage.mirror import Mirror
+
+        self.target, self.enabled, self.stage, self.log_every = run_dir, enabled, stage, log_every
+        self.mirror = Mirror(run_dir) if enabled else None
+        self.run_dir = self.mirror.local if enabled else run_dir
         self.show = show
         self.start = time.time()
         self._tb = None  # SummaryWriter, opened on the first record
-        self._wandb = WandbRun(run_dir, wandb, config, stage) if enabled and wandb is not None and wandb.enabled \
+        self._wandb = WandbRun(self.run_dir, wandb, config, stage) if enabled and wandb is not None and wandb.enabled \
             else None
         self._bar = None  # tqdm bar on a terminal
         if enabled:
-            os.makedirs(run_dir, exist_ok=True)
+            os.makedirs(self.run_dir, exist_ok=True)
 
     def log(self, step: int, total: int, metrics: dict) -> None:
         if not self.enabled:
@@ -84,6 +96,25 @@ class RunLogger:
             writer.flush()  # once per step: cheap, and nothing is lost if the run is killed
         if self._wandb is not None:
             self._wandb.log(step, scalars)
+        self.mirror.push(force=False)
+
+    def sync(self) -> None:
+        """Upload what changed in the run directory now (before a checkpoint; a remote run directory only)."""
+        if self.enabled:
+            if self._tb:
+                self._tb.flush()
+            self.mirror.push()
+
+    def continue_from(self, step: int) -> None:
+        """A resumed run: fetch the run's small files (a remote run directory) and drop the metric lines past
+        `step`, the checkpoint's, so the resumed run does not duplicate them."""
+        if self.enabled:
+            self.mirror.pull()
+            truncate_metrics(self.run_dir, step)
+
+    def shown(self, path: str) -> str:
+        """A file of the run as the user finds it: its URI for a remote run directory."""
+        return self.mirror.shown(path) if self.enabled else path
 
     def _writer(self):
         if self._tb is None:
@@ -113,6 +144,15 @@ class RunLogger:
             self._tb = None
         if self._wandb is not None:
             self._wandb.finish()
+        if self.mirror is not None:
+            self.mirror.push()
+
+    def discard(self) -> None:
+        """After a failure: upload what was written (the metrics up to the failure), then drop the local mirror."""
+        if self.mirror is not None:
+            self.close()
+            self.mirror.close()
+            self.enabled = False
 
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
@@ -124,6 +164,7 @@ class RunLogger:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump({k: _jsonable(v) for k, v in summary.items()}, f, indent=2)
         os.replace(path + ".tmp", path)
+        self.mirror.close()  # uploaded, and the node-local mirror of a remote run directory removed
 
 
 class WandbRun:
@@ -179,24 +220,45 @@ def truncate_metrics(run_dir: str, after_step: int) -> None:
 
 
 def checkpoint_dir(run_dir: str, step: int) -> str:
-    return os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
+    return join(run_dir, "checkpoints", f"step_{step:06d}")
+
+
+def _step_dirs(run_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every checkpoints/step_* directory, complete or not, oldest first."""
+    root = join(run_dir, "checkpoints")
+    if is_uri(run_dir):
+        from coati_ray.storage.fs import list_dir
+
+        names = list_dir(root)
+    else:
+        names = [os.path.basename(p) for p in glob.glob(os.path.join(root, "step_*"))]
+    return sorted((int(m.group(1)), join(root, n)) for n in names if (m := STEP_DIR.match(n)))
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """A local checkpoint with its marker, a remote one with its manifest (both written last)."""
+    if is_uri(path):
+        from coati_ray.storage.checkpoint import is_complete
+
+        return is_complete(path)
+    return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
     """The newest complete step checkpoint under `run_dir/checkpoints`, or None."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, "checkpoints", "step_*")):
-        m = STEP_DIR.match(os.path.basename(path))
-        if m and os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
-            found.append((int(m.group(1)), path))
-    return max(found)[1] if found else None
+    for _, path in reversed(_step_dirs(run_dir)):
+        if is_complete_checkpoint(path):
+            return path
+    return None
 
 
 def prune_checkpoints(run_dir: str, keep: int) -> None:
-    found = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(run_dir, "checkpoints", "step_*"))
-                   if (m := STEP_DIR.match(os.path.basename(p))))
+    """Keep the newest `keep` step checkpoints (remote ones too: each removed manifest first)."""
+    from coati_ray.storage.checkpoint import remove
+
+    found = _step_dirs(run_dir)
     for _, path in found[: max(0, len(found) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
+        remove(path)
 
 
 # What a run writes into its directory; --overwrite removes these and nothing else (a run directory may
@@ -207,6 +269,12 @@ RUN_ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints", "tensorboard", 
 def previous_run(run_dir: str) -> list[str]:
     """The results of an earlier run in `run_dir` (metrics, summary, checkpoints), [] when there are none.
     A config.yaml alone (a run that stopped before its first step) is not a result."""
+    if is_uri(run_dir):
+        from coati_ray.storage.fs import list_dir, list_files
+
+        names = set(list_dir(run_dir))
+        return [n for n in ("metrics.jsonl", "summary.json", "checkpoints")
+                if n in names and (n != "checkpoints" or list_files(join(run_dir, n)))]
     found = []
     for name in ("metrics.jsonl", "summary.json", "checkpoints"):
         path = os.path.join(run_dir, name)
@@ -230,6 +298,12 @@ def check_run_dir(run_dir: str, resume: bool, overwrite: bool, key: str = "--out
 
 def clear_run_dir(run_dir: str) -> None:
     """Remove an earlier run's artefacts from `run_dir` (only those: see RUN_ARTEFACTS)."""
+    if is_uri(run_dir):
+        from coati_ray.storage.fs import delete
+
+        for name in RUN_ARTEFACTS:
+            delete(join(run_dir, name))
+        return
     for name in RUN_ARTEFACTS:
         path = os.path.join(run_dir, name)
         if os.path.isdir(path):

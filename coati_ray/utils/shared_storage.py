@@ -13,9 +13,8 @@ the upload do not exist there.
 from __future__ import annotations
 
 import os
-import socket
 
-PROBE_DIR = ".storage-probe"
+from coati_ray.storage.preflight import PROBE_DIR  # noqa: F401 (where the probes go)
 # Set by Ray's job supervisor in the entrypoint's environment (ray._private.runtime_env.constants).
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -25,48 +24,44 @@ def under_ray_job() -> bool:
 
 
 def write_probe(output_dir: str, name: str, token: str) -> dict:
-    """On a rank's node: write `<output_dir>/.storage-probe/<name>` holding `token`. Returns where it ran and
-    the error, if the directory cannot even be written there."""
-    report = {"name": name, "host": socket.gethostname(), "path": os.path.join(output_dir, PROBE_DIR, name),
-              "error": None}
-    try:
-        os.makedirs(os.path.dirname(report["path"]), exist_ok=True)
-        with open(report["path"], "w") as f:
-            f.write(token)
-    except OSError as e:
-        report["error"] = f"{type(e).__name__}: {e}"
-    return report
+    """On a rank's (or a node's) node: write `<output_dir>/.storage-probe/<name>` holding `token` (a local path or
+    a URI). Returns where it ran and the error, if the directory cannot even be written there."""
+    from coati_ray.storage.preflight import probe_here
+
+    return probe_here(output_dir, name, token)
 
 
 def missing_probes(reports: list[dict], token: str) -> list[dict]:
     """On the driver's node: the reports whose probe file is absent or holds another token (another run's, or
     a node-local directory of the same name). Removes the probes it read."""
-    missing = []
-    for report in reports:
-        try:
-            with open(report["path"]) as f:
-                ok = report["error"] is None and f.read() == token
-            os.remove(report["path"])
-        except OSError:
-            ok = False
-        if not ok:
-            missing.append(report)
-    return missing
+    from coati_ray.storage.preflight import read_probe
+
+    return [report for report in reports if not read_probe(report, token)]
 
 
-def unshared_message(output_dir: str, missing: list[dict]) -> str:
+def unshared_message(output_dir: str, missing: list[dict], before_start: bool = False) -> str:
+    from coati_ray.storage.uri import is_uri, redact
+
     first = missing[0]
     where = ", ".join(f"{r['name']} on {r['host']}" for r in missing)
+    if is_uri(output_dir):
+        return (f"run error: output_dir '{redact(output_dir)}' cannot be written from {where} ({first['error']}); "
+                "give every node the same credentials and endpoint (AWS_* / GOOGLE_APPLICATION_CREDENTIALS in "
+                "its environment, e.g. a KubeRay Secret through envFrom)")
     why = f" ({first['error']})" if first["error"] else ", but the driver cannot read it back"
     return (f"run error: output_dir '{output_dir}' is not shared: {where} wrote its probe file{why}; put "
-            "output_dir on storage every node mounts at the same path (NFS, a cloud bucket mount), since the "
-            "driver completes the checkpoints the ranks write")
+            "output_dir on storage every node mounts at the same path (NFS, a cloud bucket mount) or on an object "
+            "store (output_dir=s3://bucket/run, gs://, hdfs://), since "
+            + ("the next stage and --resume read what each node writes" if before_start else
+               "the driver completes the checkpoints the ranks write"))
 
 
 def job_path_problem(key: str, path: str, is_output: bool) -> tuple[str, str] | None:
     """Under `ray job submit`: (what is wrong, how to fix it) for a relative `path` that cannot work; None
     when it can, or when this is no Ray job."""
-    if not under_ray_job() or os.path.isabs(path):
+    from coati_ray.storage.uri import is_uri
+
+    if not under_ray_job() or os.path.isabs(path) or is_uri(path):
         return None
     if is_output:
         return (f"'{path}' is relative, and a Ray job runs in a temporary copy of its working directory that is "

@@ -1,0 +1,241 @@
+"""Runs whose output_dir is an object-store URI, against a real S3-compatible server on loopback (moto in its own
+process): every file of the run lands at the URI, nothing stays in the node-local staging, a checkpoint whose
+upload never finished is never resumed from, and what was trained is loaded back from the URI."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import REPO, data_path
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server, tmp_path_factory):
+    """A bucket on the test server, and this module's node-local storage root (COATI_CACHE_DIR), set before any
+    Ray starts so that the actors inherit both."""
+    saved = os.environ.get("COATI_CACHE_DIR")
+    os.environ["COATI_CACHE_DIR"] = str(tmp_path_factory.mktemp("coati-cache"))
+    yield s3_server.create_bucket("runs")
+    if saved is None:
+        os.environ.pop("COATI_CACHE_DIR", None)
+    else:
+        os.environ["COATI_CACHE_DIR"] = saved
+
+
+def staging_left() -> list[str]:
+    from coati_ray.storage.staging import staging_root
+
+    root = staging_root()
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+
+def remote_files(uri: str) -> set[str]:
+    from coati_ray.storage.fs import list_files
+
+    return set(list_files(uri))
+
+
+def remote_json(uri: str):
+    from coati_ray.storage.fs import read_text
+
+    return json.loads(read_text(uri))
+
+
+def remote_metrics(uri: str) -> list[dict]:
+    from coati_ray.storage.fs import read_text
+
+    return [json.loads(line) for line in read_text(uri + "/metrics.jsonl").splitlines() if line.strip()]
+
+
+def sft(out: str, *overrides, resume=None) -> int:
+    from launch.sft import main
+
+    argv = ["--config", os.path.join(REPO, "configs", "sft_tiny.yaml"), "--output-dir", out, "ray.dashboard=false",
+            *overrides]
+    return main(argv + (["--resume"] if resume else []))
+
+
+def sft_data(model: str) -> list[str]:
+    return [f"model.path={model}", f"data.train_path={data_path('sft', 'train.jsonl')}", "data.eval_path=null"]
+
+
+def copy_remote(src: str, dst: str, tmp_path, files=None) -> None:
+    from coati_ray.storage.fs import download, list_files, upload
+
+    names = sorted(files if files is not None else list_files(src))
+    local = tmp_path / "copy"
+    download(src, str(local), names)
+    upload(str(local), dst, names)
+
+
+def test_sft_to_s3_resumes_past_an_unfinished_upload_and_generates_from_the_uri(bucket, tiny_llama, tmp_path,
+                                                                                capsys):
+    from coati_ray.storage.fs import delete
+    from coati_ray.storage.uri import join
+
+    common = [*sft_data(tiny_llama), "trainer.max_steps=8", "trainer.save_every=4", "trainer.keep_checkpoints=5"]
+    full = join(bucket, "sft-full")
+    assert sft(full, *common) == 0
+    files = remote_files(full)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints/step_000004/manifest.json",
+            "checkpoints/step_000004/trainer_state.json", "checkpoints/step_000004/model/config.json",
+            "checkpoints/final/manifest.json", "checkpoints/final/model.safetensors"} <= files, sorted(files)
+    assert [r["step"] for r in remote_metrics(full)] == list(range(1, 9))
+    assert remote_json(join(full, "summary.json"))["final_checkpoint"] == join(full, "checkpoints", "final")
+    assert staging_left() == []  # every staged write was uploaded and removed
+    manifest = remote_json(join(full, "checkpoints", "step_000004", "manifest.json"))
+    assert manifest["files"]["trainer_state.json"] > 0 and "model/config.json" in manifest["files"]
+
+    # A run "killed" while uploading its step-6 checkpoint: step 4 complete, step 6's files there but no
+    # manifest, and metrics two lines past the last complete checkpoint.
+    crashed = join(bucket, "sft-crashed")
+    copy_remote(join(full, "checkpoints", "step_000004"), join(crashed, "checkpoints", "step_000004"), tmp_path)
+    half = sorted(f for f in remote_files(join(full, "checkpoints", "step_000004")) if f != "manifest.json")
+    copy_remote(join(full, "checkpoints", "step_000004"), join(crashed, "checkpoints", "step_000006"),
+                tmp_path / "half", files=half[: len(half) // 2])
+    from coati_ray.storage.fs import write_text
+
+    write_text(join(crashed, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in remote_metrics(full)[:6]))
+    from coati_ray.utils.run_dir import latest_checkpoint
+
+    assert latest_checkpoint(crashed) == join(crashed, "checkpoints", "step_000004")
+    capsys.readouterr()
+    assert sft(crashed, *common, resume=True) == 0
+    assert f"resumed from {join(crashed, 'checkpoints', 'step_000004')} at step 4" in capsys.readouterr().out
+    rows = remote_metrics(crashed)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # none skipped, none twice
+    for a, b in zip(remote_metrics(full)[4:], rows[4:]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert latest_checkpoint(crashed) == join(crashed, "checkpoints", "step_000004")  # step 6: still unfinished
+    assert staging_left() == []
+
+    from coati_ray.storage.cache import local_copy
+
+    from safetensors.torch import load_file
+
+    wa = load_file(os.path.join(local_copy(join(full, "checkpoints", "final")), "model.safetensors"))
+    wb = load_file(os.path.join(local_copy(join(crashed, "checkpoints", "final")), "model.safetensors"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+    from launch.generate import main as generate
+
+    capsys.readouterr()
+    assert generate(["--model", join(full, "checkpoints", "final"), "--prompt", "Sort: 3 1 2",
+                     "generation.max_new_tokens=4"]) == 0
+    assert capsys.readouterr().out.strip()  # it answered
+    delete(full)
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint"])
+def test_a_bad_output_uri_is_one_line_before_anything_loads(case, bucket, tiny_llama, capsys, monkeypatch):
+    from coati_ray.storage import fs
+
+    out = "s3://no-such-bucket/run" if case == "missing bucket" else "s3://runs/run"
+    if case == "unreachable endpoint":
+        from tests.s3_server import free_port
+
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        fs.reset()
+    try:
+        assert sft(out, *sft_data(tiny_llama), "trainer.max_steps=2") == 2
+    finally:
+        fs.reset()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert out in err[0] and ("does not exist" if case == "missing bucket" else "cannot be reached") in err[0]
+    assert "testing" not in err[0].replace("s3://runs", "")  # the secret key is never shown
+    assert staging_left() == []
+
+
+@pytest.mark.slow
+def test_ppo_to_s3_resumes_from_the_last_complete_checkpoint_none_skipped_none_twice(bucket, tiny_llama, reward_dir,
+                                                                                     tmp_path):
+    """A PPO job on Ray (its trainer ranks upload their parts from their own processes) writes everything to
+    the URI; a copy of it whose step-4 upload never finished resumes from step 2 and trains exactly the
+    batches the uninterrupted run trained after it."""
+    import ray
+
+    from actors.driver import RLJob
+    from coati_ray.storage.uri import join
+    from coati_ray.utils.run_dir import latest_checkpoint
+    from tests.ppo_helpers import ppo_config
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="coati", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        overrides = ("algorithm.max_steps=4", "algorithm.save_every=2", "algorithm.rollout_batch_size=8",
+                     "algorithm.train_batch_size=8")
+        full, resumed = {}, {}
+
+        def recorder(store):
+            return lambda job, step, m: store.__setitem__(step, m["consumed"])
+
+        uri = join(bucket, "ppo-full")
+        RLJob(ppo_config(tiny_llama, reward_dir, uri, *overrides)).run(on_step=recorder(full))
+        files = remote_files(uri)
+        assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints/step_000002/manifest.json",
+                "checkpoints/step_000002/driver_state.json", "checkpoints/step_000002/actor/rng/rank_0.pt",
+                "checkpoints/step_000002/critic/model/config.json", "checkpoints/final/manifest.json",
+                "checkpoints/final/actor/model/config.json"} <= files, sorted(files)
+        assert [r["step"] for r in remote_metrics(uri) if "reward" in r] == [1, 2, 3, 4]
+        assert staging_left() == []
+
+        crashed = join(bucket, "ppo-crashed")
+        copy_remote(join(uri, "checkpoints", "step_000002"), join(crashed, "checkpoints", "step_000002"), tmp_path)
+        copy_remote(join(uri, "checkpoints", "step_000002"), join(crashed, "checkpoints", "step_000004"),
+                    tmp_path / "half", files=["actor/rng/rank_0.pt", "driver_state.json"])  # no manifest
+        start = latest_checkpoint(crashed)
+        assert start == join(crashed, "checkpoints", "step_000002")
+        summary = RLJob(ppo_config(tiny_llama, reward_dir, crashed, *overrides),
+                        resume_from=start).run(on_step=recorder(resumed))
+        assert summary["steps"] == 4 and sorted(resumed) == [3, 4]
+        for step in (3, 4):
+            for role in ("actor", "critic"):
+                assert resumed[step][role]["batch_ids"] == full[step][role]["batch_ids"], (step, role)
+        assert [r["step"] for r in remote_metrics(crashed) if "reward" in r] == [3, 4]
+        assert latest_checkpoint(crashed) is None or latest_checkpoint(crashed).endswith("step_000002")
+        assert staging_left() == []
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_the_pipeline_to_s3_end_to_end_then_resumed_reported_and_served_from_the_uri(bucket, tiny_llama, capsys):
+    """SFT -> RM -> PPO (and lm-eval) with output_dir=s3://...: every stage hands the next its checkpoint by URI
+    (read through each node's cache), the report lands beside them, and nothing stays in the staging area."""
+    import ray
+
+    from coati_ray.storage.uri import join
+    from launch.generate import main as generate
+    from launch.pipeline import main
+    from launch.report import main as report
+    from tests.test_pipeline import DEMO, short_overrides
+
+    out = join(bucket, "pipeline")
+    args = ["--config", DEMO, "--output-dir", out, *short_overrides(tiny_llama)]
+    assert main(args) == 0
+    assert not ray.is_initialized()
+    printed = capsys.readouterr().out
+    assert f"report: {join(out, 'report.md')}" in printed
+    files = remote_files(out)
+    for name in ("config.yaml", "summary.json", "report.md", "samples.md", "plots/ppo.png", "plots/sft.png",
+                 "sft/summary.json", "sft/metrics.jsonl", "sft/checkpoints/final/manifest.json",
+                 "rm/checkpoints/final/value_head.safetensors", "rm/checkpoints/final/manifest.json",
+                 "ppo/metrics.jsonl", "ppo/checkpoints/final/manifest.json",
+                 "ppo/checkpoints/final/actor/model/model.safetensors"):
+        assert name in files, (name, sorted(files))
+    summary = remote_json(join(out, "summary.json"))
+    assert summary["ppo_steps"] == 2 and summary["gold_score_ppo"] is not None
+    assert remote_json(join(out, "ppo", "config.yaml").replace("config.yaml", "summary.json"))["steps"] == 2
+    assert staging_left() == []
+
+    assert main(args + ["--resume"]) == 0  # every stage found complete at the URI, none trained again
+    assert capsys.readouterr().out.count("already complete") == 3
+
+    assert report([out]) == 0
+    assert f"wrote {join(out, 'report.md')}" in capsys.readouterr().out
+    assert generate(["--model", join(out, "ppo", "checkpoints", "final", "actor", "model"), "--prompt", "Sort: 2 1",
+                     "generation.max_new_tokens=4"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert staging_left() == []
