@@ -114,7 +114,7 @@ def check_output_on_every_node(output_dir: str, timeout_s: float = 60.0) -> None
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from coati_ray.errors import ConfigError
-    from coati_ray.storage.uri import absolute
+    from coati_ray.storage.uri import absolute, redact
     from coati_ray.utils.shared_storage import missing_probes, unshared_message
 
     here = ray.get_runtime_context().get_node_id()
@@ -123,9 +123,16 @@ def check_output_on_every_node(output_dir: str, timeout_s: float = 60.0) -> None
         return
     output_dir, token = absolute(output_dir), uuid.uuid4().hex
     probe = ray.remote(num_cpus=0)(_probe_task)
+    # named by node id: several nodes may share an address (one host's raylets, cluster_utils)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-        output_dir, f"node-{n['NodeManagerAddress']}", token) for n in others]
-    missing = missing_probes(ray.get(refs, timeout=timeout_s), token)
+        output_dir, f"node-{n['NodeManagerAddress']}-{n['NodeID'][:12]}", token) for n in others]
+    try:
+        reports = ray.get(refs, timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
+        raise ConfigError(f"run error: the other nodes could not be asked whether they see output_dir "
+                          f"'{redact(output_dir)}' within {timeout_s:.0f}s ({type(e).__name__}); check that every "
+                          "node is up (`ray status`) and start again") from None
+    missing = missing_probes(reports, token)
     if missing:
         raise ConfigError(unshared_message(output_dir, missing, before_start=True))
 

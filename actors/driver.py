@@ -156,8 +156,10 @@ class RLJob:
             with user_errors():
                 return self._run(on_step, t_start)
         finally:
-            self.logger.discard()  # a remote run directory: what was written is uploaded, the local mirror removed
-            self.shutdown()
+            try:
+                self.logger.discard()  # a remote run directory: what was written is uploaded, the mirror removed
+            finally:
+                self.shutdown()
 
     def _run(self, on_step, t_start: float) -> dict:
         p = self.cfg.algorithm

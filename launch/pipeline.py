@@ -36,13 +36,16 @@ def main(argv=None) -> int:
         preflight(cfg)
     except CoatiError as e:
         return fail(e)
-    if args.overwrite:  # local or remote, the same: each stage's directory, the plots, the prepared data
-        for path in [cfg.stage_dir(s) for s in STAGES] + [join(cfg.output_dir, "plots"), cfg.prepared_dir,
-                                                         join(cfg.output_dir, "lm_eval")]:
-            delete(path)
-    if not is_uri(cfg.output_dir):
-        os.makedirs(cfg.output_dir, exist_ok=True)
-    save_config(cfg, join(cfg.output_dir, "config.yaml"))
+    try:
+        if args.overwrite:  # local or remote, the same: each stage's directory, the plots, the prepared data
+            for path in [cfg.stage_dir(s) for s in STAGES] + [join(cfg.output_dir, "plots"), cfg.prepared_dir,
+                                                             join(cfg.output_dir, "lm_eval")]:
+                delete(path)
+        if not is_uri(cfg.output_dir):
+            os.makedirs(cfg.output_dir, exist_ok=True)
+        save_config(cfg, join(cfg.output_dir, "config.yaml"))
+    except CoatiError as e:
+        return fail(e)
     from actors.pipeline import run_pipeline
     from coati_ray.reporting.pipeline import format_table, pipeline_summary, write_json, write_pipeline_report
 
@@ -100,7 +103,8 @@ def check_output_dir(cfg: PipelineConfig, resume: bool, overwrite: bool) -> None
     """A second run into the same directory must not silently mix with, or destroy, the first."""
     from coati_ray.utils.run_dir import previous_run
 
-    existing = [s for s in cfg.stages if previous_run(cfg.stage_dir(s))]
+    existing = [s for s in cfg.stages if (previous_run(cfg.stage_dir(s)) if is_uri(cfg.stage_dir(s))
+                                          else os.path.exists(cfg.stage_dir(s)))]
     if existing and not (resume or overwrite):
         raise CoatiError(f"run error: '{cfg.output_dir}' already holds {', '.join(existing)} results; pass --resume "
                          "to continue that run, --overwrite to start again, or choose another --output-dir")

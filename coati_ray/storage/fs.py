@@ -40,7 +40,10 @@ def filesystem(path: str):
     if not is_uri(path):
         return pafs.LocalFileSystem(), os.path.abspath(path)
     scheme, authority, key = split(path)
-    cache_key = (scheme, authority if scheme in ("hdfs", "viewfs") else "", endpoint())
+    # hdfs: one per namenode; s3 without an endpoint or a region set: one per bucket (its region is looked up)
+    per_bucket = scheme == "s3" and not endpoint() and not (os.environ.get("AWS_REGION")
+                                                            or os.environ.get("AWS_DEFAULT_REGION"))
+    cache_key = (scheme, authority if scheme in ("hdfs", "viewfs") or per_bucket else "", endpoint())
     with _LOCK:
         fs = _FILESYSTEMS.get(cache_key)
         if fs is None:

@@ -25,9 +25,18 @@ from coati_ray.storage.staging import new_staging
 from coati_ray.storage.uri import is_uri, join
 
 SYNC_ENV = "COATI_SYNC_EVERY_S"
-# what `pull` leaves remote: the big and the immutable (checkpoints are read through the cache)
-NOT_PULLED = ("checkpoints/", "tensorboard/", "prepared/", "plots/", "lm_eval/tasks/", ".storage-probe/")
-NOT_PUSHED = ("checkpoints/", ".storage-probe/")
+# Folders, at any depth (a pipeline's sft/checkpoints/ too), that `pull` leaves remote: the big and the immutable
+# (checkpoints are read through the cache) and what a report redraws; and those a mirror never pushes.
+NOT_PULLED = frozenset({"checkpoints", "tensorboard", "prepared", "plots", "lm_eval_tasks", ".storage-probe"})
+NOT_PUSHED = frozenset({"checkpoints", ".storage-probe"})
+
+
+def _under(name: str, folders: frozenset) -> bool:
+    """`name` (a relative path) lies in one of `folders` at any depth; W&B's own files too, but its run id."""
+    parts = name.split("/")
+    if "wandb" in parts[:-1] and folders is NOT_PULLED and parts[-1] != "run_id":
+        return True
+    return bool(folders.intersection(parts[:-1]))
 
 
 def sync_every_s() -> float:
@@ -51,7 +60,7 @@ class Mirror:
             return []
         from coati_ray.storage.fs import download, list_files
 
-        names = [n for n in list_files(self.target) if not n.startswith(NOT_PULLED) and n != "manifest.json"
+        names = [n for n in list_files(self.target) if not _under(n, NOT_PULLED) and n != "manifest.json"
                  and (only is None or n.startswith(only)) and not os.path.exists(os.path.join(self.local, n))]
         download(self.target, self.local, names)
         for n in names:
@@ -70,7 +79,7 @@ class Mirror:
         for d, _, names in os.walk(self.local):
             for n in names:
                 rel = os.path.relpath(os.path.join(d, n), self.local)
-                if rel.startswith(NOT_PUSHED) or rel.endswith(".tmp"):
+                if _under(rel, NOT_PUSHED) or rel.endswith(".tmp"):
                     continue
                 stamp = _stamp(os.path.join(d, n))
                 if self._sent.get(rel) != stamp:

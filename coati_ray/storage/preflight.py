@@ -21,6 +21,17 @@ def check_scheme(key: str, path: str) -> None:
 
         raise ConfigError(f"config error: {key}: '{redact(path)}' has scheme '{scheme}://', which coati_ray "
                           "cannot read or write; use s3://, gs://, hdfs:// or a local (or NFS) path")
+    if is_uri(path):  # a secret in the URI would travel into config.yaml, logs and every actor's arguments
+        import urllib.parse
+
+        from coati_ray.errors import ConfigError
+
+        parts = urllib.parse.urlsplit(path)
+        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+        if parts.query or ":" in userinfo or (userinfo and parts.scheme.lower() not in ("hdfs", "viewfs")):
+            raise ConfigError(f"config error: {key}: '{redact(path)}' carries credentials or a query string; name "
+                              "the bucket and path only and give the credentials in the environment (AWS_* / "
+                              "GOOGLE_APPLICATION_CREDENTIALS, or the Hadoop client's configuration)")
 
 
 def check_writable(uri: str, key: str = "output_dir") -> None:

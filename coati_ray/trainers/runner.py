@@ -37,6 +37,9 @@ def run_supervised(trainer_cls, cfg, rank: int = 0, world_size: int = 1, master_
                               cfg.output_dir, resume_from=resume_from)
         trainer.logger.info(f"data: {report.rows} usable rows from {report.path}; {report.skipped_bad} bad rows "
                             f"skipped, {report.truncated} truncated, {report.dropped_empty} dropped (reply cut off)")
-        return trainer.fit(extra={"data": vars(report)})
+        try:
+            return trainer.fit(extra={"data": vars(report)})
+        finally:
+            trainer.logger.discard()  # a remote run directory: the metrics up to a failure uploaded too
     finally:
         strategy.close()

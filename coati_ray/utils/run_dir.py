@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Optional
 
+from coati_ray.errors import CoatiError
 from coati_ray.storage.uri import is_uri, join
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -52,7 +53,7 @@ class RunLogger:
         self.show = show
         self.start = time.time()
         self._tb = None  # SummaryWriter, opened on the first record
-        self._wandb = WandbRun(self.run_dir, wandb, config, stage) if enabled and wandb is not None and wandb.enabled \
+        self._wandb = WandbRun(self.run_dir, wandb, config, stage, target=run_dir) if enabled and wandb is not None and wandb.enabled \
             else None
         self._bar = None  # tqdm bar on a terminal
         if enabled:
@@ -96,7 +97,10 @@ class RunLogger:
             writer.flush()  # once per step: cheap, and nothing is lost if the run is killed
         if self._wandb is not None:
             self._wandb.log(step, scalars)
-        self.mirror.push(force=False)
+        try:
+            self.mirror.push(force=False)
+        except (OSError, CoatiError) as e:  # a passing storage error must not end a long run: next push retries
+            warn(f"metrics not uploaded this time ({e}); trying again at the next record")
 
     def sync(self) -> None:
         """Upload what changed in the run directory now (before a checkpoint; a remote run directory only)."""
@@ -148,10 +152,19 @@ class RunLogger:
             self.mirror.push()
 
     def discard(self) -> None:
-        """After a failure: upload what was written (the metrics up to the failure), then drop the local mirror."""
-        if self.mirror is not None:
-            self.close()
-            self.mirror.close()
+        """At the end, failed or not: a remote run directory's files are uploaded (the metrics up to a failure)
+        and its local mirror removed; a failed upload is a warning here, never the error the run ends with. A
+        local run directory: nothing to do."""
+        if self.mirror is None or not self.mirror.remote:
+            return
+        try:
+            if self._tb:
+                self._tb.flush()
+            self.mirror.push()
+        except (OSError, CoatiError) as e:
+            warn(f"the run's last files were not uploaded to {self.mirror.shown(self.run_dir)}: {e}")
+        finally:
+            self.mirror.discard()
             self.enabled = False
 
     def write_summary(self, summary: dict) -> None:
@@ -171,8 +184,11 @@ class WandbRun:
     """One W&B run per run directory, opened on the first record; a resumed run continues it (its id is kept
     in <run_dir>/wandb/run_id). The API key stays wandb's business (WANDB_API_KEY or ~/.netrc)."""
 
-    def __init__(self, run_dir: str, cfg, config: Optional[dict], stage: str):
+    def __init__(self, run_dir: str, cfg, config: Optional[dict], stage: str, target: Optional[str] = None):
+        """`target`: the run directory as the user named it (a URI, where `run_dir` is its local mirror)."""
         self.run_dir, self.cfg, self.config, self.stage = run_dir, cfg, config, stage
+        self.name = os.path.basename(target.rstrip("/")) if target and is_uri(target) else \
+            os.path.basename(os.path.abspath(run_dir))
         self.run = None
 
     def _open(self):
@@ -187,7 +203,7 @@ class WandbRun:
                 with open(id_file) as f:
                     run_id = f.read().strip()
             c = self.cfg
-            self.run = wandb.init(project=c.project, name=c.name or os.path.basename(os.path.abspath(self.run_dir)),
+            self.run = wandb.init(project=c.project, name=c.name or self.name,
                                   entity=c.entity, group=c.group, job_type=self.stage or None, dir=self.run_dir,
                                   mode=c.resolved_mode(), config=self.config, id=run_id, resume="allow")
             with open(id_file, "w") as f:
@@ -257,6 +273,8 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
     from coati_ray.storage.checkpoint import remove
 
     found = _step_dirs(run_dir)
+    if is_uri(run_dir):  # an unfinished upload holds no slot (locally it is a step_N.tmp, never matched)
+        found = [(step, path) for step, path in found if is_complete_checkpoint(path)]
     for _, path in found[: max(0, len(found) - keep)]:
         remove(path)
 
