@@ -30,14 +30,14 @@ from actors.replay_buffer import ReplayBuffer
 from actors.ppo_trainer_groups import PPOTrainerGroups
 from actors.watchdog import Watchdog
 from coati_ray.config import save_config, to_dict
-from coati_ray.errors import ConfigError
+from coati_ray.errors import ConfigError, TrainerLost, WorkerLost
 from coati_ray.reporting.step_metrics import step_metrics
 from coati_ray.utils.redact import redact_config
 from coati_ray.storage.checkpoint import Checkpoint
 from coati_ray.storage.fs import read_text
 from coati_ray.storage.uri import join, redact
 from coati_ray.utils.run_dir import (COMPLETE_MARKER, RunLogger, check_run_dir, checkpoint_dir, clear_run_dir,
-                                    prune_checkpoints)
+                                    latest_checkpoint, prune_checkpoints)
 
 PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac", "response_length",
                  "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
@@ -47,7 +47,7 @@ class RLJob:
     def __init__(self, cfg, resume_from: Optional[str] = None, ray_address: Optional[str] = None,
                  log: bool = True, overwrite: bool = False):
         """`overwrite`: replace an earlier run's results in cfg.output_dir (refused otherwise, unless resuming)."""
-        from coati_ray.experience.prompts import PromptStream, read_prompt_data
+        from coati_ray.experience.prompts import read_prompt_data
         from coati_ray.experience.reward_sources import check_reward_sources
         from coati_ray.models.loading import check_tokenizer_fits, tokenizer_for
 
@@ -80,8 +80,11 @@ class RLJob:
         self.items_per_step = cfg.algorithm.rollout_batch_size // cfg.maker.batch_size
         # Batch b holds stream positions b*batch_size...; step s trains on batches [s*k, (s+1)*k), so a
         # resumed run remakes exactly the batches the interrupted one had not trained on.
-        self.prompts = PromptStream(prompts, cfg.prompts_per_batch, cfg.algorithm.seed, self.step * self.items_per_step,
-                                    spare_rounds=cfg.algorithm.max_sampling_rounds - 1 if cfg.algorithm.filter_groups else 0)
+        self.prompt_items = prompts
+        self.prompts = self._prompt_stream()
+        self.first_step = self.step  # where this process started (history counts from it)
+        self.restarts_by_group = {role: 0 for role in self.roles}  # trainer restarts charged to each group
+        self.trainer_restarts: list[dict] = []
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.algorithm.log_every,
                                 wandb=cfg.logging.wandb, config=redact_config(self.cfg_dict),
                                 show=PROGRESS_KEYS)
@@ -171,18 +174,15 @@ class RLJob:
         if not self.resume_from:
             self._evaluate(block=True)  # the policy before PPO
         history = []
-        while self.step < p.max_steps:
-            metrics = self.train_step()
-            history.append(metrics)
-            self.logger.log(self.step, p.max_steps, _scalars(metrics))
-            if on_step is not None:
-                on_step(self, self.step, metrics)
-            if p.save_every and self.step % p.save_every == 0 and self.step < p.max_steps:
-                self.save_checkpoint()
-            if p.eval_every and self.step % p.eval_every == 0 and self.step < p.max_steps:
-                self._evaluate(block=p.mode == "sync")
-            self.evaluator.collect(block=False)
-        self.save_checkpoint(final=True)
+        while True:
+            try:
+                while self.step < p.max_steps:
+                    history.append(self._advance(on_step))
+                self.save_checkpoint(final=True)
+                break
+            except TrainerLost as lost:  # back to the last complete checkpoint, or the run's one line
+                self._restart_after(lost)
+                del history[max(0, self.step - self.first_step):]
         accounting = ray.get(self.buffer.close.remote())
         self.source.finish()  # nothing in flight; every generating worker holds the final weights
         self.evaluator.collect(block=True)
@@ -192,6 +192,89 @@ class RLJob:
         self.logger.write_summary(summary)
         return summary
 
+    def _prompt_stream(self):
+        from coati_ray.experience.prompts import PromptStream
+
+        cfg = self.cfg
+        return PromptStream(self.prompt_items, cfg.prompts_per_batch, cfg.algorithm.seed,
+                            self.step * self.items_per_step,
+                            spare_rounds=cfg.algorithm.max_sampling_rounds - 1 if cfg.algorithm.filter_groups else 0)
+
+    def _advance(self, on_step) -> dict:
+        """One step, then its checkpoint and evaluation when due."""
+        p = self.cfg.algorithm
+        metrics = self.train_step()
+        self.logger.log(self.step, p.max_steps, _scalars(metrics))
+        if on_step is not None:
+            on_step(self, self.step, metrics)
+        if p.save_every and self.step % p.save_every == 0 and self.step < p.max_steps:
+            self.save_checkpoint()
+        if p.eval_every and self.step % p.eval_every == 0 and self.step < p.max_steps:
+            self._evaluate(block=p.mode == "sync")
+        self.evaluator.collect(block=False)
+        return metrics
+
+    # ------------------------------------------------------------------ trainer restarts
+
+    def _restart_after(self, lost: TrainerLost) -> None:
+        """A trainer rank died (its process or its node): every actor of the job is let go and started again
+        from the last complete checkpoint, exactly as `--resume` would start them (the same batches remade and
+        trained, none skipped, none twice), on whichever nodes fit; the driver, its Ray, its metrics and its
+        run directory stay. Charged to the groups that lost a rank; past `<role>_trainer.max_restarts` the run
+        ends with `lost`'s line (which names the checkpoint to resume from)."""
+        roles = lost.roles or self.roles
+        spent = [r for r in roles if self.restarts_by_group[r] >= self.trainers.group_cfg(r).max_restarts]
+        if spent:
+            raise WorkerLost(f"{lost} (trainer restarts used: " + ", ".join(
+                f"{r}_trainer {self.restarts_by_group[r]} of max_restarts={self.trainers.group_cfg(r).max_restarts}"
+                for r in spent) + ")") from None
+        for role in roles:
+            self.restarts_by_group[role] += 1
+        t0 = time.monotonic()
+        ckpt = latest_checkpoint(self.cfg.output_dir)
+        if ckpt is not None:
+            state = json.loads(read_text(join(ckpt, "driver_state.json")))
+            step, version = state["step"], state["version"]
+        else:  # nothing saved yet: from the start, as a fresh run (the initial weights, step 0)
+            step, version = 0, 0
+        self.logger.info(f"{', '.join(lost.names) or 'a trainer rank'} died at step {lost.step + 1}; restarting the "
+                         f"job's actors from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
+                         f"{self.step - step} step(s) to redo; " + ", ".join(
+                             f"{r}_trainer restart {self.restarts_by_group[r]} of "
+                             f"{self.trainers.group_cfg(r).max_restarts}" for r in roles) + ")")
+        redone = self.step - step
+        self._release_actors()
+        self.resume_from, self.step, self.version = ckpt, step, version
+        self.prompts = self._prompt_stream()
+        self._start_actors()
+        if ckpt is None:  # the resume path (metrics past the checkpoint dropped, evaluations) ran for a checkpoint
+            self.logger.continue_from(step)
+            self.evaluator.restore(step)
+        seconds = time.monotonic() - t0
+        self.trainer_restarts.append({"step": step, "lost": list(lost.names), "seconds": round(seconds, 1),
+                                      "steps_redone": redone})
+        self.logger.record(step, {"trainer/restarts": len(self.trainer_restarts), "trainer/restart_seconds": seconds,
+                                  "trainer/steps_redone": redone})
+        self.metrics.inc("trainer_restarts_total", 1)
+        self.logger.info(f"back in {seconds:.1f}s at step {step} (trainer restart {len(self.trainer_restarts)})")
+
+    def _release_actors(self, timeout_s: float = 60.0) -> None:
+        """Every actor and placement group of the job gone, and their names released (asynchronously, by the
+        GCS), so that the new ones can take them."""
+        names = list(self.worker_handles())
+        self.source.shutdown()
+        self.trainers.shutdown()
+        ray.kill(self.buffer, no_restart=True)
+        self.buffer = None
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor(name, namespace=NAMESPACE)
+                except ValueError:
+                    break
+                time.sleep(0.1)
+
     # ------------------------------------------------------------------ start-up
 
     def start(self) -> None:
@@ -200,6 +283,11 @@ class RLJob:
                                    info=self.logger.info)
         check_cluster_fits(cfg)
         check_output_on_every_node(cfg.output_dir)  # before any actor: every node sees (or can write) output_dir
+        self._start_actors()
+
+    def _start_actors(self) -> None:
+        """Trainer groups, replay buffer, experience source, watchdog; from `resume_from` when set."""
+        cfg = self.cfg
         self.trainers = PPOTrainerGroups(cfg, self.cfg_dict, self.roles)
         # On the driver's node: it lives exactly as long as the job's driver, whichever node is lost.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -332,7 +420,8 @@ class RLJob:
                 "actor_loss_last": last.get("actor/loss"), "critic_loss_last": last.get("critic/loss"),
                 "trainer_idle_fraction": sum(idle) / len(idle) if idle else None,
                 "wall_seconds": wall, "buffer": accounting, **self.evaluator.summary(),
-                "final_checkpoint": join(self.cfg.output_dir, "checkpoints", "final")}
+                "final_checkpoint": join(self.cfg.output_dir, "checkpoints", "final"),
+                "trainer_restarts": len(self.trainer_restarts), "trainer_restart_log": list(self.trainer_restarts)}
 
 
 def ppo_resources(cfg) -> tuple[float, float]:

@@ -66,8 +66,11 @@ class PolicyEvaluator:
 
     def restore(self, up_to_version: int) -> None:
         """On resume: the evaluations already logged (metrics.jsonl, eval_samples.jsonl) up to the
-        checkpoint, so the summary's first evaluation is still the policy before PPO."""
+        checkpoint, so the summary's first evaluation is still the policy before PPO. After a trainer restart, the
+        same: what this process had recorded past the checkpoint is dropped with it (and what was in flight)."""
         from coati_ray.reporting.curves import read_metrics
+
+        self.pending, self.results = [], []
 
         run_dir = self.logger.run_dir
         samples = {}

@@ -42,6 +42,8 @@ SERIES = {
     "episode_trained_tokens": ("gauge", "multi-turn rollouts: policy tokens (trained) per episode of the last batch"),
     "episode_context_tokens": ("gauge", "multi-turn rollouts: environment tokens (context, never trained) per "
                                         "episode of the last batch"),
+    "trainer_restarts_total": ("counter", "times the job's actors were restarted from the last checkpoint after a "
+                                          "trainer rank was lost (<role>_trainer.max_restarts)"),
     "stage_seconds": ("gauge", "seconds of one stage of the last step (tag stage=generate, ref, update_actor, ...)"),
 }
 

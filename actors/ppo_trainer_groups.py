@@ -18,7 +18,7 @@ import ray
 from ray.util.placement_group import remove_placement_group
 
 from actors.ppo_trainer import PPOTrainerRank
-from coati_ray.errors import WorkerLost
+from coati_ray.errors import TrainerLost, WorkerLost
 
 PLACEMENT_TIMEOUT_S = 120.0
 
@@ -106,18 +106,22 @@ class PPOTrainerGroups:
                 ray.get(done[0])
             except ray.exceptions.RayActorError as e:
                 # The ref of a rank's own call: that rank is the dead one, no need to ask the others.
-                raise WorkerLost(self.lost_message(e, self.owner.get(done[0]))) from None
+                raise self.lost(e, self.owner.get(done[0])) from None
             except ray.exceptions.RayTaskError as e:
                 # A peer of a dead rank may fail first (its collective lost a member): name the dead one.
                 if any(_is_dead(handle) for _, handle in self.names()):
-                    raise WorkerLost(self.lost_message(e)) from None
+                    raise self.lost(e) from None
                 raise
         return ray.get(refs)
 
-    def lost_message(self, err: BaseException, dead_rank: Optional[str] = None) -> str:
+    def lost(self, err: BaseException, dead_rank: Optional[str] = None) -> TrainerLost:
+        """TrainerLost naming `dead_rank` or, when unknown, every rank that no longer answers."""
+        dead = [dead_rank] if dead_rank else [name for name, handle in self.names() if _is_dead(handle)]
+        return TrainerLost(self.lost_message(err, dead), dead, self.step)
+
+    def lost_message(self, err: BaseException, dead: list[str]) -> str:
         from coati_ray.utils.run_dir import latest_checkpoint
 
-        dead = [dead_rank] if dead_rank else [name for name, handle in self.names() if _is_dead(handle)]
         dead = dead or ["a trainer rank"]
         ckpt = latest_checkpoint(self.cfg.output_dir)
         how = (f"resume with --resume (latest checkpoint: {ckpt})" if ckpt else

@@ -22,6 +22,17 @@ class WorkerLost(CoatiError):
     """A Ray actor the run cannot do without died (a trainer rank, or a maker past its restarts)."""
 
 
+class TrainerLost(WorkerLost):
+    """A trainer rank died (its process, or its node): the job restarts its actors from the last complete
+    checkpoint up to `<role>_trainer.max_restarts` times (actors/driver.py); past that the run stops with this
+    line. `names`: the dead ranks ('actor-trainer-1'); `roles`: their groups (every group when unknown)."""
+
+    def __init__(self, message: str, names: tuple = (), step: int = 0):
+        super().__init__(message)
+        self.names, self.step = tuple(names), step
+        self.roles = tuple(sorted({n.rsplit("-trainer-", 1)[0] for n in self.names if "-trainer-" in n}))
+
+
 class RewardError(CoatiError):
     """A training reward source failed: a reward function raised or answered wrongly, or the reward
     service could not be reached."""

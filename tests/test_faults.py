@@ -130,7 +130,8 @@ def test_dead_trainer_rank_fails_fast_interrupted_save_never_looks_complete_and_
     from launch.common import resolve_resume
 
     out = tmp_path / "trainer"
-    cfg = ppo_config(tiny_llama, reward_dir, out, "maker.num_makers=1", "algorithm.max_steps=3", "algorithm.save_every=1")
+    cfg = ppo_config(tiny_llama, reward_dir, out, "maker.num_makers=1", "algorithm.max_steps=3", "algorithm.save_every=1",
+                     "actor_trainer.max_restarts=0")  # the stop itself (restarts: tests/test_trainer_restart.py)
 
     def after_step(job, step, m):
         if step == 2:  # the save of step 2 comes next and needs every rank
@@ -229,7 +230,8 @@ def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray
 
     cfg = ppo_config(tiny_llama, reward_dir, tmp_path / "trainer_dies", *SMALL, "algorithm.max_steps=4",
                      "maker.num_makers=1", "algorithm.rollout_batch_size=64", "algorithm.train_batch_size=8",
-                     "buffer.capacity=64", "buffer.timeout_s=600", "generation.max_new_tokens=48")
+                     "buffer.capacity=64", "buffer.timeout_s=600", "generation.max_new_tokens=48",
+                     "critic_trainer.max_restarts=0")
     fired, generation, killed_at = [], [], []
 
     def kill(critic):

@@ -70,7 +70,7 @@ class Collective(WeightTransport):
             if ref in senders:
                 role, rank = senders[ref]
                 if isinstance(out, ray.exceptions.RayActorError):
-                    raise WorkerLost(sync.trainers.lost_message(out, f"{role}-trainer-{rank}"))
+                    raise sync.trainers.lost(out, f"{role}-trainer-{rank}")
                 raise TransportBroke(f"the broadcast of version {version} from {role}-trainer-{rank} broke "
                                      f"({_last_line(out)})")
             role, index = receivers[ref]

@@ -66,6 +66,8 @@ def check_ppo(cfg, check_reward_head: bool = True) -> None:
     for group in (f"{role}_trainer" for role in cfg.roles):
         g = getattr(cfg, group)
         g.resources.validate(f"{group}.resources")
+        if g.max_restarts < 0:
+            _fail(f"{group}.max_restarts", f"must be >= 0, got {g.max_restarts}", "e.g. 3 (0: no restarts)")
         ranks = g.resources.num_ranks
         model = getattr(cfg, group.split("_")[0])
         if g.strategy.name == "3d":

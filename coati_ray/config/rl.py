@@ -228,6 +228,9 @@ class TrainerGroupConfig:
     strategy: StrategyConfig = opt(None, "parallel strategy of this group")
     optim: OptimizerConfig = opt(None, "optimiser of this group")
     resources: ResourceConfig = opt(None, "ranks and per-rank resources of this group")
+    max_restarts: int = opt(3, "a rank of this group lost (its process or its node): the job restarts its actors "
+                               "from the last complete checkpoint by itself, at most this many times in a run "
+                               "(0: the run stops at once with the line naming the checkpoint to resume from)")
 
 
 @dataclass
