@@ -125,7 +125,7 @@ def check_output_on_every_node(output_dir: str, timeout_s: float = 60.0) -> None
     probe = ray.remote(num_cpus=0)(_probe_task)
     # named by node id: several nodes may share an address (one host's raylets, cluster_utils)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-        output_dir, f"node-{n['NodeManagerAddress']}-{n['NodeID'][:12]}", token) for n in others]
+        output_dir, f"node-{n['NodeManagerAddress']}-{n['NodeID']}", token) for n in others]
     try:
         reports = ray.get(refs, timeout=timeout_s)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:

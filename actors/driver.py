@@ -95,6 +95,12 @@ class RLJob:
         self.max_staleness = cfg.algorithm.max_staleness if cfg.algorithm.mode == "async" else 0
         self.watchdog: Optional[Watchdog] = None
         self.target_makers = cfg.maker.num_makers
+        self.autoscaler = None  # maker.autoscale: the pool sizes itself (coati_ray/autoscale.py)
+        if cfg.maker.autoscale is not None and self.placement.makers:
+            from coati_ray.autoscale import Autoscaler, Rule
+
+            self.autoscaler = Autoscaler(Rule.of(cfg.maker.autoscale, cfg.algorithm.rollout_batch_size,
+                                                 self.items_per_step, self.max_staleness))
         self.lock = threading.Lock()
         self.buffer = None
         self.started_ray = False
@@ -204,6 +210,8 @@ class RLJob:
         """One step, then its checkpoint and evaluation when due."""
         p = self.cfg.algorithm
         metrics = self.train_step()
+        if self.autoscaler is not None:  # the next step's pool, from this one's signals
+            self._autoscale(metrics)
         self.logger.log(self.step, p.max_steps, _scalars(metrics))
         if on_step is not None:
             on_step(self, self.step, metrics)
@@ -346,12 +354,39 @@ class RLJob:
         with self.lock:  # makers dropped past their restarts are not replaced (on_exhausted_restarts=drop)
             self.target_makers = max(1, self.target_makers - self.source.take_dropped())
             target = self.target_makers
+        before = self.num_makers
         try:
             self.source.scale_to(target)  # added makers load before the step (maker.start_timeout_s at most)
         except ConfigError as e:  # resources taken since scale_makers() checked them: keep the makers we have
             self.logger.info(f"{e}; keeping {self.num_makers} makers")
             with self.lock:
                 self.target_makers = self.num_makers
+        except WorkerLost as e:
+            if self.autoscaler is None or target <= before:
+                raise
+            # autoscale asked for a maker the cluster did not place in time (no node came): let it go, wait longer
+            self.logger.info(f"autoscale: {str(e).removeprefix('run error: ')}; keeping {before} makers")
+            self.source.scale_to(before)
+            self.autoscaler.unplaced()
+            with self.lock:
+                self.target_makers = before
+
+    def _autoscale(self, m: dict) -> None:
+        """maker.autoscale: one maker more when the trainers waited for experience through a window of steps,
+        one fewer when the buffer held the next step through one (coati_ray/autoscale.py). Through the same path
+        as scale_makers, without its free-resources check: on a cluster with Ray's autoscaler a maker that does not
+        fit is what asks for a node, and an idle node is given back once its maker is gone."""
+        from coati_ray.autoscale import StepSignal
+
+        makers = self.num_makers
+        target = self.autoscaler.observe(StepSignal(m["trainer/idle_fraction"], m["buffer/held_samples"]), makers)
+        m["makers/autoscale_target"] = target
+        if target != makers:
+            self.logger.info(f"autoscale: {makers} -> {target} makers (trainers idle "
+                             f"{m['trainer/idle_fraction']:.0%} of the step, {m['buffer/held_samples']} samples "
+                             "held at its end)")
+            with self.lock:
+                self.target_makers = target
 
     def worker_handles(self) -> dict:
         """{name: handle} of every actor of the job (the watchdog pings them)."""
@@ -421,7 +456,9 @@ class RLJob:
                 "trainer_idle_fraction": sum(idle) / len(idle) if idle else None,
                 "wall_seconds": wall, "buffer": accounting, **self.evaluator.summary(),
                 "final_checkpoint": join(self.cfg.output_dir, "checkpoints", "final"),
-                "trainer_restarts": len(self.trainer_restarts), "trainer_restart_log": list(self.trainer_restarts)}
+                "trainer_restarts": len(self.trainer_restarts), "trainer_restart_log": list(self.trainer_restarts),
+                **({"maker_autoscale_changes": [list(c) for c in self.autoscaler.changes]}
+                   if self.autoscaler is not None else {})}
 
 
 def ppo_resources(cfg) -> tuple[float, float]:
@@ -435,10 +472,16 @@ def ppo_resources(cfg) -> tuple[float, float]:
 
 
 def check_cluster_fits(cfg, extra: str = "") -> None:
-    """Refuse a PPO config the connected cluster cannot host, before any actor starts."""
+    """Refuse a PPO config the connected cluster cannot host, before any actor starts. Under maker.autoscale the
+    makers are left out: on a cluster with Ray's autoscaler a maker that does not fit yet asks for a node (one
+    never placed ends the run after maker.start_timeout_s, in one line)."""
     need_cpu, need_gpu = ppo_resources(cfg)
     have = ray.cluster_resources()
-    for name, amount in (cfg.maker.resources if cfg.placement_spec.makers else {}).items():
+    autoscaled = cfg.maker.autoscale is not None and cfg.placement_spec.makers
+    if autoscaled:
+        need_cpu -= cfg.maker.num_makers * cfg.maker.num_cpus
+        need_gpu -= cfg.maker.num_makers * cfg.maker.num_gpus
+    for name, amount in (cfg.maker.resources if cfg.placement_spec.makers and not autoscaled else {}).items():
         need = cfg.maker.num_makers * amount
         if need > have.get(name, 0) + 1e-9:
             raise ConfigError(f"config error: maker.resources: {cfg.maker.num_makers} maker(s) need {need:g} "

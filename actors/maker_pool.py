@@ -79,9 +79,9 @@ class MakerPool:
         """Refuse to grow to `target` makers when the cluster has not got the free CPUs/GPUs for them
         (Ray would otherwise queue the actors forever)."""
         extra = target - len(self.makers)
-        if extra <= 0:
-            return
         m = self.cfg.maker
+        if extra <= 0 or m.autoscale is not None:  # autoscaled: a maker that does not fit asks Ray for a node
+            return
         free = ray.available_resources()
         need = {"CPU": extra * m.num_cpus, "GPU": extra * m.num_gpus,
                 **{name: extra * amount for name, amount in m.resources.items()}}

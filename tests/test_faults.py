@@ -252,6 +252,7 @@ def test_trainer_rank_dying_while_makers_generate_ends_the_run_at_once(local_ray
     print(f"run ended {ended:.2f}s after the kill; a step generates for {generation[0]:.2f}s")
     assert ended < generation[0] / 2, (ended, generation[0])
     assert "critic-trainer-0 died at step 2" in str(e.value) and "\n" not in str(e.value)
+    assert "critic_trainer 0 of max_restarts=0" in str(e.value)  # no restart left: the stop as before
     assert_no_leaks()
 
 

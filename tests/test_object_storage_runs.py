@@ -149,58 +149,6 @@ def test_a_bad_output_uri_is_one_line_before_anything_loads(case, bucket, tiny_l
 
 
 @pytest.mark.slow
-def test_ppo_to_s3_resumes_from_the_last_complete_checkpoint_none_skipped_none_twice(bucket, tiny_llama, reward_dir,
-                                                                                     tmp_path):
-    """A PPO job on Ray (its trainer ranks upload their parts from their own processes) writes everything to
-    the URI; a copy of it whose step-4 upload never finished resumes from step 2 and trains exactly the
-    batches the uninterrupted run trained after it."""
-    import ray
-
-    from actors.driver import RLJob
-    from coati_ray.storage.uri import join
-    from coati_ray.utils.run_dir import latest_checkpoint
-    from tests.ppo_helpers import ppo_config
-
-    ray.init(num_cpus=2, include_dashboard=False, namespace="coati", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}})
-    try:
-        overrides = ("algorithm.max_steps=4", "algorithm.save_every=2", "algorithm.rollout_batch_size=8",
-                     "algorithm.train_batch_size=8")
-        full, resumed = {}, {}
-
-        def recorder(store):
-            return lambda job, step, m: store.__setitem__(step, m["consumed"])
-
-        uri = join(bucket, "ppo-full")
-        RLJob(ppo_config(tiny_llama, reward_dir, uri, *overrides)).run(on_step=recorder(full))
-        files = remote_files(uri)
-        assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints/step_000002/manifest.json",
-                "checkpoints/step_000002/driver_state.json", "checkpoints/step_000002/actor/rng/rank_0.pt",
-                "checkpoints/step_000002/critic/model/config.json", "checkpoints/final/manifest.json",
-                "checkpoints/final/actor/model/config.json"} <= files, sorted(files)
-        assert [r["step"] for r in remote_metrics(uri) if "reward" in r] == [1, 2, 3, 4]
-        assert staging_left() == []
-
-        crashed = join(bucket, "ppo-crashed")
-        copy_remote(join(uri, "checkpoints", "step_000002"), join(crashed, "checkpoints", "step_000002"), tmp_path)
-        copy_remote(join(uri, "checkpoints", "step_000002"), join(crashed, "checkpoints", "step_000004"),
-                    tmp_path / "half", files=["actor/rng/rank_0.pt", "driver_state.json"])  # no manifest
-        start = latest_checkpoint(crashed)
-        assert start == join(crashed, "checkpoints", "step_000002")
-        summary = RLJob(ppo_config(tiny_llama, reward_dir, crashed, *overrides),
-                        resume_from=start).run(on_step=recorder(resumed))
-        assert summary["steps"] == 4 and sorted(resumed) == [3, 4]
-        for step in (3, 4):
-            for role in ("actor", "critic"):
-                assert resumed[step][role]["batch_ids"] == full[step][role]["batch_ids"], (step, role)
-        assert [r["step"] for r in remote_metrics(crashed) if "reward" in r] == [3, 4]
-        assert latest_checkpoint(crashed) is None or latest_checkpoint(crashed).endswith("step_000002")
-        assert staging_left() == []
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.slow
 def test_the_pipeline_to_s3_end_to_end_then_resumed_reported_and_served_from_the_uri(bucket, tiny_llama, capsys):
     """SFT -> RM -> PPO (and lm-eval) with output_dir=s3://...: every stage hands the next its checkpoint by URI
     (read through each node's cache), the report lands beside them, and nothing stays in the staging area."""
@@ -239,3 +187,63 @@ def test_the_pipeline_to_s3_end_to_end_then_resumed_reported_and_served_from_the
                      "generation.max_new_tokens=4"]) == 0
     assert capsys.readouterr().out.strip()
     assert staging_left() == []
+
+
+@pytest.mark.slow
+def test_on_a_multi_node_cluster_files_go_only_to_the_uri_and_a_lost_trainer_node_is_survived(bucket, tiny_llama,
+                                                                                                reward_dir):
+    """`ray.cluster_utils.Cluster`: a head without CPUs (the driver and the buffer) and four 1-CPU nodes for the
+    trainer ranks and the maker. The checkpoints are written by trainer ranks on other nodes than the driver's and
+    reach the URI only. At step 3 the node of the critic's rank is removed without warning: the job restarts its
+    actors from the step-2 checkpoint on the nodes left (downloading it there) and finishes, every batch trained
+    once."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from actors.driver import RLJob
+    from coati_ray.storage.uri import join
+    from tests.ppo_helpers import ppo_config
+
+    head = {"num_cpus": 0, "include_dashboard": False, "_system_config": {
+        "health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 4}}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+    for _ in range(4):  # after one is removed, the trainer ranks (0.5 CPU each) and the maker (1) still fit
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, namespace="coati", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        driver_node = ray.get_runtime_context().get_node_id()
+        uri = join(bucket, "multi-node")
+        cfg = ppo_config(tiny_llama, reward_dir, uri, "algorithm.max_steps=4", "algorithm.save_every=2",
+                         "algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", "maker.num_makers=1",
+                         "maker.num_cpus=1", "actor_trainer.resources.num_cpus_per_rank=0.5",
+                         "critic_trainer.resources.num_cpus_per_rank=0.5")
+        steps, removed = {}, []
+
+        def node_of(handle) -> str:
+            return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+
+        def on_step(job, step, m):
+            steps[step] = m["consumed"]
+            trainer_nodes = {node_of(h) for ranks in job.groups.values() for h in ranks}
+            assert driver_node not in trainer_nodes
+            if step == 3 and not removed:
+                where = node_of(job.groups["critic"][0])
+                cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == where),
+                                    allow_graceful=False)
+                removed.append(where)
+
+        summary = RLJob(cfg).run(on_step=on_step)
+        assert removed and summary["steps"] == 4 and summary["trainer_restarts"] == 1, summary
+        assert summary["trainer_restart_log"][0]["step"] == 2
+        for role in ("actor", "critic"):
+            ids = [b for s in sorted(steps) for b in steps[s][role]["batch_ids"]]
+            assert sorted(ids) == list(range(len(ids))), (role, ids)  # none skipped, none twice
+        files = remote_files(uri)
+        assert {"checkpoints/step_000002/manifest.json", "checkpoints/step_000002/critic/rng/rank_0.pt",
+                "checkpoints/final/actor/model/config.json", "summary.json", "metrics.jsonl"} <= files
+        assert [r["step"] for r in remote_metrics(uri) if "reward" in r] == [1, 2, 3, 4]
+        assert staging_left() == []
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

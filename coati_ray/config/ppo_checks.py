@@ -63,6 +63,9 @@ def check_ppo(cfg, check_reward_head: bool = True) -> None:
     if p.rollout_batch_size % p.train_batch_size:
         _fail("algorithm.train_batch_size", f"{p.train_batch_size} does not divide algorithm.rollout_batch_size "
               f"({p.rollout_batch_size})", "choose a divisor of the rollout batch")
+    if cfg.maker.autoscale is not None and not cfg.placement_spec.makers:
+        _fail("maker.autoscale", f"placement: {cfg.placement} has no maker pool to size",
+              "use placement: separate, or remove maker.autoscale")
     for group in (f"{role}_trainer" for role in cfg.roles):
         g = getattr(cfg, group)
         g.resources.validate(f"{group}.resources")

@@ -11,6 +11,32 @@ from coati_ray.config.schema import opt
 
 
 @dataclass
+class AutoscaleConfig:
+    """maker.autoscale: the maker pool sizes itself (coati_ray/autoscale.py): one more maker when the trainers
+    waited for experience through a whole window, one fewer when the buffer held the next step through one."""
+
+    min: int = opt(1, "fewest makers the pool shrinks to")
+    max: int = opt(4, "most makers the pool grows to (and never more than the batches that can be in flight at "
+                      "once: batches per step x (max_staleness + 1))")
+    window: int = opt(3, "steps in a row a signal must hold before the pool changes by one; the window starts "
+                         "again after each change, and a change that reverses the one before needs twice the "
+                         "window (up to 8x), so the pool settles instead of flapping")
+    idle_above: float = opt(0.2, "grow when the trainers waited for experience more than this share of every step "
+                                 "of the window (trainer/idle_fraction) and the buffer ended each of them empty")
+
+    def validate(self, num_makers: int, key: str = "maker.autoscale") -> None:
+        if not 1 <= self.min <= self.max:
+            _fail(f"{key}", f"needs 1 <= min <= max, got min={self.min} max={self.max}", "e.g. {min: 1, max: 4}")
+        if self.window < 1:
+            _fail(f"{key}.window", f"must be >= 1, got {self.window}", "e.g. 3 (steps)")
+        if not 0 < self.idle_above < 1:
+            _fail(f"{key}.idle_above", f"must be in (0, 1), got {self.idle_above}", "e.g. 0.2")
+        if not self.min <= num_makers <= self.max:
+            _fail("maker.num_makers", f"{num_makers} is outside maker.autoscale's [{self.min}, {self.max}]",
+                  "the pool starts with maker.num_makers makers: set it between min and max")
+
+
+@dataclass
 class MakerConfig:
     """Experience makers: each holds actor, initial, reward and critic models."""
 
@@ -33,7 +59,10 @@ class MakerConfig:
         "auto", "inference dtype of every maker model; auto: what each trainer group computes in (its "
                 "precision on zero2/gemini, else its model.dtype) and reward_model.dtype for the reward model")
     start_timeout_s: float = opt(120.0, "a maker not scheduled and ready within this many seconds ends the run "
-                                        "with one line")
+                                        "with one line (under maker.autoscale: is let go, and the pool stays as it "
+                                        "is; on a cluster that adds nodes, allow for a node's start)")
+    autoscale: Optional[AutoscaleConfig] = opt(None, "size the pool by itself between min and max (null: "
+                                                     "maker.num_makers, changed only by RLJob.scale_makers)")
 
     def validate(self, key: str = "maker") -> None:
         if self.num_makers < 1:
@@ -42,6 +71,8 @@ class MakerConfig:
             _fail(f"{key}.batch_size", f"must be >= 1, got {self.batch_size}", "e.g. 4")
         check_cpu_cores(self.cpu_cores, f"{key}.cpu_cores")
         check_nice(self.nice, f"{key}.nice")
+        if self.autoscale is not None:
+            self.autoscale.validate(self.num_makers, f"{key}.autoscale")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
                 _fail(f"{key}.resources", f"{name}: {amount!r} is not a custom resource amount > 0",
