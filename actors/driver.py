@@ -30,14 +30,14 @@ from actors.replay_buffer import ReplayBuffer
 from actors.ppo_trainer_groups import PPOTrainerGroups
 from actors.watchdog import Watchdog
 from coati_ray.config import save_config, to_dict
-from coati_ray.errors import ConfigError, TrainerLost, WorkerLost
+from coati_ray.errors import ConfigError, MakerUnplaced, TrainerLost, WorkerLost
 from coati_ray.reporting.step_metrics import step_metrics
 from coati_ray.utils.redact import redact_config
 from coati_ray.storage.checkpoint import Checkpoint
 from coati_ray.storage.fs import read_text
 from coati_ray.storage.uri import join, redact
 from coati_ray.utils.run_dir import (COMPLETE_MARKER, RunLogger, check_run_dir, checkpoint_dir, clear_run_dir,
-                                    latest_checkpoint, prune_checkpoints)
+                                    prune_checkpoints)
 
 PROGRESS_KEYS = ("reward", "kl", "actor/loss", "critic/loss", "actor/clip_frac", "response_length",
                  "throughput/samples_per_s", "timing/step", "makers", "buffer/held_samples")
@@ -83,6 +83,9 @@ class RLJob:
         self.prompt_items = prompts
         self.prompts = self._prompt_stream()
         self.first_step = self.step  # where this process started (history counts from it)
+        # where a trainer restart goes back to: the checkpoint this run started from, then each one it completes
+        # (not the newest in output_dir: a run resumed from an older or another run's checkpoint goes back to its own)
+        self.restart_point: tuple[Optional[str], int, int] = (resume_from, self.step, self.version)
         self.restarts_by_group = {role: 0 for role in self.roles}  # trainer restarts charged to each group
         self.trainer_restarts: list[dict] = []
         self.logger = RunLogger(cfg.output_dir, enabled=log, stage="ppo", log_every=cfg.algorithm.log_every,
@@ -187,7 +190,12 @@ class RLJob:
                 self.save_checkpoint(final=True)
                 break
             except TrainerLost as lost:  # back to the last complete checkpoint, or the run's one line
-                self._restart_after(lost)
+                while True:
+                    try:
+                        self._restart_after(lost)
+                        break
+                    except TrainerLost as again:  # lost again while coming back: one more restart, counted
+                        lost = again
                 del history[max(0, self.step - self.first_step):]
         accounting = ray.get(self.buffer.close.remote())
         self.source.finish()  # nothing in flight; every generating worker holds the final weights
@@ -226,7 +234,8 @@ class RLJob:
 
     def _restart_after(self, lost: TrainerLost) -> None:
         """A trainer rank died (its process or its node): every actor of the job is let go and started again
-        from the last complete checkpoint, exactly as `--resume` would start them (the same batches remade and
+        from the last checkpoint this run completed (else the one it started from, else the initial weights),
+        exactly as `--resume` would start them (the same batches remade and
         trained, none skipped, none twice), on whichever nodes fit; the driver, its Ray, its metrics and its
         run directory stay. Charged to the groups that lost a rank; past `<role>_trainer.max_restarts` the run
         ends with `lost`'s line (which names the checkpoint to resume from)."""
@@ -239,12 +248,7 @@ class RLJob:
         for role in roles:
             self.restarts_by_group[role] += 1
         t0 = time.monotonic()
-        ckpt = latest_checkpoint(self.cfg.output_dir)
-        if ckpt is not None:
-            state = json.loads(read_text(join(ckpt, "driver_state.json")))
-            step, version = state["step"], state["version"]
-        else:  # nothing saved yet: from the start, as a fresh run (the initial weights, step 0)
-            step, version = 0, 0
+        ckpt, step, version = self.restart_point  # no checkpoint yet: the initial weights, step 0
         self.logger.info(f"{', '.join(lost.names) or 'a trainer rank'} died at step {lost.step + 1}; restarting the "
                          f"job's actors from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
                          f"{self.step - step} step(s) to redo; " + ", ".join(
@@ -254,6 +258,10 @@ class RLJob:
         self._release_actors()
         self.resume_from, self.step, self.version = ckpt, step, version
         self.prompts = self._prompt_stream()
+        with self.lock:  # the pool comes back at its starting size (a lost node took capacity); _scale grows it
+            self.target_makers = min(self.target_makers, self.cfg.maker.num_makers)
+        if self.autoscaler is not None:
+            self.autoscaler.restarted()
         self._start_actors()
         if ckpt is None:  # the resume path (metrics past the checkpoint dropped, evaluations) ran for a checkpoint
             self.logger.continue_from(step)
@@ -269,11 +277,16 @@ class RLJob:
     def _release_actors(self, timeout_s: float = 60.0) -> None:
         """Every actor and placement group of the job gone, and their names released (asynchronously, by the
         GCS), so that the new ones can take them."""
-        names = list(self.worker_handles())
-        self.source.shutdown()
-        self.trainers.shutdown()
-        ray.kill(self.buffer, no_restart=True)
-        self.buffer = None
+        names = (list(self.source.handles()) if self.source is not None else []) + \
+            ([name for name, _ in self.trainers.names()] if self.trainers is not None else []) + \
+            (["replay-buffer"] if self.buffer is not None else [])
+        if self.source is not None:
+            self.source.shutdown()
+        if self.trainers is not None:
+            self.trainers.shutdown()
+        if self.buffer is not None:
+            ray.kill(self.buffer, no_restart=True)
+            self.buffer = None
         deadline = time.monotonic() + timeout_s
         for name in names:
             while time.monotonic() < deadline:
@@ -297,6 +310,7 @@ class RLJob:
         """Trainer groups, replay buffer, experience source, watchdog; from `resume_from` when set."""
         cfg = self.cfg
         self.trainers = PPOTrainerGroups(cfg, self.cfg_dict, self.roles)
+        self.trainers.step = self.step  # a rank lost before the first update is named at the right step
         # On the driver's node: it lives exactly as long as the job's driver, whichever node is lost.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.buffer = ReplayBuffer.options(name="replay-buffer", namespace=NAMESPACE, scheduling_strategy=here).remote(
@@ -361,7 +375,7 @@ class RLJob:
             self.logger.info(f"{e}; keeping {self.num_makers} makers")
             with self.lock:
                 self.target_makers = self.num_makers
-        except WorkerLost as e:
+        except MakerUnplaced as e:
             if self.autoscaler is None or target <= before:
                 raise
             # autoscale asked for a maker the cluster did not place in time (no node came): let it go, wait longer
@@ -426,6 +440,7 @@ class RLJob:
         ckpt.seal({"driver_state.json": json.dumps({"step": self.step, "version": self.version}),
                    COMPLETE_MARKER: json.dumps({"step": self.step, "stage": "ppo"})})
         if not final:
+            self.restart_point = (target, self.step, self.version)
             prune_checkpoints(self.cfg.output_dir, 2)
         self.logger.info(f"checkpoint: {redact(target)}")
         return target

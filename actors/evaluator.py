@@ -70,7 +70,9 @@ class PolicyEvaluator:
         same: what this process had recorded past the checkpoint is dropped with it (and what was in flight)."""
         from coati_ray.reporting.curves import read_metrics
 
-        self.pending, self.results = [], []
+        self.pending = []  # what was in flight is remade after the step it belongs to, or lost with its maker
+        self.results = [r for r in self.results if r["version"] <= up_to_version]
+        known = {r["version"] for r in self.results}
 
         run_dir = self.logger.run_dir
         samples = {}
@@ -87,7 +89,7 @@ class PolicyEvaluator:
                 f.writelines(json.dumps({"version": v, "samples": s}) + "\n"
                              for v, s in sorted(samples.items()) if v <= up_to_version)
         for record in read_metrics(run_dir):
-            if "eval/response_length" in record and record["step"] <= up_to_version:
+            if "eval/response_length" in record and record["step"] <= up_to_version and record["step"] not in known:
                 metrics = {k: v for k, v in record.items() if k.startswith("eval/") or k == "timing/eval"}
                 self.results.append({"version": record["step"], "metrics": metrics,
                                      "samples": samples.get(record["step"], [])})

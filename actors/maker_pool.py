@@ -27,7 +27,7 @@ from actors.cluster import NAMESPACE
 from actors.group import unwrap_error
 from actors.maker import ExperienceMaker, MakerBehind
 from actors.transports.loads import MakerLoads
-from coati_ray.errors import ConfigError, WorkerLost
+from coati_ray.errors import ConfigError, MakerUnplaced, WorkerLost
 
 RESTART_TIMEOUT_S = 300.0
 
@@ -138,7 +138,7 @@ class MakerPool:
             names = ", ".join(f"maker-{refs[r]}" for r in waiting)
             m = self.cfg.maker
             free = ray.available_resources()
-            raise WorkerLost(f"run error: {names} did not start within maker.start_timeout_s={timeout:g}s: not "
+            raise MakerUnplaced(f"run error: {names} did not start within maker.start_timeout_s={timeout:g}s: not "
                              f"placed (each needs {m.num_cpus:g} CPU / {m.num_gpus:g} GPU{_custom(m.resources)}; the "
                              f"cluster has {free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU"
                              f"{_custom(m.resources, free)} free) or still loading its "

@@ -97,9 +97,17 @@ class Autoscaler:
         return target
 
     def unplaced(self) -> None:
-        """A maker the rule asked for was not placed in time (the cluster did not grow): wait longer next time."""
+        """A maker the rule asked for was not placed in time (the cluster did not grow): that change did not
+        happen, and the next one waits longer."""
+        if self.changes and self.changes[-1][1] > self.changes[-1][0]:
+            self.changes.pop()
         self._backoff(reversal=True)
         self.last = -1
+
+    def restarted(self) -> None:
+        """The job's actors started again (a trainer restart): the pipeline's signals start afresh."""
+        self.signals.clear()
+        self.window, self.last = self.rule.window, 0
 
     def _backoff(self, reversal: bool) -> None:
         self.signals.clear()

@@ -22,6 +22,10 @@ class WorkerLost(CoatiError):
     """A Ray actor the run cannot do without died (a trainer rank, or a maker past its restarts)."""
 
 
+class MakerUnplaced(WorkerLost):
+    """A maker Ray did not place (or that did not load) within maker.start_timeout_s."""
+
+
 class TrainerLost(WorkerLost):
     """A trainer rank died (its process, or its node): the job restarts its actors from the last complete
     checkpoint up to `<role>_trainer.max_restarts` times (actors/driver.py); past that the run stops with this

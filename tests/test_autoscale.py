@@ -45,11 +45,14 @@ def test_a_reversal_doubles_the_window_so_the_pool_settles_instead_of_flapping()
     assert makers == 1  # five waiting steps are not enough now
     makers = scaler.observe(WAITING, makers)
     assert makers == 2 and scaler.window == 12 and scaler.changes == [(1, 2), (2, 1), (1, 2)]
-    scaler.unplaced()  # the maker asked for was never placed: as a reversal
-    assert scaler.window == 24 and scaler.signals == []
+    scaler.unplaced()  # the maker asked for was never placed: that grow did not happen, and it counts as a reversal
+    assert scaler.window == 24 and scaler.signals == [] and scaler.changes == [(1, 2), (2, 1)]
     for _ in range(30):
         scaler.unplaced()
     assert scaler.window == RULE.window * 8  # bounded
+    scaler.observe(WAITING, 1)
+    scaler.restarted()  # a trainer restart: the signals and the window start afresh
+    assert scaler.signals == [] and scaler.window == RULE.window and scaler.last == 0
 
 
 def test_bad_autoscale_settings_are_one_line_before_anything_starts():
