@@ -27,10 +27,11 @@ from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
 from actors.experience_source import ExperienceSource, check_source, experience_source
 from actors.replay_buffer import ReplayBuffer
+from actors.trainer_restart import restart_after
 from actors.ppo_trainer_groups import PPOTrainerGroups
 from actors.watchdog import Watchdog
 from coati_ray.config import save_config, to_dict
-from coati_ray.errors import ConfigError, MakerUnplaced, TrainerLost, WorkerLost
+from coati_ray.errors import ConfigError, MakerUnplaced, TrainerLost
 from coati_ray.reporting.step_metrics import step_metrics
 from coati_ray.utils.redact import redact_config
 from coati_ray.storage.checkpoint import Checkpoint
@@ -189,13 +190,8 @@ class RLJob:
                     history.append(self._advance(on_step))
                 self.save_checkpoint(final=True)
                 break
-            except TrainerLost as lost:  # back to the last complete checkpoint, or the run's one line
-                while True:
-                    try:
-                        self._restart_after(lost)
-                        break
-                    except TrainerLost as again:  # lost again while coming back: one more restart, counted
-                        lost = again
+            except TrainerLost as lost:  # back to the last checkpoint, or the run's one line
+                restart_after(self, lost)
                 del history[max(0, self.step - self.first_step):]
         accounting = ray.get(self.buffer.close.remote())
         self.source.finish()  # nothing in flight; every generating worker holds the final weights
@@ -229,72 +225,6 @@ class RLJob:
             self._evaluate(block=p.mode == "sync")
         self.evaluator.collect(block=False)
         return metrics
-
-    # ------------------------------------------------------------------ trainer restarts
-
-    def _restart_after(self, lost: TrainerLost) -> None:
-        """A trainer rank died (its process or its node): every actor of the job is let go and started again
-        from the last checkpoint this run completed (else the one it started from, else the initial weights),
-        exactly as `--resume` would start them (the same batches remade and
-        trained, none skipped, none twice), on whichever nodes fit; the driver, its Ray, its metrics and its
-        run directory stay. Charged to the groups that lost a rank; past `<role>_trainer.max_restarts` the run
-        ends with `lost`'s line (which names the checkpoint to resume from)."""
-        roles = lost.roles or self.roles
-        spent = [r for r in roles if self.restarts_by_group[r] >= self.trainers.group_cfg(r).max_restarts]
-        if spent:
-            raise WorkerLost(f"{lost} (trainer restarts used: " + ", ".join(
-                f"{r}_trainer {self.restarts_by_group[r]} of max_restarts={self.trainers.group_cfg(r).max_restarts}"
-                for r in spent) + ")") from None
-        for role in roles:
-            self.restarts_by_group[role] += 1
-        t0 = time.monotonic()
-        ckpt, step, version = self.restart_point  # no checkpoint yet: the initial weights, step 0
-        self.logger.info(f"{', '.join(lost.names) or 'a trainer rank'} died at step {lost.step + 1}; restarting the "
-                         f"job's actors from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
-                         f"{self.step - step} step(s) to redo; " + ", ".join(
-                             f"{r}_trainer restart {self.restarts_by_group[r]} of "
-                             f"{self.trainers.group_cfg(r).max_restarts}" for r in roles) + ")")
-        redone = self.step - step
-        self._release_actors()
-        self.resume_from, self.step, self.version = ckpt, step, version
-        self.prompts = self._prompt_stream()
-        with self.lock:  # the pool comes back at its starting size (a lost node took capacity); _scale grows it
-            self.target_makers = min(self.target_makers, self.cfg.maker.num_makers)
-        if self.autoscaler is not None:
-            self.autoscaler.restarted()
-        self._start_actors()
-        if ckpt is None:  # the resume path (metrics past the checkpoint dropped, evaluations) ran for a checkpoint
-            self.logger.continue_from(step)
-            self.evaluator.restore(step)
-        seconds = time.monotonic() - t0
-        self.trainer_restarts.append({"step": step, "lost": list(lost.names), "seconds": round(seconds, 1),
-                                      "steps_redone": redone})
-        self.logger.record(step, {"trainer/restarts": len(self.trainer_restarts), "trainer/restart_seconds": seconds,
-                                  "trainer/steps_redone": redone})
-        self.metrics.inc("trainer_restarts_total", 1)
-        self.logger.info(f"back in {seconds:.1f}s at step {step} (trainer restart {len(self.trainer_restarts)})")
-
-    def _release_actors(self, timeout_s: float = 60.0) -> None:
-        """Every actor and placement group of the job gone, and their names released (asynchronously, by the
-        GCS), so that the new ones can take them."""
-        names = (list(self.source.handles()) if self.source is not None else []) + \
-            ([name for name, _ in self.trainers.names()] if self.trainers is not None else []) + \
-            (["replay-buffer"] if self.buffer is not None else [])
-        if self.source is not None:
-            self.source.shutdown()
-        if self.trainers is not None:
-            self.trainers.shutdown()
-        if self.buffer is not None:
-            ray.kill(self.buffer, no_restart=True)
-            self.buffer = None
-        deadline = time.monotonic() + timeout_s
-        for name in names:
-            while time.monotonic() < deadline:
-                try:
-                    ray.get_actor(name, namespace=NAMESPACE)
-                except ValueError:
-                    break
-                time.sleep(0.1)
 
     # ------------------------------------------------------------------ start-up
 
@@ -449,6 +379,13 @@ class RLJob:
 
     def shutdown(self) -> None:
         """Kill every actor and remove every placement group this job created; stop Ray if we started it."""
+        self.stop_actors()
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+
+    def stop_actors(self) -> None:
+        """Every actor of the job killed and every placement group removed (Ray and the driver stay)."""
         if self.source is not None:
             self.source.shutdown()
         if self.trainers is not None:
@@ -456,9 +393,6 @@ class RLJob:
         if self.buffer is not None:
             ray.kill(self.buffer, no_restart=True)
             self.buffer = None
-        if self.started_ray:
-            ray.shutdown()
-            self.started_ray = False
 
     def _summary(self, history: list[dict], accounting: dict, wall: float) -> dict:
         last = history[-1] if history else {}

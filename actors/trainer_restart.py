@@ -1,0 +1,79 @@
+"""A trainer rank lost (its process or its node) does not end the run: the job's actors start again from the
+last checkpoint the run completed (else the one it started from, else the initial weights), exactly as `--resume`
+would start them: the same batches remade and trained, none skipped, none twice, on whichever nodes fit. The
+driver, its Ray, its metrics and its run directory stay. `<role>_trainer.max_restarts` bounds the restarts charged
+to each group; past it the run ends with the lost rank's line (which names the checkpoint to resume from).
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from actors.cluster import NAMESPACE
+from coati_ray.errors import TrainerLost, WorkerLost
+from coati_ray.storage.uri import redact
+
+
+def restart_after(job, lost: TrainerLost) -> None:
+    """Restart `job` (an RLJob) after `lost`; a rank lost again while coming back is one more restart, counted."""
+    while True:
+        try:
+            _restart(job, lost)
+            return
+        except TrainerLost as again:
+            lost = again
+
+
+def _restart(job, lost: TrainerLost) -> None:
+    roles = lost.roles or job.roles
+    limit = {r: job.trainers.group_cfg(r).max_restarts for r in roles}
+    spent = [r for r in roles if job.restarts_by_group[r] >= limit[r]]
+    if spent:
+        raise WorkerLost(f"{lost} (trainer restarts used: " + ", ".join(
+            f"{r}_trainer {job.restarts_by_group[r]} of max_restarts={limit[r]}" for r in spent) + ")") from None
+    for role in roles:
+        job.restarts_by_group[role] += 1
+    t0 = time.monotonic()
+    ckpt, step, version = job.restart_point  # no checkpoint yet: the initial weights, step 0
+    redone = job.step - step
+    job.logger.info(f"{', '.join(lost.names) or 'a trainer rank'} died at step {lost.step + 1}; restarting the "
+                    f"job's actors from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
+                    f"{redone} step(s) to redo; " + ", ".join(
+                        f"{r}_trainer restart {job.restarts_by_group[r]} of {limit[r]}" for r in roles) + ")")
+    release_actors(job)
+    job.resume_from, job.step, job.version = ckpt, step, version
+    job.prompts = job._prompt_stream()
+    with job.lock:  # the pool comes back at its starting size (a lost node took capacity); _scale grows it
+        job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
+    if job.autoscaler is not None:
+        job.autoscaler.restarted()
+    job._start_actors()
+    if ckpt is None:  # the resume path (metrics past the checkpoint dropped, evaluations) ran for a checkpoint
+        job.logger.continue_from(step)
+        job.evaluator.restore(step)
+    seconds = time.monotonic() - t0
+    job.trainer_restarts.append({"step": step, "lost": list(lost.names), "seconds": round(seconds, 1),
+                                 "steps_redone": redone})
+    job.logger.record(step, {"trainer/restarts": len(job.trainer_restarts), "trainer/restart_seconds": seconds,
+                             "trainer/steps_redone": redone})
+    job.metrics.inc("trainer_restarts_total", 1)
+    job.logger.info(f"back in {seconds:.1f}s at step {step} (trainer restart {len(job.trainer_restarts)})")
+
+
+def release_actors(job, timeout_s: float = 60.0) -> None:
+    """Every actor and placement group of the job gone, and their names released (asynchronously, by the GCS),
+    so that the new ones can take them."""
+    names = (list(job.source.handles()) if job.source is not None else []) + \
+        ([name for name, _ in job.trainers.names()] if job.trainers is not None else []) + \
+        (["replay-buffer"] if job.buffer is not None else [])
+    job.stop_actors()
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                break
+            time.sleep(0.1)
