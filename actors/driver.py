@@ -236,8 +236,9 @@ class RLJob:
         check_output_on_every_node(cfg.output_dir)  # before any actor: every node sees (or can write) output_dir
         self._start_actors()
 
-    def _start_actors(self) -> None:
-        """Trainer groups, replay buffer, experience source, watchdog; from `resume_from` when set."""
+    def _start_actors(self, keep_source: bool = False) -> None:
+        """Trainer groups, replay buffer, experience source, watchdog; from `resume_from` when set. `keep_source`:
+        a trainer restart kept the source's workers (makers), which rejoin the new groups."""
         cfg = self.cfg
         self.trainers = PPOTrainerGroups(cfg, self.cfg_dict, self.roles)
         self.trainers.step = self.step  # a rank lost before the first update is named at the right step
@@ -247,10 +248,15 @@ class RLJob:
             cfg.buffer.capacity, {role: self.trainers.group_cfg(role).resources.num_ranks for role in self.roles},
             self.items_per_step, self.step, self.max_staleness, cfg.buffer.timeout_s)
         ray.get(self.buffer.set_version.remote(self.version))
-        self.source = experience_source(self)
+        if not keep_source:
+            self.source = experience_source(self)
         self.trainers.start()
         check_shared_output(dict(self.trainers.names()), cfg.output_dir)
-        self.source.start(lambda: self.trainers.setup(self.resume_from, first_step=self.step))
+        setup_trainers = lambda: self.trainers.setup(self.resume_from, first_step=self.step)  # noqa: E731
+        if keep_source:
+            self.source.rejoin(setup_trainers)
+        else:
+            self.source.start(setup_trainers)
         self.watchdog = Watchdog(cfg.watchdog, self.logger.run_dir, self.worker_handles, self.activity)
         self.watchdog.locate()
         self.source.attach(self.watchdog)
@@ -258,6 +264,7 @@ class RLJob:
             self.logger.info(f"resumed from {self.resume_from} at step {self.step}")
             self.logger.continue_from(self.step)
             self.evaluator.restore(self.step)
+        if self.resume_from or keep_source:  # kept makers hold newer weights than the initial ones: reload them
             self._sync_weights()
         self.logger.info((f"{self.num_makers} makers, " if self.placement.makers else f"{cfg.placement}, ") + ", ".join(
             f"{role} group {len(ranks)} rank(s) [{self.trainers.group_cfg(role).strategy.name}]"
@@ -384,9 +391,10 @@ class RLJob:
             ray.shutdown()
             self.started_ray = False
 
-    def stop_actors(self) -> None:
-        """Every actor of the job killed and every placement group removed (Ray and the driver stay)."""
-        if self.source is not None:
+    def stop_actors(self, keep_source: bool = False) -> None:
+        """Every actor of the job killed (but the source's, `keep_source`) and every placement group removed (Ray
+        and the driver stay)."""
+        if self.source is not None and not keep_source:
             self.source.shutdown()
         if self.trainers is not None:
             self.trainers.shutdown()

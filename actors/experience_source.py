@@ -39,6 +39,18 @@ class ExperienceSource:
     def run(self, step: int) -> StepResult:
         raise NotImplementedError
 
+    # a trainer restart (actors/trainer_restart.py): a source whose workers are not the trainers keeps them
+    def keeps_workers(self) -> bool:
+        """Whether this source's workers can stay while the trainer groups restart from a checkpoint."""
+        return False
+
+    def pause(self) -> None:
+        """Before the trainer groups go: let go of anything that ties the workers to them."""
+
+    def rejoin(self, setup_trainers: Callable[[], None]) -> None:
+        """The new trainer groups (and buffer) are up: the kept workers work for them from the job's step."""
+        raise NotImplementedError
+
     def publish(self, version: int) -> dict:
         """What the weight publication reported: {export_seconds, bytes, transport}."""
         raise NotImplementedError
@@ -123,6 +135,20 @@ class MakerSource(ExperienceSource):
 
     def run(self, step: int) -> StepResult:
         return self.scheduler.run(step)  # generate and update, overlapped as the mode allows
+
+    def keeps_workers(self) -> bool:
+        return self.pool is not None and len(self.pool) > 0
+
+    def pause(self) -> None:
+        self.sync.close()  # the broadcast groups of the old trainer ranks (fire and forget)
+
+    def rejoin(self, setup_trainers: Callable[[], None]) -> None:
+        """The makers keep their processes and models (reference, reward, critic): what was in flight dropped,
+        the weights of the checkpoint the trainers went back to are the next they load."""
+        job = self.job
+        self.pool.rewind(job.buffer)
+        self.sync = WeightSync(job.cfg, job.trainers, self.pool, job.logger.info)
+        setup_trainers()
 
     def publish(self, version: int) -> dict:
         return self.sync.publish(version)

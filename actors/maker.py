@@ -105,6 +105,12 @@ class ExperienceMaker:
     def leave_sync(self) -> None:
         self.receiver.leave()
 
+    def rewind(self) -> None:
+        """A trainer restart kept this maker: the weights it holds are past the checkpoint the trainers went back
+        to, so it takes the next ones it is sent whatever their version (actors/trainer_restart.py). Between
+        batches, after any load queued before it."""
+        self.receiver.rewind()
+
     def _current(self, expected: Optional[int] = None) -> None:
         """Between batches: swap in weights that have fully arrived (waiting for `expected` if promised)."""
         self.receiver.swap(expected, timeout_s=self.cfg.weight_sync.timeout_s if expected is not None else 0.0)

@@ -353,6 +353,23 @@ class MakerPool:
         for index in list(self.retiring):
             ray.kill(self.retiring.pop(index), no_restart=True)
 
+    def rewind(self, buffer) -> None:
+        """A trainer restart keeps the makers (actors/trainer_restart.py): what they were making is finished and
+        dropped (those batches are made again after the checkpoint), queued loads run, and every maker takes the
+        next weights it is sent whatever their version (the trainers went back to older ones). Experience goes
+        to `buffer`, the new buffer, from now on. A maker that died meanwhile is recovered at its next batch."""
+        self.drain()
+        self.orphans.clear()
+        rewinds = {self.makers[i].rewind.remote(): i for i in self.makers}
+        for ref in rewinds:
+            try:
+                ray.get(ref, timeout=RESTART_TIMEOUT_S)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                pass  # dead or restarting: a restarted maker holds the base weights, and is reloaded anyway
+        for index in self.makers:
+            self.loads.version[index] = -1
+        self.buffer = buffer
+
     def kill_all(self) -> None:
         for maker in list(self.makers.values()) + list(self.retiring.values()):
             ray.kill(maker, no_restart=True)

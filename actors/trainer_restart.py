@@ -1,6 +1,8 @@
-"""A trainer rank lost (its process or its node) does not end the run: the job's actors start again from the
-last checkpoint the run completed (else the one it started from, else the initial weights), exactly as `--resume`
-would start them: the same batches remade and trained, none skipped, none twice, on whichever nodes fit. The
+"""A trainer rank lost (its process or its node) does not end the run: the trainer groups and the replay buffer start
+again from the last checkpoint the run completed (else the one it started from, else the initial weights), exactly
+as `--resume` would start them: the same batches remade and trained, none skipped, none twice, on whichever nodes
+fit. The makers stay, with their models loaded: what they were making is dropped and they load the checkpoint's
+weights before their next batch (under placement: colocated the trainers are the generators, so all restart). The
 driver, its Ray, its metrics and its run directory stay. `<role>_trainer.max_restarts` bounds the restarts charged
 to each group; past it the run ends with the lost rank's line (which names the checkpoint to resume from).
 """
@@ -38,37 +40,42 @@ def _restart(job, lost: TrainerLost) -> None:
     t0 = time.monotonic()
     ckpt, step, version = job.restart_point  # no checkpoint yet: the initial weights, step 0
     redone = job.step - step
-    job.logger.info(f"{', '.join(lost.names) or 'a trainer rank'} died at step {lost.step + 1}; restarting the "
-                    f"job's actors from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
+    keep = job.source is not None and job.source.keeps_workers()
+    what = "the trainer groups (makers kept)" if keep else "the job's actors"
+    job.logger.info(f"{', '.join(lost.names) or 'a trainer rank'} died at step {lost.step + 1}; restarting {what} "
+                    f"from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
                     f"{redone} step(s) to redo; " + ", ".join(
                         f"{r}_trainer restart {job.restarts_by_group[r]} of {limit[r]}" for r in roles) + ")")
-    release_actors(job)
+    if keep:  # the makers stay, with their models (reference, reward, critic) loaded: only their weights go back
+        job.source.pause()
+    release_actors(job, keep_source=keep)
     job.resume_from, job.step, job.version = ckpt, step, version
     job.prompts = job._prompt_stream()
-    with job.lock:  # the pool comes back at its starting size (a lost node took capacity); _scale grows it
-        job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
+    if not keep:
+        with job.lock:  # the pool comes back at its starting size (a lost node took capacity); _scale grows it
+            job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
     if job.autoscaler is not None:
         job.autoscaler.restarted()
-    job._start_actors()
+    job._start_actors(keep_source=keep)
     if ckpt is None:  # the resume path (metrics past the checkpoint dropped, evaluations) ran for a checkpoint
         job.logger.continue_from(step)
         job.evaluator.restore(step)
     seconds = time.monotonic() - t0
     job.trainer_restarts.append({"step": step, "lost": list(lost.names), "seconds": round(seconds, 1),
-                                 "steps_redone": redone})
+                                 "steps_redone": redone, "makers_kept": keep})
     job.logger.record(step, {"trainer/restarts": len(job.trainer_restarts), "trainer/restart_seconds": seconds,
                              "trainer/steps_redone": redone})
     job.metrics.inc("trainer_restarts_total", 1)
     job.logger.info(f"back in {seconds:.1f}s at step {step} (trainer restart {len(job.trainer_restarts)})")
 
 
-def release_actors(job, timeout_s: float = 60.0) -> None:
-    """Every actor and placement group of the job gone, and their names released (asynchronously, by the GCS),
-    so that the new ones can take them."""
-    names = (list(job.source.handles()) if job.source is not None else []) + \
+def release_actors(job, keep_source: bool = False, timeout_s: float = 60.0) -> None:
+    """Every actor and placement group of the job gone (but the source's, `keep_source`), and their names released
+    (asynchronously, by the GCS), so that the new ones can take them."""
+    names = (list(job.source.handles()) if job.source is not None and not keep_source else []) + \
         ([name for name, _ in job.trainers.names()] if job.trainers is not None else []) + \
         (["replay-buffer"] if job.buffer is not None else [])
-    job.stop_actors()
+    job.stop_actors(keep_source=keep_source)
     deadline = time.monotonic() + timeout_s
     for name in names:
         while time.monotonic() < deadline:

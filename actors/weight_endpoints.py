@@ -176,6 +176,8 @@ class WeightReceiver:
             group = self.groups.pop(r, None)
             if group is not None:
                 group.close()
+        with self.changed:  # a batch waiting for a broadcast from these groups stops waiting (swap)
+            self.changed.notify_all()
 
     @torch.no_grad()
     def receive(self, role: str, buckets: list, version: int) -> dict:
@@ -230,7 +232,8 @@ class WeightReceiver:
             # Wait only when a broadcast can still bring it: a member of every role's group (a restarted
             # maker has joined none, and must be told it is behind at once).
             if expected is not None and set(self.groups) >= set(self.modules):
-                self.changed.wait_for(lambda: (self._staged_version() or -1) >= expected, timeout=timeout_s)
+                self.changed.wait_for(lambda: (self._staged_version() or -1) >= expected or
+                                      not set(self.groups) >= set(self.modules), timeout=timeout_s)
             version = self._staged_version()
             if version is None or version <= self.version:
                 return None
@@ -245,6 +248,16 @@ class WeightReceiver:
                 casts += self._casts(role, buckets)
             self.version = version
             return self._report(time.perf_counter() - t, moved, casts, "collective")
+
+    def rewind(self) -> None:
+        """The trainers went back to a checkpoint (a trainer restart that keeps the makers): the models' version
+        and anything staged no longer count, so the next load or swap is taken whatever its version; the
+        broadcast groups of the old trainer ranks are left."""
+        self.leave()
+        with self.changed:
+            self.version = -1
+            self.staged.clear()
+            self.changed.notify_all()
 
     def _staged_version(self) -> Optional[int]:
         """The version every role's staging holds, when they hold the same one: a swap takes a consistent set

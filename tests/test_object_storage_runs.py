@@ -235,7 +235,7 @@ def test_on_a_multi_node_cluster_files_go_only_to_the_uri_and_a_lost_trainer_nod
 
         summary = RLJob(cfg).run(on_step=on_step)
         assert removed and summary["steps"] == 4 and summary["trainer_restarts"] == 1, summary
-        assert summary["trainer_restart_log"][0]["step"] == 2
+        assert summary["trainer_restart_log"][0]["step"] == 2 and summary["trainer_restart_log"][0]["makers_kept"]
         for role in ("actor", "critic"):
             ids = [b for s in sorted(steps) for b in steps[s][role]["batch_ids"]]
             assert sorted(ids) == list(range(len(ids))), (role, ids)  # none skipped, none twice

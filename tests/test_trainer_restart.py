@@ -1,5 +1,5 @@
-"""A trainer rank lost mid-run no longer ends it: the job's actors start again from the last complete checkpoint,
-by themselves, and the run trains every batch once, as a resumed run does (the stop past
+"""A trainer rank lost mid-run no longer ends it: the trainer groups start again from the last complete checkpoint,
+by themselves, the makers stay, and the run trains every batch once, as a resumed run does (the stop past
 `<role>_trainer.max_restarts` is tests/test_faults.py's, with max_restarts=0; a lost node with the run on object
 storage is tests/test_object_storage_runs.py's)."""
 
@@ -18,10 +18,12 @@ def test_a_lost_trainer_rank_restarts_the_job_from_its_checkpoint_none_skipped_n
                                                                                         reward_dir, tmp_path):
     from actors.driver import RLJob
 
-    steps, killed = {}, []
+    steps, killed, seen, makers = {}, [], [], []
 
     def on_step(job, step, m):
         steps[step] = m["consumed"]  # step 3 trained twice: its second time (after the restart) is kept
+        seen.append((step, m["reward"], m["actor/loss"], m["critic/loss"]))
+        makers.append(ray.get([h.pid.remote() for h in job.makers.values()]))
         if step == 3 and not killed:
             ray.kill(ray.get_actor("critic-trainer-0", namespace="coati"), no_restart=True)
             killed.append(step)
@@ -33,6 +35,11 @@ def test_a_lost_trainer_rank_restarts_the_job_from_its_checkpoint_none_skipped_n
     assert summary["steps"] == 4 and summary["trainer_restarts"] == 1
     log = summary["trainer_restart_log"][0]
     assert log["step"] == 2 and log["steps_redone"] == 1 and log["lost"] == ["critic-trainer-0"]
+    # the makers stayed (the same processes, none restarted) and went back to the checkpoint's weights: step 3,
+    # made and trained again from the step-2 checkpoint, equals its first time
+    assert log["makers_kept"] and all(pids == makers[0] for pids in makers) and summary["maker_restarts"] == 0
+    first, again = [s for s in seen if s[0] == 3]
+    assert first == pytest.approx(again, abs=1e-5), (first, again)
     for role in ("actor", "critic"):
         ids = [b for s in sorted(steps) for b in steps[s][role]["batch_ids"]]
         assert sorted(ids) == list(range(len(ids))) and len(ids) == 4 * len(steps[1][role]["batch_ids"]), ids
