@@ -127,6 +127,62 @@ def test_sft_to_s3_resumes_past_an_unfinished_upload_and_generates_from_the_uri(
     delete(full)
 
 
+class Killed(BaseException):
+    """The driver's process ending where it stands (not an error any handler would catch)."""
+
+
+@pytest.mark.slow
+def test_ppo_to_s3_killed_during_a_checkpoint_upload_resumes_from_the_one_before(bucket, tiny_llama, reward_dir,
+                                                                                 monkeypatch):
+    """A PPO run whose driver dies while its final checkpoint is being uploaded (every rank's part and the markers
+    are there, the manifest is not): step 1 stays the latest, and the run resumed from it remakes and trains the
+    batches of step 2 (the same ones), none skipped, none twice, with the files only at the URI."""
+    import ray
+
+    from actors.driver import RLJob
+    from coati_ray.storage import checkpoint
+    from coati_ray.storage.uri import join
+    from coati_ray.utils.run_dir import latest_checkpoint
+    from tests.ppo_helpers import ppo_config
+
+    uri = join(bucket, "ppo-killed")
+    cfg = ppo_config(tiny_llama, reward_dir, uri, "algorithm.max_steps=2", "algorithm.save_every=1",
+                     "algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", "maker.num_makers=1",
+                     "ray.dashboard=false")
+    seal = checkpoint.seal
+
+    def killed_before_the_final_manifest(target, meta=None):
+        if target.endswith("final"):
+            raise Killed()
+        return seal(target, meta)
+
+    first, resumed = {}, {}
+    ray.init(num_cpus=2, include_dashboard=False, namespace="coati", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        monkeypatch.setattr(checkpoint, "seal", killed_before_the_final_manifest)
+        with pytest.raises(Killed):
+            RLJob(cfg).run(on_step=lambda job, step, m: first.__setitem__(step, m["consumed"]))
+        monkeypatch.undo()
+        files = remote_files(uri)
+        assert {"checkpoints/final/driver_state.json", "checkpoints/final/critic/model/config.json",
+                "checkpoints/step_000001/manifest.json"} <= files and "checkpoints/final/manifest.json" not in files
+        assert latest_checkpoint(uri) == join(uri, "checkpoints", "step_000001")
+
+        summary = RLJob(cfg, resume_from=latest_checkpoint(uri)).run(
+            on_step=lambda job, step, m: resumed.__setitem__(step, m["consumed"]))
+    finally:
+        ray.shutdown()
+    assert sorted(first) == [1, 2] and sorted(resumed) == [2] and summary["steps"] == 2
+    for role in ("actor", "critic"):
+        assert resumed[2][role]["batch_ids"] == first[2][role]["batch_ids"]  # the unsaved step made again
+        ids = [b for steps in (first[1], resumed[2]) for b in steps[role]["batch_ids"]]
+        assert ids == list(range(len(ids))), (role, ids)  # none skipped, none twice
+    assert [r["step"] for r in remote_metrics(uri) if "reward" in r] == [1, 2]
+    assert "checkpoints/final/manifest.json" in remote_files(uri)  # made again, complete this time
+    assert staging_left() == []
+
+
 @pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint"])
 def test_a_bad_output_uri_is_one_line_before_anything_loads(case, bucket, tiny_llama, capsys, monkeypatch):
     from coati_ray.storage import fs
