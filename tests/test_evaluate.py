@@ -268,22 +268,3 @@ def test_lm_eval_through_the_serve_endpoint_matches_in_process(sorting_sft, task
                                                                          abs=0.05)
     assert read("chat")["coati_sorting"]["exact_match"] > 0.2
     assert read("mc")["sort_mc"]["acc"] == pytest.approx(read("local_mc")["sort_mc"]["acc"], abs=0.1)
-
-
-@pytest.mark.slow
-def test_pipeline_report_carries_the_lm_eval_table(tiny_llama, tmp_path, capsys):
-    from launch.pipeline import main
-    from tests.test_pipeline import DEMO, short_overrides
-
-    out = tmp_path / "run"
-    assert main(["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_llama), "evaluate.limit=6"]) == 0
-    printed = capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["lm_eval"]["stages"]) == {"base", "sft", "ppo"}
-    for label in ("base", "sft", "ppo"):
-        assert summary["lm_eval"]["stages"][label]["coati_sorting"]["samples"] == 6
-        assert (out / "lm_eval" / label / "lm_eval.json").is_file()
-    report = (out / "report.md").read_text()
-    assert "## lm-evaluation-harness" in report and "| coati_sorting | gold_score |" in report
-    assert report.index("gold_score_ppo") < report.index("## lm-evaluation-harness")  # beside the gold score
-    assert "lm-evaluation-harness:" in printed and "after PPO" in printed

@@ -217,7 +217,7 @@ def test_the_pipeline_to_s3_end_to_end_then_resumed_reported_and_served_from_the
     from tests.test_pipeline import DEMO, short_overrides
 
     out = join(bucket, "pipeline")
-    args = ["--config", DEMO, "--output-dir", out, *short_overrides(tiny_llama)]
+    args = ["--config", DEMO, "--output-dir", out, *short_overrides(tiny_llama), "evaluate.limit=6"]
     assert main(args) == 0
     assert not ray.is_initialized()
     printed = capsys.readouterr().out

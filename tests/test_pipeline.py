@@ -114,7 +114,7 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["--config", DEMO, "--output-dir", str(out), *short_overrides(tiny_chatml), *chat_overrides(chat_data),
-            "ppo.algorithm.save_every=1"]
+            "ppo.algorithm.save_every=1", "evaluate.limit=6"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert not ray.is_initialized()  # the embedded Ray it started is gone
@@ -145,6 +145,14 @@ def test_short_pipeline_end_to_end(tiny_chatml, chat_data, tmp_path, capsys):
     assert summary["gold_score_ppo"] == pytest.approx(evals[-1]["eval/gold_score"])
     report = (out / "report.md").read_text()
     assert "gold_score_ppo" in report and "plots/ppo.png" in report
+    # lm-evaluation-harness on the base model and after SFT and PPO, its table beside the gold score
+    assert set(summary["lm_eval"]["stages"]) == {"base", "sft", "ppo"}
+    for label in ("base", "sft", "ppo"):
+        assert summary["lm_eval"]["stages"][label]["coati_sorting"]["samples"] == 6
+        assert (out / "lm_eval" / label / "lm_eval.json").is_file()
+    assert "## lm-evaluation-harness" in report and "| coati_sorting | gold_score |" in report
+    assert report.index("gold_score_ppo") < report.index("## lm-evaluation-harness")
+    assert "lm-evaluation-harness:" in printed and "after PPO" in printed
     assert_template_travels(out, ("sft/checkpoints/final", "rm/checkpoints/final",
                                   "ppo/checkpoints/final/actor/model"), "<|im_start|>")
 
