@@ -114,12 +114,14 @@ def _ppo_overrides(tiny_llama, reward_dir) -> list[str]:
 
 
 @pytest.mark.slow
-def test_makers_grow_onto_a_launched_node_while_trainers_wait_and_idle_nodes_go_back(
+def test_makers_shrink_when_ahead_and_grow_onto_a_launched_node_while_trainers_wait_idle_nodes_go_back(
         tiny_llama, reward_dir, tmp_path, monkeypatch):
     """Makers fit only on worker nodes (a `maker_slot` resource the head has not), which the fake provider
-    launches on demand: the first maker's node is launched for it at start. Sync mode, where the trainers wait
-    for every batch: the pool grows from 1 to 2, the second maker on a node launched for it. Once the job's makers
-    are gone, the autoscaler gives their idle nodes back. (The shrink rule is the pure tests' above.)"""
+    launches on demand. First async mode, two makers (a node launched for each) making short answers while the
+    trainers take long updates: the buffer holds the whole next step, the pool shrinks to one maker, and the
+    autoscaler gives the idle node back while the run goes on. Then sync mode, where the trainers wait for every
+    batch: the pool grows from 1 to 2, the second maker on a node launched for it. Once the job's makers are gone,
+    the autoscaler gives their idle nodes back."""
     import sys
 
     import ray
@@ -144,6 +146,33 @@ def test_makers_grow_onto_a_launched_node_while_trainers_wait_and_idle_nodes_go_
             return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("maker_slot"))
 
         base = os.path.join(REPO, "configs", "ppo_tiny.yaml")
+        # Async, two makers and short answers against a long update: the buffer holds the whole next step at the
+        # end of a step, so the pool shrinks to one, and the node of the maker it let go goes back
+        shrink = load_config(RLConfig, base, _ppo_overrides(tiny_llama, reward_dir) + [
+            "maker.num_makers=2", "maker.autoscale={min: 1, max: 2, window: 1}", "algorithm.mode=async",
+            "algorithm.max_staleness=1", "algorithm.max_steps=4", "algorithm.rollout_batch_size=8",
+            "algorithm.train_batch_size=8", "maker.batch_size=4", "generation.max_new_tokens=4",
+            "algorithm.ppo_epochs=6", "algorithm.micro_batch_size=1"],
+            output_dir=str(tmp_path / "shrink"))
+        shrink.validate()
+        seen, released = [], []
+
+        def on_shrink_step(job, step, m):
+            seen.append((job.num_makers, maker_nodes(), m["buffer/held_samples"]))
+            if job.num_makers == 1 and not released:  # the run goes on with one maker; the other's node goes back
+                deadline = time.monotonic() + 120
+                while maker_nodes() > 1 and time.monotonic() < deadline:
+                    time.sleep(2)
+                released.append(maker_nodes())
+
+        summary = RLJob(shrink).run(on_step=on_shrink_step)
+        assert summary["maker_autoscale_changes"][0] == [2, 1], (summary["maker_autoscale_changes"], seen)
+        assert seen[0][:2] == (2, 2) and released == [1], (seen, released)
+        deadline = time.monotonic() + 150
+        while maker_nodes() > 0 and time.monotonic() < deadline:
+            time.sleep(2)
+        assert maker_nodes() == 0
+
         grow = load_config(RLConfig, base, _ppo_overrides(tiny_llama, reward_dir) + [
             "maker.num_makers=1", "maker.autoscale={min: 1, max: 2, window: 1}", "algorithm.max_steps=3",
             "algorithm.rollout_batch_size=16", "algorithm.train_batch_size=16", "maker.batch_size=4",
