@@ -127,6 +127,26 @@ def test_sft_to_s3_resumes_past_an_unfinished_upload_and_generates_from_the_uri(
     delete(full)
 
 
+def test_evaluate_reads_a_model_from_the_uri_and_writes_its_results_there(bucket, tiny_llama, capsys):
+    """launch.evaluate --model s3://... --output-dir s3://...: the model through this node's cache, the results
+    uploaded once written (nothing left in staging), and a second run refused before any model loads."""
+    from coati_ray.storage.fs import upload
+    from coati_ray.storage.uri import join
+    from launch.evaluate import main
+
+    model, out = join(bucket, "eval-model"), join(bucket, "eval")
+    upload(tiny_llama, model)
+    args = ["--model", model, "--tasks", "coati_sorting", "--limit", "4", "--output-dir", out]
+    assert main(args) == 0
+    assert f"wrote {join(out, 'lm_eval.json')}" in capsys.readouterr().out
+    saved = remote_json(join(out, "lm_eval.json"))
+    assert saved["model"] == model and saved["results"]["coati_sorting"]["samples"] == 4
+    assert "lm_eval.md" in remote_files(out) and staging_left() == []
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and join(out, "lm_eval.json") in err[0], err
+
+
 class Killed(BaseException):
     """The driver's process ending where it stands (not an error any handler would catch)."""
 
