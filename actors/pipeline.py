@@ -78,12 +78,26 @@ def run_pipeline(cfg, ray_address: Optional[str] = None, resume: bool = False,
 
 
 def _prepare_pretrain_data(cfg, info: Callable[[str], None]) -> None:
+    """Tokenized once into `prepared_dir`; a rerun from the same inputs and settings reuses it. Under a URI output_dir
+    it is prepared here and uploaded whole (a manifest last), and each pretrain rank reads it through its node's
+    cache; a complete one is checked against the inputs through this node's copy."""
     from coati_ray.data.prepare import prepare_to_disk
+    from coati_ray.storage import readable_path
 
     p, model = cfg.prepare, cfg.pretrain.model
-    prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.local_tokenizer_path,
-                    cfg.prepared_dir, cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed,
-                    info=lambda line: info(f"[pipeline] prepare: {line}"), trust_remote_code=model.trust_remote_code)
+
+    def prepare(out: str) -> None:
+        prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.local_tokenizer_path, out,
+                        cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed,
+                        info=lambda line: info(f"[pipeline] prepare: {line}"), trust_remote_code=model.trust_remote_code)
+
+    if not is_uri(cfg.prepared_dir):
+        prepare(cfg.prepared_dir)
+    elif is_complete(cfg.prepared_dir):
+        prepare(readable_path(cfg.prepared_dir, "prepared"))  # the same key: reused; another: refused, nothing written
+    else:
+        with written_whole(cfg.prepared_dir) as out:
+            prepare(out)
 
 
 def _expand_vocab(stage_cfg) -> dict:

@@ -229,12 +229,20 @@ def test_gpu_configs_parse(name):
 
 
 @pytest.mark.slow
-def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_checkpoint(tiny_llama, tmp_path):
+def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_checkpoint_by_uri(
+        tiny_llama, tmp_path, s3_server, monkeypatch):
     """Colossal-LLaMA's order in one job: expand the vocabulary, pretrain on data the pipeline tokenizes with
-    the expanded tokenizer, then SFT and GRPO on top (configs/demo_rlvr.yaml shortened)."""
+    the expanded tokenizer, then SFT and GRPO on top (configs/demo_rlvr.yaml shortened), with output_dir on the
+    S3-compatible test server: the prepared data and every checkpoint go to the URI and are read back from it
+    (the local hand-off is the short pipeline's)."""
     from transformers import AutoTokenizer
 
+    from coati_ray.storage.cache import local_copy
+    from coati_ray.storage.fs import list_files, read_text
+    from coati_ray.storage.uri import join
     from launch.pipeline import main
+
+    monkeypatch.setenv("COATI_CACHE_DIR", str(tmp_path / "cache"))  # before the pipeline's Ray starts
 
     rlvr = os.path.join(REPO, "configs", "colossal_llama_tiny.yaml")
     overrides = [f"expand_vocab.source={tiny_llama}", f"expand_vocab.pieces={REPO}/data/vocab/pieces.jsonl",
@@ -260,15 +268,19 @@ def test_expand_vocab_and_pretrain_run_before_sft_each_handing_the_next_its_chec
     assert cfg.pretrain.model.path == cfg.final_checkpoint("expand_vocab")
     assert cfg.sft.model.path == cfg.final_checkpoint("pretrain") and cfg.ppo.actor.path == cfg.final_checkpoint("sft")
 
-    out = tmp_path / "run"
-    assert main(["--config", rlvr, "--output-dir", str(out), *overrides]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    out = join(s3_server.create_bucket("colossal"), "run")
+    assert main(["--config", rlvr, "--output-dir", out, *overrides]) == 0
+    read = lambda *path: json.loads(read_text(join(out, *path)))  # noqa: E731
+    summary = read("summary.json")
     assert list(summary["stage_seconds"]) == ["expand_vocab", "pretrain", "sft", "ppo"]
-    expanded = json.loads((out / "expand_vocab" / "checkpoints" / "final" / "expand_vocab.json").read_text())
+    expanded = read("expand_vocab", "checkpoints", "final", "expand_vocab.json")
     assert expanded["added"] + expanded["already_present"] == 6 and expanded["repeated"] == 1  # 排序 twice
     assert expanded["added"] >= 3  # the Chinese pieces are new to the tiny tokenizer (not in its corpus)
-    prepared = json.loads((out / "prepared" / "prepared.json").read_text())
-    assert prepared["tokenizer_dir"] == str(out / "expand_vocab" / "checkpoints" / "final")
-    tok = AutoTokenizer.from_pretrained(out / "sft" / "checkpoints" / "final")  # the expanded vocabulary reached SFT
+    files = set(list_files(out))
+    assert {"prepared/prepared.json", "prepared/manifest.json", "pretrain/checkpoints/final/manifest.json"} <= files
+    prepared = read("prepared", "prepared.json")  # tokenized with the expanded tokenizer (this node's copy of it)
+    assert prepared["tokenizer_dir"] == local_copy(join(out, "expand_vocab", "checkpoints", "final"))
+    tok = AutoTokenizer.from_pretrained(local_copy(join(out, "sft", "checkpoints", "final")))  # expanded vocab in SFT
     assert len(tok) == expanded["new_vocab"] and len(tok.encode("请把这些数字从小到大排序", add_special_tokens=False)) == 1
-    assert json.loads((out / "pretrain" / "summary.json").read_text())["steps"] == 3
+    assert read("pretrain", "summary.json")["steps"] == 3
+    assert not os.listdir(tmp_path / "cache" / "staging")  # every staged write uploaded and removed

@@ -188,11 +188,6 @@ class PipelineConfig(JobConfig):
         """Every stage's checks, now: later stages are checked against the SFT base model, whose
         architecture and tokenizer their inputs will have (their real inputs do not exist yet)."""
         super().validate()
-        from coati_ray.storage.uri import is_uri
-
-        if is_uri(self.output_dir) and self.pretrain is not None:
-            _fail("output_dir", "a pipeline with a pretrain stage prepares its data on local storage only, for now",
-                  "use a local or NFS output_dir for it, or run launch.prepare_data and launch.pretrain on their own")
         self.pin()
         base = self.base_model()
         if self.pretrain is not None:

@@ -40,9 +40,11 @@ def load_prepared(paths: list[str], max_length: int, max_samples: Optional[int])
     `max_samples`, every category keeps its share of them, spread over its bins (`sample_by_category`)."""
     from datasets import load_from_disk
 
+    from coati_ray.storage import readable_path
+
     by_category: dict[str, list[dict]] = {}
     for path in paths:
-        for folder in prepared_folders(path):
+        for folder in prepared_folders(readable_path(path, "data.train_path")):  # a URI: this node's cached copy
             ds = load_from_disk(folder)
             missing = {"input_ids", "labels"} - set(ds.column_names)
             if missing:
