@@ -64,6 +64,11 @@ class PolicyEvaluator:
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         self.logger.info(f"eval at version {result['version']}: {shown}")
 
+    def drop_pending(self) -> None:
+        """Evaluations in flight dropped (a trainer restart: they score weights past the checkpoint). Not
+        cancelled (see MakerPool.drop_in_flight): a kept maker runs them out before its rewind."""
+        self.pending = []
+
     def restore(self, up_to_version: int) -> None:
         """On resume: the evaluations already logged (metrics.jsonl, eval_samples.jsonl) up to the
         checkpoint, so the summary's first evaluation is still the policy before PPO. After a trainer restart, the

@@ -140,11 +140,19 @@ class MakerSource(ExperienceSource):
         return self.pool is not None and len(self.pool) > 0
 
     def pause(self) -> None:
-        self.sync.close()  # the broadcast groups of the old trainer ranks (fire and forget)
+        """The makers keep their processes and models (reference, reward, critic): the broadcast groups of the old
+        trainer ranks left, what was in flight dropped, and the pool back to its starting size at most (the
+        trainers are placed first: a lost node took capacity; _scale grows it again)."""
+        self.sync.close()  # fire and forget
+        self.pool.drop_in_flight()
+        job = self.job
+        with job.lock:
+            job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
+        if len(self.pool) > job.target_makers:
+            self.pool.scale_to(job.target_makers)
 
     def rejoin(self, setup_trainers: Callable[[], None]) -> None:
-        """The makers keep their processes and models (reference, reward, critic): what was in flight dropped,
-        the weights of the checkpoint the trainers went back to are the next they load."""
+        """The weights of the checkpoint the trainers went back to are the next the makers load."""
         job = self.job
         self.pool.rewind(job.buffer)
         self.sync = WeightSync(job.cfg, job.trainers, self.pool, job.logger.info)

@@ -353,21 +353,37 @@ class MakerPool:
         for index in list(self.retiring):
             ray.kill(self.retiring.pop(index), no_restart=True)
 
-    def rewind(self, buffer) -> None:
-        """A trainer restart keeps the makers (actors/trainer_restart.py): what they were making is finished and
-        dropped (those batches are made again after the checkpoint), queued loads run, and every maker takes the
-        next weights it is sent whatever their version (the trainers went back to older ones). Experience goes
-        to `buffer`, the new buffer, from now on. A maker that died meanwhile is recovered at its next batch."""
-        self.drain()
+    def drop_in_flight(self) -> None:
+        """A trainer restart keeps the makers (actors/trainer_restart.py): the batches being made and the loads
+        queued are dropped without waiting (their steps are made again after the checkpoint), and no weights are
+        sent until the new trainers publish theirs (`sync` unset). Not cancelled: ray.cancel of an actor task
+        queued on the caller's side leaves a gap in the actor's call order that stalls its next call for 30 s."""
+        self.running.clear()
         self.orphans.clear()
-        rewinds = {self.makers[i].rewind.remote(): i for i in self.makers}
-        for ref in rewinds:
+        self.loads.forget()
+        for index in list(self.retiring):
+            ray.kill(self.retiring.pop(index), no_restart=True)
+        self.sync = None
+
+    def rewind(self, buffer, timeout_s: float = RESTART_TIMEOUT_S) -> None:
+        """After drop_in_flight: every maker takes the next weights it is sent whatever their version (the
+        trainers went back to older ones). A maker runs its calls in order, so its rewind runs once what it was
+        making is done; one that does not answer within `timeout_s` (dead, or stuck) is restarted, which leaves
+        it the base weights, never newer ones. Experience goes to `buffer`, the new buffer, from now on."""
+        refs = {self.makers[i].rewind.remote(): i for i in self.makers}
+        done, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        stuck = {refs[ref]: f"no answer within {timeout_s:g}s" for ref in late}
+        for ref in done:
             try:
-                ray.get(ref, timeout=RESTART_TIMEOUT_S)
-            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-                pass  # dead or restarting: a restarted maker holds the base weights, and is reloaded anyway
+                ray.get(ref)
+            except ray.exceptions.RayError as e:
+                stuck[refs[ref]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         for index in self.makers:
             self.loads.version[index] = -1
+        for index, why in sorted(stuck.items()):
+            self.info(f"maker-{index} did not go back to the checkpoint's weights ({why}); restarting it")
+            ray.kill(self.makers[index], no_restart=False)
+            self.recover(index, self.incarnation[index], mid_step=False)
         self.buffer = buffer
 
     def kill_all(self) -> None:

@@ -46,6 +46,7 @@ def _restart(job, lost: TrainerLost) -> None:
                     f"from {redact(ckpt) if ckpt else 'the initial weights'} (step {step}, "
                     f"{redone} step(s) to redo; " + ", ".join(
                         f"{r}_trainer restart {job.restarts_by_group[r]} of {limit[r]}" for r in roles) + ")")
+    job.evaluator.drop_pending()  # an evaluation in flight scores weights past the checkpoint
     if keep:  # the makers stay, with their models (reference, reward, critic) loaded: only their weights go back
         job.source.pause()
     release_actors(job, keep_source=keep)

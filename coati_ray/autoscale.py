@@ -105,7 +105,7 @@ class Autoscaler:
         self.last = -1
 
     def restarted(self) -> None:
-        """The job's actors started again (a trainer restart): the pipeline's signals start afresh."""
+        """The trainer groups started again (a trainer restart): the pipeline's signals start afresh."""
         self.signals.clear()
         self.window, self.last = self.rule.window, 0
 

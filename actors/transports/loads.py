@@ -139,6 +139,14 @@ class MakerLoads:
             except ray.exceptions.RayActorError:  # it died again while reloading: the next batch recovers it
                 self.version[index] = 0
 
+    def forget(self) -> None:
+        """A trainer restart: the loads sent so far are of weights past the checkpoint; none is waited for or
+        reported (each maker runs them before its rewind)."""
+        self.pending.clear()
+        self.superseded.clear()
+        self.awaiting.clear()
+        self.finished.clear()
+
     def drain(self) -> None:
         """Wait for every load still queued (shutdown)."""
         for ref in self.refs():
