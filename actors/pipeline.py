@@ -81,23 +81,33 @@ def _prepare_pretrain_data(cfg, info: Callable[[str], None]) -> None:
     """Tokenized once into `prepared_dir`; a rerun from the same inputs and settings reuses it. Under a URI output_dir
     it is prepared here and uploaded whole (a manifest last), and each pretrain rank reads it through its node's
     cache; a complete one is checked against the inputs through this node's copy."""
-    from coati_ray.data.prepare import prepare_to_disk
-    from coati_ray.storage import readable_path
+    import shutil
 
-    p, model = cfg.prepare, cfg.pretrain.model
+    from coati_ray.data.prepare import cache_key, jsonl_files, prepare_to_disk
+    from coati_ray.errors import ConfigError
+    from coati_ray.storage.uri import redact
+
+    p, model, target = cfg.prepare, cfg.pretrain.model, cfg.prepared_dir
+    inputs = [d for d in p.data_input_dirs.split(",") if d]
 
     def prepare(out: str) -> None:
-        prepare_to_disk("pretrain", [d for d in p.data_input_dirs.split(",") if d], model.local_tokenizer_path, out,
-                        cfg.pretrain.data.max_length, p.num_spliced_dataset_bins, p.seed,
-                        info=lambda line: info(f"[pipeline] prepare: {line}"), trust_remote_code=model.trust_remote_code)
+        prepare_to_disk("pretrain", inputs, model.local_tokenizer_path, out, cfg.pretrain.data.max_length,
+                        p.num_spliced_dataset_bins, p.seed, info=lambda line: info(f"[pipeline] prepare: {line}"),
+                        trust_remote_code=model.trust_remote_code)
 
-    if not is_uri(cfg.prepared_dir):
-        prepare(cfg.prepared_dir)
-    elif is_complete(cfg.prepared_dir):
-        prepare(readable_path(cfg.prepared_dir, "prepared"))  # the same key: reused; another: refused, nothing written
+    if not is_uri(target):
+        prepare(target)
+    elif is_complete(target):  # a rerun: its inputs and settings compared without downloading the data
+        key = cache_key("pretrain", jsonl_files(inputs), model.local_tokenizer_path, cfg.pretrain.data.max_length,
+                        p.num_spliced_dataset_bins, p.seed)
+        if json.loads(read_text(join(target, "prepared.json"))).get("key") != key:
+            raise ConfigError(f"config error: '{redact(target)}' holds data prepared from other inputs or settings; "
+                              "pass --overwrite to prepare it again, or use another --output-dir")
+        info(f"[pipeline] prepare: {redact(target)} is already prepared from these inputs and settings (key {key})")
     else:
-        with written_whole(cfg.prepared_dir) as out:
+        with written_whole(target) as out:
             prepare(out)
+            shutil.rmtree(os.path.join(out, "cache"), ignore_errors=True)  # a local speed-up only: not uploaded
 
 
 def _expand_vocab(stage_cfg) -> dict:

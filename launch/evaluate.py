@@ -94,14 +94,15 @@ def main(argv=None) -> int:
 
 
 def check_output(output_dir: str, overwrite: bool) -> None:
-    """Before any model loads: an earlier result is not overwritten unasked, and a URI can be written."""
+    """Before any model loads: an earlier result is not overwritten unasked, and a URI can be written (one we
+    cannot write, or one carrying credentials, is refused)."""
     from coati_ray.storage.fs import exists
+    from coati_ray.storage.preflight import check_scheme, check_writable
     from coati_ray.storage.uri import is_uri
 
+    check_scheme("--output-dir", output_dir)
     result = join(output_dir, "lm_eval.json")
     if is_uri(output_dir):
-        from coati_ray.storage.preflight import check_writable
-
         check_writable(output_dir, "--output-dir")
     if exists(result) and not overwrite:
         raise ConfigError(f"config error: output_dir: '{redact(result)}' exists; pass --overwrite or another "
@@ -112,6 +113,10 @@ def evaluate(args, tasks: list[str], out: str, started: float) -> None:
     """The harness over `tasks`, its results written under `out` (the output directory, or its local staging)."""
     from coati_ray.evaluation.lm_eval_run import resolve_tasks, results_markdown, run_harness, write_results
 
+    if args.model:
+        from coati_ray.storage.preflight import check_scheme
+
+        check_scheme("--model", args.model)
     manager, names = resolve_tasks(tasks, args.include_path, out)
     if args.endpoint:
         key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
@@ -140,7 +145,7 @@ def evaluate(args, tasks: list[str], out: str, started: float) -> None:
 
         lm = CoatiLM(pretrained=args.model, lora=args.lora, quantize=args.quantize, revision=args.revision,
                      chat=not args.no_chat, batch_size=args.batch_size)
-        meta = {"model": args.model, "lora": args.lora, "quantize": args.quantize, "chat": not args.no_chat}
+        meta = {"model": redact(args.model), "lora": args.lora, "quantize": args.quantize, "chat": not args.no_chat}
         results = run_harness(lm, names, manager, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed)
     meta.update(tasks=names, limit=args.limit, num_fewshot=args.num_fewshot, seconds=round(time.time() - started, 1))
     write_results(out, results, meta)

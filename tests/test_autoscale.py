@@ -119,7 +119,7 @@ def test_makers_shrink_when_ahead_and_grow_onto_a_launched_node_while_trainers_w
     """Makers fit only on worker nodes (a `maker_slot` resource the head has not), which the fake provider
     launches on demand. First async mode, two makers (a node launched for each) making short answers while the
     trainers take long updates: the buffer holds the whole next step, the pool shrinks to one maker, and the
-    autoscaler gives the idle node back while the run goes on. Then sync mode, where the trainers wait for every
+    autoscaler gives the idle node back while the job still runs (its driver waiting in the step callback). Then sync mode, where the trainers wait for every
     batch: the pool grows from 1 to 2, the second maker on a node launched for it. Once the job's makers are gone,
     the autoscaler gives their idle nodes back."""
     import sys
@@ -150,7 +150,7 @@ def test_makers_shrink_when_ahead_and_grow_onto_a_launched_node_while_trainers_w
         # end of a step, so the pool shrinks to one, and the node of the maker it let go goes back
         shrink = load_config(RLConfig, base, _ppo_overrides(tiny_llama, reward_dir) + [
             "maker.num_makers=2", "maker.autoscale={min: 1, max: 2, window: 1}", "algorithm.mode=async",
-            "algorithm.max_staleness=1", "algorithm.max_steps=4", "algorithm.rollout_batch_size=8",
+            "algorithm.max_staleness=1", "algorithm.max_steps=5", "algorithm.rollout_batch_size=8",
             "algorithm.train_batch_size=8", "maker.batch_size=4", "generation.max_new_tokens=4",
             "algorithm.ppo_epochs=6", "algorithm.micro_batch_size=1"],
             output_dir=str(tmp_path / "shrink"))
@@ -159,7 +159,7 @@ def test_makers_shrink_when_ahead_and_grow_onto_a_launched_node_while_trainers_w
 
         def on_shrink_step(job, step, m):
             seen.append((job.num_makers, maker_nodes(), m["buffer/held_samples"]))
-            if job.num_makers == 1 and not released:  # the run goes on with one maker; the other's node goes back
+            if job.num_makers == 1 and not released:  # the job holds one maker now; the other's node goes back
                 deadline = time.monotonic() + 120
                 while maker_nodes() > 1 and time.monotonic() < deadline:
                     time.sleep(2)

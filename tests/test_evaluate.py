@@ -159,6 +159,7 @@ def test_cli_writes_results_and_never_overwrites(tiny_llama, tmp_path, offline, 
     (["--tasks", "no_such_task"], "unknown lm-eval task(s) no_such_task"),
     (["--tasks", "coati_sorting", "--include-path", "/no/such/dir"], "'/no/such/dir' does not exist"),
     (["--tasks", "coati_sorting", "--endpoint", "http://127.0.0.1:9/v1"], "not allowed with argument"),
+    (["--tasks", "coati_sorting", "--output-dir", "s3a://bucket/eval"], "has scheme 's3a://'"),
 ])
 def test_cli_bad_input_is_one_line_before_any_model(tiny_llama, tmp_path, capsys, args, message):
     from launch.evaluate import main
