@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.cluster import NAMESPACE, check_output_on_every_node, check_shared_output, connect
+from actors.cluster import NAMESPACE, check_cluster_fits, check_output_on_every_node, check_shared_output, connect
 from actors.evaluator import PolicyEvaluator
 from actors.group import user_errors
 from actors.experience_source import ExperienceSource, check_source, experience_source
@@ -416,38 +416,6 @@ class RLJob:
                 "trainer_restarts": len(self.trainer_restarts), "trainer_restart_log": list(self.trainer_restarts),
                 **({"maker_autoscale_changes": [list(c) for c in self.autoscaler.changes]}
                    if self.autoscaler is not None else {})}
-
-
-def ppo_resources(cfg) -> tuple[float, float]:
-    """(CPUs, GPUs) a PPO job reserves: its makers and its trainer groups."""
-    makers = cfg.maker.num_makers if cfg.placement_spec.makers else 0
-    cpus, gpus = makers * cfg.maker.num_cpus, makers * cfg.maker.num_gpus
-    for group in (getattr(cfg, f"{role}_trainer") for role in cfg.roles):
-        cpus += group.resources.num_ranks * group.resources.num_cpus_per_rank
-        gpus += group.resources.num_ranks * group.resources.num_gpus_per_rank
-    return cpus, gpus
-
-
-def check_cluster_fits(cfg, extra: str = "") -> None:
-    """Refuse a PPO config the connected cluster cannot host, before any actor starts. Under maker.autoscale the
-    makers are left out: on a cluster with Ray's autoscaler a maker that does not fit yet asks for a node (one
-    never placed ends the run after maker.start_timeout_s, in one line)."""
-    need_cpu, need_gpu = ppo_resources(cfg)
-    have = ray.cluster_resources()
-    autoscaled = cfg.maker.autoscale is not None and cfg.placement_spec.makers
-    if autoscaled:
-        need_cpu -= cfg.maker.num_makers * cfg.maker.num_cpus
-        need_gpu -= cfg.maker.num_makers * cfg.maker.num_gpus
-    for name, amount in (cfg.maker.resources if cfg.placement_spec.makers and not autoscaled else {}).items():
-        need = cfg.maker.num_makers * amount
-        if need > have.get(name, 0) + 1e-9:
-            raise ConfigError(f"config error: maker.resources: {cfg.maker.num_makers} maker(s) need {need:g} "
-                              f"{name} but the Ray cluster has {have.get(name, 0):g}; start the nodes meant for "
-                              f"makers with --resources='{{\"{name}\": N}}', or lower maker.num_makers")
-    if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
-        raise ConfigError(f"config error: the job asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the Ray "
-                          f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower "
-                          f"{extra}maker.num_makers / num_cpus / num_gpus or the group sizes")
 
 
 def _scalars(metrics: dict) -> dict:

@@ -141,15 +141,12 @@ class MakerSource(ExperienceSource):
 
     def pause(self) -> None:
         """The makers keep their processes and models (reference, reward, critic): the broadcast groups of the old
-        trainer ranks left, what was in flight dropped, and the pool back to its starting size at most (the
-        trainers are placed first: a lost node took capacity; _scale grows it again)."""
+        trainer ranks left, what was in flight dropped, and the pool down to the job's target (its starting size
+        at most: the new trainers are placed first, and a lost node took capacity; _scale grows it again)."""
         self.sync.close()  # fire and forget
         self.pool.drop_in_flight()
-        job = self.job
-        with job.lock:
-            job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
-        if len(self.pool) > job.target_makers:
-            self.pool.scale_to(job.target_makers)
+        if len(self.pool) > self.job.target_makers:
+            self.pool.scale_to(self.job.target_makers)
 
     def rejoin(self, setup_trainers: Callable[[], None]) -> None:
         """The weights of the checkpoint the trainers went back to are the next the makers load."""

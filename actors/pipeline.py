@@ -17,8 +17,8 @@ from typing import Callable, Optional
 
 import ray
 
-from actors.cluster import check_output_on_every_node, connect
-from actors.driver import RLJob, check_cluster_fits
+from actors.cluster import check_cluster_fits, check_output_on_every_node, connect
+from actors.driver import RLJob
 from actors.group import TrainerGroup, user_errors
 from coati_ray.config import save_config
 from coati_ray.evaluation.lm_eval_stages import evaluate_after

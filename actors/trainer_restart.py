@@ -47,14 +47,13 @@ def _restart(job, lost: TrainerLost) -> None:
                     f"{redone} step(s) to redo; " + ", ".join(
                         f"{r}_trainer restart {job.restarts_by_group[r]} of {limit[r]}" for r in roles) + ")")
     job.evaluator.drop_pending()  # an evaluation in flight scores weights past the checkpoint
+    with job.lock:  # the pool comes back at its starting size at most (a lost node took capacity); _scale grows it
+        job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
     if keep:  # the makers stay, with their models (reference, reward, critic) loaded: only their weights go back
         job.source.pause()
     release_actors(job, keep_source=keep)
     job.resume_from, job.step, job.version = ckpt, step, version
     job.prompts = job._prompt_stream()
-    if not keep:
-        with job.lock:  # the pool comes back at its starting size (a lost node took capacity); _scale grows it
-            job.target_makers = min(job.target_makers, job.cfg.maker.num_makers)
     if job.autoscaler is not None:
         job.autoscaler.restarted()
     job._start_actors(keep_source=keep)
