@@ -71,6 +71,9 @@ def _load(auto_cls, path: str, dtype: str, trust_remote_code: bool, quantize: st
     """`quantize` int8/int4: transformers' bitsandbytes path on CUDA; on a CPU (which transformers 4.51
     refuses without intel-extension-for-pytorch) the linear layers are swapped for bitsandbytes' own."""
     check_model_dir(path)
+    from coati_ray.models import attention
+
+    attention.install()  # decode attends to the KV cache without copying it (coati_ray/models/attention.py)
     kwargs = dict(torch_dtype=DTYPES[dtype], local_files_only=True, trust_remote_code=trust_remote_code)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
