@@ -204,7 +204,14 @@ def run_trl(version: str, steps: int, script: str = "trl_ppo.py", layout: TrlLay
                    check=True, cwd=INPUTS, env=env, timeout=3600)
     with open(out) as f:
         raw = json.load(f)
-    return {**run_rate(raw.pop("step_ends"), raw["samples_per_step"]), **raw}
+    phases = raw.pop("phases", None)
+    rate = run_rate(raw.pop("step_ends"), raw["samples_per_step"])
+    if phases:  # rank 0's seconds per phase, over the same steady steps as the rate
+        steps = phases[WARMUP_STEPS:WARMUP_STEPS + rate["steady_steps"]]
+        timing = {k: sum(p.get(k, 0.0) for p in steps) / len(steps) for k in ("generate", "ref")}
+        timing["update_actor"] = rate["step_seconds"] - sum(timing.values())
+        raw["timing"] = timing
+    return {**rate, **raw}
 
 
 def our_configs(algo: str, ours: list[str] | None) -> list[str]:

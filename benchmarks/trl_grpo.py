@@ -49,6 +49,41 @@ def config_kwargs(w: dict, world: int, steps: int, precision: str, output_dir: s
                 gradient_checkpointing=False)
 
 
+def time_phases(trainer, stamps: list) -> list:
+    """Seconds of each step spent in generation and in the reference forward, on this process: [{phase: s}] by
+    step (index = steps ended before it), from wrappers around the unwrapped model's `generate` and TRL's
+    `_get_per_token_logps` called with the reference model; the step's rest (reward, the training forward and
+    backward, the optimiser) is what bench_trl reports as update_actor."""
+    phases: list = []
+
+    def add(phase: str, seconds: float) -> None:
+        while len(phases) <= len(stamps):
+            phases.append({})
+        phases[len(stamps)][phase] = phases[len(stamps)].get(phase, 0.0) + seconds
+
+    model_cls = type(trainer.accelerator.unwrap_model(trainer.model))
+    generate, logps = model_cls.generate, trainer._get_per_token_logps
+
+    def timed_generate(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return generate(self, *a, **k)
+        finally:
+            add("generate", time.perf_counter() - t)
+
+    def timed_logps(model, *a, **k):
+        t = time.perf_counter()
+        try:
+            return logps(model, *a, **k)
+        finally:
+            if model is trainer.ref_model:
+                add("ref", time.perf_counter() - t)
+
+    model_cls.generate = timed_generate
+    trainer._get_per_token_logps = timed_logps
+    return phases
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--inputs", required=True, help="dir from benchmarks.bench_trl: prompts.jsonl, grpo.json")
@@ -84,6 +119,7 @@ def main() -> None:
 
     trainer = GRPOTrainer(model=model, reward_funcs=sorting_reward, args=config, train_dataset=dataset,
                           processing_class=tok, callbacks=[Clock()])
+    phases = time_phases(trainer, stamps)
     t = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t
@@ -91,7 +127,7 @@ def main() -> None:
         return
     result = {"trl": trl.__version__, "torch": torch.__version__, "steps": len(stamps), "step_ends": stamps,
               "prompts_per_step": prompts_per_step, "samples_per_step": w["rollout"], "wall_seconds": wall,
-              "processes": world, "threads": args.threads, "precision": args.precision}
+              "processes": world, "threads": args.threads, "precision": args.precision, "phases": phases}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k != "step_ends"}))
