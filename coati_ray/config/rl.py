@@ -146,6 +146,11 @@ class AlgorithmConfig:
                                                   "of at most this many real tokens, each packed into one row with "
                                                   "attention kept within each sequence (llama, mistral, qwen2, qwen3); "
                                                   "null: micro_batch_size samples, padded")
+    sort_micro_batches: bool = opt(True, "cut each rank's mini-batch into micro-batches of samples of alike length "
+                                         "and drop the columns that are padding in all of a micro-batch's rows: "
+                                         "the same losses and gradients to float noise (each loss is a share of "
+                                         "the whole mini-batch), fewer positions computed; false: in shuffled "
+                                         "order, at the shard's width")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
     advantage_estimator: str = opt(
         "gae", "a registered estimator: gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, "

@@ -60,6 +60,30 @@ class Experience:
         """Rows `index` (a slice or index tensor) of every tensor."""
         return self._replace({k: v[index] for k, v in self.tensors().items()})
 
+    def trimmed(self) -> "Experience":
+        """The same samples without the columns that are padding in every row: prompt columns before the
+        earliest first token (prompts are left-padded) and action columns after the latest last token
+        (responses are right-padded); the kept actions are the first A' of the A, in every (B, A) tensor."""
+        mask = self.attention_mask.bool()
+        A = self.num_actions
+        P = mask.size(1) - A
+        used = mask.any(dim=0)
+        start = int(used[:P].float().argmax()) if P and bool(used[:P].any()) else P
+        end = int(used.nonzero().max()) + 1 if bool(used.any()) else P
+        end = max(end, P + 1) if A else P  # at least one action column (a loss reads (B, A') tensors)
+        if start == 0 and end == mask.size(1):
+            return self
+        kept = end - P
+        out = {}
+        for k, v in self.tensors().items():
+            if k in ("sequences", "attention_mask"):
+                out[k] = v[:, start:end]
+            elif v.dim() == 2 and v.size(1) == A:
+                out[k] = v[:, :kept]
+            else:
+                out[k] = v
+        return self._replace(out)
+
     def shard(self, rank: int, world_size: int) -> "Experience":
         """Rank `rank`'s contiguous 1/world_size of the batch (B must divide evenly)."""
         B = self.num_samples

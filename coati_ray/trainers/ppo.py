@@ -62,10 +62,15 @@ class PPOGroupTrainer:
     def micro_batches(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> list:
         """A mini-batch's samples `idx` (this rank's) cut into micro-batches: `micro_batch_size` samples each,
         or, with `algorithm.micro_batch_tokens`, at most that many real tokens each (packed by the model), in as many
-        micro-batches on every rank (one gradient all-reduce per optimiser step, wherever it falls)."""
+        micro-batches on every rank (one gradient all-reduce per optimiser step, wherever it falls). With
+        `algorithm.sort_micro_batches` the samples go longest first, so that `micro_input` trims each micro-batch to
+        its own width; each loss is a share of the whole mini-batch, so the grouping changes it by float noise only."""
         budget = self.ppo.micro_batch_tokens
         if budget is None:
             micro = self.ppo.micro_batch_size
+            if self.sorts:  # alike lengths together, so each micro-batch's padding columns can be dropped
+                lengths = attention_mask[idx].sum(dim=1)
+                idx = idx[torch.argsort(lengths, descending=True, stable=True)]
             return [idx[j:j + micro] for j in range(0, len(idx), micro)]
         from coati_ray.models.packing import split_to, token_budget_chunks
 
@@ -74,6 +79,17 @@ class PPOGroupTrainer:
         if self.strategy.world_size > 1:  # shards are equal: every rank can split to the most
             chunks = split_to(chunks, tokens, int(self.strategy.all_reduce_max([float(len(chunks))])[0]))
         return [idx[part] for part in chunks]
+
+    @property
+    def sorts(self) -> bool:
+        """Whether micro-batches are cut by length and trimmed (never under the 3d strategy, whose sharded
+        forward takes the shard's width)."""
+        return bool(getattr(self.ppo, "sort_micro_batches", False)) and "3d" not in getattr(self.strategy, "name", "")
+
+    def micro_input(self, shard: Experience, part: torch.Tensor) -> Experience:
+        """The micro-batch `part` of `shard`, without the columns that are padding in all its rows when sorted."""
+        micro = shard.select(part)
+        return micro.trimmed() if self.sorts else micro
 
     def train(self, shard: Experience, step: int) -> dict:
         """PPO epochs over this rank's shard; returns metrics averaged over all ranks of the group."""
@@ -99,7 +115,7 @@ class PPOGroupTrainer:
                 self.chunks = len(chunks)
                 for j, chunk in enumerate(chunks):
                     with self.strategy.accumulate(self.model, self.optimizer, last_micro_batch=j == len(chunks) - 1):
-                        loss, stats = self.micro_loss(shard.select(chunk))
+                        loss, stats = self.micro_loss(self.micro_input(shard, chunk))
                         self.strategy.backward(loss, self.optimizer)  # a share: the micro-batches add up
                     # reported x chunks: averaged over every micro-batch of every rank, the mini-batch's loss
                     for k, v in {"loss": loss.item() * self.chunks, **stats}.items():
@@ -173,9 +189,10 @@ class PolicyTrainer(PPOGroupTrainer):
         out = torch.zeros_like(shard.action_log_probs)
         # as many forwards on every rank: a DDP forward may broadcast buffers, a collective
         for part in self.micro_batches(torch.arange(shard.num_samples), shard.attention_mask):
-            micro = shard.select(part)
+            micro = self.micro_input(shard, part)
             logits = self.model(micro.sequences, micro.attention_mask)
-            out[part] = action_log_probs(logits, micro.sequences, micro.num_actions, self.temperature).float()
+            kept = micro.num_actions  # a trimmed micro-batch's actions are the first of the shard's
+            out[part, :kept] = action_log_probs(logits, micro.sequences, kept, self.temperature).float()
         return out.detach()
 
     def train(self, shard: Experience, step: int) -> dict:
