@@ -105,7 +105,7 @@ def test_kl_coef_0_skips_the_reference_pass(models, tokenizer):
         made[kl_coef] = make_experience(models, tokenizer, prompt_items(tokenizer, 2), gen, ppo) + (len(calls),)
         handle.remove()
     (cut, stats, cut_calls), (full, full_stats, full_calls) = made[0.0], made[1e-12]
-    assert cut_calls == 0 and full_calls == 1
+    assert cut_calls == 0 and full_calls == 2  # one reference pass: its groups' prompts once, then the answers
     assert cut.ref_log_probs is None and full.ref_log_probs is not None
     assert "kl" not in stats and "kl" in full_stats
     # the FLOPs the makers report count the passes run: the generation alone (log-probs from the sampler),

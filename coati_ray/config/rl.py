@@ -151,6 +151,12 @@ class AlgorithmConfig:
                                          "the same losses and gradients to float noise (each loss is a share of "
                                          "the whole mini-batch), fewer positions computed; false: in shuffled "
                                          "order, at the shard's width")
+    share_prompts: bool = opt(True, "rows of one prompt group (n_samples_per_prompt > 1) next to each other run "
+                                    "their prompt once in the reference, behaviour and training forwards, its "
+                                    "keys and values repeated for each answer: the same log-probs and gradients "
+                                    "to float noise, fewer positions; micro-batches then hold whole groups, the "
+                                    "longest first (families with a transformers cache and position ids; the "
+                                    "naive and ddp strategies for training)")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
     advantage_estimator: str = opt(
         "gae", "a registered estimator: gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, "

@@ -197,8 +197,10 @@ def score_rollout(models: ExperienceModels, tokenizer, items: list[dict], gen, p
         if sampled is not None and sampled.shape == action_mask.shape:
             log_probs = sampled.to(device)
         else:
-            log_probs, actor_passes = models.actor.log_probs(sequences, mask, A, temperature), actor_passes + 1
-    ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature) if ppo.needs_reference else None
+            log_probs = models.actor.log_probs(sequences, mask, A, temperature, share_prompts=ppo.share_prompts)
+            actor_passes += 1
+    ref_log_probs = models.initial.log_probs(sequences, mask, A, temperature, share_prompts=ppo.share_prompts) \
+        if ppo.needs_reference else None
     actor_passes += ref_log_probs is not None
     timings["timing/ref"] = time.perf_counter() - t
 

@@ -30,14 +30,22 @@ class Actor(nn.Module):
         return self.model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                keep_packed: bool = False) -> torch.Tensor:
+                keep_packed: bool = False, shared_prompt: Optional[tuple] = None) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> logits (B, T, V).
+
+        `shared_prompt` (P, runs), runs (R,) from models.shared_prompt.prompt_runs: each run of rows that share
+        their first P columns runs them once; the logits are then those of positions P-1 .. T-1 only,
+        (B, T - P + 1, V), which is all `action_log_probs` reads of an answer of T - P tokens.
 
         Position ids follow the attention mask so left-padded prompts see positions 0, 1, ...
         from their first real token, as they did during generation. With `pack_sequences` the real tokens
         run as one packed row (coati_ray/models/packing.py): the same logits, without the padding's cost;
         `keep_packed` returns them as the pack's (1, L, V), for a loss that reads them in that order.
         """
+        if shared_prompt is not None and attention_mask is not None:
+            from coati_ray.models.shared_prompt import shared_prompt_logits
+
+            return shared_prompt_logits(self.model, input_ids, attention_mask, *shared_prompt)
         if self.pack_sequences and attention_mask is not None:
             from coati_ray.models.packing import packed_call, unpack
 
@@ -52,9 +60,24 @@ class Actor(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
 
     def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_actions: int,
-                  temperature: float = 1.0) -> torch.Tensor:
-        """Log-probs of the last `num_actions` tokens under the tempered policy: (B, T) -> (B, A)."""
-        return action_log_probs(self(input_ids, attention_mask), input_ids, num_actions, temperature)
+                  temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
+        """Log-probs of the last `num_actions` tokens under the tempered policy: (B, T) -> (B, A).
+        `share_prompts`: neighbouring rows with the same prompt run it once (models/shared_prompt.py)."""
+        return action_log_probs(self(input_ids, attention_mask, **self.prompt_sharing(input_ids, attention_mask,
+                                                                                      num_actions, share_prompts)),
+                                input_ids, num_actions, temperature)
+
+    def prompt_sharing(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_actions: int,
+                       share: bool = True) -> dict:
+        """{"shared_prompt": (P, runs)} for `forward` when neighbouring rows share their prompt (P = T - A) and
+        this model can run answers on a shared prompt's cache (not packed); {} otherwise."""
+        from coati_ray.models.shared_prompt import can_share, prompt_runs
+
+        if not share or self.pack_sequences or not can_share(self.model):
+            return {}
+        prompt_length = input_ids.size(1) - num_actions
+        runs = prompt_runs(input_ids, attention_mask, prompt_length)
+        return {} if runs is None else {"shared_prompt": (prompt_length, runs)}
 
     def eos_token_ids(self, tokenizer=None) -> list[int]:
         """Every id that ends a response: the end-of-turn token of the chat template the tokenizer carries

@@ -59,16 +59,20 @@ class PPOGroupTrainer:
     def prepare_shard(self, shard: Experience) -> Experience:
         return shard
 
-    def micro_batches(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> list:
+    def micro_batches(self, idx: torch.Tensor, attention_mask: torch.Tensor,
+                      group_index: Optional[torch.Tensor] = None) -> list:
         """A mini-batch's samples `idx` (this rank's) cut into micro-batches: `micro_batch_size` samples each,
         or, with `algorithm.micro_batch_tokens`, at most that many real tokens each (packed by the model), in as many
         micro-batches on every rank (one gradient all-reduce per optimiser step, wherever it falls). With
         `algorithm.sort_micro_batches` the samples go longest first, so that `micro_input` trims each micro-batch to
-        its own width; each loss is a share of the whole mini-batch, so the grouping changes it by float noise only."""
+        its own width; each loss is a share of the whole mini-batch, so the grouping changes it by float noise only.
+        With `algorithm.share_prompts` (the actor) a prompt group's rows stay together, the groups longest first."""
         budget = self.ppo.micro_batch_tokens
         if budget is None:
             micro = self.ppo.micro_batch_size
-            if self.sorts:  # alike lengths together, so each micro-batch's padding columns can be dropped
+            if group_index is not None and self.shares_prompts:  # a group's rows together: its prompt runs once
+                idx = idx[groups_longest_first(group_index[idx], attention_mask[idx].sum(dim=1) if self.sorts else None)]
+            elif self.sorts:  # alike lengths together, so each micro-batch's padding columns can be dropped
                 lengths = attention_mask[idx].sum(dim=1)
                 idx = idx[torch.argsort(lengths, descending=True, stable=True)]
             return [idx[j:j + micro] for j in range(0, len(idx), micro)]
@@ -85,6 +89,20 @@ class PPOGroupTrainer:
         """Whether micro-batches are cut by length and trimmed (never under the 3d strategy, whose sharded
         forward takes the shard's width)."""
         return bool(getattr(self.ppo, "sort_micro_batches", False)) and "3d" not in getattr(self.strategy, "name", "")
+
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether the actor runs each prompt once for the rows of its group (models/shared_prompt.py): on the
+        strategies whose forward is the model's own (naive, ddp), not packed."""
+        return (self.role == "actor" and bool(getattr(self.ppo, "share_prompts", False))
+                and self.ppo.micro_batch_tokens is None and getattr(self.strategy, "name", "") in ("naive", "ddp"))
+
+    def sharing(self, micro: Experience) -> dict:
+        """The forward's `shared_prompt` argument for this micro-batch ({} when no two rows share a prompt)."""
+        if not self.shares_prompts:
+            return {}
+        return self.strategy.unwrap(self.model).prompt_sharing(micro.sequences, micro.attention_mask,
+                                                               micro.num_actions)
 
     def micro_input(self, shard: Experience, part: torch.Tensor) -> Experience:
         """The micro-batch `part` of `shard`, without the columns that are padding in all its rows when sorted."""
@@ -111,7 +129,7 @@ class PPOGroupTrainer:
                 mb = MiniBatch(tokens=counts[2 * i], samples=counts[2 * i + 1], max_tokens=self.max_tokens)
                 # x world: the strategy averages gradients over ranks, where the shares must add up
                 self.reduce = lambda x, mask, mb=mb: share(x, mask, self.loss_agg, mb) * world
-                chunks = self.micro_batches(idx, shard.attention_mask)
+                chunks = self.micro_batches(idx, shard.attention_mask, shard.group_index)
                 self.chunks = len(chunks)
                 for j, chunk in enumerate(chunks):
                     with self.strategy.accumulate(self.model, self.optimizer, last_micro_batch=j == len(chunks) - 1):
@@ -188,9 +206,9 @@ class PolicyTrainer(PPOGroupTrainer):
         micro-batch."""
         out = torch.zeros_like(shard.action_log_probs)
         # as many forwards on every rank: a DDP forward may broadcast buffers, a collective
-        for part in self.micro_batches(torch.arange(shard.num_samples), shard.attention_mask):
+        for part in self.micro_batches(torch.arange(shard.num_samples), shard.attention_mask, shard.group_index):
             micro = self.micro_input(shard, part)
-            logits = self.model(micro.sequences, micro.attention_mask)
+            logits = self.model(micro.sequences, micro.attention_mask, **self.sharing(micro))
             kept = micro.num_actions  # a trimmed micro-batch's actions are the first of the shard's
             out[part, :kept] = action_log_probs(logits, micro.sequences, kept, self.temperature).float()
         return out.detach()
@@ -218,7 +236,7 @@ class PolicyTrainer(PPOGroupTrainer):
 
     def micro_loss(self, micro: Experience) -> tuple[torch.Tensor, dict]:
         A = micro.num_actions
-        logits = self.model(micro.sequences, micro.attention_mask)
+        logits = self.model(micro.sequences, micro.attention_mask, **self.sharing(micro))
         log_probs = action_log_probs(logits, micro.sequences, A, self.temperature)
         # No behaviour log-probs from the maker: this first (and only) forward is the behaviour policy's.
         old = micro.action_log_probs if micro.action_log_probs is not None else log_probs.detach()
@@ -247,6 +265,17 @@ class ValueTrainer(PPOGroupTrainer):
                                  reduce=self.reduce)
         stats["value_mean"] = masked_mean(values.detach(), micro.action_mask).item()
         return loss, stats
+
+
+def groups_longest_first(group_index: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """An order of B samples that keeps each prompt group's rows next to each other: groups by their longest
+    sample, longest first (`lengths` (B,)), else by group number. group_index: (B,) long -> (B,) long."""
+    order = torch.argsort(group_index, stable=True)
+    if lengths is None:
+        return order
+    _, local = torch.unique(group_index, return_inverse=True)
+    longest = lengths.new_zeros(int(local.max()) + 1).scatter_reduce(0, local, lengths, "amax")
+    return order[torch.argsort(longest[local[order]], descending=True, stable=True)]
 
 
 def make_group_trainer(role: str, cfg, strategy, checkpoint: Optional[str] = None) -> PPOGroupTrainer:
