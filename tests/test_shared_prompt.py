@@ -63,8 +63,8 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_full_forward(assets, fa
         (log_probs * action_mask).sum().backward()
         out[share] = (log_probs * action_mask, {k: p.grad.clone() for k, p in actor.named_parameters()})
         widths = [tuple(c) for c in calls]
-        # shared: the 4 prompts once, then the 8 answers on their cache; else the 8 whole rows
-        assert widths == ([(4, 5), (8, 7)] if share else [(8, 12)])
+        # shared: the 4 prompts once (but their last token), then the 8 answers from it on; else the 8 whole rows
+        assert widths == ([(4, 4), (8, 8)] if share else [(8, 12)])
     torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-5)
     scale = max(g.abs().max().item() for g in out[False][1].values())
     worst = max((out[True][1][k] - g).abs().max().item() for k, g in out[False][1].items())
@@ -135,3 +135,32 @@ def test_two_ranks_sharing_prompts_update_as_one_rank_without(tiny_llama, reward
     moved = max((one["params"][k] - model.state_dict()[k]).abs().max().item() for k in one["params"])
     worst = max((ranks[r]["params"][k] - one["params"][k]).abs().max().item() for r in (0, 1) for k in one["params"])
     assert moved > 1e-4 and worst < 1e-6, (moved, worst)
+
+
+def test_sharing_is_refused_where_it_would_not_give_the_full_forwards_numbers(tiny_llama):
+    """flash-attention 2 (a right-padded mask with a past is refused there), RoPE scaled by the length, and in
+    training gradient checkpointing (no cache) or active dropout (one mask for a group's prompt)."""
+    from coati_ray.models import Actor
+    from coati_ray.models.shared_prompt import can_share
+
+    actor = Actor.from_pretrained(tiny_llama)
+    model, config = actor.model, actor.model.config
+    assert can_share(model)
+    config._attn_implementation = "flash_attention_2"
+    assert not can_share(model)
+    config._attn_implementation = "sdpa"
+    config.rope_scaling = {"rope_type": "dynamic", "factor": 2.0}
+    assert not can_share(model)
+    config.rope_scaling = None
+    model.train()
+    assert can_share(model)  # training, no dropout, no checkpointing
+    model.gradient_checkpointing_enable()
+    assert not can_share(model)
+    model.gradient_checkpointing_disable()
+    config.attention_dropout = 0.1
+    assert not can_share(model)
+    model.eval()
+    assert can_share(model)  # no dropout runs in eval
+    seqs, mask, action_mask, _ = grouped_batch(config.vocab_size)
+    assert actor.prompt_sharing(seqs, mask, action_mask.size(1))  # a prompt of 5 columns, runs of 2
+    assert not actor.prompt_sharing(seqs[:, 4:], mask[:, 4:], action_mask.size(1))  # one column: nothing to share

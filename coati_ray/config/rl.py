@@ -154,9 +154,10 @@ class AlgorithmConfig:
     share_prompts: bool = opt(True, "rows of one prompt group (n_samples_per_prompt > 1) next to each other run "
                                     "their prompt once in the reference, behaviour and training forwards, its "
                                     "keys and values repeated for each answer: the same log-probs and gradients "
-                                    "to float noise, fewer positions; micro-batches then hold whole groups, the "
-                                    "longest first (families with a transformers cache and position ids; the "
-                                    "naive and ddp strategies for training)")
+                                    "to float noise, fewer positions; a group's rows in a mini-batch then stay "
+                                    "together, the longest groups first (families with a transformers cache and "
+                                    "position ids, not under flash-attention 2 or length-scaled RoPE; in training "
+                                    "on the naive and ddp strategies, without gradient checkpointing or dropout)")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
     advantage_estimator: str = opt(
         "gae", "a registered estimator: gae (PPO with a critic) or a critic-free one: grpo, dr_grpo, rloo, "

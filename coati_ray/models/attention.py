@@ -59,6 +59,8 @@ def decode_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
 def _rows_contiguous(states: torch.Tensor) -> torch.Tensor:
     """A cache view (B, H, L, D) as it is when each position's D values are contiguous (decode.reserved_cache's
     views of a longer buffer are): copying it whole every step is the cost this module removes."""
+    if states.is_cuda:  # SDPA's memory-efficient kernel has given wrong results on strided inputs with a mask
+        return states.contiguous()  # (pytorch#112577, why transformers copies them): the un-repeated cache, at least
     return states if states.stride(-1) == 1 else states.contiguous()
 
 

@@ -18,9 +18,9 @@ import torch
 
 def prompt_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int) -> Optional[torch.Tensor]:
     """(R,) long: the lengths of the runs of consecutive rows whose first `prompt_length` columns (tokens and mask)
-    are the same, summing to B; None when no two neighbouring rows share a prompt (nothing to save).
-    input_ids, attention_mask: (B, T)."""
-    if input_ids.size(0) < 2 or prompt_length < 1:
+    are the same, summing to B; None when no two neighbouring rows share a prompt, or the prompt is one column
+    (nothing to save). input_ids, attention_mask: (B, T)."""
+    if input_ids.size(0) < 2 or prompt_length < 2:
         return None
     ids, mask = input_ids[:, :prompt_length], attention_mask[:, :prompt_length]
     same = (ids[1:] == ids[:-1]).all(dim=1) & (mask[1:] == mask[:-1]).all(dim=1)
@@ -31,34 +31,53 @@ def prompt_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_le
 
 
 def can_share(model) -> bool:
-    """Whether `model` (a Hugging Face causal LM, through a peft wrapper) takes position ids and a transformers
-    Cache as its past: the families that run the answers on top of a cache built elsewhere."""
+    """Whether `model` (a Hugging Face causal LM, through a peft wrapper) gives the full forward's numbers when
+    its answers run on a prompt's cache built elsewhere: it takes position ids and a transformers Cache as its
+    past; not under flash-attention 2 (transformers refuses a right-padded mask with a past there), nor with
+    RoPE scaled by the sequence's length (dynamic, longrope: the prompt alone would pick other frequencies); in
+    training, not with gradient checkpointing (it turns the cache off) nor active dropout (the rows of a group
+    would share one dropout mask over their prompt)."""
     from coati_ray.models.actor import forward_parameters
 
     base = getattr(model, "get_base_model", lambda: model)()
-    params = forward_parameters(model)
-    return bool(getattr(base, "_supports_cache_class", False)) and {"position_ids", "past_key_values"} <= params
+    config = base.config
+    if not getattr(base, "_supports_cache_class", False) or \
+            not {"position_ids", "past_key_values"} <= forward_parameters(model):
+        return False
+    if getattr(config, "_attn_implementation", None) == "flash_attention_2":
+        return False
+    scaling = getattr(config, "rope_scaling", None) or {}
+    if (scaling.get("rope_type") or scaling.get("type")) in ("dynamic", "longrope"):
+        return False
+    if base.training:
+        if getattr(base, "is_gradient_checkpointing", False):
+            return False
+        if float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0 or any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+            return False
+    return True
 
 
 def shared_prompt_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
                          runs: torch.Tensor) -> torch.Tensor:
-    """Logits of positions P-1 .. T-1 (those that predict the answers' tokens, and the last one), the prompt run
-    once per run of rows. input_ids, attention_mask: (B, T), P = `prompt_length`; runs: (R,) from `prompt_runs`
-    -> (B, T - P + 1, V), equal to the full forward's logits[:, P - 1:] to float noise."""
+    """Logits of positions P-1 .. T-1 (those that predict the answers' tokens, and the last one), the prompt
+    run once per run of rows. input_ids, attention_mask: (B, T), P = `prompt_length` >= 2; runs: (R,) from
+    `prompt_runs` -> (B, T - P + 1, V), equal to the full forward's logits[:, P - 1:] to float noise.
+
+    The shared pass covers the prompt's first P-1 columns; each row then runs from the prompt's last token on,
+    so its logits come out of one call, with no copy of the (B, A, V) logits to join them."""
     from transformers.cache_utils import DynamicCache
 
     from coati_ray.models.actor import forward_parameters
 
-    P = prompt_length
+    shared = prompt_length - 1
     runs = runs.to(input_ids.device)
     firsts = runs.cumsum(0) - runs  # each run's first row
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # as Actor.forward gives them
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
-    prompt = model(input_ids=input_ids[firsts, :P], attention_mask=attention_mask[firsts, :P],
-                   position_ids=positions[firsts, :P], use_cache=True, return_dict=True, **last_only)
+    no_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}  # none are read
+    prompt = model(input_ids=input_ids[firsts, :shared], attention_mask=attention_mask[firsts, :shared],
+                   position_ids=positions[firsts, :shared], use_cache=True, return_dict=True, **no_logits)
     per_row = tuple((k.repeat_interleave(runs, dim=0), v.repeat_interleave(runs, dim=0))
                     for k, v in prompt.past_key_values.to_legacy_cache())
-    answers = model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:],
-                    past_key_values=DynamicCache.from_legacy_cache(per_row), use_cache=True, return_dict=True)
-    last = prompt.logits[:, -1:].repeat_interleave(runs, dim=0)
-    return torch.cat([last.to(answers.logits.dtype), answers.logits], dim=1)
+    return model(input_ids=input_ids[:, shared:], attention_mask=attention_mask, position_ids=positions[:, shared:],
+                 past_key_values=DynamicCache.from_legacy_cache(per_row), use_cache=True, return_dict=True).logits

@@ -70,10 +70,10 @@ class PPOGroupTrainer:
         budget = self.ppo.micro_batch_tokens
         if budget is None:
             micro = self.ppo.micro_batch_size
+            lengths = attention_mask[idx].sum(dim=1).cpu()  # idx is on the CPU (a permutation), the shard may not be
             if group_index is not None and self.shares_prompts:  # a group's rows together: its prompt runs once
-                idx = idx[groups_longest_first(group_index[idx], attention_mask[idx].sum(dim=1) if self.sorts else None)]
+                idx = idx[groups_longest_first(group_index[idx].cpu(), lengths if self.sorts else None)]
             elif self.sorts:  # alike lengths together, so each micro-batch's padding columns can be dropped
-                lengths = attention_mask[idx].sum(dim=1)
                 idx = idx[torch.argsort(lengths, descending=True, stable=True)]
             return [idx[j:j + micro] for j in range(0, len(idx), micro)]
         from coati_ray.models.packing import split_to, token_budget_chunks
