@@ -207,6 +207,20 @@ def _rank(rank, world, port, cfg_dict, exp_path, out_dir):
     train_once(cfg_dict, rank, world, port, exp_path, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
+def one_rank_and_two(single: RLConfig, double: RLConfig, exp, start: dict, tmp_path) -> tuple[float, float]:
+    """One actor update of `exp` by config `single` (1 rank) and by `double` (2 DDP ranks, spawned): how far the
+    one-rank update moved the weights from `start`, and the most any rank's weights differ from it after."""
+    exp_path = str(tmp_path / "exp.pt")
+    torch.save(exp, exp_path)
+    train_once(to_dict(single), 0, 1, None, exp_path, str(tmp_path / "single.pt"))
+    mp.spawn(_rank, args=(2, free_port(), to_dict(double), exp_path, str(tmp_path)), nprocs=2, join=True)
+    one = torch.load(tmp_path / "single.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    moved = max((one["params"][k] - start[k]).abs().max().item() for k in one["params"])
+    worst = max((ranks[r]["params"][k] - one["params"][k]).abs().max().item() for r in (0, 1) for k in one["params"])
+    return moved, worst
+
+
 def test_two_rank_group_whitens_and_updates_as_one_rank_on_the_union(tiny_llama, reward_dir, tmp_path):
     from coati_ray.models import Actor
 

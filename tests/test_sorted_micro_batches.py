@@ -9,9 +9,7 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from coati_ray.config import to_dict
 from coati_ray.experience import Experience
 
 PROMPTS = [5, 2, 3, 5, 4, 2, 1, 3]   # real prompt tokens of each row, left-padded to 5
@@ -102,7 +100,7 @@ def test_sorted_trimmed_micro_batches_update_as_the_shuffled_padded_ones(tiny_ll
 
 def test_two_ranks_sorted_and_trimmed_update_as_one_rank_unsorted(tiny_llama, reward_dir, tmp_path):
     from coati_ray.models import Actor
-    from tests.test_ppo_correctness import _rank, free_port, ppo_cfg, train_once
+    from tests.test_ppo_correctness import one_rank_and_two, ppo_cfg
 
     common = ["algorithm.rollout_batch_size=8", "algorithm.train_batch_size=8", "algorithm.micro_batch_size=2",
               "actor_trainer.optim.eps=1.0", "actor_trainer.optim.lr=1e-2", "maker.batch_size=8"]
@@ -112,12 +110,5 @@ def test_two_ranks_sorted_and_trimmed_update_as_one_rank_unsorted(tiny_llama, re
                      "actor_trainer.resources.num_ranks=2")
     assert double.algorithm.sort_micro_batches  # the default
     model = Actor.from_pretrained(tiny_llama)
-    exp_path = str(tmp_path / "exp.pt")
-    torch.save(padded_experience(model), exp_path)
-    train_once(to_dict(single), 0, 1, None, exp_path, str(tmp_path / "single.pt"))
-    mp.spawn(_rank, args=(2, free_port(), to_dict(double), exp_path, str(tmp_path)), nprocs=2, join=True)
-    one = torch.load(tmp_path / "single.pt", weights_only=False)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-    moved = max((one["params"][k] - model.state_dict()[k]).abs().max().item() for k in one["params"])
-    worst = max((ranks[r]["params"][k] - one["params"][k]).abs().max().item() for r in (0, 1) for k in one["params"])
+    moved, worst = one_rank_and_two(single, double, padded_experience(model), model.state_dict(), tmp_path)
     assert moved > 1e-4 and worst < 1e-6, (moved, worst)
